@@ -1,0 +1,42 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both build .venv
+# from requirements.lock the first time (a few minutes) and reuse it afterwards: the
+# stamp file is only rebuilt when requirements.lock or setup.py change.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ebr-installed
+
+# TFRS 0.7.7 needs Keras 2 (tf-keras): this must be set before TensorFlow is imported,
+# in every process the targets start.
+export TF_USE_LEGACY_KERAS := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+DEMO_ROOT ?= file://$(CURDIR)/var/demo
+DEMO_SIZE ?= small
+
+.PHONY: venv test demo clean-demo help
+
+help:
+	@echo "make demo   build the environment if needed, then run the pipeline on a synthetic world"
+	@echo "make test   build the environment if needed, then run the test suite"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/ebr --root $(DEMO_ROOT) data generate --size $(DEMO_SIZE) --overwrite
+	$(BIN)/ebr --root $(DEMO_ROOT) data show
+	$(BIN)/ebr --root $(DEMO_ROOT) artifacts list
+
+clean-demo:
+	rm -rf var/demo

@@ -1,0 +1,205 @@
+"""One typed configuration for every entry point.
+
+The configuration is assembled once, at the entry point (CLI, DAG task, Beam `run()`),
+from four layers, each overriding the one before:
+
+1. `config/defaults.toml`, shipped with the package;
+2. an optional TOML file (`--config FILE` or `EBR_CONFIG=FILE`);
+3. environment variables `EBR_<SECTION>__<KEY>` (and `EBR_ROOT` for the top-level key);
+4. command-line overrides `section.key=value` (`--set`, and `--root`).
+
+Nothing here reads the environment at import time: `load_config()` takes the environment
+as an argument (defaulting to `os.environ` when called), so tests pass their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
+ENV_PREFIX = "EBR_"
+
+
+class ConfigError(ValueError):
+    """The configuration could not be assembled; the message names the key and source."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Section):
+    keep_versions: int = Field(5, ge=1)
+    incomplete_grace_hours: float = Field(24.0, ge=0)
+    lock_timeout_s: float = Field(30.0, gt=0)
+    cas_retries: int = Field(20, ge=1)
+
+
+class GcsConfig(_Section):
+    endpoint: str = ""
+    project: str = ""
+
+
+WorldSize = Literal["tiny", "small", "medium", "large"]
+
+# Counts per size preset. "tiny" is for unit tests (seconds); "large" is the 10M-event
+# world the benchmarks use. Explicit counts in [world] override the preset.
+WORLD_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(n_users=300, n_creators=60, n_stories=2_000, n_events=30_000, days=14),
+    "small": dict(n_users=3_000, n_creators=400, n_stories=20_000, n_events=400_000, days=21),
+    "medium": dict(
+        n_users=30_000, n_creators=3_000, n_stories=200_000, n_events=4_000_000, days=28
+    ),
+    "large": dict(
+        n_users=100_000, n_creators=10_000, n_stories=1_000_000, n_events=10_000_000, days=30
+    ),
+}
+
+
+class WorldConfig(_Section):
+    """Parameters of the synthetic Spotlight world (see `warehouse.synthetic`)."""
+
+    size: WorldSize = "small"
+    seed: int = 20261123
+    start_date: date = date(2026, 10, 1)
+    days: int | None = Field(None, ge=1)
+    n_users: int | None = Field(None, ge=1)
+    n_creators: int | None = Field(None, ge=1)
+    n_stories: int | None = Field(None, ge=1)
+    n_events: int | None = Field(None, ge=1)
+    n_topics: int = Field(24, ge=2)
+    content_dim: int = Field(32, ge=2)
+    hashtags_per_topic: int = Field(12, ge=1)
+    # A story is shown for this many days after it is posted (short videos go stale).
+    story_lifetime_days: float = Field(7.0, gt=0)
+    # Share of impressions drawn from the user's own interests (the rest: global trends).
+    interest_exposure: float = Field(0.6, ge=0, le=1)
+    # Share of impressions restricted to stories in the user's language.
+    local_exposure: float = Field(0.75, ge=0, le=1)
+
+    def count(self, name: str) -> int:
+        """The effective value of a count (`n_users`, `days`, ...) after the preset."""
+        explicit = getattr(self, name)
+        return int(explicit if explicit is not None else WORLD_SIZES[self.size][name])
+
+
+class EbrConfig(_Section):
+    root: str
+    store: StoreConfig = StoreConfig()
+    gcs: GcsConfig = GcsConfig()
+    world: WorldConfig = WorldConfig()
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_supported(cls, root: str) -> str:
+        if not (root.startswith("file:///") or root.startswith("gs://")):
+            raise ValueError(
+                f"artifact root {root!r} must be file:///absolute/path or gs://bucket/prefix"
+            )
+        return root.rstrip("/")
+
+    @property
+    def warehouse_uri(self) -> str:
+        return f"{self.root}/warehouse"
+
+
+def load_config(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> EbrConfig:
+    """Builds the configuration from defaults, a file, `EBR_*` variables and overrides.
+
+    Args:
+      config_file: a TOML file layered over the defaults; `EBR_CONFIG` is used when None.
+      overrides: `section.key=value` strings, applied last (values parse as JSON when
+        they can, e.g. `world.seed=7`, else as plain strings).
+      environ: the environment to read `EBR_*` from; `os.environ` when None.
+
+    Raises:
+      ConfigError: a file is missing or malformed, a key is unknown or a value invalid.
+    """
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, dict[str, Any]]] = [(str(DEFAULTS_FILE), _read_toml(DEFAULTS_FILE))]
+    config_file = config_file or environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_file:
+        layers.append((str(config_file), _read_toml(Path(config_file))))
+    layers.append(("environment", _env_layer(environ)))
+    layers.append(("--set", _override_layer(overrides)))
+
+    merged: dict[str, Any] = {}
+    for _, layer in layers:
+        _deep_merge(merged, layer)
+    merged["root"] = str(merged["root"]).replace("{repo}", str(REPO_DIR))
+    try:
+        return EbrConfig.model_validate(merged)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in err.errors()
+        )
+        sources = ", ".join(name for name, layer in layers if layer)
+        raise ConfigError(f"invalid configuration ({problems}); layers read: {sources}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`EBR_WORLD__SEED=7` becomes {"world": {"seed": 7}}; `EBR_ROOT` becomes {"root": ...}."""
+    layer: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        _set_path(layer, path, _parse_value(value))
+    return layer
+
+
+def _override_layer(overrides: Sequence[str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_path(layer, key.strip().split("."), _parse_value(value))
+    return layer
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {key} is not a section")
+    target[path[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    for key, value in layer.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
