@@ -1,0 +1,1 @@
+"""The `ebr` command line: short drivers over the library packages."""

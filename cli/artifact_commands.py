@@ -1,0 +1,86 @@
+"""`ebr artifacts ...`: list, inspect, verify, roll back and prune versioned artifacts."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+
+from artifacts import ArtifactStore
+from cli.output import human_bytes, table
+from config import EbrConfig
+
+
+def list_versions(cfg: EbrConfig, args: Namespace) -> None:
+    store = ArtifactStore.from_config(cfg)
+    if not args.kind:
+        kinds = store.kinds()
+        if not kinds:
+            print(f"no artifacts under {store.uri} yet")
+            return
+        rows = []
+        for name in kinds:
+            kind = store.kind(name)
+            versions = kind.versions()
+            complete = sum(v.complete for v in versions)
+            rows.append((name, kind.latest() or "-", complete, len(versions) - complete))
+        print(table(["kind", "LATEST", "complete", "incomplete"], rows))
+        return
+    kind = store.kind(args.kind)
+    latest = kind.latest()
+    rows = []
+    for v in kind.versions():
+        m = v.manifest
+        rows.append((
+            ("* " if v.name == latest else "  ") + v.name,
+            "complete" if v.complete else "INCOMPLETE",
+            m.created_at if m else "",
+            len(m.files) if m else "",
+            human_bytes(m.total_bytes) if m else "",
+            ", ".join(f"{k}={val}" for k, val in m.parents.items()) if m else "",
+        ))  # fmt: skip
+    if not rows:
+        print(f"{args.kind} has no versions under {store.uri}")
+        return
+    print(table(["version (* = LATEST)", "state", "created", "files", "size", "parents"], rows))
+
+
+def show(cfg: EbrConfig, args: Namespace) -> None:
+    kind = ArtifactStore.from_config(cfg).kind(args.kind)
+    version = args.version or kind.latest()
+    if version is None:
+        raise SystemExit(f"error: {args.kind} has no LATEST; name a version")
+    print(kind.manifest(version).to_json().decode(), end="")
+
+
+def history(cfg: EbrConfig, args: Namespace) -> None:
+    moves = ArtifactStore.from_config(cfg).kind(args.kind).history()
+    if args.json:
+        for move in moves:
+            print(move.to_json())
+        return
+    rows = [(m.at, m.action, m.from_version or "-", m.to_version, m.reason, m.run_id or "", m.by) for m in moves]
+    print(table(["at", "action", "from", "to", "reason", "run", "by"], rows) if rows else "no pointer moves yet")
+
+
+def verify(cfg: EbrConfig, args: Namespace) -> None:
+    kind = ArtifactStore.from_config(cfg).kind(args.kind)
+    version = args.version or kind.latest()
+    if version is None:
+        raise SystemExit(f"error: {args.kind} has no LATEST; name a version")
+    manifest = kind.verify(version)
+    print(f"{args.kind}/{version}: {len(manifest.files)} files, {human_bytes(manifest.total_bytes)}, all checksums match")
+
+
+def rollback(cfg: EbrConfig, args: Namespace) -> None:
+    kind = ArtifactStore.from_config(cfg).kind(args.kind)
+    result = kind.rollback_to(args.to, reason=args.reason, verify=not args.no_verify)
+    print(result.detail)
+
+
+def retain(cfg: EbrConfig, args: Namespace) -> None:
+    kind = ArtifactStore.from_config(cfg).kind(args.kind)
+    keep = args.keep or cfg.store.keep_versions
+    report = kind.retain(keep, dry_run=args.dry_run)
+    verb = "would delete" if report.dry_run else "deleted"
+    print(f"{args.kind}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
+          f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})")
