@@ -119,13 +119,15 @@ class GcsBackend(Backend):
             blob = self.bucket.get_blob(self._name(key))
             if blob is None:
                 return None, 0
+            # Read before downloading: a download may reset the blob's properties.
+            generation = int(blob.generation)
             try:
-                data = blob.download_as_bytes(if_generation_match=blob.generation)
+                data = blob.download_as_bytes(if_generation_match=generation)
             except gexc.PreconditionFailed:
                 continue  # rewritten between the metadata read and the download
             except gexc.NotFound:
                 return None, 0
-            return data.decode().strip(), int(blob.generation)
+            return data.decode().strip(), generation
         raise ArtifactError(f"{self.uri}/{key} kept changing while being read")
 
     def swap_pointer(self, key: str, value: str, expected_generation: int) -> int:
@@ -147,11 +149,11 @@ class GcsBackend(Backend):
             blob = self.bucket.get_blob(self._name(key))
             content, generation = b"", 0
             if blob is not None:
+                generation = int(blob.generation)
                 try:
-                    content = blob.download_as_bytes(if_generation_match=blob.generation)
+                    content = blob.download_as_bytes(if_generation_match=generation)
                 except (gexc.PreconditionFailed, gexc.NotFound):
                     continue
-                generation = int(blob.generation)
             try:
                 self._blob(key).upload_from_string(
                     content + f"{line}\n".encode(),

@@ -26,7 +26,7 @@ RESERVED_VERSION_NAMES = {MANIFEST, LATEST, HISTORY}
 
 def validate_kind(kind: str) -> str:
     segments = kind.split("/")
-    if not kind or not all(_KIND_SEGMENT.match(s) for s in segments):
+    if not kind or not all(_KIND_SEGMENT.fullmatch(s) for s in segments):
         raise InvalidNameError(
             f"artifact kind {kind!r} must be lower-case path segments like "
             "'embeddings/users' or 'indexes/stories'"
@@ -37,7 +37,7 @@ def validate_kind(kind: str) -> str:
 def validate_version(version: str) -> str:
     if (
         not isinstance(version, str)
-        or not _VERSION.match(version)
+        or not _VERSION.fullmatch(version)
         or ".." in version
         or version in RESERVED_VERSION_NAMES
     ):
@@ -53,7 +53,7 @@ def validate_file_name(name: str) -> str:
     if (
         not name
         or name == MANIFEST
-        or not all(_FILE_SEGMENT.match(s) and s not in (".", "..") for s in segments)
+        or not all(_FILE_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segments)
         or any(".." in s for s in segments)
     ):
         raise InvalidNameError(
