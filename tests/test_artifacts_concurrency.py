@@ -10,7 +10,7 @@ import time
 import pytest
 
 from artifacts import ArtifactStore, IncompleteVersionError
-from artifacts.errors import PointerConflictError
+from tests.cas import increment
 
 KIND = "embeddings/users"
 PROCESSES = 4
@@ -21,13 +21,7 @@ def _increment(root: str, times: int, barrier) -> None:
     backend = ArtifactStore.open(root).backend
     barrier.wait()
     for _ in range(times):
-        while True:
-            value, generation = backend.read_pointer("counters/LATEST")
-            try:
-                backend.swap_pointer("counters/LATEST", str(int(value or 0) + 1), generation)
-                break
-            except PointerConflictError:
-                continue
+        increment(backend, "counters/LATEST")
 
 
 def _publish_many(root: str, worker: int, count: int, barrier, results) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from artifacts import CorruptArtifactError, IncompleteVersionError, UnknownVersionError
 from artifacts.errors import PointerConflictError
+from tests.cas import increment
 from tests.conftest import gcs_store
 
 
@@ -88,19 +89,13 @@ def test_a_stale_generation_is_refused_through_the_gate(generation_gate):
 def test_concurrent_gcs_publishers_lose_no_update(generation_gate):
     prefix, workers, per_worker = f"run-{uuid.uuid4().hex}", 4, 10
 
-    def increment():
+    def worker():
         backend = gcs_store(generation_gate.endpoint, prefix).backend  # one client per thread
         for _ in range(per_worker):
-            while True:
-                value, generation = backend.read_pointer("counters/LATEST")
-                try:
-                    backend.swap_pointer("counters/LATEST", str(int(value or 0) + 1), generation)
-                    break
-                except PointerConflictError:
-                    continue
+            increment(backend, "counters/LATEST")
             backend.append_line("counters/HISTORY.jsonl", "{}")
 
-    threads = [threading.Thread(target=increment) for _ in range(workers)]
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
     for t in threads:
         t.start()
     for t in threads:

@@ -69,14 +69,16 @@ def convert_movielens(source: Path, warehouse: Warehouse) -> dict[str, Any]:
     return write_ratings_world(ratings, users, movies, genres, warehouse, f"movielens-{fmt}", source)
 
 
-def _read_100k(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
-    ratings = read_delimited(
-        require_file(source, "u.data", "MovieLens 100K ratings"),
-        ["user", "movie", "rating", "ts"],
-        delimiter="\t",
-        header=False,
-        types={"user": pa.int64(), "movie": pa.int64(), "rating": pa.int64(), "ts": pa.int64()},
+def _read_ratings(path: Path, delimiter: str) -> pa.Table:
+    """user, movie, rating, ts: the same four integer columns in both formats."""
+    columns = ["user", "movie", "rating", "ts"]
+    return read_delimited(
+        path, columns, delimiter=delimiter, header=False, types={c: pa.int64() for c in columns}
     )
+
+
+def _read_100k(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
+    ratings = _read_ratings(require_file(source, "u.data", "MovieLens 100K ratings"), "\t")
     raw_users = read_delimited(
         require_file(source, "u.user", "MovieLens 100K users"),
         ["user", "age", "gender", "occupation", "zip_code"],
@@ -106,13 +108,7 @@ def _read_100k(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
 
 
 def _read_1m(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
-    ratings = read_delimited(
-        require_file(source, "ratings.dat", "MovieLens 1M ratings"),
-        ["user", "movie", "rating", "ts"],
-        delimiter="::",
-        header=False,
-        types={"user": pa.int64(), "movie": pa.int64(), "rating": pa.int64(), "ts": pa.int64()},
-    )
+    ratings = _read_ratings(require_file(source, "ratings.dat", "MovieLens 1M ratings"), "::")
     raw_users = read_delimited(
         require_file(source, "users.dat", "MovieLens 1M users"),
         ["user", "gender", "age", "occupation", "zip_code"],
