@@ -30,6 +30,7 @@ import os
 import random
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -330,7 +331,19 @@ class ArtifactKind:
 
         return self._move_latest(version, "rollback", reason, run_id, decide)
 
-    def _move_latest(self, version, action, reason, run_id, decide) -> PublishResult:
+    def _move_latest(
+        self,
+        version: str,
+        action: str,
+        reason: str,
+        run_id: str | None,
+        decide: Callable[[str | None], str | None],
+    ) -> PublishResult:
+        """The compare-and-swap loop behind publish and rollback.
+
+        `decide(current)` returns a reason not to move (LATEST stays), or None to move.
+        It is asked again after every lost race, against the value that won.
+        """
         key = self._key(LATEST)
         retries = self.store.config.cas_retries
         for attempt in range(retries):
