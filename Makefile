@@ -1,6 +1,7 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both build .venv
 # from requirements.lock the first time (a few minutes) and reuse it afterwards: the
-# stamp file is only rebuilt when requirements.lock or setup.py change.
+# stamp file is only rebuilt when requirements.lock, setup.py or the set of packages
+# change (the editable install maps only the packages that existed when it ran).
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -23,7 +24,7 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): requirements.lock setup.py
+$(STAMP): requirements.lock setup.py $(wildcard */__init__.py)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
 	$(BIN)/python -m pip install --quiet -r requirements.lock

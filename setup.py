@@ -37,6 +37,7 @@ setup(
         "prometheus-client==0.26.0",
         "pyarrow==25.0.1",
         "pydantic==2.14.3",
+        "tensorboard==2.21.0",
         "tensorflow==2.21.0",
         "tensorflow-recommenders==0.7.7",
         "tf-keras==2.21.0",

@@ -3,8 +3,11 @@
 from config.settings import (
     ConfigError,
     EbrConfig,
+    FeatureConfig,
     GcsConfig,
+    ModelConfig,
     StoreConfig,
+    TrainConfig,
     WorldConfig,
     load_config,
 )
@@ -12,8 +15,11 @@ from config.settings import (
 __all__ = [
     "ConfigError",
     "EbrConfig",
+    "FeatureConfig",
     "GcsConfig",
+    "ModelConfig",
     "StoreConfig",
+    "TrainConfig",
     "WorldConfig",
     "load_config",
 ]

@@ -92,11 +92,67 @@ class WorldConfig(_Section):
         return int(explicit if explicit is not None else WORLD_SIZES[self.size][name])
 
 
+class FeatureConfig(_Section):
+    """What the towers see (see `models.features`)."""
+
+    # Most recent positively engaged stories in the user's history sequence.
+    history_length: int = Field(50, ge=1)
+    # Hashtags of this many most recent positives (up to `story_hashtags` each) form the
+    # user's hashtag sequence.
+    hashtag_history_stories: int = Field(10, ge=1)
+    story_hashtags: int = Field(4, ge=1)
+    windows_days: tuple[float, ...] = (1.0, 7.0, 28.0)
+    # One positive label from several engagement signals: an event is a positive when
+    # sum(weight * signal) >= label_threshold; the sum (capped) weights the example.
+    label_weights: dict[str, float] = {"long_view": 1.0, "favorite": 1.0, "share": 1.0, "boost": 1.0}
+    label_threshold: float = Field(1.0, gt=0)
+    max_example_weight: float = Field(3.0, gt=0)
+
+
+class ModelConfig(_Section):
+    """The two-tower model (see `models.two_tower`)."""
+
+    output_dim: int = Field(128, ge=2)
+    id_embedding_dim: int = Field(64, ge=1)
+    small_embedding_dim: int = Field(16, ge=1)
+    mlp_width: int = Field(256, ge=8)
+    resnet_blocks: int = Field(2, ge=0)
+    cross_layers: int = Field(4, ge=0)
+    cross_projection_dim: int | None = 64
+    dropout: float = Field(0.1, ge=0, lt=1)
+    temperature: float = Field(0.1, gt=0)
+    loss: Literal["sigmoid", "softmax"] = "softmax"
+    logq_correction: bool = True
+    # Ids seen fewer times than this in training share the out-of-vocabulary embedding.
+    min_id_count: int = Field(1, ge=1)
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(1024, ge=2)
+    epochs: int = Field(30, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(4, ge=1)
+    seed: int = 42
+    # "time": the last `holdout_days` are the test set; "random": a random fraction.
+    split: Literal["time", "random"] = "time"
+    holdout_days: int = Field(3, ge=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    # Share of the training examples held out to choose the epoch (early stopping).
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    eval_ks: tuple[int, ...] = (10, 50, 100, 500)
+    max_eval_users: int = Field(5000, ge=1)
+
+
 class EbrConfig(_Section):
     root: str
     store: StoreConfig = StoreConfig()
     gcs: GcsConfig = GcsConfig()
     world: WorldConfig = WorldConfig()
+    features: FeatureConfig = FeatureConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
     @field_validator("root")
     @classmethod

@@ -1,0 +1,1 @@
+"""The two-tower retrieval model: features, towers, loss, training, evaluation, export."""

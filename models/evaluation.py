@@ -1,0 +1,108 @@
+"""Retrieval metrics, computed the same way for the model and for the baselines.
+
+A *scorer* maps a batch of evaluation users to scores over the candidate stories
+([batch, n_candidates]); everything else (which users, which stories are relevant, which
+were already seen) is fixed by the split, so every scorer is measured on the same ground.
+
+Metrics:
+- `top_k_accuracy@K`: per test event, is its story in the user's top K (seen stories
+  *not* excluded): TFRS's `factorized_top_k/top_K_categorical_accuracy`.
+- `recall@K`: per user, the share of their test stories in the top K after removing the
+  stories they engaged with in training; averaged over users.
+- `ndcg@10`: binary relevance, seen stories removed, averaged over users.
+- `coverage@K`: share of candidates that appear in at least one user's top K.
+- `language_match@K` (when languages are given): share of top-K stories in the user's language.
+- `oracle_recall@K` (synthetic worlds): overlap of the top K with the oracle's top K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class EvaluationSet:
+    users: np.ndarray  # [U] user rows (catalog indices)
+    test_events: list[np.ndarray]  # per user: candidate positions of test events (repeats kept)
+    seen: list[np.ndarray]  # per user: candidate positions engaged with in training
+    n_candidates: int
+    user_language: np.ndarray | None = None  # [U] language codes
+    candidate_language: np.ndarray | None = None  # [C]
+    oracle: Scorer | None = None
+
+
+def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: int = 256) -> dict[str, float]:
+    ks = sorted(k for k in ks if k <= data.n_candidates)
+    k_max = max(ks)
+    hits_any = {k: 0 for k in ks}
+    n_test_events = 0
+    recall = {k: [] for k in ks}
+    ndcg = []
+    covered = {k: np.zeros(data.n_candidates, dtype=bool) for k in ks}
+    language = {k: [] for k in ks}
+    oracle_recall = {k: [] for k in ks}
+    discounts = 1.0 / np.log2(np.arange(2, 12))
+
+    for start in range(0, len(data.users), batch_size):
+        rows = slice(start, start + batch_size)
+        scores = np.asarray(scorer(data.users[rows]), dtype=np.float32)
+        top_all = _top_k(scores, k_max)
+        masked = scores.copy()
+        for i, seen in enumerate(data.seen[rows]):
+            masked[i, seen] = -np.inf
+        top_unseen = _top_k(masked, k_max)
+        oracle_top = _top_k(_masked(data.oracle(data.users[rows]), data.seen[rows]), k_max) if data.oracle else None
+
+        for i, test in enumerate(data.test_events[rows]):
+            u = start + i
+            if len(test) == 0:
+                continue
+            rank = {c: r for r, c in enumerate(top_all[i])}
+            test_ranks = np.array([rank.get(c, k_max) for c in test])
+            relevant = np.setdiff1d(np.unique(test), data.seen[u])
+            n_test_events += len(test)
+            for k in ks:
+                hits_any[k] += int((test_ranks < k).sum())
+                covered[k][top_unseen[i, :k]] = True
+                if len(relevant):
+                    recall[k].append(np.isin(top_unseen[i, :k], relevant).sum() / len(relevant))
+                if data.user_language is not None:
+                    language[k].append(np.mean(data.candidate_language[top_unseen[i, :k]] == data.user_language[u]))
+                if oracle_top is not None:
+                    oracle_recall[k].append(np.isin(top_unseen[i, :k], oracle_top[i, :k]).mean())
+            if len(relevant):
+                gains = np.isin(top_unseen[i, :10], relevant)
+                ideal = discounts[: min(len(relevant), 10)].sum()
+                ndcg.append((gains * discounts[: len(gains)]).sum() / ideal)
+
+    metrics: dict[str, float] = {"eval_users": float(sum(len(t) > 0 for t in data.test_events)), "eval_events": float(n_test_events)}
+    for k in ks:
+        metrics[f"top_k_accuracy@{k}"] = hits_any[k] / max(n_test_events, 1)
+        metrics[f"recall@{k}"] = float(np.mean(recall[k])) if recall[k] else 0.0
+        metrics[f"coverage@{k}"] = float(covered[k].mean())
+        if language[k]:
+            metrics[f"language_match@{k}"] = float(np.mean(language[k]))
+        if oracle_recall[k]:
+            metrics[f"oracle_recall@{k}"] = float(np.mean(oracle_recall[k]))
+    metrics["ndcg@10"] = float(np.mean(ndcg)) if ndcg else 0.0
+    return metrics
+
+
+def _masked(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    for i, s in enumerate(seen):
+        scores[i, s] = -np.inf
+    return scores
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first: [rows, k]."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)

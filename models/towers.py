@@ -1,0 +1,142 @@
+"""The user tower and the story tower, as the seed describes them.
+
+Input layer: dense statistics normalised (a Normalization layer adapted on training
+data), sparse ids embedded through vocabularies with an out-of-vocabulary row (unseen
+ids at inference map there), sequences average-pooled over their non-padding entries.
+Representation layer: a ResNet-style MLP and a deep cross network (`tfrs.layers.dcn.Cross`)
+over the same concatenated input, each projected to the output size and summed.
+Output: L2-normalised [batch, output_dim].
+
+Story ids, creator ids and hashtags have one embedding table each, shared by the two
+towers (the user's history sequences and the story's own ids look up the same rows), so
+what the model learns about a story from being engaged with carries over to matching it.
+Each exported tower carries its own copy of the shared tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from config import ModelConfig
+
+PAD = ""
+
+
+class IdEmbedding(tf.keras.layers.Layer):
+    """String ids -> embeddings. "" is padding (index 0, masked by callers); unseen ids
+    share one out-of-vocabulary row."""
+
+    def __init__(self, vocabulary: list[str], dim: int, **kwargs):
+        super().__init__(**kwargs)
+        vocabulary = [v for v in vocabulary if v != PAD]
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=vocabulary, mask_token=PAD, num_oov_indices=1)
+        self.embedding = tf.keras.layers.Embedding(len(vocabulary) + 2, dim)
+
+    def call(self, ids: tf.Tensor) -> tf.Tensor:
+        return self.embedding(self.lookup(ids))
+
+
+def masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
+    """Average of embeddings [batch, n, dim] over positions whose id is not padding."""
+    mask = tf.cast(tf.not_equal(ids, PAD), embeddings.dtype)[:, :, tf.newaxis]
+    return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+class Representation(tf.keras.layers.Layer):
+    """ResNet MLP + deep cross network over the same input, summed: [batch, output_dim]."""
+
+    def __init__(self, cfg: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.input_projection = tf.keras.layers.Dense(cfg.mlp_width)
+        self.blocks = [
+            (
+                tf.keras.layers.Dense(cfg.mlp_width, activation="relu"),
+                tf.keras.layers.Dropout(cfg.dropout),
+                tf.keras.layers.Dense(cfg.mlp_width),
+                tf.keras.layers.LayerNormalization(),
+            )
+            for _ in range(cfg.resnet_blocks)
+        ]
+        self.mlp_output = tf.keras.layers.Dense(cfg.output_dim)
+        self.crosses = [tfrs.layers.dcn.Cross(projection_dim=cfg.cross_projection_dim) for _ in range(cfg.cross_layers)]
+        self.cross_output = tf.keras.layers.Dense(cfg.output_dim)
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        h = self.input_projection(x)
+        for expand, dropout, project, norm in self.blocks:
+            h = norm(h + project(dropout(expand(h), training=training)))
+        crossed = x
+        for cross in self.crosses:
+            crossed = cross(x, crossed)
+        return self.mlp_output(h) + self.cross_output(crossed)
+
+
+class SharedEmbeddings:
+    """The id tables both towers use (see the module docstring)."""
+
+    def __init__(self, vocabularies: dict[str, list[str]], cfg: ModelConfig):
+        self.story = IdEmbedding(vocabularies["story_id"], cfg.id_embedding_dim, name="story_id_embedding")
+        self.creator = IdEmbedding(vocabularies["creator_id"], cfg.id_embedding_dim, name="creator_id_embedding")
+        self.hashtag = IdEmbedding(vocabularies["hashtag"], cfg.small_embedding_dim * 2, name="hashtag_embedding")
+        self.country = IdEmbedding(vocabularies["country"], cfg.small_embedding_dim, name="country_embedding")
+        self.language = IdEmbedding(vocabularies["language"], cfg.small_embedding_dim, name="language_embedding")
+
+
+class UserTower(tf.keras.Model):
+    """user_id, country, language, age_bucket, user_stats, history_* -> [batch, output_dim]."""
+
+    def __init__(self, vocabularies: dict[str, list[str]], shared: SharedEmbeddings, stats_dim: int, cfg: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.shared = shared
+        self.user_id = IdEmbedding(vocabularies["user_id"], cfg.id_embedding_dim, name="user_id_embedding")
+        self.age_bucket = IdEmbedding(vocabularies["age_bucket"], cfg.small_embedding_dim, name="age_bucket_embedding")
+        self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="user_stats_normalization")
+        self.stats_norm.build((None, stats_dim))
+        self.representation = Representation(cfg, name="user_representation")
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        s = self.shared
+        parts = [
+            self.user_id(inputs["user_id"]),
+            s.country(inputs["country"]),
+            s.language(inputs["language"]),
+            self.age_bucket(inputs["age_bucket"]),
+            self.stats_norm(inputs["user_stats"]),
+            masked_mean(s.story(inputs["history_story_ids"]), inputs["history_story_ids"]),
+            masked_mean(s.creator(inputs["history_creator_ids"]), inputs["history_creator_ids"]),
+            masked_mean(s.hashtag(inputs["history_hashtags"]), inputs["history_hashtags"]),
+        ]
+        return tf.math.l2_normalize(self.representation(tf.concat(parts, axis=1), training=training), axis=1)
+
+
+class StoryTower(tf.keras.Model):
+    """story_id, creator_id, country, language, hashtags, content_embedding, story_stats."""
+
+    def __init__(self, shared: SharedEmbeddings, stats_dim: int, content_dim: int, cfg: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.shared = shared
+        self.content_dim = content_dim
+        self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="story_stats_normalization")
+        self.stats_norm.build((None, stats_dim))
+        self.representation = Representation(cfg, name="story_representation")
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+        s = self.shared
+        parts = [
+            s.story(inputs["story_id"]),
+            s.creator(inputs["creator_id"]),
+            s.country(inputs["country"]),
+            s.language(inputs["language"]),
+            masked_mean(s.hashtag(inputs["hashtags"]), inputs["hashtags"]),
+            self.stats_norm(inputs["story_stats"]),
+        ]
+        if self.content_dim:
+            parts.append(tf.cast(inputs["content_embedding"], tf.float32))
+        return tf.math.l2_normalize(self.representation(tf.concat(parts, axis=1), training=training), axis=1)
+
+
+def adapt_normalization(layer: tf.keras.layers.Normalization, values: np.ndarray) -> None:
+    """Sets mean and variance from training statistics (no look at evaluation data)."""
+    layer.adapt(values.astype(np.float32))
