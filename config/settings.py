@@ -145,6 +145,16 @@ class TrainConfig(_Section):
     max_eval_users: int = Field(5000, ge=1)
 
 
+class GateConfig(_Section):
+    """The promotion gate a trained model passes before it is published."""
+
+    metric: str = "recall@100"
+    # The model must beat popularity by at least this fraction (0: simply not be worse).
+    min_lift_over_popularity: float = Field(0.0, ge=0)
+    # ...and lose no more than this fraction against the model LATEST names.
+    max_regression: float = Field(0.10, ge=0, le=1)
+
+
 class EbrConfig(_Section):
     root: str
     store: StoreConfig = StoreConfig()
@@ -153,6 +163,7 @@ class EbrConfig(_Section):
     features: FeatureConfig = FeatureConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
 
     @field_validator("root")
     @classmethod

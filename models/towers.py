@@ -73,10 +73,14 @@ class Representation(tf.keras.layers.Layer):
         return self.mlp_output(h) + self.cross_output(crossed)
 
 
-class SharedEmbeddings:
-    """The id tables both towers use (see the module docstring)."""
+class SharedEmbeddings(tf.keras.layers.Layer):
+    """The id tables both towers use (see the module docstring).
 
-    def __init__(self, vocabularies: dict[str, list[str]], cfg: ModelConfig):
+    A Layer, not a plain object, so that each tower tracks (and exports) the tables.
+    """
+
+    def __init__(self, vocabularies: dict[str, list[str]], cfg: ModelConfig, **kwargs):
+        super().__init__(name="shared_embeddings", **kwargs)
         self.story = IdEmbedding(vocabularies["story_id"], cfg.id_embedding_dim, name="story_id_embedding")
         self.creator = IdEmbedding(vocabularies["creator_id"], cfg.id_embedding_dim, name="creator_id_embedding")
         self.hashtag = IdEmbedding(vocabularies["hashtag"], cfg.small_embedding_dim * 2, name="hashtag_embedding")

@@ -1,0 +1,141 @@
+"""Exporting the towers, the promotion gate, and publishing a model version.
+
+A model version (`ROOT/models/two_tower/<version>/`) holds:
+
+    user_tower/     SavedModel, signature "serving_default": raw user features -> {"embedding"}
+    story_tower/    SavedModel, signature "serving_default": raw story features -> {"embedding"}
+    vocabularies.json
+    features.json   the FeatureConfig, the stat names in order, the content dimension
+    metrics.json    model and baseline metrics on the evaluation split
+
+Signatures take raw values: ids as strings, sequences as string matrices ("" = padding),
+statistics as float32 matrices in the order `features.json` lists; they return
+L2-normalised float32 [batch, output_dim]. `models.features` builds exactly these inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from artifacts import MODELS, ArtifactStore, PublishResult
+from config import EbrConfig
+from models.features import story_stat_names, user_stat_names
+
+USER_INPUTS = ("user_id", "country", "language", "age_bucket", "user_stats", "history_story_ids", "history_creator_ids", "history_hashtags")
+STORY_INPUTS = ("story_id", "creator_id", "country", "language", "hashtags", "content_embedding", "story_stats")
+
+
+def input_specs(cfg: EbrConfig, content_dim: int) -> dict[str, dict[str, tf.TensorSpec]]:
+    f = cfg.features
+    string = lambda name, *shape: tf.TensorSpec([None, *shape], tf.string, name=name)  # noqa: E731
+    number = lambda name, *shape: tf.TensorSpec([None, *shape], tf.float32, name=name)  # noqa: E731
+    return {
+        "user": {
+            "user_id": string("user_id"), "country": string("country"), "language": string("language"),
+            "age_bucket": string("age_bucket"), "user_stats": number("user_stats", len(user_stat_names(f))),
+            "history_story_ids": string("history_story_ids", f.history_length),
+            "history_creator_ids": string("history_creator_ids", f.history_length),
+            "history_hashtags": string("history_hashtags", f.hashtag_history_stories * f.story_hashtags),
+        },
+        "story": {
+            "story_id": string("story_id"), "creator_id": string("creator_id"), "country": string("country"),
+            "language": string("language"), "hashtags": string("hashtags", f.story_hashtags),
+            "content_embedding": number("content_embedding", content_dim),
+            "story_stats": number("story_stats", len(story_stat_names(f))),
+        },
+    }  # fmt: skip
+
+
+def export_towers(model, vocabularies: dict[str, list[str]], cfg: EbrConfig, content_dim: int, metrics: dict[str, Any], dest: Path) -> Path:
+    """Writes both SavedModels and their side files into `dest`; returns `dest`."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    specs = input_specs(cfg, content_dim)
+    for name, tower, keys in (("user_tower", model.user_tower, USER_INPUTS), ("story_tower", model.story_tower, STORY_INPUTS)):
+        signature = _serving_function(tower, keys, [specs[name.split("_")[0]][k] for k in keys])
+        tf.saved_model.save(tower, str(dest / name), signatures={"serving_default": signature})
+    (dest / "vocabularies.json").write_text(json.dumps(vocabularies))
+    (dest / "features.json").write_text(json.dumps({
+        "features": cfg.features.model_dump(mode="json"),
+        "user_stat_names": user_stat_names(cfg.features),
+        "story_stat_names": story_stat_names(cfg.features),
+        "content_dim": content_dim,
+        "output_dim": cfg.model.output_dim,
+    }, indent=2))  # fmt: skip
+    (dest / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return dest
+
+
+def _serving_function(tower, keys, specs):
+    @tf.function(input_signature=specs)
+    def serve(*inputs):
+        return {"embedding": tower(dict(zip(keys, inputs, strict=True)), training=False)}
+
+    return serve.get_concrete_function()
+
+
+class TowerRunner:
+    """A loaded tower: features dict (numpy, as `models.features` builds them) -> embeddings."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.function = tf.saved_model.load(str(self.path)).signatures["serving_default"]
+        self.inputs = dict(self.function.structured_input_signature[1])
+
+    def __call__(self, features: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+        n = len(next(iter(features.values())))
+        parts = []
+        for start in range(0, n, batch_size):
+            batch = {name: tf.constant(features[name][start : start + batch_size], dtype=spec.dtype) for name, spec in self.inputs.items()}
+            parts.append(self.function(**batch)["embedding"].numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reasons: list[str]
+
+
+def promotion_gate(metrics: dict[str, dict[str, float]], previous: dict[str, dict[str, float]] | None, cfg: EbrConfig) -> GateDecision:
+    """Refuses a model worse than popularity, or clearly worse than the published one.
+
+    `previous` is the metrics.json of the model LATEST names (measured on its own
+    evaluation split, so the tolerance `gate.max_regression` is deliberately loose).
+    """
+    gate, reasons = cfg.gate, []
+    metric = gate.metric
+    value = metrics["model"][metric]
+    floor = metrics["popularity"][metric] * (1.0 + gate.min_lift_over_popularity)
+    if value < floor:
+        reasons.append(f"{metric} {value:.4f} is below popularity's {metrics['popularity'][metric]:.4f} (floor {floor:.4f})")
+    if previous and metric in previous.get("model", {}):
+        before = previous["model"][metric]
+        if value < before * (1.0 - gate.max_regression):
+            reasons.append(f"{metric} {value:.4f} is more than {gate.max_regression:.0%} below the published model's {before:.4f}")
+    return GateDecision(promote=not reasons, reasons=reasons or [f"{metric} {value:.4f} passes"])
+
+
+def publish_model(store: ArtifactStore, export_dir: Path, version: str, *, parents: dict[str, str], params: dict[str, Any], metrics: dict[str, Any], reason: str, run_id: str | None = None) -> PublishResult:
+    """Uploads an exported model as a version of models/two_tower and moves LATEST."""
+    kind = store.kind(MODELS)
+    if not kind.is_complete(version):
+        with kind.new_version(version, parents=parents, params=params) as writer:
+            for name in ("user_tower", "story_tower"):
+                writer.add_directory(name, Path(export_dir) / name)
+            for name in ("vocabularies.json", "features.json", "metrics.json"):
+                writer.add_file(name, Path(export_dir) / name)
+            writer.metrics.update({k: v for k, v in metrics.get("model", {}).items()})
+    return kind.publish(version, reason=reason, run_id=run_id)
+
+
+def published_metrics(store: ArtifactStore) -> dict[str, Any] | None:
+    kind = store.kind(MODELS)
+    latest = kind.latest()
+    return json.loads(kind.read_file(latest, "metrics.json")) if latest else None
