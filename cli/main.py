@@ -18,6 +18,7 @@ examples:
   ebr data generate --size tiny                 a small synthetic world under the default root
   ebr data convert movielens --source ../shared/data/ml-100k
   ebr data show
+  ebr train                                     train, evaluate against baselines, gate, publish
   ebr artifacts list                            every kind with its LATEST version
   ebr artifacts list indexes/stories            versions of one kind (* marks LATEST)
   ebr artifacts rollback indexes/stories --to VERSION --reason "bad recall"
@@ -49,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_data_commands(commands)
     _add_artifact_commands(commands)
+    _add_train_command(commands)
     return parser
+
+
+def _add_train_command(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train the two-tower model, evaluate it against baselines, gate and publish it",
+        description="Trains on ROOT/warehouse, evaluates the model, popularity and implicit ALS "
+                    "on the same split, exports both towers and publishes them as a version of "
+                    "models/two_tower if the promotion gate passes (exit code 3 if it refuses).",
+    )  # fmt: skip
+    train.add_argument("--version", help="version name (default: <UTC time>-train-<run id>)")
+    train.add_argument("--run-id", help="the run this belongs to (a DAG run id), for names and history")
+    train.add_argument("--workdir", help="local folder for logs, TensorBoard and the export")
+    train.add_argument("--no-publish", action="store_true", help="train, evaluate and export only")
 
 
 def _add_data_commands(commands) -> None:
@@ -144,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(cfg, args) -> int | None:
-    from cli import artifact_commands, data_commands
+    from cli import artifact_commands, data_commands, train_commands
 
     if args.command == "config":
         print(cfg.model_dump_json(indent=2))
@@ -160,6 +175,8 @@ def _dispatch(cfg, args) -> int | None:
         ("artifacts", "rollback"): artifact_commands.rollback,
         ("artifacts", "retain"): artifact_commands.retain,
     }
+    if args.command == "train":
+        return train_commands.train(cfg, args)
     return handlers[(args.command, args.action)](cfg, args)
 
 

@@ -22,7 +22,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = Path(__file__).with_name("defaults.toml")
@@ -139,10 +139,24 @@ class TrainConfig(_Section):
     split: Literal["time", "random"] = "time"
     holdout_days: int = Field(3, ge=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    # How a training example's features are timed. "event": as of the example's own
+    # timestamp (the production rule: no look-ahead; required for the time split).
+    # "snapshot": the user as of their last training event and the stories as of the end
+    # of training, with the example's own story removed from the history sequences
+    # (leave-one-out). Only for the random split, whose test events are interleaved with
+    # the training ones: there, "as of the event" teaches next-in-session prediction
+    # while evaluation asks for the user's held-out items.
+    example_features: Literal["event", "snapshot"] = "event"
     # Share of the training examples held out to choose the epoch (early stopping).
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     eval_ks: tuple[int, ...] = (10, 50, 100, 500)
     max_eval_users: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _snapshot_needs_random_split(self) -> TrainConfig:
+        if self.example_features == "snapshot" and self.split != "random":
+            raise ValueError("example_features='snapshot' looks ahead in time: use it only with split='random'")
+        return self
 
 
 class GateConfig(_Section):

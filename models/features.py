@@ -127,14 +127,13 @@ class Catalog:
         )
 
     def user_index(self, ids) -> np.ndarray:
-        return _lookup(self.user_ids, ids, "user")
+        return _lookup({v: i for i, v in enumerate(self.user_ids.tolist())}, ids, "user")
 
     def story_index(self, ids) -> np.ndarray:
-        return _lookup(self.story_ids, ids, "story")
+        return _lookup({v: i for i, v in enumerate(self.story_ids.tolist())}, ids, "story")
 
 
-def _lookup(known: np.ndarray, ids, what: str) -> np.ndarray:
-    table = {v: i for i, v in enumerate(known.tolist())}
+def _lookup(table: dict[str, int], ids, what: str) -> np.ndarray:
     ids = list(ids)
     out = np.fromiter((table.get(v, -1) for v in ids), dtype=np.int64, count=len(ids))
     if (out < 0).any():
@@ -144,26 +143,47 @@ def _lookup(known: np.ndarray, ids, what: str) -> np.ndarray:
 
 
 class EventHistory:
-    """The event log, indexed per user and per story, for as-of feature queries."""
+    """The event log, indexed per user and per story, for as-of feature queries.
 
-    def __init__(self, events: pa.Table, catalog: Catalog, cfg: FeatureConfig):
+    Holds compact arrays only (row indices, timestamps, label scores, watch ratios):
+    about 40 bytes per event. Build it with `from_events` (one table) or `from_tables`
+    (an iterable of tables, e.g. one per day partition, so the string ids of the whole
+    log are never in memory at once).
+    """
+
+    def __init__(self, user: np.ndarray, story: np.ndarray, ts: np.ndarray, score: np.ndarray, watch_ratio: np.ndarray, catalog: Catalog, cfg: FeatureConfig):
         self.catalog = catalog
         self.cfg = cfg
-        self.user = catalog.user_index(events["user_id"].to_pylist())
-        self.story = catalog.story_index(events["story_id"].to_pylist())
-        self.ts = events["ts"].to_numpy().astype(np.int64)
-        self.score = positive_scores(events, cfg)
+        self.user, self.story, self.ts, self.score = user, story, ts.astype(np.int64), score
         self.positive = self.score >= cfg.label_threshold
         columns = {
-            "impressions": np.ones(len(events)),
+            "impressions": np.ones(len(ts)),
             "positives": self.positive.astype(np.float64),
-            "watch_ratio": events["watch_ratio"].to_numpy().astype(np.float64),
+            "watch_ratio": watch_ratio.astype(np.float64),
         }
         self.by_user = _EventIndex(self.user, self.ts, columns)
         self.by_story = _EventIndex(self.story, self.ts, columns)
         positive = np.flatnonzero(self.positive)
         self.positives_by_user = _EventIndex(self.user[positive], self.ts[positive], {})
         self.positive_story = self.story[positive][self.positives_by_user.order]
+
+    @classmethod
+    def from_events(cls, events: pa.Table, catalog: Catalog, cfg: FeatureConfig) -> EventHistory:
+        return cls.from_tables([events], catalog, cfg)
+
+    @classmethod
+    def from_tables(cls, tables, catalog: Catalog, cfg: FeatureConfig) -> EventHistory:
+        users, stories, ts, scores, watch = [], [], [], [], []
+        user_index = {v: i for i, v in enumerate(catalog.user_ids.tolist())}
+        story_index = {v: i for i, v in enumerate(catalog.story_ids.tolist())}
+        for events in tables:
+            users.append(_lookup(user_index, events["user_id"].to_pylist(), "user"))
+            stories.append(_lookup(story_index, events["story_id"].to_pylist(), "story"))
+            ts.append(events["ts"].to_numpy())
+            scores.append(positive_scores(events, cfg))
+            watch.append(events["watch_ratio"].to_numpy().astype(np.float32))
+        join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+        return cls(join(users, np.int64), join(stories, np.int64), join(ts, np.int64), join(scores, np.float32), join(watch, np.float32), catalog, cfg)
 
 
 def user_stat_names(cfg: FeatureConfig) -> list[str]:

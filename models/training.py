@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from models.features import (
     user_stat_names,
 )
 from warehouse import Warehouse
+from warehouse.tables import day_start_ts
 
 log = logging.getLogger(__name__)
 USER_KEYS = ("user_id", "country", "language", "age_bucket", "user_stats", "history_story_ids", "history_creator_ids", "history_hashtags")
@@ -50,25 +51,51 @@ STORY_KEYS = ("story_id", "creator_id", "country", "language", "hashtags", "cont
 
 @dataclass(frozen=True)
 class Split:
-    train: pa.Table
+    train_parts: Callable[[], Iterable[pa.Table]]  # the training events, one table at a time
     test: pa.Table
-    as_of: int  # evaluation features are computed as of this time
+    as_of: int  # story features for evaluation (the index snapshot) are computed as of this
     kind: str
 
+    def user_as_of(self, history: EventHistory, users: np.ndarray) -> np.ndarray:
+        """When each evaluated user's embedding is computed.
 
-def split_events(events: pa.Table, cfg: TrainConfig) -> Split:
-    ts = events["ts"].to_numpy()
-    if cfg.split == "time":
-        last_day = int(ts.max()) // 86_400
-        cutoff = (last_day - cfg.holdout_days + 1) * 86_400
-        train_mask = ts < cutoff
-        if train_mask.all() or not train_mask.any():
-            raise ValueError(f"a time split with holdout_days={cfg.holdout_days} leaves one side empty")
-        return Split(events.filter(train_mask), events.filter(~train_mask), cutoff, "time")
+        Time split: at the cutoff, as the scheduled user dataflow would. Random split:
+        there is no "now" (test events are interleaved with training ones), so each user
+        is embedded just after their own last training event, as a refresh after activity
+        would; taking one global time instead would put every user's recent-activity
+        windows months in the past, far from anything seen in training.
+        """
+        if self.kind == "time":
+            return np.full(len(users), self.as_of, dtype=np.int64)
+        last = np.full(len(history.catalog.user_ids), -1, dtype=np.int64)
+        np.maximum.at(last, history.user, history.ts)
+        last = np.where(last < 0, self.as_of - 1, last)  # no training events: the global time
+        return last[users] + 1
+
+
+def load_split(warehouse: Warehouse, cfg: TrainConfig) -> Split:
+    """Time split: the last `holdout_days` day partitions are the test set, and training
+    days are read one partition at a time. Random split: `test_fraction` of all events,
+    chosen with numpy's default_rng(seed) (the TFRS-tutorial protocol)."""
+    if cfg.split == "random":
+        return random_split(warehouse.read_events(), cfg)
+    days = warehouse.event_days()
+    if len(days) <= cfg.holdout_days:
+        raise ValueError(f"a time split with holdout_days={cfg.holdout_days} needs more than {len(days)} days of events")
+    cutoff_day = days[-cfg.holdout_days]
+    return Split(
+        train_parts=lambda: (table for _, table in warehouse.iter_events(end=cutoff_day)),
+        test=warehouse.read_events(start=cutoff_day),
+        as_of=day_start_ts(cutoff_day),
+        kind="time",
+    )
+
+
+def random_split(events: pa.Table, cfg: TrainConfig) -> Split:
     order = np.random.default_rng(cfg.seed).permutation(len(events))
     n_train = int(round(len(events) * (1.0 - cfg.test_fraction)))
     train, test = events.take(np.sort(order[:n_train])), events.take(np.sort(order[n_train:]))
-    return Split(train, test, int(pc.max(train["ts"]).as_py()) + 1, "random")
+    return Split(lambda: [train], test, int(pc.max(train["ts"]).as_py()) + 1, "random")
 
 
 def build_vocabularies(catalog: Catalog, history: EventHistory, rows: np.ndarray, min_count: int) -> dict[str, list[str]]:
@@ -91,28 +118,44 @@ def build_vocabularies(catalog: Catalog, history: EventHistory, rows: np.ndarray
 
 
 class ExampleSource:
-    """Batches of training examples, features computed on the fly as of each event."""
+    """Batches of training examples, features computed on the fly (see TrainConfig.example_features)."""
 
-    def __init__(self, history: EventHistory, rows: np.ndarray, features: FeatureConfig):
+    def __init__(self, history: EventHistory, rows: np.ndarray, features: FeatureConfig, split: Split, timing: str = "event"):
         self.history = history
         self.rows = rows
+        self.split = split
+        self.timing = timing
         counts = np.bincount(history.story[rows], minlength=len(history.catalog.story_ids))
         self.log_q = np.log(np.maximum(counts, 1) / max(len(rows), 1)).astype(np.float32)
         self.weights = np.minimum(history.score, features.max_example_weight).astype(np.float32)
 
     def batch(self, rows: np.ndarray) -> dict[str, Any]:
         h = self.history
-        return {
-            "user": user_features(h, h.user[rows], h.ts[rows]),
-            "story": story_features(h, h.story[rows], h.ts[rows]),
-            "log_q": self.log_q[h.story[rows]],
-            "weight": self.weights[rows],
-        }
+        user, story = h.user[rows], h.story[rows]
+        if self.timing == "event":
+            users = user_features(h, user, h.ts[rows])
+            stories = story_features(h, story, h.ts[rows])
+        else:
+            users = leave_out(user_features(h, user, self.split.user_as_of(h, user)), h.catalog.story_ids[story], h.cfg)
+            stories = story_features(h, story, np.full(len(rows), self.split.as_of))
+        return {"user": users, "story": stories, "log_q": self.log_q[story], "weight": self.weights[rows]}
 
     def batches(self, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
         order = np.random.default_rng(seed).permutation(self.rows)
         for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches only
             yield self.batch(order[start : start + batch_size])
+
+
+def leave_out(users: dict[str, np.ndarray], story_ids: np.ndarray, cfg: FeatureConfig) -> dict[str, np.ndarray]:
+    """Removes each row's own story (and its creator and hashtag slots) from the history."""
+    hit = users["history_story_ids"] == story_ids[:, None]
+    tag_hit = np.repeat(hit[:, : cfg.hashtag_history_stories], cfg.story_hashtags, axis=1)
+    return {
+        **users,
+        "history_story_ids": np.where(hit, "", users["history_story_ids"]),
+        "history_creator_ids": np.where(hit, "", users["history_creator_ids"]),
+        "history_hashtags": np.where(tag_hit, "", users["history_hashtags"]),
+    }
 
 
 @dataclass
@@ -134,15 +177,15 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     fcfg, tcfg = cfg.features, cfg.train
 
     catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
-    split = split_events(warehouse.read_events(), tcfg)
-    history = EventHistory(split.train, catalog, fcfg)
+    split = load_split(warehouse, tcfg)
+    history = EventHistory.from_tables(split.train_parts(), catalog, fcfg)
     positives = np.flatnonzero(history.positive)
     rng = np.random.default_rng(tcfg.seed)
     validation = rng.choice(positives, size=max(1, int(len(positives) * tcfg.validation_fraction)), replace=False)
     train_rows = np.setdiff1d(positives, validation)
-    source = ExampleSource(history, train_rows, fcfg)
+    source = ExampleSource(history, train_rows, fcfg, split, tcfg.example_features)
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
-    log.info("split %s: %d train events (%d examples), %d test events", split.kind, len(split.train), len(train_rows), len(split.test))
+    log.info("split %s: %d train events (%d examples), %d test events", split.kind, len(history.ts), len(train_rows), len(split.test))
 
     model = TwoTowerModel(vocabularies, len(user_stat_names(fcfg)), len(story_stat_names(fcfg)), catalog.story_content.shape[1], cfg.model)
     sample = source.batch(rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False))
@@ -161,7 +204,7 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
         lambda: source.batches(tcfg.batch_size, next(epoch_seed)), output_signature=signature
     ).prefetch(2)
 
-    validator = _Validator(model, history, validation, candidates, split.as_of, tcfg, workdir / "tensorboard")
+    validator = _Validator(model, source, validation, candidates, split.as_of, tcfg, workdir / "tensorboard")
     started = time.perf_counter()
     model.fit(
         dataset,
@@ -172,7 +215,7 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     seconds = time.perf_counter() - started
     validator.restore_best()
 
-    user_emb = _embed(model.user_tower, user_features(history, evaluation.users, np.full(len(evaluation.users), split.as_of)))
+    user_emb = _embed(model.user_tower, user_features(history, evaluation.users, split.user_as_of(history, evaluation.users)))
     story_emb = _embed(model.story_tower, story_features(history, candidates, np.full(len(candidates), split.as_of)))
     user_pos = {u: i for i, u in enumerate(evaluation.users.tolist())}
     metrics = {"model": evaluate(lambda users: user_emb[[user_pos[u] for u in users]] @ story_emb.T, evaluation, tcfg.eval_ks)}
@@ -282,11 +325,12 @@ def _output_signature(sample: dict[str, Any]):
 class _Validator(tf.keras.callbacks.Callback):
     """After each epoch: validation top-100 accuracy; keeps the best weights; early stop."""
 
-    def __init__(self, model, history, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path):
+    def __init__(self, model, source: ExampleSource, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path):
         super().__init__()
         self._model = model
         self.rows = rows[: 5000]
-        self.history_index = history
+        self.source = source
+        history = source.history
         self.candidates = candidates
         self.as_of = as_of
         self.patience = tcfg.patience
@@ -298,9 +342,8 @@ class _Validator(tf.keras.callbacks.Callback):
         self.targets = position[history.story[self.rows]]
 
     def on_epoch_end(self, epoch, logs=None):
-        h = self.history_index
-        users = _embed(self._model.user_tower, user_features(h, h.user[self.rows], h.ts[self.rows]))
-        stories = _embed(self._model.story_tower, story_features(h, self.candidates, np.full(len(self.candidates), self.as_of)))
+        users = _embed(self._model.user_tower, self.source.batch(self.rows)["user"])
+        stories = _embed(self._model.story_tower, story_features(self.source.history, self.candidates, np.full(len(self.candidates), self.as_of)))
         scores = users @ stories.T
         target_scores = scores[np.arange(len(self.rows)), self.targets]
         ranks = (scores > target_scores[:, None]).sum(axis=1)

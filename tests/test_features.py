@@ -59,7 +59,7 @@ EVENTS = _events([
 
 
 def test_user_history_stops_strictly_before_as_of():
-    history = EventHistory(EVENTS, _catalog(), CFG)
+    history = EventHistory.from_events(EVENTS, _catalog(), CFG)
     alice = np.array([0, 0, 0])
     features = user_features(history, alice, np.array([T0 + 300, T0 + 301, T0 + 3 * DAY]))
     # As of T0+300 the long view of s3 (at T0+300) is not yet visible; s2 was no positive.
@@ -86,7 +86,7 @@ def test_user_history_stops_strictly_before_as_of():
 
 
 def test_story_statistics_count_only_earlier_events():
-    history = EventHistory(EVENTS, _catalog(), CFG)
+    history = EventHistory.from_events(EVENTS, _catalog(), CFG)
     s1 = np.array([0, 0])
     features = story_features(history, s1, np.array([T0 + 150, T0 + 151]))
     before, after = (dict(zip(story_stat_names(CFG), row, strict=True)) for row in features["story_stats"])
@@ -109,8 +109,8 @@ def test_no_feature_sees_the_future(tmp_path):
     catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg)
     events = warehouse.read_events()
     cut = int(np.median(events["ts"].to_numpy()))
-    full = EventHistory(events, catalog, cfg)
-    past = EventHistory(events.filter(pa.compute.less(events["ts"], cut)), catalog, cfg)
+    full = EventHistory.from_events(events, catalog, cfg)
+    past = EventHistory.from_events(events.filter(pa.compute.less(events["ts"], cut)), catalog, cfg)
     users, stories = np.arange(len(catalog.user_ids)), np.arange(len(catalog.story_ids))
     at = lambda n: np.full(n, cut)  # noqa: E731
     for name, value in user_features(full, users, at(len(users))).items():
@@ -129,4 +129,4 @@ def test_positive_label_combines_weighted_signals():
 
 def test_unknown_ids_in_events_are_named():
     with pytest.raises(KeyError, match="user id 'carol'"):
-        EventHistory(_events([("carol", "s1", T0, True)]), _catalog(), CFG)
+        EventHistory.from_events(_events([("carol", "s1", T0, True)]), _catalog(), CFG)

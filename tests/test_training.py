@@ -57,7 +57,7 @@ def test_export_and_reload_give_the_same_embeddings(trained, tmp_path):
     from models.features import Catalog, EventHistory
 
     catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features)
-    history = EventHistory(warehouse.read_events(), catalog, cfg.features)
+    history = EventHistory.from_events(warehouse.read_events(), catalog, cfg.features)
     content_dim = catalog.story_content.shape[1]
     export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, tmp_path / "export")
 

@@ -1,0 +1,73 @@
+"""Train -> export -> gate -> publish: what `ebr train` and the daily DAG run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from artifacts import MODELS, ArtifactStore, PublishResult
+from config import EbrConfig
+from models.export import GateDecision, export_towers, promotion_gate, publish_model, published_metrics
+from models.training import TrainingResult, train_and_evaluate
+from warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    version: str
+    result: TrainingResult | None
+    gate: GateDecision | None
+    published: PublishResult | None
+    export_dir: Path | None
+    reused: bool = False
+
+
+def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: str | None = None, publish: bool = True, verbose: int = 1) -> TrainOutcome:
+    """Trains a model version and publishes it if the promotion gate lets it through.
+
+    Idempotent per version name: if `version` is complete in the store already (a rerun
+    of the same DAG run), nothing is trained again and only the publish step is retried.
+    """
+    store = ArtifactStore.from_config(cfg)
+    kind = store.kind(MODELS)
+    if kind.is_complete(version):
+        log.info("%s/%s exists: reusing it", MODELS, version)
+        published = kind.publish(version, reason="rerun: version already trained", run_id=run_id) if publish else None
+        return TrainOutcome(version, None, None, published, None, reused=True)
+
+    warehouse = Warehouse.from_config(cfg)
+    result = train_and_evaluate(cfg, Path(workdir), warehouse, verbose=verbose)
+    content_dim = _content_dim(result)
+    export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, Path(workdir) / "export")
+    decision = promotion_gate(result.metrics, published_metrics(store), cfg)
+    published = None
+    if publish and decision.promote:
+        published = publish_model(
+            store,
+            export_dir,
+            version,
+            parents={"warehouse": warehouse.uri, "previous_model": kind.latest() or ""},
+            params=_params(cfg, result),
+            metrics=result.metrics,
+            reason="promotion gate passed: " + "; ".join(decision.reasons),
+            run_id=run_id,
+        )
+    return TrainOutcome(version, result, decision, published, export_dir)
+
+
+def _content_dim(result: TrainingResult) -> int:
+    return int(result.model.story_tower.content_dim)
+
+
+def _params(cfg: EbrConfig, result: TrainingResult) -> dict[str, Any]:
+    return {
+        "features": cfg.features.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "best_epoch": result.best_epoch,
+        "examples_per_second": round(result.examples_per_second, 1),
+    }
