@@ -16,11 +16,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 DEMO_ROOT ?= file://$(CURDIR)/var/demo
 DEMO_SIZE ?= small
 
-.PHONY: venv test demo clean-demo help
+.PHONY: venv test demo bench clean-demo help
 
 help:
 	@echo "make demo   build the environment if needed, then run the pipeline on a synthetic world"
 	@echo "make test   build the environment if needed, then run the test suite"
+	@echo "make bench  run the benchmarks (model quality against baselines, ...)"
 
 venv: $(STAMP)
 
@@ -38,6 +39,10 @@ demo: $(STAMP)
 	$(BIN)/ebr --root $(DEMO_ROOT) data generate --size $(DEMO_SIZE) --overwrite
 	$(BIN)/ebr --root $(DEMO_ROOT) data show
 	$(BIN)/ebr --root $(DEMO_ROOT) artifacts list
+
+# Benchmarks print a Markdown table and write JSON under benchmarks/results/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/model_quality.py
 
 clean-demo:
 	rm -rf var/demo

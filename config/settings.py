@@ -122,6 +122,11 @@ class ModelConfig(_Section):
     dropout: float = Field(0.1, ge=0, lt=1)
     temperature: float = Field(0.1, gt=0)
     loss: Literal["sigmoid", "softmax"] = "softmax"
+    # "in_batch": the batch's other stories are the negatives (the seed's choice).
+    # "impressions": no in-batch negatives; pointwise sigmoid on every impression, engaged
+    # or not (the contrast the seed argues against: shown stories are mostly local, so
+    # the model learns less about country and language).
+    negatives: Literal["in_batch", "impressions"] = "in_batch"
     logq_correction: bool = True
     # Ids seen fewer times than this in training share the out-of-vocabulary embedding.
     min_id_count: int = Field(1, ge=1)

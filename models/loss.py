@@ -5,10 +5,11 @@ Row i holds user i's scores for every story in the batch; story i is user i's po
 story id equals the row's positive ("accidental hits": a popular story twice in a batch)
 are not negatives and are left out of the loss.
 
-- "sigmoid" (the seed's loss): binary cross-entropy on every (user, story) pair,
-  averaged per row over the pairs that count. A learnable scalar bias is added to the
-  logits (as in SigLIP): with one positive and B-1 negatives per row the logits need an
-  offset that the scale of normalised dot products cannot give; it does not change
+- "sigmoid" (the seed's loss): binary cross-entropy on every (user, story) pair, summed
+  over the pairs of a row that count, then averaged over rows (as SigLIP does: averaging
+  over the row instead would scale the positive's gradient by 1/batch). A learnable scalar
+  bias is added to the logits: with one positive and B-1 negatives per row the logits need
+  an offset that the scale of normalised dot products cannot give; it does not change
   rankings.
 - "softmax": cross-entropy of the diagonal against its row.
 
@@ -64,11 +65,33 @@ def in_batch_loss(
         per_row = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=masked)
     elif loss == "sigmoid":
         per_pair = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits + sigmoid_bias)
-        weights = tf.cast(counts, logits.dtype)
-        per_row = tf.reduce_sum(per_pair * weights, axis=1) / tf.reduce_sum(weights, axis=1)
+        per_row = tf.reduce_sum(per_pair * tf.cast(counts, logits.dtype), axis=1)
     else:
         raise ValueError(f"loss must be 'sigmoid' or 'softmax', not {loss!r}")
 
+    if sample_weight is None:
+        return tf.reduce_mean(per_row)
+    sample_weight = tf.cast(sample_weight, per_row.dtype)
+    return tf.reduce_sum(per_row * sample_weight) / tf.maximum(tf.reduce_sum(sample_weight), 1e-9)
+
+
+def pointwise_loss(
+    query_embeddings: tf.Tensor,
+    candidate_embeddings: tf.Tensor,
+    labels: tf.Tensor,
+    *,
+    temperature: float,
+    bias: tf.Tensor | float = 0.0,
+    sample_weight: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Sigmoid cross-entropy on (user, shown story, engaged?) rows: no in-batch negatives.
+
+    Args:
+      query_embeddings, candidate_embeddings: [batch, dim]; row i is one impression.
+      labels: [batch] 1.0 for an engaged impression, 0.0 otherwise.
+    """
+    logits = tf.reduce_sum(query_embeddings * candidate_embeddings, axis=1) / temperature + bias
+    per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
     if sample_weight is None:
         return tf.reduce_mean(per_row)
     sample_weight = tf.cast(sample_weight, per_row.dtype)

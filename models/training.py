@@ -127,7 +127,8 @@ class ExampleSource:
         self.timing = timing
         counts = np.bincount(history.story[rows], minlength=len(history.catalog.story_ids))
         self.log_q = np.log(np.maximum(counts, 1) / max(len(rows), 1)).astype(np.float32)
-        self.weights = np.minimum(history.score, features.max_example_weight).astype(np.float32)
+        # Positives weigh their (capped) label score; non-engaged impressions weigh 1.
+        self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(np.float32)
 
     def batch(self, rows: np.ndarray) -> dict[str, Any]:
         h = self.history
@@ -138,7 +139,13 @@ class ExampleSource:
         else:
             users = leave_out(user_features(h, user, self.split.user_as_of(h, user)), h.catalog.story_ids[story], h.cfg)
             stories = story_features(h, story, np.full(len(rows), self.split.as_of))
-        return {"user": users, "story": stories, "log_q": self.log_q[story], "weight": self.weights[rows]}
+        return {
+            "user": users,
+            "story": stories,
+            "log_q": self.log_q[story],
+            "weight": self.weights[rows],
+            "label": h.positive[rows].astype(np.float32),
+        }
 
     def batches(self, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
         order = np.random.default_rng(seed).permutation(self.rows)
@@ -182,7 +189,9 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     positives = np.flatnonzero(history.positive)
     rng = np.random.default_rng(tcfg.seed)
     validation = rng.choice(positives, size=max(1, int(len(positives) * tcfg.validation_fraction)), replace=False)
-    train_rows = np.setdiff1d(positives, validation)
+    # In-batch negatives train on positives only; impression negatives on every impression.
+    pool = positives if cfg.model.negatives == "in_batch" else np.arange(len(history.ts))
+    train_rows = np.setdiff1d(pool, validation)
     source = ExampleSource(history, train_rows, fcfg, split, tcfg.example_features)
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
     log.info("split %s: %d train events (%d examples), %d test events", split.kind, len(history.ts), len(train_rows), len(split.test))
@@ -319,6 +328,7 @@ def _output_signature(sample: dict[str, Any]):
         "story": {k: spec(sample["story"][k]) for k in STORY_KEYS},
         "log_q": tf.TensorSpec(shape=(None,), dtype=tf.float32),
         "weight": tf.TensorSpec(shape=(None,), dtype=tf.float32),
+        "label": tf.TensorSpec(shape=(None,), dtype=tf.float32),
     }
 
 

@@ -8,15 +8,16 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from config import ModelConfig
-from models.loss import in_batch_loss
+from models.loss import in_batch_loss, pointwise_loss
 from models.towers import SharedEmbeddings, StoryTower, UserTower
 
 
 class TwoTowerModel(tfrs.models.Model):
     """Scores a user and a story by the dot product of their L2-normalised tower outputs.
 
-    `compute_loss` takes a batch {"user": {...}, "story": {...}, "log_q": [B], "weight": [B]}
-    where story i is user i's positive (see `models.loss`).
+    `compute_loss` takes a batch {"user": {...}, "story": {...}, "log_q": [B], "weight": [B],
+    "label": [B]}: with in-batch negatives story i is user i's positive (see `models.loss`);
+    with impression negatives each row is one impression and "label" says if it was engaged.
     """
 
     def __init__(self, vocabularies: dict[str, list[str]], user_stats_dim: int, story_stats_dim: int, content_dim: int, cfg: ModelConfig):
@@ -26,11 +27,17 @@ class TwoTowerModel(tfrs.models.Model):
         self.user_tower = UserTower(vocabularies, shared, user_stats_dim, cfg, name="user_tower")
         self.story_tower = StoryTower(shared, story_stats_dim, content_dim, cfg, name="story_tower")
         # SigLIP-style bias for the sigmoid loss: one positive among B-1 negatives per row.
-        self.sigmoid_bias = tf.Variable(-math.log(max(cfg.output_dim, 2)), trainable=cfg.loss == "sigmoid", name="sigmoid_bias")
+        uses_bias = cfg.loss == "sigmoid" or cfg.negatives == "impressions"
+        self.sigmoid_bias = tf.Variable(-math.log(max(cfg.output_dim, 2)), trainable=uses_bias, name="sigmoid_bias")
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         query = self.user_tower(inputs["user"], training=training)
         candidate = self.story_tower(inputs["story"], training=training)
+        if self.cfg.negatives == "impressions":
+            return pointwise_loss(
+                query, candidate, inputs["label"], temperature=self.cfg.temperature,
+                bias=self.sigmoid_bias, sample_weight=inputs["weight"],
+            )  # fmt: skip
         return in_batch_loss(
             query,
             candidate,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from models.loss import in_batch_loss
+from models.loss import in_batch_loss, pointwise_loss
 
 # Two users, two stories, unit vectors: logits = q @ c.T / temperature = [[1, 0], [0, 1]].
 Q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
@@ -28,13 +28,14 @@ def test_temperature_divides_the_logits():
     assert loss(temperature=0.5) == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-6)
 
 
-def test_sigmoid_averages_binary_cross_entropy_over_the_pairs():
-    # Row 0: positive pair, logit 1 -> log(1 + e^-1); negative pair, logit 0 -> log 2. Mean 0.503204.
-    expected = (math.log(1 + math.exp(-1)) + math.log(2)) / 2
+def test_sigmoid_sums_binary_cross_entropy_over_a_rows_pairs():
+    # Row 0: positive pair, logit 1 -> log(1 + e^-1); negative pair, logit 0 -> log 2.
+    # Summed over the row: 1.006409; row 1 is the same, so that is the mean over rows too.
+    expected = math.log(1 + math.exp(-1)) + math.log(2)
     assert loss(loss="sigmoid") == pytest.approx(expected, abs=1e-6)
     # A bias b shifts every logit: positive log(1 + e^-(1+b)), negative log(1 + e^(0+b)).
     b = -1.0
-    expected = (math.log(1 + math.exp(-(1 + b))) + math.log(1 + math.exp(b))) / 2
+    expected = math.log(1 + math.exp(-(1 + b))) + math.log(1 + math.exp(b))
     assert loss(loss="sigmoid", sigmoid_bias=b) == pytest.approx(expected, abs=1e-6)
 
 
@@ -64,6 +65,13 @@ def test_sample_weights_weight_the_rows():
     assert got == pytest.approx((3 * row0 + row1) / 4, abs=1e-6)
     unweighted = float(in_batch_loss(q, C, IDS, temperature=1.0, loss="softmax"))
     assert unweighted == pytest.approx((row0 + row1) / 2, abs=1e-6)
+
+
+def test_pointwise_loss_has_no_in_batch_negatives():
+    # Only the diagonal counts: logits [1, 1]; row 0 engaged -> log(1 + e^-1), row 1 not ->
+    # log(1 + e^1). Mean 0.813262.
+    got = float(pointwise_loss(Q, C, np.array([1.0, 0.0], np.float32), temperature=1.0))
+    assert got == pytest.approx((math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2, abs=1e-6)
 
 
 def test_unknown_loss_is_refused():
