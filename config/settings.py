@@ -127,6 +127,9 @@ class ModelConfig(_Section):
     # or not (the contrast the seed argues against: shown stories are mostly local, so
     # the model learns less about country and language).
     negatives: Literal["in_batch", "impressions"] = "in_batch"
+    # Initial value of the learnable logit bias of the sigmoid losses (SigLIP starts at -10:
+    # one positive among batch-1 negatives per row).
+    sigmoid_bias_init: float = -10.0
     logq_correction: bool = True
     # Ids seen fewer times than this in training share the out-of-vocabulary embedding.
     min_id_count: int = Field(1, ge=1)

@@ -179,7 +179,10 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     """Trains on the warehouse of `cfg` (or `warehouse`), evaluates, writes logs to `workdir`."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # Same seed, same model: seeded initialisers, dropout and batch order, and TF kernels
+    # that reduce in a fixed order.
     tf.keras.utils.set_random_seed(cfg.train.seed)
+    tf.config.experimental.enable_op_determinism()
     warehouse = warehouse or Warehouse.from_config(cfg)
     fcfg, tcfg = cfg.features, cfg.train
 
@@ -234,7 +237,8 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
         metrics=metrics,
         history=validator.history,
         best_epoch=validator.best_epoch,
-        examples_per_second=len(train_rows) * len(validator.history) / seconds,
+        # Training steps only: the time spent validating after each epoch is left out.
+        examples_per_second=len(train_rows) * len(validator.history) / max(seconds - validator.seconds, 1e-9),
         model=model,
         vocabularies=vocabularies,
     )
@@ -346,12 +350,14 @@ class _Validator(tf.keras.callbacks.Callback):
         self.patience = tcfg.patience
         self.best, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
         self.history: list[dict[str, float]] = []
+        self.seconds = 0.0  # spent validating
         self.writer = tf.summary.create_file_writer(str(logdir / "validation"))
         position = np.full(len(history.catalog.story_ids), -1)
         position[candidates] = np.arange(len(candidates))
         self.targets = position[history.story[self.rows]]
 
     def on_epoch_end(self, epoch, logs=None):
+        started = time.perf_counter()
         users = _embed(self._model.user_tower, self.source.batch(self.rows)["user"])
         stories = _embed(self._model.story_tower, story_features(self.source.history, self.candidates, np.full(len(self.candidates), self.as_of)))
         scores = users @ stories.T
@@ -369,6 +375,7 @@ class _Validator(tf.keras.callbacks.Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 self._model.stop_training = True
+        self.seconds += time.perf_counter() - started
 
     def restore_best(self):
         if self.best_weights is not None:

@@ -28,7 +28,7 @@ class TwoTowerModel(tfrs.models.Model):
         self.story_tower = StoryTower(shared, story_stats_dim, content_dim, cfg, name="story_tower")
         # SigLIP-style bias for the sigmoid loss: one positive among B-1 negatives per row.
         uses_bias = cfg.loss == "sigmoid" or cfg.negatives == "impressions"
-        self.sigmoid_bias = tf.Variable(-math.log(max(cfg.output_dim, 2)), trainable=uses_bias, name="sigmoid_bias")
+        self.sigmoid_bias = tf.Variable(cfg.sigmoid_bias_init, trainable=uses_bias, name="sigmoid_bias")
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         query = self.user_tower(inputs["user"], training=training)

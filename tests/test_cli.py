@@ -77,3 +77,21 @@ def test_the_console_script_is_installed_and_documents_itself():
     assert "data" in result.stdout and "artifacts" in result.stdout and "examples:" in result.stdout
     result = subprocess.run([str(ebr_script), "config", "show"], capture_output=True, text=True, env=env, check=True)
     assert json.loads(result.stdout)["root"] == "file:///tmp/unused"
+
+
+@pytest.mark.slow
+def test_train_publishes_a_model_and_a_rerun_reuses_it(tmp_path, capsys):
+    from tests.test_training import TINY_TRAINING
+
+    root = f"file://{tmp_path}/root"
+    settings = [arg for setting in [*TINY_TRAINING, "train.epochs=3"] for arg in ("--set", setting)]
+    assert main(["--root", root, *settings, "data", "generate", "--no-progress"]) == 0
+    run = ["--root", root, *settings, "train", "--version", "20261123T000000Z-train-test", "--workdir", str(tmp_path / "work")]
+    code = main(run)
+    out, _ = capsys.readouterr()
+    assert "recall@100" in out and "popularity" in out and "als" in out
+    assert "gate: promote" in out and code == 0
+    assert ArtifactStore.open(root).kind("models/two_tower").latest() == "20261123T000000Z-train-test"
+    assert main(run) == 0
+    out, _ = capsys.readouterr()
+    assert "was trained already" in out

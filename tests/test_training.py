@@ -88,6 +88,20 @@ def test_export_and_reload_give_the_same_embeddings(trained, tmp_path):
     assert published_metrics(store)["model"]["recall@100"] == result.metrics["model"]["recall@100"]
 
 
+@pytest.mark.slow
+def test_the_same_seed_trains_the_same_model(tmp_path):
+    overrides = [f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=2"]
+    cfg = load_config(overrides=overrides, environ={})
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    first = train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
+    second = train_and_evaluate(cfg, tmp_path / "b", warehouse, baselines=False, verbose=0)
+    assert first.metrics == second.metrics  # every evaluation figure, exactly
+    assert [h["val_top_100_accuracy"] for h in first.history] == [h["val_top_100_accuracy"] for h in second.history]
+    # Keras' logged running loss was seen to differ in the 7th significant digit.
+    assert [h["loss"] for h in first.history] == pytest.approx([h["loss"] for h in second.history], rel=1e-6)
+
+
 def test_the_gate_refuses_a_model_worse_than_popularity_or_the_published_one():
     cfg = load_config(environ={})
     good = {"model": {"recall@100": 0.50}, "popularity": {"recall@100": 0.40}}
