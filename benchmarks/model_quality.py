@@ -30,7 +30,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MOVIELENS = REPO.parent / "shared" / "data" / "ml-100k"
-COLUMNS = ("top_k_accuracy@100", "recall@10", "recall@100", "ndcg@10", "coverage@100", "language_match@10", "oracle_recall@100")
+COLUMNS = ("top_k_accuracy@100", "recall@10", "recall@100", "ndcg@10", "coverage@100", "language_match@10", "country_match@10", "oracle_recall@100")
 
 
 def run(argv: list[str] | None = None) -> dict:

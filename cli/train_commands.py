@@ -10,7 +10,7 @@ from cli.output import table
 from config import EbrConfig
 from config.settings import REPO_DIR
 
-SHOWN = ("recall@10", "recall@100", "recall@500", "top_k_accuracy@100", "ndcg@10", "coverage@100", "language_match@10", "oracle_recall@100")
+SHOWN = ("recall@10", "recall@100", "recall@500", "top_k_accuracy@100", "ndcg@10", "coverage@100", "language_match@10", "country_match@10", "oracle_recall@100")
 
 
 def train(cfg: EbrConfig, args: Namespace) -> int:

@@ -11,14 +11,15 @@ Metrics:
   stories they engaged with in training; averaged over users.
 - `ndcg@10`: binary relevance, seen stories removed, averaged over users.
 - `coverage@K`: share of candidates that appear in at least one user's top K.
-- `language_match@K` (when languages are given): share of top-K stories in the user's language.
+- `language_match@K`, `country_match@K` (when given): share of top-K stories in the user's
+  language / country.
 - `oracle_recall@K` (synthetic worlds): overlap of the top K with the oracle's top K.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,20 +32,20 @@ class EvaluationSet:
     test_events: list[np.ndarray]  # per user: candidate positions of test events (repeats kept)
     seen: list[np.ndarray]  # per user: candidate positions engaged with in training
     n_candidates: int
-    user_language: np.ndarray | None = None  # [U] language codes
-    candidate_language: np.ndarray | None = None  # [C]
+    # Attributes to match, e.g. {"language": ([U] user values, [C] candidate values)}.
+    match_attributes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     oracle: Scorer | None = None
 
 
 def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: int = 256) -> dict[str, float]:
     ks = sorted(k for k in ks if k <= data.n_candidates)
-    k_max = max(ks)
+    k_max = min(max([*ks, 10]), data.n_candidates)  # NDCG@10 needs ten, whatever ks are
     hits_any = {k: 0 for k in ks}
     n_test_events = 0
     recall = {k: [] for k in ks}
     ndcg = []
     covered = {k: np.zeros(data.n_candidates, dtype=bool) for k in ks}
-    language = {k: [] for k in ks}
+    matches = {(name, k): [] for name in data.match_attributes for k in ks}
     oracle_recall = {k: [] for k in ks}
     discounts = 1.0 / np.log2(np.arange(2, 12))
 
@@ -71,8 +72,8 @@ def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size:
                 covered[k][top_unseen[i, :k]] = True
                 if len(relevant):
                     recall[k].append(np.isin(top_unseen[i, :k], relevant).sum() / len(relevant))
-                if data.user_language is not None:
-                    language[k].append(np.mean(data.candidate_language[top_unseen[i, :k]] == data.user_language[u]))
+                for name, (user_values, candidate_values) in data.match_attributes.items():
+                    matches[name, k].append(np.mean(candidate_values[top_unseen[i, :k]] == user_values[u]))
                 if oracle_top is not None:
                     oracle_recall[k].append(np.isin(top_unseen[i, :k], oracle_top[i, :k]).mean())
             if len(relevant):
@@ -85,8 +86,9 @@ def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size:
         metrics[f"top_k_accuracy@{k}"] = hits_any[k] / max(n_test_events, 1)
         metrics[f"recall@{k}"] = float(np.mean(recall[k])) if recall[k] else 0.0
         metrics[f"coverage@{k}"] = float(covered[k].mean())
-        if language[k]:
-            metrics[f"language_match@{k}"] = float(np.mean(language[k]))
+        for name in data.match_attributes:
+            if matches[name, k]:
+                metrics[f"{name}_match@{k}"] = float(np.mean(matches[name, k]))
         if oracle_recall[k]:
             metrics[f"oracle_recall@{k}"] = float(np.mean(oracle_recall[k]))
     metrics["ndcg@10"] = float(np.mean(ndcg)) if ndcg else 0.0

@@ -273,8 +273,10 @@ def _evaluation_set(catalog, history, split, candidates, tcfg, warehouse) -> Eva
         test_events=[by_user_test.get(u, empty) for u in users.tolist()],
         seen=[np.unique(by_user_seen.get(u, empty)) for u in users.tolist()],
         n_candidates=len(candidates),
-        user_language=catalog.user_language[users],
-        candidate_language=catalog.story_language[candidates],
+        match_attributes={
+            "language": (catalog.user_language[users], catalog.story_language[candidates]),
+            "country": (catalog.user_country[users], catalog.story_country[candidates]),
+        },
         oracle=oracle,
     )
 

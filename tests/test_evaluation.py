@@ -1,0 +1,68 @@
+"""Retrieval metrics on cases small enough to check by hand, and the baselines."""
+
+import math
+
+import numpy as np
+import pytest
+
+from models.baselines import ImplicitALS, Popularity
+from models.evaluation import EvaluationSet, evaluate
+
+# Two users, four candidates. Scores rank candidates for user 0 as 3 > 2 > 1 > 0 and for
+# user 1 as 0 > 1 > 2 > 3.
+SCORES = np.array([[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]])
+
+
+def scorer(users):
+    return SCORES[users]
+
+
+def test_metrics_on_a_hand_worked_case():
+    data = EvaluationSet(
+        users=np.array([0, 1]),
+        test_events=[np.array([2, 0]), np.array([3])],
+        seen=[np.array([3]), np.array([], dtype=int)],
+        n_candidates=4,
+        match_attributes={"language": (np.array(["en", "fr"]), np.array(["en", "en", "fr", "fr"]))},
+    )
+    m = evaluate(scorer, data, ks=[1, 2])
+    # top_k_accuracy counts test events, seen stories included: user 0's ranking 3,2,1,0
+    # puts story 2 at rank 2, story 0 at rank 4; user 1's ranking 0,1,2,3 puts 3 at rank 4.
+    assert m["top_k_accuracy@1"] == 0.0
+    assert m["top_k_accuracy@2"] == pytest.approx(1 / 3)
+    # recall removes seen stories: user 0 ranks 2,1,0 -> @1 finds 1 of {2, 0}, @2 still 1.
+    # User 1 ranks 0,1,2,3 -> finds none of {3} in the top 2. Mean over users.
+    assert m["recall@1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["recall@2"] == pytest.approx((1 / 2 + 0) / 2)
+    # NDCG@10, binary: user 0 hits at positions 1 and 3 of (2, 1, 0); ideal is positions 1, 2.
+    user0 = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    user1 = (1 / math.log2(5)) / 1.0  # story 3 at position 4
+    assert m["ndcg@10"] == pytest.approx((user0 + user1) / 2)
+    # Coverage @1: stories 2 and 0 are someone's top 1: half of the four candidates.
+    assert m["coverage@1"] == 0.5
+    # Language @1: user 0 (en) gets story 2 (fr), user 1 (fr) gets story 0 (en).
+    assert m["language_match@1"] == 0.0
+    assert m["eval_events"] == 3.0 and m["eval_users"] == 2.0
+
+
+def test_oracle_recall_compares_with_the_oracles_top_k():
+    data = EvaluationSet(
+        users=np.array([0]), test_events=[np.array([1])], seen=[np.array([], dtype=int)], n_candidates=4,
+        oracle=lambda users: np.array([[3.0, 2.0, 1.0, 0.0]])[np.zeros(len(users), int)],
+    )  # fmt: skip
+    # Model top 2 = {3, 2}, oracle top 2 = {0, 1}: no overlap; top 4 = everything.
+    m = evaluate(scorer, data, ks=[2, 4])
+    assert m["oracle_recall@2"] == 0.0 and m["oracle_recall@4"] == 1.0
+
+
+def test_popularity_and_als_baselines():
+    # Users 0 and 1 engage with items 0 and 1, users 2 and 3 with items 2 and 3.
+    users = np.array([0, 0, 1, 1, 2, 2, 3, 3, 0])
+    items = np.array([0, 1, 0, 1, 2, 3, 2, 3, 0])
+    popularity = Popularity(items, 4)
+    assert popularity(np.array([2]))[0].tolist() == [3.0, 2.0, 2.0, 2.0]
+    als = ImplicitALS(factors=2, iterations=10, seed=0).fit(users, items, 4, 4)
+    scores = als(np.arange(4))
+    # Each block's users score their own block's items above the other block's.
+    assert scores[0, :2].min() > scores[0, 2:].max()
+    assert scores[3, 2:].min() > scores[3, :2].max()
