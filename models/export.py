@@ -25,10 +25,7 @@ import tensorflow as tf
 
 from artifacts import MODELS, ArtifactStore, PublishResult
 from config import EbrConfig
-from models.features import story_stat_names, user_stat_names
-
-USER_INPUTS = ("user_id", "country", "language", "age_bucket", "user_stats", "history_story_ids", "history_creator_ids", "history_hashtags")
-STORY_INPUTS = ("story_id", "creator_id", "country", "language", "hashtags", "content_embedding", "story_stats")
+from models.features import STORY_INPUTS, USER_INPUTS, story_stat_names, user_stat_names
 
 
 def input_specs(cfg: EbrConfig, content_dim: int) -> dict[str, dict[str, tf.TensorSpec]]:

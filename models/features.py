@@ -34,6 +34,10 @@ import pyarrow as pa
 
 from config import FeatureConfig
 
+# The tower inputs, in signature order (what user_features / story_features return).
+USER_INPUTS = ("user_id", "country", "language", "age_bucket", "user_stats", "history_story_ids", "history_creator_ids", "history_hashtags")
+STORY_INPUTS = ("story_id", "creator_id", "country", "language", "hashtags", "content_embedding", "story_stats")
+
 _TS_BITS = 33  # timestamps up to 2**33 s (year 2242); entities up to 2**30
 SECONDS_PER_DAY = 86_400.0
 PAD = ""

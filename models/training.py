@@ -33,6 +33,8 @@ from models.evaluation import EvaluationSet, evaluate
 from models.towers import adapt_normalization
 from models.two_tower import TwoTowerModel, WarmupCosine
 from models.features import (
+    STORY_INPUTS,
+    USER_INPUTS,
     Catalog,
     EventHistory,
     positive_scores,
@@ -45,8 +47,6 @@ from warehouse import Warehouse
 from warehouse.tables import day_start_ts
 
 log = logging.getLogger(__name__)
-USER_KEYS = ("user_id", "country", "language", "age_bucket", "user_stats", "history_story_ids", "history_creator_ids", "history_hashtags")
-STORY_KEYS = ("story_id", "creator_id", "country", "language", "hashtags", "content_embedding", "story_stats")
 
 
 @dataclass(frozen=True)
@@ -330,8 +330,8 @@ def _output_signature(sample: dict[str, Any]):
         return tf.TensorSpec(shape=(None, *value.shape[1:]), dtype=dtype)
 
     return {
-        "user": {k: spec(sample["user"][k]) for k in USER_KEYS},
-        "story": {k: spec(sample["story"][k]) for k in STORY_KEYS},
+        "user": {k: spec(sample["user"][k]) for k in USER_INPUTS},
+        "story": {k: spec(sample["story"][k]) for k in STORY_INPUTS},
         "log_q": tf.TensorSpec(shape=(None,), dtype=tf.float32),
         "weight": tf.TensorSpec(shape=(None,), dtype=tf.float32),
         "label": tf.TensorSpec(shape=(None,), dtype=tf.float32),
