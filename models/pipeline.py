@@ -41,7 +41,7 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
 
     warehouse = Warehouse.from_config(cfg)
     result = train_and_evaluate(cfg, Path(workdir), warehouse, verbose=verbose)
-    content_dim = _content_dim(result)
+    content_dim = int(result.model.story_tower.content_dim)
     export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, Path(workdir) / "export")
     decision = promotion_gate(result.metrics, published_metrics(store), cfg)
     published = None
@@ -57,10 +57,6 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
             run_id=run_id,
         )
     return TrainOutcome(version, result, decision, published, export_dir)
-
-
-def _content_dim(result: TrainingResult) -> int:
-    return int(result.model.story_tower.content_dim)
 
 
 def _params(cfg: EbrConfig, result: TrainingResult) -> dict[str, Any]:
