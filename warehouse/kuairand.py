@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from warehouse.source_files import SourceFileError, read_delimited, require_glob
+from warehouse.source_files import SourceFileError, min_by_key, read_delimited, require_glob
 from warehouse.tables import SECONDS_PER_DAY, Warehouse
 
 LOG_COLUMNS = [
@@ -119,7 +119,7 @@ def convert_kuairand(source: Path, warehouse: Warehouse, include_random: bool = 
 
 
 def _users(features: pa.Table, log_users: np.ndarray, ts: np.ndarray) -> pa.Table:
-    first_event = _first_by_key(log_users, ts)
+    first_event = min_by_key(log_users, ts)
     ids = features["user_id"].to_numpy()
     all_ids = np.union1d(ids, log_users)
     row_of = {u: i for i, u in enumerate(ids.tolist())}
@@ -145,7 +145,7 @@ def _users(features: pa.Table, log_users: np.ndarray, ts: np.ndarray) -> pa.Tabl
 
 def _stories_and_creators(logs: pa.Table, ts: np.ndarray, videos: pa.Table | None, video_file: Path | None):
     log_videos = logs["video_id"].to_numpy()
-    first_seen = _first_by_key(log_videos, ts)
+    first_seen = min_by_key(log_videos, ts)
     if videos is not None:
         ids = np.union1d(videos["video_id"].to_numpy(), log_videos)
         row_of = {v: i for i, v in enumerate(videos["video_id"].to_pylist())}
@@ -200,13 +200,6 @@ def _stories_and_creators(logs: pa.Table, ts: np.ndarray, videos: pa.Table | Non
         "follower_count": pa.array(np.zeros(m, dtype=np.int64)),
     })  # fmt: skip
     return stories, creators
-
-
-def _first_by_key(keys: np.ndarray, values: np.ndarray) -> dict[int, int]:
-    order = np.lexsort((values, keys))
-    k, v = keys[order], values[order]
-    first = np.concatenate([[True], k[1:] != k[:-1]]) if len(k) else np.zeros(0, bool)
-    return dict(zip(k[first].tolist(), v[first].tolist(), strict=True))
 
 
 def _median_by_key(keys: np.ndarray, values: np.ndarray) -> dict[int, float]:

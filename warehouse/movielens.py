@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from warehouse.source_files import SourceFileError, read_delimited, require_file
+from warehouse.source_files import SourceFileError, min_by_key, read_delimited, require_file
 from warehouse.tables import Warehouse
 
 GENRES_100K = (
@@ -166,8 +166,8 @@ def write_ratings_world(
     user_str = pc.cast(ratings["user"], pa.string())
     movie_str = pc.cast(ratings["movie"], pa.string())
 
-    first_rating = _group_min(ratings["user"].to_numpy(), ts)
-    first_seen = _group_min(ratings["movie"].to_numpy(), ts)
+    first_rating = min_by_key(ratings["user"].to_numpy(), ts)
+    first_seen = min_by_key(ratings["movie"].to_numpy(), ts)
     multi_hot = np.array([[g in row for g in genres] for row in movies["genres"].to_pylist()], dtype=np.float32)
     norms = np.linalg.norm(multi_hot, axis=1, keepdims=True)
     content = multi_hot / np.where(norms > 0, norms, 1.0)
@@ -231,13 +231,6 @@ def write_ratings_world(
     }
     warehouse.write_json("_SOURCE.json", summary)
     return summary
-
-
-def _group_min(keys: np.ndarray, values: np.ndarray) -> dict[int, int]:
-    order = np.lexsort((values, keys))
-    keys, values = keys[order], values[order]
-    first = np.concatenate([[True], keys[1:] != keys[:-1]])
-    return dict(zip(keys[first].tolist(), values[first].tolist(), strict=True))
 
 
 def _age_bucket(age: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
@@ -81,3 +82,11 @@ def _read_multichar(path, columns, delimiter, encoding, types) -> pa.Table:
             table.column_names.index(name), name, table[name].cast(dtype)
         )
     return table
+
+
+def min_by_key(keys: np.ndarray, values: np.ndarray) -> dict[int, int]:
+    """The smallest value per key (e.g. each user's first event time)."""
+    order = np.lexsort((values, keys))
+    keys, values = keys[order], values[order]
+    first = np.concatenate([[True], keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, bool)
+    return dict(zip(keys[first].tolist(), values[first].tolist(), strict=True))
