@@ -42,7 +42,6 @@ def run(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from config import load_config
-    from models.training import train_and_evaluate
     from warehouse import Warehouse
     from warehouse.movielens import convert_movielens
     from warehouse.synthetic import generate_world

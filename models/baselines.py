@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.evaluation import rows_by_key
+
 
 class Popularity:
     def __init__(self, story_positions: np.ndarray, n_candidates: int):
@@ -32,8 +34,8 @@ class ImplicitALS:
         confidence = 1.0 + self.alpha * counts
         self.user_factors = rng.normal(scale=0.01, size=(n_users, self.factors))
         self.item_factors = rng.normal(scale=0.01, size=(n_items, self.factors))
-        by_user = _group(pairs[:, 0], pairs[:, 1], confidence, n_users)
-        by_item = _group(pairs[:, 1], pairs[:, 0], confidence, n_items)
+        by_user = rows_by_key(pairs[:, 0], n_users, pairs[:, 1], confidence)
+        by_item = rows_by_key(pairs[:, 1], n_items, pairs[:, 0], confidence)
         for _ in range(self.iterations):
             self.user_factors = self._solve(self.item_factors, by_user)
             self.item_factors = self._solve(self.user_factors, by_item)
@@ -54,9 +56,3 @@ class ImplicitALS:
     def __call__(self, users: np.ndarray) -> np.ndarray:
         return self.user_factors[users] @ self.item_factors.T
 
-
-def _group(keys: np.ndarray, values: np.ndarray, weights: np.ndarray, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    order = np.argsort(keys, kind="stable")
-    keys, values, weights = keys[order], values[order], weights[order]
-    bounds = np.searchsorted(keys, np.arange(n + 1))
-    return [(values[bounds[i] : bounds[i + 1]], weights[bounds[i] : bounds[i + 1]]) for i in range(n)]

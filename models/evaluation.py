@@ -53,10 +53,7 @@ def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size:
         rows = slice(start, start + batch_size)
         scores = np.asarray(scorer(data.users[rows]), dtype=np.float32)
         top_all = _top_k(scores, k_max)
-        masked = scores.copy()
-        for i, seen in enumerate(data.seen[rows]):
-            masked[i, seen] = -np.inf
-        top_unseen = _top_k(masked, k_max)
+        top_unseen = _top_k(_masked(scores, data.seen[rows]), k_max)
         oracle_top = _top_k(_masked(data.oracle(data.users[rows]), data.seen[rows]), k_max) if data.oracle else None
 
         for i, test in enumerate(data.test_events[rows]):
@@ -93,6 +90,14 @@ def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size:
             metrics[f"oracle_recall@{k}"] = float(np.mean(oracle_recall[k]))
     metrics["ndcg@10"] = float(np.mean(ndcg)) if ndcg else 0.0
     return metrics
+
+
+def rows_by_key(keys: np.ndarray, n: int, *columns: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """For each key 0..n-1, the entries of `columns` whose key it is (in input order)."""
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(n + 1))
+    sorted_columns = [c[order] for c in columns]
+    return [tuple(c[bounds[i] : bounds[i + 1]] for c in sorted_columns) for i in range(n)]
 
 
 def _masked(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from config import EbrConfig, FeatureConfig, TrainConfig
 from models.baselines import ImplicitALS, Popularity
-from models.evaluation import EvaluationSet, evaluate
+from models.evaluation import EvaluationSet, evaluate, rows_by_key
 from models.towers import adapt_normalization
 from models.two_tower import TwoTowerModel, WarmupCosine
 from models.features import (
@@ -263,15 +263,15 @@ def _evaluation_set(catalog, history, split, candidates, tcfg, warehouse) -> Eva
     users = np.unique(test_user[keep])
     if len(users) > tcfg.max_eval_users:
         users = np.sort(np.random.default_rng(tcfg.seed).choice(users, tcfg.max_eval_users, replace=False))
-    by_user_test = _group(test_user[keep], test_story[keep])
+    n_users = len(catalog.user_ids)
+    test_by_user = rows_by_key(test_user[keep], n_users, test_story[keep])
     seen_pos = position[history.story]
-    by_user_seen = _group(history.user[seen_pos >= 0], seen_pos[seen_pos >= 0])
-    empty = np.empty(0, dtype=np.int64)
+    seen_by_user = rows_by_key(history.user[seen_pos >= 0], n_users, seen_pos[seen_pos >= 0])
     oracle = _oracle(warehouse, catalog, candidates)
     return EvaluationSet(
         users=users,
-        test_events=[by_user_test.get(u, empty) for u in users.tolist()],
-        seen=[np.unique(by_user_seen.get(u, empty)) for u in users.tolist()],
+        test_events=[test_by_user[u][0] for u in users.tolist()],
+        seen=[np.unique(seen_by_user[u][0]) for u in users.tolist()],
         n_candidates=len(candidates),
         match_attributes={
             "language": (catalog.user_language[users], catalog.story_language[candidates]),
@@ -298,14 +298,6 @@ def _oracle(warehouse: Warehouse, catalog: Catalog, candidates: np.ndarray):
         return truth.oracle_scores(u, s).reshape(len(users), len(story_row))
 
     return scores
-
-
-def _group(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
-    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if len(keys) else np.empty(0, int)
-    ends = np.append(starts[1:], len(keys))
-    return {int(keys[s]): values[s:e] for s, e in zip(starts, ends, strict=True)}
 
 
 def _baseline_metrics(history: EventHistory, candidates: np.ndarray, evaluation: EvaluationSet, tcfg: TrainConfig) -> dict[str, dict[str, float]]:

@@ -1,5 +1,6 @@
 """Publishers in separate processes: no lost update, and a killed one leaves no trace."""
 
+import itertools
 import multiprocessing as mp
 import signal
 import subprocess
@@ -76,7 +77,7 @@ def test_concurrent_publishers_keep_one_linear_history(tmp_path):
     # each move starts where the previous one ended (nobody overwrote a move unseen).
     assert sorted(m.to_version for m in history) == moved
     assert history[0].from_version is None
-    for before, after in zip(history, history[1:]):
+    for before, after in itertools.pairwise(history):
         assert after.from_version == before.to_version
         assert after.to_version > before.to_version  # never moved backwards
     assert [m.generation for m in history] == list(range(1, len(history) + 1))
