@@ -129,6 +129,9 @@ class ExampleSource:
         self.log_q = np.log(np.maximum(counts, 1) / max(len(rows), 1)).astype(np.float32)
         # Positives weigh their (capped) label score; non-engaged impressions weigh 1.
         self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(np.float32)
+        # Snapshot timing: each user's as-of time, computed once (it scans the whole log).
+        all_users = np.arange(len(history.catalog.user_ids))
+        self.user_snapshot = split.user_as_of(history, all_users) if timing == "snapshot" else None
 
     def batch(self, rows: np.ndarray) -> dict[str, Any]:
         h = self.history
@@ -137,7 +140,7 @@ class ExampleSource:
             users = user_features(h, user, h.ts[rows])
             stories = story_features(h, story, h.ts[rows])
         else:
-            users = leave_out(user_features(h, user, self.split.user_as_of(h, user)), h.catalog.story_ids[story], h.cfg)
+            users = leave_out(user_features(h, user, self.user_snapshot[user]), h.catalog.story_ids[story], h.cfg)
             stories = story_features(h, story, np.full(len(rows), self.split.as_of))
         return {
             "user": users,
@@ -339,8 +342,6 @@ class _Validator(tf.keras.callbacks.Callback):
         self.rows = rows[: 5000]
         self.source = source
         history = source.history
-        self.candidates = candidates
-        self.as_of = as_of
         self.patience = tcfg.patience
         self.best, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
         self.history: list[dict[str, float]] = []
@@ -349,11 +350,13 @@ class _Validator(tf.keras.callbacks.Callback):
         position = np.full(len(history.catalog.story_ids), -1)
         position[candidates] = np.arange(len(candidates))
         self.targets = position[history.story[self.rows]]
+        # The candidates' features are fixed for the run; only the towers change per epoch.
+        self.candidate_features = story_features(history, candidates, np.full(len(candidates), as_of))
 
     def on_epoch_end(self, epoch, logs=None):
         started = time.perf_counter()
         users = _embed(self._model.user_tower, self.source.batch(self.rows)["user"])
-        stories = _embed(self._model.story_tower, story_features(self.source.history, self.candidates, np.full(len(self.candidates), self.as_of)))
+        stories = _embed(self._model.story_tower, self.candidate_features)
         scores = users @ stories.T
         target_scores = scores[np.arange(len(self.rows)), self.targets]
         ranks = (scores > target_scores[:, None]).sum(axis=1)
