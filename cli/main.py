@@ -13,6 +13,12 @@ from collections.abc import Sequence
 
 from config import ConfigError, load_config
 
+# Stage commands that live in their own module: each has `add_parser(commands)`, which
+# registers its sub-commands with `set_defaults(handler=...)`, and may list the
+# exception types it reports as one `error:` line in `EXPECTED_ERRORS`. Modules must
+# import nothing heavy at module level (TensorFlow, Beam, hnswlib load inside handlers).
+STAGE_COMMAND_MODULES = ("cli.embed_commands",)
+
 EPILOG = """\
 examples:
   ebr data generate --size tiny                 a small synthetic world under the default root
@@ -51,7 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_artifact_commands(commands)
     _add_train_command(commands)
+    for module in _stage_modules():
+        module.add_parser(commands)
     return parser
+
+
+def _stage_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in STAGE_COMMAND_MODULES]
 
 
 def _add_train_command(commands) -> None:
@@ -177,6 +191,8 @@ def _dispatch(cfg, args) -> int | None:
     }
     if args.command == "train":
         return train_commands.train(cfg, args)
+    if getattr(args, "handler", None) is not None:
+        return args.handler(cfg, args)
     return handlers[(args.command, args.action)](cfg, args)
 
 
@@ -185,7 +201,8 @@ def _is_expected(err: Exception) -> bool:
     from warehouse import WarehouseMissingError, WarehouseSchemaError
     from warehouse.source_files import SourceFileError
 
-    return isinstance(err, (ArtifactError, WarehouseMissingError, WarehouseSchemaError, SourceFileError))
+    stage_errors = tuple(e for m in _stage_modules() for e in getattr(m, "EXPECTED_ERRORS", ()))
+    return isinstance(err, (ArtifactError, WarehouseMissingError, WarehouseSchemaError, SourceFileError, *stage_errors))
 
 
 if __name__ == "__main__":

@@ -177,6 +177,72 @@ class GateConfig(_Section):
     max_regression: float = Field(0.10, ge=0, le=1)
 
 
+class EmbedConfig(_Section):
+    """The Beam embedding dataflows (see `beam_jobs`)."""
+
+    # Beam runner and its pipeline options: configuration, not code. Extra options are
+    # passed through as given (e.g. ["--project=p", "--region=europe-west4",
+    # "--temp_location=gs://b/tmp", "--setup_file=./setup.py"] for Dataflow).
+    runner: str = "DirectRunner"
+    pipeline_options: tuple[str, ...] = ()
+    # Rows per call of a tower (one RunInference batch).
+    batch_size: int = Field(2048, ge=1)
+    # Entities are grouped into this many key buckets (every event of a user, or of a
+    # story, lands in one bucket); the parallelism of the feature and inference steps.
+    buckets: int = Field(32, ge=1)
+    # Output Parquet shards per snapshot.
+    shards: int = Field(4, ge=1)
+    # User features look back this far (the longest feature window is 28 days).
+    user_lookback_days: int = Field(28, ge=1)
+    # Stories older than this at the snapshot time are not embedded (nor indexed).
+    story_max_age_days: float = Field(7.0, gt=0)
+    # The job fails (and publishes nothing) when more than this share of records is bad.
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+
+
+class IndexConfig(_Section):
+    """The HNSW index builder (see `index_builder`)."""
+
+    m: int = Field(16, ge=2)
+    ef_construction: int = Field(200, ge=1)
+    ef_search: int = Field(64, ge=1)
+    # Threads for building; 0 = every core.
+    threads: int = Field(0, ge=0)
+    # Validation before publishing: recall@10 against exact search on held-aside queries.
+    min_recall_at_10: float = Field(0.98, ge=0, le=1)
+    validation_queries: int = Field(1000, ge=1)
+    # Incremental builds fall back to a full rebuild past this share of deleted slots.
+    max_deleted_fraction: float = Field(0.2, ge=0, le=1)
+
+
+class ServingConfig(_Section):
+    """The retrieval service (see `serving`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535)
+    # Optional bearer token; empty means no authentication.
+    token: str = ""
+    poll_interval_s: float = Field(5.0, gt=0)
+    # Local cache of downloaded versions; empty means <repo>/var/serving-cache.
+    cache_dir: str = ""
+    max_k: int = Field(1000, ge=1)
+    default_k: int = Field(100, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    # Versions kept in the local cache besides the served ones.
+    keep_cached_versions: int = Field(2, ge=0)
+
+
+class OrchestrationConfig(_Section):
+    """Airflow DAG settings (see `dags/`)."""
+
+    train_schedule: str = "@daily"
+    user_embeddings_schedule: str = "0 */4 * * *"
+    story_index_schedule: str = "*/30 * * * *"
+    retention_schedule: str = "@daily"
+    # Local folder for task working files (training logs, exports); empty means <repo>/var/work.
+    workdir: str = ""
+
+
 class EbrConfig(_Section):
     root: str
     store: StoreConfig = StoreConfig()
@@ -186,6 +252,10 @@ class EbrConfig(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
+    embed: EmbedConfig = EmbedConfig()
+    index: IndexConfig = IndexConfig()
+    serving: ServingConfig = ServingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @field_validator("root")
     @classmethod
