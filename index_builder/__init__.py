@@ -1,0 +1,1 @@
+"""HNSW indexes (hnswlib) built from embedding snapshots: validated, versioned, published."""

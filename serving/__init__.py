@@ -1,0 +1,1 @@
+"""The retrieval service: hot-reloads published indexes and answers top-K over HTTP/JSON."""
