@@ -1,0 +1,312 @@
+"""The HTTP/JSON retrieval API (FastAPI): routes, error bodies, auth, body limit, metrics.
+
+Every retrieval handler reads the reloader's state reference once and answers from that
+object only, and names the versions it used in `served`, so a client can always tell which
+consistent set answered. Bad input gets a JSON error body, never a 500:
+
+    401 unauthorized         serving.token is set and the bearer token is missing or wrong
+    404 unknown_user / unknown_id / unknown_collection
+    413 body_too_large       more than serving.max_body_bytes
+    422 invalid_k / invalid_embedding / invalid_request (schema; both or neither of
+        user_id and embedding)
+    503 not_ready / collection_not_served
+
+Handlers are `async def` and search inline: one hnswlib query takes well under a
+millisecond, less than handing it to a thread pool would cost.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+from contextlib import asynccontextmanager
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from config import ServingConfig
+from serving.api import ErrorResponse, Readiness, RetrieveRequest, RetrieveResponse, SimilarRequest, VersionsResponse
+from serving.reloader import Reloader
+from serving.state import COLLECTIONS, INDEX_KINDS, ServedState
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a machine-readable code and an actionable message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(status: int, code: str, message: str, details: list | None = None, headers=None) -> Response:
+    error = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return json_response({"error": error}, status, headers)
+
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
+
+
+def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool = True) -> FastAPI:
+    """The ASGI app. With `start_reloader`, the lifespan starts and stops the poller thread."""
+    metrics = reloader.metrics
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if start_reloader:
+            reloader.start()
+        try:
+            yield
+        finally:
+            if start_reloader:
+                reloader.stop()
+
+    app = FastAPI(
+        title="EBR retrieval service",
+        version="1",
+        description="Top-K retrieval from hot-reloaded HNSW indexes; every answer names the consistent "
+        "(index, user embeddings, model) set it came from.",
+        lifespan=lifespan,
+    )
+
+    # -- errors: always a JSON body -------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, err: ApiError) -> Response:
+        return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, err: RequestValidationError) -> Response:
+        problems = err.errors()
+        summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in problems)
+        details = jsonable_encoder(problems, custom_encoder={float: _finite_or_str})
+        return error_response(422, "invalid_request", f"the request body is not valid: {summary}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, err: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return error_response(err.status_code, codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, err: Exception) -> Response:
+        log.exception("unexpected error")  # a bug, not bad input: bad input never gets here
+        return error_response(500, "internal_error", f"{type(err).__name__}: {err}")
+
+    # -- probes, versions, metrics --------------------------------------------------------
+
+    @app.get("/healthz", summary="the process is up (always 200)")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz", summary="200 only while a consistent (index, user embeddings) pair is served",
+             response_model=Readiness, responses={503: {"model": Readiness}})  # fmt: skip
+    async def readyz() -> Response:
+        state = reloader.state
+        if state is None:
+            return json_response({"ready": False, "reason": reloader.last_outcome.detail}, 503)
+        return json_response({"ready": True, "generation": state.generation, "model_version": state.model_version})
+
+    @app.get("/v1/versions", summary="what is served, since when, from which model; refused versions",
+             response_model=VersionsResponse, responses=_ERRORS)  # fmt: skip
+    async def versions() -> Response:
+        state = reloader.state
+        return json_response({
+            "ready": state is not None,
+            "served": state.describe() if state else None,
+            "last_poll_at": reloader.last_poll_at,
+            "seconds_since_last_successful_poll": metrics.seconds_since_last_poll(),
+            "last_reload": {"action": reloader.last_outcome.action, "detail": reloader.last_outcome.detail},
+            "refused": [vars(r) for r in reloader.refused.values()],
+            "retired_states_alive": reloader.retired_alive,
+        })  # fmt: skip
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- retrieval ------------------------------------------------------------------------
+
+    @app.post("/v1/retrieve/{collection}", response_model=RetrieveResponse, responses=_ERRORS,
+              summary="top-K of a collection (stories, creators, users) for a user id or an embedding")  # fmt: skip
+    async def retrieve(collection: str, body: RetrieveRequest) -> Response:
+        state = _served(reloader)
+        index = _index_of(state, collection)
+        k = _checked_k(body.k, cfg)
+        if (body.user_id is None) == (body.embedding is None):
+            raise ApiError(422, "invalid_request", "give exactly one of user_id or embedding")
+        if body.user_id is not None:
+            query = state.users.vector(body.user_id)
+            if query is None:
+                raise ApiError(404, "unknown_user", f"user {body.user_id!r} is not in the served user embeddings "
+                               f"({state.users.version}, model {state.model_version})")  # fmt: skip
+        else:
+            query = _checked_embedding(body.embedding, state.dim)
+        hits = index.search(query, k, body.exclude)[0]
+        return _answer(state, collection, k, hits)
+
+    @app.post("/v1/similar/{collection}", response_model=RetrieveResponse, responses=_ERRORS,
+              summary="items of a collection closest to one of its items (the item itself excluded)")  # fmt: skip
+    async def similar(collection: str, body: SimilarRequest) -> Response:
+        state = _served(reloader)
+        index = _index_of(state, collection)
+        k = _checked_k(body.k, cfg)
+        query = index.vector(body.id)
+        if query is None:
+            raise ApiError(404, "unknown_id", f"{collection} index {index.version} holds no id {body.id!r}")
+        hits = index.search(query, k, [body.id, *body.exclude])[0]
+        return _answer(state, collection, k, hits)
+
+    # Outermost: sees every request (also 401/413 and unknown paths) for the metrics.
+    app.add_middleware(Gatekeeper, cfg=cfg, metrics=metrics)
+    return app
+
+
+def _served(reloader: Reloader) -> ServedState:
+    state = reloader.state  # read once: this request uses this consistent set to the end
+    if state is None:
+        raise ApiError(503, "not_ready", f"no consistent version set is loaded yet: {reloader.last_outcome.detail}")
+    return state
+
+
+def _index_of(state: ServedState, collection: str):
+    if collection not in INDEX_KINDS:
+        raise ApiError(404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}")
+    index = state.index(collection)
+    if index is None:
+        raise ApiError(
+            503, "collection_not_served",
+            f"no {collection} index from model {state.model_version} is served (none published, or its newest "
+            f"version is from another model or was refused; see /v1/versions)",
+        )  # fmt: skip
+    return index
+
+
+def _checked_k(k: int | None, cfg: ServingConfig) -> int:
+    k = cfg.default_k if k is None else k
+    if not 1 <= k <= cfg.max_k:
+        raise ApiError(422, "invalid_k", f"k must be between 1 and {cfg.max_k} (serving.max_k), got {k}")
+    return k
+
+
+def _checked_embedding(embedding: list[float], dim: int) -> np.ndarray:
+    if len(embedding) != dim:
+        raise ApiError(422, "invalid_embedding", f"embedding has {len(embedding)} values; the served model's "
+                       f"vectors have {dim}")  # fmt: skip
+    query = np.asarray(embedding, dtype=np.float32)
+    if not np.isfinite(query).all():
+        bad = [i for i, v in enumerate(embedding) if not math.isfinite(v)]
+        raise ApiError(422, "invalid_embedding", f"embedding has NaN or infinite values at positions {bad[:10]}")
+    return query
+
+
+def _answer(state: ServedState, collection: str, k: int, hits: list[tuple[str, float]]) -> Response:
+    index = state.index(collection)
+    return json_response({
+        "collection": collection,
+        "k": k,
+        "items": [{"id": item_id, "score": score} for item_id, score in hits],
+        "served": {
+            "generation": state.generation,
+            "model_version": state.model_version,
+            "index_version": index.version,
+            "user_embeddings_version": state.users.version,
+        },
+    })  # fmt: skip
+
+
+def _finite_or_str(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    pass
+
+
+class Gatekeeper:
+    """Pure ASGI middleware: request metrics, bearer token, request body size limit.
+
+    Written against ASGI directly (not BaseHTTPMiddleware) because it runs on every request
+    and must add microseconds, not a task and a queue.
+    """
+
+    def __init__(self, app, cfg: ServingConfig, metrics):
+        self.app = app
+        self.max_body = cfg.max_body_bytes
+        self.token = f"Bearer {cfg.token}".encode() if cfg.token else None
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500
+        started_response = False
+
+        async def send_and_record(message):
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status, started_response = message["status"], True
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_and_record)
+                return
+            await self.app(scope, self._limited(receive), send_and_record)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - started)
+
+    def _refusal(self, scope) -> Response | None:
+        headers = dict(scope["headers"])
+        if self.token is not None and scope["path"].startswith("/v1/"):
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.token):
+                return error_response(401, "unauthorized", "send the header 'Authorization: Bearer <serving.token>'",
+                                      headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body
+            except ValueError:
+                return error_response(400, "invalid_request", f"Content-Length {length!r} is not a number")
+            if too_big:
+                return error_response(413, "body_too_large", f"request body of {int(length)} bytes exceeds "
+                                      f"serving.max_body_bytes={self.max_body}")  # fmt: skip
+        return None
+
+    def _limited(self, receive):
+        """Counts chunked bodies (no Content-Length) as they arrive and stops at the limit."""
+        received = 0
+        limit = self.max_body
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised inside the route's body reading: FastAPI passes HTTPExceptions on
+                    # to the exception handler above, which answers 413.
+                    raise _BodyTooLarge(413, f"request body exceeds serving.max_body_bytes={limit}")
+            return message
+
+        return limited_receive

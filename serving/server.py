@@ -1,0 +1,116 @@
+"""Assembling and running the service: `build_service` (config → app + reloader) and uvicorn.
+
+`serve()` is what `ebr serve` runs in the foreground; `ServerThread` runs the same app on a
+loopback socket inside the current process (tests) and always stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from artifacts import ArtifactStore
+from config import EbrConfig
+from config.settings import REPO_DIR
+from serving.app import create_app
+from serving.metrics import ServingMetrics
+from serving.reloader import Reloader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    app: FastAPI
+    reloader: Reloader
+
+
+def cache_dir_of(cfg: EbrConfig) -> Path:
+    return Path(cfg.serving.cache_dir) if cfg.serving.cache_dir else REPO_DIR / "var" / "serving-cache"
+
+
+def build_service(cfg: EbrConfig, *, poll_interval_s: float | None = None, start_reloader: bool = True) -> Service:
+    """The app and its reloader from the configuration (nothing is loaded until the poller runs)."""
+    metrics = ServingMetrics()
+    reloader = Reloader(
+        ArtifactStore.from_config(cfg),
+        cache_dir_of(cfg),
+        metrics,
+        poll_interval_s=poll_interval_s or cfg.serving.poll_interval_s,
+        keep_cached_versions=cfg.serving.keep_cached_versions,
+    )
+    return Service(create_app(cfg.serving, reloader, start_reloader=start_reloader), reloader)
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int):
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
+        loop="uvloop", http="httptools",  # the fastest event loop and parser uvicorn offers
+        timeout_graceful_shutdown=10,
+    )  # fmt: skip
+
+
+def serve(cfg: EbrConfig, *, host: str | None = None, port: int | None = None, poll_interval_s: float | None = None) -> None:
+    """Runs the service in the foreground until interrupted (SIGINT/SIGTERM stop it cleanly)."""
+    import uvicorn
+
+    service = build_service(cfg, poll_interval_s=poll_interval_s)
+    host = host or cfg.serving.host
+    port = cfg.serving.port if port is None else port
+    if host not in ("127.0.0.1", "localhost", "::1") and not cfg.serving.token:
+        log.warning("serving on %s without serving.token: anyone who can reach the port can query", host)
+    uvicorn.Server(uvicorn_config(service.app, host, port)).run()
+
+
+class ServerThread:
+    """The app served by uvicorn on 127.0.0.1:<free port> in a background thread.
+
+        with ServerThread(service.app) as server:
+            httpx.get(f"{server.url}/healthz")
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1"):
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))  # the kernel picks a free port; no race with other tests
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port))
+        self._thread = threading.Thread(target=self._run, name="ebr-serving-test-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self._socket]))
+
+    def start(self, timeout: float = 20.0) -> ServerThread:
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.02)):
+            if self.server.started:
+                return self
+            if not self._thread.is_alive():
+                break
+            deadline.wait(0.02)
+        self.stop()
+        raise RuntimeError(f"uvicorn did not start on {self.url} within {timeout} s")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(30)
+        self._socket.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
