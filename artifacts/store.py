@@ -410,6 +410,15 @@ class ArtifactKind:
         kept = [v.name for v in infos if v.name not in deleted]
         return RetentionReport(kept=kept, deleted=deleted, dry_run=dry_run)
 
+    def discard_incomplete(self, version: str) -> None:
+        """Removes the leftovers of an unfinished attempt at `version` (for writers, like
+        the Beam jobs, that write a version's files from many workers, not through
+        `new_version`). Refuses a complete version: those are immutable."""
+        validate_version(version)
+        if self.is_complete(version):
+            raise VersionExistsError(f"{self.name}/{version} is complete; versions are immutable")
+        self._delete_objects(version)
+
     def _age_s(self, version: str) -> float:
         newest = max((o.updated for o in self.backend.list_objects(self._key(version))), default=0)
         return time.time() - newest

@@ -65,11 +65,14 @@ def embed_entities(cfg: EbrConfig, args: Namespace) -> int:
     print(f"embedding {args.action} with {args.runner or cfg.embed.runner} ...", flush=True)
     outcomes = job.run(job_argv(cfg, args))
     elapsed = time.perf_counter() - started
-    for outcome in outcomes:
-        print()
-        print(f"{outcome.kind}/{outcome.snapshot}  (model {outcome.model_version}, as of {outcome.as_of_iso})")
-        print(table(["counter", "value"], sorted(outcome.counters.items())))
-        print(outcome.published_detail)
+    first = outcomes[0]
+    print(f"\nmodel {first.model_version}, as of {first.as_of_iso}")
+    if first.reused:
+        print("the snapshot was complete already (a rerun): nothing embedded again")
+    else:
+        print(table(["counter", "value"], list(first.counters.items())))
+    print()
+    print(table(["snapshot", "embeddings", "LATEST"], [(f"{o.kind}/{o.snapshot}", f"{o.count:,}", o.published_detail) for o in outcomes]))
     print(f"\n{elapsed:.1f} s wall")
     return 0
 

@@ -192,8 +192,11 @@ class EmbedConfig(_Section):
     buckets: int = Field(32, ge=1)
     # Output Parquet shards per snapshot.
     shards: int = Field(4, ge=1)
-    # User features look back this far (the longest feature window is 28 days).
-    user_lookback_days: int = Field(28, ge=1)
+    # Days of events the user job reads before as-of; None reads every partition, as
+    # training does. A finite lookback bounds the job's input but truncates the
+    # all-time statistics and the history sequence, which training computes over the
+    # whole log (a skew: only set it together with a model trained the same way).
+    user_lookback_days: int | None = Field(None, ge=1)
     # Stories older than this at the snapshot time are not embedded (nor indexed).
     story_max_age_days: float = Field(7.0, gt=0)
     # The job fails (and publishes nothing) when more than this share of records is bad.
@@ -211,8 +214,12 @@ class IndexConfig(_Section):
     # Validation before publishing: recall@10 against exact search on held-aside queries.
     min_recall_at_10: float = Field(0.98, ge=0, le=1)
     validation_queries: int = Field(1000, ge=1)
-    # Incremental builds fall back to a full rebuild past this share of deleted slots.
+    # Incremental builds fall back to a full rebuild past this share of deleted labels
+    # (expired items since the last full build, whether or not a new item reused the slot).
     max_deleted_fraction: float = Field(0.2, ge=0, le=1)
+    # ...and when more than this share of the items is new, expired or has a new vector:
+    # an in-place update costs about as much as an insertion, so a full build is as cheap.
+    max_changed_fraction: float = Field(0.3, ge=0, le=1)
 
 
 class ServingConfig(_Section):
@@ -233,12 +240,22 @@ class ServingConfig(_Section):
 
 
 class OrchestrationConfig(_Section):
-    """Airflow DAG settings (see `dags/`)."""
+    """Airflow DAG settings (see `dags/` and `orchestration/`).
+
+    Schedules are cron expressions (or presets such as "@daily"), evaluated in UTC by a
+    `CronTriggerTimetable`; they are read when a DAG file is parsed.
+    """
 
     train_schedule: str = "@daily"
     user_embeddings_schedule: str = "0 */4 * * *"
     story_index_schedule: str = "*/30 * * * *"
     retention_schedule: str = "@daily"
+    # The first date the schedules may run for (catch-up is off: only the newest
+    # interval runs when a DAG is switched on).
+    start_date: date = date(2026, 1, 1)
+    # Whether ebr_user_embeddings also builds and publishes the `users` index (for
+    # similar-user queries); the story and creator indexes are ebr_story_index's.
+    build_user_index: bool = True
     # Local folder for task working files (training logs, exports); empty means <repo>/var/work.
     workdir: str = ""
 

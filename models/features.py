@@ -103,14 +103,26 @@ class Catalog:
     story_creator_followers: np.ndarray
 
     @classmethod
-    def from_tables(cls, users: pa.Table, stories: pa.Table, creators: pa.Table, cfg: FeatureConfig) -> Catalog:
+    def from_tables(cls, users: pa.Table | None, stories: pa.Table, creators: pa.Table, cfg: FeatureConfig) -> Catalog:
+        """Arrays of the three tables.
+
+        Two partial catalogs serve the inference jobs, which hold one key bucket at a
+        time: `users=None` gives a catalog without user rows (story features only; build
+        its history with `EventHistory.from_tables(..., users_known=False)`), and a
+        stories table without `content_embedding` gives one for user features only
+        (they read the ids, creators and hashtags of stories, never their content).
+        """
+        users = users if users is not None else _NO_USERS
         followers = dict(zip(creators["creator_id"].to_pylist(), creators["follower_count"].to_pylist(), strict=True))
         creator = _strings(stories["creator_id"])
         hashtags = np.full((len(stories), cfg.story_hashtags), PAD, dtype=object)
         for row, tags in enumerate(stories["hashtags"].to_pylist()):
             tags = tags[: cfg.story_hashtags]
             hashtags[row, : len(tags)] = tags
-        content = stories["content_embedding"].combine_chunks()
+        if "content_embedding" in stories.column_names:
+            content = stories["content_embedding"].combine_chunks()
+        else:
+            content = pa.array([[]] * len(stories), type=pa.list_(pa.float32()))
         dim = (len(content.flatten()) // len(stories)) if len(stories) else 0
         duration = stories["duration_s"].to_numpy(zero_copy_only=False).astype(np.float32)
         return cls(
@@ -135,6 +147,12 @@ class Catalog:
 
     def story_index(self, ids) -> np.ndarray:
         return _lookup({v: i for i, v in enumerate(self.story_ids.tolist())}, ids, "story")
+
+
+_NO_USERS = pa.table({
+    "user_id": pa.array([], pa.string()), "country": pa.array([], pa.string()), "language": pa.array([], pa.string()),
+    "age_bucket": pa.array([], pa.string()), "account_created_ts": pa.array([], pa.int64()),
+})  # fmt: skip
 
 
 def _lookup(table: dict[str, int], ids, what: str) -> np.ndarray:
@@ -176,12 +194,17 @@ class EventHistory:
         return cls.from_tables([events], catalog, cfg)
 
     @classmethod
-    def from_tables(cls, tables, catalog: Catalog, cfg: FeatureConfig) -> EventHistory:
+    def from_tables(cls, tables, catalog: Catalog, cfg: FeatureConfig, *, users_known: bool = True) -> EventHistory:
+        """`users_known=False`: the catalog has no user rows (see `Catalog.from_tables`);
+        events are indexed by their own user ids, which only story features may use."""
         users, stories, ts, scores, watch = [], [], [], [], []
         user_index = {v: i for i, v in enumerate(catalog.user_ids.tolist())}
         story_index = {v: i for i, v in enumerate(catalog.story_ids.tolist())}
         for events in tables:
-            users.append(_lookup(user_index, events["user_id"].to_pylist(), "user"))
+            if users_known:
+                users.append(_lookup(user_index, events["user_id"].to_pylist(), "user"))
+            else:
+                users.append(np.fromiter((user_index.setdefault(u, len(user_index)) for u in events["user_id"].to_pylist()), np.int64, len(events)))
             stories.append(_lookup(story_index, events["story_id"].to_pylist(), "story"))
             ts.append(events["ts"].to_numpy())
             scores.append(positive_scores(events, cfg))

@@ -1,0 +1,368 @@
+"""The Beam steps both embedding jobs share: read and validate, embed, write a snapshot.
+
+    ReadRows          Parquet files -> Arrow batches -> (bucket, usable rows) + dead letters
+    EmbedBatches      FeatureBatch -> EmbeddingBatch (the SavedModel is loaded once per
+                      worker, in `setup`) + dead letters for NaN or wrong-size vectors
+    WriteSnapshot     EmbeddingBatch -> Parquet shards under ROOT/<kind>/<snapshot>/ ->
+                      MANIFEST.json, written last and only if the error rate allows
+
+The snapshot's manifest is written by the pipeline itself, after every shard (a
+Combine waits for all of them), so a job that dies halfway leaves an incomplete
+version that nothing reads. Moving LATEST is left to the driver, after the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import AsDict, AsList, TaggedOutput
+
+from artifacts import MODELS, ArtifactStore
+from artifacts.embedding_snapshots import shard_name, write_shard
+from artifacts.manifest import FileEntry, sha256_bytes
+from artifacts.store import VersionWriter
+from beam_jobs.plan import JobPlan
+from beam_jobs.records import DeadLetter, EmbeddingBatch, FeatureBatch, RowRules, dead_letters_for_vectors, key_buckets, split_by_bucket, validate_rows
+
+log = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "ebr"
+DEAD_LETTER = "dead_letter"
+ROWS_READ = "rows_read"
+REFUSED_FILE = "_REFUSED.json"  # written instead of the manifest when the job refuses to publish
+DEAD_LETTER_FILE = "dead_letter.jsonl"
+DEAD_LETTER_SAMPLE = 10_000  # dead letters kept in the snapshot (all are counted)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+class _ValidateAndBucket(beam.DoFn):
+    def __init__(self, rules: RowRules, buckets: int, key_column: str, keep: Callable[[pa.Table], pa.Array] | None):
+        self.rules, self.buckets, self.key_column, self.keep = rules, buckets, key_column, keep
+        self.read = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_read")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_dead_letters")
+        self.skipped = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_not_selected")
+
+    def process(self, table: pa.Table):
+        self.read.inc(len(table))
+        yield TaggedOutput(ROWS_READ, (self.rules.source, len(table)))
+        good, letters = validate_rows(table, self.rules)
+        self.dead.inc(len(letters))
+        for letter in letters:
+            yield TaggedOutput(DEAD_LETTER, letter)
+        if self.keep is not None and len(good):
+            selected = good.filter(self.keep(good))
+            self.skipped.inc(len(good) - len(selected))
+            good = selected
+        yield from split_by_bucket(good, self.key_column, self.buckets)
+
+
+class ReadRows(beam.PTransform):
+    """Reads Parquet files as Arrow batches and keys the usable rows by bucket.
+
+    Outputs (a DoOutputsTuple): the main output `(bucket, pa.Table)`; `dead_letter`:
+    `DeadLetter`s; `rows_read`: `(source, number of rows)` for the error rate.
+
+    Args:
+      files: Beam-readable paths (local or gs://).
+      rules: what a usable row looks like (`records.RowRules`).
+      columns: the columns to read (None: all).
+      buckets: number of key buckets; `key_column` says which id decides the bucket.
+      keep: optional selection over usable rows (e.g. events before as-of): rows it
+        drops are not errors, only not wanted by this run.
+    """
+
+    def __init__(self, files: list[str], rules: RowRules, *, columns: list[str] | None, buckets: int, key_column: str | None = None, keep=None):
+        super().__init__()
+        self.files, self.rules, self.columns, self.buckets = files, rules, columns, buckets
+        self.key_column, self.keep = key_column or rules.id_column, keep
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Files" >> beam.Create(self.files)
+            | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=self.columns)
+            | "Validate" >> beam.ParDo(_ValidateAndBucket(self.rules, self.buckets, self.key_column, self.keep)).with_outputs(DEAD_LETTER, ROWS_READ, main="rows")
+        )
+
+
+class ConcatTables(beam.CombineFn):
+    """All batches of a small table as one `pa.Table` (for side inputs)."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, tables, table):
+        tables.append(table)
+        return tables
+
+    def merge_accumulators(self, accumulators):
+        return [t for tables in accumulators for t in tables]
+
+    def extract_output(self, tables):
+        return pa.concat_tables(tables, promote_options="default") if tables else self.schema.empty_table()
+
+
+def concat_or_empty(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
+    tables = [t for t in tables if len(t)]
+    return pa.concat_tables(tables, promote_options="default") if tables else schema.empty_table()
+
+
+def drop_duplicate_ids(table: pa.Table, column: str, source: str) -> tuple[pa.Table, list[DeadLetter]]:
+    """Keeps the first row of each id; later rows become dead letters."""
+    ids = table[column].to_pylist()
+    seen: set[str] = set()
+    first = []
+    letters = []
+    for row, value in enumerate(ids):
+        if value in seen:
+            letters.append(DeadLetter(source, value, f"duplicate {column}"))
+        else:
+            seen.add(value)
+            first.append(row)
+    return (table if not letters else table.take(pa.array(first, type=pa.int64()))), letters
+
+
+# -- inference ------------------------------------------------------------------------------
+
+
+def load_tower(plan: JobPlan):
+    """The plan's tower as a `models.export.TowerRunner`, from the store (verified).
+
+    Runs in a worker's `setup()`: once per worker (per DoFn instance), never per element.
+    """
+    # TFRS and our SavedModels need Keras 2; this must precede the first TensorFlow import
+    # in this (worker) process.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    from models.export import TowerRunner
+
+    if plan.model_local_dir and Path(plan.model_local_dir, plan.tower).is_dir():
+        return TowerRunner(Path(plan.model_local_dir) / plan.tower)
+    cache = Path(tempfile.mkdtemp(prefix="ebr-model-"))  # one per worker: no download races
+    local = ArtifactStore.from_config(plan.cfg).kind(MODELS).download(plan.model_version, cache)
+    return TowerRunner(local / plan.tower)
+
+
+class EmbedBatches(beam.DoFn):
+    """FeatureBatch -> EmbeddingBatch through the plan's tower (dead letters: bad vectors)."""
+
+    def __init__(self, plan: JobPlan, source: str):
+        self.plan, self.source = plan, source
+        self.embedded = Metrics.counter(METRICS_NAMESPACE, f"{source}_embedded")
+        self.dead = Metrics.counter(METRICS_NAMESPACE, f"{source}_dead_letters")
+        self.batches = Metrics.distribution(METRICS_NAMESPACE, "inference_batch_size")
+        self.tower = None
+
+    def setup(self):
+        self.tower = load_tower(self.plan)
+
+    def process(self, batch: FeatureBatch):
+        if not len(batch):
+            return
+        self.batches.update(len(batch))
+        vectors = self.tower(batch.features, batch_size=self.plan.cfg.embed.batch_size)
+        usable, letters = dead_letters_for_vectors(batch.ids, vectors, self.plan.output_dim, self.source)
+        self.dead.inc(len(letters))
+        for letter in letters:
+            yield TaggedOutput(DEAD_LETTER, letter)
+        if usable.any():
+            self.embedded.inc(int(usable.sum()))
+            yield EmbeddingBatch(batch.ids[usable], vectors[usable], None if batch.group is None else batch.group[usable])
+
+
+def feature_batches(ids: np.ndarray, build: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int, group: np.ndarray | None = None):
+    """FeatureBatches of at most `batch_size` rows: `build(rows)` makes the features."""
+    for start in range(0, len(ids), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(ids)))
+        yield FeatureBatch(ids[rows], build(rows), None if group is None else group[rows])
+
+
+# -- creators: the direction of their stories ---------------------------------------------
+
+
+def creator_partial_sums(batch: EmbeddingBatch):
+    """(creator_id, (sum of its story vectors in this batch, count)) per creator in a batch."""
+    creators, inverse = np.unique(batch.group.astype(str), return_inverse=True)
+    sums = np.zeros((len(creators), batch.vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, inverse, batch.vectors)
+    counts = np.bincount(inverse, minlength=len(creators))
+    for creator, total, count in zip(creators.tolist(), sums, counts, strict=True):
+        yield creator, (total, int(count))
+
+
+class SumVectors(beam.CombineFn):
+    def create_accumulator(self):
+        return None, 0
+
+    def add_input(self, acc, value):
+        total, count = acc
+        return (value[0] if total is None else total + value[0]), count + value[1]
+
+    def merge_accumulators(self, accumulators):
+        acc = self.create_accumulator()
+        for other in accumulators:
+            if other[0] is not None:
+                acc = self.add_input(acc, other)
+        return acc
+
+    def extract_output(self, acc):
+        return acc
+
+
+def creator_embedding(element) -> EmbeddingBatch:
+    """The L2-normalised mean of a creator's story embeddings, as a one-row batch."""
+    creator, (total, _count) = element
+    norm = np.linalg.norm(total)
+    vector = (total / norm if norm > 0 else total).astype(np.float32)
+    return EmbeddingBatch(np.array([creator], dtype=object), vector[None, :])
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    size: int
+    sha256: str
+    count: int
+
+
+def split_by_shard(batch: EmbeddingBatch, shards: int):
+    """(shard, rows of the batch in that shard): a row's shard depends only on its id."""
+    shard = key_buckets(batch.ids, shards)
+    for s in np.unique(shard):
+        rows = np.flatnonzero(shard == s)
+        yield int(s), EmbeddingBatch(batch.ids[rows], batch.vectors[rows])
+
+
+class _WriteShard(beam.DoFn):
+    """Writes one Parquet shard, sorted by id, straight into the version directory."""
+
+    def __init__(self, plan: JobPlan, kind: str):
+        self.plan, self.kind_name = plan, kind
+        self.kind = None
+
+    def setup(self):
+        self.kind = ArtifactStore.from_config(self.plan.cfg).kind(self.kind_name)
+
+    def process(self, element):
+        shard, batches = element
+        batches = list(batches)
+        ids = np.concatenate([b.ids for b in batches])
+        vectors = np.concatenate([b.vectors for b in batches])
+        order = np.argsort(ids.astype(str), kind="stable")
+        name = shard_name(shard, self.plan.cfg.embed.shards)
+        data = write_shard(ids[order], vectors[order])
+        # A retried bundle rewrites the same bytes under the same name: idempotent.
+        self.kind.backend.write_bytes(self.kind.backend.join(self.kind_name, self.plan.snapshot, name), data)
+        yield ShardEntry(name, len(data), sha256_bytes(data), len(ids))
+
+
+def error_rates(read: dict[str, int], dead: dict[str, int]) -> dict[str, float]:
+    """Dead letters / rows read, per source that read anything."""
+    return {source: dead.get(source, 0) / n for source, n in sorted(read.items()) if n}
+
+
+def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, parents: dict, params: dict, read: dict[str, int], dead: dict[str, int], dead_sample: list[DeadLetter]) -> None:
+    """Writes the dead-letter sample, then the manifest, or `_REFUSED.json` saying why not."""
+    kind = ArtifactStore.from_config(plan.cfg).kind(kind_name)
+    if kind.is_complete(plan.snapshot):
+        return  # a retried step after a successful commit
+    writer = VersionWriter(kind, plan.snapshot, parents, params, f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}")
+    if dead_sample:
+        lines = "".join(letter.to_json() + "\n" for letter in dead_sample[:DEAD_LETTER_SAMPLE])
+        writer.add_bytes(DEAD_LETTER_FILE, lines.encode())
+    rates = error_rates(read, dead)
+    limit = plan.cfg.embed.max_error_rate
+    refusals = [f"{source}: {dead.get(source, 0)} of {read[source]} records dead-lettered ({rate:.2%} > embed.max_error_rate {limit:.2%})" for source, rate in rates.items() if rate > limit]
+    if not entries:
+        refusals.append(f"no {plan.entity} to embed as of {plan.as_of_iso}")
+    if refusals:
+        body = {"refused": refusals, "rows_read": read, "dead_letters": dead, "dead_letter_file": DEAD_LETTER_FILE if dead_sample else None}
+        kind.backend.write_bytes(kind.backend.join(kind_name, plan.snapshot, REFUSED_FILE), json.dumps(body, indent=2).encode())
+        return
+    for entry in sorted(entries, key=lambda e: e.name):
+        writer.files[entry.name] = FileEntry(entry.size, entry.sha256)
+    writer.metrics.update({
+        "count": sum(e.count for e in entries),
+        "rows_read": dict(sorted(read.items())),
+        "dead_letters": dict(sorted(dead.items())),
+        "error_rates": {k: round(v, 6) for k, v in rates.items()},
+    })  # fmt: skip
+    writer.commit()
+
+
+class WriteSnapshot(beam.PTransform):
+    """EmbeddingBatches -> shards -> manifest (if the error rate allows).
+
+    Args:
+      plan: the run; its `snapshot` is the version name.
+      kind: "embeddings/users", "embeddings/stories" or "embeddings/creators".
+      rows_read: PCollection of (source, n) from every ReadRows.
+      dead_letters: PCollection of every DeadLetter of the run.
+      parents, params: the manifest's (model_version and as_of are added).
+    """
+
+    def __init__(self, plan: JobPlan, kind: str, rows_read, dead_letters, parents: dict | None = None, params: dict | None = None):
+        super().__init__()
+        self.plan, self.kind, self.rows_read, self.dead_letters = plan, kind, rows_read, dead_letters
+        self.parents = {"model_version": plan.model_version, **(parents or {})}
+        self.params = {"dim": plan.output_dim, "as_of": plan.as_of, "as_of_iso": plan.as_of_iso, "tower": plan.tower, **(params or {})}
+
+    def expand(self, batches):
+        shards = self.plan.cfg.embed.shards
+        entries = (
+            batches
+            | "ByShard" >> beam.FlatMap(split_by_shard, shards)
+            | "GroupShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteShard(self.plan, self.kind))
+        )
+        read = self.rows_read | "SumRead" >> beam.CombinePerKey(sum)
+        dead = self.dead_letters | "DeadBySource" >> beam.Map(lambda d: (d.source, 1)) | "SumDead" >> beam.CombinePerKey(sum)
+        sample = self.dead_letters | "SampleDead" >> beam.combiners.Sample.FixedSizeGlobally(DEAD_LETTER_SAMPLE)
+        return (
+            entries
+            | "AllShards" >> beam.combiners.ToList()
+            | "Commit" >> beam.Map(
+                commit_snapshot, self.plan, self.kind, self.parents, self.params,
+                read=AsDict(read), dead=AsDict(dead), dead_sample=beam.pvalue.AsSingleton(sample),
+            )
+        )  # fmt: skip
+
+
+def flatten(pcolls, label: str):
+    """Flatten that tolerates a single input."""
+    return tuple(pcolls) | label >> beam.Flatten()
+
+
+__all__ = [
+    "AsList",
+    "ConcatTables",
+    "EmbedBatches",
+    "ReadRows",
+    "SumVectors",
+    "WriteSnapshot",
+    "commit_snapshot",
+    "concat_or_empty",
+    "creator_embedding",
+    "creator_partial_sums",
+    "drop_duplicate_ids",
+    "error_rates",
+    "feature_batches",
+    "load_tower",
+]
