@@ -1,0 +1,95 @@
+"""`ebr serve` runs the retrieval service; `ebr query` asks a running one and prints the answer."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+from cli.output import human_bytes, table
+from config import EbrConfig
+from serving.client import RetrievalClient, ServingClientError
+
+
+def add_parser(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="run the retrieval service (HTTP/JSON, hot-reloads published indexes)",
+        description="Serves top-K retrieval from the indexes and user embeddings LATEST names, polling "
+                    "for new versions and swapping them in without dropping requests. OpenAPI at /docs.",
+    )  # fmt: skip
+    serve.add_argument("--host", help="default: serving.host (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: serving.port")
+    serve.add_argument("--poll-interval", type=float, metavar="SECONDS", help="default: serving.poll_interval_s")
+    serve.set_defaults(handler=run_server)
+
+    query = commands.add_parser("query", help="ask a running retrieval service and print the answer")
+    query.add_argument("--url", help="service URL (default: http://127.0.0.1:<serving.port>)")
+    actions = query.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user = actions.add_parser("user", help="top-K stories (or creators) for a user")
+    user.add_argument("user_id")
+    user.add_argument("-k", type=int, default=10, help="results (default 10)")
+    user.add_argument("--collection", default="stories", help="stories (default), creators or users")
+    user.add_argument("--exclude", nargs="*", default=[], metavar="ID", help="ids never returned")
+    similar = actions.add_parser("similar", help="items closest to one item of a collection")
+    similar.add_argument("collection", help="stories, creators or users")
+    similar.add_argument("item_id", metavar="ID")
+    similar.add_argument("-k", type=int, default=10, help="results (default 10)")
+    actions.add_parser("versions", help="what the service serves, since when, from which model")
+    for sub in (user, similar):
+        sub.set_defaults(handler=run_query)
+    actions.choices["versions"].set_defaults(handler=run_query)
+
+
+def run_server(cfg: EbrConfig, args: Namespace) -> int:
+    from serving.server import serve
+
+    host = args.host or cfg.serving.host
+    port = cfg.serving.port if args.port is None else args.port
+    print(f"serving on http://{host}:{port} (OpenAPI: /docs); root {cfg.root}; Ctrl-C stops", flush=True)
+    serve(cfg, host=host, port=port, poll_interval_s=args.poll_interval)
+    return 0
+
+
+def run_query(cfg: EbrConfig, args: Namespace) -> int:
+    url = args.url or f"http://127.0.0.1:{cfg.serving.port}"
+    with RetrievalClient(url, token=cfg.serving.token) as client:
+        if args.action == "versions":
+            print(format_versions(client.versions()))
+            return 0
+        if args.action == "user":
+            answer = client.retrieve(args.collection, user_id=args.user_id, k=args.k, exclude=args.exclude)
+            title = f"top {args.k} {args.collection} for user {args.user_id}"
+        else:
+            answer = client.similar(args.collection, args.item_id, k=args.k)
+            title = f"{args.collection} similar to {args.item_id}"
+    print(format_answer(title, answer))
+    return 0
+
+
+def format_answer(title: str, answer: dict) -> str:
+    served = answer["served"]
+    rows = [(rank, hit["id"], f"{hit['score']:.4f}") for rank, hit in enumerate(answer["items"], 1)]
+    return "\n".join([
+        title,
+        table(["rank", "id", "score"], rows),
+        f"from index {served['index_version']}, user embeddings {served['user_embeddings_version']}, "
+        f"model {served['model_version']} (state {served['generation']})",
+    ])  # fmt: skip
+
+
+def format_versions(versions: dict) -> str:
+    lines = []
+    served = versions.get("served")
+    if served is None:
+        lines.append(f"not ready: {versions['last_reload']['detail']}")
+    else:
+        lines.append(f"model {served['model_version']}, dim {served['dim']}, state {served['generation']} since {served['since']}")
+        rows = [(kind, c["version"], c["served_since"], c["count"], human_bytes(c["memory_bytes"]))
+                for kind, c in served["components"].items()]  # fmt: skip
+        lines.append(table(["kind", "version", "served since", "items", "memory"], rows))
+    lines.append(f"last poll {versions['last_poll_at']} ({versions['seconds_since_last_successful_poll']:.1f} s ago): "
+                 f"{versions['last_reload']['action']}")  # fmt: skip
+    for refusal in versions.get("refused", []):
+        lines.append(f"refused {refusal['kind']}/{refusal['version']} at {refusal['at']}: {refusal['reason']}")
+    return "\n".join(lines)
+
+
+EXPECTED_ERRORS = (ServingClientError,)
