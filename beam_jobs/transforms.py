@@ -25,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import AsDict, AsList, TaggedOutput
+from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 
 from artifacts import MODELS, ArtifactStore
 from artifacts.embedding_snapshots import shard_name, write_shard
@@ -340,29 +340,7 @@ class WriteSnapshot(beam.PTransform):
             | "AllShards" >> beam.combiners.ToList()
             | "Commit" >> beam.Map(
                 commit_snapshot, self.plan, self.kind, self.parents, self.params,
-                read=AsDict(read), dead=AsDict(dead), dead_sample=beam.pvalue.AsSingleton(sample),
+                read=AsDict(read), dead=AsDict(dead), dead_sample=AsSingleton(sample),
             )
         )  # fmt: skip
 
-
-def flatten(pcolls, label: str):
-    """Flatten that tolerates a single input."""
-    return tuple(pcolls) | label >> beam.Flatten()
-
-
-__all__ = [
-    "AsList",
-    "ConcatTables",
-    "EmbedBatches",
-    "ReadRows",
-    "SumVectors",
-    "WriteSnapshot",
-    "commit_snapshot",
-    "concat_or_empty",
-    "creator_embedding",
-    "creator_partial_sums",
-    "drop_duplicate_ids",
-    "error_rates",
-    "feature_batches",
-    "load_tower",
-]
