@@ -201,10 +201,23 @@ class Reloader:
             if isinstance(component, str):
                 return self._outcome("failed", component, level=logging.ERROR)
             components[kind] = component
+        stories, users = components[STORY_INDEX], components[USER_EMBEDDINGS]
+        if stories.value.dim != users.value.dim:
+            # Blame whichever side is new (both, if both are): the served side was fine.
+            reason = (f"dimension mismatch: {STORY_INDEX}/{stories.version} has {stories.value.dim}-d vectors, "
+                      f"{USER_EMBEDDINGS}/{users.version} {users.value.dim}-d")  # fmt: skip
+            for component in (stories, users):
+                if current is None or current.components.get(component.kind) is not component:
+                    self._reject(component.kind, component.version, reason)
+            return self._outcome("failed", reason, level=logging.ERROR)
         for kind in OPTIONAL_INDEXES.values():
             if latest[kind] is None:
                 continue
             component = self._component(kind, latest[kind], model, current)
+            if isinstance(component, Component) and component.value.dim != stories.value.dim:
+                reason = f"dimension mismatch: {kind}/{component.version} has {component.value.dim}-d vectors, the pair {stories.value.dim}-d"
+                self._reject(kind, component.version, reason)
+                component = reason
             if isinstance(component, str):
                 notes.append(component)
                 old = current.components.get(kind) if current else None
@@ -212,14 +225,7 @@ class Reloader:
                     components[kind] = old  # keep serving the previous version of this collection
                 continue
             components[kind] = component
-
-        try:
-            check_consistent(components)
-        except InconsistentVersionsError as err:
-            for kind, component in components.items():
-                if current is None or current.components.get(kind) is not component:
-                    self._refuse(kind, component.version, str(err))
-            return self._outcome("failed", str(err), level=logging.ERROR)
+        check_consistent(components)  # guaranteed by the checks above; a bug if not
 
         if current is not None and {k: c.version for k, c in components.items()} == served:
             return self._outcome("unchanged", "; ".join(notes) or "serving the newest consistent set")
@@ -233,7 +239,7 @@ class Reloader:
         Returns a reason string instead when the version cannot be served with `model`.
         """
         old = current.components.get(kind) if current else None
-        if old is not None and old.version == version:
+        if old is not None and old.version == version and old.model_version == model:
             return old
         refusal = self.refused.get((kind, version))
         if refusal:
@@ -261,7 +267,6 @@ class Reloader:
             self.metrics.reloads.labels(kind, "failure").inc()
             log.warning("loading %s/%s failed (%s); will retry at the next poll", kind, version, err)
             return f"{kind}/{version} could not be loaded (retried at the next poll): {err}"
-        self.metrics.reloads.labels(kind, "success").inc()
         self.metrics.last_reload_seconds.labels(kind).set(seconds)
         log.info("loaded %s/%s (model %s) in %.2f s", kind, version, model, seconds)
         return Component(kind, version, model, "", value)
@@ -299,6 +304,9 @@ class Reloader:
             else Component(c.kind, c.version, c.model_version, since, c.value)
             for kind, c in components.items()
         }  # fmt: skip
+        for kind, c in stamped.items():
+            if c is not components[kind]:  # newly stamped: a version this swap brings in
+                self.metrics.reloads.labels(kind, "success").inc()
         self._generation += 1
         new = ServedState(self._generation, MappingProxyType(stamped), since)
         self._state = new  # the swap: one reference assignment, atomic under the GIL
@@ -339,6 +347,11 @@ class Reloader:
                 self._refuse(kind, latest[kind], str(own))
                 self.metrics.reloads.labels(kind, "failure").inc()
         return self._outcome("failed", f"cannot read a manifest: {err}", level=logging.ERROR)
+
+    def _reject(self, kind: str, version: str, reason: str) -> None:
+        """A loaded version that cannot join the set: refused and counted as a failed reload."""
+        self._refuse(kind, version, reason)
+        self.metrics.reloads.labels(kind, "failure").inc()
 
     def _refuse(self, kind: str, version: str, reason: str) -> None:
         self.refused[(kind, version)] = Refusal(kind, version, reason, now_iso())

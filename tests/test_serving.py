@@ -1,0 +1,450 @@
+"""The retrieval service, tested through a real uvicorn server on 127.0.0.1.
+
+Every test builds its own small artifact store (clustered vectors, dim 16, real hnswlib
+indexes), starts the service on a free loopback port with a 0.1 s poll interval, and
+always stops it. Index versions are written directly with hnswlib (fast, and the only
+way to craft corrupt ones); one test goes through the real index builder.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from artifacts import ArtifactStore
+from artifacts.embedding_snapshots import publish_snapshot
+from cli.main import main as ebr_main
+from config import load_config
+from index_builder.loaded_index import IDS_FILE, INDEX_FILE, write_ids
+from index_builder.synthetic import clustered_vectors
+from serving.server import ServerThread, build_service
+
+DIM = 16
+N_STORIES = 2_000
+N_USERS = 100
+POLL_S = 0.1
+
+
+@dataclass
+class World:
+    """A test artifact store plus the vectors of every version written, to check answers."""
+
+    tmp: Path
+    store: ArtifactStore
+    vectors: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)  # (kind, version) -> id -> vec
+    models: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, version) -> model version
+
+    @property
+    def root(self) -> str:
+        return self.store.uri
+
+    def users(self, version: str, model: str, seed: int, n: int = N_USERS, dim: int = DIM) -> None:
+        ids = np.asarray([f"u{i}" for i in range(n)], dtype=object)
+        vecs = clustered_vectors(n, dim, clusters=10, seed=seed)
+        publish_snapshot(self.store.kind("embeddings/users"), version, ids, vecs, model_version=model, as_of=0, reason="test")
+        self._remember("embeddings/users", version, model, ids, vecs)
+
+    def index(self, collection: str, version: str, model: str, seed: int, *, n: int = N_STORIES, dim: int = DIM,
+              corrupt: Callable[[Path], None] | None = None, manifest_dim: int | None = None) -> None:  # fmt: skip
+        """Writes and publishes an index version; `corrupt` alters its stored files first."""
+        import hnswlib
+
+        prefix = {"stories": "s", "creators": "c", "users": "u"}[collection]
+        ids = np.asarray([f"{prefix}{i}" for i in range(n)], dtype=object)
+        vecs = clustered_vectors(n, dim, clusters=20, seed=seed)
+        graph = hnswlib.Index(space="ip", dim=dim)
+        graph.init_index(max_elements=n, M=8, ef_construction=64, random_seed=1)
+        graph.add_items(vecs, np.arange(n), num_threads=1)
+        work = self.tmp / "build" / collection / version
+        work.mkdir(parents=True)
+        graph.save_index(str(work / INDEX_FILE))
+        write_ids(work / IDS_FILE, ids)
+        kind = self.store.kind(f"indexes/{collection}")
+        params = {"space": "ip", "dim": manifest_dim or dim, "count": n, "ef_search": 100}
+        with kind.new_version(version, parents={"model_version": model}, params=params) as writer:
+            writer.add_file(INDEX_FILE, work / INDEX_FILE)
+            writer.add_file(IDS_FILE, work / IDS_FILE)
+        if corrupt is not None:
+            corrupt(self.tmp / "root" / "indexes" / collection / version / INDEX_FILE)
+        kind.publish(version, reason="test")
+        self._remember(f"indexes/{collection}", version, model, ids, vecs)
+
+    def _remember(self, kind: str, version: str, model: str, ids, vecs) -> None:
+        self.vectors[(kind, version)] = dict(zip(ids, vecs, strict=True))
+        self.models[(kind, version)] = model
+
+    def check_answer(self, body: dict, user_id: str) -> None:
+        """The answer came from one consistent pair, and its scores are that pair's dot products."""
+        served = body["served"]
+        index_key, users_key = ("indexes/stories", served["index_version"]), ("embeddings/users", served["user_embeddings_version"])
+        assert self.models[index_key] == self.models[users_key] == served["model_version"], served
+        user = self.vectors[users_key][user_id]
+        for hit in body["items"]:
+            assert hit["score"] == pytest.approx(float(user @ self.vectors[index_key][hit["id"]]), abs=1e-4), served
+
+
+@pytest.fixture
+def world(tmp_path) -> World:
+    return World(tmp_path, ArtifactStore.open(f"file://{tmp_path}/root"))
+
+
+@pytest.fixture
+def start_service(world):
+    """Starts the service over `world` (extra `--set` overrides allowed); always stopped."""
+    running: list[ServerThread] = []
+
+    def start(*overrides: str):
+        cfg = load_config(overrides=[
+            f"root={world.root}", f"serving.cache_dir={world.tmp}/cache", f"serving.poll_interval_s={POLL_S}",
+            "serving.max_k=50", "serving.default_k=10", "serving.max_body_bytes=4096", *overrides,
+        ], environ={})  # fmt: skip
+        service = build_service(cfg)
+        server = ServerThread(service.app).start()
+        running.append(server)
+        return service, server, httpx.Client(base_url=server.url, timeout=10)
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def served_index(client: httpx.Client) -> str | None:
+    served = client.get("/v1/versions").json()["served"]
+    return served and served["components"]["indexes/stories"]["version"]
+
+
+def metric(exposition: str, series: str) -> float:
+    """The value of one series (name with its labels) in a Prometheus text exposition."""
+    for line in exposition.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{series} not in the metrics")
+
+
+def retrieve(client: httpx.Client, **body) -> httpx.Response:
+    return client.post("/v1/retrieve/stories", json=body)
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def test_answers_name_their_versions_and_score_with_that_pair(world, start_service):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    world.index("creators", "c1", "m1", seed=3, n=300)
+    _, server, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+
+    body = retrieve(client, user_id="u7", k=5).json()
+    assert len(body["items"]) == 5 and body["collection"] == "stories"
+    assert body["served"]["index_version"] == "s1" and body["served"]["model_version"] == "m1"
+    world.check_answer(body, "u7")
+    # HNSW at this size is exact: the top item is the true best inner product.
+    user = world.vectors[("embeddings/users", "u1")]["u7"]
+    best = max(world.vectors[("indexes/stories", "s1")].items(), key=lambda kv: float(user @ kv[1]))[0]
+    assert body["items"][0]["id"] == best
+
+    excluded = retrieve(client, user_id="u7", k=5, exclude=[best]).json()
+    assert best not in [h["id"] for h in excluded["items"]] and len(excluded["items"]) == 5
+
+    by_vector = retrieve(client, embedding=user.tolist(), k=5).json()
+    assert [h["id"] for h in by_vector["items"]] == [h["id"] for h in body["items"]]
+
+    creators = client.post("/v1/retrieve/creators", json={"user_id": "u7", "k": 3}).json()
+    assert creators["served"]["index_version"] == "c1" and all(h["id"].startswith("c") for h in creators["items"])
+
+    similar = client.post("/v1/similar/stories", json={"id": "s10", "k": 4}).json()
+    assert len(similar["items"]) == 4 and "s10" not in [h["id"] for h in similar["items"]]
+    assert retrieve(client, user_id="u7").json()["k"] == 10  # serving.default_k
+
+    versions = client.get("/v1/versions").json()
+    components = versions["served"]["components"]
+    assert versions["ready"] and versions["served"]["model_version"] == "m1"
+    assert set(components) == {"indexes/stories", "indexes/creators", "embeddings/users"}
+    assert components["indexes/stories"]["count"] == N_STORIES and components["indexes/stories"]["ef"] == 100
+    assert components["indexes/stories"]["served_since"] and components["indexes/stories"]["memory_bytes"] > 0
+
+    metrics = client.get("/metrics").text
+    assert 'ebr_serving_requests_total{endpoint="/v1/retrieve/{collection}",status="200"}' in metrics
+    assert 'ebr_serving_request_seconds_bucket{endpoint="/v1/similar/{collection}",le="0.001"}' in metrics
+    assert 'ebr_serving_served_version_info{kind="indexes/stories",model_version="m1",version="s1"} 1.0' in metrics
+    assert 'ebr_serving_reloads_total{kind="indexes/stories",result="success"} 1.0' in metrics
+    assert "ebr_serving_seconds_since_last_successful_poll" in metrics and "ebr_serving_ready 1.0" in metrics
+
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/retrieve/{collection}", "/v1/similar/{collection}", "/v1/versions", "/readyz"} <= set(paths)
+    assert "422" in paths["/v1/retrieve/{collection}"]["post"]["responses"]
+
+
+def test_serves_an_index_from_the_real_builder(world, start_service):
+    from index_builder.publish import build_and_publish_index
+
+    world.users("u1", "m1", seed=1)
+    ids = np.asarray([f"s{i}" for i in range(3_000)], dtype=object)
+    vecs = clustered_vectors(3_000, DIM, clusters=20, seed=5)
+    publish_snapshot(world.store.kind("embeddings/stories"), "st1", ids, vecs, model_version="m1", as_of=0, reason="test")
+    cfg = load_config(overrides=[f"root={world.root}", "index.validation_queries=200", "index.threads=1"], environ={})
+    outcome = build_and_publish_index(cfg, "stories")
+    assert outcome.published
+    world._remember("indexes/stories", outcome.version, "m1", ids, vecs)
+    _, _, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+    body = retrieve(client, user_id="u3", k=10).json()
+    assert body["served"]["index_version"] == outcome.version
+    world.check_answer(body, "u3")
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_input_gets_a_clear_json_error_never_a_500(world, start_service):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    _, _, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+    json_headers = {"content-type": "application/json"}
+
+    def error(response: httpx.Response, status: int, code: str) -> str:
+        assert response.status_code == status, response.text
+        body = response.json()["error"]
+        assert body["code"] == code
+        return body["message"]
+
+    assert "'nobody'" in error(retrieve(client, user_id="nobody"), 404, "unknown_user")
+    assert "between 1 and 50" in error(retrieve(client, user_id="u1", k=0), 422, "invalid_k")
+    error(retrieve(client, user_id="u1", k=51), 422, "invalid_k")
+    error(retrieve(client, user_id="u1", k=-3), 422, "invalid_k")
+    assert "has 3 values" in error(retrieve(client, embedding=[0.1, 0.2, 0.3]), 422, "invalid_embedding")
+    nan_body = b'{"embedding": [NaN' + b", 0.25" * (DIM - 1) + b"]}"  # Python's JSON dialect allows NaN
+    assert "positions [0]" in error(client.post("/v1/retrieve/stories", content=nan_body, headers=json_headers), 422, "invalid_embedding")
+    inf_body = b'{"embedding": [0.1' + b", 1e999" * (DIM - 1) + b"]}"
+    error(client.post("/v1/retrieve/stories", content=inf_body, headers=json_headers), 422, "invalid_embedding")
+    error(retrieve(client, user_id="u1", embedding=[0.0] * DIM), 422, "invalid_request")
+    error(retrieve(client), 422, "invalid_request")
+    error(retrieve(client, user_id="u1", k="ten"), 422, "invalid_request")
+    error(retrieve(client, user_id="u1", colour="blue"), 422, "invalid_request")
+    error(client.post("/v1/retrieve/stories", content=b"{not json", headers=json_headers), 422, "invalid_request")
+    assert "'films'" in error(client.post("/v1/retrieve/films", json={"user_id": "u1"}), 404, "unknown_collection")
+    error(client.post("/v1/similar/films", json={"id": "s1"}), 404, "unknown_collection")
+    assert "'s999999'" in error(client.post("/v1/similar/stories", json={"id": "s999999"}), 404, "unknown_id")
+    error(client.post("/v1/retrieve/creators", json={"user_id": "u1"}), 503, "collection_not_served")
+    big = {"user_id": "u1", "exclude": ["s1"] * 2000}
+    assert "max_body_bytes=4096" in error(retrieve(client, **big), 413, "body_too_large")
+    chunks = iter([b'{"user_id": "u1", "exclude": [', b'"s1", ' * 1000, b'"s2"]}'])  # no Content-Length
+    error(client.post("/v1/retrieve/stories", content=chunks, headers=json_headers), 413, "body_too_large")
+    error(client.get("/v1/nothing-here"), 404, "not_found")
+    error(client.get("/v1/retrieve/stories"), 405, "method_not_allowed")
+
+    metrics = client.get("/metrics").text
+    assert 'status="500"' not in metrics and 'status="413"' in metrics and 'status="422"' in metrics
+    assert retrieve(client, user_id="u1", k=50).status_code == 200  # still serving
+
+
+def test_bearer_token_guards_the_api_but_not_the_probes(world, start_service):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    _, server, client = start_service("serving.token=s3cret")
+    assert client.get("/healthz").status_code == 200
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+    assert retrieve(client, user_id="u1").status_code == 401
+    wrong = client.post("/v1/retrieve/stories", json={"user_id": "u1"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    good = client.post("/v1/retrieve/stories", json={"user_id": "u1"}, headers={"Authorization": "Bearer s3cret"})
+    assert good.status_code == 200
+
+
+def test_binds_loopback_by_default():
+    cfg = load_config(overrides=["root=file:///tmp/x"], environ={})
+    assert cfg.serving.host == "127.0.0.1" and cfg.serving.token == ""
+
+
+# -- hot reload ------------------------------------------------------------------------------
+
+
+def test_not_ready_until_index_and_user_embeddings_come_from_one_model(world, start_service):
+    world.users("u2", "m2", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    service, _, client = start_service()
+    wait_for(lambda: client.get("/v1/versions").json()["last_reload"]["action"] == "waiting", what="waiting")
+    assert client.get("/readyz").status_code == 503
+    assert "m1" in client.get("/readyz").json()["reason"]
+    assert error_code(retrieve(client, user_id="u1")) == (503, "not_ready")
+    assert "ebr_serving_waiting_for_consistent_pair 1.0" in client.get("/metrics").text
+    world.index("stories", "s2", "m2", seed=3)
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="the matching pair")
+    world.check_answer(retrieve(client, user_id="u1").json(), "u1")
+
+
+def error_code(response: httpx.Response) -> tuple[int, str]:
+    return response.status_code, response.json()["error"]["code"]
+
+
+def test_concurrent_clients_see_no_failure_and_no_mixed_pair_across_swaps(world, start_service):
+    world.users("u01", "m1", seed=1)  # version names sort by time: publish never moves LATEST back
+    world.index("stories", "s01", "m1", seed=100)
+    world.index("creators", "c01", "m1", seed=200, n=300)
+    service, server, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+
+    stop = threading.Event()
+    failures: list[str] = []
+    answered = [0]
+    seen_pairs: set[tuple[str, str]] = set()
+    lock = threading.Lock()
+
+    def hammer(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            while not stop.is_set():
+                user_id = f"u{rng.integers(N_USERS)}"
+                try:
+                    response = http.post("/v1/retrieve/stories", json={"user_id": user_id, "k": 5})
+                    if response.status_code != 200:
+                        raise AssertionError(f"HTTP {response.status_code}: {response.text}")
+                    body = response.json()
+                    world.check_answer(body, user_id)
+                except Exception as err:  # noqa: BLE001 - every failure is collected and reported
+                    with lock:
+                        failures.append(repr(err))
+                    continue
+                with lock:
+                    answered[0] += 1
+                    seen_pairs.add((body["served"]["index_version"], body["served"]["user_embeddings_version"]))
+
+    workers = [threading.Thread(target=hammer, args=(w,)) for w in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        # 12 swaps: index refreshes under one model, and model changes where the user
+        # embeddings arrive first (the old pair must keep serving until the index follows).
+        model = 1
+        for step in range(2, 14):
+            if step % 4 == 0:
+                model += 1
+                world.users(f"u{step:02d}", f"m{model}", seed=step)
+                time.sleep(3 * POLL_S)  # the poller sees a mismatched pair meanwhile
+                assert served_index(client) == f"s{step - 1:02d}"
+            world.index("stories", f"s{step:02d}", f"m{model}", seed=100 + step)
+            wait_for(lambda s=step: served_index(client) == f"s{s:02d}", what=f"swap to s{step:02d}")
+            time.sleep(0.05)  # let requests run on this state
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(30)
+
+    assert failures == [], failures[:5]
+    assert answered[0] > 100
+    assert len({pair[0] for pair in seen_pairs}) >= 10  # answers really came from many versions
+    versions = client.get("/v1/versions").json()
+    assert versions["served"]["generation"] >= 13
+    # The creators index stayed on model m1 and cannot be served with the m4 pair.
+    assert "indexes/creators" not in versions["served"]["components"]
+    assert error_code(client.post("/v1/retrieve/creators", json={"user_id": "u1"})) == (503, "collection_not_served")
+    # Old states are freed once their requests have finished.
+    wait_for(lambda: service.reloader.retired_alive == 0, what="old states to be freed")
+    metrics = client.get("/metrics").text
+    assert metric(metrics, "ebr_serving_swaps_total") >= 13
+    assert metric(metrics, 'ebr_serving_reloads_total{kind="indexes/stories",result="failure"}') == 0
+    assert metric(metrics, "ebr_serving_retired_states") == 0
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_corrupt_truncated_and_wrong_dimension_versions_are_refused_while_the_old_one_serves(world, start_service):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    _, _, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+
+    bad_versions = {
+        "s2-altered": dict(corrupt=_flip_byte),
+        "s3-truncated": dict(corrupt=_truncate),
+        "s4-dim8": dict(dim=8),  # a consistent index of another dimension than the user vectors
+        "s5-lying-manifest": dict(dim=8, manifest_dim=DIM),  # an 8-d file whose manifest says 16
+    }
+    for failures, (version, spec) in enumerate(bad_versions.items(), 1):
+        world.index("stories", version, "m1", seed=3, **spec)
+        wait_for(lambda v=version: any(r["version"] == v for r in client.get("/v1/versions").json()["refused"]),
+                 what=f"{version} to be refused")  # fmt: skip
+        body = retrieve(client, user_id="u5").json()
+        assert body["served"]["index_version"] == "s1"
+        world.check_answer(body, "u5")
+        assert client.get("/readyz").status_code == 200
+        metrics = client.get("/metrics").text
+        assert metric(metrics, 'ebr_serving_reloads_total{kind="indexes/stories",result="failure"}') == failures
+    reasons = {r["version"]: r["reason"] for r in client.get("/v1/versions").json()["refused"]}
+    assert "sha256" in reasons["s2-altered"]
+    assert "manifest says" in reasons["s3-truncated"]
+    assert "dim" in reasons["s4-dim8"] and "dim" in reasons["s5-lying-manifest"]
+
+    world.index("stories", "s6", "m1", seed=4)  # a good version after the bad ones is served
+    wait_for(lambda: served_index(client) == "s6", what="the good version")
+
+
+def test_rollback_is_picked_up_within_the_poll_interval(world, start_service):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    world.index("stories", "s2", "m1", seed=3)
+    _, _, client = start_service()
+    wait_for(lambda: served_index(client) == "s2", what="s2")
+    started = time.monotonic()
+    world.store.kind("indexes/stories").rollback_to("s1", reason="test: bad recall in s2")
+    wait_for(lambda: served_index(client) == "s1", what="the rollback")
+    # One poll interval, plus the time to load a (cached) 2,000-item version and a request.
+    assert time.monotonic() - started < POLL_S + 1.0
+    body = retrieve(client, user_id="u2").json()
+    assert body["served"]["index_version"] == "s1"
+    world.check_answer(body, "u2")
+
+
+# -- the CLI client --------------------------------------------------------------------------
+
+
+def test_ebr_query_prints_answers_versions_and_errors(world, start_service, capsys):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    _, server, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+    args = ["--root", world.root, "query", "--url", server.url]
+
+    assert ebr_main([*args, "user", "u3", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "top 3 stories for user u3" in out and "rank" in out and "index s1, user embeddings u1, model m1" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]) == 3
+
+    assert ebr_main([*args, "similar", "stories", "s4", "-k", "2"]) == 0
+    assert "stories similar to s4" in capsys.readouterr().out
+
+    assert ebr_main([*args, "versions"]) == 0
+    out = capsys.readouterr().out
+    assert "model m1" in out and "indexes/stories" in out and "s1" in out
+
+    assert ebr_main([*args, "user", "ghost"]) == 1
+    assert "unknown_user" in capsys.readouterr().err
+    assert ebr_main(["--root", world.root, "query", "--url", "http://127.0.0.1:9", "versions"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
