@@ -220,6 +220,11 @@ class IndexConfig(_Section):
     # ...and when more than this share of the items is new, expired or has a new vector:
     # an in-place update costs about as much as an insertion, so a full build is as cheap.
     max_changed_fraction: float = Field(0.3, ge=0, le=1)
+    # New items take over deleted slots (hnswlib replace_deleted) instead of growing the
+    # graph. Off by default: a reused slot keeps the stale in-links of the item it held
+    # and gains none from its new neighbourhood, so a few new items become unreachable
+    # (nmslib/hnswlib#522; measured in tests/test_index_builder.py). On bounds memory.
+    reuse_deleted_slots: bool = False
 
 
 class ServingConfig(_Section):

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from index_builder.loaded_index import SPACE
+from index_builder.loaded_index import SPACE, knn_padded
 
 # hnswlib seeds its level generator; a fixed seed makes a rebuild of the same input the
 # same graph (single-threaded; with threads the insertion order varies a little).
@@ -118,5 +118,5 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 def graph_recall(index, queries: np.ndarray, exact: np.ndarray, *, ef: int, threads: int) -> float:
     """recall@k of `index` searched with `ef` against exact labels [q, k]."""
     index.set_ef(ef)
-    found, _ = index.knn_query(queries, k=exact.shape[1], num_threads=build_threads(threads))
-    return recall_at_k(found, exact)
+    found, _ = knn_padded(index, queries, exact.shape[1], threads=build_threads(threads))
+    return recall_at_k(found, exact)  # a missing answer (-1) counts as a miss

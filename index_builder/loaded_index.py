@@ -18,8 +18,10 @@ an object to swap in.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,40 @@ KIND_PREFIX = "indexes/"
 _SELF_CHECK_PROBES = 16
 # Stored vectors are L2-normalised; a wrong-dimension file reads back vectors of other norms.
 _NORM_TOLERANCE = 1e-2
+
+
+@dataclass(frozen=True)
+class GraphHeader:
+    """The fixed-size header hnswlib writes at the start of a saved index (hnswalg.h, saveIndex)."""
+
+    max_elements: int
+    element_count: int
+    bytes_per_element: int
+    label_offset: int
+    data_offset: int
+    max_m0: int
+    m: int
+
+    @property
+    def dim(self) -> int:
+        # The vector sits between the data offset and the label: dim float32 values.
+        return (self.label_offset - self.data_offset) // 4
+
+
+# offsetLevel0, max_elements, cur_element_count, size_data_per_element, label_offset,
+# offsetData (size_t); maxlevel (int); enterpoint (uint); maxM, maxM0, M (size_t);
+# mult (double); ef_construction (size_t).
+_HEADER = struct.Struct("<6Q i I 3Q d Q")
+
+
+def read_header(path: Path) -> GraphHeader:
+    """Reads a saved index's header; hnswlib itself trusts the dimension it is given."""
+    with Path(path).open("rb") as f:
+        raw = f.read(_HEADER.size)
+    if len(raw) < _HEADER.size:
+        raise CorruptArtifactError(f"{path}: {len(raw)} bytes, shorter than an hnswlib header")
+    _, max_elements, count, per_element, label_offset, data_offset, _, _, _, max_m0, m, _, _ = _HEADER.unpack(raw)
+    return GraphHeader(max_elements, count, per_element, label_offset, data_offset, max_m0, m)
 
 
 def read_ids(path: Path) -> np.ndarray:
@@ -167,23 +203,32 @@ class LoadedIndex:
         return results
 
     def _knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """hnswlib knn_query; labels -1 pad rows where the graph gave fewer than k."""
-        try:
-            return self._index.knn_query(queries, k=k, num_threads=1)
-        except RuntimeError:
-            # hnswlib refuses the whole batch when one query finds fewer than k live
-            # items (possible with many deleted labels); answer row by row instead.
-            labels = np.full((len(queries), k), -1, dtype=np.int64)
-            distances = np.full((len(queries), k), np.inf, dtype=np.float32)
-            for row, query in enumerate(queries):
-                for kk in range(k, 0, -1):
-                    try:
-                        got_labels, got_distances = self._index.knn_query(query[None], k=kk, num_threads=1)
-                    except RuntimeError:
-                        continue
-                    labels[row, :kk], distances[row, :kk] = got_labels[0], got_distances[0]
-                    break
-            return labels, distances
+        return knn_padded(self._index, queries, k, threads=1)
+
+
+def knn_padded(index, queries: np.ndarray, k: int, *, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """hnswlib `knn_query` that pads with label -1 (distance inf) where fewer than k are found.
+
+    hnswlib refuses a whole batch when one query finds fewer than k live items (possible
+    with many deleted labels or a sparse graph); those rows are answered one by one.
+
+    Returns:
+      labels [q, k] int64 and distances [q, k] float32 (1 - inner product).
+    """
+    try:
+        return index.knn_query(queries, k=k, num_threads=threads)
+    except RuntimeError:
+        labels = np.full((len(queries), k), -1, dtype=np.int64)
+        distances = np.full((len(queries), k), np.inf, dtype=np.float32)
+        for row, query in enumerate(queries):
+            for kk in range(k, 0, -1):
+                try:
+                    got_labels, got_distances = index.knn_query(query[None], k=kk, num_threads=1)
+                except RuntimeError:
+                    continue
+                labels[row, :kk], distances[row, :kk] = got_labels[0], got_distances[0]
+                break
+        return labels, distances
 
 
 def load_index(directory: Path, collection: str | None = None, *, verify: bool = True) -> LoadedIndex:
@@ -222,6 +267,12 @@ def load_index(directory: Path, collection: str | None = None, *, verify: bool =
     if params.get("space", SPACE) != SPACE:
         raise CorruptArtifactError(f"{manifest_path}: space {params.get('space')!r}, this reader serves {SPACE!r}")
 
+    header = read_header(directory / INDEX_FILE)
+    if header.dim != dim:
+        raise CorruptArtifactError(
+            f"{directory / INDEX_FILE} holds {header.dim}-d vectors, the manifest says dim={dim}; "
+            "the file belongs to another version or was altered; roll back or rebuild"
+        )
     labels_to_ids = read_ids(directory / IDS_FILE)
     index = hnswlib.Index(space=SPACE, dim=dim)  # always a new object: loading over a live one destroys it
     try:
@@ -259,7 +310,7 @@ def _check_consistency(loaded: LoadedIndex, index, labels_to_ids: np.ndarray, co
             f"{where}: stored vectors read back with norms {np.round(norms[:4], 3).tolist()}..., expected 1.0; "
             f"the file does not hold {loaded.dim}-d normalised vectors (wrong dimension or altered)"
         )
-    found, distances = index.knn_query(vectors, k=1, num_threads=1)
+    found, distances = knn_padded(index, vectors, 1, threads=1)
     own = 1.0 - np.einsum("ij,ij->i", vectors, vectors)
     # A probe must come back itself, or an item exactly as close (a duplicate vector).
     misses = (found[:, 0] != probes) & (distances[:, 0] > own + 1e-5)

@@ -1,0 +1,137 @@
+"""`ebr index ...`: build, list, inspect, roll back and prune the HNSW index versions.
+
+Each handler is a thin driver over `index_builder.publish`; hnswlib is imported only
+when a build runs.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+from cli.output import human_bytes, table
+from config import EbrConfig
+from index_builder.errors import IndexRollbackRefusedError, IndexValidationError  # light: no hnswlib
+
+COLLECTIONS = ("stories", "creators", "users")  # index_builder.publish.COLLECTIONS, without importing it
+
+
+def add_parser(commands) -> None:
+    index = commands.add_parser(
+        "index", help="build, list, inspect, roll back and prune HNSW index versions",
+        description="Indexes live in indexes/<collection> (stories, creators, users), one version per "
+                    "embedding snapshot; LATEST names the one served.",
+    )  # fmt: skip
+    actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    build_parser = actions.add_parser(
+        "build", help="build, validate and publish the index of an embedding snapshot",
+        description="Builds an hnswlib index (incrementally from the previous version when the model "
+                    "is unchanged), checks recall@10 against exact search and publishes it. Exit code 3 "
+                    "when validation refuses it (nothing is published).",
+    )  # fmt: skip
+    _collection(build_parser)
+    build_parser.add_argument("--snapshot", help="embedding snapshot version (default: LATEST of embeddings/<collection>)")
+    build_parser.add_argument("--version", help="index version name (default: the snapshot's name)")
+    build_parser.add_argument("--full", action="store_true", help="build from scratch, never incrementally")
+    build_parser.add_argument("--run-id", help="the run this belongs to (a DAG run id), for the history")
+    build_parser.add_argument("--no-publish", action="store_true", help="write the version but leave LATEST")
+    build_parser.set_defaults(handler=build_index)
+
+    list_parser = actions.add_parser("list", help="versions of a collection's index (* marks LATEST)")
+    _collection(list_parser)
+    list_parser.set_defaults(handler=list_indexes)
+
+    show_parser = actions.add_parser("show", help="print an index version's manifest")
+    _collection(show_parser)
+    show_parser.add_argument("version", nargs="?", help="default: the one LATEST names")
+    show_parser.set_defaults(handler=show_index)
+
+    rollback_parser = actions.add_parser(
+        "rollback", help="move LATEST back to an earlier complete version",
+        description="Refuses unknown or incomplete versions, versions whose checksums fail, and versions "
+                    "built from another model than the served user embeddings (unless --force).",
+    )  # fmt: skip
+    _collection(rollback_parser, required=True)
+    rollback_parser.add_argument("--to", required=True, metavar="VERSION", help="a complete version of this index")
+    rollback_parser.add_argument("--reason", required=True, help="why, for HISTORY.jsonl")
+    rollback_parser.add_argument("--force", action="store_true", help="roll back even if its model differs from the user embeddings'")
+    rollback_parser.add_argument("--run-id", help="the run this belongs to, for the history")
+    rollback_parser.set_defaults(handler=rollback_index)
+
+    retain_parser = actions.add_parser("retain", help="delete all but the newest N versions (never LATEST's)")
+    _collection(retain_parser)
+    retain_parser.add_argument("--keep", type=int, metavar="N", help="default: store.keep_versions")
+    retain_parser.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
+    retain_parser.set_defaults(handler=retain_indexes)
+
+
+def _collection(parser, *, required: bool = False) -> None:
+    parser.add_argument("--collection", choices=COLLECTIONS, required=required, default=None if required else "stories",
+                        help="which index" + ("" if required else " (default: stories)"))
+
+
+def build_index(cfg: EbrConfig, args: Namespace) -> int:
+    from index_builder.publish import build_and_publish_index
+
+    try:
+        outcome = build_and_publish_index(
+            cfg, args.collection, snapshot=args.snapshot, version=args.version,
+            run_id=args.run_id, full=args.full, publish=not args.no_publish,
+        )  # fmt: skip
+    except IndexValidationError as err:
+        print(f"refused: {err}")
+        return 3
+    metrics = outcome.manifest.metrics if outcome.manifest else {}
+    print(f"indexes/{outcome.collection}/{outcome.version} ({outcome.mode})")
+    rows = [(key, metrics[key]) for key in ("recall_at_10", "validation_queries", "build_seconds", "vectors_per_second",
+                                            "bytes_per_vector", "added", "deleted", "updated", "deleted_fraction") if key in metrics]
+    if rows:
+        print(table(["figure", "value"], rows))
+    print(outcome.detail)
+    return 0
+
+
+def list_indexes(cfg: EbrConfig, args: Namespace) -> None:
+    from index_builder.publish import describe_versions
+
+    rows = [
+        (("* " if v["latest"] else "  ") + v["version"], "complete" if v["complete"] else "INCOMPLETE",
+         v["mode"] or "", v["count"] if v["count"] is not None else "", v["recall_at_10"] or "",
+         v["ef_search"] or "", v["model_version"] or "", human_bytes(v["bytes"]) if v["bytes"] else "", v["created_at"] or "")
+        for v in describe_versions(cfg, args.collection)
+    ]  # fmt: skip
+    if not rows:
+        print(f"indexes/{args.collection} has no versions yet; build one with `ebr index build --collection {args.collection}`")
+        return
+    print(table(["version (* = LATEST)", "state", "mode", "items", "recall@10", "ef", "model", "size", "created"], rows))
+
+
+def show_index(cfg: EbrConfig, args: Namespace) -> None:
+    from artifacts import ArtifactStore
+    from index_builder.publish import index_kind
+
+    kind = ArtifactStore.from_config(cfg).kind(index_kind(args.collection))
+    version = args.version or kind.latest()
+    if version is None:
+        raise SystemExit(f"error: {kind.name} has no LATEST; name a version (see `ebr index list`)")
+    print(kind.manifest(version).to_json().decode(), end="")
+
+
+def rollback_index(cfg: EbrConfig, args: Namespace) -> None:
+    from index_builder import publish
+
+    result = publish.rollback_index(cfg, args.collection, args.to, reason=args.reason, force=args.force, run_id=args.run_id)
+    print(result.detail)
+
+
+def retain_indexes(cfg: EbrConfig, args: Namespace) -> None:
+    from index_builder import publish
+
+    report = publish.retain_indexes(cfg, args.collection, keep=args.keep, dry_run=args.dry_run)
+    verb = "would delete" if report.dry_run else "deleted"
+    print(f"indexes/{args.collection}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
+          f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})")
+
+
+# Both derive from artifacts.ArtifactError (reported anyway); listed to say what to expect.
+EXPECTED_ERRORS = (IndexValidationError, IndexRollbackRefusedError)

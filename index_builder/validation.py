@@ -1,0 +1,131 @@
+"""Checks a snapshot and a built graph must pass before anything is published.
+
+Two gates:
+  * the snapshot: non-empty, dimension and count as its manifest says, finite,
+    L2-normalised, made by a named model (serving pairs indexes and user embeddings by
+    model version);
+  * the graph: holds exactly the snapshot's items under the labels the id map names, and
+    its recall@10 against exact search on held-aside queries (`hnsw.held_aside_queries`)
+    is at least `index.min_recall_at_10` when searched with the ef it will be served with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from artifacts.embedding_snapshots import EmbeddingSnapshot
+from index_builder import hnsw
+from index_builder.errors import IndexValidationError
+
+# Snapshot vectors must have unit norm within this (float32 towers end in an L2 normalisation).
+NORM_TOLERANCE = 1e-3
+RECALL_K = 10
+# Stored vectors compared with the snapshot after a build (catches a wrong id map).
+_MAPPING_PROBES = 256
+
+
+def snapshot_where(snapshot: EmbeddingSnapshot) -> str:
+    return f"{snapshot.manifest.kind}/{snapshot.manifest.version}"
+
+
+def check_snapshot(snapshot: EmbeddingSnapshot) -> None:
+    """Refuses a snapshot the index must not be built from.
+
+    Raises:
+      IndexValidationError: empty, dimension or count differ from the manifest, NaN or
+        infinite values, vectors not L2-normalised, or no parents.model_version.
+    """
+    where = snapshot_where(snapshot)
+    manifest = snapshot.manifest
+    if len(snapshot) == 0:
+        raise IndexValidationError(f"{where} is empty: nothing to index; check the dataflow that wrote it")
+    if not snapshot.model_version:
+        raise IndexValidationError(
+            f"{where} names no parents.model_version; serving could not pair the index with user embeddings"
+        )
+    dim, count = manifest.params.get("dim"), manifest.metrics.get("count")
+    if dim is None or int(dim) != snapshot.dim:
+        raise IndexValidationError(f"{where}: vectors of dimension {snapshot.dim}, manifest says params.dim={dim}")
+    if count is None or int(count) != len(snapshot):
+        raise IndexValidationError(f"{where}: {len(snapshot)} rows, manifest says metrics.count={count}")
+    bad = ~np.isfinite(snapshot.vectors).all(axis=1)
+    if bad.any():
+        examples = ", ".join(map(str, snapshot.ids[bad][:3]))
+        raise IndexValidationError(
+            f"{where}: {int(bad.sum())} vectors hold NaN or infinite values (e.g. {examples}); "
+            "fix the tower or the dataflow and write a new snapshot"
+        )
+    norms = np.linalg.norm(snapshot.vectors, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise IndexValidationError(
+            f"{where}: {int(off.sum())} vectors are not L2-normalised (e.g. {snapshot.ids[row]} has norm "
+            f"{norms[row]:.4f}); inner product would not be cosine similarity; normalise in the tower"
+        )
+
+
+def check_contents(graph, labels_to_ids: np.ndarray, row_labels: np.ndarray, snapshot: EmbeddingSnapshot) -> None:
+    """Refuses a graph whose live items or stored vectors differ from the snapshot.
+
+    Args:
+      graph: the built hnswlib.Index.
+      labels_to_ids: [labels] object array, None for dead labels.
+      row_labels: [n] the label of each snapshot row.
+      snapshot: what the graph must hold.
+    """
+    where = snapshot_where(snapshot)
+    live = int(np.count_nonzero(np.not_equal(labels_to_ids, None)))
+    if live != len(snapshot) or graph.dim != snapshot.dim:
+        raise IndexValidationError(
+            f"index for {where}: {live} live items of dimension {graph.dim}, snapshot has "
+            f"{len(snapshot)} of dimension {snapshot.dim}"
+        )
+    if not np.array_equal(labels_to_ids[row_labels], snapshot.ids):
+        raise IndexValidationError(f"index for {where}: the id map does not name the snapshot's ids under their labels")
+    rows = np.linspace(0, len(snapshot) - 1, min(_MAPPING_PROBES, len(snapshot))).astype(int)
+    stored = np.asarray(graph.get_items(row_labels[rows], return_type="numpy"), dtype=np.float32)
+    if not np.array_equal(stored, snapshot.vectors[rows]):
+        raise IndexValidationError(f"index for {where}: stored vectors differ from the snapshot's under the same labels")
+
+
+@dataclass(frozen=True)
+class RecallCheck:
+    recall_at_10: float
+    queries: int
+    k: int
+    ef: int
+    seconds: float
+
+
+def measure_recall(graph, vectors: np.ndarray, row_labels: np.ndarray, *, ef: int, queries: int, threads: int) -> RecallCheck:
+    """recall@10 of `graph` searched with `ef`, against exact search over `vectors`.
+
+    Args:
+      graph: hnswlib.Index holding `vectors` under `row_labels` (plus deleted labels).
+      vectors: [n, dim] float32 snapshot vectors.
+      row_labels: [n] labels of those rows in the graph.
+      ef: the search breadth the index will be served with.
+      queries: how many held-aside queries (capped at n: "all, if fewer items").
+      threads: search threads (0 = every core).
+    """
+    started = time.perf_counter()
+    n_queries = min(queries, len(vectors))
+    k = min(RECALL_K, len(vectors))
+    probe = hnsw.held_aside_queries(vectors, n_queries)
+    exact = hnsw.exact_top_k(vectors, probe, k, base_labels=row_labels)
+    recall = hnsw.graph_recall(graph, probe, exact, ef=max(ef, k), threads=threads)
+    return RecallCheck(recall, n_queries, k, ef, time.perf_counter() - started)
+
+
+def check_recall(check: RecallCheck, threshold: float, where: str) -> None:
+    """Raises IndexValidationError when recall@10 is below `threshold`."""
+    if check.recall_at_10 < threshold:
+        raise IndexValidationError(
+            f"index for {where}: recall@{check.k} {check.recall_at_10:.4f} on {check.queries} held-aside queries "
+            f"with ef={check.ef} is below index.min_recall_at_10={threshold}; nothing was published. "
+            "Raise index.ef_search (or index.m / index.ef_construction) and build again"
+        )

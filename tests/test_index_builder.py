@@ -1,0 +1,400 @@
+"""The index builder on real hnswlib indexes over small clustered snapshots.
+
+Every test publishes embedding snapshots into a fresh local artifact store, builds with
+`build_and_publish_index` and reads back through `load_index`, as the service does.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from artifacts import ArtifactStore, CorruptArtifactError, IncompleteVersionError, UnknownVersionError
+from artifacts.embedding_snapshots import EmbeddingSnapshot, publish_snapshot
+from artifacts.manifest import Manifest
+from config import load_config
+from index_builder import hnsw
+from index_builder.errors import IndexRollbackRefusedError, IndexValidationError
+from index_builder.loaded_index import IDS_FILE, INDEX_FILE, load_index, write_ids
+from index_builder.publish import build_and_publish_index, retain_indexes, rollback_index
+from index_builder.synthetic import clustered_vectors, story_ids
+from index_builder.validation import check_snapshot
+
+N, DIM = 2000, 32
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return config_for(tmp_path)
+
+
+def config_for(tmp_path: Path, *overrides: str):
+    # ef_construction 100 keeps each build well under a second; validation still uses
+    # the issue's 1,000 held-aside queries.
+    return load_config(
+        overrides=[f"root=file://{tmp_path}/root", "index.ef_construction=100", "index.threads=2", *overrides],
+        environ={},
+    )
+
+
+def store_of(cfg) -> ArtifactStore:
+    return ArtifactStore.from_config(cfg)
+
+
+def put_snapshot(cfg, name: str, ids, vectors, *, model: str = "m1", collection: str = "stories", **kwargs) -> str:
+    publish_snapshot(store_of(cfg).kind(f"embeddings/{collection}"), name, np.asarray(ids, dtype=object), vectors,
+                     model_version=model, as_of=0, reason="test", **kwargs)  # fmt: skip
+    return name
+
+
+def base_world(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    return story_ids(0, N), clustered_vectors(N, DIM, clusters=20, seed=seed)
+
+
+def download(cfg, version: str, dest: Path, collection: str = "stories") -> Path:
+    return store_of(cfg).kind(f"indexes/{collection}").download(version, dest)
+
+
+# -- build, validate, publish ---------------------------------------------------------
+
+
+def test_build_publishes_a_validated_version_the_loader_serves(cfg, tmp_path):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+
+    outcome = build_and_publish_index(cfg, "stories", run_id="run-1")
+
+    assert (outcome.mode, outcome.published, outcome.version) == ("full", True, "20261124T000000Z-a")
+    kind = store_of(cfg).kind("indexes/stories")
+    assert kind.latest() == outcome.version
+    m = outcome.manifest
+    assert m.parents == {"model_version": "m1", "embedding_snapshot": "20261124T000000Z-a"}
+    assert m.params == {"space": "ip", "dim": DIM, "M": 16, "ef_construction": 100, "ef_search": 64, "count": N, "mode": "full"}
+    assert set(m.files) == {INDEX_FILE, IDS_FILE}
+    assert m.metrics["recall_at_10"] >= 0.98 and m.metrics["validation_queries"] == 1000
+    assert m.metrics["vectors_per_second"] > 0 and m.metrics["bytes_per_vector"] > DIM * 4
+
+    loaded = load_index(download(cfg, outcome.version, tmp_path / "cache"), "stories")
+    assert (loaded.count, loaded.dim, loaded.ef, loaded.model_version) == (N, DIM, 64, "m1")
+    hits = loaded.search(vectors[[5, 6]], k=10)
+    assert [h[0][0] for h in hits] == ["s5", "s6"]  # a stored vector finds itself first
+    assert hits[0][0][1] == pytest.approx(1.0, abs=1e-5)  # score is the inner product
+    assert "s5" in loaded and "nope" not in loaded
+    np.testing.assert_array_equal(loaded.vector("s7"), vectors[7])
+    assert loaded.vector("nope") is None
+
+
+def test_search_excludes_ids_and_still_returns_k(cfg, tmp_path):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    version = build_and_publish_index(cfg, "stories").version
+    loaded = load_index(download(cfg, version, tmp_path / "cache"))
+
+    plain = [i for i, _ in loaded.search(vectors[5], k=10)[0]]
+    excluded = set(plain[:4]) | {"not-in-index"}
+    filtered = [i for i, _ in loaded.search(vectors[5], k=10, exclude=excluded)[0]]
+
+    assert len(filtered) == 10 and not excluded & set(filtered)
+    assert filtered[:6] == plain[4:]  # the rest keep their order
+
+
+def test_concurrent_searches_answer_as_sequential_ones(cfg, tmp_path):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    loaded = load_index(download(cfg, build_and_publish_index(cfg, "stories").version, tmp_path / "cache"))
+    queries = hnsw.held_aside_queries(vectors, 200, seed=3)
+
+    sequential = [loaded.search(q, k=10) for q in queries]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda q: loaded.search(q, k=10), queries))
+
+    assert concurrent == sequential
+
+
+def test_rerun_for_the_same_snapshot_reuses_the_version(cfg):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    first = build_and_publish_index(cfg, "stories", run_id="run-1")
+
+    again = build_and_publish_index(cfg, "stories", run_id="run-1")
+
+    assert (again.version, again.mode, again.published) == (first.version, "reused", False)
+    assert again.recall_at_10 == first.recall_at_10
+    assert "LATEST already names" in again.detail
+    assert [m.to_version for m in store_of(cfg).kind("indexes/stories").history()] == [first.version]
+
+
+def test_unpublished_build_is_published_by_the_rerun(cfg):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    built = build_and_publish_index(cfg, "stories", publish=False)
+    assert store_of(cfg).kind("indexes/stories").latest() is None and not built.published
+
+    retried = build_and_publish_index(cfg, "stories")
+
+    assert (retried.mode, retried.published) == ("reused", True)
+    assert store_of(cfg).kind("indexes/stories").latest() == built.version
+
+
+# -- validation refusals --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (lambda v: v.__setitem__((17, 3), np.nan), "NaN"),
+        (lambda v: v.__setitem__(17, v[17] * 1.5), "not L2-normalised"),
+    ],
+    ids=["nan", "not-normalised"],
+)
+def test_bad_snapshot_is_refused_and_nothing_published(cfg, spoil, message):
+    ids, vectors = base_world()
+    spoil(vectors)
+    put_snapshot(cfg, "20261124T000000Z-bad", ids, vectors)
+
+    with pytest.raises(IndexValidationError, match=message) as refused:
+        build_and_publish_index(cfg, "stories")
+
+    assert "s17" in str(refused.value)
+    kind = store_of(cfg).kind("indexes/stories")
+    assert kind.latest() is None and kind.versions() == []
+
+
+def test_snapshot_disagreeing_with_its_manifest_is_refused():
+    ids, vectors = base_world()
+
+    def snapshot(**fields) -> EmbeddingSnapshot:
+        body = {"kind": "embeddings/stories", "version": "v", "files": {}, "created_at": "", "created_by": "",
+                "parents": {"model_version": "m1"}, "params": {"dim": DIM}, "metrics": {"count": N}}
+        for key, value in fields.items():
+            body[key].update(value)
+        return EmbeddingSnapshot(ids, vectors, Manifest.from_json(json.dumps(body | {"schema_version": 1}).encode(), "test"))
+
+    check_snapshot(snapshot())  # the consistent one passes
+    with pytest.raises(IndexValidationError, match="dimension 32, manifest says params.dim=64"):
+        check_snapshot(snapshot(params={"dim": 64}))
+    with pytest.raises(IndexValidationError, match="2000 rows, manifest says metrics.count=2001"):
+        check_snapshot(snapshot(metrics={"count": N + 1}))
+    with pytest.raises(IndexValidationError, match="model_version"):
+        check_snapshot(snapshot(parents={"model_version": ""}))
+
+
+def test_recall_below_threshold_publishes_nothing_and_says_why(tmp_path):
+    cfg = config_for(tmp_path, "index.m=2", "index.ef_construction=2", "index.ef_search=1", "index.min_recall_at_10=0.995")
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+
+    with pytest.raises(IndexValidationError, match=r"recall@10 0\.\d+ on 1000 held-aside queries .* below index.min_recall_at_10=0.995"):
+        build_and_publish_index(cfg, "stories")
+
+    kind = store_of(cfg).kind("indexes/stories")
+    assert kind.latest() is None and kind.complete_versions() == []
+
+
+# -- the loader refuses damaged files -------------------------------------------------
+
+
+def test_truncated_or_altered_index_file_is_refused_by_the_loader(cfg, tmp_path):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    version = build_and_publish_index(cfg, "stories").version
+    directory = download(cfg, version, tmp_path / "cache")
+    index_file = directory / INDEX_FILE
+    original = index_file.read_bytes()
+
+    index_file.write_bytes(original[:-100])
+    with pytest.raises(CorruptArtifactError, match="truncated or altered"):
+        load_index(directory)
+
+    altered = bytearray(original)
+    altered[len(altered) // 2] ^= 0xFF
+    index_file.write_bytes(bytes(altered))
+    with pytest.raises(CorruptArtifactError, match="sha256"):
+        load_index(directory)
+
+    index_file.write_bytes(original)
+    assert load_index(directory).count == N  # the intact file loads again
+
+
+def test_index_file_of_another_dimension_is_refused_after_load(cfg, tmp_path):
+    """hnswlib loads a 16-d file as 32-d without complaint; the self-check must not."""
+    ids = story_ids(0, N)
+    graph = hnsw.build_graph(clustered_vectors(N, 16, clusters=20), m=16, ef_construction=50, threads=2)
+    work = tmp_path / "work"
+    work.mkdir()
+    graph.save_index(str(work / INDEX_FILE))
+    write_ids(work / IDS_FILE, ids)
+    kind = store_of(cfg).kind("indexes/stories")
+    with kind.new_version("20261124T000000Z-wrongdim", parents={"model_version": "m1"},
+                          params={"space": "ip", "dim": DIM, "count": N, "ef_search": 64}) as writer:  # fmt: skip
+        writer.add_file(INDEX_FILE, work / INDEX_FILE)
+        writer.add_file(IDS_FILE, work / IDS_FILE)
+
+    with pytest.raises(CorruptArtifactError, match="holds 16-d vectors, the manifest says dim=32"):
+        load_index(download(cfg, "20261124T000000Z-wrongdim", tmp_path / "cache"))
+
+
+# -- rollback and retention -----------------------------------------------------------
+
+
+def publish_generations(cfg, models: list[str]) -> list[str]:
+    """One snapshot + full index per model name, in time order; returns the index versions."""
+    ids, vectors = base_world()
+    versions = []
+    for day, model in enumerate(models):
+        name = put_snapshot(cfg, f"2026112{day}T000000Z-{model}", ids, vectors, model=model)
+        versions.append(build_and_publish_index(cfg, "stories", snapshot=name, full=True).version)
+    return versions
+
+
+def test_rollback_moves_latest_and_refuses_unknown_and_incomplete_versions(cfg):
+    v1, v2 = publish_generations(cfg, ["m1", "m1"])
+    put_snapshot(cfg, "20261124T000000Z-users", ["u1"], clustered_vectors(1, DIM), model="m1", collection="users")
+
+    result = rollback_index(cfg, "stories", v1, reason="bad answers", run_id="manual-1")
+
+    kind = store_of(cfg).kind("indexes/stories")
+    assert result.moved and kind.latest() == v1
+    assert kind.history()[-1].reason == "bad answers" and kind.history()[-1].action == "rollback"
+    with pytest.raises(UnknownVersionError, match="no version 'nope'"):
+        rollback_index(cfg, "stories", "nope", reason="x")
+    store_of(cfg).backend.write_bytes("indexes/stories/20261129T000000Z-half/index.hnsw", b"partial")
+    with pytest.raises(IncompleteVersionError):
+        rollback_index(cfg, "stories", "20261129T000000Z-half", reason="x")
+    assert kind.latest() == v1
+
+
+def test_rollback_to_another_model_than_the_user_embeddings_needs_force(cfg):
+    old, new = publish_generations(cfg, ["m1", "m2"])
+    put_snapshot(cfg, "20261124T000000Z-users", ["u1"], clustered_vectors(1, DIM), model="m2", collection="users")
+    kind = store_of(cfg).kind("indexes/stories")
+
+    with pytest.raises(IndexRollbackRefusedError, match=r"model 'm1'.*model 'm2'.*--force"):
+        rollback_index(cfg, "stories", old, reason="try")
+    assert kind.latest() == new
+
+    forced = rollback_index(cfg, "stories", old, reason="incident 42", force=True)
+    assert forced.moved and kind.latest() == old
+    assert "forced" in kind.history()[-1].reason and "incident 42" in kind.history()[-1].reason
+
+
+def test_retention_keeps_the_newest_and_whatever_latest_names(cfg):
+    versions = publish_generations(cfg, ["m1", "m1", "m1", "m1"])
+    rollback_index(cfg, "stories", versions[0], reason="pin the oldest")
+
+    planned = retain_indexes(cfg, "stories", keep=2, dry_run=True)
+    assert planned.deleted == [versions[1]] and store_of(cfg).kind("indexes/stories").is_complete(versions[1])
+
+    report = retain_indexes(cfg, "stories", keep=2)
+
+    assert report.deleted == [versions[1]]
+    assert store_of(cfg).kind("indexes/stories").complete_versions() == [versions[0], *versions[2:]]
+
+
+# -- incremental freshness ------------------------------------------------------------
+
+
+def next_world(ids: np.ndarray, vectors: np.ndarray, *, expire: int, add: int, move: int, seed: int = 1):
+    """The next snapshot: the first `expire` items gone, `add` new ones, `move` re-embedded."""
+    rng = np.random.default_rng(seed)
+    fresh = clustered_vectors(add, DIM, clusters=20, seed=0)[rng.permutation(add)]  # same centres, new points
+    fresh = hnsw.held_aside_queries(fresh, add, seed=seed, noise=0.3)
+    kept_ids, kept = ids[expire:], vectors[expire:].copy()
+    moved = rng.choice(len(kept), size=move, replace=False)
+    kept[moved] = hnsw.held_aside_queries(kept[moved], move, seed=seed + 1, noise=0.2)
+    new_ids = np.concatenate([kept_ids, story_ids(len(ids), add)])
+    return new_ids, np.concatenate([kept, fresh]).astype(np.float32)
+
+
+def test_incremental_build_answers_like_a_full_build(cfg, tmp_path):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    build_and_publish_index(cfg, "stories")
+    ids_b, vectors_b = next_world(ids, vectors, expire=100, add=120, move=30)
+    put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+
+    incremental = build_and_publish_index(cfg, "stories")
+    full = build_and_publish_index(cfg, "stories", version="20261124T003000Z-b-full", full=True, publish=False)
+
+    assert incremental.mode == "incremental" and incremental.published
+    m = incremental.manifest
+    assert m.parents["previous_index"] == "20261124T000000Z-a" and m.params["mode"] == "incremental"
+    assert (m.metrics["added"], m.metrics["deleted"], m.metrics["updated"]) == (120, 100, 30)
+    # Expired and moved items leave dead labels; new and moved ones take fresh labels.
+    assert m.metrics["deleted_fraction"] == pytest.approx((100 + 30) / (N + 120 + 30), abs=1e-6)
+    assert m.metrics["deleted_slots"] == 130 and m.metrics["labels"] == N + 150
+    inc = load_index(download(cfg, incremental.version, tmp_path / "cache"))
+    ref = load_index(download(cfg, full.version, tmp_path / "cache"))
+    assert inc.count == ref.count == len(ids_b)
+
+    queries = hnsw.held_aside_queries(vectors_b, 300, seed=7)
+    inc_hits = [{i for i, _ in row} for row in inc.search(queries, k=10)]
+    ref_hits = [{i for i, _ in row} for row in ref.search(queries, k=10)]
+    agreement = np.mean([len(a & b) / 10 for a, b in zip(inc_hits, ref_hits, strict=True)])
+    assert agreement >= 0.97
+    expired = set(ids[:100])
+    assert not expired & set().union(*inc_hits) and not any(e in inc for e in expired)
+    # Every new or moved item is found by its own vector: freshness is the point.
+    touched = np.concatenate([np.arange(len(ids_b) - 120, len(ids_b)), moved_rows(vectors, ids_b, vectors_b)])
+    found = [{i for i, _ in row} for row in inc.search(vectors_b[touched], k=10)]
+    assert all(item in hits for item, hits in zip(ids_b[touched], found, strict=True))
+    np.testing.assert_array_equal(inc.vector(ids_b[0]), vectors_b[0])
+
+
+def moved_rows(old_vectors: np.ndarray, new_ids: np.ndarray, new_vectors: np.ndarray) -> np.ndarray:
+    """Rows of the new snapshot whose item existed with another vector."""
+    old = {f"s{i}": v for i, v in enumerate(old_vectors)}
+    return np.asarray([r for r, i in enumerate(new_ids) if i in old and not np.array_equal(old[i], new_vectors[r])])
+
+
+def test_reusing_deleted_slots_keeps_the_graph_size_and_still_answers_like_a_full_build(tmp_path):
+    cfg = config_for(tmp_path, "index.reuse_deleted_slots=true")
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    build_and_publish_index(cfg, "stories")
+    ids_b, vectors_b = next_world(ids, vectors, expire=100, add=100, move=0)
+    put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+
+    incremental = build_and_publish_index(cfg, "stories")
+    full = build_and_publish_index(cfg, "stories", version="20261124T003000Z-b-full", full=True, publish=False)
+
+    assert incremental.mode == "incremental" and "deleted slots reused" in incremental.detail
+    assert incremental.manifest.metrics["deleted_slots"] == 0  # the 100 new items filled the 100 freed slots
+    inc = load_index(download(cfg, incremental.version, tmp_path / "cache"))
+    ref = load_index(download(cfg, full.version, tmp_path / "cache"))
+    queries = hnsw.held_aside_queries(vectors_b, 300, seed=7)
+    agreement = np.mean([
+        len({i for i, _ in a} & {i for i, _ in b}) / 10
+        for a, b in zip(inc.search(queries, k=10), ref.search(queries, k=10), strict=True)
+    ])  # fmt: skip
+    assert agreement >= 0.95
+
+
+@pytest.mark.parametrize(
+    "change, overrides, expected",
+    [
+        (dict(expire=500, add=0, move=0, model="m1"), ["index.max_changed_fraction=1.0"], "max_deleted_fraction"),
+        (dict(expire=0, add=0, move=800, model="m1"), [], "max_changed_fraction"),
+        (dict(expire=10, add=10, move=0, model="m2"), [], "model changed from m1 to m2"),
+        (dict(expire=10, add=10, move=0, model="m1"), ["index.m=12"], "HNSW parameters changed"),
+    ],
+    ids=["too-many-deleted", "too-many-changed", "new-model", "new-parameters"],
+)
+def test_incremental_falls_back_to_a_full_build_and_says_why(tmp_path, change, overrides, expected):
+    ids, vectors = base_world()
+    put_snapshot(config_for(tmp_path), "20261124T000000Z-a", ids, vectors)
+    build_and_publish_index(config_for(tmp_path), "stories")
+    cfg = config_for(tmp_path, *overrides)
+    model = change.pop("model")
+    ids_b, vectors_b = next_world(ids, vectors, **change)
+    put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b, model=model)
+
+    outcome = build_and_publish_index(cfg, "stories")
+
+    assert outcome.mode == "full" and outcome.published
+    assert expected in outcome.detail and expected in outcome.manifest.metrics["build_detail"]
+    assert "previous_index" not in outcome.manifest.parents
