@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from artifacts.embedding_snapshots import EmbeddingSnapshot
 from artifacts.manifest import Manifest
 from config import IndexConfig
 from index_builder import hnsw
+from index_builder.loaded_index import read_level0
 
 
 @dataclass
@@ -66,15 +68,33 @@ class BuiltIndex:
 
 @dataclass
 class PreviousIndex:
-    """The published version an incremental build starts from, loaded for writing."""
+    """The published version an incremental build starts from, loaded for writing.
+
+    Attributes:
+      manifest: its manifest.
+      graph: hnswlib.Index loaded with allow_replace_deleted=True (updated in place).
+      labels_to_ids: [labels] object array, None for dead labels.
+      index_file: the saved index it was loaded from; when given, stored vectors are read
+        from it by memory map instead of hnswlib's slow `get_items`.
+    """
 
     manifest: Manifest
-    graph: Any  # hnswlib.Index loaded with allow_replace_deleted=True
+    graph: Any
     labels_to_ids: np.ndarray
+    index_file: Path | None = None
 
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    def stored_vectors(self, labels: np.ndarray) -> np.ndarray:
+        """[len(labels), dim] float32 vectors stored under live `labels`."""
+        if self.index_file is None:
+            return np.asarray(self.graph.get_items(labels, return_type="numpy"), dtype=np.float32)
+        slot_labels, vectors = read_level0(self.index_file)
+        slot_of = np.full(len(self.labels_to_ids), -1, dtype=np.int64)
+        slot_of[slot_labels] = np.arange(len(slot_labels))
+        return np.asarray(vectors[slot_of[labels]])
 
 
 def build_full(snapshot: EmbeddingSnapshot, cfg: IndexConfig, *, reason: str = "") -> BuiltIndex:
@@ -130,7 +150,7 @@ def plan_update(previous: PreviousIndex, snapshot: EmbeddingSnapshot) -> UpdateP
     add_rows = np.flatnonzero(labels < 0)
     delete_labels = np.asarray(sorted(label for item_id, label in old_label.items() if item_id not in new_ids), dtype=np.int64)
 
-    stored = np.asarray(previous.graph.get_items(labels[kept_rows], return_type="numpy"), dtype=np.float32)
+    stored = previous.stored_vectors(labels[kept_rows])
     changed = np.any(stored != snapshot.vectors[kept_rows], axis=1) if len(kept_rows) else np.zeros(0, bool)
     moved_rows = kept_rows[changed]
     expired = len(delete_labels)

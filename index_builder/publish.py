@@ -213,7 +213,7 @@ def _open_previous(kind: ArtifactKind, directory: Path) -> tuple[PreviousIndex |
         return None, f"previous index {latest} unreadable ({err})"
     if graph.element_count > len(labels_to_ids):
         return None, f"previous index {latest}: graph and id map disagree"
-    return PreviousIndex(manifest, graph, labels_to_ids), None
+    return PreviousIndex(manifest, graph, labels_to_ids, index_file=local / INDEX_FILE), None
 
 
 def _write_version(
