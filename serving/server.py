@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from serving.metrics import ServingMetrics
 from serving.reloader import Reloader
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -62,6 +65,11 @@ def serve(cfg: EbrConfig, *, host: str | None = None, port: int | None = None, p
     """Runs the service in the foreground until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     import uvicorn
 
+    # While the reloader thread runs Python code (building a new version's id maps), the
+    # event loop waits for the GIL up to one switch interval per hand-over (5 ms by
+    # default), several times per request. A shorter interval bounds that convoy; with
+    # no reload running, only the event loop thread is busy and nothing changes.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     service = build_service(cfg, poll_interval_s=poll_interval_s)
     host = host or cfg.serving.host
     port = cfg.serving.port if port is None else port

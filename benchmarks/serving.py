@@ -1,0 +1,464 @@
+"""Retrieval service speed, in one run: served QPS and latency against raw hnswlib on the
+same index, latency while a new version is hot-reloaded, and memory per loaded version.
+
+    python benchmarks/serving.py [--n 1000000] [--dim 128] [--users 100000] [--duration 10]
+
+1. Clustered story vectors (index_builder.synthetic) and user vectors near them are
+   published as embedding snapshots of one model; `build_and_publish_index` builds and
+   publishes the story index (config defaults: M=16, ef_construction=200, ef_search=64).
+2. Raw hnswlib: the same index file loaded with hnswlib in this process, single-thread
+   single-query `knn_query(k=10)` over user vectors (the ceiling the service is held to).
+3. `ebr serve` in its own process (uvicorn, one worker), polling every second.
+4. A load generator in a second process: asyncio + raw HTTP/1.1 keep-alive connections
+   (16 by default) on 127.0.0.1, each request a random known user, k=10. Phases:
+   - saturation: closed loop, every connection sends its next request on the answer;
+   - steady: fixed rate (--rate, default 1000/s) spread over the connections; latency is
+     measured from each request's *scheduled* send time, so a stall counts in full for
+     every request it delays (no coordinated omission);
+   - reload: the same fixed rate while a new index version is published (a byte-identical
+     copy of the built one under a new version name, prepared beforehand, so this
+     process does no work during the phase); the service downloads it into its cache,
+     verifies sha256, loads it into a new object, warms it and swaps. The reload window
+     is from the pointer move until the answers name the new version.
+5. Memory per loaded version: `LoadedIndex.memory_bytes` from /v1/versions, the RSS delta
+   of loading the raw index here, and the server's RSS before, at peak and after a reload.
+
+The machine may be shared; the JSON records the CPU count and load average at the start.
+Prints a Markdown table; writes benchmarks/results/serving.json and serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this file's folder is sys.path[0], where "serving" would mean this file
+# rather than the package; the packages come from the editable install.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+MODEL = "bench-model-1"
+K = 10
+
+
+# -- the load generator (runs in its own process: `serving.py loadgen ...`) --------------------
+
+
+def _request_bytes(user_ids: list[str], k: int) -> list[bytes]:
+    out = []
+    for user_id in user_ids:
+        body = json.dumps({"user_id": user_id, "k": k}).encode()
+        out.append(
+            b"POST /v1/retrieve/stories HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+    return out
+
+
+async def _connection(port: int, requests: list[bytes], schedule: np.ndarray | None, stop_at: float,
+                      out: list[tuple[float, float, int, bytes]]) -> None:  # fmt: skip
+    """One keep-alive connection: sends its requests in order, at `schedule` times if given.
+
+    Records (scheduled or actual send time, latency from that time, status, index version).
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    try:
+        for i, request in enumerate(requests):
+            now = time.monotonic()
+            if now >= stop_at:
+                break
+            if schedule is not None:
+                start = schedule[i]
+                if start > now:
+                    await asyncio.sleep(start - now)
+            else:
+                start = now
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            at = head.lower().find(b"content-length:")
+            length = int(head[at + 15 : head.find(b"\r\n", at)])
+            body = await reader.readexactly(length)
+            latency = time.monotonic() - start
+            at = body.find(b'"index_version":"')
+            version = body[at + 17 : body.find(b'"', at + 17)] if at >= 0 else b""
+            out.append((start, latency, status, version))
+    finally:
+        writer.close()
+        del loop
+
+
+async def _generate(port: int, mode: str, rate: float, duration: float, concurrency: int, n_users: int, seed: int):
+    rng = np.random.default_rng(seed)
+    cap = int(rate * duration) if mode == "rate" else 400_000  # bounded in count and in time
+    users = [f"u{i}" for i in rng.integers(0, n_users, size=cap)]
+    requests = _request_bytes(users, K)
+    t0 = time.monotonic() + 0.2
+    stop_at = t0 + duration
+    out: list[tuple[float, float, int, bytes]] = []
+    tasks = []
+    for c in range(concurrency):
+        mine = requests[c::concurrency]
+        schedule = t0 + np.arange(c, cap, concurrency) / rate if mode == "rate" else None
+        tasks.append(_connection(port, mine, schedule, stop_at + (5.0 if mode == "rate" else 0.0), out))
+    await asyncio.gather(*tasks)
+    return out
+
+
+def loadgen_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="serving.py loadgen")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", choices=["closed", "rate"], required=True)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--users", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    rows = asyncio.run(_generate(args.port, args.mode, args.rate, args.duration, args.concurrency, args.users, args.seed))
+    versions = sorted({r[3] for r in rows})
+    code = {v: i for i, v in enumerate(versions)}
+    np.savez(
+        args.out,
+        start=np.array([r[0] for r in rows]), latency=np.array([r[1] for r in rows]),
+        status=np.array([r[2] for r in rows]), version=np.array([code[r[3]] for r in rows]),
+        names=np.array([v.decode() for v in versions]),
+    )  # fmt: skip
+
+
+def run_loadgen(port: int, mode: str, *, duration: float, rate: float, concurrency: int, users: int, workdir: Path, seed: int) -> dict:
+    """Starts the load generator process and waits for it; returns its per-request arrays."""
+    out = workdir / f"loadgen-{mode}-{seed}.npz"
+    cmd = [sys.executable, __file__, "loadgen", f"--port={port}", f"--mode={mode}", f"--rate={rate}",
+           f"--duration={duration}", f"--concurrency={concurrency}", f"--users={users}", f"--seed={seed}", f"--out={out}"]  # fmt: skip
+    subprocess.run(cmd, check=True, timeout=duration + 120)
+    data = np.load(out)
+    return {key: data[key] for key in data.files}
+
+
+def summarize(rows: dict, mask: np.ndarray | None = None) -> dict:
+    start, latency, status = rows["start"], rows["latency"], rows["status"]
+    if mask is not None:
+        start, latency, status = start[mask], latency[mask], status[mask]
+    if not len(latency):
+        return {"requests": 0}
+    span = max(float(start.max() - start.min()), 1e-9)
+    ms = latency * 1000
+    return {
+        "requests": int(len(latency)),
+        "failed": int((status != 200).sum()),
+        "qps": round(len(latency) / span, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "p999_ms": round(float(np.percentile(ms, 99.9)), 3),
+        "max_ms": round(float(ms.max()), 3),
+    }
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def build_store(root: str, n: int, dim: int, n_users: int):
+    """Publishes story and user snapshots of one model and builds the story index."""
+    from artifacts import ArtifactStore
+    from artifacts.embedding_snapshots import publish_snapshot
+    from config import load_config
+    from index_builder.publish import build_and_publish_index
+    from index_builder.synthetic import clustered_vectors, story_ids
+
+    store = ArtifactStore.open(root)
+    stories = clustered_vectors(n, dim, clusters=max(100, n // 2000), seed=1)
+    rng = np.random.default_rng(2)
+    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(scale=0.5 / np.sqrt(dim), size=(n_users, dim)).astype(np.float32)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    user_ids = np.asarray([f"u{i}" for i in range(n_users)], dtype=object)
+    publish_snapshot(store.kind("embeddings/stories"), "20261124T000000Z-bench", story_ids(0, n), stories,
+                     model_version=MODEL, as_of=0, shards=8, reason="serving benchmark")  # fmt: skip
+    publish_snapshot(store.kind("embeddings/users"), "20261124T000000Z-bench", user_ids, users,
+                     model_version=MODEL, as_of=0, reason="serving benchmark")  # fmt: skip
+    cfg = load_config(overrides=[f"root={root}"], environ={})
+    started = time.perf_counter()
+    outcome = build_and_publish_index(cfg, "stories")
+    build_s = time.perf_counter() - started
+    if not outcome.published:
+        raise SystemExit(f"index not published: {outcome.detail}")
+    return store, outcome, build_s, users
+
+
+def copy_version(store, kind_name: str, version: str, new_version: str, source_dir: Path) -> None:
+    """A byte-identical copy of a complete version under a new name (not published)."""
+    kind = store.kind(kind_name)
+    manifest = kind.manifest(version)
+    params = {**manifest.params, "copied_from": version}
+    with kind.new_version(new_version, parents=manifest.parents, params=params) as writer:
+        for name in manifest.files:
+            writer.add_file(name, source_dir / name)
+        writer.metrics.update(manifest.metrics)
+
+
+def raw_hnswlib_qps(index_dir: Path, dim: int, ef: int, queries: np.ndarray, seconds: float) -> dict:
+    """Single-thread, single-query knn_query on the published index file."""
+    import hnswlib
+    import psutil
+
+    before = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.load_index(str(index_dir / "index.hnsw"))
+    load_s = time.perf_counter() - started
+    rss_delta = psutil.Process().memory_info().rss - before
+    index.set_ef(ef)
+    index.set_num_threads(1)
+    for q in queries[:200]:  # warm-up
+        index.knn_query(q, k=K, num_threads=1)
+    done, latencies = 0, []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        q = queries[done % len(queries)]
+        t = time.perf_counter()
+        index.knn_query(q, k=K, num_threads=1)
+        latencies.append(time.perf_counter() - t)
+        done += 1
+    elapsed = time.perf_counter() - started
+    del index
+    ms = np.array(latencies) * 1000
+    return {"qps": round(done / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 3),
+            "p99_ms": round(float(np.percentile(ms, 99)), 3), "load_seconds": round(load_s, 2),
+            "rss_delta_bytes": int(rss_delta)}  # fmt: skip
+
+
+def wait_ready(url: str, timeout: float) -> dict:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return httpx.get(f"{url}/v1/versions", timeout=5).json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the service at {url} was not ready within {timeout} s")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000, help="stories in the index")
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rate", type=float, default=1000.0, help="fixed request rate of the steady and reload phases")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
+    parser.add_argument("--raw-seconds", type=float, default=5.0, help="seconds of raw hnswlib queries")
+    parser.add_argument("--workdir", type=Path, help="default: a temporary directory, removed afterwards")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
+    args = parser.parse_args(argv)
+
+    load_at_start = os.getloadavg()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ebr-bench-serving-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    root = f"file://{workdir}/root"
+    server = None
+    try:
+        print(f"building: {args.n:,} stories x {args.dim}, {args.users:,} users ...", flush=True)
+        store, outcome, build_s, user_vectors = build_store(root, args.n, args.dim, args.users)
+        manifest = outcome.manifest
+        ef = int(manifest.params["ef_search"])
+        source_dir = workdir / "root" / "indexes" / "stories" / outcome.version
+        reload_version = outcome.version + "-reload"
+        copy_version(store, "indexes/stories", outcome.version, reload_version, source_dir)
+
+        print("raw hnswlib, single thread ...", flush=True)
+        raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
+
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "--root", root, "--set", f"serving.cache_dir={workdir}/cache",
+             "serve", "--port", str(port), "--poll-interval", "1"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        started = time.monotonic()
+        versions = wait_ready(url, timeout=1200)
+        first_load_s = time.monotonic() - started
+        memory_bytes = versions["served"]["components"]["indexes/stories"]["memory_bytes"]
+        rss_loaded = _rss(server.pid)
+
+        common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
+        print("saturation (closed loop) ...", flush=True)
+        saturation = summarize(run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=1, **common))
+        print(f"steady at {args.rate:.0f}/s ...", flush=True)
+        steady = summarize(run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=2, **common))
+
+        print(f"reload at {args.rate:.0f}/s ...", flush=True)
+        peak_rss = [rss_loaded]
+        stop_sampling = threading.Event()
+
+        def sample_rss() -> None:
+            while not stop_sampling.is_set():
+                peak_rss[0] = max(peak_rss[0], _rss(server.pid))
+                stop_sampling.wait(0.1)
+
+        publish_at: list[float] = []
+
+        def publish_later() -> None:
+            time.sleep(2.0)
+            publish_at.append(time.monotonic())
+            store.kind("indexes/stories").publish(reload_version, reason="serving benchmark: reload under load")
+
+        threads = [threading.Thread(target=sample_rss), threading.Thread(target=publish_later)]
+        for t in threads:
+            t.start()
+        reload_duration = max(args.duration, 3.0 + 2.0 * first_load_s + 5.0)
+        rows = run_loadgen(port, "rate", duration=reload_duration, rate=args.rate, seed=3, **common)
+        stop_sampling.set()
+        for t in threads:
+            t.join()
+        names = list(rows["names"])
+        new_code = names.index(reload_version) if reload_version in names else -1
+        swapped = rows["start"][rows["version"] == new_code].min() if new_code >= 0 else None
+        window = (rows["start"] >= publish_at[0]) & (rows["start"] <= (swapped if swapped is not None else np.inf) + 1.0)
+        reload_all = summarize(rows)
+        reload_window = summarize(rows, window)
+        time.sleep(1.0)
+        after = wait_ready(url, timeout=60)
+        rss_after = _rss(server.pid)
+        import httpx
+
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        reload_seconds = next((float(line.split()[-1]) for line in metrics.splitlines()
+                               if line.startswith('ebr_serving_last_reload_seconds{kind="indexes/stories"}')), None)  # fmt: skip
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    report = {
+        "benchmark": "serving",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in load_at_start],
+                    "note": "2 cores shared with other engineers' jobs; server, load generator and raw hnswlib on the same machine"},  # fmt: skip
+        "data": {"stories": args.n, "dim": args.dim, "users": args.users, "k": K, "concurrency": args.concurrency},
+        "index": {"version": outcome.version, "M": manifest.params.get("M"), "ef_construction": manifest.params.get("ef_construction"),
+                  "ef_search": ef, "recall_at_10": manifest.metrics.get("recall_at_10"), "build_seconds": round(build_s, 1)},  # fmt: skip
+        "raw_hnswlib_single_thread": raw,
+        "served": {"saturation_closed_loop": saturation, "steady_fixed_rate": {"offered_rate": args.rate, **steady},
+                   "reload_fixed_rate": {"offered_rate": args.rate, "whole_phase": reload_all, "reload_window": reload_window,
+                                         "window_seconds": round(float(swapped - publish_at[0]), 2) if swapped is not None else None,
+                                         "swapped": swapped is not None, "served_after": after["served"]["components"]["indexes/stories"]["version"],
+                                         "server_reload_seconds": reload_seconds}},  # fmt: skip
+        "memory": {"loaded_index_memory_bytes": memory_bytes, "raw_load_rss_delta_bytes": raw["rss_delta_bytes"],
+                   "server_rss_loaded": rss_loaded, "server_rss_peak_during_reload": peak_rss[0], "server_rss_after_reload": rss_after,
+                   "first_load_seconds": round(first_load_s, 1)},  # fmt: skip
+    }
+    ratio = saturation["qps"] / raw["qps"]
+    steady_p99 = steady["p99_ms"]
+    report["targets"] = {
+        "p99_le_10ms_at_1000qps": {"p99_ms": steady_p99, "achieved_qps": steady["qps"], "met": steady_p99 <= 10 and steady["qps"] >= 1000 * 0.98},
+        "served_over_raw_ge_0.3": {"ratio": round(ratio, 3), "met": ratio >= 0.3},
+        "reload_p99_le_2x_steady": {"reload_window_p99_ms": reload_window.get("p99_ms"), "whole_phase_p99_ms": reload_all.get("p99_ms"),
+                                    "ratio_window": round(reload_window.get("p99_ms", float("nan")) / steady_p99, 2),
+                                    "met": reload_window.get("p99_ms", float("inf")) <= 2 * steady_p99},  # fmt: skip
+        "zero_failed_requests": {"failed": saturation["failed"] + steady["failed"] + reload_all["failed"],
+                                 "met": saturation["failed"] + steady["failed"] + reload_all["failed"] == 0},  # fmt: skip
+    }
+    markdown = to_markdown(report)
+    print(markdown)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown + "\n")
+    return report
+
+
+def to_markdown(r: dict) -> str:
+    s, raw = r["served"], r["raw_hnswlib_single_thread"]
+    mib = 1024 * 1024
+    lines = [
+        f"Serving benchmark: {r['data']['stories']:,} stories x {r['data']['dim']}, {r['data']['users']:,} users, k={r['data']['k']}, "
+        f"concurrency {r['data']['concurrency']}; HNSW M={r['index']['M']}, ef_construction={r['index']['ef_construction']}, "
+        f"ef_search={r['index']['ef_search']}, recall@10 {r['index']['recall_at_10']}; {r['machine']['cpus']} CPUs "
+        f"(load average at start {r['machine']['load_average_at_start'][0]})",
+        "",
+        "| measurement | requests | failed | QPS | p50 ms | p99 ms | p99.9 ms | max ms |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| raw hnswlib, 1 thread, 1 query at a time | | | {raw['qps']:,.0f} | {raw['p50_ms']} | {raw['p99_ms']} | | |",
+    ]
+    for label, row in (("served, closed loop (saturation)", s["saturation_closed_loop"]),
+                       (f"served, fixed {s['steady_fixed_rate']['offered_rate']:.0f}/s (steady)", s["steady_fixed_rate"]),
+                       (f"served, fixed rate, whole reload phase", s["reload_fixed_rate"]["whole_phase"]),
+                       (f"served, fixed rate, reload window ({s['reload_fixed_rate']['window_seconds']} s)", s["reload_fixed_rate"]["reload_window"])):  # fmt: skip
+        lines.append(f"| {label} | {row.get('requests', 0):,} | {row.get('failed', 0)} | {row.get('qps', 0):,.0f} | {row.get('p50_ms')} | "
+                     f"{row.get('p99_ms')} | {row.get('p999_ms')} | {row.get('max_ms')} |")  # fmt: skip
+    m, t = r["memory"], r["targets"]
+    lines += [
+        "",
+        f"Memory per loaded version: LoadedIndex.memory_bytes {m['loaded_index_memory_bytes'] / mib:,.0f} MiB; "
+        f"RSS delta of loading the raw index {m['raw_load_rss_delta_bytes'] / mib:,.0f} MiB; server RSS {m['server_rss_loaded'] / mib:,.0f} MiB "
+        f"loaded, {m['server_rss_peak_during_reload'] / mib:,.0f} MiB peak during the reload, {m['server_rss_after_reload'] / mib:,.0f} MiB after.",
+        f"Server reload (download + sha256 + load + warm-up): {s['reload_fixed_rate']['server_reload_seconds']} s; first load at start "
+        f"{m['first_load_seconds']} s; index build {r['index']['build_seconds']} s.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| p99 <= 10 ms at >= 1000 req/s | p99 {t['p99_le_10ms_at_1000qps']['p99_ms']} ms at {t['p99_le_10ms_at_1000qps']['achieved_qps']:,.0f} req/s | {_yes(t['p99_le_10ms_at_1000qps']['met'])} |",
+        f"| served QPS >= 0.3 x raw hnswlib | {t['served_over_raw_ge_0.3']['ratio']} | {_yes(t['served_over_raw_ge_0.3']['met'])} |",
+        f"| p99 during reload <= 2 x steady | {t['reload_p99_le_2x_steady']['reload_window_p99_ms']} ms vs {t['p99_le_10ms_at_1000qps']['p99_ms']} ms "
+        f"({t['reload_p99_le_2x_steady']['ratio_window']}x) | {_yes(t['reload_p99_le_2x_steady']['met'])} |",
+        f"| zero failed requests | {t['zero_failed_requests']['failed']} failed | {_yes(t['zero_failed_requests']['met'])} |",
+    ]
+    return "\n".join(lines)
+
+
+def _yes(met: bool) -> str:
+    return "yes" if met else "**no**"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
+        loadgen_main(sys.argv[2:])
+    else:
+        run()
