@@ -68,7 +68,13 @@ def key_buckets(ids, buckets: int) -> np.ndarray:
 
     Stable across processes and machines (Python's `hash` of a str is salted per
     process, which would scatter one user's rows over buckets on a distributed runner).
+    For Arrow arrays the hash is computed once per distinct id (an events column repeats
+    each user and story many times).
     """
+    if isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        encoded = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+        distinct = key_buckets(encoded.dictionary.to_pylist(), buckets)
+        return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
     return np.fromiter((zlib.crc32(i.encode()) % buckets for i in ids), dtype=np.int64, count=len(ids))
 
 
@@ -76,7 +82,7 @@ def split_by_bucket(table: pa.Table, column: str, buckets: int) -> Iterator[tupl
     """(bucket, rows of that bucket) for every bucket present in `table`."""
     if not len(table):
         return
-    bucket = key_buckets(table[column].to_pylist(), buckets)
+    bucket = key_buckets(table[column], buckets)
     order = np.argsort(bucket, kind="stable")
     edges = np.flatnonzero(np.diff(bucket[order])) + 1
     for rows in np.split(order, edges):
@@ -124,7 +130,6 @@ def validate_rows(table: pa.Table, rules: RowRules) -> tuple[pa.Table, list[Dead
     """
     n = len(table)
     reasons = np.full(n, None, dtype=object)
-    ids = table[rules.id_column].to_pylist() if rules.id_column in table.column_names else [None] * n
     for name, expected in rules.columns.items():
         if name not in table.column_names:
             reasons[:] = f"column {name!r} is missing"
@@ -146,9 +151,15 @@ def validate_rows(table: pa.Table, rules: RowRules) -> tuple[pa.Table, list[Dead
     bad_rows = np.flatnonzero(reasons != None)  # noqa: E711
     if not len(bad_rows):
         return table, []
-    letters = [DeadLetter(rules.source, ids[r], str(reasons[r]), _row_json(table, r)) for r in bad_rows]
+    ids = table[rules.id_column] if rules.id_column in table.column_names else pa.nulls(n)
+    letters = [DeadLetter(rules.source, _id_or_none(ids[r]), str(reasons[r]), _row_json(table, r)) for r in bad_rows]
     good = np.setdiff1d(np.arange(n), bad_rows)
     return table.take(pa.array(good, type=pa.int64())), letters
+
+
+def _id_or_none(scalar: pa.Scalar) -> str | None:
+    value = scalar.as_py()
+    return None if value is None else str(value)
 
 
 def _row_json(table: pa.Table, row: int, limit: int = 2000) -> str:

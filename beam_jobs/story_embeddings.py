@@ -46,10 +46,9 @@ from beam_jobs.transforms import (
     ConcatTables,
     EmbedBatches,
     ReadRows,
-    SumVectors,
     WriteSnapshot,
     concat_or_empty,
-    creator_embedding,
+    creator_embeddings,
     creator_partial_sums,
     drop_duplicate_ids,
     feature_batches,
@@ -131,9 +130,9 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) 
 
     creator_vectors = (
         embedded.embeddings
-        | "CreatorSums" >> beam.FlatMap(creator_partial_sums)
-        | "SumPerCreator" >> beam.CombinePerKey(SumVectors())
-        | "CreatorVector" >> beam.Map(creator_embedding)
+        | "CreatorSums" >> beam.FlatMap(creator_partial_sums, buckets)
+        | "GroupPerCreator" >> beam.GroupByKey()
+        | "CreatorVectors" >> beam.Map(creator_embeddings)
     )
     creator_params = {**params, "creator_vector": "L2-normalised mean of the creator's eligible story embeddings"}
     _ = creator_vectors | "WriteCreatorSnapshot" >> WriteSnapshot(plan, CREATOR_EMBEDDINGS, rows_read, dead_letters, parents={"story_snapshot": plan.snapshot}, params=creator_params)

@@ -18,6 +18,7 @@ batch: no training/serving skew. Run it locally or on a distributed runner by fl
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -97,12 +98,15 @@ class UserFeaturesForBucket(beam.DoFn):
         story_rows = self._story_index(stories)
 
         known_user = pc.is_in(events["user_id"], value_set=users["user_id"]).to_numpy(zero_copy_only=False)
-        event_story = events["story_id"].to_pylist()
-        story_row = np.fromiter((story_rows.get(s, -1) for s in event_story), np.int64, len(event_story))
+        # Look the bucket's distinct stories up in the run's story index, then map rows.
+        distinct = pc.unique(events["story_id"])
+        distinct_rows = np.fromiter((story_rows.get(s, -1) for s in distinct.to_pylist()), np.int64, len(distinct))
+        story_row = distinct_rows[pc.index_in(events["story_id"], value_set=distinct).to_numpy(zero_copy_only=False)] if len(events) else np.zeros(0, np.int64)
         usable = known_user & (story_row >= 0)
         for row in np.flatnonzero(~usable):
             reason = "event of a user missing from the users table" if not known_user[row] else "event of a story missing from the stories table"
-            letters.append(DeadLetter("events", events["user_id"][row].as_py(), reason, f'{{"story_id": "{event_story[row]}", "ts": {events["ts"][row].as_py()}}}'))
+            record = json.dumps({"story_id": events["story_id"][row].as_py(), "ts": events["ts"][row].as_py()})
+            letters.append(DeadLetter("events", events["user_id"][row].as_py(), reason, record))
         for letter in letters:
             yield TaggedOutput(DEAD_LETTER, letter)
         if not len(users):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from config import FeatureConfig
 
@@ -44,7 +45,30 @@ PAD = ""
 
 
 def _strings(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    return np.asarray(column.to_pylist(), dtype=object)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _padded_lists(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    """A list<string> column as a [rows, width] object matrix, truncated or "" padded."""
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=object)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    out = np.full((len(lists), width), PAD, dtype=object)
+    for k in range(width):  # one vectorised step per slot, not one per row
+        rows = np.flatnonzero(lengths > k)
+        out[rows, k] = values[starts[rows] + k]
+    return out
+
+
+def index_in(values: pa.ChunkedArray | pa.Array, keys: np.ndarray | pa.Array, what: str) -> np.ndarray:
+    """Row of each value in `keys` (a hash join in Arrow); KeyError naming a missing one."""
+    keys = keys if isinstance(keys, pa.Array) else pa.array(keys, type=pa.string())
+    found = pc.index_in(values, value_set=keys)
+    if found.null_count:
+        missing = values.filter(pc.is_null(found))[0].as_py()
+        raise KeyError(f"{what} id {missing!r} is in the events but not in the {what} table")
+    return found.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def positive_scores(events: pa.Table, cfg: FeatureConfig) -> np.ndarray:
@@ -115,10 +139,7 @@ class Catalog:
         users = users if users is not None else _NO_USERS
         followers = dict(zip(creators["creator_id"].to_pylist(), creators["follower_count"].to_pylist(), strict=True))
         creator = _strings(stories["creator_id"])
-        hashtags = np.full((len(stories), cfg.story_hashtags), PAD, dtype=object)
-        for row, tags in enumerate(stories["hashtags"].to_pylist()):
-            tags = tags[: cfg.story_hashtags]
-            hashtags[row, : len(tags)] = tags
+        hashtags = _padded_lists(stories["hashtags"], cfg.story_hashtags)
         if "content_embedding" in stories.column_names:
             content = stories["content_embedding"].combine_chunks()
         else:
@@ -198,17 +219,21 @@ class EventHistory:
         """`users_known=False`: the catalog has no user rows (see `Catalog.from_tables`);
         events are indexed by their own user ids, which only story features may use."""
         users, stories, ts, scores, watch = [], [], [], [], []
-        user_index = {v: i for i, v in enumerate(catalog.user_ids.tolist())}
-        story_index = {v: i for i, v in enumerate(catalog.story_ids.tolist())}
+        user_keys = pa.array(catalog.user_ids, type=pa.string())
+        story_keys = pa.array(catalog.story_ids, type=pa.string())
+        unknown_users = []
         for events in tables:
             if users_known:
-                users.append(_lookup(user_index, events["user_id"].to_pylist(), "user"))
+                users.append(index_in(events["user_id"], user_keys, "user"))
             else:
-                users.append(np.fromiter((user_index.setdefault(u, len(user_index)) for u in events["user_id"].to_pylist()), np.int64, len(events)))
-            stories.append(_lookup(story_index, events["story_id"].to_pylist(), "story"))
+                unknown_users.append(events["user_id"])
+            stories.append(index_in(events["story_id"], story_keys, "story"))
             ts.append(events["ts"].to_numpy())
             scores.append(positive_scores(events, cfg))
             watch.append(events["watch_ratio"].to_numpy().astype(np.float32))
+        if not users_known and unknown_users:  # number them; only their identity matters
+            encoded = pc.dictionary_encode(pa.chunked_array([c for column in unknown_users for c in column.chunks], pa.string()).combine_chunks())
+            users = [encoded.indices.to_numpy(zero_copy_only=False)]
         join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
         return cls(join(users, np.int64), join(stories, np.int64), join(ts, np.int64), join(scores, np.float32), join(watch, np.float32), catalog, cfg)
 

@@ -24,7 +24,7 @@ from artifacts.embedding_snapshots import read_snapshot
 from beam_jobs import story_embeddings, user_embeddings
 from beam_jobs.errors import ErrorRateExceededError
 from beam_jobs.records import EmbeddingBatch, RowRules, key_buckets, list_size_check, validate_rows
-from beam_jobs.transforms import DEAD_LETTER, SumVectors, _ValidateAndBucket, creator_embedding, creator_partial_sums, error_rates
+from beam_jobs.transforms import DEAD_LETTER, _ValidateAndBucket, creator_embeddings, creator_partial_sums, error_rates
 from config import FeatureConfig, load_config
 from models.export import TowerRunner
 from models.features import Catalog, EventHistory, story_features, user_features
@@ -114,8 +114,8 @@ def test_creator_vectors_are_the_normalised_mean_of_their_stories():
     with BeamTestPipeline() as p:
         vectors = (
             p | beam.Create(batches)
-            | beam.FlatMap(creator_partial_sums) | beam.CombinePerKey(SumVectors()) | beam.Map(creator_embedding)
-            | beam.Map(lambda b: (b.ids[0], tuple(round(float(x), 4) for x in b.vectors[0])))
+            | beam.FlatMap(creator_partial_sums, 3) | beam.GroupByKey() | beam.Map(creator_embeddings)
+            | beam.FlatMap(lambda b: [(c, tuple(round(float(x), 4) for x in v)) for c, v in zip(b.ids, b.vectors)])
         )  # fmt: skip
         assert_that(vectors, equal_to([("a", (0.7071, 0.7071)), ("b", (0.0, 1.0))]))
 

@@ -1,0 +1,196 @@
+"""Embedding dataflow throughput against the raw tower, side by side in one run.
+
+    python benchmarks/embedding_jobs.py [--stories 200000] [--users 30000] [--events 2000000]
+                                        [--repeats 3] [--million] [--out FILE]
+
+For each job (stories, users) on DirectRunner: embeddings per second of the whole job
+(`run()` from call to return: pipeline construction, Parquet reads, validation, the
+per-bucket join, features, the tower, shard writes and the manifest) against the same
+SavedModel called in a plain batched Python loop over the same rows, with features
+built beforehand and not timed. Runs are interleaved (tower, job, tower, job, ...) and
+medians reported, with their ratio. Also: one run in DirectRunner's multi-process mode
+(2 workers), and with --million the wall time of the story job at 1,000,000 stories.
+
+Every story of the synthetic world is eligible (the story job's max age is set 30 days
+past the world's span, which covers the stories posted before its first day), so the
+story job embeds exactly `--stories`.
+The towers come from a model with the default architecture trained for one epoch on a
+tiny world: throughput does not depend on what the weights learnt (ids the tiny
+vocabulary lacks share the out-of-vocabulary row, at the same cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stories", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=30_000)
+    parser.add_argument("--creators", type=int, default=5_000)
+    parser.add_argument("--events", type=int, default=2_000_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--million", action="store_true", help="also time the story job at 1,000,000 stories")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedding_jobs.json")
+    args = parser.parse_args(argv)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ebr-bench-embed-") as tmp:
+        model_root = _train_small_model(Path(tmp) / "model-world")
+        world = _world(Path(tmp) / "world", model_root, args.stories, args.users, args.creators, args.events, args.days)
+        for entity in ("stories", "users"):
+            rows.append(_compare(world, entity, args.days, args.repeats))
+        if args.million:
+            big = _world(Path(tmp) / "world-1m", model_root, 1_000_000, args.users, 20_000, 3_000_000, args.days)
+            rows.append(_job_only(big, "stories", args.days))
+
+    report = {
+        "benchmark": "embedding_jobs",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "command": "python benchmarks/embedding_jobs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "target": "job embeddings/s >= 0.5 x raw tower embeddings/s at 200,000 stories",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+    print(f"\nwritten to {args.out}")
+    return report
+
+
+def _train_small_model(root: Path) -> Path:
+    from config import load_config
+    from models.pipeline import train_and_publish
+    from warehouse import Warehouse
+    from warehouse.synthetic import generate_world
+
+    cfg = load_config(overrides=[f"root=file://{root}", "world.size=tiny", "train.epochs=1", "train.eval_ks=[10,100]", "train.holdout_days=2"], environ={})
+    generate_world(cfg.world, Warehouse.from_config(cfg), progress=False)
+    outcome = train_and_publish(cfg, root.parent / "train-work", "20260101T000000Z-bench", verbose=0)
+    if outcome.published is None:
+        raise SystemExit(f"the benchmark model was not published: {outcome.gate}")
+    return root
+
+
+def _world(root: Path, model_root: Path, stories: int, users: int, creators: int, events: int, days: int) -> Path:
+    from config import load_config
+    from warehouse import Warehouse
+    from warehouse.synthetic import generate_world
+
+    overrides = [f"root=file://{root}", f"world.n_stories={stories}", f"world.n_users={users}", f"world.n_creators={creators}", f"world.n_events={events}", f"world.days={days}"]
+    cfg = load_config(overrides=overrides, environ={})
+    started = time.perf_counter()
+    generate_world(cfg.world, Warehouse.from_config(cfg), progress=False)
+    print(f"world {stories:,} stories, {users:,} users, {events:,} events: {time.perf_counter() - started:.0f} s", flush=True)
+    shutil.copytree(model_root / "models", root / "models")
+    return root
+
+
+def _job_argv(root: Path, entity: str, days: int, snapshot: str, extra: tuple[str, ...] = ()) -> list[str]:
+    argv = [f"--root=file://{root}", f"--snapshot={snapshot}", "--no_publish", *extra]
+    return argv + ([f"--story_max_age_days={days + 30}"] if entity == "stories" else [])
+
+
+def _run_job(root: Path, entity: str, days: int, snapshot: str, extra: tuple[str, ...] = ()) -> tuple[float, int]:
+    from beam_jobs import story_embeddings, user_embeddings
+
+    job = story_embeddings if entity == "stories" else user_embeddings
+    started = time.perf_counter()
+    outcomes = job.run(_job_argv(root, entity, days, snapshot, extra))
+    return time.perf_counter() - started, outcomes[0].count
+
+
+def _raw_tower(root: Path, entity: str, days: int):
+    """(runner, features, ids) for the rows the job embeds, features built untimed."""
+    import numpy as np
+
+    from artifacts import MODELS, ArtifactStore
+    from config import FeatureConfig
+    from models.export import TowerRunner
+    from models.features import Catalog, EventHistory, story_features, user_features
+    from warehouse import Warehouse
+    from warehouse.tables import day_start_ts
+
+    store = ArtifactStore.open(f"file://{root}")
+    model_version = store.kind(MODELS).latest()
+    meta = json.loads(store.kind(MODELS).read_file(model_version, "features.json"))
+    fcfg = FeatureConfig.model_validate(meta["features"])
+    warehouse = Warehouse.open(f"file://{root}")
+    as_of = day_start_ts(warehouse.event_days()[-1]) + 86_400
+    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
+    history = EventHistory.from_events(warehouse.read_events(), catalog, fcfg)
+    if entity == "stories":
+        rows = np.flatnonzero(catalog.story_created_ts < as_of)
+        features, tower = story_features(history, rows, np.full(len(rows), as_of)), "story_tower"
+    else:
+        rows = np.arange(len(catalog.user_ids))
+        features, tower = user_features(history, rows, np.full(len(rows), as_of)), "user_tower"
+    return TowerRunner(root / MODELS / model_version / tower), features, len(rows)
+
+
+def _compare(root: Path, entity: str, days: int, repeats: int) -> dict:
+    from config import load_config
+
+    batch = load_config(environ={}).embed.batch_size
+    runner, features, n = _raw_tower(root, entity, days)
+    runner({k: v[:batch] for k, v in features.items()}, batch_size=batch)  # trace once, untimed
+    raw, job = [], []
+    for i in range(repeats):
+        started = time.perf_counter()
+        runner(features, batch_size=batch)
+        raw.append(n / (time.perf_counter() - started))
+        seconds, count = _run_job(root, entity, days, f"bench-{entity}-{i}")
+        if count != n:
+            raise SystemExit(f"the {entity} job embedded {count} rows, the raw loop {n}: not the same rows")
+        job.append(count / seconds)
+        print(f"{entity} repeat {i + 1}: raw tower {raw[-1]:,.0f}/s, job {job[-1]:,.0f}/s ({seconds:.1f} s)", flush=True)
+    seconds, _ = _run_job(root, entity, days, f"bench-{entity}-mp", ("--direct_running_mode=multi_processing", "--direct_num_workers=2"))
+    return {
+        "job": f"{entity}_embeddings", "rows": n, "batch_size": batch, "repeats": repeats,
+        "raw_tower_per_s": [round(x, 1) for x in raw], "job_per_s": [round(x, 1) for x in job],
+        "raw_tower_median_per_s": round(statistics.median(raw), 1), "job_median_per_s": round(statistics.median(job), 1),
+        "ratio_job_over_raw": round(statistics.median(job) / statistics.median(raw), 3),
+        "job_median_seconds": round(n / statistics.median(job), 1),
+        "multi_process_2_workers_seconds": round(seconds, 1), "multi_process_2_workers_per_s": round(n / seconds, 1),
+    }  # fmt: skip
+
+
+def _job_only(root: Path, entity: str, days: int) -> dict:
+    seconds, count = _run_job(root, entity, days, f"bench-{entity}-1m")
+    print(f"{entity} job at {count:,} rows: {seconds:.0f} s", flush=True)
+    return {"job": f"{entity}_embeddings", "rows": count, "job_seconds": round(seconds, 1), "job_per_s": round(count / seconds, 1)}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| job | rows | raw tower /s (median) | job /s (median) | job / raw | job wall s | multi-process (2 workers) s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "ratio_job_over_raw" in r:
+            lines.append(f"| {r['job']} | {r['rows']:,} | {r['raw_tower_median_per_s']:,.0f} | {r['job_median_per_s']:,.0f} | {r['ratio_job_over_raw']:.2f} | {r['job_median_seconds']} | {r['multi_process_2_workers_seconds']} |")
+        else:
+            lines.append(f"| {r['job']} | {r['rows']:,} |  | {r['job_per_s']:,.0f} |  | {r['job_seconds']} |  |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run()
