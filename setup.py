@@ -14,6 +14,7 @@ PACKAGES = [
     "config",
     "index_builder",
     "models",
+    "orchestration",
     "serving",
     "warehouse",
 ]
@@ -32,6 +33,7 @@ setup(
         "apache-beam[gcp]==2.77.0",
         "google-cloud-storage==3.17.1",
         "hnswlib==0.8.0",
+        "matplotlib==3.11.2",
         "numpy==2.4.6",
         "pandas==3.1.1",
         "prometheus-client==0.26.0",
