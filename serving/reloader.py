@@ -156,7 +156,8 @@ class Reloader:
         self.metrics.poll_succeeded()
         self.last_poll_at = now_iso()
         if latest == self._settled:
-            return self._outcome("unchanged", self.last_outcome.detail, log_it=False)
+            # Nothing moved since the last decision, which stays the one /v1/versions shows.
+            return PollOutcome("unchanged", self.last_outcome.detail)
         self._retry = False
         outcome = self._reconcile(latest)
         if not self._retry:
@@ -170,10 +171,6 @@ class Reloader:
         missing = [kind for kind in REQUIRED_KINDS if latest[kind] is None]
         if missing:
             return self._outcome("empty", f"nothing published yet for {', '.join(missing)}")
-        for kind in REQUIRED_KINDS:
-            refusal = self.refused.get((kind, latest[kind]))
-            if refusal and served.get(kind) != latest[kind]:
-                return self._outcome("failed", f"{kind}/{refusal.version} was refused: {refusal.reason}")
 
         # Decide on the model version from the manifests alone, before loading anything big.
         try:
@@ -199,7 +196,14 @@ class Reloader:
         for kind in REQUIRED_KINDS:
             component = self._component(kind, latest[kind], model, current)
             if isinstance(component, str):
-                return self._outcome("failed", component, level=logging.ERROR)
+                old = current.components.get(kind) if current else None
+                if old is None or old.model_version != model:
+                    return self._outcome("failed", component, level=logging.ERROR)
+                # The served version of this side is still consistent with the other side's
+                # newest one (same model): keep it, so a bad user snapshot does not hold
+                # back a good index refresh (or the reverse).
+                notes.append(component)
+                component = old
             components[kind] = component
         stories, users = components[STORY_INDEX], components[USER_EMBEDDINGS]
         if stories.value.dim != users.value.dim:
@@ -357,9 +361,9 @@ class Reloader:
         self.refused[(kind, version)] = Refusal(kind, version, reason, now_iso())
         log.error("refused %s/%s: %s; the current state keeps serving", kind, version, reason)
 
-    def _outcome(self, action: str, detail: str, *, level: int = logging.INFO, log_it: bool = True) -> PollOutcome:
+    def _outcome(self, action: str, detail: str, *, level: int = logging.INFO) -> PollOutcome:
         outcome = PollOutcome(action, detail)
-        if log_it and outcome != self.last_outcome:
+        if outcome != self.last_outcome:
             log.log(level, "reload %s: %s", action, detail)
         self.last_outcome = outcome
         return outcome

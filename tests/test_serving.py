@@ -402,8 +402,18 @@ def test_corrupt_truncated_and_wrong_dimension_versions_are_refused_while_the_ol
     assert "manifest says" in reasons["s3-truncated"]
     assert "dim" in reasons["s4-dim8"] and "dim" in reasons["s5-lying-manifest"]
 
-    world.index("stories", "s6", "m1", seed=4)  # a good version after the bad ones is served
+    # A user snapshot with a NaN vector is refused too; the served users (same model) stay,
+    # and a good index version published after all this is served with them.
+    ids = np.asarray([f"u{i}" for i in range(N_USERS)], dtype=object)
+    vecs = clustered_vectors(N_USERS, DIM, seed=9)
+    vecs[3, 0] = np.nan
+    publish_snapshot(world.store.kind("embeddings/users"), "u2-nan", ids, vecs, model_version="m1", as_of=0, reason="test")
+    world.index("stories", "s6", "m1", seed=4)
     wait_for(lambda: served_index(client) == "s6", what="the good version")
+    versions = client.get("/v1/versions").json()
+    assert versions["served"]["components"]["embeddings/users"]["version"] == "u1"
+    assert any(r["version"] == "u2-nan" and "NaN" in r["reason"] for r in versions["refused"])
+    world.check_answer(retrieve(client, user_id="u5").json(), "u5")
 
 
 def test_rollback_is_picked_up_within_the_poll_interval(world, start_service):
