@@ -172,11 +172,14 @@ def plan_update(previous: PreviousIndex, snapshot: EmbeddingSnapshot) -> UpdateP
     )
 
 
-def full_build_reason(previous: PreviousIndex | None, snapshot: EmbeddingSnapshot, cfg: IndexConfig) -> str | None:
-    """Why an incremental build from `previous` is not possible, or None if it is."""
+def full_build_reason(previous: Manifest | None, snapshot: EmbeddingSnapshot, cfg: IndexConfig) -> str | None:
+    """Why an incremental build from the `previous` index version is not possible, or None.
+
+    Decided from the manifest alone, before the previous index is downloaded.
+    """
     if previous is None:
         return "no previous index"
-    params, parents = previous.manifest.params, previous.manifest.parents
+    params, parents = previous.params, previous.parents
     if parents.get("model_version") != snapshot.model_version:
         return f"model changed from {parents.get('model_version')} to {snapshot.model_version}"
     if int(params.get("dim", -1)) != snapshot.dim:

@@ -32,7 +32,7 @@ from index_builder.builder import (
     plan_update,
 )
 from index_builder.errors import IndexRollbackRefusedError, IndexValidationError
-from index_builder.loaded_index import IDS_FILE, INDEX_FILE, SPACE, read_ids, verify_files, write_ids
+from index_builder.loaded_index import IDS_FILE, INDEX_FILE, SPACE, read_header, read_ids, verify_files, write_ids
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ def build_and_publish_index(
         except VersionExistsError:  # another run finished the same version meanwhile
             return _reuse(kind, collection, version, snapshot, publish=publish, run_id=run_id)
     detail = built.detail + f"; recall@10 {recall.recall_at_10:.4f} at ef={recall.ef}"
+    if recall.ef != cfg.index.ef_search:
+        detail += f" (index.ef_search={cfg.index.ef_search} gave {recall.tried[cfg.index.ef_search]:.4f}; serving with ef={recall.ef})"
     published = False
     if publish:
         result = kind.publish(version, reason=f"index of {snap.manifest.kind}/{snapshot} ({built.mode})", run_id=run_id)
@@ -164,20 +166,28 @@ def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConf
     gate is rebuilt from scratch before giving up."""
     where = validation.snapshot_where(snap)
     reason = "full build requested" if full else None
-    previous = None
     if reason is None:
-        previous, reason = _open_previous(kind, workdir / "previous")
-        reason = reason or full_build_reason(previous, snap, cfg)
+        latest = kind.latest()
+        try:
+            reason = full_build_reason(kind.manifest(latest) if latest else None, snap, cfg)
+        except ArtifactError as err:
+            reason = f"previous index {latest} unreadable ({err})"
+    if reason is None:
+        previous, reason = _open_previous(kind, latest, workdir / "previous")
     if reason is None:
         plan = plan_update(previous, snap)
         reason = plan_refusal(plan, cfg)
         if reason is None:
             built = apply_update(previous, snap, plan, cfg)
-            recall = _validate(built, snap, cfg)
-            if recall.recall_at_10 >= cfg.min_recall_at_10:
+            try:
+                recall = _validate(built, snap, cfg)
+                validation.check_recall(recall, cfg.min_recall_at_10, where)
                 return built, recall
-            reason = f"the incremental graph's recall@10 {recall.recall_at_10:.4f} is below {cfg.min_recall_at_10}"
-            log.warning("%s: %s; rebuilding from scratch", where, reason)
+            except IndexValidationError as err:  # a fresh graph may pass where the patched one did not
+                reason = f"the incremental update failed validation: {err}"
+                log.warning("%s: %s; rebuilding from scratch", where, reason)
+            del built
+        del previous, plan  # free the previous graph before building a new one
     built = build_full(snap, cfg, reason=reason or "")
     recall = _validate(built, snap, cfg)
     validation.check_recall(recall, cfg.min_recall_at_10, where)
@@ -187,32 +197,30 @@ def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConf
 def _validate(built: BuiltIndex, snap: EmbeddingSnapshot, cfg: IndexConfig) -> validation.RecallCheck:
     validation.check_contents(built.graph, built.labels_to_ids, built.row_labels, snap)
     return validation.measure_recall(
-        built.graph, snap.vectors, built.row_labels, ef=cfg.ef_search, queries=cfg.validation_queries, threads=cfg.threads
-    )
+        built.graph, snap.vectors, built.row_labels, ef=cfg.ef_search, max_ef=max(cfg.max_ef_search, cfg.ef_search),
+        threshold=cfg.min_recall_at_10, queries=cfg.validation_queries, threads=cfg.threads,
+    )  # fmt: skip
 
 
-def _open_previous(kind: ArtifactKind, directory: Path) -> tuple[PreviousIndex | None, str | None]:
-    """The version LATEST names, downloaded, verified and loaded for writing.
+def _open_previous(kind: ArtifactKind, version: str, directory: Path) -> tuple[PreviousIndex | None, str | None]:
+    """An index version downloaded, verified and loaded for writing.
 
     Returns (previous, None), or (None, why a full build is needed instead).
     """
     import hnswlib
 
-    latest = kind.latest()
-    if latest is None:
-        return None, "no previous index"
     try:
-        local = kind.download(latest, directory)  # sizes and sha256 checked
-        manifest = kind.manifest(latest)
+        local = kind.download(version, directory)  # sizes and sha256 checked
+        manifest = kind.manifest(version)
         verify_files(local, manifest, checksums=False)
         graph = hnswlib.Index(space=SPACE, dim=int(manifest.params["dim"]))
         graph.load_index(str(local / INDEX_FILE), allow_replace_deleted=True)
         labels_to_ids = read_ids(local / IDS_FILE)
     except (ArtifactError, RuntimeError, KeyError, ValueError, OSError) as err:
-        log.warning("%s/%s cannot be updated incrementally: %s", kind.name, latest, err)
-        return None, f"previous index {latest} unreadable ({err})"
-    if graph.element_count > len(labels_to_ids):
-        return None, f"previous index {latest}: graph and id map disagree"
+        log.warning("%s/%s cannot be updated incrementally: %s", kind.name, version, err)
+        return None, f"previous index {version} unreadable ({err})"
+    if graph.element_count > len(labels_to_ids) or read_header(local / INDEX_FILE).dim != graph.dim:
+        return None, f"previous index {version}: graph, id map and manifest disagree"
     return PreviousIndex(manifest, graph, labels_to_ids, index_file=local / INDEX_FILE), None
 
 
@@ -228,7 +236,7 @@ def _write_version(
         parents["previous_index"] = built.previous
     params = {
         "space": SPACE, "dim": snap.dim, "M": cfg.m, "ef_construction": cfg.ef_construction,
-        "ef_search": cfg.ef_search, "count": len(snap), "mode": built.mode,
+        "ef_search": recall.ef, "count": len(snap), "mode": built.mode,
     }  # fmt: skip
     index_bytes = index_path.stat().st_size
     with kind.new_version(version, parents=parents, params=params) as writer:
@@ -236,6 +244,7 @@ def _write_version(
         writer.add_file(IDS_FILE, ids_path)
         writer.metrics.update({
             "recall_at_10": round(recall.recall_at_10, 6),
+            "recall_at_10_by_ef": {str(ef): round(r, 6) for ef, r in recall.tried.items()},
             "validation_queries": recall.queries,
             "validation_seconds": round(recall.seconds, 3),
             "build_seconds": round(built.build_seconds, 3),

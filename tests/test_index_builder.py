@@ -6,6 +6,7 @@ Every test publishes embedding snapshots into a fresh local artifact store, buil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from artifacts import ArtifactStore, CorruptArtifactError, IncompleteVersionErro
 from artifacts.embedding_snapshots import EmbeddingSnapshot, publish_snapshot
 from artifacts.manifest import Manifest
 from config import load_config
-from index_builder import hnsw
+from index_builder import hnsw, validation
 from index_builder.errors import IndexRollbackRefusedError, IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, load_index, write_ids
 from index_builder.publish import build_and_publish_index, retain_indexes, rollback_index
@@ -184,15 +185,31 @@ def test_snapshot_disagreeing_with_its_manifest_is_refused():
 
 
 def test_recall_below_threshold_publishes_nothing_and_says_why(tmp_path):
-    cfg = config_for(tmp_path, "index.m=2", "index.ef_construction=2", "index.ef_search=1", "index.min_recall_at_10=0.995")
+    cfg = config_for(tmp_path, "index.m=2", "index.ef_construction=2", "index.ef_search=1", "index.max_ef_search=4",
+                     "index.min_recall_at_10=0.995")  # fmt: skip
     ids, vectors = base_world()
     put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
 
-    with pytest.raises(IndexValidationError, match=r"recall@10 0\.\d+ on 1000 held-aside queries .* below index.min_recall_at_10=0.995"):
+    with pytest.raises(IndexValidationError, match=r"recall@10 0\.\d+ on 1000 held-aside queries is below "
+                                                   r"index.min_recall_at_10=0.995 \(tried .* at ef=1, .* at ef=2, .* at ef=4\)"):
         build_and_publish_index(cfg, "stories")
 
     kind = store_of(cfg).kind("indexes/stories")
     assert kind.latest() is None and kind.complete_versions() == []
+
+
+def test_validation_raises_ef_until_recall_passes_and_the_loader_serves_with_it(tmp_path):
+    cfg = config_for(tmp_path, "index.ef_search=2", "index.min_recall_at_10=0.99")
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+
+    outcome = build_and_publish_index(cfg, "stories")
+
+    tried = outcome.manifest.metrics["recall_at_10_by_ef"]
+    served = outcome.manifest.params["ef_search"]
+    assert served > 2 and list(tried)[0] == "2" and tried["2"] < 0.99 <= tried[str(served)]
+    assert f"serving with ef={served}" in outcome.detail
+    assert load_index(download(cfg, outcome.version, tmp_path / "cache")).ef == served
 
 
 # -- the loader refuses damaged files -------------------------------------------------
@@ -372,6 +389,28 @@ def test_reusing_deleted_slots_keeps_the_graph_size_and_still_answers_like_a_ful
         for a, b in zip(inc.search(queries, k=10), ref.search(queries, k=10), strict=True)
     ])  # fmt: skip
     assert agreement >= 0.95
+
+
+def test_incremental_graph_failing_validation_is_rebuilt_from_scratch(cfg, monkeypatch):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    build_and_publish_index(cfg, "stories")
+    ids_b, vectors_b = next_world(ids, vectors, expire=20, add=20, move=0)
+    put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+    real = validation.measure_recall
+    calls = []
+
+    def poor_first(*args, **kwargs):  # the incremental graph measures badly, the rebuilt one truly
+        check = real(*args, **kwargs)
+        calls.append(check)
+        return dataclasses.replace(check, recall_at_10=0.5) if len(calls) == 1 else check
+
+    monkeypatch.setattr(validation, "measure_recall", poor_first)
+    outcome = build_and_publish_index(cfg, "stories")
+
+    assert len(calls) == 2 and outcome.mode == "full" and outcome.published
+    assert "the incremental update failed validation" in outcome.detail and "recall@10 0.5000" in outcome.detail
+    assert outcome.recall_at_10 == calls[1].recall_at_10 >= 0.98
 
 
 @pytest.mark.parametrize(
