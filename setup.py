@@ -29,6 +29,9 @@ setup(
     install_requires=[
         "apache-airflow==3.3.2",
         "apache-airflow-providers-apache-beam==6.3.1",
+        # BeamRunPythonPipelineOperator refuses to be constructed without it (even on
+        # DirectRunner), and the Dataflow runner needs it anyway.
+        "apache-airflow-providers-google==22.8.0",
         "apache-airflow-providers-standard==1.21.0",
         "apache-beam[gcp]==2.77.0",
         "google-cloud-storage==3.17.1",
