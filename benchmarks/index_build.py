@@ -138,7 +138,8 @@ def freshness(index, ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, fra
     import hnswlib
     n = len(ids)
     turnover = max(1, int(n * fraction))
-    fresh = clustered_vectors(turnover, vectors.shape[1], clusters=max(100, n // 1000), seed=seed + 1)
+    # New stories are about the same topics: points near random existing ones, not copies.
+    fresh = hnsw.held_aside_queries(vectors, turnover, seed=seed + 1, noise=0.3)
     new_ids = np.concatenate([ids[turnover:], story_ids(n, turnover)])
     new_vectors = np.concatenate([vectors[turnover:], fresh])
     after = snapshot(new_ids, new_vectors, "after")
@@ -190,7 +191,11 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--m", type=int, default=16, help="HNSW M (both libraries)")
     parser.add_argument("--ef-construction", type=int, default=200, help="HNSW efConstruction (both libraries)")
     parser.add_argument("--ef-search", type=int, default=64, help="ef the incremental comparison validates with")
-    parser.add_argument("--ef", default="10,16,32,50,64,100,200,400", help="ef values of the recall/QPS curve")
+    parser.add_argument("--ef", default="10,16,32,50,64,100,128,200,300,400", help="ef values of the recall/QPS curve")
+    parser.add_argument("--intrinsic-dim", type=int, default=16, help="dimension of each cluster's subspace")
+    parser.add_argument("--query-noise", default="0.75,0.3",
+                        help="query sets: norm of the noise added to stored vectors; the first is the builder's "
+                             "validation default and decides the targets")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="build threads")
     parser.add_argument("--queries", type=int, default=1000, help="held-aside queries for recall and QPS")
     parser.add_argument("--exact-queries", type=int, default=200, help="queries timed for exact search QPS")
@@ -203,6 +208,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "index_build.json")
     args = parser.parse_args(argv)
     efs = [int(e) for e in args.ef.split(",")]
+    noises = [float(x) for x in args.query_noise.split(",")]
     cfg = IndexConfig(m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search, threads=args.threads,
                       max_changed_fraction=1.0, max_deleted_fraction=1.0)  # fmt: skip
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -210,23 +216,26 @@ def run(argv: list[str] | None = None) -> dict:
 
     log(f"generating {args.n} x {args.dim} clustered vectors")
     clusters = max(100, args.n // 1000)
-    vectors = clustered_vectors(args.n, args.dim, clusters=clusters, seed=args.seed)
+    vectors = clustered_vectors(args.n, args.dim, clusters=clusters, intrinsic_dim=args.intrinsic_dim, seed=args.seed)
     ids = story_ids(0, args.n)
-    queries = hnsw.held_aside_queries(vectors, args.queries, seed=args.seed + 7)
+    query_sets = {noise: hnsw.held_aside_queries(vectors, args.queries, seed=args.seed + 7, noise=noise) for noise in noises}
 
     log("exact search: ground truth and single-query QPS")
     t = time.perf_counter()
-    exact = hnsw.exact_top_k(vectors, queries, K)
-    exact_batch_seconds = time.perf_counter() - t
-    exact_qps = exact_single_query_qps(vectors, queries[: args.exact_queries])
+    exact = {noise: hnsw.exact_top_k(vectors, q, K) for noise, q in query_sets.items()}
+    exact_batch_seconds = (time.perf_counter() - t) / len(query_sets)
+    exact_qps = exact_single_query_qps(vectors, query_sets[noises[0]][: args.exact_queries])
 
     results: dict = {
         "benchmark": "index_build",
         "started_at": started_at,
         "command": "python benchmarks/index_build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(args.note),
-        "data": {"n": args.n, "dim": args.dim, "clusters": clusters, "generator": "index_builder.synthetic.clustered_vectors",
-                 "queries": args.queries, "query_kind": "held-aside: stored vectors + noise (index_builder.hnsw.held_aside_queries)"},
+        "data": {"n": args.n, "dim": args.dim, "clusters": clusters, "intrinsic_dim": args.intrinsic_dim,
+                 "generator": "index_builder.synthetic.clustered_vectors", "queries_per_set": args.queries,
+                 "query_sets": [f"noise {x}" for x in noises],
+                 "query_kind": "held-aside: stored vectors + Gaussian noise of the given norm, renormalised "
+                               "(index_builder.hnsw.held_aside_queries; 0.75 is what validation uses)"},
         "params": {"M": args.m, "ef_construction": args.ef_construction, "build_threads": args.threads, "k": K},
         "exact": {"qps_single_query": round(exact_qps, 1), "timed_queries": min(args.exact_queries, args.queries),
                   "batch_ground_truth_seconds": round(exact_batch_seconds, 2)},
@@ -236,18 +245,12 @@ def run(argv: list[str] | None = None) -> dict:
         log(f"hnswlib build, {args.threads} threads")
         index, build = build_hnswlib(vectors, args.m, args.ef_construction, args.threads, Path(tmp))
         log(f"  {build}")
-        sweep = hnswlib_sweep(index, queries, exact, efs)
-        for row in sweep:
-            row["speedup_vs_exact"] = round(row["qps"] / exact_qps, 1)
-        results["hnswlib"] = {"build": build, "sweep": sweep}
+        results["hnswlib"] = {"build": build, "sweep": sweeps(hnswlib_sweep, index, query_sets, exact, efs, exact_qps)}
         if args.faiss:
             log(f"faiss IndexHNSWFlat build, {args.threads} threads")
             faiss_index, faiss_build = build_faiss(vectors, args.m, args.ef_construction, args.threads, Path(tmp))
             log(f"  {faiss_build}")
-            faiss_rows = faiss_sweep(faiss_index, queries, exact, efs)
-            for row in faiss_rows:
-                row["speedup_vs_exact"] = round(row["qps"] / exact_qps, 1)
-            results["faiss"] = {"build": faiss_build, "sweep": faiss_rows}
+            results["faiss"] = {"build": faiss_build, "sweep": sweeps(faiss_sweep, faiss_index, query_sets, exact, efs, exact_qps)}
             del faiss_index
         log(f"freshness: {args.update_fraction:.1%} expired and as many added")
         results["incremental"] = freshness(index, ids, vectors, cfg, args.update_fraction, rebuild=args.rebuild,
@@ -266,14 +269,34 @@ def run(argv: list[str] | None = None) -> dict:
     return results
 
 
+def sweeps(sweep, index, query_sets: dict, exact: dict, efs: list[int], exact_qps: float) -> list[dict]:
+    rows = []
+    for noise, queries in query_sets.items():
+        for row in sweep(index, queries, exact[noise], efs):
+            rows.append({"query_noise": noise, **row, "speedup_vs_exact": round(row["qps"] / exact_qps, 1)})
+    return rows
+
+
+def fastest_at(rows: list[dict], recall: float, noise: float) -> dict | None:
+    passing = [r for r in rows if r["query_noise"] == noise and r["recall_at_10"] >= recall]
+    return max(passing, key=lambda r: r["qps"]) if passing else None
+
+
 def targets(results: dict) -> dict:
     """The issue's targets: recall@10 >= 0.99 at >= 50x exact QPS; incremental >= 20x."""
-    passing = [r for r in results["hnswlib"]["sweep"] if r["recall_at_10"] >= 0.99]
-    best = max(passing, key=lambda r: r["qps"]) if passing else None
+    rows = results["hnswlib"]["sweep"]
+    noises = list(dict.fromkeys(r["query_noise"] for r in rows))
+    best = fastest_at(rows, 0.99, noises[0])
     return {
+        "query_set": f"noise {noises[0]}",
         "recall_0.99_fastest_ef": best["ef"] if best else None,
         "recall_0.99_speedup_vs_exact": best["speedup_vs_exact"] if best else None,
         "recall_0.99_at_50x_met": bool(best and best["speedup_vs_exact"] >= 50),
+        "other_query_sets": {
+            f"noise {x}": (lambda b: {"fastest_ef": b["ef"], "speedup_vs_exact": b["speedup_vs_exact"]} if b else None)(
+                fastest_at(rows, 0.99, x))
+            for x in noises[1:]
+        },
         "incremental_speedup": results["incremental"]["speedup"],
         "incremental_20x_met": results["incremental"]["speedup"] >= 20,
     }
@@ -298,12 +321,13 @@ def markdown(r: dict) -> str:
         "",
         f"Exact numpy search (1 thread, 1 query at a time): **{e['qps_single_query']:,.1f} QPS**.",
         "",
-        "| library | ef | recall@10 | QPS (1 thread, 1 query) | × exact |",
-        "|---|---|---|---|---|",
+        "| library | queries (noise) | ef | recall@10 | QPS (1 thread, 1 query) | × exact |",
+        "|---|---|---|---|---|---|",
     ]
     for name in ("hnswlib", "faiss"):
         for row in r.get(name, {}).get("sweep", []):
-            lines.append(f"| {name} | {row['ef']} | {row['recall_at_10']:.4f} | {row['qps']:,.0f} | {row['speedup_vs_exact']:,.1f} |")
+            lines.append(f"| {name} | {row['query_noise']} | {row['ef']} | {row['recall_at_10']:.4f} | {row['qps']:,.0f} | "
+                         f"{row['speedup_vs_exact']:,.1f} |")
     lines += ["", f"| library | build vectors/s ({p['build_threads']} threads) | build seconds | bytes/vector (saved index) |",
               "|---|---|---|---|"]  # fmt: skip
     for name in ("hnswlib", "faiss"):
@@ -323,8 +347,9 @@ def markdown(r: dict) -> str:
     t = r["targets"]
     lines += [
         "",
-        f"Targets: recall@10 ≥ 0.99 at ≥ 50× exact QPS: {'met' if t['recall_0.99_at_50x_met'] else 'NOT met'} "
-        f"(fastest ef with recall ≥ 0.99: {t['recall_0.99_fastest_ef']}, {t['recall_0.99_speedup_vs_exact']}× exact); "
+        f"Targets ({t['query_set']} queries): recall@10 ≥ 0.99 at ≥ 50× exact QPS: {'met' if t['recall_0.99_at_50x_met'] else 'NOT met'} "
+        f"(fastest ef with recall ≥ 0.99: {t['recall_0.99_fastest_ef']}, {t['recall_0.99_speedup_vs_exact']}× exact; "
+        f"other query sets: {t['other_query_sets']}); "
         f"incremental ≥ 20× a full rebuild: {'met' if t['incremental_20x_met'] else 'NOT met'} ({t['incremental_speedup']}×).",
     ]
     if r["machine"]["note"]:
