@@ -4,16 +4,18 @@ A version of `indexes/<collection>` holds:
 
     index.hnsw      hnswlib graph + vectors, space "ip"; label i is row i of ids.parquet
     ids.parquet     one string column "id"; null where a label's item was deleted
-                    (an incremental build marks expired items deleted and gives new items
-                    fresh labels, see `index_builder.incremental`)
+                    (an incremental build marks expired and moved items deleted and
+                    inserts new and moved ones under fresh labels, see `index_builder.builder`)
     MANIFEST.json   sizes and sha256 of both files, parents, params (dim, count, ef_search, ...)
 
 hnswlib itself checks almost nothing on load: a file of another dimension loads silently
-into garbage, and `load_index` on an index that is serving destroys it. So `load_index`
-here checks sizes and checksums against the manifest, always loads into a *new*
-`hnswlib.Index`, compares dimension and count with the manifest, and finally asks the
-index for a few of its own vectors and expects them back; only then does the caller get
-an object to swap in.
+(its vectors read back with plausible norms, since the neighbouring bytes are small
+integers), and `load_index` on an index that is serving destroys it. So `load_index` here
+checks sizes and checksums against the manifest, reads the dimension from the file's
+own header and compares it and the count with the manifest, always loads into a *new*
+`hnswlib.Index`, and finally asks the index for a few of its own vectors and expects
+them back as their own nearest neighbours; only then does the caller get an object to
+swap in.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ KIND_PREFIX = "indexes/"
 
 # Self-check after load: this many stored vectors must come back as their own best match.
 _SELF_CHECK_PROBES = 16
-# Stored vectors are L2-normalised; a wrong-dimension file reads back vectors of other norms.
+# Stored vectors are L2-normalised; altered bytes in the vector region change their norms.
 _NORM_TOLERANCE = 1e-2
 
 
