@@ -1,7 +1,8 @@
 """Pipeline options of the embedding jobs: their own flags, next to Beam's.
 
-Beam parses the flags of every direct `PipelineOptions` subclass together, so the flags
-both jobs share live in `EmbeddingJobOptions` and each job's subclass adds only its own.
+Beam parses the flags of every direct `PipelineOptions` subclass together (and warns
+about, then drops for the runner, flags only a deeper subclass knows), so the flags both
+jobs share live in `EmbeddingJobOptions` and each job has a direct subclass of its own.
 Anything else on the command line (`--runner`, `--project`, `--direct_running_mode`,
 ...) is a standard Beam option.
 """
@@ -26,13 +27,13 @@ class EmbeddingJobOptions(PipelineOptions):
         parser.add_argument("--no_publish", action="store_true", help="write the snapshot but do not move LATEST")
 
 
-class UserEmbeddingOptions(EmbeddingJobOptions):
+class UserEmbeddingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--user_lookback_days", type=int, help="days of events read before as-of (default: embed.user_lookback_days; all)")
 
 
-class StoryEmbeddingOptions(EmbeddingJobOptions):
+class StoryEmbeddingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         parser.add_argument("--story_max_age_days", type=float, help="embed stories at most this old at as-of (default: embed.story_max_age_days)")

@@ -90,6 +90,15 @@ def job_config(options: PipelineOptions) -> EbrConfig:
     return load_config(job.ebr_config, overrides)
 
 
+def with_configured_runner(argv: list[str] | None, cfg: EbrConfig) -> PipelineOptions:
+    """Options with `embed.runner` and `embed.pipeline_options` as defaults under `argv`.
+
+    The runner is configuration: a flag on the command line wins, then the config.
+    Without any, Beam 2.77 would pick its Prism runner and try to download it.
+    """
+    return PipelineOptions([f"--runner={cfg.embed.runner}", *cfg.embed.pipeline_options, *(argv or [])])
+
+
 def beam_path(uri: str) -> str:
     """A path Beam's file systems read: gs:// as is, file:///abs as /abs."""
     return uri[len("file://") :] if uri.startswith("file://") else uri

@@ -38,7 +38,7 @@ from apache_beam.pvalue import AsSingleton, TaggedOutput
 from artifacts import CREATOR_EMBEDDINGS, STORY_EMBEDDINGS
 from beam_jobs.driver import JobOutcome, run_pipeline
 from beam_jobs.options import StoryEmbeddingOptions
-from beam_jobs.plan import JobPlan, job_config, resolve_plan
+from beam_jobs.plan import JobPlan, job_config, resolve_plan, with_configured_runner
 from beam_jobs.records import RowRules, list_size_check
 from beam_jobs.transforms import (
     DEAD_LETTER,
@@ -140,8 +140,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) 
 
 def run(argv: list[str] | None = None) -> list[JobOutcome]:
     """Embeds the eligible stories and their creators as of `--as_of`, and publishes both."""
-    options = PipelineOptions(argv)
-    cfg = job_config(options)
+    cfg = job_config(PipelineOptions(argv))
+    options = with_configured_runner(argv, cfg)
     max_age = options.view_as(StoryEmbeddingOptions).story_max_age_days or cfg.embed.story_max_age_days
     # Eligible stories were posted after as_of - max_age: their events are all in these days.
     plan = resolve_plan(cfg, options, "stories", lookback_days=max_age)

@@ -33,7 +33,7 @@ from apache_beam.pvalue import AsSingleton, TaggedOutput
 from artifacts import USER_EMBEDDINGS
 from beam_jobs.driver import JobOutcome, run_pipeline
 from beam_jobs.options import UserEmbeddingOptions
-from beam_jobs.plan import JobPlan, job_config, resolve_plan
+from beam_jobs.plan import JobPlan, job_config, resolve_plan, with_configured_runner
 from beam_jobs.records import DeadLetter, RowRules
 from beam_jobs.transforms import (
     DEAD_LETTER,
@@ -142,8 +142,8 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
 
 def run(argv: list[str] | None = None) -> list[JobOutcome]:
     """Embeds every user as of `--as_of` and publishes the snapshot; see the module doc."""
-    options = PipelineOptions(argv)
-    cfg = job_config(options)
+    cfg = job_config(PipelineOptions(argv))
+    options = with_configured_runner(argv, cfg)
     lookback = options.view_as(UserEmbeddingOptions).user_lookback_days or cfg.embed.user_lookback_days
     plan = resolve_plan(cfg, options, "users", lookback_days=lookback)
     return run_pipeline(options, plan, [USER_EMBEDDINGS], build_pipeline)

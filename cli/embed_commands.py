@@ -40,8 +40,9 @@ def add_parser(commands) -> None:
 
 
 def job_argv(cfg: EbrConfig, args: Namespace) -> list[str]:
-    """The Beam job's argv: configuration first, then flags (later flags win in Beam)."""
-    argv = [f"--root={cfg.root}", f"--runner={args.runner or cfg.embed.runner}", *cfg.embed.pipeline_options]
+    """The Beam job's argv: the same configuration layers (--config, --set, --root), then flags."""
+    # embed.runner and embed.pipeline_options are the job's own defaults (it reads the config).
+    argv = [f"--root={cfg.root}", *([f"--runner={args.runner}"] if args.runner else [])]
     argv += [f"--set={key}" for key in getattr(args, "overrides", [])]
     if getattr(args, "config", None):
         argv.append(f"--ebr_config={args.config}")
