@@ -1,0 +1,37 @@
+"""ebr_retention: delete old versions of every artifact kind, on a schedule.
+
+One mapped task per kind (models, embeddings, indexes) keeps the newest
+`store.keep_versions` complete versions and whatever LATEST names. Logic:
+`orchestration.retention`.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+
+from orchestration import dag_support as ds
+from orchestration.retention import RETAINED_KINDS
+
+
+@dag(
+    dag_id="ebr_retention",
+    schedule=ds.cron(ds.settings().orchestration.retention_schedule),
+    start_date=ds.start_date(),
+    catchup=False,
+    max_active_runs=1,
+    default_args=ds.default_args(),
+    tags=ds.TAGS,
+    doc_md=__doc__,
+)
+def ebr_retention():
+    @task
+    def retain(kind: str) -> dict:
+        from config import load_config
+        from orchestration.retention import retain_kind
+
+        return retain_kind(load_config(), kind)
+
+    retain.expand(kind=list(RETAINED_KINDS))
+
+
+ebr_retention()

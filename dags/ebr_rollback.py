@@ -1,0 +1,48 @@
+"""ebr_rollback: move an index collection's LATEST back to an earlier version (manual).
+
+Trigger it from the UI ("Trigger DAG" shows a form) or the REST API with
+{"collection": "stories|creators|users", "version": "...", "reason": "...", "force": false}.
+The form refuses a collection outside the list, a malformed version name and an empty
+reason; check_request then refuses a version that does not exist, is incomplete or fails
+its checksums, naming the versions that can be used; roll_back moves LATEST and records
+the reason in HISTORY.jsonl. The service picks the move up at its next poll.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+
+from orchestration import dag_support as ds
+
+
+@dag(
+    dag_id="ebr_rollback",
+    schedule=None,
+    start_date=ds.start_date(),
+    catchup=False,
+    max_active_runs=1,
+    default_args=ds.default_args(retries=0),
+    params=ds.rollback_params(),
+    tags=ds.TAGS,
+    doc_md=__doc__,
+)
+def ebr_rollback():
+    @task
+    def check_request(params: dict | None = None) -> dict:
+        from config import load_config
+        from orchestration.rollback import check_rollback_request
+
+        return check_rollback_request(load_config(), params["collection"], params["version"], params["reason"])
+
+    @task
+    def roll_back(request: dict, params: dict | None = None, **context) -> dict:
+        from config import load_config
+        from orchestration.rollback import roll_back
+        from orchestration.runs import RunIdentity
+
+        return roll_back(load_config(), RunIdentity.from_context(context), request, force=bool(params["force"]))
+
+    roll_back(check_request())
+
+
+ebr_rollback()

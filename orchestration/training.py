@@ -1,0 +1,121 @@
+"""The daily training DAG's tasks: check inputs -> train and evaluate -> gate -> publish.
+
+Training builds its examples batch by batch while it fits (`models.training`: features
+as of each event, never all in memory), so there is no separate example table to hand
+from one task to the next; the first task checks that the warehouse the examples come
+from is there and says what it holds. The trained model is exported to the run's
+working folder; the gate reads its metrics from there and the publish task uploads it.
+A rerun of the same DAG run finds its version complete in the store and only retries
+the publish step (`models.pipeline.train_and_publish` does the same).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from artifacts import MODELS, ArtifactStore
+from config import EbrConfig
+from orchestration.runs import RunIdentity, run_workdir
+from warehouse import Warehouse, WarehouseMissingError
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "train_run.json"  # beside the export: parameters and metrics for the publish task
+
+
+def check_warehouse(cfg: EbrConfig) -> dict[str, Any]:
+    """Row counts and event days of the warehouse training reads; fails if it has no events."""
+    warehouse = Warehouse.from_config(cfg)
+    if not warehouse.exists():
+        raise WarehouseMissingError(
+            f"no warehouse at {warehouse.uri}: write one first (ebr data generate, or "
+            "ebr data convert movielens|kuairand) with the same root (EBR_ROOT / --root)"
+        )
+    summary = warehouse.summary()
+    if not summary["days"] or not summary["rows"]["events"]:
+        raise WarehouseMissingError(f"the warehouse at {warehouse.uri} has no event partitions to train on")
+    log.info("warehouse %s: %s, events %s .. %s", summary["uri"], summary["rows"], summary["first_day"], summary["last_day"])
+    return {key: summary[key] for key in ("uri", "rows", "first_day", "last_day", "days")}
+
+
+def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[str, Any]:
+    """Trains and evaluates the model version of this run and exports it (not published).
+
+    Returns {"version", "reused", "export_dir", "metrics"} where metrics are the model's
+    test metrics (and the baselines'); `reused` is True when the version is complete in
+    the store already, i.e. this is a rerun of a run that got as far as publishing.
+    """
+    from models.pipeline import train_and_publish
+
+    version = run.version
+    kind = ArtifactStore.from_config(cfg).kind(MODELS)
+    if kind.is_complete(version):
+        log.info("%s/%s is complete already: reusing it", MODELS, version)
+        return {"version": version, "reused": True, "export_dir": None, "metrics": {"model": kind.manifest(version).metrics}}
+
+    workdir = run_workdir(cfg, run)
+    outcome = train_and_publish(cfg, workdir, version, run_id=run.run_id, publish=False, verbose=verbose)
+    result = outcome.result
+    params = {
+        "features": cfg.features.model_dump(mode="json"),
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "best_epoch": result.best_epoch,
+        "examples_per_second": round(result.examples_per_second, 1),
+        "dag_run": {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date.isoformat()},
+    }
+    (workdir / RUN_FILE).write_text(json.dumps({"params": params, "metrics": result.metrics}, indent=2))
+    log.info("trained %s: %s", version, {k: round(v, 4) for k, v in result.metrics["model"].items() if "@" in k})
+    return {"version": version, "reused": False, "export_dir": str(outcome.export_dir), "metrics": result.metrics}
+
+
+def gate_model(cfg: EbrConfig, trained: dict[str, Any]) -> dict[str, Any]:
+    """The promotion gate against the model LATEST names now: {"promote", "reasons"}."""
+    if trained["reused"]:
+        return {"promote": True, "reasons": [f"{trained['version']} was gated and stored by an earlier try of this run"]}
+    from models.export import promotion_gate, published_metrics
+
+    decision = promotion_gate(trained["metrics"], published_metrics(ArtifactStore.from_config(cfg)), cfg)
+    log.info("gate: %s: %s", "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
+    return {"promote": decision.promote, "reasons": decision.reasons}
+
+
+def publish_trained_model(cfg: EbrConfig, run: RunIdentity, trained: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+    """Uploads the exported model (unless stored already) and moves LATEST to it.
+
+    Returns {"version", "moved", "latest", "detail", "announce"}; `announce` says whether
+    LATEST names this version now (moved by this call or by an earlier try of the run),
+    i.e. whether downstream DAGs should hear of a new model.
+    """
+    from models.export import publish_model
+
+    store = ArtifactStore.from_config(cfg)
+    kind = store.kind(MODELS)
+    version = trained["version"]
+    reason = f"promotion gate passed: {'; '.join(gate['reasons'])}"
+    if kind.is_complete(version):
+        published = kind.publish(version, reason=reason, run_id=run.run_id)
+    else:
+        export_dir = Path(trained["export_dir"])
+        saved = json.loads((export_dir.parent / RUN_FILE).read_text())
+        published = publish_model(
+            store,
+            export_dir,
+            version,
+            parents={"warehouse": Warehouse.from_config(cfg).uri, "previous_model": kind.latest() or ""},
+            params=saved["params"],
+            metrics=saved["metrics"],
+            reason=reason,
+            run_id=run.run_id,
+        )
+    log.info("%s: %s", MODELS, published.detail)
+    return {
+        "version": version,
+        "moved": published.moved,
+        "latest": published.latest,
+        "detail": published.detail,
+        "announce": published.latest == version,
+    }
