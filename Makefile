@@ -42,7 +42,7 @@ demo: $(STAMP)
 
 # Benchmarks print a Markdown table and write JSON under benchmarks/results/.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/model_quality.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean-demo:
 	rm -rf var/demo

@@ -1,0 +1,192 @@
+"""One self-contained HTML page from a benchmark run: figures, targets, plots, provenance.
+
+    python benchmarks/report.py [--results benchmarks/results.json] [--out benchmarks/report.html]
+    ebr report [--results ...] [--out ...]            (the same, through the CLI)
+
+The plots are drawn afresh from the results (benchmarks/plots.py) and embedded as
+base64 data URIs, so the page is one file that can be mailed or attached to a PR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import importlib.util
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_RESULTS = BENCH_DIR / "results.json"
+
+PLOT_CAPTIONS = {
+    "training_history": "Training loss and validation top-100 accuracy per epoch; the dashed line is the epoch chosen on the validation split.",
+    "recall_at_k": "Recall@K of the two-tower model against popularity and implicit ALS on the same split.",
+    "recall_qps": "Recall@10 against queries/s for each ef: hnswlib against faiss HNSW and exact numpy search.",
+    "serving_latency": "Latency of the service at a fixed request rate: steady against during a hot reload.",
+    "embedding_throughput": "Beam embedding jobs on DirectRunner against the same SavedModel in a batched Python loop.",
+}
+
+CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; }
+td.met { background: #e3f5e1; font-weight: bold; } td.notmet { background: #fbe3e3; font-weight: bold; } td.unknown { background: #f4f4f4; }
+.note { background: #fff8e1; border-left: 4px solid #f0c000; padding: .5em .8em; margin: .5em 0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: .9em; }
+code, pre { background: #f6f6f6; font-size: .85em; } pre { padding: .6em; overflow-x: auto; white-space: pre-wrap; }
+.meta td:first-child { font-weight: bold; white-space: nowrap; }
+"""
+
+
+def _load_plots():
+    """benchmarks/plots.py as a module (benchmarks/ is a folder of scripts, not a package)."""
+    name = "ebr_benchmark_plots"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / "plots.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_results(path: Path) -> dict:
+    """The combined results, with an actionable error when there are none."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}: run `make bench` (or `python benchmarks/run_all.py --quick` "
+                                "for a smoke run) first, or pass --results FILE")  # fmt: skip
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): rerun the benchmarks to rewrite it") from exc
+    missing = [k for k in ("benchmarks", "targets", "figures", "machine") if k not in results]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is not a results file of benchmarks/run_all.py")
+    return results
+
+
+def write_report(results_path: Path, out: Path | None = None) -> Path:
+    """Renders RESULTS_PATH to OUT (default: report.html beside it); returns OUT."""
+    results_path = Path(results_path)
+    results = load_results(results_path)
+    out = Path(out) if out is not None else results_path.with_name("report.html")
+    with tempfile.TemporaryDirectory(prefix="ebr-report-") as tmp:
+        pngs = _load_plots().write_all(results, Path(tmp))
+        images = {name: base64.b64encode(path.read_bytes()).decode("ascii") for name, path in pngs.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(results, images, source=str(results_path)))
+    return out
+
+
+def render_html(results: dict, images: dict[str, str], source: str = "") -> str:
+    """The page: provenance, notes, targets, figures, plots (base64 PNGs), benchmarks run."""
+    e = html.escape
+    git, m = results.get("git", {}), results["machine"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>EBR benchmarks, {e(results.get('started_at', ''))}</title><style>{CSS}</style></head><body>",
+        "<h1>Embedding-based retrieval: benchmark report</h1>",
+        '<table class="meta">',
+        _row("run", f"{e(results.get('mode', ''))} run, {e(results.get('started_at', ''))} to {e(results.get('finished_at', ''))} "
+                    f"({results.get('wall_seconds', 0) / 60:.1f} min)"),  # fmt: skip
+        _row("command", f"<code>{e(results.get('command', ''))}</code>"),
+        _row("commit", f"<code>{e(str(git.get('commit')))}</code> on {e(str(git.get('branch', '')))}: {e(git.get('subject', ''))}"
+                       + (f" ({len(git['uncommitted_paths'])} uncommitted paths in the checkout)" if git.get("uncommitted_paths") else "")),  # fmt: skip
+        _row("machine", f"{m.get('cpus')} cores, {m.get('memory_gib')} GiB, Python {e(str(m.get('python')))}, {e(str(m.get('platform')))}; "
+                        f"load average {m.get('load_average_at_start', ['?'])[0]} at the start, {m.get('load_average_at_end', ['?'])[0]} at the end"),  # fmt: skip
+        _row("packages", e(", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()))),
+    ]
+    for label, version in results.get("versions", {}).items():
+        parts.append(_row(e(label), f"<code>{e(str(version))}</code>"))
+    if source:
+        parts.append(_row("results file", f"<code>{e(source)}</code>"))
+    parts.append("</table>")
+    parts += [f'<div class="note">{e(note)}</div>' for note in results.get("notes", [])]
+
+    targets = results["targets"]
+    met = sum(1 for t in targets if t["met"] is True)
+    parts += [f"<h2>Targets: {met} of {len(targets)} met</h2>",
+              "<table><tr><th>issue</th><th>target</th><th>measured</th><th>met</th><th>at the issue's size</th></tr>"]  # fmt: skip
+    for t in targets:
+        css, verdict = {True: ("met", "met"), False: ("notmet", "not met"), None: ("unknown", "not measured")}[t["met"]]
+        at_size = {True: "yes", False: f"no: {e(t['size'])}", None: ""}[t["at_target_size"]]
+        note = f"<br><small>{e(t['note'])}</small>" if t.get("note") else ""
+        parts.append(f"<tr><td>#{t['issue']}</td><td>{e(t['target'])}</td><td>{e(t['measured'])}</td><td class=\"{css}\">{verdict}</td>"
+                     f"<td>{at_size}{note}</td></tr>")  # fmt: skip
+    parts.append("</table>")
+
+    parts += ["<h2>Figures</h2>", "<table><tr><th>area</th><th>measurement</th><th>figure</th><th>measured on</th></tr>"]
+    for f in results["figures"]:
+        parts.append(f"<tr><td>{e(f['area'])}</td><td>{e(f['measurement'])}</td><td>{e(f['text'])}</td><td>{e(f['size'])}</td></tr>")
+    parts.append("</table>")
+    quality = _quality_table(results)
+    if quality:
+        parts += ["<h2>Model quality, every metric</h2>", quality]
+
+    if images:
+        parts.append("<h2>Plots</h2>")
+    for name, data in images.items():
+        parts.append(f'<figure id="{e(name)}"><img alt="{e(name)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")  # fmt: skip
+
+    parts += ["<h2>Benchmarks run</h2>", "<table><tr><th>benchmark</th><th>command</th><th>wall s</th><th>status</th></tr>"]
+    for b in results["benchmarks"].values():
+        if b.get("skipped"):
+            status = f"skipped ({e(b.get('reason', ''))})"
+        elif b["ok"]:
+            status = "ok"
+        else:
+            status = f"<b>failed: {e(b.get('error', ''))}</b>" + (f"<pre>{e(b['output_tail'])}</pre>" if b.get("output_tail") else "")
+        parts.append(f"<tr><td>{e(b['name'])}</td><td><code>{e(b.get('command', ''))}</code></td><td>{b.get('wall_seconds', '')}</td><td>{status}</td></tr>")
+    parts.append("</table>")
+    demo = results["benchmarks"].get("demo") or {}
+    if demo.get("output_tail"):
+        parts += ["<h2>End-to-end demo: the end of its output</h2>", f"<pre>{e(demo['output_tail'])}</pre>"]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _quality_table(results: dict) -> str:
+    mq = (results["benchmarks"].get("model_quality") or {}).get("results")
+    if not mq:
+        return ""
+    columns = ("top_k_accuracy@100", "recall@10", "recall@50", "recall@100", "ndcg@10", "coverage@100", "language_match@10",
+               "country_match@10", "oracle_recall@100")  # fmt: skip
+    shown = [c for c in columns if any(c in r["metrics"] for r in mq["rows"])]
+    rows = ["<table><tr><th>dataset</th><th>scorer</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+            + "<th>best epoch</th><th>train examples/s</th></tr>"]  # fmt: skip
+    for r in mq["rows"]:
+        cells = "".join(f"<td>{r['metrics'][c]:.3f}</td>" if c in r["metrics"] else "<td></td>" for c in shown)
+        rows.append(f"<tr><td>{html.escape(r['dataset'])}</td><td>{html.escape(r['scorer'])}</td>{cells}"
+                    f"<td>{r.get('best_epoch', '')}</td><td>{r.get('examples_per_second', '')}</td></tr>")  # fmt: skip
+    return "\n".join(rows) + "</table>"
+
+
+def _row(label: str, value: str) -> str:
+    return f"<tr><td>{label}</td><td>{value}</td></tr>"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--out", type=Path, help="default: report.html beside the results")
+    args = parser.parse_args(argv)
+    try:
+        out = write_report(args.results, args.out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The benchmark driver, plots and report on small hand-made results (no benchmark runs).
+
+Hand-worked figures (see `_results`):
+  index: exact 100 QPS; ef=50 reaches recall 0.991 at 6,000 QPS = 60x exact -> met;
+         ef=10 is faster (9,000) but under 0.99, so it does not count; incremental
+         0.4 s vs 10 s = 25x -> met.
+  serving: steady p99 8 ms at 1,000 req/s -> met; saturation 2,900 vs raw 10,000 QPS
+         = 0.29 < 0.3 -> not met; reload-window p99 17 ms vs 2 x 8 = 16 -> not met.
+  Beam: stories ratio 0.5 (>= 0.5) -> met; users 0.49 -> not met.
+  MovieLens: top-100 accuracy 0.41 >= 0.38 -> met; recall@100 0.60 < 0.62 -> not met.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _module(name: str):
+    key = f"ebr_benchmark_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, BENCH_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+run_all = _module("run_all")
+plots = _module("plots")
+report = _module("report")
+
+
+def _quality_row(dataset: str, scorer: str, recalls: dict, **extra) -> dict:
+    metrics = {"eval_users": 900.0, "eval_events": 20000.0, **{f"recall@{k}": v for k, v in recalls.items()}, **extra.pop("metrics", {})}
+    return {"dataset": dataset, "scorer": scorer, "metrics": metrics, **extra}
+
+
+def _history(losses, accuracies):
+    return [{"epoch": i + 1, "loss": loss, "val_top_100_accuracy": acc} for i, (loss, acc) in enumerate(zip(losses, accuracies, strict=True))]
+
+
+ML = "movielens-100k (TFRS protocol, random 80/20)"
+WORLD = "synthetic-small (time split, last 3 days)"
+
+
+def _results(*, with_latency: bool = True) -> dict:
+    model_quality = {"rows": [
+        _quality_row(ML, "two-tower, softmax loss", {10: 0.2, 50: 0.5, 100: 0.60, 500: 0.95},
+                     metrics={"top_k_accuracy@100": 0.41, "ndcg@10": 0.4}, best_epoch=2, epochs_run=3,
+                     examples_per_second=1900.0, validation=_history([6.6, 6.5, 6.45], [0.36, 0.40, 0.39])),
+        _quality_row(ML, "popularity", {10: 0.1, 50: 0.3, 100: 0.43, 500: 0.85}, metrics={"top_k_accuracy@100": 0.30}),
+        _quality_row(ML, "implicit ALS (32 factors)", {10: 0.2, 50: 0.5, 100: 0.69, 500: 0.94}, metrics={"top_k_accuracy@100": 0.36}),
+        _quality_row(WORLD, "two-tower, in-batch negatives", {10: 0.16, 100: 0.385}, metrics={"language_match@10": 0.96},
+                     best_epoch=1, epochs_run=2, examples_per_second=2200.0, validation=_history([3.8, 3.0], [0.45, 0.46])),
+        _quality_row(WORLD, "popularity", {10: 0.006, 100: 0.025}, metrics={"language_match@10": 0.13}),
+        _quality_row(WORLD, "implicit ALS (32 factors)", {10: 0.06, 100: 0.24}, metrics={"language_match@10": 0.87}),
+        _quality_row(WORLD, "two-tower, impressions negatives", {10: 0.05, 100: 0.235}, metrics={"language_match@10": 0.92},
+                     best_epoch=2, epochs_run=2, examples_per_second=3000.0, validation=_history([0.58, 0.49], [0.09, 0.29])),
+    ]}  # fmt: skip
+    embedding_jobs = {"rows": [
+        {"job": "stories_embeddings", "rows": 200_000, "raw_tower_median_per_s": 20_000.0, "job_median_per_s": 10_000.0,
+         "ratio_job_over_raw": 0.5, "job_median_seconds": 20.0, "multi_process_2_workers_seconds": 30.0, "multi_process_2_workers_per_s": 6_666.7},
+        {"job": "users_embeddings", "rows": 30_000, "raw_tower_median_per_s": 10_000.0, "job_median_per_s": 4_900.0,
+         "ratio_job_over_raw": 0.49, "job_median_seconds": 6.1, "multi_process_2_workers_seconds": 9.0, "multi_process_2_workers_per_s": 3_333.3},
+    ]}  # fmt: skip
+    index_build = {
+        "data": {"n": 200_000, "dim": 128, "queries": 1000},
+        "params": {"M": 16, "ef_construction": 200, "build_threads": 2},
+        "exact": {"qps_single_query": 100.0},
+        "hnswlib": {"build": {"vectors_per_second": 3000.0, "build_seconds": 66.7, "bytes_per_vector": 660.0},
+                    "sweep": [{"ef": 10, "recall_at_10": 0.95, "qps": 9000.0}, {"ef": 50, "recall_at_10": 0.991, "qps": 6000.0},
+                              {"ef": 100, "recall_at_10": 0.999, "qps": 4000.0}]},
+        "faiss": {"build": {"vectors_per_second": 2500.0, "build_seconds": 80.0, "bytes_per_vector": 656.0},
+                  "sweep": [{"ef": 10, "recall_at_10": 0.94, "qps": 5000.0}, {"ef": 50, "recall_at_10": 0.995, "qps": 3000.0}]},
+        "incremental": {"fraction": 0.01, "incremental_seconds": 0.4, "full_rebuild_seconds": 10.0, "speedup": 25.0},
+    }  # fmt: skip
+    serving = {
+        "data": {"stories": 200_000, "dim": 128, "users": 50_000, "k": 10, "concurrency": 16},
+        "index": {"version": "20261124T000000Z-bench"},
+        "raw_hnswlib_single_thread": {"qps": 10_000.0, "p50_ms": 0.09, "p99_ms": 0.2},
+        "served": {
+            "saturation_closed_loop": {"requests": 29_000, "failed": 0, "qps": 2900.0, "p50_ms": 5.0, "p99_ms": 12.0, "p999_ms": 15.0, "max_ms": 20.0},
+            "steady_fixed_rate": {"offered_rate": 1000.0, "requests": 10_000, "failed": 0, "qps": 1000.0, "p50_ms": 2.0, "p99_ms": 8.0, "p999_ms": 11.0, "max_ms": 14.0},
+            "reload_fixed_rate": {"offered_rate": 1000.0, "whole_phase": {"requests": 15_000, "failed": 0, "qps": 1000.0, "p50_ms": 2.5, "p99_ms": 12.0, "p999_ms": 30.0, "max_ms": 40.0},
+                                  "reload_window": {"requests": 3000, "failed": 0, "qps": 1000.0, "p50_ms": 3.0, "p99_ms": 17.0, "p999_ms": 30.0, "max_ms": 40.0},
+                                  "window_seconds": 2.0, "swapped": True, "served_after": "20261124T000000Z-bench-reload", "server_reload_seconds": 1.5},
+        },
+        "memory": {"loaded_index_memory_bytes": 150 * 2**20, "server_rss_loaded": 400 * 2**20, "server_rss_peak_during_reload": 560 * 2**20},
+    }  # fmt: skip
+    records = {name: {"name": name, "what": name, "command": f"python benchmarks/{name}.py", "wall_seconds": 60.0, "ok": True, "results": data}
+               for name, data in (("model_quality", model_quality), ("embedding_jobs", embedding_jobs),
+                                  ("index_build", index_build), ("serving", serving))}  # fmt: skip
+    if with_latency:
+        probs = run_all.quantile_grid()
+        records["serving"]["latency"] = {
+            "probabilities": probs,
+            "phases": {"steady": {"requests": 10_000, "failed": 0, "quantiles_ms": list(np.linspace(0.5, 14.0, len(probs)))},
+                       "reload": {"requests": 15_000, "failed": 0, "quantiles_ms": list(np.linspace(0.5, 40.0, len(probs)))}},
+            "reload_timeline": {"columns": ["t_seconds", "p50_ms", "p99_ms", "max_ms", "requests"], "bin_seconds": 0.1,
+                                "rows": [[i / 10, 2.0 + (i == 30) * 10, 8.0 + (i == 30) * 20, 9.0, 100] for i in range(60)],
+                                "published_at_seconds": 2.0, "swapped_at_seconds": 4.0},
+        }  # fmt: skip
+    records["demo"] = {"name": "demo", "what": "demo", "command": "make -o .venv/.ebr-installed demo", "wall_seconds": 95.0, "ok": True,
+                       "results": None, "output_tail": "u1 -> s42, s7"}  # fmt: skip
+    return {
+        "schema": 1, "mode": "full", "started_at": "2026-11-24T07:00:00+00:00", "finished_at": "2026-11-24T07:28:00+00:00",
+        "wall_seconds": 1680.0, "command": "python benchmarks/run_all.py",
+        "machine": {"cpus": 2, "memory_gib": 23.5, "python": "3.11.7", "platform": "Linux", "load_average_at_start": [3.2, 2.0, 1.0],
+                    "load_average_at_end": [2.1, 2.0, 1.0], "packages": {"hnswlib": "0.8.0"}},
+        "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "branch": "main", "subject": "a commit", "uncommitted_paths": []},
+        "notes": ["the machine was shared"],
+        "benchmarks": records,
+        "figures": run_all.summary_figures(records),
+        "targets": run_all.evaluate_targets(records),
+        "versions": run_all.model_versions(records),
+    }  # fmt: skip
+
+
+def _target(results: dict, fragment: str) -> dict:
+    matches = [t for t in results["targets"] if fragment in t["target"]]
+    assert len(matches) == 1, [t["target"] for t in results["targets"]]
+    return matches[0]
+
+
+def test_targets_are_computed_from_the_figures():
+    results = _results()
+    recall = _target(results, "recall@10 >= 0.99 at >= 50x")
+    assert recall["met"] is True and "ef=50" in recall["measured"] and "60.0x" in recall["measured"]
+    assert recall["at_target_size"] is False  # 200,000 < 1,000,000
+    assert _target(results, "incremental")["met"] is True
+    assert _target(results, "p99 <= 10 ms")["met"] is True
+    served = _target(results, "30% of raw")
+    assert served["met"] is False and served["measured"].startswith("0.29")
+    reload = _target(results, "during a reload")
+    assert reload["met"] is False and "2.12x" in reload["measured"]
+    assert _target(results, "zero failed")["met"] is True
+    assert _target(results, "stories_embeddings")["met"] is True  # 0.5 is enough
+    assert _target(results, "stories_embeddings")["at_target_size"] is True
+    assert _target(results, "users_embeddings")["met"] is False
+    assert _target(results, "top-100 accuracy >= 0.38")["met"] is True
+    assert _target(results, "recall@100 >= 0.62")["met"] is False
+    assert _target(results, "beats popularity")["met"] is True
+    assert _target(results, "language match")["met"] is True
+
+
+def test_no_ef_reaching_the_recall_fails_the_target_and_a_failed_benchmark_is_not_measured():
+    results = _results()
+    records = results["benchmarks"]
+    for row in records["index_build"]["results"]["hnswlib"]["sweep"]:
+        row["recall_at_10"] = 0.98
+    records["serving"] = {"name": "serving", "ok": False, "error": "exit code 1", "results": None}
+    targets = run_all.evaluate_targets(records)
+    recall = next(t for t in targets if "0.99 at >= 50x" in t["target"])
+    assert recall["met"] is False and "no ef" in recall["measured"]
+    failed = [t for t in targets if t["issue"] == 6]
+    assert len(failed) == 1 and failed[0]["met"] is None and "exit code 1" in failed[0]["measured"]
+
+
+def test_markdown_shows_figures_targets_and_commands():
+    text = run_all.markdown(_results())
+    assert "| #5 | hnswlib recall@10 >= 0.99" in text
+    assert "| **no** |" in text and "| yes |" in text
+    assert "6,000 QPS (60.0x exact)" in text
+    assert "`make -o .venv/.ebr-installed demo`" in text
+    assert "Commit `0123456789ab`" in text
+
+
+def test_every_plot_is_a_valid_png(tmp_path):
+    import matplotlib.image
+
+    written = plots.write_all(_results(), tmp_path)
+    assert set(written) == {"training_history", "recall_at_k", "recall_qps", "serving_latency", "embedding_throughput"}
+    for path in written.values():
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert width > 600 and height > 300
+
+
+def test_latency_plot_falls_back_to_percentiles_and_missing_benchmarks_are_skipped(tmp_path):
+    results = _results(with_latency=False)
+    del results["benchmarks"]["index_build"]
+    written = plots.write_all(results, tmp_path)
+    assert "serving_latency" in written and written["serving_latency"].read_bytes()[:8] == PNG_SIGNATURE
+    assert "recall_qps" not in written
+
+
+def test_serving_latency_extract_from_load_generator_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 1000
+    np.savez(tmp_path / "loadgen-rate-2.npz", start=np.arange(n) / 1000, latency=rng.uniform(0.001, 0.002, n),
+             status=np.full(n, 200), version=np.zeros(n, dtype=int), names=np.array(["v1"]))  # fmt: skip
+    # Reload phase: 3 s at 1,000/s; the new version answers from t = 2.0 s.
+    start = np.arange(3 * n) / 1000
+    np.savez(tmp_path / "loadgen-rate-3.npz", start=start, latency=np.where((start > 1.0) & (start < 2.0), 0.05, 0.001),
+             status=np.full(3 * n, 200), version=(start >= 2.0).astype(int), names=np.array(["v1", "v2"]))  # fmt: skip
+    served = {"served": {"reload_fixed_rate": {"served_after": "v2", "window_seconds": 1.5}}}
+    extract = run_all.serving_latency_extract(tmp_path, served)
+    assert extract["phases"]["steady"]["requests"] == n
+    assert 1.0 <= extract["phases"]["steady"]["quantiles_ms"][0] and extract["phases"]["steady"]["quantiles_ms"][-1] <= 2.0
+    timeline = extract["reload_timeline"]
+    assert timeline["swapped_at_seconds"] == 2.0 and timeline["published_at_seconds"] == 0.5
+    assert extract["phases"]["reload_window"]["requests"] == 2500  # from 0.5 s to the last request at 2.999 s (window ends at 3.0 s)
+    slow_bin = next(r for r in timeline["rows"] if r[0] == 1.5)
+    assert slow_bin[1] == pytest.approx(50.0)
+    assert run_all.serving_latency_extract(tmp_path / "missing", served) is None
+
+
+def test_html_report_embeds_the_plots_and_shows_the_figures(tmp_path):
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(_results()))
+    out = report.write_report(results_path, tmp_path / "report.html")
+    page = out.read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 5
+    assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
+    assert "0123456789abcdef0123456789abcdef01234567" in page
+    assert "20261124T000000Z-bench-reload" in page
+    assert "Targets: 8 of 12 met" in page
+    assert "6,000 QPS (60.0x exact)" in page
+    assert 'class="notmet"' in page and "the machine was shared" in page
+    assert "<script" not in page and "src=\"http" not in page  # self-contained
+
+
+def test_ebr_report_through_the_cli(tmp_path, capsys):
+    from cli.main import main
+
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(_results()))
+    out = tmp_path / "page.html"
+    assert main(["report", "--results", str(results_path), "--out", str(out)]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert "8 of 12 targets met" in capsys.readouterr().out
+    assert main(["report", "--results", str(tmp_path / "none.json")]) == 1
+    assert "make bench" in capsys.readouterr().err
+
+
+def _script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "fake_bench.py"
+    path.write_text("import json, sys, time\nout = sys.argv[sys.argv.index('--out') + 1]\n" + body)
+    return path
+
+
+def test_a_failing_benchmark_is_recorded_not_raised(tmp_path):
+    bench = run_all.Benchmark("fake", "fails", str(_script(tmp_path, "print('bad input: n=0', file=sys.stderr)\nsys.exit(3)\n")), (), ("--x",), timeout_s=30)
+    record = run_all.run_benchmark(bench, tmp_path / "run", quick=True, log_dir=tmp_path / "logs")
+    assert record["ok"] is False and record["returncode"] == 3 and record["error"] == "exit code 3"
+    assert "bad input: n=0" in record["output_tail"]
+
+
+def test_a_benchmark_json_is_read_and_a_hung_one_is_killed(tmp_path):
+    ok = run_all.Benchmark("fake", "ok", str(_script(tmp_path, "open(out, 'w').write(json.dumps({'value': 7}))\n")), ("--full",), ("--quick",), timeout_s=30)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    record = run_all.run_benchmark(ok, run_dir, quick=False, log_dir=tmp_path / "logs")
+    assert record["ok"] is True and record["results"] == {"value": 7}
+    assert "--full" in record["command"] and "--quick" not in record["command"]
+    hung = run_all.Benchmark("fake", "hangs", str(_script(tmp_path, "time.sleep(60)\n")), (), (), timeout_s=30, quick_timeout_s=1.0)
+    record = run_all.run_benchmark(hung, run_dir, quick=True, log_dir=tmp_path / "logs")
+    assert record["ok"] is False and "timeout" in record["error"] and record["wall_seconds"] < 30
