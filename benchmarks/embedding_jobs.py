@@ -8,8 +8,12 @@ For each job (stories, users) on DirectRunner: embeddings per second of the whol
 per-bucket join, features, the tower, shard writes and the manifest) against the same
 SavedModel called in a plain batched Python loop over the same rows, with features
 built beforehand and not timed. Runs are interleaved (tower, job, tower, job, ...) and
-medians reported, with their ratio. Also: one run in DirectRunner's multi-process mode
+medians (of the per-repeat rates) reported, with their ratios. Also: one run in DirectRunner's multi-process mode
 (2 workers), and with --million the wall time of the story job at 1,000,000 stories.
+
+A second baseline isolates what Beam itself costs: the same work as the job without
+Beam, in one process (read the Parquet tables, build features with `models.features`,
+call the tower in batches). The issue's target is the first ratio (job / tower alone).
 
 Every story of the synthetic world is eligible (the story job's max age is set 30 days
 past the world's span, which covers the stories posted before its first day), so the
@@ -146,28 +150,60 @@ def _raw_tower(root: Path, entity: str, days: int):
     return TowerRunner(root / MODELS / model_version / tower), features, len(rows)
 
 
+def _plain_loop(root: Path, entity: str, runner, batch: int) -> tuple[float, int]:
+    """(seconds, rows) of the job's work without Beam: read, features, tower, in one loop."""
+    import numpy as np
+
+    from config import FeatureConfig
+    from models.features import Catalog, EventHistory, story_features, user_features
+    from warehouse import Warehouse
+    from warehouse.tables import day_start_ts
+
+    started = time.perf_counter()
+    warehouse = Warehouse.open(f"file://{root}")
+    meta = json.loads((runner.path.parent / "features.json").read_text())
+    fcfg = FeatureConfig.model_validate(meta["features"])
+    as_of = day_start_ts(warehouse.event_days()[-1]) + 86_400
+    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
+    history = EventHistory.from_tables((t for _, t in warehouse.iter_events()), catalog, fcfg)
+    if entity == "stories":
+        rows = np.flatnonzero(catalog.story_created_ts < as_of)
+        build = story_features
+    else:
+        rows = np.arange(len(catalog.user_ids))
+        build = user_features
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        runner(build(history, part, np.full(len(part), as_of)), batch_size=batch)
+    return time.perf_counter() - started, len(rows)
+
+
 def _compare(root: Path, entity: str, days: int, repeats: int) -> dict:
     from config import load_config
 
     batch = load_config(environ={}).embed.batch_size
     runner, features, n = _raw_tower(root, entity, days)
     runner({k: v[:batch] for k, v in features.items()}, batch_size=batch)  # trace once, untimed
-    raw, job = [], []
+    raw, plain, job = [], [], []
     for i in range(repeats):
         started = time.perf_counter()
         runner(features, batch_size=batch)
         raw.append(n / (time.perf_counter() - started))
+        seconds, count = _plain_loop(root, entity, runner, batch)
+        plain.append(count / seconds)
         seconds, count = _run_job(root, entity, days, f"bench-{entity}-{i}")
         if count != n:
             raise SystemExit(f"the {entity} job embedded {count} rows, the raw loop {n}: not the same rows")
         job.append(count / seconds)
-        print(f"{entity} repeat {i + 1}: raw tower {raw[-1]:,.0f}/s, job {job[-1]:,.0f}/s ({seconds:.1f} s)", flush=True)
+        print(f"{entity} repeat {i + 1}: raw tower {raw[-1]:,.0f}/s, plain loop {plain[-1]:,.0f}/s, job {job[-1]:,.0f}/s ({seconds:.1f} s)", flush=True)
     seconds, _ = _run_job(root, entity, days, f"bench-{entity}-mp", ("--direct_running_mode=multi_processing", "--direct_num_workers=2"))
     return {
         "job": f"{entity}_embeddings", "rows": n, "batch_size": batch, "repeats": repeats,
         "raw_tower_per_s": [round(x, 1) for x in raw], "job_per_s": [round(x, 1) for x in job],
         "raw_tower_median_per_s": round(statistics.median(raw), 1), "job_median_per_s": round(statistics.median(job), 1),
         "ratio_job_over_raw": round(statistics.median(job) / statistics.median(raw), 3),
+        "plain_loop_per_s": [round(x, 1) for x in plain], "plain_loop_median_per_s": round(statistics.median(plain), 1),
+        "ratio_job_over_plain_loop": round(statistics.median(job) / statistics.median(plain), 3),
         "job_median_seconds": round(n / statistics.median(job), 1),
         "multi_process_2_workers_seconds": round(seconds, 1), "multi_process_2_workers_per_s": round(n / seconds, 1),
     }  # fmt: skip
@@ -181,14 +217,15 @@ def _job_only(root: Path, entity: str, days: int) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| job | rows | raw tower /s (median) | job /s (median) | job / raw | job wall s | multi-process (2 workers) s |",
-        "|---|---|---|---|---|---|---|",
+        "| job | rows | raw tower /s | plain loop /s (read + features + tower) | job /s | job / raw tower | job / plain loop | job wall s | multi-process (2 workers) s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "ratio_job_over_raw" in r:
-            lines.append(f"| {r['job']} | {r['rows']:,} | {r['raw_tower_median_per_s']:,.0f} | {r['job_median_per_s']:,.0f} | {r['ratio_job_over_raw']:.2f} | {r['job_median_seconds']} | {r['multi_process_2_workers_seconds']} |")
+            lines.append(f"| {r['job']} | {r['rows']:,} | {r['raw_tower_median_per_s']:,.0f} | {r['plain_loop_median_per_s']:,.0f} | {r['job_median_per_s']:,.0f} "
+                         f"| {r['ratio_job_over_raw']:.2f} | {r['ratio_job_over_plain_loop']:.2f} | {r['job_median_seconds']} | {r['multi_process_2_workers_seconds']} |")
         else:
-            lines.append(f"| {r['job']} | {r['rows']:,} |  | {r['job_per_s']:,.0f} |  | {r['job_seconds']} |  |")
+            lines.append(f"| {r['job']} | {r['rows']:,} |  |  | {r['job_per_s']:,.0f} |  |  | {r['job_seconds']} |  |")
     return "\n".join(lines)
 
 
