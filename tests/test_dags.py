@@ -1,0 +1,299 @@
+"""The DAG files: import and parse time, task graphs, schedules, assets, Params; and the
+small pure functions of `orchestration` they rely on. (End-to-end runs: test_dags_run.py;
+real Airflow processes: test_dags_airflow.py.)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+
+import pytest
+
+from artifacts import InvalidNameError
+from artifacts.names import validate_version
+from tests.airflow_support import DAG_IDS, DAGS_FOLDER, REPO, load_dags, process_airflow_home
+
+HEAVY_MODULES = ("tensorflow", "apache_beam", "numpy", "pyarrow", "pandas", "hnswlib", "models", "warehouse", "index_builder.publish")
+
+# Runs in a fresh interpreter: for each DAG file, import what the file imports first (the
+# DAG processor does the same: [dag_processor] parsing_pre_import_modules), then time the
+# file itself; report which heavy modules parsing pulled in.
+PARSE_TIMER = r"""
+import ast, importlib, json, runpy, sys, time
+t0 = time.perf_counter()
+import airflow.sdk
+base = time.perf_counter() - t0
+report = {"airflow_sdk_import_s": base, "files": {}}
+for path in sys.argv[1:]:
+    tree = ast.parse(open(path).read())
+    modules = [a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+    modules += [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module and n.module != "__future__"]
+    t = time.perf_counter()
+    for name in modules:
+        importlib.import_module(name)
+    imports = time.perf_counter() - t
+    t = time.perf_counter()
+    runpy.run_path(path)
+    report["files"][path] = {"imports_s": imports, "parse_s": time.perf_counter() - t}
+report["heavy"] = [m for m in json.loads(sys.argv[0] if False else '%s') if m in sys.modules]
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def dags():
+    process_airflow_home()
+    return load_dags()
+
+
+def test_every_dag_file_imports_cleanly_and_declares_one_dag(dags):
+    assert sorted(dags) == sorted(DAG_IDS)
+    files = sorted(p.name for p in DAGS_FOLDER.glob("*.py"))
+    assert files == sorted(f"{d}.py" for d in DAG_IDS)
+    for dag in dags.values():
+        assert dag.fileloc.endswith(f"{dag.dag_id}.py")
+        assert "ebr" in dag.tags and not dag.catchup and dag.doc_md
+
+
+def test_dag_files_parse_well_under_a_second_without_heavy_imports(dags):
+    files = [str(DAGS_FOLDER / f"{d}.py") for d in DAG_IDS]
+    code = PARSE_TIMER % json.dumps(list(HEAVY_MODULES))
+    done = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(report, indent=1))
+    assert report["heavy"] == [], f"parsing the DAGs imported {report['heavy']}: move those imports into the tasks"
+    for path, times in report["files"].items():
+        assert times["parse_s"] < 0.5, f"{path} took {times['parse_s']:.2f} s to parse (its imports aside)"
+
+
+def upstream(dag, task_id: str) -> set[str]:
+    return set(dag.task_dict[task_id].upstream_task_ids)
+
+
+def test_ebr_train_graph_schedule_and_model_asset(dags):
+    from airflow.sdk import CronTriggerTimetable
+
+    dag = dags["ebr_train"]
+    assert isinstance(dag.timetable, CronTriggerTimetable) and dag.timetable.expression == "0 0 * * *"  # "@daily"
+    assert upstream(dag, "check_warehouse") == set()
+    assert upstream(dag, "train_and_evaluate") == {"check_warehouse"}
+    assert upstream(dag, "gate") == {"train_and_evaluate"}
+    assert upstream(dag, "publish_model") == {"train_and_evaluate", "gate"}
+    assert type(dag.task_dict["gate"]).__name__ == "_ShortCircuitDecoratedOperator"
+    (asset,) = dag.task_dict["publish_model"].outlets
+    assert asset.name == "ebr/models/two_tower" and asset.uri.endswith("/models/two_tower")
+    assert all(not dag.task_dict[t].outlets for t in dag.task_dict if t != "publish_model")
+
+
+def test_embedding_dags_run_on_a_cron_and_on_every_new_model(dags):
+    from airflow.sdk import AssetOrTimeSchedule
+
+    for dag_id, cron in (("ebr_user_embeddings", "0 */4 * * *"), ("ebr_story_index", "*/30 * * * *")):
+        timetable = dags[dag_id].timetable
+        assert isinstance(timetable, AssetOrTimeSchedule)
+        assert timetable.timetable.expression == cron
+        assert timetable.asset_condition.name == "ebr/models/two_tower"
+        assert timetable.asset_condition == dags["ebr_train"].task_dict["publish_model"].outlets[0]
+
+
+def test_beam_jobs_start_through_the_beam_operator_with_the_planned_runner(dags):
+    from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+
+    from orchestration.embeddings import job_file
+
+    jobs = (("ebr_user_embeddings", "embed_users", "users", "user_embeddings.py"), ("ebr_story_index", "embed_stories", "stories", "story_embeddings.py"))
+    for dag_id, task_id, entity, script in jobs:
+        embed = dags[dag_id].task_dict[task_id]
+        assert isinstance(embed, BeamRunPythonPipelineOperator)
+        assert embed.py_file == job_file(entity) == str(REPO / "beam_jobs" / script)
+        assert embed.py_interpreter == sys.executable
+        assert upstream(dags[dag_id], task_id) == {"plan"}  # runner and options are the plan's XComs
+        assert "runner" in str(embed.runner) and "pipeline_options" in str(embed.pipeline_options)
+
+
+def test_ebr_user_embeddings_graph(dags):
+    dag = dags["ebr_user_embeddings"]
+    assert upstream(dag, "check_snapshot") == {"plan", "embed_users"}
+    assert upstream(dag, "build_index") == {"plan", "check_snapshot"}
+    assert upstream(dag, "validate_index") == {"build_index"}
+    assert upstream(dag, "publish_index") == {"validate_index"}
+    assert [a.name for a in dag.task_dict["check_snapshot"].outlets] == ["ebr/embeddings/users"]
+    assert [a.name for a in dag.task_dict["publish_index"].outlets] == ["ebr/indexes/users"]
+
+
+def test_ebr_story_index_graph_indexes_stories_and_creators(dags):
+    dag = dags["ebr_story_index"]
+    assert upstream(dag, "check_snapshots") == {"plan", "embed_stories"}
+    for collection in ("stories", "creators"):
+        group = f"index_{collection}"
+        assert upstream(dag, f"{group}.build") == {"plan", "check_snapshots"}
+        assert upstream(dag, f"{group}.validate") == {f"{group}.build"}
+        assert upstream(dag, f"{group}.publish") == {f"{group}.validate"}
+        assert [a.name for a in dag.task_dict[f"{group}.publish"].outlets] == [f"ebr/indexes/{collection}"]
+
+
+def test_ebr_rollback_is_manual_with_a_validated_form(dags):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from orchestration.indexes import COLLECTIONS
+
+    dag = dags["ebr_rollback"]
+    assert dag.timetable.can_be_scheduled is False  # schedule=None: manual only
+    assert upstream(dag, "roll_back") == {"check_request"}
+    assert dag.params.get_param("collection").schema["enum"] == list(COLLECTIONS)
+
+    def form(values):  # what the trigger form and the REST API do with a run's conf
+        params = copy.deepcopy(dag.params)
+        params.update(values)
+        return params.validate()
+
+    good = {"collection": "users", "version": "20261014T220000Z-ebr_story_index-manual__x", "reason": "bad", "force": False}
+    assert form(good) == good
+    with pytest.raises(ParamValidationError, match="version"):
+        form({k: v for k, v in good.items() if k != "version"})  # required, no default
+    for bad, field in (({"collection": "movies"}, "collection"), ({"version": "../x"}, "version"), ({"version": "a" * 129}, "version"),
+                       ({"reason": ""}, "reason"), ({"force": "yes"}, "force")):  # fmt: skip
+        with pytest.raises(ParamValidationError, match=field):
+            form({**good, **bad})
+
+
+@pytest.mark.parametrize("name", ["20261014T220000Z-ebr_story_index-manual__2026-11-24T06-05-26.084870+00-00", "v1", "a.b_c+d-e", "../x", "a..b", ".hidden", "a/b", "", "x" * 129, "with space", "ü"])
+def test_the_form_pattern_for_versions_accepts_exactly_what_the_store_accepts(name):
+    import re
+
+    from orchestration.dag_support import VERSION_PATTERN
+
+    try:
+        validate_version(name)
+        valid = True
+    except InvalidNameError:
+        valid = False
+    assert bool(re.search(VERSION_PATTERN, name)) == valid or name in {"MANIFEST.json", "LATEST", "HISTORY.jsonl"}
+
+
+def test_ebr_retention_maps_over_every_kind(dags):
+    from orchestration.retention import RETAINED_KINDS
+
+    dag = dags["ebr_retention"]
+    assert dag.timetable.expression == "0 0 * * *"  # "@daily"
+    retain = dag.task_dict["retain"]
+    assert type(retain).__name__ == "DecoratedMappedOperator"
+    assert retain.op_kwargs_expand_input.value["kind"] == list(RETAINED_KINDS)
+    assert set(RETAINED_KINDS) == {"models/two_tower", "embeddings/users", "embeddings/stories", "embeddings/creators", "indexes/stories", "indexes/creators", "indexes/users"}
+
+
+def test_schedules_and_the_asset_root_are_configuration(dags, monkeypatch, tmp_path):
+    monkeypatch.setenv("EBR_ORCHESTRATION__STORY_INDEX_SCHEDULE", "*/10 * * * *")
+    monkeypatch.setenv("EBR_ORCHESTRATION__BUILD_USER_INDEX", "false")
+    monkeypatch.setenv("EBR_ROOT", f"file://{tmp_path}")
+    try:
+        reparsed = load_dags()
+        assert reparsed["ebr_story_index"].timetable.timetable.expression == "*/10 * * * *"
+        assert reparsed["ebr_story_index"].timetable.asset_condition.uri == f"file://{tmp_path}/models/two_tower"
+        assert sorted(reparsed["ebr_user_embeddings"].task_dict) == ["check_snapshot", "embed_users", "plan"]
+    finally:
+        monkeypatch.undo()
+        load_dags()  # leave the parse-time settings as the environment says
+
+
+# -- the functions behind the tasks ------------------------------------------------------
+
+
+def test_index_collections_are_the_index_builders():
+    from index_builder.publish import COLLECTIONS as BUILDER_COLLECTIONS
+
+    from orchestration.indexes import COLLECTIONS
+
+    assert COLLECTIONS == BUILDER_COLLECTIONS
+
+
+def test_version_names_carry_the_logical_date_and_the_run():
+    from orchestration.runs import RunIdentity
+
+    run = RunIdentity("ebr_story_index", "scheduled__2026-10-14T22:00:00+00:00", datetime(2026, 10, 14, 22, tzinfo=UTC))
+    assert run.version == "20261014T220000Z-ebr_story_index-scheduled__2026-10-14T22-00-00+00-00"
+    assert RunIdentity(run.dag_id, run.run_id, run.logical_date).version == run.version  # a rerun: same name
+    with pytest.raises(ValueError, match="timezone"):
+        RunIdentity("d", "r", datetime(2026, 10, 14))
+
+
+def test_runs_without_a_logical_date_are_named_after_run_after():
+    from types import SimpleNamespace
+
+    from orchestration.runs import RunIdentity
+
+    due = datetime(2026, 10, 14, 3, 7, tzinfo=UTC)
+    dag_run = SimpleNamespace(dag_id="ebr_user_embeddings", run_id="asset_triggered__x", logical_date=None, run_after=due)
+    run = RunIdentity.from_context({"dag_run": dag_run, "logical_date": None})
+    assert run.logical_date == due and run.version.startswith("20261014T030700Z-ebr_user_embeddings-asset_triggered__x")
+
+
+def test_pipeline_options_from_config_become_the_operators_dict():
+    from orchestration.embeddings import pipeline_options_dict
+
+    options = ["--project=p", "--region=europe-west4", "--experiments=use_runner_v2", "--experiments=a", "--save_main_session"]
+    assert pipeline_options_dict(options) == {
+        "project": "p", "region": "europe-west4", "experiments": ["use_runner_v2", "a"], "save_main_session": True,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--key=value"):
+        pipeline_options_dict(["project=p"])
+
+
+class FakeWarehouse:
+    uri = "file:///w"
+
+    def __init__(self, days):
+        self.days = days
+
+    def event_days(self):
+        return self.days
+
+
+def test_features_are_computed_as_of_the_logical_date_clamped_to_the_data():
+    from orchestration.embeddings import resolve_as_of
+
+    warehouse = FakeWarehouse([date(2026, 10, 1), date(2026, 10, 14)])
+    inside = datetime(2026, 10, 14, 20, tzinfo=UTC)
+    assert resolve_as_of(warehouse, inside) == (inside, "the run's logical date")
+    as_of, why = resolve_as_of(warehouse, datetime(2026, 11, 24, 6, tzinfo=UTC))
+    assert as_of == datetime(2026, 10, 15, tzinfo=UTC) and "newest event partition" in why
+    with pytest.raises(ValueError, match="before the first event day 2026-10-01"):
+        resolve_as_of(warehouse, datetime(2026, 9, 1, tzinfo=UTC))
+
+
+def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch):
+    """The operator turns the plan's dict into flags (the provider's own code); the job's
+    options parser must read them back: model version, as-of, snapshot, run id, runner."""
+    from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
+
+    import warehouse
+    from artifacts import MODELS, ArtifactStore
+    from beam_jobs.options import EmbeddingJobOptions
+    from config import load_config
+    from orchestration.embeddings import NoPublishedModelError, plan_embedding_job
+    from orchestration.runs import RunIdentity
+
+    cfg = load_config(overrides=[f"root=file://{tmp_path}", "embed.runner=DataflowRunner", 'embed.pipeline_options=["--region=europe-west4","--experiments=a","--experiments=b"]'], environ={})
+    run = RunIdentity("ebr_story_index", "manual__1", datetime(2026, 10, 14, 22, tzinfo=UTC))
+    with pytest.raises(NoPublishedModelError, match="run the ebr_train DAG"):
+        plan_embedding_job(cfg, run, "stories")
+    models = ArtifactStore.from_config(cfg).kind(MODELS)
+    with models.new_version("20261015T000000Z-m") as writer:
+        writer.add_bytes("features.json", b"{}")
+    models.publish("20261015T000000Z-m", reason="test")
+    monkeypatch.setattr(warehouse.Warehouse, "from_config", classmethod(lambda cls, c: FakeWarehouse([date(2026, 10, 1), date(2026, 10, 14)])))
+
+    plan = plan_embedding_job(cfg, run, "stories")
+    assert plan["runner"] == "DataflowRunner" and plan["snapshot"] == run.version
+    argv = beam_options_to_args({**plan["pipeline_options"], "labels": ["airflow-version=v3-3-2"]})
+    options = EmbeddingJobOptions(argv)
+    assert options.model_version == "20261015T000000Z-m"
+    assert options.as_of == "2026-10-14T22:00:00+00:00" and options.snapshot == run.version
+    assert options.run_id == "manual__1" and options.root == f"file://{tmp_path}"
+    all_options = options.get_all_options()
+    assert all_options["region"] == "europe-west4" and all_options["experiments"] == ["a", "b"]
