@@ -79,6 +79,8 @@ class ComponentInfo(BaseModel):
     dim: int
     memory_bytes: int
     ef: int | None = None
+    searcher_pid: int | None = Field(None, description="the child process holding this index (serving.searcher=process)")
+    searcher_rss_bytes: int | None = None
 
 
 class StateInfo(BaseModel):

@@ -9,7 +9,7 @@ consistent set answered. Bad input gets a JSON error body, never a 500:
     413 body_too_large       more than serving.max_body_bytes
     422 invalid_k / invalid_embedding / invalid_request (schema; both or neither of
         user_id and embedding)
-    503 not_ready / collection_not_served
+    503 not_ready / collection_not_served / index_unavailable (its process died; reloading)
 
 Handlers are `async def` and search inline: one hnswlib query takes well under a
 millisecond, less than handing it to a thread pool would cost.
@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from config import ServingConfig
 from serving.api import ErrorResponse, Readiness, RetrieveRequest, RetrieveResponse, SimilarRequest, VersionsResponse
 from serving.reloader import Reloader
+from serving.searcher import SearcherDiedError
 from serving.state import COLLECTIONS, INDEX_KINDS, ServedState
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
             yield
         finally:
             if start_reloader:
-                reloader.stop()
+                reloader.close()
 
     app = FastAPI(
         title="EBR retrieval service",
@@ -102,6 +103,11 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
     async def _http(_request: Request, err: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return error_response(err.status_code, codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
+
+    @app.exception_handler(SearcherDiedError)
+    async def _searcher_died(_request: Request, err: SearcherDiedError) -> Response:
+        log.error("%s; the reloader loads the version again at the next poll", err)
+        return error_response(503, "index_unavailable", f"{err}; it is being loaded again, retry shortly")
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, err: Exception) -> Response:

@@ -38,6 +38,7 @@ import numpy as np
 
 from artifacts import ArtifactError, ArtifactStore, CorruptArtifactError, IncompleteVersionError, UnknownVersionError
 from index_builder.loaded_index import LoadedIndex, load_index
+from serving.searcher import IndexProcess
 from serving.metrics import ServingMetrics
 from serving.state import (
     INDEX_KINDS,
@@ -92,6 +93,7 @@ class Reloader:
         *,
         poll_interval_s: float = 5.0,
         keep_cached_versions: int = 2,
+        searcher: str = "process",
         on_swap: Callable[[ServedState | None, ServedState], None] | None = None,
     ):
         self.store = store
@@ -99,6 +101,7 @@ class Reloader:
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
         self.keep_cached_versions = keep_cached_versions
+        self.searcher = searcher
         self.on_swap = on_swap
         self.refused: dict[tuple[str, str], Refusal] = {}
         self.last_poll_at: str | None = None
@@ -134,6 +137,12 @@ class Reloader:
             self._thread.join(timeout)
             self._thread = None
 
+    def close(self) -> None:
+        """Stops polling and lets go of the served state (index processes exit with it)."""
+        self.stop()
+        self._state = None
+        self.metrics.ready.set(0)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -155,7 +164,7 @@ class Reloader:
             return self._outcome("failed", f"cannot read LATEST: {err}")
         self.metrics.poll_succeeded()
         self.last_poll_at = now_iso()
-        if latest == self._settled:
+        if latest == self._settled and all(_alive(c) for c in (self._state.components.values() if self._state else ())):
             # Nothing moved since the last decision, which stays the one /v1/versions shows.
             return PollOutcome("unchanged", self.last_outcome.detail)
         self._retry = False
@@ -167,7 +176,6 @@ class Reloader:
 
     def _reconcile(self, latest: dict[str, str | None]) -> PollOutcome:
         current = self._state
-        served = current.versions() if current else {}
         missing = [kind for kind in REQUIRED_KINDS if latest[kind] is None]
         if missing:
             return self._outcome("empty", f"nothing published yet for {', '.join(missing)}")
@@ -231,7 +239,9 @@ class Reloader:
             components[kind] = component
         check_consistent(components)  # guaranteed by the checks above; a bug if not
 
-        if current is not None and {k: c.version for k, c in components.items()} == served:
+        if current is not None and components.keys() == current.components.keys() and all(
+            c is current.components[k] for k, c in components.items()
+        ):
             return self._outcome("unchanged", "; ".join(notes) or "serving the newest consistent set")
         self._swap(components)
         detail = f"serving model {model}: " + ", ".join(f"{k}/{c.version}" for k, c in sorted(components.items()))
@@ -243,7 +253,7 @@ class Reloader:
         Returns a reason string instead when the version cannot be served with `model`.
         """
         old = current.components.get(kind) if current else None
-        if old is not None and old.version == version and old.model_version == model:
+        if old is not None and old.version == version and old.model_version == model and _alive(old):
             return old
         refusal = self.refused.get((kind, version))
         if refusal:
@@ -278,18 +288,20 @@ class Reloader:
     def _model_of(self, kind: str, version: str) -> str:
         return self.store.kind(kind).manifest(version).parents.get("model_version", "")
 
-    def _load(self, kind: str, version: str) -> LoadedIndex | UserEmbeddings:
+    def _load(self, kind: str, version: str) -> LoadedIndex | IndexProcess | UserEmbeddings:
         """Downloads (checksums verified) and loads one version into a new object."""
         directory = self.store.kind(kind).download(version, self._cache_of(kind))
         if kind == USER_EMBEDDINGS:
             return load_user_embeddings(directory)
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
+        if self.searcher == "process":
+            return IndexProcess(directory, collection)  # loaded, checked and warmed in the child
         # download() has just checked every file's sha256; the loader still checks sizes,
         # dimension, count and that stored vectors come back as their own neighbours.
         return load_index(directory, collection, verify=False)
 
-    def _warm_up(self, value: LoadedIndex | UserEmbeddings, current: ServedState | None) -> None:
-        if not isinstance(value, LoadedIndex) or value.count == 0:
+    def _warm_up(self, value: LoadedIndex | IndexProcess | UserEmbeddings, current: ServedState | None) -> None:
+        if not isinstance(value, LoadedIndex) or value.count == 0:  # an IndexProcess warms itself
             return
         queries = None
         if current is not None and current.dim == value.dim:
@@ -383,3 +395,8 @@ class Reloader:
             others = sorted(p for p in folder.iterdir() if p.is_dir() and (served is None or p.name != served.version))
             for stale in others[: max(0, len(others) - self.keep_cached_versions)]:
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(component: Component) -> bool:
+    """False when the child process holding an index has died (it is then loaded again)."""
+    return getattr(component.value, "alive", True)

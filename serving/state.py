@@ -22,6 +22,7 @@ import numpy as np
 from artifacts import CorruptArtifactError, Manifest
 from artifacts.embedding_snapshots import read_local_snapshot
 from index_builder.loaded_index import LoadedIndex
+from serving.searcher import IndexProcess
 
 # Kinds the service reads. The story index and the user embeddings are required (they
 # make the consistent pair); the other two indexes are served when published.
@@ -102,7 +103,7 @@ class Component:
     version: str
     model_version: str
     served_since: str
-    value: LoadedIndex | UserEmbeddings
+    value: LoadedIndex | IndexProcess | UserEmbeddings
 
     @property
     def count(self) -> int:
@@ -117,8 +118,11 @@ class Component:
             "version": self.version, "model_version": self.model_version, "served_since": self.served_since,
             "count": self.count, "dim": int(self.value.dim), "memory_bytes": self.memory_bytes,
         }  # fmt: skip
-        if isinstance(self.value, LoadedIndex):
+        if not isinstance(self.value, UserEmbeddings):
             out["ef"] = int(self.value.ef)
+        if isinstance(self.value, IndexProcess):
+            out["searcher_pid"] = self.value.pid
+            out["searcher_rss_bytes"] = self.value.process_rss_bytes
         return out
 
 
@@ -154,7 +158,7 @@ class ServedState:
     def users(self) -> UserEmbeddings:
         return self.components[USER_EMBEDDINGS].value  # type: ignore[return-value]
 
-    def index(self, collection: str) -> LoadedIndex | None:
+    def index(self, collection: str) -> LoadedIndex | IndexProcess | None:
         component = self.components.get(INDEX_KINDS[collection])
         return None if component is None else component.value  # type: ignore[return-value]
 
