@@ -1,0 +1,94 @@
+"""The real Airflow: api-server, scheduler and dag-processor on 127.0.0.1 with their own
+AIRFLOW_HOME (SQLite), this project's dags/, and ebr_rollback triggered through the REST
+API (v2, JWT from the simple auth manager) with parameters.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from artifacts import ArtifactStore
+from tests.airflow_support import AirflowProcesses
+
+pytestmark = pytest.mark.slow
+
+OLDER, NEWER = "20261014T220000Z-ebr_story_index-scheduled__a", "20261014T223000Z-ebr_story_index-scheduled__b"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """indexes/stories with two complete versions, LATEST on the newer one."""
+    store = ArtifactStore.open(f"file://{tmp_path_factory.mktemp('ebr')}")
+    kind = store.kind("indexes/stories")
+    for version in (OLDER, NEWER):
+        with kind.new_version(version, parents={"model_version": "m1", "embedding_snapshot": version}) as writer:
+            writer.add_bytes("index.hnsw", version.encode())
+        kind.publish(version, reason="test setup")
+    return store
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, store):
+    processes = AirflowProcesses(tmp_path_factory.mktemp("airflow-home"), {"EBR_ROOT": store.uri})
+    try:
+        processes.start()
+        processes.wait_until_up()
+        yield processes
+    finally:
+        processes.stop()
+    assert all(p.poll() is not None for p in processes.processes)
+
+
+@pytest.fixture(scope="module")
+def token(airflow):
+    token = airflow.token()
+    airflow.wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
+                     "the dag-processor did not register ebr_rollback", timeout=180)  # fmt: skip
+    status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
+    assert status == 200 and body["is_paused"] is False, body
+    return token
+
+
+def trigger(airflow, token, conf):
+    return airflow.request("POST", "/api/v2/dags/ebr_rollback/dagRuns", {"logical_date": None, "conf": conf}, token)
+
+
+def test_the_rest_api_needs_a_token(airflow):
+    status, _ = airflow.request("GET", "/api/v2/dags/ebr_rollback")
+    assert status == 401
+
+
+def test_rollback_triggered_through_the_rest_api_moves_latest(airflow, token, store):
+    kind = store.kind("indexes/stories")
+    assert kind.latest() == NEWER
+    status, run = trigger(airflow, token, {"collection": "stories", "version": OLDER, "reason": "REST API test"})
+    assert status == 200, run
+    assert run["conf"]["version"] == OLDER
+
+    def finished():
+        _, body = airflow.request("GET", f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}", token=token)
+        return body if body["state"] in ("success", "failed") else None
+
+    started = time.monotonic()
+    body = airflow.wait_for(finished, "the ebr_rollback run did not finish", timeout=300)
+    assert body["state"] == "success", airflow.logs()
+    print(f"rollback run finished in {time.monotonic() - started:.1f} s")
+    assert kind.latest() == OLDER
+    move = kind.history()[-1]
+    assert (move.action, move.from_version, move.to_version, move.run_id) == ("rollback", NEWER, OLDER, run["dag_run_id"])
+    assert "REST API test" in move.reason
+    _, tasks = airflow.request("GET", f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}/taskInstances", token=token)
+    assert {t["task_id"]: t["state"] for t in tasks["task_instances"]} == {"check_request": "success", "roll_back": "success"}
+
+
+def test_a_bad_parameter_is_refused_before_a_run_exists(airflow, token, store):
+    _, before = airflow.request("GET", "/api/v2/dags/ebr_rollback/dagRuns", token=token)
+    for conf, field in (({"collection": "movies", "version": OLDER, "reason": "x" * 5}, "collection"),
+                        ({"collection": "stories", "version": "../../LATEST", "reason": "x" * 5}, "version")):  # fmt: skip
+        status, body = trigger(airflow, token, conf)
+        assert status == 400, body
+        assert field in str(body), body
+    _, after = airflow.request("GET", "/api/v2/dags/ebr_rollback/dagRuns", token=token)
+    assert after["total_entries"] == before["total_entries"]
