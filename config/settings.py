@@ -246,12 +246,13 @@ class ServingConfig(_Section):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # Versions kept in the local cache besides the served ones.
     keep_cached_versions: int = Field(2, ge=0)
-    # Where an index version is loaded and searched. "process": in a child process per
-    # version, so loading a new one never stalls requests (hnswlib holds the GIL for the
-    # whole load, ~0.75 s per million vectors); costs one local socket round trip per
-    # search. "inline": in the serving process, no round trip, but each reload stops
-    # every request for the load time.
-    searcher: Literal["process", "inline"] = "process"
+    # Where an index version is loaded and searched. "inline": in the serving process,
+    # fastest per request, but hnswlib holds the GIL for the whole load of a new version
+    # (~0.75 s per million vectors on an idle core), and requests wait meanwhile.
+    # "process": in a child process per version, so a load never stalls requests; costs
+    # a pipe round trip (two process wake-ups) per search, which is slow on oversubscribed
+    # cores (benchmarks/results/serving.md measures both).
+    searcher: Literal["inline", "process"] = "inline"
 
 
 class OrchestrationConfig(_Section):
