@@ -214,10 +214,12 @@ def _checked_embedding(embedding: list[float], dim: int) -> np.ndarray:
     if len(embedding) != dim:
         raise ApiError(422, "invalid_embedding", f"embedding has {len(embedding)} values; the served model's "
                        f"vectors have {dim}")  # fmt: skip
-    query = np.asarray(embedding, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        query = np.asarray(embedding, dtype=np.float32)
     if not np.isfinite(query).all():
-        bad = [i for i, v in enumerate(embedding) if not math.isfinite(v)]
-        raise ApiError(422, "invalid_embedding", f"embedding has NaN or infinite values at positions {bad[:10]}")
+        # Checked after the float32 cast: 1e39 is a finite Python float but inf in float32.
+        bad = np.flatnonzero(~np.isfinite(query))[:10].tolist()
+        raise ApiError(422, "invalid_embedding", f"embedding has NaN or infinite (in float32) values at positions {bad}")
     return query
 
 

@@ -250,6 +250,7 @@ def test_bad_input_gets_a_clear_json_error_never_a_500(world, start_service):
     assert "positions [0]" in error(client.post("/v1/retrieve/stories", content=nan_body, headers=json_headers), 422, "invalid_embedding")
     inf_body = b'{"embedding": [0.1' + b", 1e999" * (DIM - 1) + b"]}"
     error(client.post("/v1/retrieve/stories", content=inf_body, headers=json_headers), 422, "invalid_embedding")
+    assert "positions [1]" in error(retrieve(client, embedding=[0.1, 1e39] + [0.1] * (DIM - 2)), 422, "invalid_embedding")
     error(retrieve(client, user_id="u1", embedding=[0.0] * DIM), 422, "invalid_request")
     error(retrieve(client), 422, "invalid_request")
     error(retrieve(client, user_id="u1", k="ten"), 422, "invalid_request")
