@@ -149,22 +149,39 @@ def recall_at_k(results: dict, path: Path) -> Path | None:
 # -- index --------------------------------------------------------------------------------
 
 
+def _sweep_sets(sweep: list[dict]) -> dict:
+    sets: dict = {}
+    for row in sweep:
+        sets.setdefault(row.get("query_noise"), []).append(row)
+    return sets
+
+
 def recall_qps(results: dict, path: Path) -> Path | None:
-    """QPS (log) against recall@10 for each ef: hnswlib, faiss HNSW, and exact search."""
+    """QPS (log) against recall@10 for each ef: hnswlib, faiss HNSW, and exact search.
+
+    One line per library and query set (queries = stored vectors + noise of a given
+    norm: the larger noise, what validation uses, is the harder set).
+    """
     ib = _bench(results, "index_build")
     if not ib:
         return None
     exact = ib["exact"]["qps_single_query"]
-    fig, ax = plt.subplots(figsize=(8.5, 5.6))
+    fig, ax = plt.subplots(figsize=(9.5, 6))
+    styles = ["-", "--", ":", "-."]
     for lib, color, marker in (("hnswlib", COLORS["model"], "o"), ("faiss", COLORS["faiss"], "s")):
         if lib not in ib:
             continue
-        sweep = sorted(ib[lib]["sweep"], key=lambda r: r["ef"])
         b = ib[lib]["build"]
-        label = f"{lib} HNSW (build {b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} B/vector)"
-        ax.plot([r["recall_at_10"] for r in sweep], [r["qps"] for r in sweep], marker + "-", color=color, label=label)
-        for r in sweep:
-            ax.annotate(f"ef={r['ef']}", (r["recall_at_10"], r["qps"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+        for i, (noise, rows) in enumerate(_sweep_sets(ib[lib]["sweep"]).items()):
+            rows = sorted(rows, key=lambda r: r["ef"])
+            label = f"{lib} HNSW" + (f", queries noise {noise}" if noise is not None else "")
+            if i == 0:
+                label += f" (build {b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} B/vector)"
+            ax.plot([r["recall_at_10"] for r in rows], [r["qps"] for r in rows], marker + styles[i % len(styles)], color=color,
+                    alpha=1.0 if i == 0 else 0.55, label=label)  # fmt: skip
+            if i == 0:
+                for r in rows:
+                    ax.annotate(f"ef={r['ef']}", (r["recall_at_10"], r["qps"]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
     ax.plot([1.0], [exact], "*", color=COLORS["exact"], markersize=14, label=f"exact numpy search ({exact:,.0f} QPS)")
     ax.axhline(50 * exact, color="green", linestyle="--", linewidth=1, label="target: 50x exact QPS")
     ax.axvline(0.99, color="green", linestyle=":", linewidth=1, label="target: recall@10 0.99")
@@ -172,8 +189,9 @@ def recall_qps(results: dict, path: Path) -> Path | None:
     ax.set_xlabel("recall@10 against exact search (held-aside queries)")
     ax.set_ylabel("queries per second (1 thread, 1 query at a time, log scale)")
     d, p = ib["data"], ib["params"]
+    queries = d.get("queries_per_set", d.get("queries"))
     ax.set_title(f"Recall vs speed: {d['n']:,} x {d['dim']} clustered vectors, M={p['M']}, ef_construction={p['ef_construction']}, "
-                 f"{d['queries']:,} queries", fontsize=10)  # fmt: skip
+                 f"{queries:,} queries per set", fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
@@ -182,49 +200,58 @@ def recall_qps(results: dict, path: Path) -> Path | None:
 # -- serving ------------------------------------------------------------------------------
 
 
+def _serving_modes(serving: dict) -> dict[str, dict]:
+    if "searchers" in serving:
+        return dict(serving["searchers"])
+    return {"default": serving["served"]}
+
+
 def serving_latency(results: dict, path: Path) -> Path | None:
     """Latency CDF steady vs during a reload (left); the reload phase over time (right).
 
-    From the per-request quantiles run_all extracted when it could; otherwise the
-    percentiles in serving.json drawn as a step CDF (p50, p99, p99.9, max).
+    Full CDFs from the per-request quantiles run_all extracted (one searcher mode: the
+    load generator's files hold the last mode's requests); the percentiles in
+    serving.json, drawn as step CDFs (p50, p99, p99.9, max), for the other modes or
+    when there is no extract.
     """
     sv = _bench(results, "serving")
     if not sv:
         return None
-    extract = (results["benchmarks"]["serving"].get("latency") or None)
-    s, d = sv["served"], sv["data"]
-    rate = s["steady_fixed_rate"]["offered_rate"]
-    fig, (cdf_ax, time_ax) = plt.subplots(1, 2, figsize=(14, 5.4), gridspec_kw={"width_ratios": [1, 1.2]})
+    extract = results["benchmarks"]["serving"].get("latency") or None
+    modes = _serving_modes(sv)
+    d = sv["data"]
+    rate = next(iter(modes.values()))["steady_fixed_rate"]["offered_rate"]
+    fig, (cdf_ax, time_ax) = plt.subplots(1, 2, figsize=(14.5, 5.8), gridspec_kw={"width_ratios": [1.15, 1]})
+    phase_colors = {"steady": COLORS["model"], "reload": COLORS["faiss"], "reload_window": "purple"}
+    phase_labels = {"steady": "steady", "reload": "whole reload phase", "reload_window": "reload window (publish to swap + 1 s)"}
+    extract_mode = (extract or {}).get("searcher")
     if extract:
         probs = extract["probabilities"]
-        for phase, color, label in (("steady", COLORS["model"], "steady"), ("reload", COLORS["faiss"], "whole reload phase"),
-                                    ("reload_window", "purple", "reload window (publish to swap + 1 s)")):  # fmt: skip
+        for phase in ("steady", "reload", "reload_window"):
             q = extract["phases"].get(phase)
-            if q is None:
-                continue
-            cdf_ax.plot(q["quantiles_ms"], probs, color=color, label=f"{label} ({q['requests']:,} requests)")
-        source = "every request"
-    else:
-        levels = [("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999), ("max_ms", 1.0)]
-        phases = (("steady", s["steady_fixed_rate"], COLORS["model"]), ("whole reload phase", s["reload_fixed_rate"]["whole_phase"], COLORS["faiss"]),
-                  ("reload window", s["reload_fixed_rate"].get("reload_window") or {}, "purple"))  # fmt: skip
-        for label, row, color in phases:
+            if q is not None:
+                tag = f"{extract_mode}: " if extract_mode and extract_mode != "default" else ""
+                cdf_ax.plot(q["quantiles_ms"], probs, color=phase_colors[phase], label=f"{tag}{phase_labels[phase]} ({q['requests']:,} requests)")
+    levels = [("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999), ("max_ms", 1.0)]
+    for i, (mode, s) in enumerate(modes.items()):
+        if mode == extract_mode:
+            continue
+        rl = s["reload_fixed_rate"]
+        for phase, row in (("steady", s["steady_fixed_rate"]), ("reload", rl["whole_phase"]), ("reload_window", rl.get("reload_window") or {})):
             points = [(row[k], p) for k, p in levels if row.get(k) is not None]
             if points:
-                cdf_ax.step([x for x, _ in points], [p for _, p in points], where="post", marker="o", color=color, label=f"{label} (percentiles only)")
-        source = "reported percentiles"
-    window = s["reload_fixed_rate"].get("reload_window") or {}
-    if window.get("p99_ms") is not None and not (extract and "reload_window" in extract["phases"]):
-        cdf_ax.plot([window["p99_ms"]], [0.99], "D", color="purple", label=f"reload window p99 ({s['reload_fixed_rate'].get('window_seconds')} s window)")
+                tag = f"{mode}: " if mode != "default" else ""
+                cdf_ax.step([x for x, _ in points], [p for _, p in points], where="post", marker="o", linestyle="--" if i else ":",
+                            color=phase_colors[phase], alpha=0.7, label=f"{tag}{phase_labels[phase]} (percentiles only)")  # fmt: skip
     cdf_ax.axvline(10, color="green", linestyle="--", linewidth=1, label="target: p99 <= 10 ms")
     cdf_ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
     cdf_ax.set_xscale("log")
     cdf_ax.set_xlabel("latency per request (ms, log scale; from its scheduled send time)")
     cdf_ax.set_ylabel("fraction of requests at or below")
     cdf_ax.set_ylim(0, 1.01)
-    cdf_ax.set_title(f"Latency CDF at a fixed {rate:,.0f} req/s ({source})", fontsize=10)
+    cdf_ax.set_title(f"Latency CDF at a fixed {rate:,.0f} req/s", fontsize=10)
     cdf_ax.grid(alpha=0.3, which="both")
-    cdf_ax.legend(fontsize=8, loc="lower right")
+    cdf_ax.legend(fontsize=7, loc="upper left")
 
     timeline = (extract or {}).get("reload_timeline")
     if timeline:
@@ -240,17 +267,26 @@ def serving_latency(results: dict, path: Path) -> Path | None:
         time_ax.set_yscale("log")
         time_ax.set_xlabel("seconds since the start of the reload phase")
         time_ax.set_ylabel("latency (ms, log scale)")
-        time_ax.set_title("During the hot reload: latency over time", fontsize=10)
+        tag = f" ({extract_mode} searcher)" if extract_mode and extract_mode != "default" else ""
+        time_ax.set_title(f"During the hot reload{tag}: latency over time", fontsize=10)
         time_ax.grid(alpha=0.3, which="both")
         time_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     else:
-        labels = ["steady p50", "steady p99", "reload p50", "reload p99"]
-        values = [s["steady_fixed_rate"]["p50_ms"], s["steady_fixed_rate"]["p99_ms"], window.get("p50_ms", 0), window.get("p99_ms", 0)]
-        time_ax.bar(labels, values, color=[COLORS["model"], COLORS["model"], COLORS["faiss"], COLORS["faiss"]])
-        time_ax.set_ylabel("latency (ms)")
-        time_ax.set_title("Steady vs reload window (no per-request data in this run)", fontsize=10)
+        labels, values, colors = [], [], []
+        for mode, s in modes.items():
+            window = s["reload_fixed_rate"].get("reload_window") or {}
+            for label, value, color in (("steady p99", s["steady_fixed_rate"]["p99_ms"], COLORS["model"]), ("reload p99", window.get("p99_ms"), COLORS["faiss"])):
+                if value is not None:
+                    labels.append(f"{mode}\n{label}" if mode != "default" else label)
+                    values.append(value)
+                    colors.append(color)
+        time_ax.bar(labels, values, color=colors)
+        time_ax.axhline(10, color="green", linestyle="--", linewidth=1, label="target: 10 ms")
+        time_ax.set_ylabel("p99 latency (ms)")
+        time_ax.set_title("p99 steady vs reload window (no per-request data in this run)", fontsize=10)
+        time_ax.legend(fontsize=8)
     fig.suptitle(f"Retrieval service: {d['stories']:,} stories x {d['dim']}, {d['users']:,} users, k={d['k']}, "
-                 f"concurrency {d['concurrency']}, same machine as the load generator", fontsize=12)  # fmt: skip
+                 f"concurrency {d['concurrency']}, load generator on the same machine", fontsize=12)  # fmt: skip
     return _save(fig, path)
 
 

@@ -4,8 +4,10 @@
 
 Each benchmark script runs as its own subprocess (a crash, a hang or a leaked thread in
 one cannot take the others down) and writes its JSON into the run folder (default
-benchmarks/results/); a failing one is recorded with its exit code and the tail of its
-stderr, and the run goes on. The end-to-end demo is timed as `make demo`. Then:
+benchmarks/results/make_bench/, apart from the files the scripts write
+when run alone); a failing one is recorded with its exit code and the tail of its
+stderr, and the run goes on. The end-to-end demo is timed as `make -o .venv/.ebr-installed
+demo` (`-o`: a stale venv stamp must not start a reinstall inside a benchmark). Then:
 
   * benchmarks/results.json: machine, git commit, the command and wall time of every
     benchmark, each script's own JSON, the summary figures, and every target of
@@ -38,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "benchmarks"
-DEFAULT_RUN_DIR = BENCH_DIR / "results"
+DEFAULT_RUN_DIR = BENCH_DIR / "results" / "make_bench"  # apart from the scripts' own default outputs
 RESULTS_JSON = BENCH_DIR / "results.json"
 RESULTS_MD = BENCH_DIR / "results.md"
 FIGURES_DIR = BENCH_DIR / "figures"
@@ -174,47 +176,58 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def serving_modes(serving: dict) -> dict[str, dict]:
+    """The served measurements per `serving.searcher` mode, in one shape for either format.
+
+    benchmarks/serving.py writes {"searchers": {mode: {saturation_closed_loop,
+    steady_fixed_rate, reload_fixed_rate, memory}}}; its first version wrote one
+    unnamed set under "served" (+ "memory"), returned here as mode "default".
+    """
+    if "searchers" in serving:
+        return dict(serving["searchers"])
+    return {"default": {**serving["served"], "memory": serving.get("memory", {})}}
+
+
 def serving_latency_extract(workdir: Path, results: dict) -> dict | None:
     """Per-request latencies of the steady and reload phases, reduced for plotting.
 
     benchmarks/serving.py keeps its load generator's per-request arrays (start, latency,
     status, version) in --workdir as loadgen-rate-2.npz (steady) and loadgen-rate-3.npz
-    (reload); its JSON has percentiles only. This reduces them to quantiles (for CDFs)
-    and, for the reload phase, 100 ms bins over time with the swap. None if the files
-    are not there (the script changed): the plots then fall back to the percentiles.
+    (reload), overwritten by each searcher mode in turn, so they hold the last mode's;
+    its JSON has percentiles only. This reduces them to quantiles (for CDFs) and, for the
+    reload phase, 100 ms bins over time with the publish and swap times. None if the
+    files are not there or match no mode of the JSON: the plots then use percentiles.
     """
     import numpy as np
 
     files = {"steady": workdir / "loadgen-rate-2.npz", "reload": workdir / "loadgen-rate-3.npz"}
     if not all(p.is_file() for p in files.values()):
         return None
+    reload_data = np.load(files["reload"])
+    names = [str(n) for n in reload_data["names"]]
+    # Which mode's arrays these are: the one whose post-reload version the answers name.
+    mode, reload_cfg = next(((m, v["reload_fixed_rate"]) for m, v in serving_modes(results).items()
+                             if v["reload_fixed_rate"].get("served_after") in names), (None, None))  # fmt: skip
+    if mode is None:
+        return None
     probs = quantile_grid()
     extract: dict = {"source": "per-request latencies of benchmarks/serving.py's load generator (its --workdir)",
-                     "probabilities": probs, "phases": {}}  # fmt: skip
+                     "searcher": mode, "probabilities": probs, "phases": {}}  # fmt: skip
     for phase, path in files.items():
         data = np.load(path)
-        ms = data["latency"] * 1000.0
-        extract["phases"][phase] = {"requests": int(len(ms)), "failed": int((data["status"] != 200).sum()),
-                                    "quantiles_ms": [round(float(x), 3) for x in np.quantile(ms, probs)]}  # fmt: skip
-    data = np.load(files["reload"])
-    start, ms = data["start"], data["latency"] * 1000.0
-    status = data["status"]
-    names = [str(n) for n in data["names"]]
+        extract["phases"][phase] = _latency_quantiles(data["latency"] * 1000.0, data["status"], probs)
+    start, ms, status = reload_data["start"], reload_data["latency"] * 1000.0, reload_data["status"]
     t0 = float(start.min())
-    reload_cfg = results.get("served", {}).get("reload_fixed_rate", {})
-    new_version = reload_cfg.get("served_after")
-    swapped_at = None
-    if new_version in names:
-        swapped_at = float(start[data["version"] == names.index(new_version)].min()) - t0
+    swapped_at = float(start[reload_data["version"] == names.index(reload_cfg["served_after"])].min()) - t0
     window_s = reload_cfg.get("window_seconds")
-    if swapped_at is not None and window_s is not None:
+    published_at = swapped_at - window_s if window_s is not None else None
+    if published_at is not None:
         # The script's reload window: from the pointer move to 1 s after the first answer
         # from the new version (publish time = swap - window_seconds).
         rel = start - t0
-        in_window = (rel >= swapped_at - window_s) & (rel <= swapped_at + 1.0)
+        in_window = (rel >= published_at) & (rel <= swapped_at + 1.0)
         if in_window.any():
-            extract["phases"]["reload_window"] = {"requests": int(in_window.sum()), "failed": int((status[in_window] != 200).sum()),
-                                                  "quantiles_ms": [round(float(x), 3) for x in np.quantile(ms[in_window], probs)]}  # fmt: skip
+            extract["phases"]["reload_window"] = _latency_quantiles(ms[in_window], status[in_window], probs)
     bins = np.floor((start - t0) / 0.1).astype(int)
     series = []
     for b in np.unique(bins):
@@ -223,10 +236,17 @@ def serving_latency_extract(workdir: Path, results: dict) -> dict | None:
                        round(float(chunk.max()), 3), int(len(chunk))])  # fmt: skip
     extract["reload_timeline"] = {
         "columns": ["t_seconds", "p50_ms", "p99_ms", "max_ms", "requests"], "bin_seconds": 0.1, "rows": series,
-        "published_at_seconds": round(swapped_at - window_s, 2) if swapped_at is not None and window_s is not None else None,
-        "swapped_at_seconds": round(swapped_at, 2) if swapped_at is not None else None,
+        "published_at_seconds": round(published_at, 2) if published_at is not None else None,
+        "swapped_at_seconds": round(swapped_at, 2),
     }  # fmt: skip
     return extract
+
+
+def _latency_quantiles(ms, status, probs: list[float]) -> dict:
+    import numpy as np
+
+    return {"requests": int(len(ms)), "failed": int((status != 200).sum()),
+            "quantiles_ms": [round(float(x), 3) for x in np.quantile(ms, probs)]}  # fmt: skip
 
 
 def quantile_grid() -> list[float]:
@@ -239,77 +259,12 @@ def quantile_grid() -> list[float]:
 # -- figures and targets ------------------------------------------------------------------
 
 
-def summary_figures(benchmarks: dict[str, dict]) -> list[dict]:
-    """The headline figures of every benchmark that ran: [{area, measurement, value, unit, text, size}]."""
-    rows: list[dict] = []
-
-    def add(area: str, measurement: str, value, unit: str, text: str, size: str) -> None:
-        rows.append({"area": area, "measurement": measurement, "value": value, "unit": unit, "text": text, "size": size})
-
-    mq = _results(benchmarks, "model_quality")
-    if mq:
-        for r in mq["rows"]:
-            if "examples_per_second" in r:
-                add("training", f"{r['scorer']} ({_short_dataset(r['dataset'])})", r["examples_per_second"], "examples/s",
-                    f"{r['examples_per_second']:,.0f} examples/s (best epoch {r['best_epoch']} of {r['epochs_run']})", r["dataset"])  # fmt: skip
-        for r in mq["rows"]:
-            m = r["metrics"]
-            parts = [f"{k} {m[k]:.3f}" for k in ("top_k_accuracy@100", "recall@100", "recall@10", "ndcg@10", "language_match@10") if k in m]
-            add("quality", f"{r['scorer']} ({_short_dataset(r['dataset'])})", m.get("recall@100"), "recall@100", ", ".join(parts), r["dataset"])
-    ej = _results(benchmarks, "embedding_jobs")
-    if ej:
-        for r in ej["rows"]:
-            size = f"{r['rows']:,} {r['job'].split('_')[0]}"
-            if "ratio_job_over_raw" in r:
-                add("Beam jobs", f"{r['job']}: job vs raw tower", r["ratio_job_over_raw"], "job/raw",
-                    f"job {r['job_median_per_s']:,.0f}/s vs raw tower {r['raw_tower_median_per_s']:,.0f}/s: ratio {r['ratio_job_over_raw']:.2f} "
-                    f"({r['job_median_seconds']} s wall; 2-process DirectRunner {r['multi_process_2_workers_seconds']} s)", size)  # fmt: skip
-            else:
-                add("Beam jobs", f"{r['job']}: wall time", r["job_seconds"], "s", f"{r['job_seconds']} s ({r['job_per_s']:,.0f}/s)", size)
-    ib = _results(benchmarks, "index_build")
-    if ib:
-        size = f"{ib['data']['n']:,} x {ib['data']['dim']} clustered, M={ib['params']['M']}, ef_construction={ib['params']['ef_construction']}"
-        add("index", "exact numpy search, 1 thread, 1 query", ib["exact"]["qps_single_query"], "QPS", f"{ib['exact']['qps_single_query']:,.0f} QPS", size)
-        for lib in ("hnswlib", "faiss"):
-            if lib not in ib:
-                continue
-            b = ib[lib]["build"]
-            add("index", f"{lib} build ({ib['params']['build_threads']} threads)", b["vectors_per_second"], "vectors/s",
-                f"{b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} bytes/vector", size)  # fmt: skip
-            best = fastest_at_recall(ib[lib]["sweep"], 0.99)
-            if best:
-                add("index", f"{lib} at recall@10 >= 0.99", best["qps"], "QPS",
-                    f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f}, {best['qps']:,.0f} QPS ({best['qps'] / ib['exact']['qps_single_query']:.1f}x exact)", size)  # fmt: skip
-        inc = ib["incremental"]
-        add("index", f"incremental update ({inc['fraction']:.0%} turnover) vs full rebuild", inc["speedup"], "x",
-            f"{inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s: {inc['speedup']}x", size)  # fmt: skip
-    sv = _results(benchmarks, "serving")
-    if sv:
-        d, s = sv["data"], sv["served"]
-        size = f"{d['stories']:,} stories x {d['dim']}, {d['users']:,} users, concurrency {d['concurrency']}"
-        raw = sv["raw_hnswlib_single_thread"]
-        add("serving", "raw hnswlib, 1 thread, 1 query", raw["qps"], "QPS", f"{raw['qps']:,.0f} QPS, p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms", size)
-        sat = s["saturation_closed_loop"]
-        add("serving", "served, closed loop (saturation)", sat["qps"], "QPS", f"{sat['qps']:,.0f} QPS, p50 {sat['p50_ms']} ms, p99 {sat['p99_ms']} ms", size)
-        st = s["steady_fixed_rate"]
-        add("serving", f"served, fixed {st['offered_rate']:.0f} req/s (steady)", st["p99_ms"], "ms p99",
-            f"{st['qps']:,.0f} req/s, p50 {st['p50_ms']} ms, p99 {st['p99_ms']} ms, {st['failed']} failed", size)  # fmt: skip
-        rl = s["reload_fixed_rate"]
-        win = rl.get("reload_window") or {}
-        add("serving", f"served during a hot reload ({rl.get('window_seconds')} s window)", win.get("p99_ms"), "ms p99",
-            f"p50 {win.get('p50_ms')} ms, p99 {win.get('p99_ms')} ms, {rl['whole_phase'].get('failed')} failed in the phase; "
-            f"server reload {_round(rl.get('server_reload_seconds'), 2)} s", size)  # fmt: skip
-        mem = sv["memory"]
-        add("serving", "memory per loaded version", mem["loaded_index_memory_bytes"], "bytes",
-            f"{mem['loaded_index_memory_bytes'] / 2**20:,.0f} MiB (LoadedIndex); server RSS {mem['server_rss_loaded'] / 2**20:,.0f} MiB, "
-            f"peak during reload {mem['server_rss_peak_during_reload'] / 2**20:,.0f} MiB", size)  # fmt: skip
-    demo = benchmarks.get("demo")
-    if demo is not None and not demo.get("skipped"):
-        if demo["ok"]:
-            add("end to end", "`make demo`", demo["wall_seconds"], "s", f"{demo['wall_seconds']:.0f} s wall", "DEMO_SIZE default (Makefile)")
-        else:
-            add("end to end", "`make demo`", None, "s", f"failed after {demo['wall_seconds']:.0f} s: {demo['error'].splitlines()[0]}", "")
-    return rows
+def sweep_sets(sweep: list[dict]) -> dict[float | None, list[dict]]:
+    """An ef sweep split by query set (`query_noise`; None when the sweep has one set), in order."""
+    sets: dict[float | None, list[dict]] = {}
+    for row in sweep:
+        sets.setdefault(row.get("query_noise"), []).append(row)
+    return sets
 
 
 def fastest_at_recall(sweep: list[dict], recall: float) -> dict | None:
@@ -318,12 +273,212 @@ def fastest_at_recall(sweep: list[dict], recall: float) -> dict | None:
     return max(passing, key=lambda r: r["qps"]) if passing else None
 
 
+def _query_set_label(noise) -> str:
+    return "" if noise is None else f", queries noise {noise}"
+
+
+def _figures_model_quality(mq: dict, add) -> None:
+    for r in mq["rows"]:
+        if "examples_per_second" in r:
+            add("training", f"{r['scorer']} ({_short_dataset(r['dataset'])})", r["examples_per_second"], "examples/s",
+                f"{r['examples_per_second']:,.0f} examples/s (best epoch {r['best_epoch']} of {r['epochs_run']})", r["dataset"])  # fmt: skip
+    for r in mq["rows"]:
+        m = r["metrics"]
+        parts = [f"{k} {m[k]:.3f}" for k in ("top_k_accuracy@100", "recall@100", "recall@10", "ndcg@10", "language_match@10") if k in m]
+        add("quality", f"{r['scorer']} ({_short_dataset(r['dataset'])})", m.get("recall@100"), "recall@100", ", ".join(parts), r["dataset"])
+
+
+def _figures_embedding_jobs(ej: dict, add) -> None:
+    for r in ej["rows"]:
+        size = f"{r['rows']:,} {r['job'].split('_')[0]}"
+        if "ratio_job_over_raw" in r:
+            add("Beam jobs", f"{r['job']}: job vs raw tower", r["ratio_job_over_raw"], "job/raw",
+                f"job {r['job_median_per_s']:,.0f}/s vs raw tower {r['raw_tower_median_per_s']:,.0f}/s: ratio {r['ratio_job_over_raw']:.2f} "
+                f"({r['job_median_seconds']} s wall; 2-process DirectRunner {r['multi_process_2_workers_seconds']} s)", size)  # fmt: skip
+        else:
+            add("Beam jobs", f"{r['job']}: wall time", r["job_seconds"], "s", f"{r['job_seconds']} s ({r['job_per_s']:,.0f}/s)", size)
+
+
+def _figures_index_build(ib: dict, add) -> None:
+    size = f"{ib['data']['n']:,} x {ib['data']['dim']} clustered, M={ib['params']['M']}, ef_construction={ib['params']['ef_construction']}"
+    exact = ib["exact"]["qps_single_query"]
+    add("index", "exact numpy search, 1 thread, 1 query", exact, "QPS", f"{exact:,.0f} QPS", size)
+    for lib in ("hnswlib", "faiss"):
+        if lib not in ib:
+            continue
+        b = ib[lib]["build"]
+        add("index", f"{lib} build ({ib['params']['build_threads']} threads)", b["vectors_per_second"], "vectors/s",
+            f"{b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} bytes/vector", size)  # fmt: skip
+        for noise, rows in sweep_sets(ib[lib]["sweep"]).items():
+            best = fastest_at_recall(rows, 0.99)
+            text = (f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f}, {best['qps']:,.0f} QPS ({best['qps'] / exact:.1f}x exact)"
+                    if best else "no ef of the sweep reaches 0.99")  # fmt: skip
+            add("index", f"{lib} at recall@10 >= 0.99{_query_set_label(noise)}", best["qps"] if best else None, "QPS", text, size)
+    inc = ib["incremental"]
+    add("index", f"incremental update ({inc['fraction']:.0%} turnover) vs full rebuild", inc["speedup"], "x",
+        f"{inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s: {inc['speedup']}x", size)  # fmt: skip
+
+
+def _figures_serving(sv: dict, add) -> None:
+    d = sv["data"]
+    size = f"{d['stories']:,} stories x {d['dim']}, {d['users']:,} users, concurrency {d['concurrency']}"
+    raw = sv["raw_hnswlib_single_thread"]
+    add("serving", "raw hnswlib, 1 thread, 1 query", raw["qps"], "QPS", f"{raw['qps']:,.0f} QPS, p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms", size)
+    mib = 2**20
+    for mode, s in serving_modes(sv).items():
+        label = f"served ({mode} searcher)" if mode != "default" else "served"
+        sat = s["saturation_closed_loop"]
+        add("serving", f"{label}, closed loop (saturation)", sat["qps"], "QPS", f"{sat['qps']:,.0f} QPS, p50 {sat['p50_ms']} ms, p99 {sat['p99_ms']} ms", size)
+        st = s["steady_fixed_rate"]
+        add("serving", f"{label}, fixed {st['offered_rate']:.0f} req/s (steady)", st["p99_ms"], "ms p99",
+            f"{st['qps']:,.0f} req/s, p50 {st['p50_ms']} ms, p99 {st['p99_ms']} ms, {st['failed']} failed", size)  # fmt: skip
+        rl = s["reload_fixed_rate"]
+        win = rl.get("reload_window") or {}
+        add("serving", f"{label}, during a hot reload ({rl.get('window_seconds')} s window)", win.get("p99_ms"), "ms p99",
+            f"p50 {win.get('p50_ms')} ms, p99 {win.get('p99_ms')} ms, {rl['whole_phase'].get('failed')} failed in the phase; "
+            f"server reload {_round(rl.get('server_reload_seconds'), 2)} s", size)  # fmt: skip
+        mem = s.get("memory") or sv.get("memory") or {}
+        rss = [mem.get(k) for k in ("server_tree_rss_loaded", "server_rss_loaded")]
+        peak = [mem.get(k) for k in ("server_tree_rss_peak_during_reload", "server_rss_peak_during_reload")]
+        rss, peak = next((x for x in rss if x), None), next((x for x in peak if x), None)
+        text = f"{mem['loaded_index_memory_bytes'] / mib:,.0f} MiB (LoadedIndex.memory_bytes)"
+        if mem.get("index_process_rss_bytes"):
+            text += f"; index process RSS {mem['index_process_rss_bytes'] / mib:,.0f} MiB"
+        if rss and peak:
+            text += f"; server RSS {rss / mib:,.0f} MiB loaded, {peak / mib:,.0f} MiB peak during the reload"
+        add("serving", f"{label}, memory per loaded version", mem["loaded_index_memory_bytes"], "bytes", text, size)
+
+
+def _figures_demo(record: dict, add) -> None:
+    if record["ok"]:
+        add("end to end", "`make demo`", record["wall_seconds"], "s", f"{record['wall_seconds']:.0f} s wall", "DEMO_SIZE default (Makefile)")
+    else:
+        add("end to end", "`make demo`", None, "s", f"failed after {record['wall_seconds']:.0f} s: {record['error']}", "")
+
+
+FIGURES = {"model_quality": _figures_model_quality, "embedding_jobs": _figures_embedding_jobs,
+           "index_build": _figures_index_build, "serving": _figures_serving}  # fmt: skip
+
+
+def summary_figures(benchmarks: dict[str, dict]) -> list[dict]:
+    """The headline figures of every benchmark that ran: [{area, measurement, value, unit, text, size}].
+
+    A benchmark whose JSON cannot be read (its format changed) gives one row saying so,
+    and the others are still summarised.
+    """
+    rows: list[dict] = []
+
+    def add(area: str, measurement: str, value, unit: str, text: str, size: str) -> None:
+        rows.append({"area": area, "measurement": measurement, "value": value, "unit": unit, "text": text, "size": size})
+
+    for name, figures in FIGURES.items():
+        results = _results(benchmarks, name)
+        if results:
+            try:
+                figures(results, add)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                add(name, "(unreadable)", None, "", f"could not read {name}.json: {type(exc).__name__}: {exc}", "")
+    demo = benchmarks.get("demo")
+    if demo is not None and not demo.get("skipped"):
+        _figures_demo(demo, add)
+    return rows
+
+
+def _targets_model_quality(mq: dict, add) -> None:
+    ml = _rows_of(mq, "movielens")
+    model = next((r for r in ml if r["scorer"].startswith("two-tower, softmax")), None)
+    if model:
+        m = model["metrics"]
+        add(3, "MovieLens 100K (TFRS protocol): default model top-100 accuracy >= 0.38",
+            f"{m['top_k_accuracy@100']:.3f}", m["top_k_accuracy@100"] >= 0.38, True, model["dataset"])
+        add(3, "MovieLens 100K: default model seen-excluded recall@100 >= 0.62",
+            f"{m['recall@100']:.3f}", m["recall@100"] >= 0.62, True, model["dataset"])
+    world = _rows_of(mq, "synthetic")
+    if not world:
+        return
+    by = {r["scorer"]: r["metrics"] for r in world}
+    model, without = by.get("two-tower, in-batch negatives"), by.get("two-tower, impressions negatives")
+    pop, als = by.get("popularity"), by.get("implicit ALS (32 factors)")
+    size = world[0]["dataset"]
+    if model and pop and als:
+        add(3, "synthetic world: model beats popularity and MF (ALS) on recall@100",
+            f"{model['recall@100']:.3f} vs {pop['recall@100']:.3f} and {als['recall@100']:.3f}",
+            model["recall@100"] > pop["recall@100"] and model["recall@100"] > als["recall@100"], True, size)  # fmt: skip
+    if model and without:
+        keys = [k for k in ("language_match@10", "country_match@10") if k in model and k in without]
+        if keys:
+            add(3, "synthetic world: higher country/language match than without in-batch negatives",
+                "; ".join(f"{k} {model[k]:.3f} vs {without[k]:.3f}" for k in keys),
+                all(model[k] > without[k] for k in keys), True, size)  # fmt: skip
+
+
+def _targets_embedding_jobs(ej: dict, add) -> None:
+    stories = next((r["rows"] for r in ej["rows"] if r["job"] == "stories_embeddings" and "ratio_job_over_raw" in r), None)
+    for r in (r for r in ej["rows"] if "ratio_job_over_raw" in r):
+        add(4, f"{r['job']}: embeddings/s on DirectRunner >= 0.5 x the raw tower loop",
+            f"{r['ratio_job_over_raw']:.2f} ({r['job_median_per_s']:,.0f}/s vs {r['raw_tower_median_per_s']:,.0f}/s)",
+            r["ratio_job_over_raw"] >= 0.5, stories is not None and stories >= 200_000, f"{r['rows']:,} rows",
+            "target size: 200,000 stories")  # fmt: skip
+
+
+def _targets_index_build(ib: dict, add) -> None:
+    n = ib["data"]["n"]
+    size = f"{n:,} x {ib['data']['dim']}"
+    exact = ib["exact"]["qps_single_query"]
+    sets = sweep_sets(ib["hnswlib"]["sweep"])
+    noise = next(iter(sets))  # the first query set decides (the script: validation's noise level)
+    best = fastest_at_recall(sets[noise], 0.99)
+    if best:
+        speedup = best["qps"] / exact
+        measured = f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f} at {best['qps']:,.0f} QPS = {speedup:.1f}x exact ({exact:,.0f} QPS)"
+    else:
+        speedup, measured = 0.0, "no ef of the sweep reaches recall@10 0.99"
+    notes = [f"query set: noise {noise} (the builder's validation queries)"] if noise is not None else []
+    if n < 1_000_000:
+        notes.append("target size 1,000,000: exact search costs 5x more there than at 200,000, so the speed-up grows with n")
+    add(5, "hnswlib recall@10 >= 0.99 at >= 50x exact numpy QPS (1 thread, 1 query)", measured,
+        best is not None and speedup >= 50, n >= 1_000_000, size, "; ".join(notes))  # fmt: skip
+    inc = ib["incremental"]
+    add(5, f"incremental update touching {inc['fraction']:.0%} of stories >= 20x faster than a full rebuild",
+        f"{inc['speedup']}x ({inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s)",
+        inc["speedup"] >= 20, n >= 1_000_000, size)  # fmt: skip
+
+
+def _targets_serving(sv: dict, add) -> None:
+    d = sv["data"]
+    size = f"{d['stories']:,} stories, concurrency {d['concurrency']}"
+    at_size = d["stories"] >= 1_000_000 and d["concurrency"] >= 16
+    raw = sv["raw_hnswlib_single_thread"]["qps"]
+    for mode, s in serving_modes(sv).items():
+        tag = f" [searcher: {mode}]" if mode != "default" else ""
+        st, sat, rl = s["steady_fixed_rate"], s["saturation_closed_loop"], s["reload_fixed_rate"]
+        # A fixed-rate generator's achieved rate is requests / span: allow 2% under the offered 1,000/s.
+        add(6, f"p99 <= 10 ms at >= 1,000 requests/s{tag}", f"p99 {st['p99_ms']} ms at {st['qps']:,.0f} req/s (offered {st['offered_rate']:.0f})",
+            st["p99_ms"] <= 10 and st["qps"] >= 0.98 * 1000 and st["offered_rate"] >= 1000, at_size, size)  # fmt: skip
+        add(6, f"served QPS >= 30% of raw hnswlib single-thread QPS{tag}", f"{sat['qps'] / raw:.2f} ({sat['qps']:,.0f} vs {raw:,.0f} QPS)",
+            sat["qps"] >= 0.3 * raw, at_size, size)  # fmt: skip
+        window = rl.get("reload_window") or {}
+        reload_p99 = window.get("p99_ms", rl["whole_phase"].get("p99_ms"))
+        swapped = rl.get("swapped", rl.get("window_seconds") is not None)
+        add(6, f"p99 during a reload <= 2 x steady p99{tag}",
+            f"{reload_p99} ms vs {st['p99_ms']} ms ({reload_p99 / st['p99_ms']:.2f}x)" if reload_p99 is not None else "no reload measured",
+            reload_p99 is not None and swapped and reload_p99 <= 2 * st["p99_ms"], at_size, size,
+            "" if swapped else "the new version was not served within the phase")  # fmt: skip
+        failed = sum(p.get("failed", 0) for p in (sat, st, rl["whole_phase"]))
+        add(6, f"zero failed requests (saturation, steady and reload phases){tag}", f"{failed} failed", failed == 0, at_size, size)
+
+
+TARGETS = {"model_quality": (3, _targets_model_quality), "embedding_jobs": (4, _targets_embedding_jobs),
+           "index_build": (5, _targets_index_build), "serving": (6, _targets_serving)}  # fmt: skip
+
+
 def evaluate_targets(benchmarks: dict[str, dict]) -> list[dict]:
     """Every speed/quality target of issues 3-6, met or not, computed from the figures.
 
     Each: {issue, target, measured, met (True/False; None if not measured), at_target_size,
     size, note}. `at_target_size` is False when the benchmark ran smaller than the issue
-    asks (the verdict then holds for the size measured, not the target size).
+    asks (the verdict then holds for the size measured, not the target size). A failed
+    or unreadable benchmark gives one entry with met None.
     """
     targets: list[dict] = []
 
@@ -331,91 +486,18 @@ def evaluate_targets(benchmarks: dict[str, dict]) -> list[dict]:
         targets.append({"issue": issue, "target": target, "measured": measured, "met": met,
                         "at_target_size": at_size, "size": size, "note": note})  # fmt: skip
 
-    mq = _results(benchmarks, "model_quality")
-    ml = _rows_of(mq, "movielens")
-    if ml:
-        model = next((r for r in ml if r["scorer"].startswith("two-tower, softmax")), None)
-        if model:
-            m = model["metrics"]
-            add(3, "MovieLens 100K (TFRS protocol): default model top-100 accuracy >= 0.38",
-                f"{m['top_k_accuracy@100']:.3f}", m["top_k_accuracy@100"] >= 0.38, True, model["dataset"])
-            add(3, "MovieLens 100K: default model seen-excluded recall@100 >= 0.62",
-                f"{m['recall@100']:.3f}", m["recall@100"] >= 0.62, True, model["dataset"])
-    world = _rows_of(mq, "synthetic")
-    if world:
-        by = {r["scorer"]: r["metrics"] for r in world}
-        model = by.get("two-tower, in-batch negatives")
-        pop, als = by.get("popularity"), by.get("implicit ALS (32 factors)")
-        without = by.get("two-tower, impressions negatives")
-        size = world[0]["dataset"]
-        if model and pop and als:
-            add(3, "synthetic world: model beats popularity and MF (ALS) on recall@100",
-                f"{model['recall@100']:.3f} vs {pop['recall@100']:.3f} and {als['recall@100']:.3f}",
-                model["recall@100"] > pop["recall@100"] and model["recall@100"] > als["recall@100"], True, size)  # fmt: skip
-        if model and without:
-            keys = [k for k in ("language_match@10", "country_match@10") if k in model and k in without]
-            if keys:
-                add(3, "synthetic world: higher country/language match than without in-batch negatives",
-                    "; ".join(f"{k} {model[k]:.3f} vs {without[k]:.3f}" for k in keys),
-                    all(model[k] > without[k] for k in keys), True, size)  # fmt: skip
-    ej = _results(benchmarks, "embedding_jobs")
-    if ej:
-        for r in (r for r in ej["rows"] if "ratio_job_over_raw" in r):
-            entity = r["job"].split("_")[0]
-            stories = r["rows"] if entity == "stories" else _story_rows(ej)
-            add(4, f"{r['job']}: embeddings/s on DirectRunner >= 0.5 x the raw tower loop",
-                f"{r['ratio_job_over_raw']:.2f} ({r['job_median_per_s']:,.0f}/s vs {r['raw_tower_median_per_s']:,.0f}/s)",
-                r["ratio_job_over_raw"] >= 0.5, stories is not None and stories >= 200_000, f"{r['rows']:,} rows",
-                "target size: 200,000 stories")  # fmt: skip
-    ib = _results(benchmarks, "index_build")
-    if ib:
-        n = ib["data"]["n"]
-        size = f"{n:,} x {ib['data']['dim']}"
-        note = "target size 1,000,000: exact search is ~5x slower there than at 200,000, so the speed-up grows with n"
-        best = fastest_at_recall(ib["hnswlib"]["sweep"], 0.99)
-        exact = ib["exact"]["qps_single_query"]
-        if best:
-            speedup = best["qps"] / exact
-            measured = f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f} at {best['qps']:,.0f} QPS = {speedup:.1f}x exact ({exact:,.0f} QPS)"
-        else:
-            speedup, measured = 0.0, "no ef of the sweep reaches recall@10 0.99"
-        add(5, "hnswlib recall@10 >= 0.99 at >= 50x exact numpy QPS (1 thread, 1 query)", measured,
-            best is not None and speedup >= 50, n >= 1_000_000, size, note if n < 1_000_000 else "")  # fmt: skip
-        inc = ib["incremental"]
-        add(5, f"incremental update touching {inc['fraction']:.0%} of stories >= 20x faster than a full rebuild",
-            f"{inc['speedup']}x ({inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s)",
-            inc["speedup"] >= 20, n >= 1_000_000, size)  # fmt: skip
-    sv = _results(benchmarks, "serving")
-    if sv:
-        d, s = sv["data"], sv["served"]
-        size = f"{d['stories']:,} stories, concurrency {d['concurrency']}"
-        at_size = d["stories"] >= 1_000_000 and d["concurrency"] >= 16
-        st = s["steady_fixed_rate"]
-        # A fixed-rate generator's achieved rate is requests / span: allow 2% under the offered 1,000/s.
-        add(6, "p99 <= 10 ms at >= 1,000 requests/s", f"p99 {st['p99_ms']} ms at {st['qps']:,.0f} req/s (offered {st['offered_rate']:.0f})",
-            st["p99_ms"] <= 10 and st["qps"] >= 0.98 * 1000 and st["offered_rate"] >= 1000, at_size, size)  # fmt: skip
-        raw, sat = sv["raw_hnswlib_single_thread"]["qps"], s["saturation_closed_loop"]["qps"]
-        add(6, "served QPS >= 30% of raw hnswlib single-thread QPS", f"{sat / raw:.2f} ({sat:,.0f} vs {raw:,.0f} QPS)",
-            sat >= 0.3 * raw, at_size, size)  # fmt: skip
-        rl = s["reload_fixed_rate"]
-        window = rl.get("reload_window") or {}
-        reload_p99 = window.get("p99_ms", rl["whole_phase"].get("p99_ms"))
-        add(6, "p99 during a reload <= 2 x steady p99",
-            f"{reload_p99} ms vs {st['p99_ms']} ms ({reload_p99 / st['p99_ms']:.2f}x)" if reload_p99 is not None else "no reload measured",
-            reload_p99 is not None and rl.get("swapped", True) and reload_p99 <= 2 * st["p99_ms"], at_size, size,
-            "" if rl.get("swapped", True) else "the new version was not served within the phase")  # fmt: skip
-        failed = sum(p.get("failed", 0) for p in (s["saturation_closed_loop"], st, rl["whole_phase"]))
-        add(6, "zero failed requests (saturation, steady and reload phases)", f"{failed} failed", failed == 0, at_size, size)
-    for name, issue in (("model_quality", 3), ("embedding_jobs", 4), ("index_build", 5), ("serving", 6)):
+    for name, (issue, evaluate) in TARGETS.items():
         record = benchmarks.get(name)
-        if record is not None and not record.get("skipped") and not record["ok"]:
-            add(issue, f"every target of the {name} benchmark", "the benchmark failed: " + record["error"].splitlines()[0],
-                None, None, "")  # fmt: skip
+        if record is None or record.get("skipped"):
+            continue
+        if not record["ok"] or not record.get("results"):
+            add(issue, f"every target of the {name} benchmark", f"the benchmark failed: {record.get('error')}", None, None, "")
+            continue
+        try:
+            evaluate(record["results"], add)
+        except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+            add(issue, f"every target of the {name} benchmark", f"could not read {name}.json: {type(exc).__name__}: {exc}", None, None, "")
     return targets
-
-
-def _story_rows(ej: dict) -> int | None:
-    return next((r["rows"] for r in ej["rows"] if r["job"] == "stories_embeddings" and "ratio_job_over_raw" in r), None)
 
 
 def _rows_of(results: dict | None, dataset_prefix: str) -> list[dict]:
@@ -473,12 +555,16 @@ def git_state() -> dict:
 
 
 def model_versions(benchmarks: dict[str, dict]) -> dict:
-    """Version names the results carry (the served index of the serving benchmark)."""
+    """Version names the results carry (the indexes the serving benchmark served)."""
     versions = {}
     sv = _results(benchmarks, "serving")
     if sv:
-        versions["serving: index served at start"] = sv["index"]["version"]
-        versions["serving: index served after the reload"] = sv["served"]["reload_fixed_rate"].get("served_after")
+        try:
+            versions["serving: index built and served first"] = sv["index"]["version"]
+            for mode, s in serving_modes(sv).items():
+                versions[f"serving ({mode}): index served after the reload"] = s["reload_fixed_rate"].get("served_after")
+        except (KeyError, TypeError):
+            pass
     return versions
 
 
@@ -560,7 +646,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (< 2 min); the demo is skipped")
     parser.add_argument("--only", action="append", choices=list(BY_NAME), metavar="NAME",
                         help=f"run only this benchmark (repeatable): {', '.join(BY_NAME)}")  # fmt: skip
-    parser.add_argument("--run-dir", type=Path, help="where each benchmark writes its JSON (default benchmarks/results/; "
+    parser.add_argument("--run-dir", type=Path, help="where each benchmark writes its JSON (default benchmarks/results/make_bench/; "
                                                      "--quick: a temporary folder)")  # fmt: skip
     parser.add_argument("--results", type=Path, help="combined JSON (default benchmarks/results.json; --quick: in the run folder)")
     parser.add_argument("--note", action="append", default=[], help="free text stored with the results (repeatable)")

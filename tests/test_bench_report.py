@@ -75,12 +75,16 @@ def _results(*, with_latency: bool = True) -> dict:
          "ratio_job_over_raw": 0.49, "job_median_seconds": 6.1, "multi_process_2_workers_seconds": 9.0, "multi_process_2_workers_per_s": 3_333.3},
     ]}  # fmt: skip
     index_build = {
-        "data": {"n": 200_000, "dim": 128, "queries": 1000},
+        "data": {"n": 200_000, "dim": 128, "queries_per_set": 1000},
         "params": {"M": 16, "ef_construction": 200, "build_threads": 2},
         "exact": {"qps_single_query": 100.0},
         "hnswlib": {"build": {"vectors_per_second": 3000.0, "build_seconds": 66.7, "bytes_per_vector": 660.0},
-                    "sweep": [{"ef": 10, "recall_at_10": 0.95, "qps": 9000.0}, {"ef": 50, "recall_at_10": 0.991, "qps": 6000.0},
-                              {"ef": 100, "recall_at_10": 0.999, "qps": 4000.0}]},
+                    # Two query sets; the first (validation's noise 0.75) decides. On the easier set,
+                    # ef=10 reaches 0.99 at 9,500 QPS: it must not count.
+                    "sweep": [{"query_noise": 0.75, "ef": 10, "recall_at_10": 0.95, "qps": 9000.0},
+                              {"query_noise": 0.75, "ef": 50, "recall_at_10": 0.991, "qps": 6000.0},
+                              {"query_noise": 0.75, "ef": 100, "recall_at_10": 0.999, "qps": 4000.0},
+                              {"query_noise": 0.3, "ef": 10, "recall_at_10": 0.995, "qps": 9500.0}]},
         "faiss": {"build": {"vectors_per_second": 2500.0, "build_seconds": 80.0, "bytes_per_vector": 656.0},
                   "sweep": [{"ef": 10, "recall_at_10": 0.94, "qps": 5000.0}, {"ef": 50, "recall_at_10": 0.995, "qps": 3000.0}]},
         "incremental": {"fraction": 0.01, "incremental_seconds": 0.4, "full_rebuild_seconds": 10.0, "speedup": 25.0},
@@ -89,14 +93,15 @@ def _results(*, with_latency: bool = True) -> dict:
         "data": {"stories": 200_000, "dim": 128, "users": 50_000, "k": 10, "concurrency": 16},
         "index": {"version": "20261124T000000Z-bench"},
         "raw_hnswlib_single_thread": {"qps": 10_000.0, "p50_ms": 0.09, "p99_ms": 0.2},
-        "served": {
+        "searchers": {"process": {
             "saturation_closed_loop": {"requests": 29_000, "failed": 0, "qps": 2900.0, "p50_ms": 5.0, "p99_ms": 12.0, "p999_ms": 15.0, "max_ms": 20.0},
             "steady_fixed_rate": {"offered_rate": 1000.0, "requests": 10_000, "failed": 0, "qps": 1000.0, "p50_ms": 2.0, "p99_ms": 8.0, "p999_ms": 11.0, "max_ms": 14.0},
             "reload_fixed_rate": {"offered_rate": 1000.0, "whole_phase": {"requests": 15_000, "failed": 0, "qps": 1000.0, "p50_ms": 2.5, "p99_ms": 12.0, "p999_ms": 30.0, "max_ms": 40.0},
                                   "reload_window": {"requests": 3000, "failed": 0, "qps": 1000.0, "p50_ms": 3.0, "p99_ms": 17.0, "p999_ms": 30.0, "max_ms": 40.0},
-                                  "window_seconds": 2.0, "swapped": True, "served_after": "20261124T000000Z-bench-reload", "server_reload_seconds": 1.5},
-        },
-        "memory": {"loaded_index_memory_bytes": 150 * 2**20, "server_rss_loaded": 400 * 2**20, "server_rss_peak_during_reload": 560 * 2**20},
+                                  "window_seconds": 2.0, "served_after": "20261124T000000Z-bench-reload-process", "server_reload_seconds": 1.5},
+            "memory": {"loaded_index_memory_bytes": 150 * 2**20, "index_process_rss_bytes": 300 * 2**20,
+                       "server_tree_rss_loaded": 400 * 2**20, "server_tree_rss_peak_during_reload": 560 * 2**20},
+        }},
     }  # fmt: skip
     records = {name: {"name": name, "what": name, "command": f"python benchmarks/{name}.py", "wall_seconds": 60.0, "ok": True, "results": data}
                for name, data in (("model_quality", model_quality), ("embedding_jobs", embedding_jobs),
@@ -105,6 +110,7 @@ def _results(*, with_latency: bool = True) -> dict:
         probs = run_all.quantile_grid()
         records["serving"]["latency"] = {
             "probabilities": probs,
+            "searcher": "process",
             "phases": {"steady": {"requests": 10_000, "failed": 0, "quantiles_ms": list(np.linspace(0.5, 14.0, len(probs)))},
                        "reload": {"requests": 15_000, "failed": 0, "quantiles_ms": list(np.linspace(0.5, 40.0, len(probs)))}},
             "reload_timeline": {"columns": ["t_seconds", "p50_ms", "p99_ms", "max_ms", "requests"], "bin_seconds": 0.1,
@@ -137,9 +143,11 @@ def test_targets_are_computed_from_the_figures():
     results = _results()
     recall = _target(results, "recall@10 >= 0.99 at >= 50x")
     assert recall["met"] is True and "ef=50" in recall["measured"] and "60.0x" in recall["measured"]
+    assert "noise 0.75" in recall["note"]
     assert recall["at_target_size"] is False  # 200,000 < 1,000,000
     assert _target(results, "incremental")["met"] is True
     assert _target(results, "p99 <= 10 ms")["met"] is True
+    assert _target(results, "p99 <= 10 ms")["target"].endswith("[searcher: process]")
     served = _target(results, "30% of raw")
     assert served["met"] is False and served["measured"].startswith("0.29")
     reload = _target(results, "during a reload")
@@ -204,8 +212,10 @@ def test_serving_latency_extract_from_load_generator_arrays(tmp_path):
     start = np.arange(3 * n) / 1000
     np.savez(tmp_path / "loadgen-rate-3.npz", start=start, latency=np.where((start > 1.0) & (start < 2.0), 0.05, 0.001),
              status=np.full(3 * n, 200), version=(start >= 2.0).astype(int), names=np.array(["v1", "v2"]))  # fmt: skip
-    served = {"served": {"reload_fixed_rate": {"served_after": "v2", "window_seconds": 1.5}}}
+    served = {"searchers": {"process": {"reload_fixed_rate": {"served_after": "v9"}},
+                            "inline": {"reload_fixed_rate": {"served_after": "v2", "window_seconds": 1.5}}}}
     extract = run_all.serving_latency_extract(tmp_path, served)
+    assert extract["searcher"] == "inline"  # the mode whose new version the answers name
     assert extract["phases"]["steady"]["requests"] == n
     assert 1.0 <= extract["phases"]["steady"]["quantiles_ms"][0] and extract["phases"]["steady"]["quantiles_ms"][-1] <= 2.0
     timeline = extract["reload_timeline"]
@@ -214,6 +224,25 @@ def test_serving_latency_extract_from_load_generator_arrays(tmp_path):
     slow_bin = next(r for r in timeline["rows"] if r[0] == 1.5)
     assert slow_bin[1] == pytest.approx(50.0)
     assert run_all.serving_latency_extract(tmp_path / "missing", served) is None
+    assert run_all.serving_latency_extract(tmp_path, {"searchers": {"process": {"reload_fixed_rate": {"served_after": "v9"}}}}) is None
+
+
+def test_the_first_serving_format_and_an_unreadable_json_are_handled():
+    results = _results()
+    records = results["benchmarks"]
+    serving = records["serving"]["results"]
+    mode = serving.pop("searchers")["process"]
+    serving["memory"] = {"loaded_index_memory_bytes": 1, "server_rss_loaded": 2, "server_rss_peak_during_reload": 3}
+    serving["served"] = {k: v for k, v in mode.items() if k != "memory"}
+    targets = [t for t in run_all.evaluate_targets(records) if t["issue"] == 6]
+    assert [t["met"] for t in targets] == [True, False, False, True]
+    assert not any("[searcher" in t["target"] for t in targets)
+    del records["index_build"]["results"]["exact"]
+    unreadable = [t for t in run_all.evaluate_targets(records) if t["issue"] == 5]
+    assert len(unreadable) == 1 and unreadable[0]["met"] is None and "KeyError" in unreadable[0]["measured"]
+    rows = run_all.summary_figures(records)
+    assert any(r["area"] == "index_build" and "could not read" in r["text"] for r in rows)
+    assert any(r["area"] == "serving" for r in rows)  # the others are still summarised
 
 
 def test_html_report_embeds_the_plots_and_shows_the_figures(tmp_path):
@@ -225,7 +254,7 @@ def test_html_report_embeds_the_plots_and_shows_the_figures(tmp_path):
     assert len(images) == 5
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert "0123456789abcdef0123456789abcdef01234567" in page
-    assert "20261124T000000Z-bench-reload" in page
+    assert "20261124T000000Z-bench-reload-process" in page
     assert "Targets: 8 of 12 met" in page
     assert "6,000 QPS (60.0x exact)" in page
     assert 'class="notmet"' in page and "the machine was shared" in page
