@@ -300,12 +300,14 @@ def embedding_throughput(results: dict, path: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    width = 0.26
-    series = (("raw tower, batched Python loop", "raw_tower_median_per_s", COLORS["popularity"]),
+    series = [("raw tower, batched Python loop (features built beforehand)", "raw_tower_median_per_s", COLORS["popularity"]),
+              ("the job's work without Beam (read, features, tower)", "plain_loop_median_per_s", COLORS["other"]),
               ("Beam job, DirectRunner in-process", "job_median_per_s", COLORS["model"]),
-              ("Beam job, DirectRunner 2 processes", "multi_process_2_workers_per_s", COLORS["als"]))  # fmt: skip
+              ("Beam job, DirectRunner 2 processes", "multi_process_2_workers_per_s", COLORS["als"])]  # fmt: skip
+    series = [s for s in series if all(s[1] in r for r in rows)]
+    width = 0.8 / len(series)
     for i, (label, key, color) in enumerate(series):
-        xs = [j + (i - 1) * width for j in range(len(rows))]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
         bars = ax.bar(xs, [r[key] for r in rows], width, label=label, color=color)
         ax.bar_label(bars, labels=[f"{r[key]:,.0f}" for r in rows], fontsize=8, padding=2)
     ax.set_xticks(range(len(rows)), [f"{r['job']}\n{r['rows']:,} rows, job/raw = {r['ratio_job_over_raw']:.2f}" for r in rows])

@@ -292,8 +292,10 @@ def _figures_embedding_jobs(ej: dict, add) -> None:
     for r in ej["rows"]:
         size = f"{r['rows']:,} {r['job'].split('_')[0]}"
         if "ratio_job_over_raw" in r:
+            plain = (f"; the same work without Beam (read, features, tower) {r['plain_loop_median_per_s']:,.0f}/s, job/that "
+                     f"{r['ratio_job_over_plain_loop']:.2f}" if "plain_loop_median_per_s" in r else "")  # fmt: skip
             add("Beam jobs", f"{r['job']}: job vs raw tower", r["ratio_job_over_raw"], "job/raw",
-                f"job {r['job_median_per_s']:,.0f}/s vs raw tower {r['raw_tower_median_per_s']:,.0f}/s: ratio {r['ratio_job_over_raw']:.2f} "
+                f"job {r['job_median_per_s']:,.0f}/s vs raw tower {r['raw_tower_median_per_s']:,.0f}/s: ratio {r['ratio_job_over_raw']:.2f}{plain} "
                 f"({r['job_median_seconds']} s wall; 2-process DirectRunner {r['multi_process_2_workers_seconds']} s)", size)  # fmt: skip
         else:
             add("Beam jobs", f"{r['job']}: wall time", r["job_seconds"], "s", f"{r['job_seconds']} s ({r['job_per_s']:,.0f}/s)", size)
