@@ -13,7 +13,10 @@ demo` (`-o`: a stale venv stamp must not start a reinstall inside a benchmark). 
     benchmark, each script's own JSON, the summary figures, and every target of
     issues 3-6 marked met / not met, computed here from the figures (`evaluate_targets`);
   * benchmarks/results.md: the same as Markdown tables;
-  * the plots (benchmarks/plots.py) and the HTML report (benchmarks/report.py).
+  * the plots in benchmarks/figures/ (benchmarks/plots.py) and benchmarks/report.html
+    (benchmarks/report.py, also `ebr report`).
+
+`--resummarize` recomputes all of that from the last run's JSONs without running anything.
 
 `--quick` runs tiny sizes (a smoke test of the whole chain, under two minutes; the demo
 is skipped); its figures say nothing about speed. Sizes are smaller than the issues'
@@ -43,8 +46,6 @@ BENCH_DIR = REPO / "benchmarks"
 DEFAULT_RUN_DIR = BENCH_DIR / "results" / "make_bench"  # apart from the scripts' own default outputs
 RESULTS_JSON = BENCH_DIR / "results.json"
 RESULTS_MD = BENCH_DIR / "results.md"
-FIGURES_DIR = BENCH_DIR / "figures"
-REPORT_HTML = BENCH_DIR / "report.html"
 STAMP = ".venv/.ebr-installed"
 
 
@@ -653,7 +654,12 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--results", type=Path, help="combined JSON (default benchmarks/results.json; --quick: in the run folder)")
     parser.add_argument("--note", action="append", default=[], help="free text stored with the results (repeatable)")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the plots and the HTML report")
+    parser.add_argument("--resummarize", action="store_true",
+                        help="run nothing: recompute figures, targets, tables, plots and the report of the last run "
+                             "from its results file and the benchmark JSONs it names (after a fix to this script)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.resummarize:
+        return resummarize((args.results or RESULTS_JSON).resolve(), plots=args.plots)
 
     run_dir = (args.run_dir or (Path(tempfile.mkdtemp(prefix="ebr-bench-quick-")) if args.quick else DEFAULT_RUN_DIR)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -698,18 +704,36 @@ def run(argv: list[str] | None = None) -> dict:
         "targets": evaluate_targets(records),
         "versions": model_versions(records),
     }
-    if args.plots:
-        figures_dir = (run_dir / "figures") if args.quick else FIGURES_DIR
+    write_outputs(results, results_path, results_path.parent / "figures" if args.plots else None)
+    _log(f"wrote {results_path} and {results_path.with_suffix('.md')} in {results['wall_seconds'] / 60:.1f} min")
+    return results
+
+
+def write_outputs(results: dict, results_path: Path, figures_dir: Path | None) -> None:
+    """results.json, results.md and, given a FIGURES_DIR, the PNGs there and report.html beside the results."""
+    if figures_dir is not None:
         results["plots"] = _make_plots(results, figures_dir, results_path.parent)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
-    md_path = results_path.with_suffix(".md")
-    md_path.write_text(markdown(results))
-    if args.plots:
-        html = _render_report(results_path, results_path.parent / "report.html")
-        _log(f"report: {html}")
+    results_path.with_suffix(".md").write_text(markdown(results))
+    if figures_dir is not None:
+        _log(f"report: {_render_report(results_path, results_path.parent / 'report.html')}")
     print(markdown(results))
-    _log(f"wrote {results_path} and {md_path} in {results['wall_seconds'] / 60:.1f} min")
+
+
+def resummarize(results_path: Path, *, plots: bool = True) -> dict:
+    """Recomputes everything derived in RESULTS_PATH from the benchmark JSONs of the same run."""
+    if not results_path.is_file():
+        raise SystemExit(f"error: no results at {results_path} to re-summarise: run the benchmarks first")
+    results = json.loads(results_path.read_text())
+    for record in results["benchmarks"].values():
+        if record.get("json"):
+            record["results"] = json.loads((REPO / record["json"]).read_text())
+    records = results["benchmarks"]
+    results.update(figures=summary_figures(records), targets=evaluate_targets(records), versions=model_versions(records))
+    stamp = f"figures re-summarised from this run's benchmark JSONs at {datetime.now(UTC).isoformat(timespec='seconds')}"
+    results["notes"] = [n for n in results.get("notes", []) if not n.startswith("figures re-summarised")] + [stamp]
+    write_outputs(results, results_path, results_path.parent / "figures" if plots else None)
     return results
 
 

@@ -297,3 +297,19 @@ def test_a_benchmark_json_is_read_and_a_hung_one_is_killed(tmp_path):
     hung = run_all.Benchmark("fake", "hangs", str(_script(tmp_path, "time.sleep(60)\n")), (), (), timeout_s=30, quick_timeout_s=1.0)
     record = run_all.run_benchmark(hung, run_dir, quick=True, log_dir=tmp_path / "logs")
     assert record["ok"] is False and "timeout" in record["error"] and record["wall_seconds"] < 30
+
+
+def test_resummarize_recomputes_from_the_runs_json_files(tmp_path):
+    results = _results()
+    index_json = tmp_path / "index_build.json"
+    index_data = results["benchmarks"]["index_build"]["results"]
+    index_data = {**index_data, "incremental": {**index_data["incremental"], "speedup": 12.0}}  # on disk: 12x, not 25x
+    index_json.write_text(json.dumps(index_data))
+    results["benchmarks"]["index_build"]["json"] = str(index_json)
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(results))
+    redone = run_all.resummarize(results_path, plots=False)
+    assert _target(redone, "incremental")["met"] is False
+    assert json.loads(results_path.read_text())["targets"] == redone["targets"]
+    assert "| #5 | incremental update" in (tmp_path / "results.md").read_text()
+    assert redone["notes"][-1].startswith("figures re-summarised")
