@@ -15,12 +15,15 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DEMO_ROOT ?= file://$(CURDIR)/var/demo
 DEMO_SIZE ?= small
+AIRFLOW_DIR := $(CURDIR)/var/airflow
+AIRFLOW_PORT ?= 8080
 
-.PHONY: venv test demo bench clean-demo help
+.PHONY: venv test demo airflow bench clean-demo help
 
 help:
 	@echo "make demo   build the environment if needed, then run the pipeline on a synthetic world"
 	@echo "make test   build the environment if needed, then run the test suite"
+	@echo "make airflow  start Airflow on http://127.0.0.1:8080 with the project's DAGs"
 	@echo "make bench  run the benchmarks (model quality against baselines, ...)"
 
 venv: $(STAMP)
@@ -35,10 +38,27 @@ $(STAMP): requirements.lock setup.py $(wildcard */__init__.py)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The whole pipeline through Airflow (`airflow dags test` of ebr_train, ebr_user_embeddings
+# and ebr_story_index on a fresh world, logical dates inside it), then the retrieval
+# service answering a few users; see orchestration/demo.py. Airflow home: $(DEMO_ROOT)-airflow.
 demo: $(STAMP)
-	$(BIN)/ebr --root $(DEMO_ROOT) data generate --size $(DEMO_SIZE) --overwrite
-	$(BIN)/ebr --root $(DEMO_ROOT) data show
-	$(BIN)/ebr --root $(DEMO_ROOT) artifacts list
+	$(BIN)/python -m orchestration.demo --root $(DEMO_ROOT) --size $(DEMO_SIZE)
+
+# Airflow on http://127.0.0.1:$(AIRFLOW_PORT) (api-server, scheduler, dag-processor, triggerer;
+# SQLite and logs under var/airflow) with this project's dags/ and no examples. The DAGs use
+# the configured artifact root: EBR_ROOT=file://$(CURDIR)/var/demo make airflow shows the demo's.
+airflow: $(STAMP)
+	@mkdir -p $(AIRFLOW_DIR)
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)  user: admin  password: printed below on the first start,"
+	@echo "  and kept in $(AIRFLOW_DIR)/simple_auth_manager_passwords.json.generated. Ctrl-C stops every component."
+	@echo "DAGs from $(CURDIR)/dags; artifact root: $${EBR_ROOT:-the configured root (config/defaults.toml)}"
+	AIRFLOW_HOME=$(AIRFLOW_DIR) \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__API__HOST=127.0.0.1 \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
+	$(BIN)/airflow standalone
 
 # Benchmarks print a Markdown table and write JSON under benchmarks/results/.
 bench: $(STAMP)

@@ -44,9 +44,14 @@ print(json.dumps(report))
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def airflow_home():
+    """Every test here may import Airflow: give this process its own home first."""
+    return process_airflow_home()
+
+
 @pytest.fixture(scope="module")
-def dags():
-    process_airflow_home()
+def dags(airflow_home):
     return load_dags()
 
 
