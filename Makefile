@@ -44,21 +44,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m orchestration.demo --root $(DEMO_ROOT) --size $(DEMO_SIZE)
 
-# Airflow on http://127.0.0.1:$(AIRFLOW_PORT) (api-server, scheduler, dag-processor, triggerer;
-# SQLite and logs under var/airflow) with this project's dags/ and no examples. The DAGs use
-# the configured artifact root: EBR_ROOT=file://$(CURDIR)/var/demo make airflow shows the demo's.
+# Airflow on http://127.0.0.1:$(AIRFLOW_PORT): api-server, scheduler and dag-processor, SQLite,
+# logs and the admin password under var/airflow, this project's dags/, no examples; it prints
+# how to log in. The DAGs use the configured artifact root (EBR_ROOT / EBR_CONFIG):
+# `EBR_ROOT=file://$(CURDIR)/var/demo make airflow` shows the demo's. Ctrl-C stops it.
 airflow: $(STAMP)
-	@mkdir -p $(AIRFLOW_DIR)
-	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)  user: admin  password: printed below on the first start,"
-	@echo "  and kept in $(AIRFLOW_DIR)/simple_auth_manager_passwords.json.generated. Ctrl-C stops every component."
-	@echo "DAGs from $(CURDIR)/dags; artifact root: $${EBR_ROOT:-the configured root (config/defaults.toml)}"
-	AIRFLOW_HOME=$(AIRFLOW_DIR) \
-	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
-	AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__API__HOST=127.0.0.1 \
-	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
-	AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AIRFLOW_PORT) \
-	$(BIN)/airflow standalone
+	$(BIN)/python -m orchestration.local_airflow --home $(AIRFLOW_DIR) --port $(AIRFLOW_PORT)
 
 # Benchmarks print a Markdown table and write JSON under benchmarks/results/.
 bench: $(STAMP)

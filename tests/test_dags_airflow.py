@@ -1,6 +1,7 @@
 """The real Airflow: api-server, scheduler and dag-processor on 127.0.0.1 with their own
-AIRFLOW_HOME (SQLite), this project's dags/, and ebr_rollback triggered through the REST
-API (v2, JWT from the simple auth manager) with parameters.
+AIRFLOW_HOME (SQLite), this project's dags/ (started the way `make airflow` starts them,
+`orchestration.local_airflow`), and ebr_rollback triggered through the REST API (v2, JWT
+from the simple auth manager) with parameters.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import time
 import pytest
 
 from artifacts import ArtifactStore
-from tests.airflow_support import AirflowProcesses
+from orchestration.local_airflow import LocalAirflow
+from tests.airflow_support import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, store):
-    processes = AirflowProcesses(tmp_path_factory.mktemp("airflow-home"), {"EBR_ROOT": store.uri})
+    processes = LocalAirflow(tmp_path_factory.mktemp("airflow-home"), free_port(), {"EBR_ROOT": store.uri})
     try:
         processes.start()
         processes.wait_until_up()
@@ -44,8 +46,8 @@ def airflow(tmp_path_factory, store):
 @pytest.fixture(scope="module")
 def token(airflow):
     token = airflow.token()
-    airflow.wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
-                     "the dag-processor did not register ebr_rollback", timeout=180)  # fmt: skip
+    wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
+             "the dag-processor did not register ebr_rollback", 180, airflow)  # fmt: skip
     status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
     assert status == 200 and body["is_paused"] is False, body
     return token
@@ -72,7 +74,7 @@ def test_rollback_triggered_through_the_rest_api_moves_latest(airflow, token, st
         return body if body["state"] in ("success", "failed") else None
 
     started = time.monotonic()
-    body = airflow.wait_for(finished, "the ebr_rollback run did not finish", timeout=300)
+    body = wait_for(finished, "the ebr_rollback run did not finish", 300, airflow)
     assert body["state"] == "success", airflow.logs()
     print(f"rollback run finished in {time.monotonic() - started:.1f} s")
     assert kind.latest() == OLDER
