@@ -595,6 +595,11 @@ def markdown(results: dict) -> str:
     lines += ["", "## Figures", "", "| area | measurement | figure | measured on |", "|---|---|---|---|"]
     for f in results["figures"]:
         lines.append(f"| {f['area']} | {f['measurement']} | {f['text']} | {f['size']} |")
+    for section in (_quality_markdown, _sweep_markdown):
+        try:
+            lines += section(results["benchmarks"])
+        except (KeyError, TypeError, ValueError):
+            pass  # the figures table above says what could not be read
     lines += ["", "## Targets", "", "| issue | target | measured | met | at target size |", "|---|---|---|---|---|"]
     for t in results["targets"]:
         verdict = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
@@ -609,6 +614,37 @@ def markdown(results: dict) -> str:
         lines += ["", "## Plots", ""]
         lines += [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
+
+
+def _quality_markdown(benchmarks: dict) -> list[str]:
+    mq = _results(benchmarks, "model_quality")
+    if not mq:
+        return []
+    columns = [c for c in ("top_k_accuracy@100", "recall@10", "recall@100", "ndcg@10", "coverage@100", "language_match@10", "oracle_recall@100")
+               if any(c in r["metrics"] for r in mq["rows"])]  # fmt: skip
+    lines = ["", f"### Model quality (`{mq.get('command', '')}`)", "",
+             "| dataset | scorer | " + " | ".join(columns) + " | best epoch | epochs run | train examples/s |",
+             "|---" * (len(columns) + 5) + "|"]  # fmt: skip
+    for r in mq["rows"]:
+        cells = [f"{r['metrics'][c]:.3f}" if c in r["metrics"] else "" for c in columns]
+        eps = f"{r['examples_per_second']:,.0f}" if "examples_per_second" in r else ""
+        lines.append(f"| {r['dataset']} | {r['scorer']} | " + " | ".join(cells) + f" | {r.get('best_epoch', '')} | {r.get('epochs_run', '')} | {eps} |")
+    return lines
+
+
+def _sweep_markdown(benchmarks: dict) -> list[str]:
+    ib = _results(benchmarks, "index_build")
+    if not ib:
+        return []
+    exact = ib["exact"]["qps_single_query"]
+    lines = ["", f"### Recall vs QPS ({ib['data']['n']:,} x {ib['data']['dim']}, 1 thread, 1 query at a time; exact numpy {exact:,.0f} QPS)", "",
+             "| library | queries | ef | recall@10 | QPS | x exact |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for lib in ("hnswlib", "faiss"):
+        for noise, rows in sweep_sets(ib.get(lib, {}).get("sweep", [])).items():
+            for r in rows:
+                lines.append(f"| {lib} | {'noise ' + str(noise) if noise is not None else ''} | {r['ef']} | {r['recall_at_10']:.4f} | "
+                             f"{r['qps']:,.0f} | {r['qps'] / exact:.1f} |")  # fmt: skip
+    return lines
 
 
 def _shell_line(cmd: list[str]) -> str:
