@@ -207,7 +207,7 @@ def _rss(pid: int) -> int:
     return total
 
 
-def build_store(root: str, n: int, dim: int, n_users: int):
+def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | None = None):
     """Publishes story and user snapshots of one model and builds the story index.
 
     Returns (store, index version, build seconds or None when reused, user vectors). A
@@ -236,7 +236,8 @@ def build_store(root: str, n: int, dim: int, n_users: int):
                      model_version=MODEL, as_of=0, shards=8, reason="serving benchmark")  # fmt: skip
     publish_snapshot(store.kind("embeddings/users"), "20261124T000000Z-bench", user_ids, users,
                      model_version=MODEL, as_of=0, reason="serving benchmark")  # fmt: skip
-    cfg = load_config(overrides=[f"root={root}"], environ={})
+    overrides = [f"root={root}"] + ([f"index.min_recall_at_10={min_recall}"] if min_recall is not None else [])
+    cfg = load_config(overrides=overrides, environ={})
     started = time.perf_counter()
     outcome = build_and_publish_index(cfg, "stories")
     build_s = time.perf_counter() - started
@@ -413,6 +414,8 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=1000.0, help="fixed request rate of the steady and reload phases")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     parser.add_argument("--raw-seconds", type=float, default=5.0, help="seconds of raw hnswlib queries")
+    parser.add_argument("--min-recall", type=float, help="index.min_recall_at_10 for the build (default: config's 0.98); "
+                        "the served ef is the first that reaches it")
     parser.add_argument("--searchers", default="process,inline", help="serving.searcher modes to measure, in order")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the store here; default: a temporary directory")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
@@ -424,7 +427,7 @@ def run(argv: list[str] | None = None) -> dict:
     root = f"file://{workdir}/root"
     try:
         print(f"building: {args.n:,} stories x {args.dim}, {args.users:,} users ...", flush=True)
-        store, base_version, build_s, user_vectors = build_store(root, args.n, args.dim, args.users)
+        store, base_version, build_s, user_vectors = build_store(root, args.n, args.dim, args.users, args.min_recall)
         manifest = store.kind("indexes/stories").manifest(base_version)
         ef = int(manifest.params["ef_search"])
         source_dir = workdir / "root" / "indexes" / "stories" / base_version
