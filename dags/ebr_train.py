@@ -32,7 +32,7 @@ def ebr_train():
         return check_warehouse(load_config())
 
     @task
-    def train_and_evaluate(inputs: dict, **context) -> dict:
+    def train_and_evaluate(warehouse: dict, **context) -> dict:  # runs after check_warehouse
         from config import load_config
         from orchestration.runs import RunIdentity
         from orchestration.training import train_model

@@ -76,6 +76,34 @@ def test_ebr_train_trains_gates_and_publishes_a_model_named_after_the_logical_da
     assert [m.to_version for m in models.history()] == [latest]
 
 
+def test_a_rerun_of_the_training_run_reuses_its_model_and_announces_it_again(pipeline, trained):
+    from orchestration.runs import RunIdentity
+    from orchestration.training import gate_model, publish_trained_model, train_model
+
+    identity = RunIdentity("ebr_train", trained.run.run_id, TRAIN_DATE)
+    models = pipeline.store.kind(MODELS)
+    history = models.history()
+    again = train_model(pipeline.cfg, identity)
+    assert again["reused"] is True and again["version"] == models.latest()
+    decision = gate_model(pipeline.cfg, again)
+    published = publish_trained_model(pipeline.cfg, identity, again, decision)
+    assert (published["moved"], published["announce"]) == (False, True)  # LATEST names it: tell downstream again
+    assert models.history() == history
+
+
+def test_a_model_the_gate_refuses_is_not_published(pipeline, trained):
+    published = pipeline.store.kind(MODELS).latest()
+    pipeline.env.setenv("EBR_GATE__MIN_LIFT_OVER_POPULARITY", "100")  # must beat popularity 101-fold
+    try:
+        run = pipeline.dags["ebr_train"].test(logical_date=datetime(2026, 10, 16, tzinfo=UTC))
+    finally:
+        pipeline.env.delenv("EBR_GATE__MIN_LIFT_OVER_POPULARITY")
+    states = task_states(run)
+    assert states["gate"] == "success" and states["publish_model"] == "skipped", states
+    assert pipeline.store.kind(MODELS).latest() == published
+    assert pipeline.store.kind(MODELS).complete_versions() == [published]
+
+
 def test_ebr_user_embeddings_runs_the_beam_job_and_publishes_users_and_their_index(pipeline, trained, users_embedded):
     assert str(users_embedded.run.state) == "success", users_embedded.states
     assert users_embedded.states["embed_users"] == "success"
