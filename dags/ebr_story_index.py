@@ -47,6 +47,7 @@ def ebr_story_index():
         py_interpreter=sys.executable,
         runner=planned["runner"],
         pipeline_options=planned["pipeline_options"],
+        dataflow_config=planned["dataflow_config"],
     )
 
     @task

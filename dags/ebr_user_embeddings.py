@@ -45,6 +45,7 @@ def ebr_user_embeddings():
         py_interpreter=sys.executable,
         runner=planned["runner"],
         pipeline_options=planned["pipeline_options"],
+        dataflow_config=planned["dataflow_config"],
     )
 
     @task(outlets=[ds.user_embeddings_asset()])

@@ -69,6 +69,21 @@ def pipeline_options_dict(options: tuple[str, ...] | list[str]) -> dict[str, Any
     return parsed
 
 
+def dataflow_config(runner: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The Beam operator's `dataflow_config` for DataflowRunner ({} for other runners).
+
+    On Dataflow the operator sets `--project` and `--region` from this configuration
+    (overriding the pipeline options), and uses it to follow and cancel the job; both
+    come from `embed.pipeline_options`, so they must be there.
+    """
+    if runner.lower() != "dataflowrunner":
+        return {}
+    missing = [f"--{key}" for key in ("project", "region") if key not in options]
+    if missing:
+        raise ValueError(f"embed.runner is DataflowRunner but embed.pipeline_options has no {' or '.join(missing)}")
+    return {"project_id": options["project"], "location": options["region"], "wait_until_finished": True}
+
+
 def resolve_as_of(warehouse: Warehouse, logical_date: datetime) -> tuple[datetime, str]:
     """When the features are computed as of, and why.
 
@@ -97,7 +112,8 @@ def resolve_as_of(warehouse: Warehouse, logical_date: datetime) -> tuple[datetim
 def plan_embedding_job(cfg: EbrConfig, run: RunIdentity, entity: str) -> dict[str, Any]:
     """Everything the Beam operator needs, decided once per DAG run.
 
-    Returns {"runner", "pipeline_options", "model_version", "snapshot", "as_of"}. The
+    Returns {"runner", "pipeline_options", "dataflow_config", "model_version", "snapshot",
+    "as_of"}. The
     snapshot name is the run's version name, so a rerun writes (or reuses) the same
     snapshot; the model is the one LATEST names when the run plans.
     """
@@ -122,6 +138,7 @@ def plan_embedding_job(cfg: EbrConfig, run: RunIdentity, entity: str) -> dict[st
     return {
         "runner": cfg.embed.runner,
         "pipeline_options": options,
+        "dataflow_config": dataflow_config(cfg.embed.runner, options),
         "model_version": model_version,
         "snapshot": snapshot,
         "as_of": as_of.isoformat(),

@@ -249,6 +249,15 @@ def test_pipeline_options_from_config_become_the_operators_dict():
         pipeline_options_dict(["project=p"])
 
 
+def test_dataflow_gets_its_project_and_region_from_the_pipeline_options():
+    from orchestration.embeddings import dataflow_config
+
+    assert dataflow_config("DirectRunner", {}) == {}
+    assert dataflow_config("DataflowRunner", {"project": "p", "region": "r"})["location"] == "r"
+    with pytest.raises(ValueError, match="no --region"):
+        dataflow_config("DataflowRunner", {"project": "p"})
+
+
 class FakeWarehouse:
     uri = "file:///w"
 
@@ -283,7 +292,7 @@ def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch)
     from orchestration.embeddings import NoPublishedModelError, plan_embedding_job
     from orchestration.runs import RunIdentity
 
-    cfg = load_config(overrides=[f"root=file://{tmp_path}", "embed.runner=DataflowRunner", 'embed.pipeline_options=["--region=europe-west4","--experiments=a","--experiments=b"]'], environ={})
+    cfg = load_config(overrides=[f"root=file://{tmp_path}", "embed.runner=DataflowRunner", 'embed.pipeline_options=["--project=p","--region=europe-west4","--experiments=a","--experiments=b"]'], environ={})
     run = RunIdentity("ebr_story_index", "manual__1", datetime(2026, 10, 14, 22, tzinfo=UTC))
     with pytest.raises(NoPublishedModelError, match="run the ebr_train DAG"):
         plan_embedding_job(cfg, run, "stories")
@@ -295,6 +304,7 @@ def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch)
 
     plan = plan_embedding_job(cfg, run, "stories")
     assert plan["runner"] == "DataflowRunner" and plan["snapshot"] == run.version
+    assert plan["dataflow_config"] == {"project_id": "p", "location": "europe-west4", "wait_until_finished": True}
     argv = beam_options_to_args({**plan["pipeline_options"], "labels": ["airflow-version=v3-3-2"]})
     options = EmbeddingJobOptions(argv)
     assert options.model_version == "20261015T000000Z-m"
