@@ -94,3 +94,28 @@ def test_a_bad_parameter_is_refused_before_a_run_exists(airflow, token, store):
         assert field in str(body), body
     _, after = airflow.request("GET", "/api/v2/dags/ebr_rollback/dagRuns", token=token)
     assert after["total_entries"] == before["total_entries"]
+
+
+def test_a_published_model_triggers_both_embedding_dags(airflow, token):
+    """The asset schedule with the real scheduler: an event of the model asset (what
+    ebr_train's publish_model emits) creates an asset-triggered run of each embedding DAG."""
+    consumers = ("ebr_user_embeddings", "ebr_story_index")
+    for dag_id in consumers:
+        wait_for(lambda d=dag_id: airflow.request("GET", f"/api/v2/dags/{d}", token=token)[0] == 200, f"{dag_id} registered", 180, airflow)
+        status, body = airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
+        assert status == 200, body
+    _, assets = airflow.request("GET", "/api/v2/assets?name_pattern=models/two_tower", token=token)
+    (model,) = [a for a in assets["assets"] if a["name"] == "ebr/models/two_tower"]
+    assert sorted(d["dag_id"] for d in model["scheduled_dags"]) == sorted(consumers)
+    status, event = airflow.request("POST", "/api/v2/assets/events", {"asset_id": model["id"], "extra": {"version": "test"}}, token)
+    assert status == 200, event
+
+    def triggered(dag_id):
+        _, runs = airflow.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?run_type=asset_triggered", token=token)
+        return runs["dag_runs"] if runs.get("total_entries") else None
+
+    for dag_id in consumers:
+        (run,) = wait_for(lambda d=dag_id: triggered(d), f"no asset-triggered run of {dag_id}", 120, airflow)
+        assert run["run_type"] == "asset_triggered"
+    for dag_id in consumers:  # no model is published in this store: let the runs stop here
+        airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True}, token)
