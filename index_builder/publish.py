@@ -128,8 +128,9 @@ def build_and_publish_index(
 
     snap = read_snapshot(source, snapshot)
     validation.check_snapshot(snap)
+    probe = _real_queries(store, collection, snap, cfg.index.validation_queries)
     with tempfile.TemporaryDirectory(prefix="ebr-index-") as workdir:
-        built, recall = _build_validated(kind, snap, cfg.index, full=full, workdir=Path(workdir))
+        built, recall = _build_validated(kind, snap, cfg.index, full=full, workdir=Path(workdir), probe=probe)
         try:
             manifest = _write_version(kind, version, snap, built, recall, cfg.index, Path(workdir))
         except VersionExistsError:  # another run finished the same version meanwhile
@@ -161,7 +162,21 @@ def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, 
     return IndexBuildOutcome(collection, version, "reused", published, detail, recall, manifest)
 
 
-def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConfig, *, full: bool, workdir: Path):
+def _real_queries(store: ArtifactStore, collection: str, snap: EmbeddingSnapshot, n: int):
+    """Same-model user embeddings as validation queries for the user-facing indexes."""
+    users = store.kind(USER_EMBEDDINGS)
+    if collection == "users" or users.latest() is None:
+        return None
+    try:
+        if users.manifest(users.latest()).parents.get("model_version") != snap.model_version:
+            return None
+        return validation.probe_queries(read_snapshot(users), snap.model_version, n)
+    except ArtifactError as err:
+        log.warning("user embeddings unreadable (%s): validating with perturbed stored vectors", err)
+        return None
+
+
+def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConfig, *, full: bool, workdir: Path, probe=None):
     """Incremental when possible, else full; an incremental graph that fails the recall
     gate is rebuilt from scratch before giving up."""
     where = validation.snapshot_where(snap)
@@ -180,7 +195,7 @@ def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConf
         if reason is None:
             built = apply_update(previous, snap, plan, cfg)
             try:
-                recall = _validate(built, snap, cfg)
+                recall = _validate(built, snap, cfg, probe)
                 validation.check_recall(recall, cfg.min_recall_at_10, where)
                 return built, recall
             except IndexValidationError as err:  # a fresh graph may pass where the patched one did not
@@ -189,16 +204,16 @@ def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConf
             del built
         del previous, plan  # free the previous graph before building a new one
     built = build_full(snap, cfg, reason=reason or "")
-    recall = _validate(built, snap, cfg)
+    recall = _validate(built, snap, cfg, probe)
     validation.check_recall(recall, cfg.min_recall_at_10, where)
     return built, recall
 
 
-def _validate(built: BuiltIndex, snap: EmbeddingSnapshot, cfg: IndexConfig) -> validation.RecallCheck:
+def _validate(built: BuiltIndex, snap: EmbeddingSnapshot, cfg: IndexConfig, probe=None) -> validation.RecallCheck:
     validation.check_contents(built.graph, built.labels_to_ids, built.row_labels, snap)
     return validation.measure_recall(
         built.graph, snap.vectors, built.row_labels, ef=cfg.ef_search, max_ef=max(cfg.max_ef_search, cfg.ef_search),
-        threshold=cfg.min_recall_at_10, queries=cfg.validation_queries, threads=cfg.threads,
+        threshold=cfg.min_recall_at_10, queries=cfg.validation_queries, threads=cfg.threads, probe=probe,
     )  # fmt: skip
 
 
@@ -246,6 +261,7 @@ def _write_version(
             "recall_at_10": round(recall.recall_at_10, 6),
             "recall_at_10_by_ef": {str(ef): round(r, 6) for ef, r in recall.tried.items()},
             "validation_queries": recall.queries,
+            "validation_query_source": recall.query_source,
             "validation_seconds": round(recall.seconds, 3),
             "build_seconds": round(built.build_seconds, 3),
             "vectors_per_second": round(built.touched / max(built.build_seconds, 1e-9), 1),

@@ -5,8 +5,11 @@ Two gates:
     L2-normalised, made by a named model (serving pairs indexes and user embeddings by
     model version);
   * the graph: holds exactly the snapshot's items under the labels the id map names, and
-    its recall@10 against exact search on held-aside queries (`hnsw.held_aside_queries`)
-    is at least `index.min_recall_at_10` when searched with the ef it will be served with.
+    its recall@10 against exact search on held-aside queries is at least
+    `index.min_recall_at_10` when searched with the ef it will be served with. For the
+    story and creator indexes the queries are a sample of the user embeddings of the same
+    model (`probe_queries`: what the index will answer); otherwise, and before the user
+    dataflow has run for a new model, perturbed stored vectors (`hnsw.held_aside_queries`).
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class RecallCheck:
     Attributes:
       recall_at_10: at `ef` (the first ef that passed, or the largest tried).
       queries: number of held-aside queries.
+      query_source: what the queries were (`probe_queries`).
       k: 10, or fewer when the index holds fewer items.
       ef: the ef to serve with.
       tried: recall at each ef tried, in order.
@@ -111,11 +115,13 @@ class RecallCheck:
     ef: int
     tried: dict[int, float]
     seconds: float
+    query_source: str = "perturbed stored vectors"
 
 
 def measure_recall(
     graph, vectors: np.ndarray, row_labels: np.ndarray, *,
     ef: int, max_ef: int, threshold: float, queries: int, threads: int,
+    probe: tuple[np.ndarray, str] | None = None,
 ) -> RecallCheck:  # fmt: skip
     """recall@10 of `graph` against exact search, raising ef until it reaches `threshold`.
 
@@ -132,11 +138,17 @@ def measure_recall(
       threshold: recall@10 that passes.
       queries: how many held-aside queries (capped at n: "all, if fewer items").
       threads: search threads (0 = every core).
+      probe: (queries [q, dim], what they are) to use instead of perturbed stored vectors,
+        e.g. the real queries of this index (`probe_queries`).
     """
     started = time.perf_counter()
-    n_queries = min(queries, len(vectors))
     k = min(RECALL_K, len(vectors))
-    probe = hnsw.held_aside_queries(vectors, n_queries)
+    if probe is not None:
+        probe, source = probe
+        n_queries = len(probe)
+    else:
+        n_queries = min(queries, len(vectors))
+        probe, source = hnsw.held_aside_queries(vectors, n_queries), "perturbed stored vectors"
     exact = hnsw.exact_top_k(vectors, probe, k, base_labels=row_labels)
     tried: dict[int, float] = {}
     current = ef
@@ -145,7 +157,23 @@ def measure_recall(
         if tried[current] >= threshold or current >= max_ef:
             break
         current = min(current * 2, max_ef)
-    return RecallCheck(tried[current], n_queries, k, current, tried, time.perf_counter() - started)
+    return RecallCheck(tried[current], n_queries, k, current, tried, time.perf_counter() - started, source)
+
+
+def probe_queries(users: EmbeddingSnapshot | None, model_version: str, n: int, *, seed: int = 0) -> tuple[np.ndarray, str] | None:
+    """The queries a story or creator index really answers: user embeddings of its model.
+
+    A sample of `n` users (all when fewer) of the user snapshot LATEST names, when that
+    snapshot comes from the same model as the index: they are held aside from the index
+    by nature and have the distribution the service will query with, so recall on them
+    is the recall users get. None (use perturbed stored vectors) when there is no such
+    snapshot, e.g. before the user dataflow has run for a new model.
+    """
+    if users is None or not len(users) or users.model_version != model_version:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(users), size=min(n, len(users)), replace=False)
+    return users.vectors[np.sort(rows)], f"user embeddings {users.manifest.version}"
 
 
 def check_recall(check: RecallCheck, threshold: float, where: str) -> None:

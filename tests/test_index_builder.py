@@ -184,6 +184,25 @@ def test_snapshot_disagreeing_with_its_manifest_is_refused():
         check_snapshot(snapshot(parents={"model_version": ""}))
 
 
+def test_story_index_is_validated_on_same_model_user_embeddings_when_there_are_some(cfg):
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    first = build_and_publish_index(cfg, "stories")
+    assert first.manifest.metrics["validation_query_source"] == "perturbed stored vectors"
+
+    # 300 users of the same model: the queries the story index will really answer.
+    users = clustered_vectors(300, DIM, clusters=20, seed=5)
+    put_snapshot(cfg, "20261124T010000Z-u", [f"u{i}" for i in range(300)], users, collection="users")
+    second = build_and_publish_index(cfg, "stories", snapshot=put_snapshot(cfg, "20261124T020000Z-b", ids, vectors), full=True)
+    assert second.manifest.metrics["validation_query_source"] == "user embeddings 20261124T010000Z-u"
+    assert second.manifest.metrics["validation_queries"] == 300
+
+    # Users of another model are not this index's queries.
+    put_snapshot(cfg, "20261124T030000Z-u", [f"u{i}" for i in range(300)], users, collection="users", model="m2")
+    third = build_and_publish_index(cfg, "stories", snapshot=put_snapshot(cfg, "20261124T040000Z-c", ids, vectors), full=True)
+    assert third.manifest.metrics["validation_query_source"] == "perturbed stored vectors"
+
+
 def test_recall_below_threshold_publishes_nothing_and_says_why(tmp_path):
     cfg = config_for(tmp_path, "index.m=2", "index.ef_construction=2", "index.ef_search=1", "index.max_ef_search=4",
                      "index.min_recall_at_10=0.995")  # fmt: skip
