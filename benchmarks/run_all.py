@@ -134,7 +134,8 @@ def run_benchmark(bench: Benchmark, run_dir: Path, *, quick: bool, log_dir: Path
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = log_dir / f"{bench.name}.out", log_dir / f"{bench.name}.err"
-    record = {"name": bench.name, "what": bench.what, "command": _shell_line(cmd), "timeout_seconds": timeout}
+    record = {"name": bench.name, "what": bench.what, "command": _shell_line(cmd), "timeout_seconds": timeout,
+              "load_average_before": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
     _log(f"{bench.name}: {record['command']}")
     started = time.perf_counter()
     with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
@@ -146,6 +147,7 @@ def run_benchmark(bench: Benchmark, run_dir: Path, *, quick: bool, log_dir: Path
             _kill_group(proc)
             returncode, timed_out = proc.returncode, True
     record["wall_seconds"] = round(time.perf_counter() - started, 1)
+    record["load_average_after"] = [round(x, 2) for x in os.getloadavg()]  # the 1-minute figure: other work at the end
     record["returncode"] = returncode
     error = None
     if timed_out:
@@ -704,7 +706,7 @@ def run(argv: list[str] | None = None) -> dict:
                              "from its results file and the benchmark JSONs it names (after a fix to this script)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.resummarize:
-        return resummarize((args.results or RESULTS_JSON).resolve(), plots=args.plots)
+        return resummarize((args.results or RESULTS_JSON).resolve(), plots=args.plots, notes=args.note)
 
     run_dir = (args.run_dir or (Path(tempfile.mkdtemp(prefix="ebr-bench-quick-")) if args.quick else DEFAULT_RUN_DIR)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -724,9 +726,11 @@ def run(argv: list[str] | None = None) -> dict:
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     notes = list(args.note)
-    if machine["load_average_at_start"][0] > 0.5 * (machine["cpus"] or 1):
-        notes.append(f"the machine was busy at the start (load average {machine['load_average_at_start'][0]} on "
-                     f"{machine['cpus']} cores): speed figures may be lower and noisier than on an idle machine")  # fmt: skip
+    loads = [machine["load_average_at_start"][0]] + [r["load_average_after"][0] for r in records.values() if "load_average_after" in r]
+    if max(loads) > (machine["cpus"] or 1):
+        notes.append(f"the machine was busy during the run (1-minute load average up to {max(loads)} on {machine['cpus']} cores, "
+                     "measured before and after each benchmark, which includes the benchmark itself): speed figures may be "
+                     "lower and noisier than on an idle machine")  # fmt: skip
     if args.quick:
         notes.append("--quick run: tiny sizes, a smoke test of the chain; the speed figures mean nothing")
     if git.get("uncommitted_paths"):
@@ -766,8 +770,11 @@ def write_outputs(results: dict, results_path: Path, figures_dir: Path | None) -
     print(markdown(results))
 
 
-def resummarize(results_path: Path, *, plots: bool = True) -> dict:
-    """Recomputes everything derived in RESULTS_PATH from the benchmark JSONs of the same run."""
+def resummarize(results_path: Path, *, plots: bool = True, notes: list[str] = ()) -> dict:
+    """Recomputes everything derived in RESULTS_PATH from the benchmark JSONs of the same run.
+
+    NOTES (e.g. what the machine was doing during the run) are added to the run's notes.
+    """
     if not results_path.is_file():
         raise SystemExit(f"error: no results at {results_path} to re-summarise: run the benchmarks first")
     results = json.loads(results_path.read_text())
@@ -777,7 +784,8 @@ def resummarize(results_path: Path, *, plots: bool = True) -> dict:
     records = results["benchmarks"]
     results.update(figures=summary_figures(records), targets=evaluate_targets(records), versions=model_versions(records))
     stamp = f"figures re-summarised from this run's benchmark JSONs at {datetime.now(UTC).isoformat(timespec='seconds')}"
-    results["notes"] = [n for n in results.get("notes", []) if not n.startswith("figures re-summarised")] + [stamp]
+    kept = [n for n in results.get("notes", []) if not n.startswith("figures re-summarised")]
+    results["notes"] = kept + [n for n in notes if n not in kept] + [stamp]
     write_outputs(results, results_path, results_path.parent / "figures" if plots else None)
     return results
 

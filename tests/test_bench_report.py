@@ -308,8 +308,9 @@ def test_resummarize_recomputes_from_the_runs_json_files(tmp_path):
     results["benchmarks"]["index_build"]["json"] = str(index_json)
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(results))
-    redone = run_all.resummarize(results_path, plots=False)
+    redone = run_all.resummarize(results_path, plots=False, notes=["other engineers' jobs ran meanwhile"])
     assert _target(redone, "incremental")["met"] is False
     assert json.loads(results_path.read_text())["targets"] == redone["targets"]
     assert "| #5 | incremental update" in (tmp_path / "results.md").read_text()
+    assert redone["notes"][-2:][0] == "other engineers' jobs ran meanwhile"
     assert redone["notes"][-1].startswith("figures re-summarised")
