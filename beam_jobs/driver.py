@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from artifacts import ArtifactStore, IncompleteVersionError
+from artifacts import ArtifactStore, IncompleteVersionError, UnknownVersionError
 from beam_jobs.errors import EmbeddingJobError, ErrorRateExceededError
 from beam_jobs.plan import JobPlan
 from beam_jobs.transforms import METRICS_NAMESPACE, REFUSED_FILE
@@ -61,7 +61,7 @@ def run_pipeline(options: PipelineOptions, plan: JobPlan, kinds: list[str], buil
         kind = store.kind(kind_name)
         try:
             manifest = kind.manifest(plan.snapshot)
-        except IncompleteVersionError:
+        except (IncompleteVersionError, UnknownVersionError):
             raise _refusal(store, kind_name, plan) from None
         if plan.publish:
             moved = kind.publish(plan.snapshot, reason=f"{plan.entity} dataflow as of {plan.as_of_iso} with model {plan.model_version}", run_id=plan.run_id)

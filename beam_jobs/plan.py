@@ -136,6 +136,8 @@ def resolve_plan(cfg: EbrConfig, options: PipelineOptions, entity: str, *, lookb
     model_tag = model_version.split("-", 1)[0]
     snapshot = job.snapshot or version_name(f"{entity}-model_{model_tag}-{job.run_id or 'manual'}", datetime.fromtimestamp(as_of, UTC))
     local = store.backend.local_path(store.backend.join(MODELS, model_version))
+    if local is not None:
+        models.verify(model_version)  # workers load it in place: check every sha256 once, here
     return JobPlan(
         cfg=cfg,
         entity=entity,

@@ -49,6 +49,8 @@ DEAD_LETTER_SAMPLE = 10_000  # dead letters kept in the snapshot (all are counte
 
 
 class _ValidateAndBucket(beam.DoFn):
+    """One Arrow batch -> (bucket, usable rows)..., dead letters, and the rows-read count."""
+
     def __init__(self, rules: RowRules, buckets: int, key_column: str, keep: Callable[[pa.Table], pa.Array] | None):
         self.rules, self.buckets, self.key_column, self.keep = rules, buckets, key_column, keep
         self.read = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_read")
