@@ -43,7 +43,6 @@ from beam_jobs.records import RowRules, list_size_check
 from beam_jobs.transforms import (
     DEAD_LETTER,
     METRICS_NAMESPACE,
-    ConcatTables,
     EmbedBatches,
     ReadRows,
     WriteSnapshot,
@@ -52,6 +51,8 @@ from beam_jobs.transforms import (
     creator_partial_sums,
     drop_duplicate_ids,
     feature_batches,
+    gather_bookkeeping,
+    read_side_table,
 )
 from beam_jobs.user_embeddings import EVENT_COLUMNS, EVENT_RULES, EVENTS_SCHEMA, before
 from models.features import Catalog, EventHistory, story_features
@@ -113,8 +114,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) 
     buckets = plan.cfg.embed.buckets
     stories = pipeline | "ReadStories" >> ReadRows(plan.files["stories"], story_rules(plan.content_dim), columns=STORY_COLUMNS, buckets=buckets, keep=eligible(plan.as_of, max_age_days))
     events = pipeline | "ReadEvents" >> ReadRows(plan.files["events"], EVENT_RULES, columns=EVENT_COLUMNS, buckets=buckets, key_column="story_id", keep=before(plan.as_of))
-    creators = pipeline | "ReadCreators" >> ReadRows(plan.files["creators"], CREATOR_RULES, columns=CREATOR_COLUMNS, buckets=1)
-    creator_table = creators.rows | "CreatorTables" >> beam.Values() | "OneCreatorTable" >> beam.CombineGlobally(ConcatTables(CREATORS_SCHEMA))
+    creators, creator_table = read_side_table(pipeline, "Creators", plan.files["creators"], CREATOR_RULES, CREATORS_SCHEMA)
 
     features = (
         {"stories": stories.rows, "events": events.rows}
@@ -123,8 +123,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) 
     )
     embedded = features.batches | "StoryTower" >> beam.ParDo(EmbedBatches(plan, "stories")).with_outputs(DEAD_LETTER, main="embeddings")
 
-    dead_letters = (stories[DEAD_LETTER], events[DEAD_LETTER], creators[DEAD_LETTER], features[DEAD_LETTER], embedded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-    rows_read = (stories.rows_read, events.rows_read, creators.rows_read) | "AllRowsRead" >> beam.Flatten()
+    dead_letters, rows_read = gather_bookkeeping((stories, events, creators), (features, embedded))
     params = {"story_max_age_days": max_age_days}
     _ = embedded.embeddings | "WriteStorySnapshot" >> WriteSnapshot(plan, STORY_EMBEDDINGS, rows_read, dead_letters, params=params)
 

@@ -120,6 +120,28 @@ class ConcatTables(beam.CombineFn):
         return pa.concat_tables(tables, promote_options="default") if tables else self.schema.empty_table()
 
 
+def read_side_table(pipeline, label: str, files: list[str], rules: RowRules, schema: pa.Schema):
+    """A small table (stories' references, creators) read whole, for a side input.
+
+    Returns (the ReadRows outputs, for dead letters and counts; a one-element PCollection
+    holding the usable rows as one `pa.Table`).
+    """
+    read = pipeline | f"Read{label}" >> ReadRows(files, rules, columns=schema.names, buckets=1)
+    table = read.rows | f"{label}Tables" >> beam.Values() | f"One{label}Table" >> beam.CombineGlobally(ConcatTables(schema))
+    return read, table
+
+
+def gather_bookkeeping(reads, steps):
+    """(every dead letter of the run, every (source, rows read)) as two PCollections.
+
+    `reads` are ReadRows outputs (dead letters and counts); `steps` are other multi-output
+    ParDos with a dead-letter output.
+    """
+    dead_letters = tuple(r[DEAD_LETTER] for r in (*reads, *steps)) | "AllDeadLetters" >> beam.Flatten()
+    rows_read = tuple(r.rows_read for r in reads) | "AllRowsRead" >> beam.Flatten()
+    return dead_letters, rows_read
+
+
 def concat_or_empty(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
     tables = [t for t in tables if len(t)]
     return pa.concat_tables(tables, promote_options="default") if tables else schema.empty_table()

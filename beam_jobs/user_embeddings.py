@@ -38,13 +38,14 @@ from beam_jobs.records import DeadLetter, RowRules
 from beam_jobs.transforms import (
     DEAD_LETTER,
     METRICS_NAMESPACE,
-    ConcatTables,
     EmbedBatches,
     ReadRows,
     WriteSnapshot,
     concat_or_empty,
     drop_duplicate_ids,
     feature_batches,
+    gather_bookkeeping,
+    read_side_table,
 )
 from models.features import Catalog, EventHistory, user_features
 from warehouse.schema import EVENT_SIGNALS, arrow_schema
@@ -125,8 +126,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
     buckets = plan.cfg.embed.buckets
     users = pipeline | "ReadUsers" >> ReadRows(plan.files["users"], USER_RULES, columns=USER_COLUMNS, buckets=buckets)
     events = pipeline | "ReadEvents" >> ReadRows(plan.files["events"], EVENT_RULES, columns=EVENT_COLUMNS, buckets=buckets, keep=before(plan.as_of))
-    stories = pipeline | "ReadStories" >> ReadRows(plan.files["stories"], STORY_REFERENCE_RULES, columns=STORY_REFERENCE_COLUMNS, buckets=1)
-    story_table = stories.rows | "StoryTables" >> beam.Values() | "OneStoryTable" >> beam.CombineGlobally(ConcatTables(STORY_REFERENCE_SCHEMA))
+    stories, story_table = read_side_table(pipeline, "Stories", plan.files["stories"], STORY_REFERENCE_RULES, STORY_REFERENCE_SCHEMA)
 
     features = (
         {"users": users.rows, "events": events.rows}
@@ -135,8 +135,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
     )
     embedded = features.batches | "UserTower" >> beam.ParDo(EmbedBatches(plan, "users")).with_outputs(DEAD_LETTER, main="embeddings")
 
-    dead_letters = (users[DEAD_LETTER], events[DEAD_LETTER], stories[DEAD_LETTER], features[DEAD_LETTER], embedded[DEAD_LETTER]) | "AllDeadLetters" >> beam.Flatten()
-    rows_read = (users.rows_read, events.rows_read, stories.rows_read) | "AllRowsRead" >> beam.Flatten()
+    dead_letters, rows_read = gather_bookkeeping((users, events, stories), (features, embedded))
     _ = embedded.embeddings | "WriteUserSnapshot" >> WriteSnapshot(plan, USER_EMBEDDINGS, rows_read, dead_letters)
 
 

@@ -115,7 +115,7 @@ def test_creator_vectors_are_the_normalised_mean_of_their_stories():
         vectors = (
             p | beam.Create(batches)
             | beam.FlatMap(creator_partial_sums, 3) | beam.GroupByKey() | beam.Map(creator_embeddings)
-            | beam.FlatMap(lambda b: [(c, tuple(round(float(x), 4) for x in v)) for c, v in zip(b.ids, b.vectors)])
+            | beam.FlatMap(lambda b: [(c, tuple(round(float(x), 4) for x in v)) for c, v in zip(b.ids, b.vectors, strict=True)])
         )  # fmt: skip
         assert_that(vectors, equal_to([("a", (0.7071, 0.7071)), ("b", (0.0, 1.0))]))
 
