@@ -23,7 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 DPI = 110
@@ -112,6 +112,7 @@ def training_history(results: dict, path: Path) -> Path | None:
         val_ax.set_ylabel("validation metric (fraction)")
         val_ax.set_ylim(0, max(0.05, 1.15 * max(h[k] for h in history for k in val_keys)) if val_keys else None)
         for ax in (loss_ax, val_ax):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if best is not None:
                 ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"chosen epoch ({best})")
             ax.grid(alpha=0.3)

@@ -743,7 +743,7 @@ def run(argv: list[str] | None = None) -> dict:
         "started_at": started_at,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "wall_seconds": round(time.perf_counter() - wall, 1),
-        "command": "python benchmarks/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])]),
         "run_dir": _relative(run_dir),
         "machine": machine,
         "git": git,
