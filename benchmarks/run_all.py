@@ -579,7 +579,23 @@ def model_versions(benchmarks: dict[str, dict]) -> dict:
                 versions[f"serving ({mode}): index served after the reload"] = s["reload_fixed_rate"].get("served_after")
         except (KeyError, TypeError):
             pass
+    demo = benchmarks.get("demo") or {}
+    if demo.get("ok"):
+        versions.update(demo_versions(demo.get("output_tail", "")))
     return versions
+
+
+def demo_versions(output: str) -> dict[str, str]:
+    """What the demo's service said it served: `model VERSION, ...` and `KIND  VERSION  since ...` lines."""
+    import re
+
+    found = {}
+    for line in output.splitlines():
+        if m := re.match(r"model (\S+), dim", line):
+            found["demo: model"] = m.group(1)
+        elif m := re.match(r"((?:embeddings|indexes)/\w+)\s+(\S+)\s+\d{4}-", line):
+            found[f"demo: {m.group(1)}"] = m.group(2)
+    return found
 
 
 def markdown(results: dict) -> str:
@@ -612,6 +628,9 @@ def markdown(results: dict) -> str:
     for b in results["benchmarks"].values():
         status = "skipped" if b.get("skipped") else ("ok" if b["ok"] else "FAILED: " + b["error"].splitlines()[0])
         lines.append(f"| {b['name']} | `{b.get('command', '')}` | {b.get('wall_seconds', '')} | {status} |")
+    if results.get("versions"):
+        lines += ["", "## Versions the figures came from", "", "| what | version |", "|---|---|"]
+        lines += [f"| {what} | `{version}` |" for what, version in results["versions"].items()]
     plots = results.get("plots") or {}
     if plots:
         lines += ["", "## Plots", ""]

@@ -50,6 +50,12 @@ def _history(losses, accuracies):
     return [{"epoch": i + 1, "loss": loss, "val_top_100_accuracy": acc} for i, (loss, acc) in enumerate(zip(losses, accuracies, strict=True))]
 
 
+DEMO_TAIL = """versions served:
+model 20261022T000000Z-ebr_train-manual, dim 128, state 1 since 2026-11-24T07:25:17.690+00:00
+kind              version                        served since                   items  memory
+embeddings/users  20261021T200000Z-users-manual  2026-11-24T07:25:17.690+00:00  3000   1.8 MiB
+indexes/stories   20261021T220000Z-index-manual  2026-11-24T07:25:17.690+00:00  4938   3.5 MiB
+"""
 ML = "movielens-100k (TFRS protocol, random 80/20)"
 WORLD = "synthetic-small (time split, last 3 days)"
 
@@ -118,7 +124,7 @@ def _results(*, with_latency: bool = True) -> dict:
                                 "published_at_seconds": 2.0, "swapped_at_seconds": 4.0},
         }  # fmt: skip
     records["demo"] = {"name": "demo", "what": "demo", "command": "make -o .venv/.ebr-installed demo", "wall_seconds": 95.0, "ok": True,
-                       "results": None, "output_tail": "u1 -> s42, s7"}  # fmt: skip
+                       "results": None, "output_tail": DEMO_TAIL}  # fmt: skip
     return {
         "schema": 1, "mode": "full", "started_at": "2026-11-24T07:00:00+00:00", "finished_at": "2026-11-24T07:28:00+00:00",
         "wall_seconds": 1680.0, "command": "python benchmarks/run_all.py",
@@ -255,6 +261,7 @@ def test_html_report_embeds_the_plots_and_shows_the_figures(tmp_path):
     assert all(base64.b64decode(data)[:8] == PNG_SIGNATURE for data in images)
     assert "0123456789abcdef0123456789abcdef01234567" in page
     assert "20261124T000000Z-bench-reload-process" in page
+    assert "20261022T000000Z-ebr_train-manual" in page and "20261021T220000Z-index-manual" in page  # from the demo's output
     assert "Targets: 8 of 12 met" in page
     assert "6,000 QPS (60.0x exact)" in page
     assert 'class="notmet"' in page and "the machine was shared" in page
