@@ -714,7 +714,8 @@ def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (< 2 min); the demo is skipped")
     parser.add_argument("--only", action="append", choices=list(BY_NAME), metavar="NAME",
-                        help=f"run only this benchmark (repeatable): {', '.join(BY_NAME)}")  # fmt: skip
+                        help=f"run only this benchmark (repeatable): {', '.join(BY_NAME)}; the others' figures are kept "
+                             "from the existing results file")  # fmt: skip
     parser.add_argument("--run-dir", type=Path, help="where each benchmark writes its JSON (default benchmarks/results/make_bench/; "
                                                      "--quick: a temporary folder)")  # fmt: skip
     parser.add_argument("--results", type=Path, help="combined JSON (default benchmarks/results.json; --quick: in the run folder)")
@@ -755,6 +756,13 @@ def run(argv: list[str] | None = None) -> dict:
     if git.get("uncommitted_paths"):
         notes.append(f"the checkout had {len(git['uncommitted_paths'])} uncommitted paths at the start (listed under git): "
                      "the run used the working tree, not only the commit")  # fmt: skip
+    for record in records.values():
+        record.setdefault("run_started_at", started_at)
+    if args.only and results_path.is_file():
+        records, kept = merge_previous(records, json.loads(results_path.read_text()))
+        if kept:
+            notes.append(f"--only {', '.join(args.only)}: {', '.join(kept)} kept from earlier runs (their run_started_at "
+                         "says when); machine and git describe this run")  # fmt: skip
 
     results = {
         "schema": 1,
@@ -775,6 +783,18 @@ def run(argv: list[str] | None = None) -> dict:
     write_outputs(results, results_path, results_path.parent / "figures" if args.plots else None)
     _log(f"wrote {results_path} and {results_path.with_suffix('.md')} in {results['wall_seconds'] / 60:.1f} min")
     return results
+
+
+def merge_previous(records: dict[str, dict], previous: dict) -> tuple[dict[str, dict], list[str]]:
+    """This run's records over the previous results' (an --only run refreshes some, keeps the rest).
+
+    Returns the records in the benchmarks' order and the names kept from before.
+    """
+    old = {name: {**r, "run_started_at": r.get("run_started_at", previous.get("started_at"))}
+           for name, r in previous.get("benchmarks", {}).items() if name not in records and not r.get("skipped")}  # fmt: skip
+    merged = {**old, **records}
+    order = [b.name for b in BENCHMARKS] + [n for n in merged if n not in BY_NAME]
+    return {n: merged[n] for n in order if n in merged}, [n for n in order if n in old]
 
 
 def write_outputs(results: dict, results_path: Path, figures_dir: Path | None) -> None:

@@ -321,3 +321,13 @@ def test_resummarize_recomputes_from_the_runs_json_files(tmp_path):
     assert "| #5 | incremental update" in (tmp_path / "results.md").read_text()
     assert redone["notes"][-2:][0] == "other engineers' jobs ran meanwhile"
     assert redone["notes"][-1].startswith("figures re-summarised")
+
+
+def test_an_only_run_keeps_the_other_benchmarks_from_the_previous_results():
+    previous = _results()
+    rerun = {"index_build": {**previous["benchmarks"]["index_build"], "wall_seconds": 5.0, "run_started_at": "2026-11-24T08:00:00+00:00"}}
+    merged, kept = run_all.merge_previous(rerun, previous)
+    assert list(merged) == ["model_quality", "embedding_jobs", "index_build", "serving", "demo"]
+    assert merged["index_build"]["wall_seconds"] == 5.0
+    assert merged["serving"]["run_started_at"] == previous["started_at"]
+    assert kept == ["model_quality", "embedding_jobs", "serving", "demo"]
