@@ -74,13 +74,17 @@ def table_to_arrays(table: pa.Table, where: str) -> tuple[np.ndarray, np.ndarray
     return ids, vectors
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: its arrays have no value equality
 class EmbeddingSnapshot:
     """A whole snapshot in memory: ids [n], vectors [n, dim] float32, and its manifest."""
 
     ids: np.ndarray
     vectors: np.ndarray
     manifest: Manifest
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     @property
     def model_version(self) -> str:

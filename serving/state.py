@@ -19,8 +19,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from artifacts import CorruptArtifactError, Manifest
-from artifacts.embedding_snapshots import read_local_snapshot
+from artifacts import CorruptArtifactError
+from artifacts.embedding_snapshots import EmbeddingSnapshot, read_local_snapshot
 from index_builder.loaded_index import LoadedIndex
 from serving.searcher import IndexProcess
 
@@ -42,24 +42,13 @@ def now_iso() -> str:
 
 
 @dataclass(frozen=True, eq=False)
-class UserEmbeddings:
+class UserEmbeddings(EmbeddingSnapshot):
     """A user embedding snapshot in memory, looked up by user id.
 
-    vectors: [n, dim] float32, L2-normalised; row_of maps a user id to its row.
+    vectors: [n, dim] float32, L2-normalised, read-only; row_of maps a user id to its row.
     """
 
-    version: str
-    manifest: Manifest
-    vectors: np.ndarray
     row_of: Mapping[str, int]
-
-    @property
-    def model_version(self) -> str:
-        return self.manifest.parents.get("model_version", "")
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
 
     @property
     def count(self) -> int:
@@ -92,7 +81,7 @@ def load_user_embeddings(directory: Path) -> UserEmbeddings:
     vectors = np.ascontiguousarray(snapshot.vectors, dtype=np.float32)
     vectors.setflags(write=False)  # shared by concurrent requests; nobody may change it
     row_of = {str(user_id): row for row, user_id in enumerate(snapshot.ids)}
-    return UserEmbeddings(snapshot.manifest.version, snapshot.manifest, vectors, MappingProxyType(row_of))
+    return UserEmbeddings(snapshot.ids, vectors, snapshot.manifest, MappingProxyType(row_of))
 
 
 @dataclass(frozen=True, eq=False)
