@@ -44,9 +44,6 @@ class FeatureBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: np.ndarray) -> FeatureBatch:
-        return FeatureBatch(self.ids[rows], {k: v[rows] for k, v in self.features.items()}, None if self.group is None else self.group[rows])
-
 
 @dataclass(frozen=True)
 class EmbeddingBatch:

@@ -164,25 +164,16 @@ class Catalog:
         )
 
     def user_index(self, ids) -> np.ndarray:
-        return _lookup({v: i for i, v in enumerate(self.user_ids.tolist())}, ids, "user")
+        return index_in(pa.array(list(ids), type=pa.string()), self.user_ids, "user")
 
     def story_index(self, ids) -> np.ndarray:
-        return _lookup({v: i for i, v in enumerate(self.story_ids.tolist())}, ids, "story")
+        return index_in(pa.array(list(ids), type=pa.string()), self.story_ids, "story")
 
 
 _NO_USERS = pa.table({
     "user_id": pa.array([], pa.string()), "country": pa.array([], pa.string()), "language": pa.array([], pa.string()),
     "age_bucket": pa.array([], pa.string()), "account_created_ts": pa.array([], pa.int64()),
 })  # fmt: skip
-
-
-def _lookup(table: dict[str, int], ids, what: str) -> np.ndarray:
-    ids = list(ids)
-    out = np.fromiter((table.get(v, -1) for v in ids), dtype=np.int64, count=len(ids))
-    if (out < 0).any():
-        missing = ids[int(np.flatnonzero(out < 0)[0])]
-        raise KeyError(f"{what} id {missing!r} is in the events but not in the {what} table")
-    return out
 
 
 class EventHistory:
