@@ -153,15 +153,15 @@ def recall_at_k(results: dict, path: Path) -> Path | None:
 def _sweep_sets(sweep: list[dict]) -> dict:
     sets: dict = {}
     for row in sweep:
-        sets.setdefault(row.get("query_noise"), []).append(row)
+        sets.setdefault(row.get("query_set"), []).append(row)
     return sets
 
 
 def recall_qps(results: dict, path: Path) -> Path | None:
     """QPS (log) against recall@10 for each ef: hnswlib, faiss HNSW, and exact search.
 
-    One line per library and query set (queries = stored vectors + noise of a given
-    norm: the larger noise, what validation uses, is the harder set).
+    One line per library and query set (held-out points of the same distribution, which
+    decide the target, then stored vectors + noise of a given norm, harder stress sets).
     """
     ib = _bench(results, "index_build")
     if not ib:
@@ -173,9 +173,9 @@ def recall_qps(results: dict, path: Path) -> Path | None:
         if lib not in ib:
             continue
         b = ib[lib]["build"]
-        for i, (noise, rows) in enumerate(_sweep_sets(ib[lib]["sweep"]).items()):
+        for i, (query_set, rows) in enumerate(_sweep_sets(ib[lib]["sweep"]).items()):
             rows = sorted(rows, key=lambda r: r["ef"])
-            label = f"{lib} HNSW" + (f", queries noise {noise}" if noise is not None else "")
+            label = f"{lib} HNSW" + (f", {query_set} queries" if query_set is not None else "")
             if i == 0:
                 label += f" (build {b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} B/vector)"
             ax.plot([r["recall_at_10"] for r in rows], [r["qps"] for r in rows], marker + styles[i % len(styles)], color=color,

@@ -271,11 +271,11 @@ def quantile_grid() -> list[float]:
 # -- figures and targets ------------------------------------------------------------------
 
 
-def sweep_sets(sweep: list[dict]) -> dict[float | None, list[dict]]:
-    """An ef sweep split by query set (`query_noise`; None when the sweep has one set), in order."""
-    sets: dict[float | None, list[dict]] = {}
+def sweep_sets(sweep: list[dict]) -> dict[str | None, list[dict]]:
+    """An ef sweep split by query set (`query_set`; None when the sweep has one set), in order."""
+    sets: dict[str | None, list[dict]] = {}
     for row in sweep:
-        sets.setdefault(row.get("query_noise"), []).append(row)
+        sets.setdefault(row.get("query_set"), []).append(row)
     return sets
 
 
@@ -285,8 +285,8 @@ def fastest_at_recall(sweep: list[dict], recall: float) -> dict | None:
     return max(passing, key=lambda r: r["qps"]) if passing else None
 
 
-def _query_set_label(noise) -> str:
-    return "" if noise is None else f", queries noise {noise}"
+def _query_set_label(query_set) -> str:
+    return "" if query_set is None else f", {query_set} queries"
 
 
 def _figures_model_quality(mq: dict, add) -> None:
@@ -323,11 +323,11 @@ def _figures_index_build(ib: dict, add) -> None:
         b = ib[lib]["build"]
         add("index", f"{lib} build ({ib['params']['build_threads']} threads)", b["vectors_per_second"], "vectors/s",
             f"{b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} bytes/vector", size)  # fmt: skip
-        for noise, rows in sweep_sets(ib[lib]["sweep"]).items():
+        for query_set, rows in sweep_sets(ib[lib]["sweep"]).items():
             best = fastest_at_recall(rows, 0.99)
             text = (f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f}, {best['qps']:,.0f} QPS ({best['qps'] / exact:.1f}x exact)"
                     if best else "no ef of the sweep reaches 0.99")  # fmt: skip
-            add("index", f"{lib} at recall@10 >= 0.99{_query_set_label(noise)}", best["qps"] if best else None, "QPS", text, size)
+            add("index", f"{lib} at recall@10 >= 0.99{_query_set_label(query_set)}", best["qps"] if best else None, "QPS", text, size)
     inc = ib["incremental"]
     add("index", f"incremental update ({inc['fraction']:.0%} turnover) vs full rebuild", inc["speedup"], "x",
         f"{inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s: {inc['speedup']}x", size)  # fmt: skip
@@ -440,14 +440,14 @@ def _targets_index_build(ib: dict, add) -> None:
     size = f"{n:,} x {ib['data']['dim']}"
     exact = ib["exact"]["qps_single_query"]
     sets = sweep_sets(ib["hnswlib"]["sweep"])
-    noise = next(iter(sets))  # the first query set decides (the script: validation's noise level)
-    best = fastest_at_recall(sets[noise], 0.99)
+    query_set = next(iter(sets))  # the first query set decides (the script: held-out points)
+    best = fastest_at_recall(sets[query_set], 0.99)
     if best:
         speedup = best["qps"] / exact
         measured = f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f} at {best['qps']:,.0f} QPS = {speedup:.1f}x exact ({exact:,.0f} QPS)"
     else:
         speedup, measured = 0.0, "no ef of the sweep reaches recall@10 0.99"
-    notes = [f"query set: noise {noise} (the builder's validation queries)"] if noise is not None else []
+    notes = [f"query set: {query_set}"] if query_set is not None else []
     if n < 1_000_000:
         notes.append("target size 1,000,000: exact search costs 5x more there than at 200,000, so the speed-up grows with n")
     add(5, "hnswlib recall@10 >= 0.99 at >= 50x exact numpy QPS (1 thread, 1 query)", measured,
@@ -662,9 +662,9 @@ def _sweep_markdown(benchmarks: dict) -> list[str]:
     lines = ["", f"### Recall vs QPS ({ib['data']['n']:,} x {ib['data']['dim']}, 1 thread, 1 query at a time; exact numpy {exact:,.0f} QPS)", "",
              "| library | queries | ef | recall@10 | QPS | x exact |", "|---|---|---|---|---|---|"]  # fmt: skip
     for lib in ("hnswlib", "faiss"):
-        for noise, rows in sweep_sets(ib.get(lib, {}).get("sweep", [])).items():
+        for query_set, rows in sweep_sets(ib.get(lib, {}).get("sweep", [])).items():
             for r in rows:
-                lines.append(f"| {lib} | {'noise ' + str(noise) if noise is not None else ''} | {r['ef']} | {r['recall_at_10']:.4f} | "
+                lines.append(f"| {lib} | {query_set or ''} | {r['ef']} | {r['recall_at_10']:.4f} | "
                              f"{r['qps']:,.0f} | {r['qps'] / exact:.1f} |")  # fmt: skip
     return lines
 
