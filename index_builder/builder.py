@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from artifacts.embedding_snapshots import EmbeddingSnapshot
 from artifacts.manifest import Manifest
@@ -87,14 +89,32 @@ class PreviousIndex:
     def version(self) -> str:
         return self.manifest.version
 
-    def stored_vectors(self, labels: np.ndarray) -> np.ndarray:
-        """[len(labels), dim] float32 vectors stored under live `labels`."""
+    def stored_vector_chunks(self, labels: np.ndarray, chunk: int):
+        """The vectors stored under live `labels`, `chunk` labels at a time, in order.
+
+        From the saved file by memory map when there is one (see `read_level0`); a run of
+        consecutive slots is read as a slice, not gathered row by row.
+        """
         if self.index_file is None:
-            return np.asarray(self.graph.get_items(labels, return_type="numpy"), dtype=np.float32)
+            for start in range(0, len(labels), chunk):
+                yield np.asarray(self.graph.get_items(labels[start : start + chunk], return_type="numpy"), dtype=np.float32)
+            return
         slot_labels, vectors = read_level0(self.index_file)
         slot_of = np.full(len(self.labels_to_ids), -1, dtype=np.int64)
         slot_of[slot_labels] = np.arange(len(slot_labels))
-        return np.asarray(vectors[slot_of[labels]])
+        for start in range(0, len(labels), chunk):
+            yield _rows(vectors, slot_of[labels[start : start + chunk]])
+
+
+def _rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """array[rows], as a slice when `rows` are consecutive (no gather, no copy)."""
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (len(rows) == 1 or np.all(np.diff(rows) == 1)):
+        return array[rows[0] : rows[-1] + 1]
+    return array[rows]
+
+
+# Rows compared at a time when diffing stored vectors: bounds the temporaries (64 MiB).
+_DIFF_CHUNK = 1 << 17
 
 
 def build_full(snapshot: EmbeddingSnapshot, cfg: IndexConfig, *, reason: str = "") -> BuiltIndex:
@@ -141,17 +161,24 @@ class UpdatePlan:
 
 
 def plan_update(previous: PreviousIndex, snapshot: EmbeddingSnapshot) -> UpdatePlan:
-    """Diffs the previous index against the snapshot (ids, then stored vectors)."""
-    old_ids = previous.labels_to_ids
-    old_label = {item_id: label for label, item_id in enumerate(old_ids) if item_id is not None}
-    new_ids = set(snapshot.ids.tolist())
-    labels = np.fromiter((old_label.get(i, -1) for i in snapshot.ids), dtype=np.int64, count=len(snapshot))
+    """Diffs the previous index against the snapshot: ids by hash join, then stored vectors.
+
+    An id in both whose vector changed is "moved": deleted under its old label and added
+    under a new one, like an expired item plus a new one.
+    """
+    old_ids = pa.array(previous.labels_to_ids, type=pa.string())  # None: dead labels
+    new_ids = pa.array(snapshot.ids, type=pa.string())
+    labels = pc.fill_null(pc.index_in(new_ids, value_set=old_ids), -1).to_numpy(zero_copy_only=False).astype(np.int64)
     kept_rows = np.flatnonzero(labels >= 0)
     add_rows = np.flatnonzero(labels < 0)
-    delete_labels = np.asarray(sorted(label for item_id, label in old_label.items() if item_id not in new_ids), dtype=np.int64)
+    live_and_gone = pc.and_(pc.is_valid(old_ids), pc.invert(pc.is_in(old_ids, value_set=new_ids)))
+    delete_labels = np.flatnonzero(live_and_gone.to_numpy(zero_copy_only=False)).astype(np.int64)
 
-    stored = previous.stored_vectors(labels[kept_rows])
-    changed = np.any(stored != snapshot.vectors[kept_rows], axis=1) if len(kept_rows) else np.zeros(0, bool)
+    changed = np.zeros(len(kept_rows), dtype=bool)
+    stored = previous.stored_vector_chunks(labels[kept_rows], _DIFF_CHUNK)
+    for start, old in zip(range(0, len(kept_rows), _DIFF_CHUNK), stored, strict=True):
+        new = _rows(snapshot.vectors, kept_rows[start : start + _DIFF_CHUNK])
+        changed[start : start + len(old)] = np.any(old != new, axis=1)
     moved_rows = kept_rows[changed]
     expired = len(delete_labels)
     delete_labels = np.concatenate([delete_labels, labels[moved_rows]])
