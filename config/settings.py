@@ -250,9 +250,14 @@ class ServingConfig(_Section):
     # fastest per request, but hnswlib holds the GIL for the whole load of a new version
     # (~0.75 s per million vectors on an idle core), and requests wait meanwhile.
     # "process": in a child process per version, so a load never stalls requests; costs
-    # a pipe round trip (two process wake-ups) per search, which is slow on oversubscribed
-    # cores (benchmarks/results/serving.md measures both).
+    # a pipe round trip per search, pipelined (the event loop serves other requests while
+    # a child searches). benchmarks/results/serving.md measures both.
     searcher: Literal["inline", "process"] = "inline"
+    # Nice value added to the threads that download, verify and load a new version when
+    # searcher = "process" (Linux: per thread), so a reload under load takes idle CPU
+    # rather than the serving threads'. Not applied inline: there the load holds the GIL
+    # and a slower load would stall requests longer.
+    reload_nice: int = Field(10, ge=0, le=19)
 
 
 class OrchestrationConfig(_Section):

@@ -11,8 +11,10 @@ consistent set answered. Bad input gets a JSON error body, never a 500:
         user_id and embedding)
     503 not_ready / collection_not_served / index_unavailable (its process died; reloading)
 
-Handlers are `async def` and search inline: one hnswlib query takes well under a
-millisecond, less than handing it to a thread pool would cost.
+Handlers are `async def`. An index in this process (serving.searcher=inline) answers
+inline: one hnswlib query takes well under a millisecond, less than handing it to a thread
+pool would cost. An index in a child process (serving.searcher=process) is awaited, so
+the loop serves other requests while the child searches (`serving.searcher`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from config import ServingConfig
 from serving.api import ErrorResponse, Readiness, RetrieveRequest, RetrieveResponse, SimilarRequest, VersionsResponse
 from serving.reloader import Reloader
+from serving import searcher
 from serving.searcher import SearcherDiedError
 from serving.state import COLLECTIONS, INDEX_KINDS, ServedState
 
@@ -163,7 +166,7 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
                                f"({state.users.version}, model {state.model_version})")  # fmt: skip
         else:
             query = _checked_embedding(body.embedding, state.dim)
-        hits = index.search(query, k, body.exclude)[0]
+        hits = (await searcher.search(index, query, k, body.exclude))[0]
         return _answer(state, collection, k, hits)
 
     @app.post("/v1/similar/{collection}", response_model=RetrieveResponse, responses=_ERRORS,
@@ -172,10 +175,10 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
         state = _served(reloader)
         index = _index_of(state, collection)
         k = _checked_k(body.k, cfg)
-        query = index.vector(body.id)
+        query = await searcher.vector(index, body.id)
         if query is None:
             raise ApiError(404, "unknown_id", f"{collection} index {index.version} holds no id {body.id!r}")
-        hits = index.search(query, k, [body.id, *body.exclude])[0]
+        hits = (await searcher.search(index, query, k, [body.id, *body.exclude]))[0]
         return _answer(state, collection, k, hits)
 
     # Outermost: sees every request (also 401/413 and unknown paths) for the metrics.

@@ -38,7 +38,7 @@ import numpy as np
 
 from artifacts import ArtifactError, ArtifactStore, CorruptArtifactError, IncompleteVersionError, UnknownVersionError
 from index_builder.loaded_index import LoadedIndex, load_index
-from serving.searcher import IndexProcess
+from serving.searcher import IndexProcess, lower_thread_priority, start_forkserver
 from serving.metrics import ServingMetrics
 from serving.state import (
     INDEX_KINDS,
@@ -94,6 +94,7 @@ class Reloader:
         poll_interval_s: float = 5.0,
         keep_cached_versions: int = 2,
         searcher: str = "process",
+        reload_nice: int = 0,
         on_swap: Callable[[ServedState | None, ServedState], None] | None = None,
     ):
         self.store = store
@@ -102,6 +103,7 @@ class Reloader:
         self.poll_interval_s = poll_interval_s
         self.keep_cached_versions = keep_cached_versions
         self.searcher = searcher
+        self.reload_nice = reload_nice
         self.on_swap = on_swap
         self.refused: dict[tuple[str, str], Refusal] = {}
         self.last_poll_at: str | None = None
@@ -128,6 +130,8 @@ class Reloader:
         if self._thread is not None:
             return
         self._stop.clear()
+        if self.searcher == "process":
+            start_forkserver()  # from this thread, before the reloader lowers its priority
         self._thread = threading.Thread(target=self._run, name="ebr-reloader", daemon=True)
         self._thread.start()
 
@@ -144,6 +148,8 @@ class Reloader:
         self.metrics.ready.set(0)
 
     def _run(self) -> None:
+        if self.searcher == "process":  # inline, a slower load would hold the GIL longer
+            lower_thread_priority(self.reload_nice)
         while not self._stop.is_set():
             started = time.monotonic()
             try:
@@ -295,7 +301,8 @@ class Reloader:
             return load_user_embeddings(directory)
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
         if self.searcher == "process":
-            return IndexProcess(directory, collection)  # loaded, checked and warmed in the child
+            # Loaded, checked and warmed in the child, its loading thread at our priority.
+            return IndexProcess(directory, collection, load_nice=self.reload_nice)
         # download() has just checked every file's sha256; the loader still checks sizes,
         # dimension, count and that stored vectors come back as their own neighbours.
         return load_index(directory, collection, verify=False)

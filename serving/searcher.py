@@ -5,8 +5,14 @@ per million 128-d vectors on an idle core, several seconds on a busy machine). L
 the serving process, it stops the event loop for that long, and every request arriving
 meanwhile waits: the p99 during a hot reload becomes the load time. `IndexProcess` loads
 the version in a child process instead (forked from a multiprocessing forkserver) and
-answers the same read interface as `LoadedIndex` over a pipe, one request at a time. The
-serving process only waits on the pipe (GIL released) for the ~0.1 ms of a search.
+answers the same read interface as `LoadedIndex` over a pipe.
+
+From the event loop, calls are pipelined (`search` / `vector` below): each request is
+written to the pipe at once and its future resolved when the child's answer arrives (the
+child answers in order), so while the child searches, the loop parses and answers other
+requests: HTTP work and search overlap on two cores. The loading itself runs in a child
+thread at a lower CPU priority (`load_nice`): a reload under load takes its CPU time from
+idle cycles, not from the requests being served.
 
 The child dies with its handle: when the last `ServedState` holding an `IndexProcess` is
 freed, the pipe closes, the child reads EOF and exits; if the serving process dies, the
@@ -15,10 +21,14 @@ kernel closes the pipe and the child exits the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
+import os
+import sys
 import threading
 import weakref
+from collections import deque
 from collections.abc import Collection
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -46,21 +56,20 @@ class IndexProcess:
     after loading, interpreter and libraries included).
     """
 
-    def __init__(self, directory: Path, collection: str):
+    def __init__(self, directory: Path, collection: str, *, load_nice: int = 0):
         ours, theirs = _context().Pipe()
         self._process = _context().Process(
-            target=_serve_child, args=(theirs, str(directory), collection), name=f"ebr-index-{collection}", daemon=True
+            target=_serve_child, args=(theirs, str(directory), collection, load_nice), name=f"ebr-index-{collection}", daemon=True
         )
         self._process.start()
         theirs.close()
-        self._connection = ours
-        self._lock = threading.Lock()  # one request at a time on the pipe
-        self._finalizer = weakref.finalize(self, _shut_down, self._connection, self._process)
-        if not self._connection.poll(START_TIMEOUT_S):
+        self._channel = _Channel(ours, f"the {collection} index process (pid {self._process.pid})")
+        self._finalizer = weakref.finalize(self, _shut_down, self._channel, self._process)
+        if not ours.poll(START_TIMEOUT_S):
             self.close()
             raise CorruptArtifactError(f"{directory}: the index process did not finish loading in {START_TIMEOUT_S:.0f} s")
         try:
-            status, payload = self._connection.recv()
+            status, payload = ours.recv()
         except (EOFError, OSError):
             self.close()
             raise SearcherDiedError(f"{directory}: the index process exited while loading (see its stderr)") from None
@@ -86,35 +95,136 @@ class IndexProcess:
 
     def search(self, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:
         """As `LoadedIndex.search`: per query, up to k (id, inner product) pairs, best first."""
-        return self._call("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude))
+        return _answer(self._channel.call(("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude))))
 
     def vector(self, item_id: str) -> np.ndarray | None:
-        return self._call("vector", item_id)
+        return _answer(self._channel.call(("vector", item_id)))
 
     def __contains__(self, item_id: str) -> bool:
-        return self._call("contains", item_id)
+        return _answer(self._channel.call(("contains", item_id)))
 
-    def _call(self, *request):
-        with self._lock:
-            try:
-                self._connection.send(request)
-                status, payload = self._connection.recv()
-            except (EOFError, OSError) as err:
-                raise SearcherDiedError(f"the {self.collection} index process (pid {self.pid}) is gone: {err}") from None
-        if status == "error":
-            raise ValueError(payload)
-        return payload
+    async def search_async(self, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:
+        """`search`, pipelined on the pipe from the running event loop."""
+        request = ("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude))
+        return _answer(await self._channel.call_async(request))
+
+    async def vector_async(self, item_id: str) -> np.ndarray | None:
+        return _answer(await self._channel.call_async(("vector", item_id)))
 
     def close(self) -> None:
         self._finalizer()
 
 
-def _shut_down(connection: Connection, process) -> None:
+async def search(index, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:
+    """`index.search` from a request handler: an IndexProcess is awaited (other requests go
+    on meanwhile); a LoadedIndex in this process answers inline (well under a millisecond,
+    less than handing the query to a thread pool would cost)."""
+    if isinstance(index, IndexProcess):
+        return await index.search_async(queries, k, exclude)
+    return index.search(queries, k, exclude)
+
+
+async def vector(index, item_id: str) -> np.ndarray | None:
+    """`index.vector` from a request handler (see `search`)."""
+    if isinstance(index, IndexProcess):
+        return await index.vector_async(item_id)
+    return index.vector(item_id)
+
+
+def _answer(reply: tuple[str, object]):
+    status, payload = reply
+    if status == "error":
+        raise ValueError(payload)
+    return payload
+
+
+class _Channel:
+    """The pipe to one child: blocking calls, or pipelined calls from one event loop.
+
+    The child answers requests in the order it reads them, so pipelined callers queue a
+    future per request written and the loop's reader callback resolves them in order. Once
+    an event loop has used the channel, blocking calls are refused: their answers would
+    be taken for the pipelined ones.
+    """
+
+    def __init__(self, connection: Connection, name: str):
+        self.connection = connection
+        self.name = name
+        self.lock = threading.Lock()  # blocking calls from several threads: one at a time
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pending: deque[asyncio.Future] = deque()
+        self.closed = False
+
+    def call(self, request: tuple):
+        with self.lock:
+            if self.loop is not None:
+                raise RuntimeError(f"{self.name} is pipelined from an event loop; await search_async there instead")
+            try:
+                self.connection.send(request)
+                return self.connection.recv()
+            except (EOFError, OSError) as err:
+                raise SearcherDiedError(f"{self.name} is gone: {err}") from None
+
+    async def call_async(self, request: tuple):
+        loop = asyncio.get_running_loop()
+        if self.closed:
+            raise SearcherDiedError(f"{self.name} was closed")
+        if self.loop is None:
+            with self.lock:
+                self.loop = loop
+            loop.add_reader(self.connection.fileno(), self._read_answers)
+        elif self.loop is not loop:
+            raise RuntimeError(f"{self.name} is pipelined from another event loop")
+        future = loop.create_future()
+        try:
+            self.connection.send(request)  # a few hundred bytes: the pipe buffer takes it at once
+        except OSError as err:
+            raise SearcherDiedError(f"{self.name} is gone: {err}") from None
+        self.pending.append(future)
+        return await future
+
+    def _read_answers(self) -> None:
+        """The loop's reader callback: resolves the oldest futures with the answers that arrived."""
+        try:
+            while self.connection.poll():
+                reply = self.connection.recv()
+                future = self.pending.popleft()
+                if not future.done():  # its request may have been cancelled (client gone)
+                    future.set_result(reply)
+        except (EOFError, OSError) as err:
+            self._detach(SearcherDiedError(f"{self.name} is gone: {err or 'end of pipe'}"))
+
+    def _detach(self, failure: Exception) -> None:
+        """In the loop's thread: stop reading, close the pipe, fail what waits."""
+        if not self.connection.closed:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.connection.fileno())
+            self.connection.close()
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(failure)
+
+    def close(self) -> None:
+        """From any thread. The child exits when it reads the end of the pipe."""
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.loop
+        if loop is not None and loop.is_running():
+            # The reader must be removed in the loop's own thread, before the fd is closed
+            # (and its number reused by a new pipe).
+            loop.call_soon_threadsafe(self._detach, SearcherDiedError(f"{self.name} was closed"))
+        else:
+            try:
+                self.connection.close()
+            except OSError:
+                pass
+
+
+def _shut_down(channel: _Channel, process) -> None:
     """Closes the pipe (the child exits on EOF) and reaps the child without blocking."""
-    try:
-        connection.close()
-    except OSError:
-        pass
+    channel.close()
     threading.Thread(target=_reap, args=(process,), daemon=True).start()
 
 
@@ -143,16 +253,57 @@ def _context():
         return _CONTEXT
 
 
-def _serve_child(connection: Connection, directory: str, collection: str) -> int:
+def lower_thread_priority(nice: int) -> None:
+    """Raises the calling thread's nice value by `nice` (Linux: nice is per thread, so the
+    rest of the process keeps its priority); does nothing elsewhere or when refused."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as err:
+        log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, err)
+
+
+def _load_in_low_priority_thread(directory: str, collection: str, nice: int):
+    """`load_index` in a thread of its own at `nice`; the main thread, which serves the
+    searches afterwards, keeps the normal priority."""
+    from index_builder.loaded_index import load_index
+
+    outcome: dict = {}
+
+    def load() -> None:
+        lower_thread_priority(nice)
+        try:
+            # The parent downloaded the version with every sha256 checked; the loader
+            # still checks sizes, dimension, count and stored vectors.
+            outcome["index"] = load_index(Path(directory), collection, verify=False)
+        except Exception as err:  # re-raised in the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=load, name="ebr-index-load")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["index"]
+
+
+def start_forkserver() -> None:
+    """Starts the forkserver now, from the calling thread, whose priority every index
+    process inherits: call it from a normal-priority thread (the reloader lowers its own)."""
+    from multiprocessing import forkserver
+
+    _context()
+    forkserver.ensure_running()
+
+
+def _serve_child(connection: Connection, directory: str, collection: str, load_nice: int = 0) -> int:
     """The child: load, self-check, warm up, report, then answer requests until EOF."""
     import psutil
 
-    from index_builder.loaded_index import load_index
-
     try:
-        # The parent downloaded the version with every sha256 checked; the loader still
-        # checks sizes, dimension, count and stored vectors.
-        index = load_index(Path(directory), collection, verify=False)
+        index = _load_in_low_priority_thread(directory, collection, load_nice)
         queries = np.random.default_rng(0).standard_normal((WARMUP_QUERIES, index.dim)).astype(np.float32)
         for query in queries / np.linalg.norm(queries, axis=1, keepdims=True):
             index.search(query, 10)

@@ -48,6 +48,7 @@ def build_service(cfg: EbrConfig, *, poll_interval_s: float | None = None, start
         poll_interval_s=poll_interval_s or cfg.serving.poll_interval_s,
         keep_cached_versions=cfg.serving.keep_cached_versions,
         searcher=cfg.serving.searcher,
+        reload_nice=cfg.serving.reload_nice,
     )
     return Service(create_app(cfg.serving, reloader, start_reloader=start_reloader), reloader)
 

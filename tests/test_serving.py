@@ -8,8 +8,10 @@ way to craft corrupt ones); one test goes through the real index builder.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -485,6 +487,34 @@ def test_index_processes_exit_when_their_state_is_freed(world, start_service, se
     current = service.reloader.state.stories._process
     server.stop()
     wait_for(lambda: current.exitcode is not None, what="the index process to exit at shutdown")
+
+
+@pytest.mark.parametrize("searcher", ["process"], indirect=True)
+def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_normal_priority(world, start_service, searcher):
+    """Many requests in flight on one index process's pipe: each answer is its own user's
+    (scores are that user's dot products). The reloader thread runs at a lower priority
+    (serving.reload_nice); the index processes it starts do not inherit it."""
+    import psutil
+
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    service, server, _ = start_service("serving.reload_nice=7")
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+
+    async def ask_all() -> list[tuple[str, dict]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            users = [f"u{i % N_USERS}" for i in range(200)]
+            answers = await asyncio.gather(*(client.post("/v1/retrieve/stories", json={"user_id": u, "k": 5}) for u in users))
+            return [(u, a.json()) for u, a in zip(users, answers, strict=True)]
+
+    for user, body in asyncio.run(ask_all()):
+        assert len(body["items"]) == 5, body
+        world.check_answer(body, user)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert psutil.Process(service.reloader.state.stories.pid).nice() == ours
+    if sys.platform.startswith("linux"):
+        assert os.getpriority(os.PRIO_PROCESS, service.reloader._thread.native_id) == min(ours + 7, 19)
 
 
 # -- the CLI client --------------------------------------------------------------------------
