@@ -418,11 +418,12 @@ def run(argv: list[str] | None = None) -> dict:
                         "the served ef is the first that reaches it")
     parser.add_argument("--searchers", default="process,inline", help="serving.searcher modes to measure, in order")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the store here; default: a temporary directory")
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. what else ran on the machine)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args(argv)
 
     load_at_start = os.getloadavg()
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ebr-bench-serving-"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ebr-bench-serving-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     root = f"file://{workdir}/root"
     try:
@@ -443,8 +444,7 @@ def run(argv: list[str] | None = None) -> dict:
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in load_at_start],
-                    "note": "2 cores shared with other engineers' jobs (builds, tests, benchmarks) during the run; "
-                            "server, load generator and raw hnswlib on the same machine"},  # fmt: skip
+                    "note": "server, load generator and raw hnswlib on the same machine" + (f"; {args.note}" if args.note else "")},  # fmt: skip
         "data": {"stories": args.n, "dim": args.dim, "users": args.users, "k": K, "concurrency": args.concurrency},
         "index": {"version": base_version, "M": manifest.params.get("M"), "ef_construction": manifest.params.get("ef_construction"),
                   "ef_search": ef, "recall_at_10": manifest.metrics.get("recall_at_10"),
@@ -466,8 +466,8 @@ def to_markdown(r: dict) -> str:
     lines = [
         f"Serving benchmark: {r['data']['stories']:,} stories x {r['data']['dim']}, {r['data']['users']:,} users, k={r['data']['k']}, "
         f"concurrency {r['data']['concurrency']}; HNSW M={r['index']['M']}, ef_construction={r['index']['ef_construction']}, "
-        f"ef_search={r['index']['ef_search']}, recall@10 {r['index']['recall_at_10']}; {r['machine']['cpus']} CPUs shared "
-        f"(load average at start {r['machine']['load_average_at_start'][0]})",
+        f"ef_search={r['index']['ef_search']}, recall@10 {r['index']['recall_at_10']}; {r['machine']['cpus']} CPUs, "
+        f"load average at start {r['machine']['load_average_at_start'][0]}; {r['machine']['note']}",
         "",
         "| searcher | measurement | requests | failed | QPS | p50 ms | p99 ms | p99.9 ms | max ms |",
         "|---|---|---|---|---|---|---|---|---|",
