@@ -28,6 +28,7 @@ Implementation: events are sorted by (entity, ts) under a composite int64 key
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -189,17 +190,36 @@ class EventHistory:
         self.catalog = catalog
         self.cfg = cfg
         self.user, self.story, self.ts, self.score = user, story, ts.astype(np.int64), score
+        self.watch_ratio = watch_ratio
         self.positive = self.score >= cfg.label_threshold
-        columns = {
-            "impressions": np.ones(len(ts)),
+
+    # The indexes are built on first use: story features never need the per-user ones
+    # (a sort of the whole log each), user features never the per-story one.
+
+    def _columns(self) -> dict[str, np.ndarray]:
+        return {
+            "impressions": np.ones(len(self.ts)),
             "positives": self.positive.astype(np.float64),
-            "watch_ratio": watch_ratio.astype(np.float64),
+            "watch_ratio": self.watch_ratio.astype(np.float64),
         }
-        self.by_user = _EventIndex(self.user, self.ts, columns)
-        self.by_story = _EventIndex(self.story, self.ts, columns)
+
+    @cached_property
+    def by_user(self) -> _EventIndex:
+        return _EventIndex(self.user, self.ts, self._columns())
+
+    @cached_property
+    def by_story(self) -> _EventIndex:
+        return _EventIndex(self.story, self.ts, self._columns())
+
+    @cached_property
+    def positives_by_user(self) -> _EventIndex:
         positive = np.flatnonzero(self.positive)
-        self.positives_by_user = _EventIndex(self.user[positive], self.ts[positive], {})
-        self.positive_story = self.story[positive][self.positives_by_user.order]
+        return _EventIndex(self.user[positive], self.ts[positive], {})
+
+    @cached_property
+    def positive_story(self) -> np.ndarray:
+        """Story rows of the positive events, in `positives_by_user` order."""
+        return self.story[np.flatnonzero(self.positive)][self.positives_by_user.order]
 
     @classmethod
     def from_events(cls, events: pa.Table, catalog: Catalog, cfg: FeatureConfig) -> EventHistory:
