@@ -18,6 +18,9 @@ call the tower in batches). The issue's target is the first ratio (job / tower a
 Every story of the synthetic world is eligible (the story job's max age is set 30 days
 past the world's span, which covers the stories posted before its first day), so the
 story job embeds exactly `--stories`.
+With --profile, one more story job runs under cProfile; the stats file is written and
+the JSON gets where the job's time went (Beam's own work against ours).
+
 The towers come from a model with the default architecture trained for one epoch on a
 tiny world: throughput does not depend on what the weights learnt (ids the tiny
 vocabulary lacks share the out-of-vocabulary row, at the same cost).
@@ -51,6 +54,7 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--million", action="store_true", help="also time the story job at 1,000,000 stories")
+    parser.add_argument("--profile", type=Path, help="also profile one story job; write its pstats here")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedding_jobs.json")
     args = parser.parse_args(argv)
 
@@ -60,6 +64,7 @@ def run(argv: list[str] | None = None) -> dict:
         world = _world(Path(tmp) / "world", model_root, args.stories, args.users, args.creators, args.events, args.days)
         for entity in ("stories", "users"):
             rows.append(_compare(world, entity, args.days, args.repeats))
+        profile = _profile(world, "stories", args.days, args.profile) if args.profile else None
         if args.million:
             big = _world(Path(tmp) / "world-1m", model_root, 1_000_000, args.users, 20_000, 3_000_000, args.days)
             rows.append(_job_only(big, "stories", args.days))
@@ -71,11 +76,14 @@ def run(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/embedding_jobs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "target": "job embeddings/s >= 0.5 x raw tower embeddings/s at 200,000 stories",
         "rows": rows,
+        **({"story_job_profile": profile} if profile else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(rows) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(rows) + ("\n\n" + profile_markdown(profile) if profile else "") + "\n")
     print(markdown(rows))
+    if profile:
+        print("\n" + profile_markdown(profile))
     print(f"\nwritten to {args.out}")
     return report
 
@@ -213,6 +221,56 @@ def _job_only(root: Path, entity: str, days: int) -> dict:
     seconds, count = _run_job(root, entity, days, f"bench-{entity}-1m")
     print(f"{entity} job at {count:,} rows: {seconds:.0f} s", flush=True)
     return {"job": f"{entity}_embeddings", "rows": count, "job_seconds": round(seconds, 1), "job_per_s": round(count / seconds, 1)}
+
+
+# Where a job's time goes: (label, file suffix, function name); the cumulative time of the
+# matching profile entry (the largest, if several match). Names of Beam 2.77's internals.
+_PROFILE_PARTS = (
+    ("pipeline construction (our build_pipeline)", "beam_jobs/story_embeddings.py", "build_pipeline"),
+    ("translation to the runner API (Beam)", "apache_beam/pipeline.py", "to_runner_api"),
+    ("stage setup (Beam bundle processors, incl. loading the SavedModel in setup())", "apache_beam/runners/worker/bundle_processor.py", "__init__"),
+    ("feeding encoded elements to stages (Beam data plane)", "fn_api_runner/fn_runner.py", "_send_input_to_worker"),
+    ("collecting stage outputs (Beam data plane)", "apache_beam/runners/worker/data_plane.py", "close"),
+    ("reading + validating rows (ours)", "beam_jobs/transforms.py", "process@_ValidateAndBucket"),
+    ("features per bucket (models.features)", "beam_jobs/story_embeddings.py", "process"),
+    ("tower calls (TensorFlow)", "models/export.py", "__call__"),
+    ("shard writes (ours)", "beam_jobs/transforms.py", "process@_WriteShard"),
+)
+
+
+def _profile(root: Path, entity: str, days: int, path: Path) -> dict:
+    """Runs the job once under cProfile; returns {total, parts: {label: seconds}}."""
+    import cProfile
+    import inspect
+    import pstats
+
+    from beam_jobs import transforms
+
+    lines = {  # DoFns that share a file: tell their `process` apart by line number
+        f"process@{cls.__name__}": inspect.getsourcelines(cls.process)[1] for cls in (transforms._ValidateAndBucket, transforms._WriteShard)
+    }
+    profiler = cProfile.Profile()
+    profiler.enable()
+    seconds, count = _run_job(root, entity, days, f"bench-{entity}-profiled")
+    profiler.disable()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(path)
+    stats = pstats.Stats(str(path)).stats
+    parts = {}
+    for label, suffix, function in _PROFILE_PARTS:
+        name, line = (function.split("@")[0], lines[function]) if "@" in function else (function, None)
+        matches = [cum for (file, ln, fn), (_, _, _, cum, _) in stats.items()
+                   if file.endswith(suffix) and fn == name and (line is None or ln == line)]  # fmt: skip
+        parts[label] = round(max(matches), 2) if matches else None
+    return {"job": f"{entity}_embeddings", "rows": count, "seconds_under_profiler": round(seconds, 2), "parts_seconds": parts,
+            "pstats": str(path), "note": "cumulative seconds; parts can nest (a stage's user code runs inside Beam's bundle processing)"}
+
+
+def profile_markdown(profile: dict) -> str:
+    lines = [f"Where the {profile['job']} job's {profile['seconds_under_profiler']} s went ({profile['rows']:,} rows, under cProfile):", "",
+             "| part | seconds |", "|---|---|"]  # fmt: skip
+    lines += [f"| {label} | {seconds if seconds is not None else 'not found'} |" for label, seconds in profile["parts_seconds"].items()]
+    return "\n".join(lines)
 
 
 def markdown(rows: list[dict]) -> str:
