@@ -246,13 +246,13 @@ class ServingConfig(_Section):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     # Versions kept in the local cache besides the served ones.
     keep_cached_versions: int = Field(2, ge=0)
-    # Where an index version is loaded and searched. "inline": in the serving process,
-    # fastest per request, but hnswlib holds the GIL for the whole load of a new version
-    # (~0.75 s per million vectors on an idle core), and requests wait meanwhile.
-    # "process": in a child process per version, so a load never stalls requests; costs
-    # a pipe round trip per search, pipelined (the event loop serves other requests while
-    # a child searches). benchmarks/results/serving.md measures both.
-    searcher: Literal["inline", "process"] = "inline"
+    # Where an index version is loaded and searched. "process": in a child process per
+    # version, so loading a new version never stalls requests; searches are pipelined on
+    # the child's pipe (the event loop serves other requests while a child searches).
+    # "inline": in the serving process, no pipe, but hnswlib holds the GIL for the whole
+    # load of a new version (~1-2.5 s per million vectors), and every request waits.
+    # benchmarks/results/serving.md measures both.
+    searcher: Literal["inline", "process"] = "process"
     # Nice value added to the threads that download, verify and load a new version when
     # searcher = "process" (Linux: per thread), so a reload under load takes idle CPU
     # rather than the serving threads'. Not applied inline: there the load holds the GIL
