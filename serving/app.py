@@ -34,9 +34,9 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config import ServingConfig
+from serving import searcher
 from serving.api import ErrorResponse, Readiness, RetrieveRequest, RetrieveResponse, SimilarRequest, VersionsResponse
 from serving.reloader import Reloader
-from serving import searcher
 from serving.searcher import SearcherDiedError
 from serving.state import COLLECTIONS, INDEX_KINDS, ServedState
 
