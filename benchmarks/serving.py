@@ -490,7 +490,7 @@ def to_markdown(r: dict) -> str:
                      f"{mem['server_tree_rss_peak_during_reload'] / mib:,.0f} / {mem['server_tree_rss_after_reload'] / mib:,.0f} MiB | "
                      f"{m['reload_fixed_rate']['server_reload_seconds']:.2f} | {mem['first_load_seconds']} |")  # fmt: skip
     lines += [f"\nRaw hnswlib load: {raw['load_seconds']} s, RSS delta {raw['rss_delta_bytes'] / mib:,.0f} MiB. "
-              f"Index build: {r['index']['build_seconds']} s.", "",
+              f"Index build: {r['index']['build_seconds']}" + (" s." if isinstance(r['index']['build_seconds'], (int, float)) else "."), "",
               "| searcher | p99 <= 10 ms at >= 1000 req/s | served QPS >= 0.3 x raw | reload p99 <= 2 x steady | zero failed |",
               "|---|---|---|---|---|"]  # fmt: skip
     for mode, m in r["searchers"].items():
