@@ -188,7 +188,7 @@ def recall_qps(results: dict, path: Path) -> Path | None:
     ax.axhline(50 * exact, color="green", linestyle="--", linewidth=1, label="target: 50x exact QPS")
     ax.axvline(0.99, color="green", linestyle=":", linewidth=1, label="target: recall@10 0.99")
     ax.set_yscale("log")
-    ax.set_xlabel("recall@10 against exact search (held-aside queries)")
+    ax.set_xlabel("recall@10 against exact search (each query set)")
     ax.set_ylabel("queries per second (1 thread, 1 query at a time, log scale)")
     d, p = ib["data"], ib["params"]
     queries = d.get("queries_per_set", d.get("queries"))
