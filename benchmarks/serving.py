@@ -27,6 +27,10 @@ same index, latency while a new version is hot-reloaded, and memory per loaded v
    all its children before, at peak during, and after a reload.
 
 With --workdir, the store is kept and a later run with the same sizes reuses its index.
+The service's download cache (serving.cache_dir) goes to --cache-dir, by default a
+directory in /dev/shm (tmpfs) where there is one, emptied at the end: the deployment the
+README recommends, because writing a 0.7 GB version to a disk-backed cache during a
+reload costs the requests served meanwhile (`--cache-dir var/...` measures that).
 
 The machine may be shared; the JSON records the CPU count and load average at the start.
 Prints a Markdown table; writes benchmarks/results/serving.json and serving.md.
@@ -315,7 +319,7 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--root", root, "--set", f"serving.cache_dir={workdir}/cache-{mode}",
+        [sys.executable, "-m", "cli.main", "--root", root, "--set", f"serving.cache_dir={args.cache_dir}/cache-{mode}",
          "--set", f"serving.searcher={mode}", "serve", "--port", str(port), "--poll-interval", "1"],
         cwd=REPO, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -418,6 +422,8 @@ def run(argv: list[str] | None = None) -> dict:
                         "the served ef is the first that reaches it")
     parser.add_argument("--searchers", default="process,inline", help="serving.searcher modes to measure, in order")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the store here; default: a temporary directory")
+    parser.add_argument("--cache-dir", type=Path, help="the service's download cache; default: a temporary "
+                        "directory in /dev/shm (tmpfs) if there is one, else in the workdir")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. what else ran on the machine)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args(argv)
@@ -426,6 +432,11 @@ def run(argv: list[str] | None = None) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ebr-bench-serving-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     root = f"file://{workdir}/root"
+    own_cache = args.cache_dir is None
+    if own_cache:
+        shm = Path("/dev/shm")
+        args.cache_dir = Path(tempfile.mkdtemp(prefix="ebr-bench-serving-cache-", dir=shm if shm.is_dir() else workdir))
+    args.cache_dir = args.cache_dir.resolve()
     try:
         print(f"building: {args.n:,} stories x {args.dim}, {args.users:,} users ...", flush=True)
         store, base_version, build_s, user_vectors = build_store(root, args.n, args.dim, args.users, args.min_recall)
@@ -436,6 +447,8 @@ def run(argv: list[str] | None = None) -> dict:
         raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
         modes = [measure_searcher(mode, args, store, root, workdir, base_version, source_dir) for mode in args.searchers.split(",")]
     finally:
+        if own_cache:
+            shutil.rmtree(args.cache_dir, ignore_errors=True)
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -445,7 +458,8 @@ def run(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in load_at_start],
                     "note": "server, load generator and raw hnswlib on the same machine" + (f"; {args.note}" if args.note else "")},  # fmt: skip
-        "data": {"stories": args.n, "dim": args.dim, "users": args.users, "k": K, "concurrency": args.concurrency},
+        "data": {"stories": args.n, "dim": args.dim, "users": args.users, "k": K, "concurrency": args.concurrency,
+                 "service_cache_dir": str(args.cache_dir)},
         "index": {"version": base_version, "M": manifest.params.get("M"), "ef_construction": manifest.params.get("ef_construction"),
                   "ef_search": ef, "recall_at_10": manifest.metrics.get("recall_at_10"),
                   "build_seconds": round(build_s, 1) if build_s is not None else "reused from an earlier run"},  # fmt: skip
@@ -467,7 +481,8 @@ def to_markdown(r: dict) -> str:
         f"Serving benchmark: {r['data']['stories']:,} stories x {r['data']['dim']}, {r['data']['users']:,} users, k={r['data']['k']}, "
         f"concurrency {r['data']['concurrency']}; HNSW M={r['index']['M']}, ef_construction={r['index']['ef_construction']}, "
         f"ef_search={r['index']['ef_search']}, recall@10 {r['index']['recall_at_10']}; {r['machine']['cpus']} CPUs, "
-        f"load average at start {r['machine']['load_average_at_start'][0]}; {r['machine']['note']}",
+        f"load average at start {r['machine']['load_average_at_start'][0]}; {r['machine']['note']}; "
+        f"service cache in {r['data'].get('service_cache_dir', 'the workdir')}",
         "",
         "| searcher | measurement | requests | failed | QPS | p50 ms | p99 ms | p99.9 ms | max ms |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -239,7 +239,11 @@ class ServingConfig(_Section):
     # Optional bearer token; empty means no authentication.
     token: str = ""
     poll_interval_s: float = Field(5.0, gt=0)
-    # Local cache of downloaded versions; empty means <repo>/var/serving-cache.
+    # Local cache of downloaded versions; empty means <repo>/var/serving-cache. Serving
+    # large indexes, put it on tmpfs (/dev/shm/..., a memory-backed volume): writing a
+    # 0.7 GB version to a disk-backed cache during a reload slowed the requests served
+    # meanwhile (benchmarks/results/serving*.md). On tmpfs every cached version's files
+    # take RAM (about the index size each; see keep_cached_versions).
     cache_dir: str = ""
     max_k: int = Field(1000, ge=1)
     default_k: int = Field(100, ge=1)
