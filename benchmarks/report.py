@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import importlib.util
 import json
 import sys
 import tempfile
 from pathlib import Path
+
+from cli.report_commands import load_benchmark_script
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_RESULTS = BENCH_DIR / "results.json"
@@ -44,18 +45,6 @@ code, pre { background: #f6f6f6; font-size: .85em; } pre { padding: .6em; overfl
 """
 
 
-def _load_plots():
-    """benchmarks/plots.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    name = "ebr_benchmark_plots"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCH_DIR / "plots.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_results(path: Path) -> dict:
     """The combined results, with an actionable error when there are none."""
     path = Path(path)
@@ -78,7 +67,7 @@ def write_report(results_path: Path, out: Path | None = None) -> Path:
     results = load_results(results_path)
     out = Path(out) if out is not None else results_path.with_name("report.html")
     with tempfile.TemporaryDirectory(prefix="ebr-report-") as tmp:
-        pngs = _load_plots().write_all(results, Path(tmp))
+        pngs = load_benchmark_script("plots").write_all(results, Path(tmp))
         images = {name: base64.b64encode(path.read_bytes()).decode("ascii") for name, path in pngs.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(results, images, source=str(results_path)))

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cli.report_commands import load_benchmark_script
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "benchmarks"
 DEFAULT_RUN_DIR = BENCH_DIR / "results" / "make_bench"  # apart from the scripts' own default outputs
@@ -829,23 +831,10 @@ def resummarize(results_path: Path, *, plots: bool = True, notes: list[str] = ()
     return results
 
 
-def _sibling(name: str):
-    """benchmarks/NAME.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    import importlib.util
-
-    module_name = f"ebr_benchmark_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, BENCH_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
 def _make_plots(results: dict, figures_dir: Path, relative_to: Path) -> dict[str, str]:
     """Writes the PNGs; returns {name: path relative to the results file}. Never fails the run."""
     try:
-        written = _sibling("plots").write_all(results, figures_dir)
+        written = load_benchmark_script("plots").write_all(results, figures_dir)
         return {name: os.path.relpath(path, relative_to) for name, path in written.items()}
     except Exception as exc:  # noqa: BLE001 - a plotting bug must not lose an hour of measurements
         results.setdefault("notes", []).append(f"plots failed: {type(exc).__name__}: {exc}")
@@ -854,7 +843,7 @@ def _make_plots(results: dict, figures_dir: Path, relative_to: Path) -> dict[str
 
 def _render_report(results_path: Path, out: Path) -> Path | None:
     try:
-        return _sibling("report").write_report(results_path, out)
+        return load_benchmark_script("report").write_report(results_path, out)
     except Exception as exc:  # noqa: BLE001 - the JSON and the table are written already
         print(f"the HTML report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None

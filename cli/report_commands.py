@@ -34,23 +34,29 @@ def add_parser(commands) -> None:
     report.set_defaults(handler=render_report, action="render")
 
 
-def load_report_module():
-    """benchmarks/report.py of this checkout, as a module."""
-    path = BENCHMARKS_DIR / "report.py"
+def load_benchmark_script(name: str):
+    """benchmarks/NAME.py of this checkout as a module, loaded once per process.
+
+    The one loader of the benchmark scripts (`ebr report`, run_all.py, report.py and the
+    tests use it), so each is loaded under one module name: benchmarks/ is a folder of
+    scripts, not a package, and putting it on sys.path would let benchmarks/serving.py
+    shadow the `serving` package.
+    """
+    path = BENCHMARKS_DIR / f"{name}.py"
     if not path.is_file():
-        raise ReportError(f"{path} is missing: `ebr report` needs the repository checkout (an editable install), "
+        raise ReportError(f"{path} is missing: it needs the repository checkout (an editable install), "
                           "not an installed wheel")  # fmt: skip
-    name = "ebr_benchmark_report"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
+    module_name = f"ebr_benchmark_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
+        sys.modules[module_name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name]
+    return sys.modules[module_name]
 
 
 def render_report(cfg: EbrConfig, args: Namespace) -> int:
-    report = load_report_module()
+    report = load_benchmark_script("report")
     try:
         out = report.write_report(args.results, args.out)
     except (FileNotFoundError, ValueError) as exc:

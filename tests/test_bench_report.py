@@ -13,32 +13,20 @@ Hand-worked figures (see `_results`):
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+from cli.report_commands import load_benchmark_script
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-
-def _module(name: str):
-    key = f"ebr_benchmark_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, BENCH_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
-
-
-run_all = _module("run_all")
-plots = _module("plots")
-report = _module("report")
+run_all = load_benchmark_script("run_all")
+plots = load_benchmark_script("plots")
+report = load_benchmark_script("report")
 
 
 def _quality_row(dataset: str, scorer: str, recalls: dict, **extra) -> dict:
