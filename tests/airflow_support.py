@@ -15,11 +15,10 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from orchestration.local_airflow import LocalAirflow, airflow_environment, migrate
+from orchestration.local_airflow import airflow_environment, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
@@ -78,14 +77,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, what: str, timeout: float, airflow: LocalAirflow | None = None) -> Any:
-    """Polls `predicate` until it returns something truthy; fails with `what` and the logs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"{what} within {timeout} s" + (f":\n{airflow.logs()}" if airflow else ""))

@@ -12,7 +12,8 @@ import pytest
 
 from artifacts import ArtifactStore
 from orchestration.local_airflow import LocalAirflow
-from tests.airflow_support import free_port, wait_for
+from tests.airflow_support import free_port
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def airflow(tmp_path_factory, store):
 def token(airflow):
     token = airflow.token()
     wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
-             "the dag-processor did not register ebr_rollback", 180, airflow)  # fmt: skip
+             "the dag-processor did not register ebr_rollback", 180, interval=1, details=airflow.logs)  # fmt: skip
     status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
     assert status == 200 and body["is_paused"] is False, body
     return token
@@ -74,7 +75,7 @@ def test_rollback_triggered_through_the_rest_api_moves_latest(airflow, token, st
         return body if body["state"] in ("success", "failed") else None
 
     started = time.monotonic()
-    body = wait_for(finished, "the ebr_rollback run did not finish", 300, airflow)
+    body = wait_for(finished, "the ebr_rollback run did not finish", 300, interval=1, details=airflow.logs)
     assert body["state"] == "success", airflow.logs()
     print(f"rollback run finished in {time.monotonic() - started:.1f} s")
     assert kind.latest() == OLDER
@@ -101,7 +102,7 @@ def test_a_published_model_triggers_both_embedding_dags(airflow, token):
     ebr_train's publish_model emits) creates an asset-triggered run of each embedding DAG."""
     consumers = ("ebr_user_embeddings", "ebr_story_index")
     for dag_id in consumers:
-        wait_for(lambda d=dag_id: airflow.request("GET", f"/api/v2/dags/{d}", token=token)[0] == 200, f"{dag_id} registered", 180, airflow)
+        wait_for(lambda d=dag_id: airflow.request("GET", f"/api/v2/dags/{d}", token=token)[0] == 200, f"{dag_id} registered", 180, interval=1, details=airflow.logs)
         status, body = airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
         assert status == 200, body
     _, assets = airflow.request("GET", "/api/v2/assets?name_pattern=models/two_tower", token=token)
@@ -123,7 +124,7 @@ def test_a_published_model_triggers_both_embedding_dags(airflow, token):
         return [run for run in runs["dag_runs"] if run["run_type"] == "asset_triggered"]
 
     for dag_id in consumers:
-        (run,) = wait_for(lambda d=dag_id: triggered(d), f"no asset-triggered run of {dag_id}", 120, airflow)
+        (run,) = wait_for(lambda d=dag_id: triggered(d), f"no asset-triggered run of {dag_id}", 120, interval=1, details=airflow.logs)
         assert run["run_type"] == "asset_triggered"
     for dag_id in consumers:  # no model is published in this store: let the runs stop here
         airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True}, token)

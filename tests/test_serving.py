@@ -29,6 +29,7 @@ from config import load_config
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, write_ids
 from index_builder.synthetic import clustered_vectors
 from serving.server import ServerThread, build_service
+from tests.polling import wait_for
 
 DIM = 16
 N_STORIES = 2_000
@@ -128,16 +129,6 @@ def start_service(world, searcher):
     yield start
     for server in running:
         server.stop()  # the lifespan closes the reloader: index processes exit with their state
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def served_index(client: httpx.Client) -> str | None:
