@@ -45,10 +45,6 @@ class RunIdentity:
         """The version name for everything this run writes (one per kind)."""
         return version_name(f"{self.dag_id}-{self.run_id}", when=self.logical_date)
 
-    @property
-    def logical_ts(self) -> int:
-        return int(self.logical_date.timestamp())
-
 
 def run_workdir(cfg: EbrConfig, run: RunIdentity) -> Path:
     """A local folder for this run's working files (training logs, the exported model)."""
