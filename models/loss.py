@@ -13,9 +13,10 @@ are not negatives and are left out of the loss.
   rankings.
 - "softmax": cross-entropy of the diagonal against its row.
 
-Both divide the dot products by a temperature and, with `candidate_log_q`, subtract the log
-of each story's sampling probability (logQ correction: popular stories are in-batch
-negatives more often than their share of the catalogue, which otherwise pushes them down).
+Both divide the dot products by a temperature and, with `candidate_log_q`, subtract
+`logq_strength` times the log of each story's sampling probability (logQ correction:
+popular stories are in-batch negatives more often than their share of the catalogue,
+which otherwise pushes them down; strength 0 is no correction, 1 the full one).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def in_batch_loss(
     temperature: float,
     loss: str = "sigmoid",
     candidate_log_q: tf.Tensor | None = None,
+    logq_strength: float = 1.0,
     sample_weight: tf.Tensor | None = None,
     sigmoid_bias: tf.Tensor | float = 0.0,
 ) -> tf.Tensor:
@@ -45,6 +47,7 @@ def in_batch_loss(
       temperature: logits are dot products divided by this.
       loss: "sigmoid" or "softmax".
       candidate_log_q: [batch] log sampling probability of each candidate, or None.
+      logq_strength: the logits subtract this times `candidate_log_q`.
       sample_weight: [batch] weight of each row, or None for equal weights.
       sigmoid_bias: added to the logits of the sigmoid loss.
 
@@ -52,8 +55,8 @@ def in_batch_loss(
       A scalar: the (weighted) mean over rows of each row's loss.
     """
     logits = tf.matmul(query_embeddings, candidate_embeddings, transpose_b=True) / temperature
-    if candidate_log_q is not None:
-        logits -= tf.cast(candidate_log_q, logits.dtype)[tf.newaxis, :]
+    if candidate_log_q is not None and logq_strength:
+        logits -= logq_strength * tf.cast(candidate_log_q, logits.dtype)[tf.newaxis, :]
     batch = tf.shape(logits)[0]
     diagonal = tf.eye(batch, dtype=tf.bool)
     same_story = tf.equal(candidate_ids[:, tf.newaxis], candidate_ids[tf.newaxis, :])

@@ -44,7 +44,8 @@ class TwoTowerModel(tfrs.models.Model):
             inputs["story"]["story_id"],
             temperature=self.cfg.temperature,
             loss=self.cfg.loss,
-            candidate_log_q=inputs["log_q"] if self.cfg.logq_correction else None,
+            candidate_log_q=inputs["log_q"],
+            logq_strength=self.cfg.logq_strength,
             sample_weight=inputs["weight"],
             sigmoid_bias=self.sigmoid_bias,
         )

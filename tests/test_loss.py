@@ -55,6 +55,15 @@ def test_logq_correction_subtracts_log_sampling_probability():
     assert got == pytest.approx((row0 + row1) / 2, abs=1e-6)  # 0.360146
 
 
+def test_logq_strength_scales_the_correction_and_zero_turns_it_off():
+    log_q = np.log(np.array([0.5, 0.25], np.float32))
+    assert loss(candidate_log_q=log_q, logq_strength=0.0) == pytest.approx(loss(), abs=1e-7)
+    # Strength 0.5 subtracts 0.5 * log q: the same as the full correction with q ** 0.5.
+    half = loss(candidate_log_q=log_q, logq_strength=0.5)
+    assert half == pytest.approx(loss(candidate_log_q=0.5 * log_q), abs=1e-6)
+    assert loss() < half < loss(candidate_log_q=log_q)  # 0.313262 < . < 0.360146
+
+
 def test_sample_weights_weight_the_rows():
     # Scaling user 1's vector by 2 gives row 1 logits [0, 2]: its loss is log(1 + e^-2),
     # row 0 keeps log(1 + e^-1). Weights [3, 1] give (3 * row0 + row1) / 4.
@@ -77,3 +86,11 @@ def test_pointwise_loss_has_no_in_batch_negatives():
 def test_unknown_loss_is_refused():
     with pytest.raises(ValueError, match="'sigmoid' or 'softmax'"):
         loss(loss="hinge")
+
+
+def test_the_removed_logq_correction_key_names_its_replacement():
+    from config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="replaced by model.logq_strength"):
+        load_config(overrides=["model.logq_correction=false"], environ={})
+    assert load_config(overrides=["model.logq_strength=0"], environ={}).model.logq_strength == 0.0
