@@ -1,8 +1,13 @@
 """Warehouse schemas, Parquet I/O and the synthetic world."""
 
+import re
+import struct
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from config import WorldConfig
@@ -81,6 +86,97 @@ class TestSchemaValidation:
     def test_a_missing_warehouse_says_how_to_make_one(self, tmp_path):
         with pytest.raises(WarehouseMissingError, match="ebr data generate"):
             Warehouse.open(f"file://{tmp_path}").read_table("stories")
+
+
+def _small_warehouse(root: Path) -> Warehouse:
+    """Every table, two rows of users and events on two days: enough for every reader."""
+    warehouse = Warehouse.open(f"file://{root}")
+    warehouse.write_table("users", pa.table({
+        "user_id": ["u1", "u2"], "country": ["US"] * 2, "language": ["en"] * 2,
+        "age_bucket": ["18-24"] * 2, "account_created_ts": [0, 0],
+    }))  # fmt: skip
+    warehouse.write_table("creators", pa.table({
+        "creator_id": ["c1"], "country": ["US"], "language": ["en"], "created_ts": [0], "follower_count": [3],
+    }))  # fmt: skip
+    warehouse.write_table("stories", pa.table({
+        "story_id": ["s1"], "creator_id": ["c1"], "created_ts": [0], "country": ["US"], "language": ["en"],
+        "duration_s": pa.array([10.0], pa.float32()), "hashtags": [["cats"]], "description": ["a cat"],
+        "content_embedding": pa.array([[0.1, 0.2]], pa.list_(pa.float32())),
+    }))  # fmt: skip
+    warehouse.write_events(_events(2, ts=[1_790_000_000, 1_790_000_000 + 86_400]))
+    return warehouse
+
+
+def damage_parquet(path: Path, how: str) -> str:
+    """Damages a Parquet file in place; returns (a regex of) what readers must say is wrong.
+
+    "truncated" keeps the first half (the footer is lost), "random bytes" replaces it,
+    "corrupt pages" inverts every byte before the footer (which stays readable), and
+    "wrong schema" rewrites it with its first column as int64.
+    """
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    elif how == "corrupt pages":
+        footer = struct.unpack("<I", data[-8:-4])[0]  # ... footer, its length (4 bytes), PAR1
+        body = bytes(b ^ 0xFF for b in data[4 : len(data) - 8 - footer])
+        path.write_bytes(data[:4] + body + data[len(data) - 8 - footer :])
+    else:
+        table = pq.read_table(path)
+        first = table.column_names[0]
+        pq.write_table(table.set_column(0, first, pa.array(range(len(table)), pa.int64())), path)
+        return rf"column '{first}'.*: type int64, expected string"
+    return "is not a readable Parquet file"
+
+
+DAMAGES = ["truncated", "random bytes", "corrupt pages", "wrong schema"]
+
+
+class TestCorruptParquet:
+    """A damaged file fails every reader with one error that names the file and the problem."""
+
+    @pytest.mark.parametrize("how", DAMAGES)
+    def test_an_entity_table(self, tmp_path, how):
+        warehouse = _small_warehouse(tmp_path)
+        path = tmp_path / "warehouse" / "users" / "part-00000.parquet"
+        problem = damage_parquet(path, how)
+        # summary() reads footers only: pages that do not decode are found by readers of rows.
+        for read in (lambda: warehouse.read_table("users"), lambda: warehouse.read_table("users", ["user_id"]), *([warehouse.summary] if how != "corrupt pages" else [])):
+            with pytest.raises(WarehouseSchemaError) as err:
+                read()
+            assert f"file://{path}" in str(err.value) and re.search(problem, str(err.value)), str(err.value)
+
+    @pytest.mark.parametrize("how", DAMAGES)
+    def test_an_event_partition(self, tmp_path, how):
+        warehouse = _small_warehouse(tmp_path)
+        assert len(warehouse.event_days()) == 2
+        path = tmp_path / "warehouse" / "events" / "dt=2026-09-22" / "part-00000.parquet"
+        problem = damage_parquet(path, how)
+        readers = [warehouse.read_events, lambda: list(warehouse.iter_events()), lambda: warehouse.read_events(columns=["ts"])]
+        for read in readers + ([warehouse.summary] if how != "corrupt pages" else []):
+            with pytest.raises(WarehouseSchemaError) as err:
+                read()
+            assert f"file://{path}" in str(err.value) and re.search(problem, str(err.value)), str(err.value)
+        assert len(warehouse.event_days()) == 2  # listing partitions reads none of them
+
+    def test_a_partition_that_is_not_a_date(self, tmp_path):
+        warehouse = _small_warehouse(tmp_path)
+        (tmp_path / "warehouse" / "events" / "dt=2026-02-30").mkdir()
+        with pytest.raises(WarehouseSchemaError, match=r"warehouse/events/dt=2026-02-30 is not a day partition: day is out of range"):
+            warehouse.event_days()
+
+    @pytest.mark.parametrize("how", ["truncated", "wrong schema"])
+    def test_ebr_data_show_prints_one_error_line(self, tmp_path, capsys, how):
+        from cli.main import main
+
+        _small_warehouse(tmp_path)
+        path = tmp_path / "warehouse" / "stories" / "part-00000.parquet"
+        damage_parquet(path, how)
+        assert main(["--root", f"file://{tmp_path}", "data", "show"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and f"file://{path}" in err[0], err
 
 
 class TestSyntheticWorld:

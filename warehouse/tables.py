@@ -125,11 +125,18 @@ class Warehouse:
         return data.select(columns) if columns else data
 
     def event_days(self) -> list[date]:
+        """The days that have an event partition (listed, not read)."""
         days = []
         for name in self.backend.list_children(self._key("events")):
             match = _DAY_PARTITION.match(name)
             if match:
-                days.append(date.fromisoformat(match.group(1)))
+                try:
+                    days.append(date.fromisoformat(match.group(1)))
+                except ValueError as err:
+                    raise WarehouseSchemaError(
+                        f"{self.uri}/events/{name} is not a day partition: {err}; "
+                        "rename or remove it (partitions are dt=YYYY-MM-DD, UTC days)"
+                    ) from None
         return sorted(days)
 
     def event_files(self, start: date | None = None, end: date | None = None) -> list[str]:
@@ -167,10 +174,9 @@ class Warehouse:
         days = self.event_days()
         counts = {}
         for table in KEYS:
-            key = self._key(table, "part-00000.parquet")
-            counts[table] = self._parquet_metadata(key).num_rows
+            counts[table] = self._checked_metadata(table, self._key(table, "part-00000.parquet")).num_rows
         counts["events"] = sum(
-            self._parquet_metadata(self._key("events", f"dt={d.isoformat()}", "part-00000.parquet")).num_rows
+            self._checked_metadata("events", self._key("events", f"dt={d.isoformat()}", "part-00000.parquet")).num_rows
             for d in days
         )
         try:
@@ -201,19 +207,39 @@ class Warehouse:
     def _read_parquet(self, key: str) -> pa.Table:
         return self._parse_parquet(key, pq.read_table)
 
-    def _parquet_metadata(self, key: str) -> pq.FileMetaData:
-        return self._parse_parquet(key, pq.read_metadata)
+    def _checked_metadata(self, table: str, key: str) -> pq.FileMetaData:
+        """The footer of one table's file, its schema checked (the rows are not read)."""
+        metadata = self._parse_parquet(key, pq.read_metadata)
+        check_parquet_schema(table, metadata, f"{self.backend.uri}/{key}")
+        return metadata
 
     def _parse_parquet(self, key: str, reader):
         # Local files are read in place (memory-mapped); remote ones through the backend.
         path = self.backend.local_path(key)
         source = path if path is not None and path.is_file() else pa.BufferReader(self._read_bytes(key))
-        try:
-            return reader(source)
-        except pa.ArrowInvalid as err:
-            raise WarehouseSchemaError(
-                f"{self.backend.uri}/{key} is not a readable Parquet file: {err}"
-            ) from None
+        return parse_parquet(source, reader, f"{self.backend.uri}/{key}")
 
 
-__all__ = ["TABLES", "Warehouse", "WarehouseMissingError", "day_of", "day_start_ts"]
+def parse_parquet(source, reader, where: str):
+    """`reader(source)` (e.g. `pq.read_table`), or a `WarehouseSchemaError` naming `where`.
+
+    A truncated file or random bytes fail on the footer (ArrowInvalid); pages that do
+    not decode fail as OSError. Either way the message says which file.
+    """
+    try:
+        return reader(source)
+    except (pa.ArrowException, OSError) as err:
+        problem = " ".join(str(err).split())  # pyarrow's messages span lines
+        raise WarehouseSchemaError(
+            f"{where} is not a readable Parquet file: {problem}; rewrite it (ebr data generate "
+            "--overwrite, or ebr data convert ... --overwrite) or restore it from a copy"
+        ) from None
+
+
+def check_parquet_schema(table: str, metadata: pq.FileMetaData, where: str) -> None:
+    """Checks a file's footer against `table`'s schema (columns present, types readable)
+    without reading a row; raises `WarehouseSchemaError` naming `where`."""
+    validate_table(table, metadata.schema.to_arrow_schema().empty_table(), where)
+
+
+__all__ = ["TABLES", "Warehouse", "WarehouseMissingError", "check_parquet_schema", "day_of", "day_start_ts", "parse_parquet"]
