@@ -24,18 +24,33 @@ from config import ModelConfig
 PAD = ""
 
 
+PAD_INDEX = 0
+OOV_INDEX = 1
+
+
 class IdEmbedding(tf.keras.layers.Layer):
-    """String ids -> embeddings. "" is padding (index 0, masked by callers); unseen ids
-    share one out-of-vocabulary row."""
+    """String ids -> embeddings. "" is padding (row 0, masked by callers); unseen ids
+    share one out-of-vocabulary row (row 1); the vocabulary's ids are rows 2...
+
+    An empty vocabulary (e.g. a dataset without hashtags) is allowed: every id but ""
+    maps to the out-of-vocabulary row.
+    """
 
     def __init__(self, vocabulary: list[str], dim: int, **kwargs):
         super().__init__(**kwargs)
         vocabulary = [v for v in vocabulary if v != PAD]
-        self.lookup = tf.keras.layers.StringLookup(vocabulary=vocabulary, mask_token=PAD, num_oov_indices=1)
+        # StringLookup refuses an empty vocabulary ("Cannot set an empty vocabulary").
+        self.lookup = tf.keras.layers.StringLookup(vocabulary=vocabulary, mask_token=PAD, num_oov_indices=1) if vocabulary else None
         self.embedding = tf.keras.layers.Embedding(len(vocabulary) + 2, dim)
 
+    def index(self, ids: tf.Tensor) -> tf.Tensor:
+        """Row of each id: int64, the shape of `ids`."""
+        if self.lookup is None:
+            return tf.where(tf.equal(ids, PAD), tf.constant(PAD_INDEX, tf.int64), tf.constant(OOV_INDEX, tf.int64))
+        return self.lookup(ids)
+
     def call(self, ids: tf.Tensor) -> tf.Tensor:
-        return self.embedding(self.lookup(ids))
+        return self.embedding(self.index(ids))
 
 
 def masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:

@@ -1,0 +1,118 @@
+"""The towers' options on inputs small enough to read: vocabularies, id dropout, export."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from config import load_config
+from models.export import TowerRunner, export_towers
+from models.features import story_stat_names, user_stat_names
+from models.towers import OOV_INDEX, IdEmbedding
+from models.two_tower import TwoTowerModel
+
+HISTORY = 4  # features.history_length
+SMALL = [
+    "features.history_length=4",
+    "features.hashtag_history_stories=2",
+    "features.story_hashtags=2",
+    "model.output_dim=8",
+    "model.id_embedding_dim=8",
+    "model.small_embedding_dim=4",
+    "model.mlp_width=16",
+    "model.resnet_blocks=1",
+    "model.cross_layers=1",
+    "model.cross_projection_dim=4",
+    "model.dropout=0.0",
+]
+VOCABULARIES = {
+    "user_id": ["u0", "u1", "u2"],
+    "story_id": ["s0", "s1", "s2", "s3", "s4"],
+    "creator_id": ["c0", "c1"],
+    "hashtag": ["#cats", "#food"],
+    "country": ["DE", "US"],
+    "language": ["de", "en"],
+    "age_bucket": ["18-24", "25-34"],
+}
+CONTENT_DIM = 3
+
+
+def config(tmp_path, *overrides):
+    return load_config(overrides=[f"root=file://{tmp_path}", *SMALL, *overrides], environ={})
+
+
+def build_model(cfg, vocabularies=VOCABULARIES):
+    f = cfg.features
+    return TwoTowerModel(vocabularies, len(user_stat_names(f)), len(story_stat_names(f)), CONTENT_DIM, cfg.model)
+
+
+def user_inputs(cfg, history_story_ids):
+    """Three users; `history_story_ids` is a [3, HISTORY] list of lists ("" = padding)."""
+    f = cfg.features
+    stories = np.array(history_story_ids, dtype=object)
+    creators = np.where(stories == "", "", "c0").astype(object)
+    tags = np.full((3, f.hashtag_history_stories * f.story_hashtags), "#cats", dtype=object)
+    tags[2] = ""
+    return {
+        "user_id": np.array(["u0", "u1", "never-seen"], dtype=object),
+        "country": np.array(["DE", "US", "DE"], dtype=object),
+        "language": np.array(["de", "en", "de"], dtype=object),
+        "age_bucket": np.array(["18-24", "25-34", "18-24"], dtype=object),
+        "user_stats": np.linspace(0, 1, 3 * len(user_stat_names(f)), dtype=np.float32).reshape(3, -1),
+        "history_story_ids": stories,
+        "history_creator_ids": creators,
+        "history_hashtags": tags,
+    }
+
+
+HISTORIES = [["s1", "s2", "", ""], ["s3", "s4", "s0", "s1"], ["", "", "", ""]]
+
+
+def story_inputs(cfg, story_ids=("s0", "s1", "never-seen")):
+    f = cfg.features
+    n = len(story_ids)
+    return {
+        "story_id": np.array(story_ids, dtype=object),
+        "creator_id": np.array(["c0", "c1", "c9"][:n] * (n // 3 + 1), dtype=object)[:n],
+        "country": np.array(["DE"] * n, dtype=object),
+        "language": np.array(["en"] * n, dtype=object),
+        "hashtags": np.array([["#food", ""]] * n, dtype=object),
+        "content_embedding": np.linspace(-1, 1, n * CONTENT_DIM, dtype=np.float32).reshape(n, CONTENT_DIM),
+        "story_stats": np.linspace(0, 2, n * len(story_stat_names(f)), dtype=np.float32).reshape(n, -1),
+    }
+
+
+def export_and_reload(model, cfg, vocabularies, dest):
+    """(user, story) embeddings of the reloaded SavedModels, and of the model itself."""
+    export_dir = export_towers(model, vocabularies, cfg, CONTENT_DIM, {}, dest)
+    users, stories = user_inputs(cfg, HISTORIES), story_inputs(cfg)
+    direct = (model.user_tower(users, training=False).numpy(), model.story_tower(stories, training=False).numpy())
+    reloaded = (TowerRunner(export_dir / "user_tower")(users), TowerRunner(export_dir / "story_tower")(stories))
+    return direct, reloaded
+
+
+# Empty vocabularies ------------------------------------------------------------------------
+
+
+def test_an_empty_vocabulary_maps_every_id_to_the_oov_row():
+    layer = IdEmbedding([], 4)
+    index = layer.index(tf.constant([["#a", ""], ["", "#b"]])).numpy()
+    np.testing.assert_array_equal(index, [[OOV_INDEX, 0], [0, OOV_INDEX]])
+    assert layer(tf.constant(["#a"])).shape == (1, 4)
+
+
+def test_a_dataset_without_hashtags_trains_and_exports(tmp_path):
+    cfg = config(tmp_path)
+    vocabularies = {**VOCABULARIES, "hashtag": []}
+    model = build_model(cfg, vocabularies)
+    users = user_inputs(cfg, HISTORIES)
+    batch = {"user": users, "story": story_inputs(cfg), "log_q": np.log(np.full(3, 1 / 3, np.float32)), "weight": np.ones(3, np.float32)}
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    hashtags = model.user_tower.shared.hashtag.embedding.embeddings
+    assert hashtags.shape[0] == 2  # the padding and OOV rows only
+    gradient = tf.convert_to_tensor(tape.gradient(loss, hashtags)).numpy()
+    assert np.isfinite(float(loss))
+    assert np.abs(gradient[OOV_INDEX]).sum() > 0 and np.abs(gradient[0]).sum() == 0  # padding never contributes
+    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(model, cfg, vocabularies, tmp_path / "export")
+    np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
+    np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)
