@@ -135,6 +135,11 @@ class ModelConfig(_Section):
     logq_strength: float = Field(1.0, ge=0)
     # Ids seen fewer times than this in training share the out-of-vocabulary embedding.
     min_id_count: int = Field(1, ge=1)
+    # Training only: each story id the story tower looks up is replaced by the OOV id with
+    # this probability (creator ids with creator_id_dropout), so the OOV row is trained and
+    # a story new since training leans on its content features. Off at inference/export.
+    id_dropout: float = Field(0.1, ge=0, le=1)
+    creator_id_dropout: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="before")
     @classmethod

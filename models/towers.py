@@ -53,6 +53,14 @@ class IdEmbedding(tf.keras.layers.Layer):
         return self.embedding(self.index(ids))
 
 
+def drop_to_oov(index: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
+    """Training only: each non-padding row index becomes OOV_INDEX with probability `rate`."""
+    if not training or rate <= 0:
+        return index
+    dropped = tf.random.uniform(tf.shape(index)) < rate
+    return tf.where(tf.logical_and(dropped, tf.not_equal(index, PAD_INDEX)), tf.constant(OOV_INDEX, index.dtype), index)
+
+
 def masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     """Average of embeddings [batch, n, dim] over positions whose id is not padding."""
     mask = tf.cast(tf.not_equal(ids, PAD), embeddings.dtype)[:, :, tf.newaxis]
@@ -131,11 +139,18 @@ class UserTower(tf.keras.Model):
 
 
 class StoryTower(tf.keras.Model):
-    """story_id, creator_id, country, language, hashtags, content_embedding, story_stats."""
+    """story_id, creator_id, country, language, hashtags, content_embedding, story_stats.
+
+    Id dropout (`cfg.id_dropout`, `cfg.creator_id_dropout`): in training, the story's own
+    ids are sometimes looked up as out-of-vocabulary (see `drop_to_oov`); the user tower's
+    history lookups of the same tables are never dropped.
+    """
 
     def __init__(self, shared: SharedEmbeddings, stats_dim: int, content_dim: int, cfg: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         self.shared = shared
+        self.id_dropout = cfg.id_dropout
+        self.creator_id_dropout = cfg.creator_id_dropout
         self.content_dim = content_dim
         self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="story_stats_normalization")
         self.stats_norm.build((None, stats_dim))
@@ -144,8 +159,8 @@ class StoryTower(tf.keras.Model):
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         s = self.shared
         parts = [
-            s.story(inputs["story_id"]),
-            s.creator(inputs["creator_id"]),
+            s.story.embedding(drop_to_oov(s.story.index(inputs["story_id"]), self.id_dropout, training)),
+            s.creator.embedding(drop_to_oov(s.creator.index(inputs["creator_id"]), self.creator_id_dropout, training)),
             s.country(inputs["country"]),
             s.language(inputs["language"]),
             masked_mean(s.hashtag(inputs["hashtags"]), inputs["hashtags"]),

@@ -116,3 +116,43 @@ def test_a_dataset_without_hashtags_trains_and_exports(tmp_path):
     (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(model, cfg, vocabularies, tmp_path / "export")
     np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
     np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)
+
+
+# Id dropout --------------------------------------------------------------------------------
+
+
+def story_id_gradient(model, stories, training):
+    """Gradient of the story tower's output w.r.t. the story id table, [rows, dim]."""
+    model.story_tower(stories)  # builds the tables
+    table = model.story_tower.shared.story.embedding.embeddings
+    with tf.GradientTape() as tape:
+        out = model.story_tower(stories, training=training)
+        # A fixed projection, so no row's gradient cancels by symmetry.
+        loss = tf.reduce_sum(out * tf.linspace(1.0, 2.0, out.shape[1])[tf.newaxis, :])
+    return tf.convert_to_tensor(tape.gradient(loss, table)).numpy()
+
+
+def test_id_dropout_one_sends_every_story_lookup_to_the_oov_row_in_training_only(tmp_path):
+    cfg = config(tmp_path, "model.id_dropout=1.0", "model.creator_id_dropout=1.0")
+    model = build_model(cfg)
+    known = story_inputs(cfg, ("s0", "s1", "s2"))
+    grad = story_id_gradient(model, known, training=True)
+    touched = set(np.flatnonzero(np.abs(grad).sum(axis=1)))
+    assert touched == {OOV_INDEX}  # every lookup hit the OOV row, and it is trained
+    # ... so in training the stories look like stories nobody has seen (dropout is 0 here).
+    unseen = {**known, "story_id": np.array(["x", "y", "z"], dtype=object), "creator_id": np.array(["cx"] * 3, dtype=object)}
+    np.testing.assert_allclose(model.story_tower(known, training=True), model.story_tower(unseen, training=False), atol=1e-6)
+
+    grad = story_id_gradient(model, known, training=False)
+    touched = set(np.flatnonzero(np.abs(grad).sum(axis=1)))
+    assert touched == {2, 3, 4}  # s0, s1, s2's own rows; no lookup went to OOV
+    assert not np.allclose(model.story_tower(known, training=False), model.story_tower(unseen, training=False))
+
+
+def test_id_dropout_is_not_in_the_exported_story_tower(tmp_path):
+    cfg = config(tmp_path, "model.id_dropout=1.0")
+    model = build_model(cfg)
+    (_, direct_stories), (_, reloaded) = export_and_reload(model, cfg, VOCABULARIES, tmp_path / "export")
+    np.testing.assert_allclose(reloaded, direct_stories, atol=1e-5)
+    oov = story_inputs(cfg, ("never-seen-1", "never-seen-2", "never-seen-3"))
+    assert not np.allclose(reloaded[:2], TowerRunner(tmp_path / "export" / "story_tower")(oov)[:2], atol=1e-3)
