@@ -140,6 +140,18 @@ class ModelConfig(_Section):
     # a story new since training leans on its content features. Off at inference/export.
     id_dropout: float = Field(0.1, ge=0, le=1)
     creator_id_dropout: float = Field(0.0, ge=0, le=1)
+    # How the user tower reads the history of engaged stories (history_story_ids and
+    # history_creator_ids): "mean" averages their embeddings; "transformer" runs
+    # self-attention over the sequence (story + creator embedding + a learned recency
+    # position embedding, padding masked) and averages its outputs (see `models.towers`).
+    # The hashtag history is averaged either way.
+    sequence_encoder: Literal["mean", "transformer"] = "mean"
+    transformer_layers: int = Field(2, ge=1)
+    transformer_heads: int = Field(2, ge=1)
+    transformer_ff_dim: int = Field(128, ge=1)
+    transformer_dropout: float = Field(0.1, ge=0, lt=1)
+    # False makes the encoder blind to order (then only the set of stories matters).
+    transformer_positions: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -307,6 +319,16 @@ class ServingConfig(_Section):
     # rather than the serving threads'. Not applied inline: there the load holds the GIL
     # and a slower load would stall requests longer.
     reload_nice: int = Field(10, ge=0, le=19)
+    # A load that crashes (the index process dies, e.g. SIGSEGV on a graph whose checksums
+    # are right; a MemoryError; a bug) is retried after load_retry_backoff_s, doubling per
+    # crash up to load_retry_backoff_max_s; after max_load_crashes crashes the version is
+    # refused (listed in /v1/versions) until the service restarts. Bad bytes are refused at once.
+    max_load_crashes: int = Field(3, ge=1)
+    load_retry_backoff_s: float = Field(1.0, gt=0)
+    load_retry_backoff_max_s: float = Field(60.0, gt=0)
+    # A client must send its headers, and then its body, within this many seconds each;
+    # a slower one gets 408 and its connection closed (slow clients cannot pin connections).
+    request_read_timeout_s: float = Field(10.0, gt=0)
 
 
 class OrchestrationConfig(_Section):

@@ -2,7 +2,9 @@
 
 Input layer: dense statistics normalised (a Normalization layer adapted on training
 data), sparse ids embedded through vocabularies with an out-of-vocabulary row (unseen
-ids at inference map there), sequences average-pooled over their non-padding entries.
+ids at inference map there), sequences average-pooled over their non-padding entries
+(or, with `sequence_encoder = "transformer"`, the story/creator history encoded by
+self-attention first: `HistoryTransformer`).
 Representation layer: a ResNet-style MLP and a deep cross network (`tfrs.layers.dcn.Cross`)
 over the same concatenated input, each projected to the output size and summed.
 Output: L2-normalised [batch, output_dim].
@@ -63,8 +65,64 @@ def drop_to_oov(index: tf.Tensor, rate: float, training: bool) -> tf.Tensor:
 
 def masked_mean(embeddings: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     """Average of embeddings [batch, n, dim] over positions whose id is not padding."""
-    mask = tf.cast(tf.not_equal(ids, PAD), embeddings.dtype)[:, :, tf.newaxis]
-    return tf.reduce_sum(embeddings * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    return mean_over_valid(embeddings, tf.not_equal(ids, PAD))
+
+
+def mean_over_valid(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """Average of values [batch, n, dim] over positions where valid [batch, n] is true;
+    zeros for a row with none. Invalid positions contribute nothing, whatever they hold."""
+    mask = tf.cast(valid, values.dtype)[:, :, tf.newaxis]
+    return tf.reduce_sum(tf.where(mask > 0, values, tf.zeros_like(values)), axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+class HistoryTransformer(tf.keras.layers.Layer):
+    """Self-attention over the user's history sequence -> [batch, dim].
+
+    Input tokens [batch, n, dim] (story + creator embedding per engaged story) and a
+    `valid` mask [batch, n] (false = padding). The sequence is most recent first, so the
+    learned position embedding is a recency embedding. Pre-norm Transformer blocks
+    (attention, then a ReLU feed-forward layer, each residual); padding is masked as an
+    attention key, so it never reaches a real position, and the output is the mean over
+    real positions only. A history that is all padding gives zeros.
+    """
+
+    def __init__(self, cfg: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.cfg = cfg
+        self.blocks = []
+
+    def build(self, input_shape):
+        length, dim = int(input_shape[1]), int(input_shape[2])
+        cfg = self.cfg
+        self.positions = (
+            self.add_weight(name="position_embedding", shape=(length, dim), initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02))
+            if cfg.transformer_positions else None
+        )  # fmt: skip
+        for i in range(cfg.transformer_layers):
+            self.blocks.append((
+                tf.keras.layers.LayerNormalization(name=f"attention_norm_{i}"),
+                tf.keras.layers.MultiHeadAttention(
+                    num_heads=cfg.transformer_heads, key_dim=max(dim // cfg.transformer_heads, 1),
+                    dropout=cfg.transformer_dropout, name=f"attention_{i}",
+                ),
+                tf.keras.layers.LayerNormalization(name=f"feed_forward_norm_{i}"),
+                tf.keras.layers.Dense(cfg.transformer_ff_dim, activation="relu", name=f"feed_forward_{i}"),
+                tf.keras.layers.Dense(dim, name=f"feed_forward_output_{i}"),
+                tf.keras.layers.Dropout(cfg.transformer_dropout),
+            ))  # fmt: skip
+        self.output_norm = tf.keras.layers.LayerNormalization(name="output_norm")
+        super().build(input_shape)
+
+    def call(self, tokens: tf.Tensor, valid: tf.Tensor, training: bool = False) -> tf.Tensor:
+        x = tokens if self.positions is None else tokens + self.positions[tf.newaxis, :, :]
+        # [batch, query, key]: any query may attend to the real keys only. A row with no
+        # real key attends uniformly to padding (finite), and is dropped by the mean below.
+        attend = tf.logical_and(valid[:, tf.newaxis, :], tf.ones_like(valid)[:, :, tf.newaxis])
+        for attention_norm, attention, ff_norm, ff, ff_output, dropout in self.blocks:
+            h = attention_norm(x)
+            x = x + dropout(attention(h, h, attention_mask=attend, training=training), training=training)
+            x = x + dropout(ff_output(ff(ff_norm(x))), training=training)
+        return mean_over_valid(self.output_norm(x), valid)
 
 
 class Representation(tf.keras.layers.Layer):
@@ -122,17 +180,22 @@ class UserTower(tf.keras.Model):
         self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="user_stats_normalization")
         self.stats_norm.build((None, stats_dim))
         self.representation = Representation(cfg, name="user_representation")
+        self.history_encoder = HistoryTransformer(cfg, name="history_transformer") if cfg.sequence_encoder == "transformer" else None
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         s = self.shared
+        story_ids, creator_ids = inputs["history_story_ids"], inputs["history_creator_ids"]
+        if self.history_encoder is None:
+            history = [masked_mean(s.story(story_ids), story_ids), masked_mean(s.creator(creator_ids), creator_ids)]
+        else:  # a position is padding when its story is
+            history = [self.history_encoder(s.story(story_ids) + s.creator(creator_ids), tf.not_equal(story_ids, PAD), training=training)]
         parts = [
             self.user_id(inputs["user_id"]),
             s.country(inputs["country"]),
             s.language(inputs["language"]),
             self.age_bucket(inputs["age_bucket"]),
             self.stats_norm(inputs["user_stats"]),
-            masked_mean(s.story(inputs["history_story_ids"]), inputs["history_story_ids"]),
-            masked_mean(s.creator(inputs["history_creator_ids"]), inputs["history_creator_ids"]),
+            *history,
             masked_mean(s.hashtag(inputs["history_hashtags"]), inputs["history_hashtags"]),
         ]
         return tf.math.l2_normalize(self.representation(tf.concat(parts, axis=1), training=training), axis=1)

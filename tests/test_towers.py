@@ -156,3 +156,62 @@ def test_id_dropout_is_not_in_the_exported_story_tower(tmp_path):
     np.testing.assert_allclose(reloaded, direct_stories, atol=1e-5)
     oov = story_inputs(cfg, ("never-seen-1", "never-seen-2", "never-seen-3"))
     assert not np.allclose(reloaded[:2], TowerRunner(tmp_path / "export" / "story_tower")(oov)[:2], atol=1e-3)
+
+
+# The Transformer history encoder -----------------------------------------------------------
+
+
+def transformer(tmp_path, *overrides):
+    from models.towers import HistoryTransformer
+
+    cfg = config(tmp_path, "model.sequence_encoder=transformer", "model.transformer_dropout=0.0", *overrides)
+    return HistoryTransformer(cfg.model)
+
+
+TOKENS = tf.random.stateless_normal((3, HISTORY, 8), seed=(1, 2))
+VALID = tf.constant([[True, True, False, False], [True, True, True, True], [False, False, False, False]])
+
+
+def test_padding_positions_never_change_the_encoding(tmp_path):
+    encode = transformer(tmp_path)
+    before = encode(TOKENS, VALID).numpy()
+    # Anything at a padding position, even inf: the real positions' outputs are the same.
+    garbage = tf.where(VALID[:, :, tf.newaxis], TOKENS, 1e4 * tf.random.stateless_normal(TOKENS.shape, seed=(3, 4)))
+    np.testing.assert_allclose(encode(garbage, VALID).numpy(), before, atol=1e-6)
+    np.testing.assert_array_equal(before[2], np.zeros(8))  # all padding: zeros, not NaN
+    assert np.isfinite(before).all() and np.abs(before[:2]).sum(axis=1).min() > 0
+    # A real position does count (with a change LayerNorm does not remove: not a constant shift).
+    changed = tf.tensor_scatter_nd_add(TOKENS, [[0, 1]], tf.linspace(-1.0, 1.0, 8)[tf.newaxis, :])
+    assert not np.allclose(encode(changed, VALID).numpy()[0], before[0], atol=1e-4)
+
+
+def test_order_matters_with_position_embeddings_and_not_without(tmp_path):
+    swapped = tf.gather(TOKENS, [1, 0, 2, 3], axis=1)  # rows 0 and 1: two real positions swapped
+    with_positions = transformer(tmp_path)
+    with_positions(TOKENS, VALID)
+    with_positions.positions.assign(tf.random.stateless_normal(with_positions.positions.shape, seed=(5, 6)))
+    assert not np.allclose(with_positions(swapped, VALID).numpy()[:2], with_positions(TOKENS, VALID).numpy()[:2], atol=1e-4)
+    order_blind = transformer(tmp_path, "model.transformer_positions=false")
+    np.testing.assert_allclose(order_blind(swapped, VALID).numpy(), order_blind(TOKENS, VALID).numpy(), atol=1e-5)
+
+
+def test_the_transformer_user_tower_ignores_padding_ids_and_exports(tmp_path):
+    cfg = config(tmp_path, "model.sequence_encoder=transformer", "model.transformer_heads=4")
+    model = build_model(cfg)
+    users = user_inputs(cfg, HISTORIES)
+    before = model.user_tower(users, training=False).numpy()
+    assert np.isfinite(before).all()  # user 2's history is all padding
+    # A creator id where the story is padding, and new padding rows in the shared tables.
+    users["history_creator_ids"][0, 3] = "c1"
+    for table in (model.user_tower.shared.story, model.user_tower.shared.creator):
+        table.embedding.embeddings[0].assign(tf.fill(table.embedding.embeddings.shape[1:], 7.0))
+    np.testing.assert_allclose(model.user_tower(users, training=False).numpy(), before, atol=1e-6)
+
+    batch = {"user": users, "story": story_inputs(cfg), "log_q": np.log(np.full(3, 1 / 3, np.float32)), "weight": np.ones(3, np.float32)}
+    with tf.GradientTape() as tape:
+        loss = model.compute_loss(batch, training=True)
+    encoder_variables = model.user_tower.history_encoder.trainable_variables
+    assert all(g is not None for g in tape.gradient(loss, encoder_variables))
+    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(model, cfg, VOCABULARIES, tmp_path / "export")
+    np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
+    np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)
