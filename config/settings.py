@@ -291,6 +291,16 @@ class ServingConfig(_Section):
     # rather than the serving threads'. Not applied inline: there the load holds the GIL
     # and a slower load would stall requests longer.
     reload_nice: int = Field(10, ge=0, le=19)
+    # A load that crashes (the index process dies, e.g. SIGSEGV on a graph whose checksums
+    # are right; a MemoryError; a bug) is retried after load_retry_backoff_s, doubling per
+    # crash up to load_retry_backoff_max_s; after max_load_crashes crashes the version is
+    # refused (listed in /v1/versions) until the service restarts. Bad bytes are refused at once.
+    max_load_crashes: int = Field(3, ge=1)
+    load_retry_backoff_s: float = Field(1.0, gt=0)
+    load_retry_backoff_max_s: float = Field(60.0, gt=0)
+    # A client must send its headers, and then its body, within this many seconds each;
+    # a slower one gets 408 and its connection closed (slow clients cannot pin connections).
+    request_read_timeout_s: float = Field(10.0, gt=0)
 
 
 class OrchestrationConfig(_Section):
