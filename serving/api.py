@@ -96,6 +96,18 @@ class RefusalInfo(BaseModel):
     version: str
     reason: str
     at: str
+    cause: str = Field(description='"verification" (the bytes are bad) or "crashes" (serving.max_load_crashes reached)')
+    attempts: int = Field(description="failed loads before the refusal (0 for a verification failure)")
+
+
+class LoadFailureInfo(BaseModel):
+    """A version whose loads crashed (not its bytes' fault yet): retried after a backoff."""
+
+    kind: str
+    version: str
+    failures: int
+    last_error: str
+    next_attempt_in_s: float
 
 
 class VersionsResponse(BaseModel):
@@ -105,4 +117,6 @@ class VersionsResponse(BaseModel):
     seconds_since_last_successful_poll: float
     last_reload: dict[str, str]
     refused: list[RefusalInfo]
+    load_failures: list[LoadFailureInfo]
+    pointer_errors: dict[str, str] = Field(description="kind -> why its LATEST cannot be read (that kind stays as served)")
     retired_states_alive: int

@@ -38,7 +38,7 @@ from serving import searcher
 from serving.api import ErrorResponse, Readiness, RetrieveRequest, RetrieveResponse, SimilarRequest, VersionsResponse
 from serving.reloader import Reloader
 from serving.searcher import SearcherDiedError
-from serving.state import COLLECTIONS, INDEX_KINDS, ServedState
+from serving.state import COLLECTIONS, INDEX_KINDS, STORY_INDEX, ServedState
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,11 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
         state = reloader.state
         if state is None:
             return json_response({"ready": False, "reason": reloader.last_outcome.detail}, 503)
+        stories = state.components[STORY_INDEX]
+        if not getattr(stories.value, "alive", True):  # what is answerable, not what was loaded
+            return json_response({"ready": False, "generation": state.generation, "model_version": state.model_version,
+                                  "reason": f"the {STORY_INDEX}/{stories.version} index process died; the reloader "
+                                  "restarts it from the local cache at its next poll"}, 503)  # fmt: skip
         return json_response({"ready": True, "generation": state.generation, "model_version": state.model_version})
 
     @app.get("/v1/versions", summary="what is served, since when, from which model; refused versions",
@@ -142,6 +147,8 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
             "seconds_since_last_successful_poll": metrics.seconds_since_last_poll(),
             "last_reload": {"action": reloader.last_outcome.action, "detail": reloader.last_outcome.detail},
             "refused": [vars(r) for r in reloader.refused.values()],
+            "load_failures": [f.describe() for f in reloader.load_failures.values()],
+            "pointer_errors": dict(reloader.pointer_errors),
             "retired_states_alive": reloader.retired_alive,
         })  # fmt: skip
 

@@ -16,6 +16,12 @@ start many in one process) never collide on metric names.
     ebr_serving_waiting_for_consistent_pair            1 while the newest versions disagree on the model
     ebr_serving_retired_states                         swapped-out states still referenced (in-flight requests)
     ebr_serving_last_reload_seconds{kind}              download + verify + load + warm-up time
+    ebr_serving_load_failures_total{kind,cause}        failed loads that refused nothing at once:
+                                                       cause="crash" (counted toward serving.max_load_crashes)
+                                                       or "store" (I/O, retried at the next poll)
+    ebr_serving_refused_versions{kind}                 versions refused (bad bytes, or too many crashes)
+    ebr_serving_searcher_restarts_total{kind}          dead index processes restarted from the cache
+    ebr_serving_pointer_errors{kind}                   1 while that kind's LATEST cannot be read
 """
 
 from __future__ import annotations
@@ -61,6 +67,15 @@ class ServingMetrics:
             "ebr_serving_last_reload_seconds", "Download + verify + load + warm-up time of the last new version",
             ["kind"], registry=r,
         )  # fmt: skip
+        self.load_failures = Counter(
+            "ebr_serving_load_failures", "Failed loads not refused at once (crash: counted toward max_load_crashes; store: I/O)",
+            ["kind", "cause"], registry=r,
+        )  # fmt: skip
+        self.refused_versions = Gauge("ebr_serving_refused_versions", "Versions refused, per kind", ["kind"], registry=r)
+        self.searcher_restarts = Counter(
+            "ebr_serving_searcher_restarts", "Dead index processes restarted from the local cache", ["kind"], registry=r
+        )
+        self.pointer_errors = Gauge("ebr_serving_pointer_errors", "1 while the kind's LATEST cannot be read", ["kind"], registry=r)
         self._last_poll_ok: float | None = None
         since = Gauge(
             "ebr_serving_seconds_since_last_successful_poll",

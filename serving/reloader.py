@@ -18,8 +18,21 @@ One background thread runs `Reloader.poll_once()` every `poll_interval_s`:
 Any failure leaves the served state as it was; it is logged, counted in
 `ebr_serving_reloads_total{result="failure"}` and listed by `/v1/versions`. A version that
 failed verification (corrupt, truncated, wrong dimension or model) is refused for good,
-since versions are immutable; other errors (I/O, a store that is down) are retried at the
-next poll. A rollback is just `LATEST` naming another version and is picked up the same way.
+since versions are immutable. A load that crashed (the index process died, e.g. SIGSEGV on
+a graph whose checksums are right; a MemoryError; a bug) is not the bytes' verdict: it is
+counted per version and retried after a backoff that doubles (`serving.load_retry_backoff_s`),
+and the version is refused after `serving.max_load_crashes` crashes. Store and I/O errors
+are retried at the next poll. A rollback is just `LATEST` naming another version and is
+picked up the same way.
+
+Whatever else the poll decides, it first restarts any served index process that died,
+from the verified copy in the local cache (the store may have deleted the version since:
+retention keeps only the newest N, and LATEST may name a newer, refused one), so a dead
+searcher never outlives one poll interval plus its load time. Each kind's LATEST is read
+on its own: a damaged pointer leaves that kind as served and is reported, the others move
+on. While the newest pair disagrees on the model, the served pair stays, and the optional
+indexes of its model still load; a replica that starts then (nothing served yet) serves
+the newest consistent pair it finds in HISTORY.jsonl.
 """
 
 from __future__ import annotations
@@ -37,7 +50,9 @@ from types import MappingProxyType
 import numpy as np
 
 from artifacts import ArtifactError, ArtifactStore, CorruptArtifactError, IncompleteVersionError, UnknownVersionError
-from index_builder.loaded_index import LoadedIndex, load_index
+from artifacts.manifest import Manifest
+from artifacts.names import MANIFEST as MANIFEST_FILE
+from index_builder.loaded_index import LoadedIndex, load_index, verify_files
 from serving.searcher import IndexProcess, lower_thread_priority, start_forkserver
 from serving.metrics import ServingMetrics
 from serving.state import (
@@ -65,12 +80,36 @@ WARMUP_QUERIES = 64
 PERMANENT_ERRORS = (CorruptArtifactError, IncompleteVersionError, UnknownVersionError, ValueError)
 
 
+# Versions of a kind looked at in HISTORY.jsonl for a consistent pair (newest first).
+HISTORY_DEPTH = 50
+
+
 @dataclass(frozen=True)
 class Refusal:
+    """A version that is not loaded again: `cause` is "verification" (its bytes are bad) or
+    "crashes" (its load crashed `attempts` times)."""
+
     kind: str
     version: str
     reason: str
     at: str
+    cause: str = "verification"
+    attempts: int = 0
+
+
+@dataclass
+class LoadFailures:
+    """Failed loads of one version that did not prove it bad (crashes, MemoryError, bugs)."""
+
+    kind: str
+    version: str
+    failures: int
+    last_error: str
+    next_attempt_at: float  # time.monotonic()
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "version": self.version, "failures": self.failures, "last_error": self.last_error,
+                "next_attempt_in_s": round(max(0.0, self.next_attempt_at - time.monotonic()), 2)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,6 +134,9 @@ class Reloader:
         keep_cached_versions: int = 2,
         searcher: str = "process",
         reload_nice: int = 0,
+        max_load_crashes: int = 3,
+        load_retry_backoff_s: float = 1.0,
+        load_retry_backoff_max_s: float = 60.0,
         on_swap: Callable[[ServedState | None, ServedState], None] | None = None,
     ):
         self.store = store
@@ -104,8 +146,14 @@ class Reloader:
         self.keep_cached_versions = keep_cached_versions
         self.searcher = searcher
         self.reload_nice = reload_nice
+        self.max_load_crashes = max_load_crashes
+        self.load_retry_backoff_s = load_retry_backoff_s
+        self.load_retry_backoff_max_s = load_retry_backoff_max_s
         self.on_swap = on_swap
         self.refused: dict[tuple[str, str], Refusal] = {}
+        self.load_failures: dict[tuple[str, str], LoadFailures] = {}
+        self.pointer_errors: dict[str, str] = {}  # kind -> why its LATEST could not be read
+        self._models: dict[tuple[str, str], str] = {}  # (kind, version) -> model; manifests are immutable
         self.last_poll_at: str | None = None
         self.last_outcome = PollOutcome("empty", "not polled yet")
         self._state: ServedState | None = None
@@ -162,29 +210,93 @@ class Reloader:
     # -- one poll ------------------------------------------------------------------------
 
     def poll_once(self) -> PollOutcome:
-        try:
-            latest = {kind: self.store.kind(kind).latest() for kind in ALL_KINDS}
-        except (ArtifactError, OSError) as err:
+        restarted = self._restart_dead_searchers()
+        latest = self._read_pointers()
+        if latest is None:
             self.metrics.polls.labels("error").inc()
-            log.warning("cannot read LATEST pointers (%s); serving the current state", err)
-            return self._outcome("failed", f"cannot read LATEST: {err}")
+            errors = "; ".join(f"{k}: {e}" for k, e in sorted(self.pointer_errors.items()))
+            return self._outcome("failed", f"cannot read any LATEST pointer ({errors}); serving the current state",
+                                 level=logging.WARNING)  # fmt: skip
         self.metrics.poll_succeeded()
         self.last_poll_at = now_iso()
-        if latest == self._settled and all(_alive(c) for c in (self._state.components.values() if self._state else ())):
+        decided = (latest, frozenset(self.pointer_errors))
+        if not restarted and decided == self._settled and all(_alive(c) for c in (self._state.components.values() if self._state else ())):
             # Nothing moved since the last decision, which stays the one /v1/versions shows.
             return PollOutcome("unchanged", self.last_outcome.detail)
         self._retry = False
         outcome = self._reconcile(latest)
         if not self._retry:
             # Handled for good; after a transient failure the next poll tries again.
-            self._settled = latest
+            self._settled = decided
         return outcome
+
+    def _read_pointers(self) -> dict[str, str | None] | None:
+        """Every kind's LATEST, each read on its own; None when none could be read.
+
+        A pointer that cannot be read (non-UTF-8 bytes, a store error) stands for the
+        version of that kind served now: that kind stays as it is, the others move on.
+        """
+        current = self._state
+        latest: dict[str, str | None] = {}
+        errors: dict[str, str] = {}
+        for kind in ALL_KINDS:
+            try:
+                latest[kind] = self.store.kind(kind).latest()
+            except Exception as err:  # noqa: BLE001 - any failure of one pointer is that pointer's
+                errors[kind] = f"{type(err).__name__}: {err}"
+                served = current.components.get(kind) if current else None
+                latest[kind] = served.version if served else None
+        for kind in ALL_KINDS:
+            if kind in errors and self.pointer_errors.get(kind) != errors[kind]:
+                log.warning("cannot read %s/LATEST (%s); %s stays as served until it is readable", kind, errors[kind], kind)
+            elif kind not in errors and kind in self.pointer_errors:
+                log.info("%s/LATEST is readable again", kind)
+            self.metrics.pointer_errors.labels(kind).set(1 if kind in errors else 0)
+        self.pointer_errors = errors
+        return None if len(errors) == len(ALL_KINDS) else latest
+
+    def _restart_dead_searchers(self) -> bool:
+        """Restarts every served index process that died, from the local cache; True if any did.
+
+        Runs before anything else a poll does (waiting for a pair, a refused LATEST, a store
+        that is down): the served versions were verified when they were downloaded, and the
+        cache keeps them while they are served, so nothing but the dead process stands
+        between the state and answers.
+        """
+        current = self._state
+        if current is None:
+            return False
+        dead = [c for c in current.components.values() if not _alive(c)]
+        if not dead:
+            return False
+        components = dict(current.components)
+        for component in dead:
+            log.warning("the %s/%s index process died; restarting it from the local cache", component.kind, component.version)
+            self.metrics.searcher_restarts.labels(component.kind).inc()
+            started = time.perf_counter()
+            try:
+                value = self._load_cached(component.kind, component.version)
+            except PERMANENT_ERRORS as err:
+                self._reject(component.kind, component.version, f"restarting it from the cache: {err}")
+                continue  # left dead: /readyz says so; the next poll may bring another version
+            except Exception as err:  # noqa: BLE001 - counted as a failed load; retried with backoff
+                self._note_load_failure(component.kind, component.version, err)
+                continue
+            self.metrics.last_reload_seconds.labels(component.kind).set(time.perf_counter() - started)
+            self.load_failures.pop((component.kind, component.version), None)
+            components[component.kind] = Component(component.kind, component.version, component.model_version,
+                                                   component.served_since, value)  # fmt: skip
+        if all(components[c.kind] is c for c in dead):
+            return False
+        self._swap(components, restamp=False)
+        return True
 
     def _reconcile(self, latest: dict[str, str | None]) -> PollOutcome:
         current = self._state
         missing = [kind for kind in REQUIRED_KINDS if latest[kind] is None]
         if missing:
-            return self._outcome("empty", f"nothing published yet for {', '.join(missing)}")
+            why = "; ".join(f"{k}/LATEST unreadable: {self.pointer_errors[k]}" for k in missing if k in self.pointer_errors)
+            return self._outcome("empty", f"nothing published yet for {', '.join(missing)}" + (f" ({why})" if why else ""))
 
         # Decide on the model version from the manifests alone, before loading anything big.
         try:
@@ -194,25 +306,35 @@ class Reloader:
         except (ArtifactError, OSError) as err:
             self._retry = True
             return self._outcome("failed", f"cannot read manifests: {err}", level=logging.WARNING)
+        waiting = ""
+        pair = {kind: latest[kind] for kind in REQUIRED_KINDS}
+        model = models[STORY_INDEX]
         if models[STORY_INDEX] != models[USER_EMBEDDINGS]:
             self.metrics.waiting_for_pair.set(1)
-            return self._outcome(
-                "waiting",
-                f"newest story index {latest[STORY_INDEX]} is from model {models[STORY_INDEX]!r} but newest "
-                f"user embeddings {latest[USER_EMBEDDINGS]} are from {models[USER_EMBEDDINGS]!r}; "
-                "serving the previous pair until both sides match",
-            )
-        self.metrics.waiting_for_pair.set(0)
-        model = models[STORY_INDEX]
+            waiting = (f"newest story index {latest[STORY_INDEX]} is from model {models[STORY_INDEX]!r} but newest "
+                       f"user embeddings {latest[USER_EMBEDDINGS]} are from {models[USER_EMBEDDINGS]!r}; "
+                       "serving the previous pair until both sides match")  # fmt: skip
+            if current is not None:
+                # Keep the served pair; its model's optional indexes still follow their LATEST.
+                pair, model = {kind: current.components[kind].version for kind in REQUIRED_KINDS}, current.model_version
+            else:
+                found = self._newest_consistent_pair()
+                if found is None:
+                    return self._outcome("waiting", waiting + " (no consistent pair in HISTORY.jsonl either)")
+                pair, model = found
+                waiting += f"; started during the rollout: serving the newest consistent pair in HISTORY.jsonl, model {model}"
+        else:
+            self.metrics.waiting_for_pair.set(0)
+        action = "waiting" if waiting else "swapped"
 
         components: dict[str, Component] = {}
-        notes: list[str] = []
+        notes: list[str] = [waiting] if waiting else []
         for kind in REQUIRED_KINDS:
-            component = self._component(kind, latest[kind], model, current)
+            component = self._component(kind, pair[kind], model, current)
             if isinstance(component, str):
                 old = current.components.get(kind) if current else None
                 if old is None or old.model_version != model:
-                    return self._outcome("failed", component, level=logging.ERROR)
+                    return self._outcome("waiting" if waiting else "failed", "; ".join([*notes, component]), level=logging.ERROR)
                 # The served version of this side is still consistent with the other side's
                 # newest one (same model): keep it, so a bad user snapshot does not hold
                 # back a good index refresh (or the reverse).
@@ -248,10 +370,49 @@ class Reloader:
         if current is not None and components.keys() == current.components.keys() and all(
             c is current.components[k] for k, c in components.items()
         ):
-            return self._outcome("unchanged", "; ".join(notes) or "serving the newest consistent set")
+            return self._outcome(action if waiting else "unchanged", "; ".join(notes) or "serving the newest consistent set")
         self._swap(components)
         detail = f"serving model {model}: " + ", ".join(f"{k}/{c.version}" for k, c in sorted(components.items()))
-        return self._outcome("swapped", detail + ("; " + "; ".join(notes) if notes else ""))
+        return self._outcome(action, detail + ("; " + "; ".join(notes) if notes else ""))
+
+    def _newest_consistent_pair(self) -> tuple[dict[str, str], str] | None:
+        """The newest (story index, user embeddings) pair of one model that LATEST has named.
+
+        For each model, the newest version of each side published with it (and still
+        complete, not refused); among the models present on both sides, the one whose pair
+        became complete last (the later of its two pointer moves), ties by the earlier one.
+        """
+        newest: dict[str, dict[str, tuple[str, str]]] = {}  # kind -> model -> (moved at, version)
+        for kind in REQUIRED_KINDS:
+            try:
+                moves = self.store.kind(kind).history()
+            except Exception as err:  # noqa: BLE001 - no history, no fallback
+                log.warning("cannot read %s/HISTORY.jsonl (%s)", kind, err)
+                return None
+            by_model: dict[str, tuple[str, str]] = {}
+            seen: set[str] = set()
+            for move in reversed(moves):
+                if move.to_version in seen or len(seen) >= HISTORY_DEPTH:
+                    continue
+                seen.add(move.to_version)
+                if (kind, move.to_version) in self.refused:
+                    continue
+                try:
+                    model = self._model_of(kind, move.to_version)
+                except Exception:  # noqa: BLE001 - deleted by retention, incomplete: not a candidate
+                    continue
+                by_model.setdefault(model, (move.at, move.to_version))
+            newest[kind] = by_model
+        both = set(newest[STORY_INDEX]) & set(newest[USER_EMBEDDINGS])
+        if not both:
+            return None
+
+        def became_consistent(model: str) -> tuple[str, str]:
+            times = (newest[STORY_INDEX][model][0], newest[USER_EMBEDDINGS][model][0])
+            return max(times), min(times)
+
+        model = max(both, key=became_consistent)
+        return {kind: newest[kind][model][1] for kind in REQUIRED_KINDS}, model
 
     def _component(self, kind: str, version: str, model: str, current: ServedState | None) -> Component | str:
         """The served component for `kind` at `version`: reused if served, else loaded.
@@ -259,11 +420,21 @@ class Reloader:
         Returns a reason string instead when the version cannot be served with `model`.
         """
         old = current.components.get(kind) if current else None
-        if old is not None and old.version == version and old.model_version == model and _alive(old):
-            return old
+        if old is not None and old.version == version and old.model_version == model:
+            if _alive(old):
+                return old
+            # Its process died and the restart from the cache failed (counted there): never
+            # fetched from the store again (retention may have deleted it: not its fault).
+            self._retry = True
+            return f"{kind}/{version} is served but its index process is down; restarted at the next poll"
         refusal = self.refused.get((kind, version))
         if refusal:
             return f"{kind}/{version} was refused: {refusal.reason}"
+        failures = self.load_failures.get((kind, version))
+        if failures is not None and time.monotonic() < failures.next_attempt_at:
+            self._retry = True
+            return (f"{kind}/{version} failed to load {failures.failures} time(s), last: {failures.last_error}; "
+                    f"next attempt in {failures.next_attempt_at - time.monotonic():.1f} s")  # fmt: skip
         try:
             model_of_version = self._model_of(kind, version)
             if model_of_version != model:
@@ -282,21 +453,61 @@ class Reloader:
             self._refuse(kind, version, str(err))
             self.metrics.reloads.labels(kind, "failure").inc()
             return f"{kind}/{version} refused: {err}"
-        except (ArtifactError, OSError, RuntimeError) as err:
+        except (ArtifactError, OSError) as err:
+            # The store or the disk, not the version: tried again at the next poll, never refused.
             self._retry = True
             self.metrics.reloads.labels(kind, "failure").inc()
+            self.metrics.load_failures.labels(kind, "store").inc()
             log.warning("loading %s/%s failed (%s); will retry at the next poll", kind, version, err)
             return f"{kind}/{version} could not be loaded (retried at the next poll): {err}"
+        except Exception as err:  # noqa: BLE001 - a crash, MemoryError or bug: counted, backed off
+            return self._note_load_failure(kind, version, err)
+        self.load_failures.pop((kind, version), None)
         self.metrics.last_reload_seconds.labels(kind).set(seconds)
         log.info("loaded %s/%s (model %s) in %.2f s", kind, version, model, seconds)
         return Component(kind, version, model, "", value)
 
+    def _note_load_failure(self, kind: str, version: str, err: Exception) -> str:
+        """A load that crashed: counted; retried after a doubling backoff; refused after N."""
+        self.metrics.reloads.labels(kind, "failure").inc()
+        self.metrics.load_failures.labels(kind, "crash").inc()
+        failures = self.load_failures.get((kind, version))
+        count = failures.failures + 1 if failures else 1
+        error = f"{type(err).__name__}: {err}"
+        if count >= self.max_load_crashes:
+            self.load_failures.pop((kind, version), None)
+            reason = (f"its load crashed {count} times (serving.max_load_crashes={self.max_load_crashes}), last: {error}; "
+                      "not tried again until the service restarts: publish a rebuilt version or roll back")  # fmt: skip
+            self._refuse(kind, version, reason, cause="crashes", attempts=count)
+            return f"{kind}/{version} refused: {reason}"
+        delay = min(self.load_retry_backoff_max_s, self.load_retry_backoff_s * 2 ** (count - 1))
+        self.load_failures[(kind, version)] = LoadFailures(kind, version, count, error, time.monotonic() + delay)
+        self._retry = True
+        log.warning("loading %s/%s failed (%d of %d crashes allowed: %s); next attempt in %.1f s",
+                    kind, version, count, self.max_load_crashes, error, delay)  # fmt: skip
+        return f"{kind}/{version} failed to load ({error}); attempt {count} of {self.max_load_crashes}, next in {delay:.1f} s"
+
     def _model_of(self, kind: str, version: str) -> str:
-        return self.store.kind(kind).manifest(version).parents.get("model_version", "")
+        key = (kind, version)
+        if key not in self._models:  # a complete version's manifest never changes
+            self._models[key] = self.store.kind(kind).manifest(version).parents.get("model_version", "")
+        return self._models[key]
+
+    def _load_cached(self, kind: str, version: str) -> LoadedIndex | IndexProcess | UserEmbeddings:
+        """Loads a served version again from the local cache, where `download` put it with
+        every sha256 checked (the manifest last); from the store only if the cache lost it."""
+        directory = self._cache_of(kind) / version
+        manifest_path = directory / MANIFEST_FILE
+        if not manifest_path.is_file() or kind == USER_EMBEDDINGS:  # (user embeddings live in this process)
+            return self._load(kind, version)
+        verify_files(directory, Manifest.from_json(manifest_path.read_bytes(), str(manifest_path)), checksums=False)
+        return self._open(kind, directory)
 
     def _load(self, kind: str, version: str) -> LoadedIndex | IndexProcess | UserEmbeddings:
         """Downloads (checksums verified) and loads one version into a new object."""
-        directory = self.store.kind(kind).download(version, self._cache_of(kind))
+        return self._open(kind, self.store.kind(kind).download(version, self._cache_of(kind)))
+
+    def _open(self, kind: str, directory: Path) -> LoadedIndex | IndexProcess | UserEmbeddings:
         if kind == USER_EMBEDDINGS:
             return load_user_embeddings(directory)
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
@@ -319,11 +530,13 @@ class Reloader:
         for query in queries:  # one at a time, as requests arrive
             value.search(query, 10)
 
-    def _swap(self, components: dict[str, Component]) -> None:
+    def _swap(self, components: dict[str, Component], *, restamp: bool = True) -> None:
+        """Makes `components` the served state. With `restamp=False` (a restarted process of
+        the same versions) the components keep their `served_since` and count no reload."""
         old = self._state
         since = now_iso()
         stamped = {
-            kind: c if (old is not None and old.components.get(kind) is c)
+            kind: c if (not restamp or (old is not None and old.components.get(kind) is c))
             else Component(c.kind, c.version, c.model_version, since, c.value)
             for kind, c in components.items()
         }  # fmt: skip
@@ -376,8 +589,9 @@ class Reloader:
         self._refuse(kind, version, reason)
         self.metrics.reloads.labels(kind, "failure").inc()
 
-    def _refuse(self, kind: str, version: str, reason: str) -> None:
-        self.refused[(kind, version)] = Refusal(kind, version, reason, now_iso())
+    def _refuse(self, kind: str, version: str, reason: str, *, cause: str = "verification", attempts: int = 0) -> None:
+        self.refused[(kind, version)] = Refusal(kind, version, reason, now_iso(), cause, attempts)
+        self.metrics.refused_versions.labels(kind).set(sum(1 for r in self.refused.values() if r.kind == kind))
         log.error("refused %s/%s: %s; the current state keeps serving", kind, version, reason)
 
     def _outcome(self, action: str, detail: str, *, level: int = logging.INFO) -> PollOutcome:

@@ -48,6 +48,12 @@ class SearcherDiedError(RuntimeError):
     """The child process holding an index exited; the reloader loads the version again."""
 
 
+class SearcherLoadError(RuntimeError):
+    """Loading failed for a reason that is not the version's bytes: the child crashed (e.g.
+    SIGSEGV in hnswlib), ran out of memory, timed out or hit a bug. The reloader counts these
+    per version, backs off, and refuses the version after `serving.max_load_crashes`."""
+
+
 class IndexProcess:
     """A `LoadedIndex` in a child process, with the same read interface.
 
@@ -67,15 +73,20 @@ class IndexProcess:
         self._finalizer = weakref.finalize(self, _shut_down, self._channel, self._process)
         if not ours.poll(START_TIMEOUT_S):
             self.close()
-            raise CorruptArtifactError(f"{directory}: the index process did not finish loading in {START_TIMEOUT_S:.0f} s")
+            raise SearcherLoadError(f"{directory}: the index process did not finish loading in {START_TIMEOUT_S:.0f} s")
         try:
             status, payload = ours.recv()
         except (EOFError, OSError):
+            self._process.join(5)
+            code = self._process.exitcode
             self.close()
-            raise SearcherDiedError(f"{directory}: the index process exited while loading (see its stderr)") from None
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise SearcherLoadError(f"{directory}: the index process crashed while loading ({how}; see its stderr)") from None
         if status != "ready":
             self.close()
-            raise CorruptArtifactError(payload)
+            if payload["permanent"]:  # the version itself is bad: the same bytes fail the same way
+                raise CorruptArtifactError(payload["message"])
+            raise SearcherLoadError(payload["message"])
         self.pid = self._process.pid
         self.collection = payload["collection"]
         self.version = payload["version"]
@@ -307,8 +318,11 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
         queries = np.random.default_rng(0).standard_normal((WARMUP_QUERIES, index.dim)).astype(np.float32)
         for query in queries / np.linalg.norm(queries, axis=1, keepdims=True):
             index.search(query, 10)
-    except Exception as err:  # reported to the parent, which refuses the version
-        connection.send(("error", str(err)))
+    except Exception as err:  # reported to the parent, which decides on a retry or a refusal
+        # A check that failed on the version's bytes is permanent; a MemoryError or a bug is
+        # not the version's fault and is retried (counted, with backoff) by the reloader.
+        permanent = isinstance(err, (CorruptArtifactError, ValueError))
+        connection.send(("error", {"permanent": permanent, "message": f"{type(err).__name__}: {err}" if not permanent else str(err)}))
         return 1
     connection.send(("ready", {
         "collection": index.collection, "version": index.version, "model_version": index.model_version,
