@@ -6,7 +6,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: k must be a JSON integer (not 2.0, "5" or true), ids strings, embedding
+    # elements numbers (not "0.1" or true); integers stay valid floats.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class RetrieveRequest(_Body):
@@ -21,6 +23,7 @@ class RetrieveRequest(_Body):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"user_id": "u000042", "k": 10, "exclude": ["s001234"]}]},
     )
 

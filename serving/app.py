@@ -6,10 +6,16 @@ consistent set answered. Bad input gets a JSON error body, never a 500:
 
     401 unauthorized         serving.token is set and the bearer token is missing or wrong
     404 unknown_user / unknown_id / unknown_collection
+    408 request_timeout      the body did not arrive within serving.request_read_timeout_s
+                             (headers that do not: a bare 408 from the protocol, server.py)
     413 body_too_large       more than serving.max_body_bytes
-    422 invalid_k / invalid_embedding / invalid_request (schema; both or neither of
-        user_id and embedding)
+    422 invalid_k / invalid_embedding / invalid_request (schema, strict types: k is a JSON
+        integer, embedding elements JSON numbers; both or neither of user_id and embedding)
     503 not_ready / collection_not_served / index_unavailable (its process died; reloading)
+
+A failure that repeats (a dead index process answering every request with 503) logs one
+line per `ERROR_LOG_INTERVAL_S` with the count of the ones held back; the metrics count
+every request.
 
 Handlers are `async def`. An index in this process (serving.searcher=inline) answers
 inline: one hnswlib query takes well under a millisecond, less than handing it to a thread
@@ -19,6 +25,7 @@ the loop serves other requests while the child searches (`serving.searcher`).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -43,6 +50,30 @@ from serving.state import COLLECTIONS, INDEX_KINDS, STORY_INDEX, ServedState
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+# At most one log line per failure cause in this many seconds (the metrics count each request).
+ERROR_LOG_INTERVAL_S = 10.0
+# Refused above this L2 norm: inner products with unit vectors must stay far from float32's
+# 3.4e38, where hnswlib's float32 sums overflow to inf and the answers come back unsorted.
+MAX_EMBEDDING_NORM = 1e18
+
+
+class RateLimitedLog:
+    """One log line per key per `interval_s`; the next line says how many were held back."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = ERROR_LOG_INTERVAL_S):
+        self.logger, self.interval_s = logger, interval_s
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (last logged at, held back since)
+
+    def log(self, level: int, key: str, message: str, *, exc_info: BaseException | None = None) -> None:
+        now = time.monotonic()
+        last, held = self._last.get(key, (-math.inf, 0))
+        if now - last < self.interval_s:
+            self._last[key] = (last, held + 1)
+            return
+        self._last[key] = (now, 0)
+        if held:
+            message += f" ({held} more like it in the last {now - last:.0f} s)"
+        self.logger.log(level, "%s", message, exc_info=exc_info)
 
 
 class ApiError(Exception):
@@ -70,6 +101,7 @@ _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 4
 def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool = True) -> FastAPI:
     """The ASGI app. With `start_reloader`, the lifespan starts and stops the poller thread."""
     metrics = reloader.metrics
+    failures = RateLimitedLog(log)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -89,6 +121,8 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
         lifespan=lifespan,
     )
 
+    app.state.request_read_timeout_s = cfg.request_read_timeout_s  # for the protocol (server.py)
+
     # -- errors: always a JSON body -------------------------------------------------------
 
     @app.exception_handler(ApiError)
@@ -104,17 +138,18 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, err: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large"}
         return error_response(err.status_code, codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
 
     @app.exception_handler(SearcherDiedError)
     async def _searcher_died(_request: Request, err: SearcherDiedError) -> Response:
-        log.error("%s; the reloader loads the version again at the next poll", err)
+        failures.log(logging.ERROR, "searcher_died", f"{err}; the reloader restarts it at the next poll")
         return error_response(503, "index_unavailable", f"{err}; it is being loaded again, retry shortly")
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, err: Exception) -> Response:
-        log.exception("unexpected error")  # a bug, not bad input: bad input never gets here
+        # A bug, not bad input (bad input never gets here); one traceback per kind of error.
+        failures.log(logging.ERROR, f"unexpected:{type(err).__name__}", "unexpected error", exc_info=err)
         return error_response(500, "internal_error", f"{type(err).__name__}: {err}")
 
     # -- probes, versions, metrics --------------------------------------------------------
@@ -230,6 +265,10 @@ def _checked_embedding(embedding: list[float], dim: int) -> np.ndarray:
         # Checked after the float32 cast: 1e39 is a finite Python float but inf in float32.
         bad = np.flatnonzero(~np.isfinite(query))[:10].tolist()
         raise ApiError(422, "invalid_embedding", f"embedding has NaN or infinite (in float32) values at positions {bad}")
+    norm = float(np.linalg.norm(np.asarray(embedding, dtype=np.float64)))  # float64: 3e38 squared is finite
+    if norm > MAX_EMBEDDING_NORM:
+        raise ApiError(422, "invalid_embedding", f"embedding has L2 norm {norm:.3g}, above {MAX_EMBEDDING_NORM:.0e}: "
+                       "its scores would overflow float32; send the L2-normalised vector")  # fmt: skip
     return query
 
 
@@ -256,8 +295,12 @@ class _BodyTooLarge(StarletteHTTPException):
     pass
 
 
+class _BodyTimeout(StarletteHTTPException):
+    pass
+
+
 class Gatekeeper:
-    """Pure ASGI middleware: request metrics, bearer token, request body size limit.
+    """Pure ASGI middleware: request metrics, bearer token, request body size and time limits.
 
     Written against ASGI directly (not BaseHTTPMiddleware) because it runs on every request
     and must add microseconds, not a task and a queue.
@@ -266,6 +309,7 @@ class Gatekeeper:
     def __init__(self, app, cfg: ServingConfig, metrics):
         self.app = app
         self.max_body = cfg.max_body_bytes
+        self.read_timeout_s = cfg.request_read_timeout_s
         self.token = f"Bearer {cfg.token}".encode() if cfg.token else None
         self.metrics = metrics
 
@@ -287,7 +331,7 @@ class Gatekeeper:
             if refusal is not None:
                 await refusal(scope, receive, send_and_record)
                 return
-            await self.app(scope, self._limited(receive), send_and_record)
+            await self.app(scope, self._limited(receive, started), send_and_record)
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
@@ -311,14 +355,25 @@ class Gatekeeper:
                                       f"serving.max_body_bytes={self.max_body}")  # fmt: skip
         return None
 
-    def _limited(self, receive):
-        """Counts chunked bodies (no Content-Length) as they arrive and stops at the limit."""
+    def _limited(self, receive, started: float):
+        """Counts chunked bodies (no Content-Length) as they arrive and stops at the limit;
+        a body still incomplete `read_timeout_s` after the headers gets a 408."""
         received = 0
         limit = self.max_body
+        deadline = started + self.read_timeout_s
+
+        body_done = False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body: waiting for a disconnect has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.perf_counter()))
+            except TimeoutError:
+                raise _BodyTimeout(408, f"the request body did not arrive within serving.request_read_timeout_s="
+                                   f"{self.read_timeout_s:g} s", headers={"Connection": "close"}) from None  # fmt: skip
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

@@ -56,12 +56,63 @@ def build_service(cfg: EbrConfig, *, poll_interval_s: float | None = None, start
     return Service(create_app(cfg.serving, reloader, start_reloader=start_reloader), reloader)
 
 
-def uvicorn_config(app: FastAPI, host: str, port: int):
+def header_timeout_protocol(read_timeout_s: float):
+    """uvicorn's httptools protocol, closing a connection whose request headers are not
+    complete `read_timeout_s` after it opened or after its request began (uvicorn itself
+    only times out idle keep-alive connections: a client sending a header byte every few
+    seconds would hold its connection forever). The body's deadline is the Gatekeeper's."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer = None
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(read_timeout_s, self._headers_timed_out)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm_header_timer()
+
+        def on_headers_complete(self) -> None:
+            self._disarm_header_timer()
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm_header_timer()  # idle now: uvicorn's keep-alive timeout takes over
+
+        def _headers_timed_out(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+                return
+            message = f"request headers not received within serving.request_read_timeout_s={read_timeout_s:g} s".encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message))  # fmt: skip
+            self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, read_timeout_s: float = 10.0):
     import uvicorn
 
     return uvicorn.Config(
         app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
-        loop="uvloop", http="httptools",  # the fastest event loop and parser uvicorn offers
+        loop="uvloop", http=header_timeout_protocol(read_timeout_s),  # httptools: the fastest parser uvicorn offers
         timeout_graceful_shutdown=10,
     )  # fmt: skip
 
@@ -80,7 +131,7 @@ def serve(cfg: EbrConfig, *, host: str | None = None, port: int | None = None, p
     port = cfg.serving.port if port is None else port
     if host not in ("127.0.0.1", "localhost", "::1") and not cfg.serving.token:
         log.warning("serving on %s without serving.token: anyone who can reach the port can query", host)
-    uvicorn.Server(uvicorn_config(service.app, host, port)).run()
+    uvicorn.Server(uvicorn_config(service.app, host, port, cfg.serving.request_read_timeout_s)).run()
 
 
 class ServerThread:
@@ -98,7 +149,8 @@ class ServerThread:
         self._socket.bind((host, 0))  # the kernel picks a free port; no race with other tests
         self.port = self._socket.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn_config(app, host, self.port))
+        read_timeout_s = getattr(app.state, "request_read_timeout_s", 10.0)  # set by create_app
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, read_timeout_s))
         self._thread = threading.Thread(target=self._run, name="ebr-serving-test-server", daemon=True)
 
     def _run(self) -> None:
