@@ -9,6 +9,7 @@ way to craft corrupt ones); one test goes through the real index builder.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import sys
@@ -57,8 +58,11 @@ class World:
         self._remember("embeddings/users", version, model, ids, vecs)
 
     def index(self, collection: str, version: str, model: str, seed: int, *, n: int = N_STORIES, dim: int = DIM,
-              corrupt: Callable[[Path], None] | None = None, manifest_dim: int | None = None) -> None:  # fmt: skip
-        """Writes and publishes an index version; `corrupt` alters its stored files first."""
+              corrupt: Callable[[Path], None] | None = None, manifest_dim: int | None = None,
+              damage: Callable[[Path], None] | None = None) -> None:  # fmt: skip
+        """Writes and publishes an index version; `corrupt` alters its stored files first (the
+        checksum then disagrees), `damage` alters the graph file before it is hashed (a version
+        that verifies but is bad inside)."""
         import hnswlib
 
         prefix = {"stories": "s", "creators": "c", "users": "u"}[collection]
@@ -70,6 +74,8 @@ class World:
         work = self.tmp / "build" / collection / version
         work.mkdir(parents=True)
         graph.save_index(str(work / INDEX_FILE))
+        if damage is not None:
+            damage(work / INDEX_FILE)
         write_ids(work / IDS_FILE, ids)
         kind = self.store.kind(f"indexes/{collection}")
         params = {"space": "ip", "dim": manifest_dim or dim, "count": n, "ef_search": 100}
@@ -77,8 +83,14 @@ class World:
             writer.add_file(INDEX_FILE, work / INDEX_FILE)
             writer.add_file(IDS_FILE, work / IDS_FILE)
         if corrupt is not None:
-            corrupt(self.tmp / "root" / "indexes" / collection / version / INDEX_FILE)
-        kind.publish(version, reason="test")
+            # Wherever the store keeps the version's bytes (directly, or in a per-attempt folder).
+            stored = sorted((self.tmp / "root" / "indexes" / collection / version).rglob(INDEX_FILE))
+            assert len(stored) == 1, stored
+            corrupt(stored[0])
+        if corrupt is not None and "verify" in inspect.signature(kind.publish).parameters:
+            kind.publish(version, reason="test", verify=False)  # a store that checks on publish would refuse it
+        else:
+            kind.publish(version, reason="test")
         self._remember(f"indexes/{collection}", version, model, ids, vecs)
 
     def _remember(self, kind: str, version: str, model: str, ids, vecs) -> None:
