@@ -152,6 +152,11 @@ class ModelConfig(_Section):
     transformer_dropout: float = Field(0.1, ge=0, lt=1)
     # False makes the encoder blind to order (then only the set of stories matters).
     transformer_positions: bool = True
+    # Mixed negatives (Yang et al. 2020): this many stories sampled uniformly from the
+    # candidate corpus per batch are negatives of every row, besides the in-batch ones.
+    # 0 = in-batch negatives only. The example source samples them; the batch keys are in
+    # `models.two_tower.TwoTowerModel`.
+    corpus_negatives: int = Field(0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -162,6 +167,15 @@ class ModelConfig(_Section):
                 "logq_strength = 1.0 for logq_correction = true, 0.0 for false"
             )
         return values
+
+    @model_validator(mode="after")
+    def _corpus_negatives_need_in_batch(self) -> ModelConfig:
+        if self.corpus_negatives and self.negatives != "in_batch":
+            raise ValueError(
+                f"model.corpus_negatives = {self.corpus_negatives} adds negatives to the in-batch loss; "
+                f"with model.negatives = {self.negatives!r} set it to 0"
+            )
+        return self
 
 
 class TrainConfig(_Section):

@@ -8,16 +8,41 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from config import ModelConfig
-from models.loss import in_batch_loss, pointwise_loss
+from models.loss import in_batch_loss, mixed_log_q, pointwise_loss
 from models.towers import SharedEmbeddings, StoryTower, UserTower
 
 
 class TwoTowerModel(tfrs.models.Model):
     """Scores a user and a story by the dot product of their L2-normalised tower outputs.
 
-    `compute_loss` takes a batch {"user": {...}, "story": {...}, "log_q": [B], "weight": [B],
-    "label": [B]}: with in-batch negatives story i is user i's positive (see `models.loss`);
-    with impression negatives each row is one impression and "label" says if it was engaged.
+    `compute_loss` takes a batch of B rows:
+
+        "user"      {USER_INPUTS: [B, ...]}   user-tower inputs (`models.features`)
+        "story"     {STORY_INPUTS: [B, ...]}  story-tower inputs; story i is user i's positive
+        "log_q"     float32 [B]   log probability that an example's story is this one (the
+                                  training positives' distribution: count / examples)
+        "weight"    float32 [B]   each row's weight
+        "label"     float32 [B]   impression negatives only: 1.0 if the impression was engaged
+
+    With in-batch negatives story i is user i's positive and the batch's other stories
+    are its negatives (see `models.loss`); with impression negatives each row is one
+    impression and "label" says if it was engaged.
+
+    Mixed negatives (`cfg.corpus_negatives` = N > 0; in-batch negatives only) add N stories
+    drawn uniformly from the candidate corpus, negatives of every row:
+
+        "corpus_story"          {STORY_INPUTS: [N, ...]}  their story-tower inputs, as of the
+                                                          batch's time like "story"
+        "corpus_log_q"          float32 [N]  log probability of the corpus sampler for each:
+                                             log(1 / corpus size) for uniform sampling
+        "corpus_unigram_log_q"  float32 [N]  what "log_q" gives for the same stories (a story
+                                             sampled from the corpus may also be an in-batch
+                                             negative); needed when logq_strength > 0
+
+    The logQ correction then uses each candidate's probability under the mixed distribution
+    q*(y) = (B q_batch(y) + N q_corpus(y)) / (B + N) (`models.loss.mixed_log_q`), the same for a
+    story whether it came from the batch or the corpus. A corpus sample equal to a row's
+    positive is masked in that row.
     """
 
     def __init__(self, vocabularies: dict[str, list[str]], user_stats_dim: int, story_stats_dim: int, content_dim: int, cfg: ModelConfig):
@@ -32,22 +57,44 @@ class TwoTowerModel(tfrs.models.Model):
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         query = self.user_tower(inputs["user"], training=training)
-        candidate = self.story_tower(inputs["story"], training=training)
         if self.cfg.negatives == "impressions":
+            candidate = self.story_tower(inputs["story"], training=training)
             return pointwise_loss(
                 query, candidate, inputs["label"], temperature=self.cfg.temperature,
                 bias=self.sigmoid_bias, sample_weight=inputs["weight"],
             )  # fmt: skip
+        corpus = inputs.get("corpus_story")
+        if self.cfg.corpus_negatives and corpus is None:
+            raise KeyError(
+                f"model.corpus_negatives = {self.cfg.corpus_negatives} but the batch has no 'corpus_story': "
+                "the example source must add the corpus samples (keys in TwoTowerModel's docstring)"
+            )
+        log_q, extra, extra_ids, extra_log_q = inputs["log_q"], None, None, None
+        if corpus is None:
+            candidate = self.story_tower(inputs["story"], training=training)
+        else:  # one pass of the story tower over batch and corpus stories
+            both = {k: tf.concat([inputs["story"][k], corpus[k]], axis=0) for k in inputs["story"]}
+            batch_size = tf.shape(query)[0]
+            encoded = self.story_tower(both, training=training)
+            candidate, extra = encoded[:batch_size], encoded[batch_size:]
+            extra_ids = corpus["story_id"]
+            if self.cfg.logq_strength:
+                if "corpus_unigram_log_q" not in inputs:
+                    raise KeyError("the batch has 'corpus_story' but no 'corpus_unigram_log_q', which the logQ correction needs (logq_strength > 0)")
+                log_q, extra_log_q = mixed_log_q(log_q, inputs["corpus_log_q"], inputs["corpus_unigram_log_q"])
         return in_batch_loss(
             query,
             candidate,
             inputs["story"]["story_id"],
             temperature=self.cfg.temperature,
             loss=self.cfg.loss,
-            candidate_log_q=inputs["log_q"],
+            candidate_log_q=log_q if self.cfg.logq_strength else None,
             logq_strength=self.cfg.logq_strength,
             sample_weight=inputs["weight"],
             sigmoid_bias=self.sigmoid_bias,
+            extra_candidate_embeddings=extra,
+            extra_candidate_ids=extra_ids,
+            extra_candidate_log_q=extra_log_q,
         )
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from models.loss import in_batch_loss, pointwise_loss
+from models.loss import in_batch_loss, mixed_log_q, pointwise_loss
 
 # Two users, two stories, unit vectors: logits = q @ c.T / temperature = [[1, 0], [0, 1]].
 Q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
@@ -74,6 +74,53 @@ def test_sample_weights_weight_the_rows():
     assert got == pytest.approx((3 * row0 + row1) / 4, abs=1e-6)
     unweighted = float(in_batch_loss(q, C, IDS, temperature=1.0, loss="softmax"))
     assert unweighted == pytest.approx((row0 + row1) / 2, abs=1e-6)
+
+
+# Mixed negatives: one corpus sample, story "a" (user 0's positive) at [0.6, 0.8]. Its
+# logits are [0.6, 0.8]: in row 0 it is an accidental hit (masked), in row 1 a negative.
+CORPUS = np.array([[0.6, 0.8]], np.float32)
+CORPUS_IDS = np.array(["a"])
+
+
+def mixed(**kwargs):
+    return loss(extra_candidate_embeddings=CORPUS, extra_candidate_ids=CORPUS_IDS, **kwargs)
+
+
+def test_mixed_negatives_softmax_on_the_hand_worked_batch():
+    # Row 0: logits [1, 0, masked] -> log(1 + e^-1) = 0.313262.
+    # Row 1: logits [0, 1, 0.8] -> -1 + log(e^0 + e^1 + e^0.8) = log(1 + e^-1 + e^-0.2) = 0.782349.
+    row0, row1 = math.log(1 + math.exp(-1)), math.log(1 + math.exp(-1) + math.exp(-0.2))
+    assert mixed() == pytest.approx((row0 + row1) / 2, abs=1e-6)  # 0.547807
+
+
+def test_mixed_negatives_sigmoid_on_the_hand_worked_batch():
+    # Each row: positive (logit 1) log(1 + e^-1) and the in-batch negative (logit 0) log 2;
+    # row 1 also has the corpus negative (logit 0.8): log(1 + e^0.8) = 1.171101.
+    base = math.log(1 + math.exp(-1)) + math.log(2)
+    expected = base + math.log(1 + math.exp(0.8)) / 2
+    assert mixed(loss="sigmoid") == pytest.approx(expected, abs=1e-6)  # 1.591959
+
+
+def test_mixed_log_q_is_each_candidates_probability_under_the_mixture():
+    # B = 2, N = 1: q*(y) = (2 q_batch(y) + 1 q_corpus(y)) / 3, corpus of 10 stories.
+    # In-batch a: q_batch 0.5 -> (1.0 + 0.1) / 3; b: q_batch 0.25 -> (0.5 + 0.1) / 3 = 0.2.
+    # The corpus sample is a again: the same (1.0 + 0.1) / 3, whichever sampler drew it.
+    batch, corpus = mixed_log_q(np.log([0.5, 0.25]), np.log([0.1]), np.log([0.5]))
+    np.testing.assert_allclose(np.exp(batch), [1.1 / 3, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(np.exp(corpus), [1.1 / 3], rtol=1e-6)
+
+
+def test_mixed_negatives_subtract_every_candidates_log_q():
+    # Row 1 (row 0's corpus entry is masked): logits [0, 1, 0.8] - log q* with
+    # q* = [1.1/3, 0.2, 1.1/3] as above; row 0: [1, 0] - log q*[:2].
+    log_q = np.log([1.1 / 3, 0.2, 1.1 / 3])
+    row0 = np.array([1.0, 0.0]) - log_q[:2]
+    row1 = np.array([0.0, 1.0, 0.8]) - log_q
+    expected = ((np.log(np.exp(row0).sum()) - row0[0]) + (np.log(np.exp(row1).sum()) - row1[1])) / 2
+    got = mixed(candidate_log_q=log_q[:2].astype(np.float32), extra_candidate_log_q=log_q[2:].astype(np.float32))
+    assert got == pytest.approx(float(expected), abs=1e-6)
+    with pytest.raises(ValueError, match="extra_candidate_log_q is required"):
+        mixed(candidate_log_q=log_q[:2].astype(np.float32))
 
 
 def test_pointwise_loss_has_no_in_batch_negatives():

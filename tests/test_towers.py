@@ -215,3 +215,61 @@ def test_the_transformer_user_tower_ignores_padding_ids_and_exports(tmp_path):
     (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(model, cfg, VOCABULARIES, tmp_path / "export")
     np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
     np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)
+
+
+# Mixed negatives and logQ strength through the model ---------------------------------------
+
+
+def in_batch(cfg, log_q=(0.5, 0.25, 0.25)):
+    return {
+        "user": user_inputs(cfg, HISTORIES),
+        "story": story_inputs(cfg, ("s0", "s1", "s2")),
+        "log_q": np.log(np.array(log_q, np.float32)),
+        "weight": np.ones(3, np.float32),
+    }
+
+
+def with_corpus(batch, cfg):
+    corpus = story_inputs(cfg, ("s0", "s3"))  # s0 is user 0's positive: masked in row 0
+    return {**batch, "corpus_story": corpus, "corpus_log_q": np.log(np.full(2, 1 / 5, np.float32)),
+            "corpus_unigram_log_q": np.log(np.array([0.5, 0.01], np.float32))}  # fmt: skip
+
+
+def test_compute_loss_uses_the_corpus_negatives_with_the_mixed_log_q(tmp_path):
+    from models.loss import in_batch_loss, mixed_log_q
+
+    cfg = config(tmp_path, "model.corpus_negatives=2", "model.id_dropout=0")
+    model = build_model(cfg)
+    batch = with_corpus(in_batch(cfg), cfg)
+    got = float(model.compute_loss(batch, training=False))
+    users = model.user_tower(batch["user"])
+    stories, corpus = model.story_tower(batch["story"]), model.story_tower(batch["corpus_story"])
+    log_q, corpus_log_q = mixed_log_q(batch["log_q"], batch["corpus_log_q"], batch["corpus_unigram_log_q"])
+    expected = in_batch_loss(
+        users, stories, batch["story"]["story_id"], temperature=cfg.model.temperature, loss=cfg.model.loss,
+        candidate_log_q=log_q, sample_weight=batch["weight"], extra_candidate_embeddings=corpus,
+        extra_candidate_ids=batch["corpus_story"]["story_id"], extra_candidate_log_q=corpus_log_q,
+    )  # fmt: skip
+    assert got == pytest.approx(float(expected), abs=1e-6)
+    with pytest.raises(KeyError, match="no 'corpus_story'"):
+        model.compute_loss(in_batch(cfg), training=False)
+    # Without logQ, softmax over more (unmasked) negatives is a strictly larger loss.
+    model.cfg = cfg.model.model_copy(update={"corpus_negatives": 0, "logq_strength": 0.0})
+    assert float(model.compute_loss(batch, training=False)) > float(model.compute_loss(in_batch(cfg), training=False))
+
+
+def test_logq_strength_zero_is_no_correction(tmp_path):
+    cfg = config(tmp_path, "model.logq_strength=0")
+    model = build_model(cfg)
+    skewed = float(model.compute_loss(in_batch(cfg, log_q=(0.9, 0.01, 0.09)), training=False))
+    flat = float(model.compute_loss(in_batch(cfg, log_q=(1.0, 1.0, 1.0)), training=False))  # log q = 0
+    assert skewed == pytest.approx(flat, abs=1e-6)
+    model.cfg = cfg.model.model_copy(update={"logq_strength": 1.0})
+    assert float(model.compute_loss(in_batch(cfg, log_q=(0.9, 0.01, 0.09)), training=False)) != pytest.approx(flat, abs=1e-4)
+
+
+def test_corpus_negatives_are_refused_with_impression_negatives(tmp_path):
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match="corpus_negatives = 8 adds negatives to the in-batch loss"):
+        config(tmp_path, "model.corpus_negatives=8", "model.negatives=impressions")
