@@ -5,6 +5,7 @@ Local directories and Google Cloud Storage behind one interface; see `artifacts.
 
 from artifacts.errors import (
     ArtifactError,
+    ArtifactRootError,
     CorruptArtifactError,
     IncompleteVersionError,
     InvalidNameError,
@@ -35,6 +36,7 @@ __all__ = [
     "USER_EMBEDDINGS",
     "USER_INDEX",
     "ArtifactError",
+    "ArtifactRootError",
     "ArtifactKind",
     "ArtifactStore",
     "CorruptArtifactError",

@@ -13,7 +13,7 @@ holds the generation and an atomic rename. Generation 0 means "the object does n
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,16 +75,30 @@ class Backend(abc.ABC):
         """(value, generation) of a pointer object; (None, 0) when it does not exist."""
 
     @abc.abstractmethod
-    def swap_pointer(self, key: str, value: str, expected_generation: int) -> int:
+    def swap_pointer(
+        self, key: str, value: str, expected_generation: int,
+        log: tuple[str, Callable[[int], str]] | None = None,
+    ) -> int:  # fmt: skip
         """Writes `value` only if the pointer is still at `expected_generation`.
 
         Returns the new generation. Raises PointerConflictError when another writer got
-        there first; the caller re-reads and decides again.
+        there first; the caller re-reads and decides again. `log` = (key of a log object,
+        line for a generation): the line is appended so that the log's lines are in the
+        order of the pointer's generations, however many writers race.
         """
 
     @abc.abstractmethod
     def append_line(self, key: str, line: str) -> None:
         """Appends one line to a log object without losing concurrent appends."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Deletes every object under `prefix/`."""
+        for obj in list(self.list_objects(prefix)):
+            self.delete(obj.key)
+
+    def last_modified(self, prefix: str) -> float | None:
+        """When anything under `prefix/` last changed (None: nothing there)."""
+        return max((o.updated for o in self.list_objects(prefix)), default=None)
 
     def local_path(self, key: str) -> Path | None:
         """The object's path on this machine, when the backend is a local directory."""

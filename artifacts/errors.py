@@ -31,3 +31,7 @@ class PointerConflictError(ArtifactError):
 
 class LockTimeoutError(ArtifactError, TimeoutError):
     """The local LATEST lock could not be taken in time."""
+
+
+class ArtifactRootError(ArtifactError):
+    """The artifact root cannot be used: not a directory, a symlink loop, no credentials."""

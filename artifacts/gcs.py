@@ -12,8 +12,9 @@ anonymous credentials; left empty, the client uses real GCS and default credenti
 
 from __future__ import annotations
 
+import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -22,7 +23,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import storage
 
 from artifacts.backend import Backend, ObjectInfo
-from artifacts.errors import ArtifactError, PointerConflictError
+from artifacts.errors import ArtifactError, ArtifactRootError, CorruptArtifactError, PointerConflictError
 
 if TYPE_CHECKING:
     from config import GcsConfig
@@ -127,10 +128,19 @@ class GcsBackend(Backend):
                 continue  # rewritten between the metadata read and the download
             except gexc.NotFound:
                 return None, 0
-            return data.decode().strip(), generation
+            try:
+                return data.decode("utf-8").strip(), generation
+            except UnicodeDecodeError:
+                raise CorruptArtifactError(
+                    f"{self.uri}/{key} is not a UTF-8 version name ({data[:20]!r}...); delete it "
+                    "or write a complete version's name into it"
+                ) from None
         raise ArtifactError(f"{self.uri}/{key} kept changing while being read")
 
-    def swap_pointer(self, key: str, value: str, expected_generation: int) -> int:
+    def swap_pointer(
+        self, key: str, value: str, expected_generation: int,
+        log: tuple[str, Callable[[int], str]] | None = None,
+    ) -> int:  # fmt: skip
         blob = self._blob(key)
         try:
             blob.upload_from_string(
@@ -140,11 +150,34 @@ class GcsBackend(Backend):
             raise PointerConflictError(
                 f"{self.uri}/{key} moved (expected generation {expected_generation})"
             ) from None
-        return int(blob.generation)
+        generation = int(blob.generation)
+        if log is not None:
+            log_key, make_line = log
+            self._insert_line(log_key, make_line(generation), generation)
+        return generation
+
+    def _insert_line(self, key: str, line: str, generation: int) -> None:
+        """Appends a log line, placed before any line of a later pointer generation.
+
+        GCS has no lock to hold across the pointer write and the log write, so two
+        publishers may reach the log in the opposite order of their pointer writes; the
+        line then goes where its generation (GCS generations only grow) puts it.
+        """
+        def place(lines: list[bytes]) -> list[bytes]:
+            at = len(lines)
+            while at > 0 and _line_generation(lines[at - 1]) > generation:
+                at -= 1
+            return [*lines[:at], f"{line}\n".encode(), *lines[at:]]
+
+        self._rewrite(key, place, "application/jsonl")
 
     def append_line(self, key: str, line: str) -> None:
         if "\n" in line:
             raise ValueError("a log line must not contain a newline")
+        self._rewrite(key, lambda lines: [*lines, f"{line}\n".encode()], "application/jsonl")
+
+    def _rewrite(self, key: str, change: Callable[[list[bytes]], list[bytes]], content_type: str) -> None:
+        """Read-modify-write of a line log under a generation precondition, retried."""
         for _ in range(_APPEND_RETRIES):
             blob = self.bucket.get_blob(self._name(key))
             content, generation = b"", 0
@@ -156,14 +189,21 @@ class GcsBackend(Backend):
                     continue
             try:
                 self._blob(key).upload_from_string(
-                    content + f"{line}\n".encode(),
-                    content_type="application/jsonl",
+                    b"".join(change(content.splitlines(keepends=True))),
+                    content_type=content_type,
                     if_generation_match=generation,
                 )
                 return
             except gexc.PreconditionFailed:
                 continue
         raise ArtifactError(f"could not append to {self.uri}/{key}: too much contention")
+
+
+def _line_generation(line: bytes) -> int:
+    try:
+        return int(json.loads(line).get("generation") or 0)
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 def make_client(gcs: GcsConfig | None) -> storage.Client:
@@ -175,4 +215,13 @@ def make_client(gcs: GcsConfig | None) -> storage.Client:
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": gcs.endpoint},
         )
-    return storage.Client(project=(gcs.project if gcs and gcs.project else None))
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return storage.Client(project=(gcs.project if gcs and gcs.project else None))
+    except (DefaultCredentialsError, OSError) as err:
+        raise ArtifactRootError(
+            f"no Google Cloud credentials for a gs:// root ({str(err).splitlines()[0]}); run "
+            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS "
+            "(or gcs.endpoint for an emulator)"
+        ) from None

@@ -4,11 +4,14 @@ Whole-object writes go to a temporary file in the same directory, are fsync'ed a
 renamed over the target, so a reader never sees half a file and a crash leaves either the
 old object or the new one.
 
-Pointer compare-and-swap: each pointer `P` has a lock file `.P.lock` beside it that holds
-the pointer's generation. A swap takes an exclusive `flock` on it, checks the generation,
-writes generation + 1 into the lock file, then renames the new pointer into place. The
-generation is bumped *before* the rename, so a crash in between only makes concurrent
-writers retry; it can never let a stale writer through. `flock` locks are released by
+Pointer compare-and-swap: each pointer `P` has a lock file `.P.lock` beside it and a
+generation file `.P.gen`. A swap takes an exclusive `flock` on the lock file, checks the
+generation, writes generation + 1 into `.P.gen` (temporary file, fsync, rename: a crash
+leaves the old number or the new one, never an empty file), then renames the new pointer
+into place. The generation is bumped *before* the pointer, so a crash in between only
+makes concurrent writers retry; it can never let a stale writer through, and the
+generation never goes down. (Before `.P.gen` existed the number was kept in the lock file
+itself; it is still read, and the larger of the two wins.) `flock` locks are released by
 the kernel when a process dies, so a killed publisher cannot leave the lock held.
 """
 
@@ -20,19 +23,20 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from artifacts.backend import Backend, ObjectInfo
-from artifacts.errors import LockTimeoutError, PointerConflictError
+from artifacts.errors import ArtifactRootError, CorruptArtifactError, LockTimeoutError, PointerConflictError
 
 
 class LocalBackend(Backend):
     def __init__(self, root: Path, lock_timeout_s: float = 30.0):
         if not root.is_absolute():
             raise ValueError(f"local artifact root {root} must be an absolute path")
+        _check_root(root)
         self.root = root
         self.uri = f"file://{root}"
         self.lock_timeout_s = lock_timeout_s
@@ -108,27 +112,75 @@ class LocalBackend(Backend):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        # Remove directories left empty, up to (not including) the root.
-        for parent in path.parents:
-            if parent == self.root or self.root not in parent.parents:
+        self._remove_empty_dirs(path.parent)  # folders left empty, up to (not including) the root
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Everything under `prefix/`, unfinished temporary files and empty folders too."""
+        base = self._path(prefix)
+        if not base.is_dir() or base == self.root:
+            return
+        for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+            for name in filenames:
+                (Path(dirpath) / name).unlink(missing_ok=True)
+            for name in dirnames:
+                try:
+                    (Path(dirpath) / name).rmdir()
+                except OSError:
+                    pass  # something was written meanwhile; it stays
+        self._remove_empty_dirs(base)
+
+    def _remove_empty_dirs(self, path: Path) -> None:
+        """Removes `path` and its parents while they are empty, up to (not including) the root."""
+        for folder in (path, *path.parents):
+            if folder == self.root or self.root not in folder.parents:
                 break
             try:
-                parent.rmdir()
+                folder.rmdir()
             except OSError:
                 break
 
+    def last_modified(self, prefix: str) -> float | None:
+        """The newest file under `prefix/`, temporary files included (a write in
+        progress); for a folder holding only empty folders, the newest folder."""
+        base = self._path(prefix)
+        if not base.is_dir():
+            return None
+        files, folders = [], [base]
+        for dirpath, dirnames, filenames in os.walk(base):
+            files += [Path(dirpath) / name for name in filenames]
+            folders += [Path(dirpath) / name for name in dirnames]
+        newest = None
+        for path in files or folders:
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:  # deleted while we walked
+                continue
+            newest = mtime if newest is None else max(newest, mtime)
+        return newest if newest is not None else time.time()
+
     def read_pointer(self, key: str) -> tuple[str | None, int]:
         with self._locked(key, exclusive=False) as lock:
-            generation = _read_generation(lock)
+            generation = self._generation(key, lock)
+            path = self._path(key)
             try:
-                value = self._path(key).read_text().strip()
+                data = path.read_bytes()
             except FileNotFoundError:
                 return None, 0
-            return value, max(generation, 1)
+            except IsADirectoryError:
+                raise CorruptArtifactError(
+                    f"{self.uri}/{key} is a folder, not a pointer file; move it away, then publish "
+                    "or roll back to write a valid pointer"
+                ) from None
+            return _pointer_text(data, f"{self.uri}/{key}"), max(generation, 1)
 
-    def swap_pointer(self, key: str, value: str, expected_generation: int) -> int:
+    def swap_pointer(
+        self, key: str, value: str, expected_generation: int,
+        log: tuple[str, Callable[[int], str]] | None = None,
+    ) -> int:  # fmt: skip
         with self._locked(key, exclusive=True) as lock:
-            current = _read_generation(lock)
+            if self._path(key).is_dir():
+                raise CorruptArtifactError(f"{self.uri}/{key} is a folder, not a pointer file; move it away first")
+            current = self._generation(key, lock)
             if current == 0 and self._path(key).exists():
                 current = 1  # a pointer written before generations were kept
             if current != expected_generation:
@@ -136,13 +188,30 @@ class LocalBackend(Backend):
                     f"{self.uri}/{key} moved (generation {current}, expected {expected_generation})"
                 )
             new_generation = current + 1
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"{new_generation}\n".encode())
-            lock.flush()
-            os.fsync(lock.fileno())
+            self.write_bytes(_generation_key(key), f"{new_generation}\n".encode())
             self.write_bytes(key, f"{value}\n".encode())
+            if log is not None:  # inside the pointer's lock: the log's order is the pointer's
+                log_key, make_line = log
+                self.append_line(log_key, make_line(new_generation))
             return new_generation
+
+    def _generation(self, key: str, lock: BinaryIO) -> int:
+        """The pointer's generation: the larger of `.P.gen` and what an older version of
+        this code kept in the lock file (so an upgrade never lowers it)."""
+        gen_key = _generation_key(key)
+        try:
+            recorded = _parse_generation(self._path(gen_key).read_bytes(), f"{self.uri}/{gen_key}")
+        except FileNotFoundError:
+            recorded = None
+        lock.seek(0)
+        legacy_text = lock.read()
+        try:
+            legacy = _parse_generation(legacy_text, f"{self.uri}/{key} lock file")
+        except CorruptArtifactError:
+            if recorded is None:  # nothing else says how far the generation had come
+                raise
+            legacy = 0  # this code never writes the lock file; the .gen file is the truth
+        return max(recorded or 0, legacy)
 
     def append_line(self, key: str, line: str) -> None:
         if "\n" in line:
@@ -196,10 +265,48 @@ class LocalBackend(Backend):
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
-def _read_generation(lock: BinaryIO) -> int:
-    lock.seek(0)
-    text = lock.read().decode().strip()
-    return int(text) if text else 0
+def _generation_key(key: str) -> str:
+    head, _, name = key.rpartition("/")
+    return f"{head}/.{name}.gen" if head else f".{name}.gen"
+
+
+def _parse_generation(data: bytes, where: str) -> int:
+    text = data.strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise CorruptArtifactError(
+            f"{where} holds {data[:40]!r}, not a generation number; if no publisher is running, "
+            "write the last generation of HISTORY.jsonl into it (or delete it to restart counting)"
+        )
+    return int(text)
+
+
+def _pointer_text(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CorruptArtifactError(
+            f"{where} is not a UTF-8 version name ({data[:20]!r}...); delete it or write a "
+            "complete version's name into it"
+        ) from None
+
+
+def _check_root(root: Path) -> None:
+    """Refuses a root that exists but is not a usable directory (a file, a symlink loop)."""
+    try:
+        if root.is_dir():
+            return
+        if os.path.lexists(root):
+            kind = "a symlink loop or a broken link" if root.is_symlink() else "a file"
+            raise ArtifactRootError(f"artifact root {root} is {kind}, not a directory; point --root at a folder")
+        for parent in root.parents:  # the root will be created: every existing ancestor must be a folder
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise ArtifactRootError(f"artifact root {root}: {parent} is not a directory")
+                break
+    except OSError as err:
+        raise ArtifactRootError(f"artifact root {root} cannot be used: {err.strerror or err}") from None
 
 
 def _fsync_dir(path: Path) -> None:

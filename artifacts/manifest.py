@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
@@ -17,7 +18,11 @@ from typing import Any, BinaryIO
 from artifacts.errors import CorruptArtifactError
 from artifacts.names import validate_file_name, validate_kind, validate_version
 
-SCHEMA_VERSION = 1
+# 2: files may live in a per-attempt staging folder (`attempt`), and `sequence` orders
+# versions by commit. Version 1 manifests (files directly under the version folder) are
+# still read; code that reads only 1 refuses a 2 instead of looking in the wrong place.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 _CHUNK = 4 * 1024 * 1024
 
 
@@ -37,7 +42,18 @@ class Manifest:
     parents: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The write attempt whose staging folder holds the files (`<version>/.attempts/<id>/`);
+    # None for versions written before attempts existed (files directly in the folder).
+    attempt: str | None = None
+    # Store-owned commit order within the kind (0: written before it was recorded).
+    sequence: int = 0
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def order(self) -> tuple[int, str, str]:
+        """What "newer" means: commit sequence, then creation time (the version name only
+        breaks ties between versions written before sequences existed)."""
+        return (self.sequence, self.created_at, self.version)
 
     @property
     def total_bytes(self) -> int:
@@ -54,8 +70,8 @@ class Manifest:
         try:
             body = json.loads(data)
             schema = body.get("schema_version")
-            if schema != SCHEMA_VERSION:
-                raise ValueError(f"schema_version {schema!r}, this code reads {SCHEMA_VERSION}")
+            if schema not in READABLE_SCHEMAS:
+                raise ValueError(f"schema_version {schema!r}, this code reads {READABLE_SCHEMAS}")
             files = {
                 validate_file_name(name): FileEntry(int(e["size"]), str(e["sha256"]))
                 for name, e in body["files"].items()
@@ -69,9 +85,19 @@ class Manifest:
                 parents=dict(body.get("parents", {})),
                 params=dict(body.get("params", {})),
                 metrics=dict(body.get("metrics", {})),
+                attempt=_attempt_id(body.get("attempt")),
+                sequence=int(body.get("sequence") or 0),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise CorruptArtifactError(f"manifest {where} is unreadable: {err}") from None
+
+
+def _attempt_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{8,64}", value):
+        raise ValueError(f"attempt {value!r} is not an attempt id")
+    return value
 
 
 def now_iso() -> str:

@@ -21,6 +21,13 @@ _FILE_SEGMENT = re.compile(r"^[0-9A-Za-z_][0-9A-Za-z._+=-]{0,254}$")
 MANIFEST = "MANIFEST.json"
 LATEST = "LATEST"
 HISTORY = "HISTORY.jsonl"
+# Inside a version folder: one staging folder per write attempt (see ArtifactKind.new_version).
+# The leading dot keeps it out of the file-name alphabet, so no file of a version can clash.
+ATTEMPTS = ".attempts"
+# Beside LATEST: a counter whose generation orders versions by when they were committed.
+SEQUENCE = ".SEQUENCE"
+# In an attempt's staging folder, instead of a manifest: why the attempt will not commit.
+REFUSED = "_REFUSED.json"
 RESERVED_VERSION_NAMES = {MANIFEST, LATEST, HISTORY}
 
 

@@ -54,7 +54,7 @@ def test_incomplete_and_corrupted_versions_are_refused_on_gcs(gcs_emulator):
     partial.add_bytes("part-00000.parquet", b"half")
     with pytest.raises(IncompleteVersionError):
         kind.publish("v002", reason="unfinished")
-    store.backend.write_bytes("indexes/stories/v001/part-00000.parquet", b"tampered!!")
+    store.backend.write_bytes(kind.file_key("v001", "part-00000.parquet"), b"tampered!!")
     with pytest.raises(CorruptArtifactError, match="part-00000.parquet"):
         kind.verify("v001")
     with pytest.raises(CorruptArtifactError):

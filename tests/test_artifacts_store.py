@@ -37,7 +37,7 @@ def test_manifest_lists_every_file_with_size_and_sha256(local_store):
     written = json.loads((local_store.backend.local_path(f"{KIND}/v001/{MANIFEST}")).read_text())
     assert written["parents"] == {"model_version": "m1"}
     assert written["params"] == {"M": 16} and written["metrics"] == {"recall_at_10": 0.99}
-    assert written["schema_version"] == 1
+    assert written["schema_version"] == 2  # 2: files in the attempt's staging folder
     assert kind.verify("v001") == manifest
 
 
@@ -140,7 +140,7 @@ def test_bad_kind_names_are_refused(local_store, bad):
 def test_a_damaged_file_is_detected_on_read(local_store, tmp_path, damage):
     kind = local_store.kind(KIND)
     make_version(kind, "v001", payload=b"0123456789" * 100)
-    path = local_store.backend.local_path(f"{KIND}/v001/index.hnsw")
+    path = local_store.backend.local_path(kind.file_key("v001", "index.hnsw"))
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:-10])
     elif damage == "alter":
@@ -197,7 +197,7 @@ def test_retention_removes_abandoned_incomplete_versions_after_the_grace_period(
     abandoned.add_bytes("index.hnsw", b"half")
     assert kind.retain(5).deleted == []  # young: may still be being written
     old = time.time() - 48 * 3600
-    path = local_store.backend.local_path(f"{KIND}/v000-crashed/index.hnsw")
+    path = local_store.backend.local_path(f"{abandoned.staging}/index.hnsw")
     os.utime(path, (old, old))
     assert kind.retain(5).deleted == ["v000-crashed"]
     assert [v.name for v in kind.versions()] == ["v001"]
