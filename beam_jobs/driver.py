@@ -8,7 +8,6 @@ DAG run never embeds or publishes twice.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from artifacts import ArtifactStore, IncompleteVersionError, UnknownVersionError
 from beam_jobs.errors import EmbeddingJobError, ErrorRateExceededError
 from beam_jobs.plan import JobPlan
-from beam_jobs.transforms import METRICS_NAMESPACE, REFUSED_FILE
+from beam_jobs.transforms import METRICS_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,8 @@ def run_pipeline(options: PipelineOptions, plan: JobPlan, kinds: list[str], buil
     if complete:
         log.info("%s: snapshot %s is complete already; only publishing", plan.entity, plan.snapshot)
     else:
-        for kind in kinds:
-            if not store.kind(kind).is_complete(plan.snapshot):
-                store.kind(kind).discard_incomplete(plan.snapshot)  # leftovers of a failed attempt
+        # Leftovers of earlier attempts stay: each attempt stages in its own folder (one
+        # may still be running), and retention removes the abandoned ones.
         pipeline = beam.Pipeline(options=options)
         build(pipeline, plan)
         result = pipeline.run()
@@ -66,6 +64,8 @@ def run_pipeline(options: PipelineOptions, plan: JobPlan, kinds: list[str], buil
         if plan.publish:
             moved = kind.publish(plan.snapshot, reason=f"{plan.entity} dataflow as of {plan.as_of_iso} with model {plan.model_version}", run_id=plan.run_id)
             detail, published = moved.detail, moved.moved or moved.latest == plan.snapshot
+            if moved.skipped == "older":
+                log.warning("%s: %s", kind_name, moved.detail)
         else:
             detail, published = "not published (--no_publish)", False
         outcomes.append(JobOutcome(kind_name, plan.snapshot, plan.model_version, plan.as_of_iso, int(manifest.metrics.get("count", 0)), counters, published, detail, complete))
@@ -73,12 +73,11 @@ def run_pipeline(options: PipelineOptions, plan: JobPlan, kinds: list[str], buil
 
 
 def _refusal(store: ArtifactStore, kind_name: str, plan: JobPlan) -> EmbeddingJobError:
-    key = store.backend.join(kind_name, plan.snapshot, REFUSED_FILE)
-    try:
-        body = json.loads(store.backend.read_bytes(key))
-    except FileNotFoundError:
+    kind = store.kind(kind_name)
+    body = kind.refusal(plan.snapshot, plan.attempt)
+    if body is None:
         return EmbeddingJobError(f"{kind_name}/{plan.snapshot} has no manifest after the run: the pipeline did not finish its commit step")
-    where = f"{store.uri}/{kind_name}/{plan.snapshot}"
+    where = f"{store.uri}/{kind.staging_key(plan.snapshot, plan.attempt)}"
     hint = f"; dead letters in {where}/{body['dead_letter_file']}" if body.get("dead_letter_file") else ""
     message = f"{kind_name}/{plan.snapshot} was not published: {'; '.join(body['refused'])}{hint}"
     if any("max_error_rate" in r for r in body["refused"]):

@@ -146,7 +146,7 @@ def build_and_publish_index(
 
 
 def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, publish: bool, run_id: str | None) -> IndexBuildOutcome:
-    manifest = kind.manifest(version)
+    manifest = kind.verify(version)  # a complete version is trusted only once its bytes match
     built_from = manifest.parents.get("embedding_snapshot")
     if built_from != snapshot:
         raise VersionExistsError(
@@ -156,7 +156,7 @@ def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, 
     detail = f"{kind.name}/{version} is complete already (built from {snapshot}); reused"
     published = False
     if publish:
-        result = kind.publish(version, reason=f"index of {snapshot} (rerun)", run_id=run_id)
+        result = kind.publish(version, reason=f"index of {snapshot} (rerun)", run_id=run_id, verify=False)  # verified above
         published, detail = result.moved, f"{detail}; {result.detail}"
     recall = manifest.metrics.get("recall_at_10")
     return IndexBuildOutcome(collection, version, "reused", published, detail, recall, manifest)
@@ -307,7 +307,7 @@ def retain_indexes(cfg: EbrConfig, collection: str, keep: int | None = None, dry
     """Deletes all but the newest `keep` (default `store.keep_versions`) complete versions,
     never the one LATEST names."""
     kind = ArtifactStore.from_config(cfg).kind(index_kind(collection))
-    return kind.retain(keep or cfg.store.keep_versions, dry_run=dry_run)
+    return kind.retain(cfg.store.keep_versions if keep is None else keep, dry_run=dry_run)
 
 
 def describe_versions(cfg: EbrConfig, collection: str) -> list[dict]:
