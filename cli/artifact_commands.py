@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from artifacts import ArtifactStore
+from artifacts import ArtifactError, ArtifactStore
 from cli.output import human_bytes, table
 from config import EbrConfig
 
@@ -21,7 +21,11 @@ def list_versions(cfg: EbrConfig, args: Namespace) -> None:
             kind = store.kind(name)
             versions = kind.versions()
             complete = sum(v.complete for v in versions)
-            rows.append((name, kind.latest() or "-", complete, len(versions) - complete))
+            try:
+                latest = kind.latest() or "-"
+            except ArtifactError:  # a bad pointer is that kind's problem; list the others
+                latest = f"UNREADABLE (ebr artifacts list {name})"
+            rows.append((name, latest, complete, len(versions) - complete))
         print(table(["kind", "LATEST", "complete", "incomplete"], rows))
         return
     kind = store.kind(args.kind)
@@ -31,7 +35,7 @@ def list_versions(cfg: EbrConfig, args: Namespace) -> None:
         m = v.manifest
         rows.append((
             ("* " if v.name == latest else "  ") + v.name,
-            "complete" if v.complete else "INCOMPLETE",
+            "complete" if v.complete else ("CORRUPT MANIFEST" if v.problem else "INCOMPLETE"),
             m.created_at if m else "",
             len(m.files) if m else "",
             human_bytes(m.total_bytes) if m else "",
@@ -77,9 +81,20 @@ def rollback(cfg: EbrConfig, args: Namespace) -> None:
 
 
 def retain(cfg: EbrConfig, args: Namespace) -> None:
+    keep = keep_count(args.keep, cfg)
     kind = ArtifactStore.from_config(cfg).kind(args.kind)
-    keep = args.keep or cfg.store.keep_versions
     report = kind.retain(keep, dry_run=args.dry_run)
     verb = "would delete" if report.dry_run else "deleted"
     print(f"{args.kind}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
           f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})")
+    if report.stale_attempts:
+        print(f"{verb} the staging of {len(report.stale_attempts)} abandoned write attempt(s): {', '.join(report.stale_attempts)}")
+
+
+def keep_count(keep: int | None, cfg: EbrConfig) -> int:
+    """--keep N, or store.keep_versions; 0 and negative counts are refused, not replaced."""
+    if keep is None:
+        return cfg.store.keep_versions
+    if keep < 1:
+        raise SystemExit(f"error: --keep must be at least 1 (got {keep}); retention always keeps the newest version and LATEST's")
+    return keep

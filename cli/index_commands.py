@@ -125,9 +125,10 @@ def rollback_index(cfg: EbrConfig, args: Namespace) -> None:
 
 
 def retain_indexes(cfg: EbrConfig, args: Namespace) -> None:
+    from cli.artifact_commands import keep_count
     from index_builder import publish
 
-    report = publish.retain_indexes(cfg, args.collection, keep=args.keep, dry_run=args.dry_run)
+    report = publish.retain_indexes(cfg, args.collection, keep=keep_count(args.keep, cfg), dry_run=args.dry_run)
     verb = "would delete" if report.dry_run else "deleted"
     print(f"indexes/{args.collection}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
           f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})")

@@ -165,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as err:  # the file system refused (permissions, a symlink loop, a full disk)
+        where = f": {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except Exception as err:  # expected failures carry actionable messages
         if not _is_expected(err):
             raise

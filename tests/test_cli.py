@@ -95,3 +95,70 @@ def test_train_publishes_a_model_and_a_rerun_reuses_it(tmp_path, capsys):
     assert main(run) == 0
     out, _ = capsys.readouterr()
     assert "was trained already" in out
+
+
+def _broken_root(tmp_path, case):
+    """An artifact root damaged the way `case` says; returns the --root URI and the command."""
+    root = tmp_path / "root"
+    stories = root / "indexes" / "stories"
+    if case == "root is a file":
+        root.write_text("not a folder")
+    elif case == "root is a symlink loop":
+        root.symlink_to(root)
+    else:
+        kind = ArtifactStore.open(f"file://{root}").kind("indexes/stories")
+        with kind.new_version("v001") as v:
+            v.add_bytes("index.hnsw", b"x")
+        kind.publish("v001", reason="build")
+        if case == "LATEST is a folder":
+            (stories / "LATEST").unlink()
+            (stories / "LATEST").mkdir()
+        elif case == "LATEST is binary":
+            (stories / "LATEST").write_bytes(b"\xff\xfe\x00\x81")
+        elif case == "garbage lock file":
+            (stories / ".LATEST.gen").unlink()
+            (stories / ".LATEST.lock").write_bytes(b"\x00garbage")
+    return f"file://{root}"
+
+
+@pytest.mark.parametrize("case, args", [
+    ("root is a file", ["artifacts", "list", "indexes/stories"]),
+    ("root is a symlink loop", ["artifacts", "list"]),
+    ("LATEST is a folder", ["artifacts", "show", "indexes/stories"]),
+    ("LATEST is binary", ["artifacts", "verify", "indexes/stories"]),
+    ("garbage lock file", ["artifacts", "rollback", "indexes/stories", "--to", "v001", "--reason", "x"]),
+    ("healthy", ["artifacts", "retain", "indexes/stories", "--keep", "-3"]),
+    ("healthy", ["artifacts", "retain", "indexes/stories", "--keep", "0"]),
+    ("healthy", ["index", "retain", "--collection", "stories", "--keep", "0"]),
+    ("healthy", ["artifacts", "rollback", "indexes/stories", "--to", "v999", "--reason", "typo"]),
+    ("gs:// without credentials", ["artifacts", "list"]),
+])  # fmt: skip
+def test_every_store_failure_is_one_error_line_and_a_non_zero_exit(tmp_path, case, args):
+    root = "gs://ebr-no-such-bucket/x" if case.startswith("gs://") else _broken_root(tmp_path, case)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "EBR_"))}
+    env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="True")
+    done = subprocess.run([sys.executable, "-m", "cli.main", "--root", root, *args], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0, done.stdout
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    if case == "healthy" and "retain" in args:
+        assert "--keep must be at least 1" in lines[0]
+        assert ArtifactStore.open(root).kind("indexes/stories").complete_versions() == ["v001"]
+
+
+def test_a_bad_latest_affects_only_its_own_kind(tmp_path, capsys):
+    from artifacts import CorruptArtifactError
+
+    root = f"file://{tmp_path}"
+    store = ArtifactStore.open(root)
+    for name in ("indexes/stories", "embeddings/users"):
+        with store.kind(name).new_version("v001") as v:
+            v.add_bytes("part-0.bin", b"x")
+        store.kind(name).publish("v001", reason="build")
+    (tmp_path / "indexes" / "stories" / "LATEST").write_bytes(b"\xc3\x28 not utf-8")
+    with pytest.raises(CorruptArtifactError, match="indexes/stories/LATEST"):
+        store.kind("indexes/stories").latest()
+    assert store.kind("embeddings/users").latest() == "v001"
+    code, out, _ = ebr(capsys, root, "artifacts", "list")
+    assert code == 0 and "UNREADABLE" in out and "v001" in out
