@@ -32,7 +32,8 @@ class TwoTowerModel(tfrs.models.Model):
     drawn uniformly from the candidate corpus, negatives of every row:
 
         "corpus_story"          {STORY_INPUTS: [N, ...]}  their story-tower inputs, as of the
-                                                          batch's time like "story"
+                                                          batch's earliest example time (so
+                                                          no row's negatives see its future)
         "corpus_log_q"          float32 [N]  log probability of the corpus sampler for each:
                                              log(1 / corpus size) for uniform sampling
         "corpus_unigram_log_q"  float32 [N]  what "log_q" gives for the same stories (a story
