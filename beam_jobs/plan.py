@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from artifacts import MODELS, ArtifactStore, UnknownVersionError, version_name
-from artifacts.store import new_attempt_id
 from beam_jobs.errors import EmbeddingJobError
+from beam_jobs.inputs import check_input_files
 from beam_jobs.options import EmbeddingJobOptions
 from config import EbrConfig, FeatureConfig, load_config
 from warehouse import Warehouse
@@ -43,7 +43,6 @@ class JobPlan:
       run_id: the run this belongs to, for HISTORY.jsonl.
       files: Beam-readable paths per warehouse table ("users", "stories", "creators",
         "events": the event partitions this run reads).
-      attempt: the write attempt id shared by the workers and the commit step.
     """
 
     cfg: EbrConfig
@@ -58,9 +57,6 @@ class JobPlan:
     run_id: str | None
     files: dict[str, list[str]]
     publish: bool = True
-    # This run's write attempt: workers stage shards under it, the commit step registers
-    # them, and a zombie run on the same snapshot name has its own (see ArtifactKind.new_version).
-    attempt: str = field(default_factory=new_attempt_id)
 
     @property
     def as_of_iso(self) -> str:
@@ -140,9 +136,16 @@ def resolve_plan(cfg: EbrConfig, options: PipelineOptions, entity: str, *, lookb
 
     model_tag = model_version.split("-", 1)[0]
     snapshot = job.snapshot or version_name(f"{entity}-model_{model_tag}-{job.run_id or 'manual'}", datetime.fromtimestamp(as_of, UTC))
-    local = models.local_dir(model_version)  # where its files are, through its manifest
+    local = store.backend.local_path(store.backend.join(MODELS, model_version))
     if local is not None:
         models.verify(model_version)  # workers load it in place: check every sha256 once, here
+    files = {
+        "users": [beam_path(f"{warehouse.uri}/users/part-00000.parquet")],
+        "stories": [beam_path(f"{warehouse.uri}/stories/part-00000.parquet")],
+        "creators": [beam_path(f"{warehouse.uri}/creators/part-00000.parquet")],
+        "events": event_files,
+    }
+    check_input_files(files)  # a damaged file fails here, named, before any worker starts
     return JobPlan(
         cfg=cfg,
         entity=entity,
@@ -154,11 +157,6 @@ def resolve_plan(cfg: EbrConfig, options: PipelineOptions, entity: str, *, lookb
         as_of=as_of,
         snapshot=snapshot,
         run_id=job.run_id,
-        files={
-            "users": [beam_path(f"{warehouse.uri}/users/part-00000.parquet")],
-            "stories": [beam_path(f"{warehouse.uri}/stories/part-00000.parquet")],
-            "creators": [beam_path(f"{warehouse.uri}/creators/part-00000.parquet")],
-            "events": event_files,
-        },
+        files=files,
         publish=not job.no_publish,
     )

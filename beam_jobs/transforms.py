@@ -3,8 +3,7 @@
     ReadRows          Parquet files -> Arrow batches -> (bucket, usable rows) + dead letters
     EmbedBatches      FeatureBatch -> EmbeddingBatch (the SavedModel is loaded once per
                       worker, in `setup`) + dead letters for NaN or wrong-size vectors
-    WriteSnapshot     EmbeddingBatch -> Parquet shards in the run's attempt folder under
-                      ROOT/<kind>/<snapshot>/ ->
+    WriteSnapshot     EmbeddingBatch -> Parquet shards under ROOT/<kind>/<snapshot>/ ->
                       MANIFEST.json, written last and only if the error rate allows
 
 The snapshot's manifest is written by the pipeline itself, after every shard (a
@@ -14,6 +13,7 @@ version that nothing reads. Moving LATEST is left to the driver, after the run.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -30,9 +30,9 @@ from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 
 from artifacts import MODELS, ArtifactStore
 from artifacts.embedding_snapshots import shard_name, write_shard
-from artifacts.errors import VersionExistsError
-from artifacts.manifest import FileEntry
-from artifacts.names import REFUSED
+from artifacts.manifest import FileEntry, sha256_bytes
+from artifacts.store import VersionWriter
+from beam_jobs.inputs import check_input_file
 from beam_jobs.plan import JobPlan
 from beam_jobs.records import DeadLetter, EmbeddingBatch, FeatureBatch, RowRules, dead_letters_for_vectors, key_buckets, split_by_bucket, validate_rows
 
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "ebr"
 DEAD_LETTER = "dead_letter"
 ROWS_READ = "rows_read"
-REFUSED_FILE = REFUSED  # written into the run's attempt instead of the manifest when the job refuses to publish
+REFUSED_FILE = "_REFUSED.json"  # written instead of the manifest when the job refuses to publish
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 DEAD_LETTER_SAMPLE = 10_000  # dead letters kept in the snapshot (all are counted)
 
@@ -55,14 +55,12 @@ class _ValidateAndBucket(beam.DoFn):
     def __init__(self, rules: RowRules, buckets: int, key_column: str, keep: Callable[[pa.Table], pa.Array] | None):
         self.rules, self.buckets, self.key_column, self.keep = rules, buckets, key_column, keep
         self.read = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_read")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_dead_letters")
         self.skipped = Metrics.counter(METRICS_NAMESPACE, f"{rules.source}_not_selected")
 
     def process(self, table: pa.Table):
         self.read.inc(len(table))
         yield TaggedOutput(ROWS_READ, (self.rules.source, len(table)))
         good, letters = validate_rows(table, self.rules)
-        self.dead.inc(len(letters))
         for letter in letters:
             yield TaggedOutput(DEAD_LETTER, letter)
         if self.keep is not None and len(good):
@@ -96,6 +94,7 @@ class ReadRows(beam.PTransform):
         return (
             pbegin
             | "Files" >> beam.Create(self.files)
+            | "CheckFiles" >> beam.Map(check_input_file, self.rules.source)
             | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=self.columns)
             | "Validate" >> beam.ParDo(_ValidateAndBucket(self.rules, self.buckets, self.key_column, self.keep)).with_outputs(DEAD_LETTER, ROWS_READ, main="rows")
         )
@@ -132,13 +131,36 @@ def read_side_table(pipeline, label: str, files: list[str], rules: RowRules, sch
     return read, table
 
 
+class CountDeadLetters(beam.DoFn):
+    """Counts each dead letter as `<source>_dead_letters` and `<source>_dead_letters: <reason>`.
+
+    Counted once, where every step's dead letters meet, so the counters are the manifest's
+    `dead_letters` and `dead_letter_reasons` (counting in each step that makes them missed
+    the ones the features steps make: unknown users, duplicate ids).
+    """
+
+    def __init__(self):
+        self.counters = {}
+
+    def process(self, letter: DeadLetter):
+        for name in (f"{letter.source}_dead_letters", f"{letter.source}_dead_letters: {letter.reason}"):
+            if name not in self.counters:
+                self.counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+            self.counters[name].inc()
+        yield letter
+
+
 def gather_bookkeeping(reads, steps):
-    """(every dead letter of the run, every (source, rows read)) as two PCollections.
+    """(every dead letter of the run, counted; every (source, rows read)) as two PCollections.
 
     `reads` are ReadRows outputs (dead letters and counts); `steps` are other multi-output
     ParDos with a dead-letter output.
     """
-    dead_letters = tuple(r[DEAD_LETTER] for r in (*reads, *steps)) | "AllDeadLetters" >> beam.Flatten()
+    dead_letters = (
+        tuple(r[DEAD_LETTER] for r in (*reads, *steps))
+        | "AllDeadLetters" >> beam.Flatten()
+        | "CountDeadLetters" >> beam.ParDo(CountDeadLetters())
+    )
     rows_read = tuple(r.rows_read for r in reads) | "AllRowsRead" >> beam.Flatten()
     return dead_letters, rows_read
 
@@ -191,7 +213,6 @@ class EmbedBatches(beam.DoFn):
     def __init__(self, plan: JobPlan, source: str):
         self.plan, self.source = plan, source
         self.embedded = Metrics.counter(METRICS_NAMESPACE, f"{source}_embedded")
-        self.dead = Metrics.counter(METRICS_NAMESPACE, f"{source}_dead_letters")
         self.batches = Metrics.distribution(METRICS_NAMESPACE, "inference_batch_size")
         self.tower = None
 
@@ -204,7 +225,6 @@ class EmbedBatches(beam.DoFn):
         self.batches.update(len(batch))
         vectors = self.tower(batch.features, batch_size=self.plan.cfg.embed.batch_size)
         usable, letters = dead_letters_for_vectors(batch.ids, vectors, self.plan.output_dim, self.source)
-        self.dead.inc(len(letters))
         for letter in letters:
             yield TaggedOutput(DEAD_LETTER, letter)
         if usable.any():
@@ -278,16 +298,14 @@ def split_by_shard(batch: EmbeddingBatch, shards: int):
 
 
 class _WriteShard(beam.DoFn):
-    """Writes one Parquet shard, sorted by id, into the run's attempt (staging) folder."""
+    """Writes one Parquet shard, sorted by id, straight into the version directory."""
 
     def __init__(self, plan: JobPlan, kind: str):
         self.plan, self.kind_name = plan, kind
-        self.staging = None
+        self.kind = None
 
     def setup(self):
-        # The run's own attempt: no other run on this snapshot name writes where it does.
-        kind = ArtifactStore.from_config(self.plan.cfg).kind(self.kind_name)
-        self.staging = kind.new_version(self.plan.snapshot, attempt=self.plan.attempt)
+        self.kind = ArtifactStore.from_config(self.plan.cfg).kind(self.kind_name)
 
     def process(self, element):
         shard, batches = element
@@ -298,8 +316,8 @@ class _WriteShard(beam.DoFn):
         name = shard_name(shard, self.plan.cfg.embed.shards)
         data = write_shard(ids[order], vectors[order])
         # A retried bundle rewrites the same bytes under the same name: idempotent.
-        entry = self.staging.add_bytes(name, data)
-        yield ShardEntry(name, entry.size, entry.sha256, len(ids))
+        self.kind.backend.write_bytes(self.kind.backend.join(self.kind_name, self.plan.snapshot, name), data)
+        yield ShardEntry(name, len(data), sha256_bytes(data), len(ids))
 
 
 def error_rates(read: dict[str, int], dead: dict[str, int]) -> dict[str, float]:
@@ -307,12 +325,20 @@ def error_rates(read: dict[str, int], dead: dict[str, int]) -> dict[str, float]:
     return {source: dead.get(source, 0) / n for source, n in sorted(read.items()) if n}
 
 
-def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, parents: dict, params: dict, read: dict[str, int], dead: dict[str, int], dead_sample: list[DeadLetter]) -> None:
+def dead_letter_reasons(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """{(source, reason): n} as {source: {reason: n}}, sorted."""
+    out: dict[str, dict[str, int]] = {}
+    for (source, reason), n in sorted(counts.items()):
+        out.setdefault(source, {})[reason] = n
+    return out
+
+
+def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, parents: dict, params: dict, read: dict[str, int], dead: dict[str, int], dead_sample: list[DeadLetter], dead_reasons: dict[tuple[str, str], int] | None = None) -> None:
     """Writes the dead-letter sample, then the manifest, or `_REFUSED.json` saying why not."""
     kind = ArtifactStore.from_config(plan.cfg).kind(kind_name)
     if kind.is_complete(plan.snapshot):
         return  # a retried step after a successful commit
-    writer = kind.new_version(plan.snapshot, parents=parents, params=params, created_by=f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}", attempt=plan.attempt)
+    writer = VersionWriter(kind, plan.snapshot, parents, params, f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}")
     if dead_sample:
         lines = "".join(letter.to_json() + "\n" for letter in dead_sample[:DEAD_LETTER_SAMPLE])
         writer.add_bytes(DEAD_LETTER_FILE, lines.encode())
@@ -322,21 +348,19 @@ def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, pa
     if not entries:
         refusals.append(f"no {plan.entity} to embed as of {plan.as_of_iso}")
     if refusals:
-        body = {"refused": refusals, "rows_read": read, "dead_letters": dead, "dead_letter_file": DEAD_LETTER_FILE if dead_sample else None}
-        writer.refuse(body)
+        body = {"refused": refusals, "rows_read": read, "dead_letters": dead, "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}), "dead_letter_file": DEAD_LETTER_FILE if dead_sample else None}
+        kind.backend.write_bytes(kind.backend.join(kind_name, plan.snapshot, REFUSED_FILE), json.dumps(body, indent=2).encode())
         return
     for entry in sorted(entries, key=lambda e: e.name):
-        writer.register(entry.name, FileEntry(entry.size, entry.sha256))
+        writer.files[entry.name] = FileEntry(entry.size, entry.sha256)
     writer.metrics.update({
         "count": sum(e.count for e in entries),
         "rows_read": dict(sorted(read.items())),
         "dead_letters": dict(sorted(dead.items())),
+        "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}),
         "error_rates": {k: round(v, 6) for k, v in rates.items()},
     })  # fmt: skip
-    try:
-        writer.commit()
-    except VersionExistsError:  # another run on this snapshot name committed first; the driver verifies it
-        log.warning("%s/%s was committed by another run meanwhile; this run's shards are discarded", kind_name, plan.snapshot)
+    writer.commit()
 
 
 class WriteSnapshot(beam.PTransform):
@@ -366,13 +390,14 @@ class WriteSnapshot(beam.PTransform):
         )
         read = self.rows_read | "SumRead" >> beam.CombinePerKey(sum)
         dead = self.dead_letters | "DeadBySource" >> beam.Map(lambda d: (d.source, 1)) | "SumDead" >> beam.CombinePerKey(sum)
+        reasons = self.dead_letters | "DeadByReason" >> beam.Map(lambda d: ((d.source, d.reason), 1)) | "SumReasons" >> beam.CombinePerKey(sum)
         sample = self.dead_letters | "SampleDead" >> beam.combiners.Sample.FixedSizeGlobally(DEAD_LETTER_SAMPLE)
         return (
             entries
             | "AllShards" >> beam.combiners.ToList()
             | "Commit" >> beam.Map(
                 commit_snapshot, self.plan, self.kind, self.parents, self.params,
-                read=AsDict(read), dead=AsDict(dead), dead_sample=AsSingleton(sample),
+                read=AsDict(read), dead=AsDict(dead), dead_sample=AsSingleton(sample), dead_reasons=AsDict(reasons),
             )
         )  # fmt: skip
 

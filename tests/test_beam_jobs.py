@@ -7,6 +7,7 @@ training code's (no training/serving skew).
 """
 
 import json
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -24,12 +25,13 @@ from artifacts.embedding_snapshots import read_snapshot
 from beam_jobs import story_embeddings, user_embeddings
 from beam_jobs.errors import ErrorRateExceededError
 from beam_jobs.records import EmbeddingBatch, RowRules, key_buckets, list_size_check, validate_rows
-from beam_jobs.transforms import DEAD_LETTER, _ValidateAndBucket, creator_embeddings, creator_partial_sums, error_rates
+from beam_jobs.transforms import DEAD_LETTER, ReadRows, _ValidateAndBucket, creator_embeddings, creator_partial_sums, error_rates
 from config import FeatureConfig, load_config
 from models.export import TowerRunner
 from models.features import Catalog, EventHistory, story_features, user_features
 from models.pipeline import train_and_publish
-from warehouse import Warehouse
+from tests.parquet_support import damage_parquet
+from warehouse import Warehouse, WarehouseSchemaError
 from warehouse.synthetic import generate_world
 
 SMALL_MODEL = [
@@ -118,6 +120,19 @@ def test_creator_vectors_are_the_normalised_mean_of_their_stories():
             | beam.FlatMap(lambda b: [(c, tuple(round(float(x), 4) for x in v)) for c, v in zip(b.ids, b.vectors, strict=True)])
         )  # fmt: skip
         assert_that(vectors, equal_to([("a", (0.7071, 0.7071)), ("b", (0.0, 1.0))]))
+
+
+@pytest.mark.parametrize("how", ["truncated", "random bytes", "wrong schema"])
+def test_the_read_step_fails_naming_a_damaged_file(tmp_path, how):
+    # The read step itself (as a worker runs it), without the driver's check of the inputs.
+    path = tmp_path / "part-00000.parquet"
+    users = {"user_id": ["u1", "u2"], "country": ["US"] * 2, "language": ["en"] * 2, "age_bucket": ["18-24"] * 2, "account_created_ts": [0, 0]}
+    pq.write_table(pa.table(users), path)
+    problem = damage_parquet(path, how)
+    with pytest.raises(WarehouseSchemaError) as err:
+        with BeamTestPipeline() as p:
+            _ = p | ReadRows([str(path)], user_embeddings.USER_RULES, columns=user_embeddings.USER_COLUMNS, buckets=2)
+    assert str(path) in str(err.value) and re.search(problem, str(err.value)), str(err.value)
 
 
 # -- whole jobs on a tiny world -------------------------------------------------------------
@@ -279,3 +294,65 @@ def test_ebr_embed_prints_counters_and_the_snapshot(world, capsys):
     assert code == 0
     assert "users_embedded        300" in out
     assert "embeddings/users/from-cli" in out and "not published (--no_publish)" in out
+
+
+def _copy_world(world: Path, root: Path) -> Path:
+    shutil.copytree(world / "warehouse", root / "warehouse")
+    shutil.copytree(world / "models", root / "models")
+    return root
+
+
+@pytest.mark.slow
+def test_ebr_embed_names_a_damaged_warehouse_file_in_one_error_line(world, tmp_path, capsys):
+    from cli.main import main
+
+    root = _copy_world(world, tmp_path / "root")
+    path = root / "warehouse" / "events" / "dt=2026-10-05" / "part-00000.parquet"
+    damage_parquet(path, "truncated")
+    code = main(["--root", f"file://{root}", *(a for s in SMALL_MODEL for a in ("--set", s)), "embed", "users", "--no-publish"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0] and "is not a readable Parquet file" in err[0], err
+
+
+@pytest.fixture(scope="module")
+def features_step_dead_letters(world, tmp_path_factory):
+    """A copy of the world with 100 events of users the users table lacks, and 5 stories
+    eligible at 2026-10-14T12:00Z written twice: both are dead-lettered by the features
+    steps (after the read), not by validation."""
+    root = _copy_world(world, tmp_path_factory.mktemp("features-dead") / "root")
+    partition = root / "warehouse" / "events" / "dt=2026-10-10" / "part-00000.parquet"
+    events = pq.read_table(partition)
+    ghosts = events.slice(0, 100).set_column(0, "user_id", pa.array([f"ghost-{i}" for i in range(100)]))
+    pq.write_table(pa.concat_tables([events, ghosts]), partition)
+    path = root / "warehouse" / "stories" / "part-00000.parquet"
+    stories = pq.read_table(path)
+    as_of = 1_791_979_200  # 2026-10-14T12:00:00Z
+    created = stories["created_ts"].to_numpy()
+    eligible = np.flatnonzero((created >= as_of - 7 * 86_400) & (created < as_of))[:5]
+    pq.write_table(pa.concat_tables([stories, stories.take(eligible)]), path)
+    return root
+
+
+@pytest.mark.slow
+def test_the_counters_count_the_dead_letters_of_the_features_step(features_step_dead_letters, capsys):
+    from cli.main import main
+
+    root = features_step_dead_letters
+    reason = "event of a user missing from the users table"
+    code = main(["--root", f"file://{root}", *(a for s in SMALL_MODEL for a in ("--set", s)), "embed", "users", "--snapshot", "ghosts", "--no-publish"])
+    out = capsys.readouterr().out
+    assert code == 0
+    metrics = ArtifactStore.open(f"file://{root}").kind(USER_EMBEDDINGS).manifest("ghosts").metrics
+    assert metrics["dead_letters"] == {"events": 100}
+    # What `ebr embed` prints: the totals per source and per reason, as the manifest says.
+    assert re.search(r"^events_dead_letters +100$", out, re.M), out
+    assert re.search(rf"^events_dead_letters: {reason} +100$", out, re.M), out
+    assert metrics["dead_letter_reasons"] == {"events": {reason: 100}}
+
+    stories, creators = story_embeddings.run(_job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=duplicates", "--no_publish"))
+    manifest = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS).manifest("duplicates")
+    assert manifest.metrics["dead_letters"] == {"stories": 5}
+    assert stories.counters["stories_dead_letters"] == 5 and stories.counters["stories_dead_letters: duplicate story_id"] == 5
+    assert manifest.metrics["dead_letter_reasons"] == {"stories": {"duplicate story_id": 5}}
+    assert stories.counters.get("events_dead_letters", 0) == 0
