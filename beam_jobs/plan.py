@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from artifacts import MODELS, ArtifactStore, UnknownVersionError, version_name
+from artifacts.store import new_attempt_id
 from beam_jobs.errors import EmbeddingJobError
 from beam_jobs.inputs import check_input_files
 from beam_jobs.options import EmbeddingJobOptions
@@ -43,6 +44,7 @@ class JobPlan:
       run_id: the run this belongs to, for HISTORY.jsonl.
       files: Beam-readable paths per warehouse table ("users", "stories", "creators",
         "events": the event partitions this run reads).
+      attempt: the write attempt id shared by the workers and the commit step.
     """
 
     cfg: EbrConfig
@@ -57,6 +59,9 @@ class JobPlan:
     run_id: str | None
     files: dict[str, list[str]]
     publish: bool = True
+    # This run's write attempt: workers stage shards under it, the commit step registers
+    # them, and a zombie run on the same snapshot name has its own (see ArtifactKind.new_version).
+    attempt: str = field(default_factory=new_attempt_id)
 
     @property
     def as_of_iso(self) -> str:
@@ -136,7 +141,7 @@ def resolve_plan(cfg: EbrConfig, options: PipelineOptions, entity: str, *, lookb
 
     model_tag = model_version.split("-", 1)[0]
     snapshot = job.snapshot or version_name(f"{entity}-model_{model_tag}-{job.run_id or 'manual'}", datetime.fromtimestamp(as_of, UTC))
-    local = store.backend.local_path(store.backend.join(MODELS, model_version))
+    local = models.local_dir(model_version)  # where its files are, through its manifest
     if local is not None:
         models.verify(model_version)  # workers load it in place: check every sha256 once, here
     files = {

@@ -3,7 +3,8 @@
     ReadRows          Parquet files -> Arrow batches -> (bucket, usable rows) + dead letters
     EmbedBatches      FeatureBatch -> EmbeddingBatch (the SavedModel is loaded once per
                       worker, in `setup`) + dead letters for NaN or wrong-size vectors
-    WriteSnapshot     EmbeddingBatch -> Parquet shards under ROOT/<kind>/<snapshot>/ ->
+    WriteSnapshot     EmbeddingBatch -> Parquet shards in the run's attempt folder under
+                      ROOT/<kind>/<snapshot>/ ->
                       MANIFEST.json, written last and only if the error rate allows
 
 The snapshot's manifest is written by the pipeline itself, after every shard (a
@@ -13,7 +14,6 @@ version that nothing reads. Moving LATEST is left to the driver, after the run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -30,8 +30,9 @@ from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 
 from artifacts import MODELS, ArtifactStore
 from artifacts.embedding_snapshots import shard_name, write_shard
-from artifacts.manifest import FileEntry, sha256_bytes
-from artifacts.store import VersionWriter
+from artifacts.errors import VersionExistsError
+from artifacts.manifest import FileEntry
+from artifacts.names import REFUSED
 from beam_jobs.inputs import check_input_file
 from beam_jobs.plan import JobPlan
 from beam_jobs.records import DeadLetter, EmbeddingBatch, FeatureBatch, RowRules, dead_letters_for_vectors, key_buckets, split_by_bucket, validate_rows
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 METRICS_NAMESPACE = "ebr"
 DEAD_LETTER = "dead_letter"
 ROWS_READ = "rows_read"
-REFUSED_FILE = "_REFUSED.json"  # written instead of the manifest when the job refuses to publish
+REFUSED_FILE = REFUSED  # written into the run's attempt instead of the manifest when the job refuses to publish
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 DEAD_LETTER_SAMPLE = 10_000  # dead letters kept in the snapshot (all are counted)
 
@@ -298,14 +299,16 @@ def split_by_shard(batch: EmbeddingBatch, shards: int):
 
 
 class _WriteShard(beam.DoFn):
-    """Writes one Parquet shard, sorted by id, straight into the version directory."""
+    """Writes one Parquet shard, sorted by id, into the run's attempt (staging) folder."""
 
     def __init__(self, plan: JobPlan, kind: str):
         self.plan, self.kind_name = plan, kind
-        self.kind = None
+        self.staging = None
 
     def setup(self):
-        self.kind = ArtifactStore.from_config(self.plan.cfg).kind(self.kind_name)
+        # The run's own attempt: no other run on this snapshot name writes where it does.
+        kind = ArtifactStore.from_config(self.plan.cfg).kind(self.kind_name)
+        self.staging = kind.new_version(self.plan.snapshot, attempt=self.plan.attempt)
 
     def process(self, element):
         shard, batches = element
@@ -316,8 +319,8 @@ class _WriteShard(beam.DoFn):
         name = shard_name(shard, self.plan.cfg.embed.shards)
         data = write_shard(ids[order], vectors[order])
         # A retried bundle rewrites the same bytes under the same name: idempotent.
-        self.kind.backend.write_bytes(self.kind.backend.join(self.kind_name, self.plan.snapshot, name), data)
-        yield ShardEntry(name, len(data), sha256_bytes(data), len(ids))
+        entry = self.staging.add_bytes(name, data)
+        yield ShardEntry(name, entry.size, entry.sha256, len(ids))
 
 
 def error_rates(read: dict[str, int], dead: dict[str, int]) -> dict[str, float]:
@@ -338,7 +341,7 @@ def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, pa
     kind = ArtifactStore.from_config(plan.cfg).kind(kind_name)
     if kind.is_complete(plan.snapshot):
         return  # a retried step after a successful commit
-    writer = VersionWriter(kind, plan.snapshot, parents, params, f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}")
+    writer = kind.new_version(plan.snapshot, parents=parents, params=params, created_by=f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}", attempt=plan.attempt)
     if dead_sample:
         lines = "".join(letter.to_json() + "\n" for letter in dead_sample[:DEAD_LETTER_SAMPLE])
         writer.add_bytes(DEAD_LETTER_FILE, lines.encode())
@@ -349,10 +352,10 @@ def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, pa
         refusals.append(f"no {plan.entity} to embed as of {plan.as_of_iso}")
     if refusals:
         body = {"refused": refusals, "rows_read": read, "dead_letters": dead, "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}), "dead_letter_file": DEAD_LETTER_FILE if dead_sample else None}
-        kind.backend.write_bytes(kind.backend.join(kind_name, plan.snapshot, REFUSED_FILE), json.dumps(body, indent=2).encode())
+        writer.refuse(body)
         return
     for entry in sorted(entries, key=lambda e: e.name):
-        writer.files[entry.name] = FileEntry(entry.size, entry.sha256)
+        writer.register(entry.name, FileEntry(entry.size, entry.sha256))
     writer.metrics.update({
         "count": sum(e.count for e in entries),
         "rows_read": dict(sorted(read.items())),
@@ -360,7 +363,10 @@ def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, pa
         "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}),
         "error_rates": {k: round(v, 6) for k, v in rates.items()},
     })  # fmt: skip
-    writer.commit()
+    try:
+        writer.commit()
+    except VersionExistsError:  # another run on this snapshot name committed first; the driver verifies it
+        log.warning("%s/%s was committed by another run meanwhile; this run's shards are discarded", kind_name, plan.snapshot)
 
 
 class WriteSnapshot(beam.PTransform):
