@@ -158,7 +158,7 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", summary="200 only while a consistent (index, user embeddings) pair is served",
+    @app.get("/readyz", summary="200 only while a consistent (index, user embeddings) pair is served and answers",
              response_model=Readiness, responses={503: {"model": Readiness}})  # fmt: skip
     async def readyz() -> Response:
         state = reloader.state

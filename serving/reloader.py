@@ -501,19 +501,24 @@ class Reloader:
         if not manifest_path.is_file() or kind == USER_EMBEDDINGS:  # (user embeddings live in this process)
             return self._load(kind, version)
         verify_files(directory, Manifest.from_json(manifest_path.read_bytes(), str(manifest_path)), checksums=False)
-        return self._open(kind, directory)
+        # At normal priority: while it loads, this index answers nothing, so the load is
+        # the most urgent work of the process (serving.reload_nice is for loads beside a
+        # served version; on a busy machine a niced restart took seconds longer).
+        return self._open(kind, directory, load_nice=0)
 
     def _load(self, kind: str, version: str) -> LoadedIndex | IndexProcess | UserEmbeddings:
         """Downloads (checksums verified) and loads one version into a new object."""
-        return self._open(kind, self.store.kind(kind).download(version, self._cache_of(kind)))
+        directory = self.store.kind(kind).download(version, self._cache_of(kind))
+        # Nothing served yet: no request to protect, so no reason to load at a lower priority.
+        return self._open(kind, directory, load_nice=0 if self._state is None else None)
 
-    def _open(self, kind: str, directory: Path) -> LoadedIndex | IndexProcess | UserEmbeddings:
+    def _open(self, kind: str, directory: Path, load_nice: int | None = None) -> LoadedIndex | IndexProcess | UserEmbeddings:
         if kind == USER_EMBEDDINGS:
             return load_user_embeddings(directory)
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
         if self.searcher == "process":
             # Loaded, checked and warmed in the child, its loading thread at our priority.
-            return IndexProcess(directory, collection, load_nice=self.reload_nice)
+            return IndexProcess(directory, collection, load_nice=self.reload_nice if load_nice is None else load_nice)
         # download() has just checked every file's sha256; the loader still checks sizes,
         # dimension, count and that stored vectors come back as their own neighbours.
         return load_index(directory, collection, verify=False)
