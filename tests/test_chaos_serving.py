@@ -37,6 +37,8 @@ from tests.test_serving import DIM, World, error_code, metric, retrieve, served_
 POLL_S = 0.2
 # Slack for a shared 2-core machine on top of "one poll interval plus the load time".
 SLACK_S = 1.5
+# The first load of a service (its forkserver, imports, an index process) on a busy machine.
+STARTUP_S = 30.0
 
 
 @pytest.fixture
@@ -131,7 +133,7 @@ def test_a_searcher_killed_while_waiting_for_a_pair_is_restarted_within_a_poll(w
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     service, _, client = start_service()
-    wait_for(lambda: ready(client), what="readiness")
+    wait_for(lambda: ready(client), what="readiness", timeout=STARTUP_S)
     world.users("u2", "m2", seed=3)  # a model rollout: the user side arrives first
     wait_for(lambda: client.get("/v1/versions").json()["last_reload"]["action"] == "waiting", what="waiting")
     load_s = load_seconds(client)
@@ -150,7 +152,7 @@ def test_readyz_says_503_while_the_story_searcher_is_dead(world, start_service):
     world.index("stories", "s1", "m1", seed=2)
     poll_s = 1.5
     service, _, client = start_service(poll_s=poll_s)
-    wait_for(lambda: ready(client), what="readiness")
+    wait_for(lambda: ready(client), what="readiness", timeout=STARTUP_S)
     polled = service.reloader.last_poll_at
     wait_for(lambda: service.reloader.last_poll_at != polled, what="a poll")  # the next one is ~1.5 s away
     killed = time.monotonic()
@@ -168,7 +170,7 @@ def test_retention_deleting_the_served_version_leaves_it_restartable_from_the_ca
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     service, _, client = start_service()
-    wait_for(lambda: served_index(client) == "s1", what="s1")
+    wait_for(lambda: served_index(client) == "s1", what="s1", timeout=STARTUP_S)
     world.index("stories", "s2-altered", "m1", seed=3, corrupt=flip_byte)  # LATEST names a refused version
     wait_for(lambda: any(r["version"] == "s2-altered" for r in client.get("/v1/versions").json()["refused"]),
              what="s2-altered to be refused")  # fmt: skip
@@ -195,7 +197,7 @@ def test_an_index_that_crashes_the_loader_is_refused_after_n_attempts_with_backo
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     service, _, client = start_service("serving.max_load_crashes=3", "serving.load_retry_backoff_s=0.3")
-    wait_for(lambda: served_index(client) == "s1", what="s1")
+    wait_for(lambda: served_index(client) == "s1", what="s1", timeout=STARTUP_S)
     published = time.monotonic()
     world.index("stories", "s2-crashes", "m1", seed=3, damage=out_of_range_neighbours)  # verifies, then SIGSEGV
 
@@ -226,7 +228,7 @@ def test_a_non_utf8_pointer_freezes_only_its_own_kind_and_is_reported(world, sta
     world.index("stories", "s1", "m1", seed=2)
     world.index("creators", "c1", "m1", seed=3, n=300)
     _, _, client = start_service()
-    wait_for(lambda: served_index(client) == "s1", what="s1")
+    wait_for(lambda: served_index(client) == "s1", what="s1", timeout=STARTUP_S)
     pointer = world.tmp / "root" / "indexes" / "creators" / "LATEST"
     good = pointer.read_bytes()
     pointer.write_bytes(b"c\xff\xfe2\n")
@@ -252,7 +254,7 @@ def test_optional_indexes_of_the_served_model_load_while_waiting_for_a_pair(worl
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     _, _, client = start_service()
-    wait_for(lambda: served_index(client) == "s1", what="s1")
+    wait_for(lambda: served_index(client) == "s1", what="s1", timeout=STARTUP_S)
     world.users("u2", "m2", seed=3)
     wait_for(lambda: client.get("/v1/versions").json()["last_reload"]["action"] == "waiting", what="waiting")
     world.index("creators", "c1", "m1", seed=4, n=300)
@@ -286,7 +288,7 @@ def test_huge_embeddings_and_loose_types_are_refused(world, start_service):
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     _, _, client = start_service()
-    wait_for(lambda: ready(client), what="readiness")
+    wait_for(lambda: ready(client), what="readiness", timeout=STARTUP_S)
     huge = retrieve(client, embedding=[3e38] * DIM, k=5)
     assert error_code(huge) == (422, "invalid_embedding"), huge.text
     assert "norm" in huge.json()["error"]["message"]
@@ -322,7 +324,7 @@ def test_slow_clients_get_a_read_timeout(world, start_service):
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     _, server, client = start_service("serving.request_read_timeout_s=0.5")
-    wait_for(lambda: ready(client), what="readiness")
+    wait_for(lambda: ready(client), what="readiness", timeout=STARTUP_S)
     half_headers = b"POST /v1/retrieve/stories HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: applic"
     answer, closed_after = _raw_request_outcome(server.port, half_headers, wait_s=5)
     assert closed_after < 3, "a client that never finishes its headers holds the connection"
@@ -339,7 +341,7 @@ def test_one_failure_cause_logs_a_rate_limited_line_not_one_per_request(world, s
     world.users("u1", "m1", seed=1)
     world.index("stories", "s1", "m1", seed=2)
     service, _, client = start_service(poll_s=30.0)  # nothing restarts the searcher during the test
-    wait_for(lambda: ready(client), what="readiness")
+    wait_for(lambda: ready(client), what="readiness", timeout=STARTUP_S)
     kill_searcher(service)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="serving"):
