@@ -271,6 +271,10 @@ class Reloader:
             return False
         components = dict(current.components)
         for component in dead:
+            key = (component.kind, component.version)
+            failures = self.load_failures.get(key)
+            if key in self.refused or (failures is not None and time.monotonic() < failures.next_attempt_at):
+                continue  # its restarts crashed: refused, or backing off like any load
             log.warning("the %s/%s index process died; restarting it from the local cache", component.kind, component.version)
             self.metrics.searcher_restarts.labels(component.kind).inc()
             started = time.perf_counter()
@@ -500,7 +504,11 @@ class Reloader:
         manifest_path = directory / MANIFEST_FILE
         if not manifest_path.is_file() or kind == USER_EMBEDDINGS:  # (user embeddings live in this process)
             return self._load(kind, version)
-        verify_files(directory, Manifest.from_json(manifest_path.read_bytes(), str(manifest_path)), checksums=False)
+        try:
+            verify_files(directory, Manifest.from_json(manifest_path.read_bytes(), str(manifest_path)), checksums=False)
+        except CorruptArtifactError as err:  # the cache was damaged: download replaces what does not verify
+            log.warning("the cached %s/%s is damaged (%s); downloading it again", kind, version, err)
+            return self._load(kind, version)
         # At normal priority: while it loads, this index answers nothing, so the load is
         # the most urgent work of the process (serving.reload_nice is for loads beside a
         # served version; on a busy machine a niced restart took seconds longer).
