@@ -190,6 +190,19 @@ def test_retention_deleting_the_served_version_leaves_it_restartable_from_the_ca
     assert ready(client)
 
 
+def test_a_damaged_cached_copy_is_downloaded_again_when_its_searcher_restarts(world, start_service):
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    service, _, client = start_service()
+    wait_for(lambda: served_index(client) == "s1", what="s1", timeout=STARTUP_S)
+    (cached,) = (world.tmp / "cache").rglob("index.hnsw")
+    cached.write_bytes(cached.read_bytes()[:1000])  # e.g. a tmpfs cache someone cleaned up
+    old_pid = kill_searcher(service)
+    watch_until_answered(client, world, lambda body: service.reloader.state.stories.pid != old_pid)
+    assert not client.get("/v1/versions").json()["refused"]
+    assert ready(client)
+
+
 # -- item 7: crashes are counted, backed off and end in a refusal ----------------------------
 
 
