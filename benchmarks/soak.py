@@ -21,8 +21,8 @@
      rollout   users of a new model first (the service waits, the old pair serves), the
                index of that model a few polls later (the pair switches)
      kill      SIGKILL of the story index process (restarted from the local cache)
-     retention `retain(keep=2)` (after a refused LATEST it deletes the served version),
-               then a kill: the restart must come from the cache
+     retention a corrupt version published (refused), then `retain(keep=1)`, which
+               deletes the served version, then a kill: the restart must come from the cache
    After each fault the scheduler checks what the service must do and when (served
    version, refusal, readiness), within poll interval + load time + `--slack`.
 4. From the load generator's records: requests sent and failed; failures outside the
@@ -443,10 +443,14 @@ class Scheduler:
         self.restarts.append((killed, restart_s))
 
     def _retention(self, event: dict) -> None:
-        report = self.soak.store.kind("indexes/stories").retain(keep=2)
+        # Issue #13's case: LATEST names a newer version the service refused, retention keeps
+        # the newest one (and LATEST's), so it deletes the served version; then the served
+        # version's process dies. Its restart can only come from the local cache.
+        self._corrupt(event)
         served = self._served_index()
+        report = self.soak.store.kind("indexes/stories").retain(keep=1)
         event["deleted"] = report.deleted
-        event["served_was_deleted"] = served in report.deleted
+        event["checks"].append({"check": "retention deleted the served version (the case set up)", "ok": served in report.deleted})
         self._kill(event)
 
     def _refused(self, version: str) -> bool:
@@ -629,7 +633,9 @@ def run(argv: list[str] | None = None) -> dict:
         data = np.load(rows_path)
         rows = {key: data[key] for key in data.files}
         results = analyse(rows, soak, scheduler, t_start)
-        server_errors = sum(1 for line in (run_dir / "server.log").read_text().splitlines() if " ERROR " in line or "Traceback" in line)
+        log_lines = (run_dir / "server.log").read_text().splitlines()
+        server_log = {level: sum(1 for line in log_lines if line.startswith(level)) for level in ("ERROR", "WARNING")}
+        server_log["Traceback"] = sum(1 for line in log_lines if line.startswith("Traceback"))
     finally:
         for proc in (loadgen, server):
             if proc is not None and proc.poll() is None:
@@ -661,7 +667,7 @@ def run(argv: list[str] | None = None) -> dict:
                   "service_cache_dir": str(cache)},  # fmt: skip
         "faults": faults,
         "results": results,
-        "server_log_error_lines": server_errors,
+        "server_log_lines": server_log,  # refusals and restarts; failed requests are rate-limited to one line per 10 s
         "events": scheduler.events,
         "ok": not results["invariants_broken"],
     }
@@ -681,7 +687,8 @@ def to_markdown(r: dict) -> str:
         f"~{setup['fault_every_s']:g} s (seed {setup['seed']}); {r['machine']['cpus']} CPUs, load average "
         f"{r['machine']['load_average_at_start'][0]} at start, {r['machine']['load_average_at_end'][0]} at end",
         "",
-        "Faults: " + ", ".join(f"{name} {count}" for name, count in sorted(r["faults"].items())),
+        "Faults: " + ", ".join(f"{name} {count}" for name, count in sorted(r["faults"].items()))
+        + "; server log lines: " + ", ".join(f"{k} {v}" for k, v in r["server_log_lines"].items()),
         "",
         "| requests | failed | failed outside windows | 503 seconds | outages | longest outage s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",
