@@ -66,3 +66,43 @@ def test_popularity_and_als_baselines():
     # Each block's users score their own block's items above the other block's.
     assert scores[0, :2].min() > scores[0, 2:].max()
     assert scores[3, 2:].min() > scores[3, :2].max()
+
+
+def test_cold_start_recall_counts_only_stories_without_training_events():
+    # Candidates 2 and 3 are cold. User 0 (ranking 3,2,1,0; seen 3 removed -> 2,1,0) has
+    # relevant {2, 0}: cold relevant {2}, found at rank 1. User 1 (ranking 0,1,2,3) has
+    # relevant {3}: cold, at rank 4.
+    data = EvaluationSet(
+        users=np.array([0, 1]), test_events=[np.array([2, 0]), np.array([3])], seen=[np.array([3]), np.array([], dtype=int)],
+        n_candidates=4, cold=np.array([False, False, True, True]),
+    )  # fmt: skip
+    m = evaluate(scorer, data, ks=[1, 4])
+    assert m["cold_recall@1"] == pytest.approx((1 + 0) / 2) and m["cold_recall@4"] == 1.0
+    assert m["cold_eval_users"] == 2.0 and m["cold_eval_positives"] == 2.0
+    assert m["eval_positives"] == 3.0  # {2, 0} and {3}
+
+
+def test_intervals_and_paired_differences_say_whether_a_win_is_more_than_chance():
+    from models.evaluation import Measurement, bootstrap_interval, paired_difference
+
+    assert bootstrap_interval(np.full(50, 0.3), 200) == pytest.approx((0.3, 0.3))
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, 400)
+    lo, hi = bootstrap_interval(values, 1000)
+    assert lo < values.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * values.std() / np.sqrt(400), rel=0.15)
+    a = Measurement({}, {"recall@10": values})
+    b = Measurement({}, {"recall@10": values - 0.05 + rng.normal(0, 0.01, 400)})  # better by 0.05 on every user
+    win = paired_difference(a, b, "recall@10", 500)
+    assert win["difference"] == pytest.approx(0.05, abs=0.005) and win["significant"] == 1.0 and win["lo"] > 0
+    noise = Measurement({}, {"recall@10": rng.permutation(values)})  # same distribution, other users' values
+    assert paired_difference(a, noise, "recall@10", 500)["significant"] == 0.0
+    with pytest.raises(ValueError, match="not on the same users"):
+        paired_difference(a, Measurement({}, {"recall@10": values[:10]}), "recall@10")
+
+
+def test_evaluate_adds_bootstrap_intervals_and_sizes_next_to_every_per_user_metric():
+    data = EvaluationSet(users=np.array([0, 1]), test_events=[np.array([2, 0]), np.array([3])], seen=[np.array([3]), np.array([], dtype=int)], n_candidates=4)
+    m = evaluate(scorer, data, ks=[1, 2], bootstrap=200)
+    for name in ("recall@1", "recall@2", "ndcg@10"):
+        assert m[f"{name}_lo"] <= m[name] <= m[f"{name}_hi"]
+    assert m["eval_users"] == 2.0 and m["eval_positives"] == 3.0
