@@ -291,6 +291,30 @@ class ImplicitALS(Baseline):
         return scores
 
 
+class WithColdUserFallback(Baseline):
+    """A personalised baseline that ranks users without a training positive by `fallback`.
+
+    ALS, EASE and item-kNN have nothing to say about such a user (no factor, no row of X):
+    their scores are all zero and the ranking is index order, a straw man. On a time
+    split most held-out users can be new (MovieLens: people rate in one sitting), so the
+    fair baseline is the usual production one: the personalised model where there is
+    history, (recent) popularity where there is none.
+    """
+
+    def __init__(self, scorer: Scorer, warm_users: np.ndarray, fallback: Scorer):
+        """warm_users: [n_users] bool, True where the user has a training positive."""
+        self.scorer, self.warm_users, self.fallback = scorer, np.asarray(warm_users, dtype=bool), fallback
+        self.name = getattr(scorer, "name", "baseline")
+
+    def __call__(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users)
+        scores = np.array(self.scorer(users), dtype=np.float32, copy=True)
+        cold = ~self.warm_users[users]
+        if cold.any():
+            scores[cold] = self.fallback(users[cold])
+        return scores
+
+
 class Choice(NamedTuple):
     """What `choose_by_validation` found: `best, params, trials = choose_by_validation(...)`."""
 

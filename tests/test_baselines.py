@@ -171,3 +171,15 @@ def test_default_grids_and_labels():
     for cls in (Popularity, RecentPopularity, EASE, ItemKNN, ImplicitALS):
         assert cls.scores_cold_items is False and cls.name
     assert len({cls.name for cls in (Popularity, RecentPopularity, EASE, ItemKNN, ImplicitALS)}) == 5
+
+
+def test_users_without_history_get_the_fallback_ranking_instead_of_index_order():
+    from models.baselines import WithColdUserFallback
+
+    # User 0 engaged with item 1; user 1 has no training positive. ALS-like scores are
+    # zeros for user 1 (index order); popularity says item 2 > item 0 > item 1.
+    personal = lambda users: np.array([[0.1, 0.9, 0.2], [0.0, 0.0, 0.0]], dtype=np.float32)[users]  # noqa: E731
+    popularity = lambda users: np.tile(np.array([2.0, 1.0, 3.0], dtype=np.float32), (len(users), 1))  # noqa: E731
+    scorer = WithColdUserFallback(personal, warm_users=np.array([True, False]), fallback=popularity)
+    np.testing.assert_allclose(scorer(np.array([0, 1])), [[0.1, 0.9, 0.2], [2.0, 1.0, 3.0]], rtol=1e-6)
+    np.testing.assert_array_equal(scorer(np.array([1])), [[2.0, 1.0, 3.0]])
