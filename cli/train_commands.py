@@ -10,7 +10,18 @@ from cli.output import table
 from config import EbrConfig
 from config.settings import REPO_DIR
 
-SHOWN = ("recall@10", "recall@100", "recall@500", "top_k_accuracy@100", "ndcg@10", "coverage@100", "language_match@10", "country_match@10", "oracle_recall@100")
+SHOWN = ("recall@10", "recall@100", "recall@500", "top_k_accuracy@100", "ndcg@10", "coverage@100", "language_match@10",
+         "country_match@10", "oracle_recall@100", "cold_recall@100", "catalogue_recall@100")  # fmt: skip
+SIZES = ("eval_users", "eval_positives", "cold_eval_users", "cold_eval_positives")
+
+
+def metric_cell(metrics: dict[str, float], name: str) -> str:
+    """"0.1234 [0.1180, 0.1290]" with the bootstrap interval when there is one."""
+    if name not in metrics:
+        return "-"
+    if f"{name}_lo" in metrics:
+        return f"{metrics[name]:.4f} [{metrics[f'{name}_lo']:.4f}, {metrics[f'{name}_hi']:.4f}]"
+    return f"{metrics[name]:.4f}"
 
 
 def train(cfg: EbrConfig, args: Namespace) -> int:
@@ -25,8 +36,11 @@ def train(cfg: EbrConfig, args: Namespace) -> int:
         return 0
     metrics = outcome.result.metrics
     names = [n for n in SHOWN if n in metrics["model"]]
+    model = metrics["model"]
     print()
-    print(table(["metric", *metrics], [(n, *(f"{m[n]:.4f}" for m in metrics.values())) for n in names]))
+    print("test set: " + ", ".join(f"{int(model[n]):,} {n.replace('_', ' ')}" for n in SIZES if n in model)
+          + f" over {outcome.result.split.get('candidates', {}).get('eligible', 0):,} eligible candidates (95% bootstrap intervals over users)")  # fmt: skip
+    print(table(["metric", *metrics], [(n, *(metric_cell(m, n) for m in metrics.values())) for n in names]))
     print(f"\nbest epoch {outcome.result.best_epoch}, {outcome.result.examples_per_second:,.0f} training examples/s")
     print(f"gate: {'promote' if outcome.gate.promote else 'REFUSE'}: {'; '.join(outcome.gate.reasons)}")
     if outcome.published is not None:

@@ -182,13 +182,32 @@ class TrainConfig(_Section):
     batch_size: int = Field(1024, ge=2)
     epochs: int = Field(30, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    # The learning rate rises linearly over `warmup_steps` optimisation steps, then follows
+    # a cosine down to `min_learning_rate_ratio * learning_rate` at `decay_steps` and stays
+    # there. Both are counted in steps, not epochs: the schedule does not stretch with
+    # `epochs` (an upper bound for early stopping), and the epoch early stopping keeps is
+    # never one that ended inside the warm-up.
+    warmup_steps: int = Field(200, ge=0)
+    decay_steps: int = Field(20_000, ge=1)
+    min_learning_rate_ratio: float = Field(0.05, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(4, ge=1)
     seed: int = 42
-    # "time": the last `holdout_days` are the test set; "random": a random fraction.
+    # Seed of the random split and of the evaluated-user sample; None: `seed`. Fix it to
+    # vary the model's seed on one split (benchmarks/model_quality.py does).
+    split_seed: int | None = None
+    # "time": a test window at the end of the log (see below); "random": a random
+    # `test_fraction` of the events (the TFRS tutorial protocol).
     split: Literal["time", "random"] = "time"
+    # The time split's test window: the last `holdout_days` day partitions at least,
+    # extended one day at a time until it holds `min_test_users` users with a positive and
+    # `min_test_positives` positives (a window of three quiet days can hold a dozen users:
+    # nothing measured on it means anything), but never more than `max_holdout_fraction`
+    # of the event days; when that cannot reach the minimum the split says so and fails.
     holdout_days: int = Field(3, ge=1)
+    min_test_users: int = Field(100, ge=1)
+    min_test_positives: int = Field(1000, ge=1)
+    max_holdout_fraction: float = Field(0.5, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     # How a training example's features are timed. "event": as of the example's own
     # timestamp (the production rule: no look-ahead; required for the time split).
@@ -202,6 +221,16 @@ class TrainConfig(_Section):
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     eval_ks: tuple[int, ...] = (10, 50, 100, 500)
     max_eval_users: int = Field(5000, ge=1)
+    # Baselines' hyper-parameters (ALS factors and regularisation, EASE's lambda, kNN's
+    # neighbours, the recent-popularity window) are chosen on a validation split carved
+    # out of the training events the same way the test split is carved out of the log.
+    tune_baselines: bool = True
+    # Bootstrap resamples of the evaluated users behind every confidence interval.
+    bootstrap_samples: int = Field(1000, ge=10)
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     @model_validator(mode="after")
     def _snapshot_needs_random_split(self) -> TrainConfig:
@@ -213,11 +242,17 @@ class TrainConfig(_Section):
 class GateConfig(_Section):
     """The promotion gate a trained model passes before it is published."""
 
-    metric: str = "recall@100"
+    # Every one of these is checked, against popularity (the better of all-time and
+    # recent popularity) and against the published model.
+    metrics: tuple[str, ...] = ("recall@10", "recall@100", "recall@500", "ndcg@10")
     # The model must beat popularity by at least this fraction (0: simply not be worse).
     min_lift_over_popularity: float = Field(0.0, ge=0)
     # ...and lose no more than this fraction against the model LATEST names.
     max_regression: float = Field(0.10, ge=0, le=1)
+    # Below this many evaluated users or test positives the gate does not decide: it
+    # refuses, and says the test set is too small to tell a collapsed model from a good one.
+    min_eval_users: int = Field(100, ge=1)
+    min_eval_positives: int = Field(500, ge=1)
 
 
 class EmbedConfig(_Section):

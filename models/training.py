@@ -1,14 +1,24 @@
 """Training and evaluation: `train_and_evaluate(cfg, workdir)`.
 
-1. Split the warehouse events: by time (the last `holdout_days` are the test set) or at
-   random (`test_fraction`, numpy seed `train.seed`, as in the TFRS tutorial protocol).
+1. Split the warehouse events: by time (a test window at the end of the log, at least
+   `holdout_days` long and extended until it holds `min_test_users` and
+   `min_test_positives`) or at random (`test_fraction`, numpy seed `train.seed`, as in the
+   TFRS tutorial protocol).
 2. Index the training events (`models.features.EventHistory`); the examples are the
    positive training events, each with features as of its own timestamp, built batch by
    batch while training (never all in memory). A random `validation_fraction` of them
    is held out to choose the epoch.
 3. Fit the two-tower model; after each epoch measure validation top-100 accuracy, keep the
-   best weights, stop after `patience` epochs without improvement.
-4. Evaluate the model, popularity and implicit ALS on the same test set with the same code.
+   best weights (never those of an epoch that ended inside the warm-up), stop after
+   `patience` epochs without improvement.
+4. Evaluate the model and the baselines (`models.baselines`: popularity, recent
+   popularity, implicit ALS, EASE or item-kNN, their hyper-parameters chosen on a
+   validation split carved out of the training events) on the same test set with the
+   same code, twice: over the *eligible* candidates (the stories the index would hold
+   during the test window: created before its end and at most `embed.story_max_age_days`
+   old at its start, what serving serves) and over the whole catalogue. Every figure comes
+   with the test-set size and a bootstrap interval over users; cold-start recall (test
+   positives on stories with no training event) is reported on its own.
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +39,28 @@ import pyarrow.compute as pc
 import tensorflow as tf
 
 from config import EbrConfig, FeatureConfig, TrainConfig
-from models.baselines import ImplicitALS, Popularity
-from models.evaluation import EvaluationSet, evaluate, rows_by_key
-from models.towers import adapt_normalization
+from models.baselines import (
+    ALS_GRID,
+    COLD_ITEM_SCORE,
+    EASE,
+    EASE_GRID,
+    ITEM_KNN_GRID,
+    ImplicitALS,
+    ItemKNN,
+    Popularity,
+    RecentPopularity,
+    WithColdUserFallback,
+    choose_by_validation,
+)
+from models.evaluation import EvaluationSet, Scorer, measure, paired_difference, rows_by_key, summarize
+from models.towers import OOV_INDEX, PAD_INDEX, adapt_normalization
 from models.two_tower import TwoTowerModel, WarmupCosine
 from models.features import (
     STORY_INPUTS,
     USER_INPUTS,
     Catalog,
     EventHistory,
+    SECONDS_PER_DAY,
     positive_scores,
     story_features,
     story_stat_names,
@@ -73,16 +97,22 @@ class Split:
         return last[users] + 1
 
 
-def load_split(warehouse: Warehouse, cfg: TrainConfig) -> Split:
-    """Time split: the last `holdout_days` day partitions are the test set, and training
+def load_split(warehouse: Warehouse, cfg: TrainConfig, features: FeatureConfig) -> Split:
+    """Time split: a test window at the end of the log (see `choose_test_window`); training
     days are read one partition at a time. Random split: `test_fraction` of all events,
     chosen with numpy's default_rng(seed) (the TFRS-tutorial protocol)."""
     if cfg.split == "random":
         return random_split(warehouse.read_events(), cfg)
     days = warehouse.event_days()
-    if len(days) <= cfg.holdout_days:
-        raise ValueError(f"a time split with holdout_days={cfg.holdout_days} needs more than {len(days)} days of events")
-    cutoff_day = days[-cfg.holdout_days]
+    columns = ["user_id", *features.label_weights]
+
+    def day_counts():  # newest first, read only as far back as the window needs
+        for day in reversed(days):
+            events = warehouse.read_events(start=day, end=day + timedelta(days=1), columns=columns)
+            positive = positive_scores(events, features) >= features.label_threshold
+            yield day, int(positive.sum()), set(events["user_id"].filter(pa.array(positive)).to_pylist())
+
+    cutoff_day = choose_test_window(day_counts(), len(days), cfg)
     return Split(
         train_parts=lambda: (table for _, table in warehouse.iter_events(end=cutoff_day)),
         test=warehouse.read_events(start=cutoff_day),
@@ -91,36 +121,100 @@ def load_split(warehouse: Warehouse, cfg: TrainConfig) -> Split:
     )
 
 
+def choose_test_window(days_newest_first: Iterable[tuple[Any, int, set]], n_days: int, cfg: TrainConfig) -> Any:
+    """The first day of the time split's test window.
+
+    `days_newest_first` yields (day, positives, users with a positive) per day partition.
+    The window takes at least `holdout_days` days and grows a day at a time until it holds
+    `min_test_users` users and `min_test_positives` positives; it may not take more than
+    `max_holdout_fraction` of the days (the rest must be left to train on).
+    """
+    limit = int(n_days * cfg.max_holdout_fraction)
+    if n_days < 2 or limit < min(cfg.holdout_days, n_days - 1):
+        raise ValueError(f"a time split needs more days of events: {n_days} day(s), holdout_days={cfg.holdout_days}, max_holdout_fraction={cfg.max_holdout_fraction}")
+    positives, users, taken = 0, set(), 0
+    for day, day_positives, day_users in days_newest_first:
+        if taken >= max(limit, 1):
+            break
+        positives, users, taken = positives + day_positives, users | day_users, taken + 1
+        if taken >= cfg.holdout_days and len(users) >= cfg.min_test_users and positives >= cfg.min_test_positives:
+            log.info("time split: the last %d day(s) from %s are the test set (%d users with a positive, %d positives)", taken, day, len(users), positives)
+            return day
+    raise ValueError(
+        f"a time split cannot reach train.min_test_users={cfg.min_test_users} and train.min_test_positives={cfg.min_test_positives}: "
+        f"the last {taken} day(s) (max_holdout_fraction={cfg.max_holdout_fraction} of {n_days}) hold {len(users)} users and {positives} positives. "
+        "Lower the minimums, allow a larger max_holdout_fraction, or use train.split=random"
+    )
+
+
 def random_split(events: pa.Table, cfg: TrainConfig) -> Split:
-    order = np.random.default_rng(cfg.seed).permutation(len(events))
+    order = np.random.default_rng(cfg.effective_split_seed).permutation(len(events))
     n_train = int(round(len(events) * (1.0 - cfg.test_fraction)))
     train, test = events.take(np.sort(order[:n_train])), events.take(np.sort(order[n_train:]))
     return Split(lambda: [train], test, int(pc.max(train["ts"]).as_py()) + 1, "random")
 
 
 def build_vocabularies(catalog: Catalog, history: EventHistory, rows: np.ndarray, min_count: int) -> dict[str, list[str]]:
-    """Ids seen in training examples (at least `min_count` times); the rest map to OOV."""
+    """Every story, creator and hashtag the warehouse knows; users with training examples.
 
-    def frequent(values) -> list[str]:
-        counts = Counter(values)
-        return sorted(v for v, c in counts.items() if c >= min_count and v != "")
-
-    stories = history.story[rows]
+    Stories not yet engaged with are in the vocabulary too (the export is complete); their
+    rows are set to the trained out-of-vocabulary row after training (`tie_untrained_rows`),
+    so a story with no training positive is scored as a fresh one is: by its content and
+    creator through the OOV row that id dropout trains. Users below `min_count` training
+    examples share the OOV row.
+    """
+    counts = Counter(catalog.user_ids[history.user[rows]].tolist())
     return {
-        "user_id": frequent(catalog.user_ids[history.user[rows]].tolist()),
-        "story_id": frequent(catalog.story_ids[stories].tolist()),
-        "creator_id": frequent(catalog.story_creator[stories].tolist()),
-        "hashtag": frequent(catalog.story_hashtags[stories].ravel().tolist()),
+        "user_id": sorted(v for v, c in counts.items() if c >= min_count and v != ""),
+        "story_id": sorted(set(catalog.story_ids.tolist()) - {""}),
+        "creator_id": sorted(set(catalog.story_creator.tolist()) - {""}),
+        "hashtag": sorted(set(catalog.story_hashtags.ravel().tolist()) - {""}),
         "country": sorted(set(catalog.user_country) | set(catalog.story_country)),
         "language": sorted(set(catalog.user_language) | set(catalog.story_language)),
         "age_bucket": sorted(set(catalog.user_age_bucket)),
     }
 
 
-class ExampleSource:
-    """Batches of training examples, features computed on the fly (see TrainConfig.example_features)."""
+def tie_untrained_rows(model: TwoTowerModel, catalog: Catalog, history: EventHistory) -> dict[str, int]:
+    """Sets the embedding rows of ids no training positive touched to the OOV row.
 
-    def __init__(self, history: EventHistory, rows: np.ndarray, features: FeatureConfig, split: Split, timing: str = "event"):
+    Such a row got no gradient (the in-batch loss and the history sequences only reach the
+    rows of engaged stories), so it still holds its random initialisation; the OOV row is
+    trained by id dropout to stand for "an id the model knows nothing about". Returns how
+    many rows of each table were tied.
+    """
+    engaged = np.unique(history.story[history.positive])
+    trained = {
+        "story": catalog.story_ids[engaged],
+        "creator": catalog.story_creator[engaged],
+        "hashtag": catalog.story_hashtags[engaged].ravel(),
+    }
+    tied = {}
+    for name, ids in trained.items():
+        layer = getattr(model.user_tower.shared, name)
+        table = layer.embedding.embeddings
+        rows = np.zeros(int(table.shape[0]), dtype=bool)
+        rows[layer.index(tf.constant(np.asarray(ids, dtype=object).astype(str))).numpy().ravel()] = True
+        rows[[PAD_INDEX, OOV_INDEX]] = True  # padding and the OOV row itself stay
+        values = table.numpy()
+        values[~rows] = values[OOV_INDEX]
+        table.assign(values)
+        tied[name] = int((~rows).sum())
+    return tied
+
+
+class ExampleSource:
+    """Batches of training examples, features computed on the fly (see TrainConfig.example_features).
+
+    With `corpus_negatives` N > 0 each batch also carries N stories drawn uniformly from the
+    stories of `corpus` created before the batch's earliest example (mixed negative
+    sampling, Yang et al. 2020; the keys are TwoTowerModel's): "corpus_story" (story-tower
+    inputs, [N, ...]), "corpus_log_q" ([N], log of the uniform sampling probability) and
+    "corpus_unigram_log_q" ([N], the stories' in-batch log q, as "log_q").
+    """
+
+    def __init__(self, history: EventHistory, rows: np.ndarray, features: FeatureConfig, split: Split, timing: str = "event",
+                 *, corpus: np.ndarray | None = None, corpus_negatives: int = 0, seed: int = 0):  # fmt: skip
         self.history = history
         self.rows = rows
         self.split = split
@@ -132,8 +226,15 @@ class ExampleSource:
         # Snapshot timing: each user's as-of time, computed once (it scans the whole log).
         all_users = np.arange(len(history.catalog.user_ids))
         self.user_snapshot = split.user_as_of(history, all_users) if timing == "snapshot" else None
+        # The corpus sorted by creation time: a batch samples among the stories that
+        # existed at its earliest example.
+        corpus = np.asarray(corpus if corpus is not None else [], dtype=np.int64)
+        self.corpus = corpus[np.argsort(history.catalog.story_created_ts[corpus], kind="stable")]
+        self.corpus_created = history.catalog.story_created_ts[self.corpus]
+        self.corpus_negatives = corpus_negatives if len(self.corpus) else 0
+        self.rng = np.random.default_rng(seed)
 
-    def batch(self, rows: np.ndarray) -> dict[str, Any]:
+    def batch(self, rows: np.ndarray, *, corpus: bool = True) -> dict[str, Any]:
         h = self.history
         user, story = h.user[rows], h.story[rows]
         if self.timing == "event":
@@ -142,13 +243,23 @@ class ExampleSource:
         else:
             users = leave_out(user_features(h, user, self.user_snapshot[user]), h.catalog.story_ids[story], h.cfg)
             stories = story_features(h, story, np.full(len(rows), self.split.as_of))
-        return {
+        batch = {
             "user": users,
             "story": stories,
             "log_q": self.log_q[story],
             "weight": self.weights[rows],
             "label": h.positive[rows].astype(np.float32),
         }
+        if self.corpus_negatives and corpus:
+            # As of the batch's earliest example (the snapshot time in snapshot timing), so
+            # no row's negatives come from its future.
+            as_of = self.split.as_of if self.timing == "snapshot" else int(h.ts[rows].min())
+            existing = max(int(np.searchsorted(self.corpus_created, as_of)), 1)
+            sampled = self.corpus[self.rng.integers(0, existing, self.corpus_negatives)]
+            batch["corpus_story"] = story_features(h, sampled, np.full(len(sampled), as_of))
+            batch["corpus_log_q"] = np.full(len(sampled), -np.log(existing), dtype=np.float32)
+            batch["corpus_unigram_log_q"] = self.log_q[sampled]
+        return batch
 
     def batches(self, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
         order = np.random.default_rng(seed).permutation(self.rows)
@@ -170,12 +281,23 @@ def leave_out(users: dict[str, np.ndarray], story_ids: np.ndarray, cfg: FeatureC
 
 @dataclass
 class TrainingResult:
-    metrics: dict[str, dict[str, float]]  # "model", "popularity", "als" -> metrics
+    # "model" and each baseline -> metrics over the eligible candidates, with sizes, 95%
+    # bootstrap intervals (<metric>_lo/_hi) and the whole-catalogue figures (catalogue_*).
+    metrics: dict[str, dict[str, float]]
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch
     best_epoch: int = 0
     examples_per_second: float = 0.0
     model: Any = None
     vocabularies: dict[str, list[str]] = field(default_factory=dict)
+    # baseline -> metric -> paired difference model - baseline (see evaluation.paired_difference)
+    comparisons: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # baseline -> the chosen hyper-parameters and every validation trial
+    baseline_choices: dict[str, dict[str, Any]] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)  # what was held out, and the candidates
+
+
+# The per-user metrics model and baselines are compared on (paired bootstrap).
+COMPARED = ("recall@10", "recall@100", "recall@500", "ndcg@10")
 
 
 def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | None = None, *, baselines: bool = True, verbose: int = 1) -> TrainingResult:
@@ -188,17 +310,23 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     tf.config.experimental.enable_op_determinism()
     warehouse = warehouse or Warehouse.from_config(cfg)
     fcfg, tcfg = cfg.features, cfg.train
+    ks = evaluation_ks(cfg)
 
     catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
-    split = load_split(warehouse, tcfg)
+    split = load_split(warehouse, tcfg, fcfg)
     history = EventHistory.from_tables(split.train_parts(), catalog, fcfg)
     positives = np.flatnonzero(history.positive)
+    if len(positives) < 2:
+        raise ValueError(f"the training events hold {len(positives)} positive(s) under features.label_weights={dict(fcfg.label_weights)}: nothing to train on")
     rng = np.random.default_rng(tcfg.seed)
     validation = rng.choice(positives, size=max(1, int(len(positives) * tcfg.validation_fraction)), replace=False)
     # In-batch negatives train on positives only; impression negatives on every impression.
     pool = positives if cfg.model.negatives == "in_batch" else np.arange(len(history.ts))
     train_rows = np.setdiff1d(pool, validation)
-    source = ExampleSource(history, train_rows, fcfg, split, tcfg.example_features)
+    source = ExampleSource(
+        history, train_rows, fcfg, split, tcfg.example_features,
+        corpus=np.unique(history.story), corpus_negatives=cfg.model.corpus_negatives, seed=tcfg.seed,
+    )  # fmt: skip
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
     log.info("split %s: %d train events (%d examples), %d test events", split.kind, len(history.ts), len(train_rows), len(split.test))
 
@@ -208,18 +336,18 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     adapt_normalization(model.story_tower.stats_norm, sample["story"]["story_stats"])
 
     steps_per_epoch = max(len(train_rows) // tcfg.batch_size, 1)
-    schedule = WarmupCosine(tcfg.learning_rate, steps_per_epoch * tcfg.epochs, steps_per_epoch * tcfg.epochs * tcfg.warmup_fraction)
+    schedule = WarmupCosine(tcfg.learning_rate, tcfg.decay_steps, tcfg.warmup_steps, floor=tcfg.min_learning_rate_ratio)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule))
 
-    candidates = _candidates(catalog, split)
-    evaluation = _evaluation_set(catalog, history, split, candidates, tcfg, warehouse)
-    signature = _output_signature(sample)
+    candidates = CandidateSets.at(catalog, history, split, cfg.embed.story_max_age_days)
+    evaluation = {name: _evaluation_set(catalog, history, split, c, tcfg, warehouse) for name, c in candidates.sets.items()}
+    signature = _output_signature(source.batch(train_rows[: tcfg.batch_size]))
     epoch_seed = iter(range(tcfg.seed, tcfg.seed + 10_000))
     dataset = tf.data.Dataset.from_generator(
         lambda: source.batches(tcfg.batch_size, next(epoch_seed)), output_signature=signature
     ).prefetch(2)
 
-    validator = _Validator(model, source, validation, candidates, split.as_of, tcfg, workdir / "tensorboard")
+    validator = _Validator(model, source, validation, candidates.sets["catalogue"], split.as_of, tcfg, workdir / "tensorboard", steps_per_epoch)
     started = time.perf_counter()
     model.fit(
         dataset,
@@ -229,13 +357,24 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     )
     seconds = time.perf_counter() - started
     validator.restore_best()
+    tied = tie_untrained_rows(model, catalog, history)
+    log.info("rows tied to the OOV row (no training positive): %s", tied)
 
-    user_emb = _embed(model.user_tower, user_features(history, evaluation.users, split.user_as_of(history, evaluation.users)))
-    story_emb = _embed(model.story_tower, story_features(history, candidates, np.full(len(candidates), split.as_of)))
-    user_pos = {u: i for i, u in enumerate(evaluation.users.tolist())}
-    metrics = {"model": evaluate(lambda users: user_emb[[user_pos[u] for u in users]] @ story_emb.T, evaluation, tcfg.eval_ks)}
+    all_stories = candidates.sets["catalogue"]
+    story_emb = _embed(model.story_tower, story_features(history, all_stories, candidates.story_as_of(all_stories)))
+    scorers: dict[str, Scorer] = {}
+    users = np.unique(np.concatenate([e.users for e in evaluation.values()]))
+    user_emb = _embed(model.user_tower, user_features(history, users, split.user_as_of(history, users)))
+    user_pos = np.full(len(catalog.user_ids), -1)
+    user_pos[users] = np.arange(len(users))
+    scorers["model"] = lambda u: user_emb[user_pos[u]] @ story_emb.T  # over the catalogue
+    choices: dict[str, dict[str, Any]] = {}
     if baselines:
-        metrics.update(_baseline_metrics(history, candidates, evaluation, tcfg))
+        fitted = fit_baselines(history, split, catalog, cfg)
+        for name, (scorer, choice) in fitted.items():
+            scorers[name] = scorer
+            choices[name] = choice
+    metrics, comparisons = _measure_all(scorers, evaluation, candidates, ks, tcfg)
     result = TrainingResult(
         metrics=metrics,
         history=validator.history,
@@ -244,17 +383,61 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
         examples_per_second=len(train_rows) * len(validator.history) / max(seconds - validator.seconds, 1e-9),
         model=model,
         vocabularies=vocabularies,
-    )
+        comparisons=comparisons,
+        baseline_choices=choices,
+        split={"kind": split.kind, "as_of": split.as_of, "test_events": len(split.test), "train_events": len(history.ts),
+               "candidates": {name: len(c) for name, c in candidates.sets.items()}, "cold_candidates": int(candidates.cold.sum())},
+    )  # fmt: skip
     (workdir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "history": result.history, "best_epoch": result.best_epoch,
-         "examples_per_second": result.examples_per_second, "split": split.kind}, indent=2))  # fmt: skip
+        {"metrics": metrics, "comparisons": comparisons, "history": result.history, "best_epoch": result.best_epoch,
+         "examples_per_second": result.examples_per_second, "split": result.split,
+         "baseline_choices": choices}, indent=2, default=float))  # fmt: skip
     return result
 
 
-def _candidates(catalog: Catalog, split: Split) -> np.ndarray:
-    """Every story created before the test window ends: what an index could hold then."""
-    end = int(pc.max(split.test["ts"]).as_py()) + 1 if len(split.test) else split.as_of
-    return np.flatnonzero(catalog.story_created_ts < end)
+def evaluation_ks(cfg: EbrConfig) -> list[int]:
+    """`train.eval_ks` and every depth the promotion gate reads."""
+    gate_ks = {int(m.partition("@")[2]) for m in cfg.gate.metrics if m.partition("@")[2].isdigit()}
+    return sorted(set(cfg.train.eval_ks) | gate_ks)
+
+
+@dataclass(frozen=True)
+class CandidateSets:
+    """The stories an evaluation ranks, as catalogue rows.
+
+    - "eligible": what the story index would hold during the test window, what serving
+      serves: created before the window ends, at most `story_max_age_days` old when it
+      starts (the story dataflow's rule). The random split has no window: the catalogue.
+    - "catalogue": every story created before the window ends.
+    `cold` marks, over the catalogue, stories with no training event at all.
+    """
+
+    sets: dict[str, np.ndarray]
+    cold: np.ndarray  # [len(catalogue)] bool
+    created_ts: np.ndarray  # [n_stories]
+    as_of: int
+
+    @classmethod
+    def at(cls, catalog: Catalog, history: EventHistory, split: Split, story_max_age_days: float) -> CandidateSets:
+        end = int(pc.max(split.test["ts"]).as_py()) + 1 if len(split.test) else split.as_of
+        created = catalog.story_created_ts
+        catalogue = np.flatnonzero(created < end)
+        if split.kind == "time":
+            eligible = np.flatnonzero((created < end) & (created >= split.as_of - story_max_age_days * SECONDS_PER_DAY))
+        else:
+            eligible = catalogue
+        trained = np.zeros(len(catalog.story_ids), dtype=bool)
+        trained[history.story] = True
+        return cls({"eligible": eligible, "catalogue": catalogue}, ~trained[catalogue], created, split.as_of)
+
+    @property
+    def eligible(self) -> np.ndarray:
+        return self.sets["eligible"]
+
+    def story_as_of(self, stories: np.ndarray) -> np.ndarray:
+        """When the index embeds each story: at the cutoff, or just after its creation for
+        stories created during the test window (a story index snapshot minutes later)."""
+        return np.maximum(self.as_of, self.created_ts[stories] + 1)
 
 
 def _evaluation_set(catalog, history, split, candidates, tcfg, warehouse) -> EvaluationSet:
@@ -265,12 +448,13 @@ def _evaluation_set(catalog, history, split, candidates, tcfg, warehouse) -> Eva
     keep = (positive_scores(split.test, history.cfg) >= history.cfg.label_threshold) & (test_story >= 0)
     users = np.unique(test_user[keep])
     if len(users) > tcfg.max_eval_users:
-        users = np.sort(np.random.default_rng(tcfg.seed).choice(users, tcfg.max_eval_users, replace=False))
+        users = np.sort(np.random.default_rng(tcfg.effective_split_seed).choice(users, tcfg.max_eval_users, replace=False))
     n_users = len(catalog.user_ids)
     test_by_user = rows_by_key(test_user[keep], n_users, test_story[keep])
     seen_pos = position[history.story]
     seen_by_user = rows_by_key(history.user[seen_pos >= 0], n_users, seen_pos[seen_pos >= 0])
-    oracle = _oracle(warehouse, catalog, candidates)
+    trained = np.zeros(len(catalog.story_ids), dtype=bool)
+    trained[history.story] = True
     return EvaluationSet(
         users=users,
         test_events=[test_by_user[u][0] for u in users.tolist()],
@@ -280,7 +464,8 @@ def _evaluation_set(catalog, history, split, candidates, tcfg, warehouse) -> Eva
             "language": (catalog.user_language[users], catalog.story_language[candidates]),
             "country": (catalog.user_country[users], catalog.story_country[candidates]),
         },
-        oracle=oracle,
+        oracle=_oracle(warehouse, catalog, candidates),
+        cold=~trained[candidates],
     )
 
 
@@ -303,14 +488,157 @@ def _oracle(warehouse: Warehouse, catalog: Catalog, candidates: np.ndarray):
     return scores
 
 
-def _baseline_metrics(history: EventHistory, candidates: np.ndarray, evaluation: EvaluationSet, tcfg: TrainConfig) -> dict[str, dict[str, float]]:
-    position = np.full(len(history.catalog.story_ids), -1)
-    position[candidates] = np.arange(len(candidates))
-    positive = history.positive & (position[history.story] >= 0)
-    stories = position[history.story[positive]]
-    popularity = Popularity(stories, len(candidates))
-    als = ImplicitALS(factors=32, seed=tcfg.seed).fit(history.user[positive], stories, len(history.catalog.user_ids), len(candidates))
-    return {"popularity": evaluate(popularity, evaluation, tcfg.eval_ks), "als": evaluate(als, evaluation, tcfg.eval_ks)}
+def _measure_all(scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet], candidates: CandidateSets, ks, tcfg: TrainConfig):
+    """Every scorer on every candidate set; intervals; model-vs-baseline paired differences.
+
+    Scorers score the catalogue; each candidate set takes its columns.
+    """
+    catalogue_position = np.full(len(candidates.created_ts), -1)
+    catalogue_position[candidates.sets["catalogue"]] = np.arange(len(candidates.sets["catalogue"]))
+    metrics: dict[str, dict[str, float]] = {name: {} for name in scorers}
+    comparisons: dict[str, dict[str, dict[str, float]]] = {}
+    for set_name, data in evaluation.items():
+        columns = catalogue_position[candidates.sets[set_name]]
+        prefix = "" if set_name == "eligible" else f"{set_name}_"
+        measured = {name: measure(lambda u, s=scorer: np.asarray(s(u))[:, columns], data, ks) for name, scorer in scorers.items()}
+        for name, m in measured.items():
+            metrics[name].update({prefix + k: v for k, v in summarize(m, tcfg.bootstrap_samples, tcfg.seed).items()})
+        if set_name == "eligible":
+            for name, m in measured.items():
+                if name != "model":
+                    comparisons[name] = {
+                        metric: paired_difference(measured["model"], m, metric, tcfg.bootstrap_samples, tcfg.seed)
+                        for metric in COMPARED if metric in m.per_user
+                    }
+    return metrics, comparisons
+
+
+def fit_baselines(history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig) -> dict[str, tuple[Scorer, dict[str, Any]]]:
+    """Popularity, recent popularity, implicit ALS and EASE (item-kNN past `EASE_MAX_ITEMS`
+    engaged stories), fitted on the positive training events over the whole catalogue.
+
+    Hyper-parameters (all but all-time popularity's) are chosen on a validation split
+    carved out of the training events as the test split was carved out of the log (the
+    last days reaching the same minimum sizes, or a random share), then each baseline is
+    refitted on every training event with its chosen parameters. ALS, EASE and item-kNN
+    rank users without a training positive by recent popularity (`WithColdUserFallback`);
+    recent popularity is tuned first, so they fall back on its chosen window.
+    """
+    tcfg = cfg.train
+    positive = history.positive
+    users, stories, ts = history.user[positive], history.story[positive], history.ts[positive]
+    n_users, n_stories = len(catalog.user_ids), len(catalog.story_ids)
+    universe = _ItemUniverse(np.unique(stories), n_stories)
+    window_grid = [{"window_s": d * SECONDS_PER_DAY} for d in RECENT_WINDOW_DAYS]
+    item_model = "ease" if len(universe.items) <= EASE_MAX_ITEMS else "item_knn"
+    chosen: dict[str, dict[str, Any]] = {}
+
+    def recent(fit: _Positives, params: dict[str, Any]) -> RecentPopularity:
+        return RecentPopularity(universe.local(fit.stories), fit.ts, len(universe.items), fit.as_of, params["window_s"])
+
+    def personalised(model: Any, fit: _Positives) -> Scorer:
+        # Users without a training positive get recent popularity (its chosen window).
+        warm = np.zeros(n_users, dtype=bool)
+        warm[fit.users] = True
+        return universe.wrap(WithColdUserFallback(model.fit(fit.users, universe.local(fit.stories), n_users, len(universe.items)), warm, recent(fit, chosen["recent_popularity"]["params"])))
+
+    factories: dict[str, tuple[Sequence[dict[str, Any]], Callable[..., Scorer]]] = {
+        "recent_popularity": (window_grid, lambda fit, p: universe.wrap(recent(fit, p))),
+        "als": (ALS_GRID, lambda fit, p: personalised(ImplicitALS(**p, seed=tcfg.seed), fit)),
+        "ease": (EASE_GRID, lambda fit, p: personalised(EASE(**p, max_items=EASE_MAX_ITEMS), fit)),
+        "item_knn": (ITEM_KNN_GRID, lambda fit, p: personalised(ItemKNN(**p), fit)),
+    }  # fmt: skip
+    factories = {name: f for name, f in factories.items() if name in ("recent_popularity", "als", item_model)}
+    everything = _Positives(users, stories, ts, split.as_of)
+    chosen.update({name: {"params": dict(grid[0]), "trials": []} for name, (grid, _) in factories.items()})
+    if tcfg.tune_baselines:
+        fit_part, validation = _validation_split(history, split, catalog, cfg)
+        for name, (grid, make) in factories.items():
+            choice = choose_by_validation(grid, lambda p, make=make: make(fit_part, p), validation, metric=BASELINE_METRIC, name=name)
+            chosen[name] = {"params": choice.params, "trials": [{**t, "metrics": {k: v for k, v in t["metrics"].items() if k.startswith(("recall@", "ndcg"))}} for t in choice.trials]}  # fmt: skip
+            del choice
+    out: dict[str, tuple[Scorer, dict[str, Any]]] = {"popularity": (universe.wrap(Popularity(universe.local(stories), len(universe.items))), {"params": {}, "trials": []})}
+    for name, (_, make) in factories.items():
+        out[name] = (make(everything, chosen[name]["params"]), chosen[name])
+    return out
+
+
+BASELINE_METRIC = "recall@100"  # what the baselines' hyper-parameters are chosen on
+RECENT_WINDOW_DAYS = (1.0, 3.0, 7.0, 28.0)
+# EASE inverts an items x items matrix (n^3): past this many engaged stories item-kNN
+# stands in for it (same family of item-item models, sparse).
+EASE_MAX_ITEMS = 6000
+
+
+@dataclass(frozen=True)
+class _Positives:
+    users: np.ndarray
+    stories: np.ndarray  # catalogue rows
+    ts: np.ndarray
+    as_of: int
+
+
+class _ItemUniverse:
+    """Baselines are fitted over the engaged stories only (EASE is n_items^2) and score the
+    catalogue: every other story gets COLD_ITEM_SCORE, as the baselines give cold items."""
+
+    def __init__(self, items: np.ndarray, n_stories: int):
+        self.items = items
+        self.local_of = np.full(n_stories, -1)
+        self.local_of[items] = np.arange(len(items))
+
+    def local(self, stories: np.ndarray) -> np.ndarray:
+        return self.local_of[stories]
+
+    def wrap(self, scorer: Scorer) -> Scorer:
+        def catalogue_scores(users: np.ndarray) -> np.ndarray:
+            local = np.asarray(scorer(users), dtype=np.float32)
+            out = np.full((len(users), len(self.local_of)), COLD_ITEM_SCORE, dtype=np.float32)
+            out[:, self.items] = local
+            return out
+
+        catalogue_scores.fitted = scorer  # type: ignore[attr-defined]
+        return catalogue_scores
+
+
+def _validation_split(history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig) -> tuple[_Positives, EvaluationSet]:
+    """The training positives split again the way the log was split: (fit part, validation).
+
+    Validation ranks the whole catalogue (the scorers' columns): stories created after the
+    training period have no positive in it and every baseline puts them last.
+    """
+    tcfg = cfg.train
+    positive = np.flatnonzero(history.positive)
+    if split.kind == "time":
+        days = (history.ts[positive] // SECONDS_PER_DAY).astype(np.int64)
+        unique_days = np.unique(days)
+        by_day = rows_by_key(np.searchsorted(unique_days, days), len(unique_days), history.user[positive])
+
+        def day_counts():
+            for i in range(len(unique_days) - 1, -1, -1):
+                yield int(unique_days[i]), len(by_day[i][0]), set(by_day[i][0].tolist())
+
+        first_day = choose_test_window(day_counts(), len(unique_days), tcfg)
+        cutoff = int(int(first_day) * SECONDS_PER_DAY)
+        held = history.ts[positive] >= cutoff
+    else:
+        held = np.zeros(len(positive), dtype=bool)
+        held[np.random.default_rng(tcfg.effective_split_seed + 1).choice(len(positive), size=max(1, int(len(positive) * tcfg.test_fraction)), replace=False)] = True
+        cutoff = split.as_of
+    fit_rows, val_rows = positive[~held], positive[held]
+    n_users = len(catalog.user_ids)
+    val_users = np.unique(history.user[val_rows])
+    if len(val_users) > tcfg.max_eval_users:
+        val_users = np.sort(np.random.default_rng(tcfg.effective_split_seed).choice(val_users, tcfg.max_eval_users, replace=False))
+    test_by_user = rows_by_key(history.user[val_rows], n_users, history.story[val_rows])
+    seen_by_user = rows_by_key(history.user[fit_rows], n_users, history.story[fit_rows])
+    data = EvaluationSet(
+        users=val_users,
+        test_events=[test_by_user[u][0] for u in val_users.tolist()],
+        seen=[np.unique(seen_by_user[u][0]) for u in val_users.tolist()],
+        n_candidates=len(catalog.story_ids),
+    )
+    return _Positives(history.user[fit_rows], history.story[fit_rows], history.ts[fit_rows], cutoff), data
 
 
 def _embed(tower, features: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
@@ -324,25 +652,36 @@ def _output_signature(sample: dict[str, Any]):
         dtype = tf.string if value.dtype == object else tf.float32
         return tf.TensorSpec(shape=(None, *value.shape[1:]), dtype=dtype)
 
-    return {
+    signature = {
         "user": {k: spec(sample["user"][k]) for k in USER_INPUTS},
         "story": {k: spec(sample["story"][k]) for k in STORY_INPUTS},
         "log_q": tf.TensorSpec(shape=(None,), dtype=tf.float32),
         "weight": tf.TensorSpec(shape=(None,), dtype=tf.float32),
         "label": tf.TensorSpec(shape=(None,), dtype=tf.float32),
     }
+    if "corpus_story" in sample:
+        signature["corpus_story"] = {k: spec(sample["corpus_story"][k]) for k in STORY_INPUTS}
+        signature["corpus_log_q"] = tf.TensorSpec(shape=(None,), dtype=tf.float32)
+        signature["corpus_unigram_log_q"] = tf.TensorSpec(shape=(None,), dtype=tf.float32)
+    return signature
 
 
 class _Validator(tf.keras.callbacks.Callback):
-    """After each epoch: validation top-100 accuracy; keeps the best weights; early stop."""
+    """After each epoch: validation top-100 accuracy; keeps the best weights; early stop.
 
-    def __init__(self, model, source: ExampleSource, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path):
+    An epoch that ended inside the learning-rate warm-up is recorded but never kept as the
+    best (nor counted against patience): its model is an artefact of a rate still rising.
+    If training stops before the warm-up ends, the last weights stay.
+    """
+
+    def __init__(self, model, source: ExampleSource, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path, steps_per_epoch: int):
         super().__init__()
         self._model = model
         self.rows = rows[: 5000]
         self.source = source
         history = source.history
         self.patience = tcfg.patience
+        self.first_eligible_epoch = tcfg.warmup_steps // max(steps_per_epoch, 1) + 1  # 1-based
         self.best, self.best_epoch, self.best_weights, self.wait = -1.0, 0, None, 0
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0  # spent validating
@@ -355,7 +694,7 @@ class _Validator(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         started = time.perf_counter()
-        users = _embed(self._model.user_tower, self.source.batch(self.rows)["user"])
+        users = _embed(self._model.user_tower, self.source.batch(self.rows, corpus=False)["user"])
         stories = _embed(self._model.story_tower, self.candidate_features)
         scores = users @ stories.T
         target_scores = scores[np.arange(len(self.rows)), self.targets]
@@ -365,7 +704,9 @@ class _Validator(tf.keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.scalar("top_100_accuracy", accuracy, step=epoch + 1)
         log.info("epoch %d: validation top-100 accuracy %.4f", epoch + 1, accuracy)
-        if accuracy > self.best:
+        if epoch + 1 < self.first_eligible_epoch:
+            pass  # inside the warm-up
+        elif accuracy > self.best:
             self.best, self.best_epoch, self.wait = accuracy, epoch + 1, 0
             self.best_weights = self._model.get_weights()
         else:
@@ -377,3 +718,5 @@ class _Validator(tf.keras.callbacks.Callback):
     def restore_best(self):
         if self.best_weights is not None:
             self._model.set_weights(self.best_weights)
+        else:  # every epoch ended inside the warm-up: the last weights stay
+            self.best_epoch = len(self.history)

@@ -100,19 +100,22 @@ class TwoTowerModel(tfrs.models.Model):
 
 
 class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak` over `warmup_steps`, then cosine annealing to zero."""
+    """Linear warm-up to `peak` over `warmup_steps`, then a cosine down to `floor * peak` at
+    `total_steps`, constant after that. Counted in optimisation steps (see TrainConfig)."""
 
-    def __init__(self, peak: float, total_steps: int, warmup_steps: int):
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int, floor: float = 0.0):
         self.peak = peak
         self.total_steps = max(int(total_steps), 1)
         self.warmup_steps = max(int(warmup_steps), 1)
+        self.floor = float(floor)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warm = self.peak * (step + 1.0) / self.warmup_steps
         progress = tf.clip_by_value((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 0.0, 1.0)
-        cosine = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        low = self.floor * self.peak
+        cosine = low + 0.5 * (self.peak - low) * (1.0 + tf.cos(math.pi * progress))
         return tf.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "floor": self.floor}

@@ -32,6 +32,10 @@ TINY_PIPELINE = {
     "EBR_TRAIN__HOLDOUT_DAYS": "2",
     "EBR_TRAIN__EVAL_KS": "[10,100]",
     "EBR_TRAIN__MAX_EVAL_USERS": "200",
+    # A 2-epoch model on a tiny world, to test the plumbing: the gate reads recall@100 only
+    # and decides on a small test set (tests/test_training.py tests the default gate).
+    "EBR_GATE__METRICS": '["recall@100"]',
+    "EBR_GATE__MIN_EVAL_POSITIVES": "100",
     "EBR_MODEL__MLP_WIDTH": "32",
     "EBR_MODEL__ID_EMBEDDING_DIM": "16",
     "EBR_MODEL__CROSS_PROJECTION_DIM": "8",

@@ -40,6 +40,10 @@ SMALL_MODEL = [
     "train.batch_size=256",
     "train.holdout_days=2",
     "train.eval_ks=[10,100]",
+    # A 2-epoch model to test the plumbing: the gate reads recall@100 only (the default
+    # gate is tested in tests/test_training.py).
+    'gate.metrics=["recall@100"]',
+    "gate.min_eval_positives=100",
     "model.mlp_width=64",
     "model.id_embedding_dim=32",
     "model.cross_projection_dim=16",

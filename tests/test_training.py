@@ -2,14 +2,18 @@
 
 import json
 
+from types import SimpleNamespace
+
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from artifacts import MODELS, ArtifactStore
 from config import load_config
 from models.export import TowerRunner, export_towers, promotion_gate, publish_model, published_metrics
 from models.features import story_features, user_features
-from models.training import train_and_evaluate
+from models.training import CandidateSets, Split, choose_test_window, train_and_evaluate
+from models.two_tower import WarmupCosine
 from warehouse import Warehouse
 from warehouse.synthetic import generate_world
 
@@ -96,19 +100,165 @@ def test_the_same_seed_trains_the_same_model(tmp_path):
     generate_world(cfg.world, warehouse, progress=False)
     first = train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
     second = train_and_evaluate(cfg, tmp_path / "b", warehouse, baselines=False, verbose=0)
-    assert first.metrics == second.metrics  # every evaluation figure, exactly
+    # Same seed, same model up to float32 rounding: TF's kernels were seen to differ in the
+    # last bit between two runs in one process (weights 1e-7 apart here, 1e-6 before id
+    # dropout and the full vocabulary). The figures are equal but for the rare story whose
+    # score ties another's at the top-K boundary (stories sharing the OOV row), so they are
+    # compared to 1e-3.
+    weight_gap = max(float(np.abs(a - b).max()) for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True))
+    assert weight_gap < 1e-5
+    assert first.metrics["model"] == pytest.approx(second.metrics["model"], rel=1e-3, abs=1e-6)
     assert [h["val_top_100_accuracy"] for h in first.history] == [h["val_top_100_accuracy"] for h in second.history]
     # Keras' logged running loss was seen to differ in the 7th significant digit.
     assert [h["loss"] for h in first.history] == pytest.approx([h["loss"] for h in second.history], rel=1e-6)
 
 
+SIZES = {"eval_users": 500.0, "eval_positives": 4000.0}
+
+
+def gate_metrics(model: dict, popularity: dict, recent: dict | None = None) -> dict:
+    metrics = {"model": {**SIZES, **model}, "popularity": {**SIZES, **popularity}}
+    if recent:
+        metrics["recent_popularity"] = {**SIZES, **recent}
+    return metrics
+
+
+GOOD = {"recall@10": 0.10, "recall@100": 0.50, "recall@500": 0.80, "ndcg@10": 0.12}
+POPULAR = {"recall@10": 0.05, "recall@100": 0.40, "recall@500": 0.70, "ndcg@10": 0.06}
+
+
 def test_the_gate_refuses_a_model_worse_than_popularity_or_the_published_one():
     cfg = load_config(environ={})
-    good = {"model": {"recall@100": 0.50}, "popularity": {"recall@100": 0.40}}
-    assert promotion_gate(good, None, cfg).promote
-    worse_than_popularity = {"model": {"recall@100": 0.30}, "popularity": {"recall@100": 0.40}}
-    decision = promotion_gate(worse_than_popularity, None, cfg)
-    assert not decision.promote and "below popularity's 0.4000" in decision.reasons[0]
-    regressed = promotion_gate(good, {"model": {"recall@100": 0.60}}, cfg)
-    assert not regressed.promote and "more than 10% below the published model's 0.6000" in regressed.reasons[0]
-    assert promotion_gate(good, {"model": {"recall@100": 0.54}}, cfg).promote  # within tolerance
+    assert promotion_gate(gate_metrics(GOOD, POPULAR), None, cfg).promote
+    worse = promotion_gate(gate_metrics({**GOOD, "recall@100": 0.30}, POPULAR), None, cfg)
+    assert not worse.promote and worse.reasons == ["recall@100 0.3000 is below popularity's 0.4000 (floor 0.4000)"]
+    regressed = promotion_gate(gate_metrics(GOOD, POPULAR), {"model": {**GOOD, "recall@100": 0.60}}, cfg)
+    assert not regressed.promote and regressed.reasons == ["recall@100 0.5000 is more than 10% below the published model's 0.6000"]
+    assert promotion_gate(gate_metrics(GOOD, POPULAR), {"model": {**GOOD, "recall@100": 0.54}}, cfg).promote  # within tolerance
+
+
+def test_the_gate_refuses_a_model_whose_top_10_collapsed_even_if_recall_at_100_is_fine():
+    # The ML-1M case of issue #12: recall@100 looked fine, recall@10 was a tenth of popularity's.
+    cfg = load_config(environ={})
+    collapsed = {**GOOD, "recall@10": 0.009, "ndcg@10": 0.01}
+    decision = promotion_gate(gate_metrics(collapsed, POPULAR, recent={**POPULAR, "recall@10": 0.088}), None, cfg)
+    assert not decision.promote
+    assert decision.reasons == [
+        "recall@10 0.0090 is below recent_popularity's 0.0880 (floor 0.0880)",
+        "ndcg@10 0.0100 is below popularity's 0.0600 (floor 0.0600)",
+    ]
+
+
+def test_the_gate_does_not_decide_on_a_test_set_too_small_to_mean_anything():
+    cfg = load_config(environ={})
+    metrics = gate_metrics(GOOD, POPULAR)
+    metrics["model"].update(eval_users=12.0, eval_positives=43.0)
+    decision = promotion_gate(metrics, None, cfg)
+    assert not decision.promote
+    assert decision.reasons[0].startswith("the test set is too small to decide: 12 users and 43 positives (gate.min_eval_users=100")
+    assert "train.min_test_users" in decision.reasons[0]
+    unmeasured = promotion_gate(gate_metrics({k: v for k, v in GOOD.items() if k != "recall@500"}, POPULAR), None, cfg)
+    assert not unmeasured.promote and unmeasured.reasons[0].startswith("recall@500 was not measured")
+
+
+def day(n: int, positives: int, users: range):
+    return f"day-{n}", positives, set(users)
+
+
+def test_the_time_split_grows_its_window_until_the_test_set_is_big_enough():
+    cfg = load_config(overrides=["train.holdout_days=2", "train.min_test_users=30", "train.min_test_positives=100"], environ={}).train
+    # Newest first: three quiet days (10 users each, 20 positives), then busy ones.
+    newest_first = [day(9, 20, range(0, 10)), day(8, 20, range(5, 15)), day(7, 20, range(10, 20)), day(6, 60, range(20, 40)), day(5, 500, range(100))]
+    # After 2 days: 15 users, 40 positives; 3: 20, 60; 4: 40 users, 120 positives -> reached.
+    assert choose_test_window(iter(newest_first), 10, cfg) == "day-6"
+    # The minimum days hold even when the first day alone is big enough.
+    assert choose_test_window(iter([day(9, 500, range(100)), day(8, 1, range(1))]), 10, cfg) == "day-8"
+
+
+def test_the_time_split_fails_clearly_when_half_the_log_cannot_reach_the_minimum():
+    cfg = load_config(overrides=["train.holdout_days=1", "train.min_test_users=1000"], environ={}).train
+    quiet = (day(n, 50, range(n * 10, n * 10 + 10)) for n in range(100, 0, -1))
+    with pytest.raises(ValueError) as error:
+        choose_test_window(quiet, 20, cfg)
+    message = str(error.value)
+    assert "cannot reach train.min_test_users=1000" in message and "the last 10 day(s)" in message and "100 users and 500 positives" in message
+
+
+def test_evaluation_candidates_are_what_the_index_would_hold_and_cold_stories_are_marked():
+    day_s = 86_400
+    as_of = 100 * day_s
+    # Stories created 30, 8, 6.5, 1 days before the cutoff, and 1 day after it (during the
+    # test window), and one 5 days after the window's last event (does not exist yet).
+    created = np.array([70, 92, 93.5, 99, 101, 110]) * day_s
+    catalog = SimpleNamespace(story_created_ts=created.astype(np.int64), story_ids=np.array(list("abcdef")))
+    history = SimpleNamespace(story=np.array([0, 1, 1, 3]))  # training events on a, b, d
+    test = pa.table({"ts": pa.array([as_of + day_s, as_of + 3 * day_s], pa.int64())})
+    split = Split(train_parts=lambda: [], test=test, as_of=as_of, kind="time")
+    sets = CandidateSets.at(catalog, history, split, story_max_age_days=7.0)
+    # Eligible: created before the window's end and at most 7 days old at its start.
+    assert sets.sets["eligible"].tolist() == [2, 3, 4]
+    assert sets.sets["catalogue"].tolist() == [0, 1, 2, 3, 4]
+    assert sets.cold.tolist() == [False, False, True, False, True]  # c and e had no training event
+    # Stories created during the window are embedded just after their creation.
+    assert sets.story_as_of(np.array([3, 4])).tolist() == [as_of, 101 * day_s + 1]
+    random = CandidateSets.at(catalog, history, Split(lambda: [], test, as_of, "random"), story_max_age_days=7.0)
+    assert random.sets["eligible"].tolist() == random.sets["catalogue"].tolist()
+
+
+def test_the_learning_rate_schedule_is_counted_in_steps():
+    schedule = WarmupCosine(0.01, total_steps=1000, warmup_steps=100, floor=0.1)
+    lr = lambda step: float(schedule(step))  # noqa: E731
+    assert lr(0) == pytest.approx(0.01 / 100) and lr(49) == pytest.approx(0.005)
+    assert lr(100) == pytest.approx(0.01)  # the peak right after the warm-up
+    assert lr(550) == pytest.approx(0.001 + 0.5 * 0.009)  # half-way down the cosine
+    assert lr(1000) == pytest.approx(0.001) and lr(50_000) == pytest.approx(0.001)  # the floor, then flat
+
+
+@pytest.mark.slow
+def test_early_stopping_never_keeps_an_epoch_that_ended_inside_the_warm_up(tmp_path):
+    # Every epoch of this run ends inside the warm-up: none may be chosen as "best", none
+    # counts against patience, and the run ends with its last weights.
+    overrides = [f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=3", "train.patience=1", "train.warmup_steps=1000000"]
+    cfg = load_config(overrides=overrides, environ={})
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    result = train_and_evaluate(cfg, tmp_path / "work", warehouse, baselines=False, verbose=0)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == 3
+
+
+@pytest.mark.slow
+def test_stories_without_a_training_positive_share_the_trained_oov_row(trained):
+    cfg, warehouse, result, _ = trained
+    table = result.model.user_tower.shared.story
+    values = table.embedding.embeddings.numpy()
+    assert set(result.vocabularies["story_id"]) == set(warehouse.read_table("stories")["story_id"].to_pylist())  # every story known
+    from models.features import Catalog, EventHistory
+    from models.training import load_split
+
+    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features)
+    history = EventHistory.from_tables(load_split(warehouse, cfg.train, cfg.features).train_parts(), catalog, cfg.features)
+    engaged = set(catalog.story_ids[history.story[history.positive]].tolist())
+    never = [s for s in result.vocabularies["story_id"] if s not in engaged][:20]
+    some = sorted(engaged)[:20]
+    assert never and some
+    rows = lambda ids: table.index(np.array(ids, dtype=object)).numpy()  # noqa: E731
+    np.testing.assert_array_equal(values[rows(never)], np.repeat(values[[1]], len(never), axis=0))
+    assert not np.allclose(values[rows(some)], values[1])  # engaged stories keep their own rows
+
+
+@pytest.mark.slow
+def test_a_dataset_without_hashtags_trains(tmp_path):
+    # KuaiRand without its video features, or any source without tags: an empty hashtag
+    # vocabulary used to crash training ("Cannot set an empty vocabulary").
+    import pyarrow as pa
+
+    cfg = load_config(overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=1"], environ={})
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    stories = warehouse.read_table("stories")
+    empty = pa.array([[] for _ in range(len(stories))], type=stories.schema.field("hashtags").type)
+    warehouse.write_table("stories", stories.set_column(stories.schema.get_field_index("hashtags"), "hashtags", empty))
+    result = train_and_evaluate(cfg, tmp_path / "work", warehouse, baselines=False, verbose=0)
+    assert result.vocabularies["hashtag"] == []
+    assert np.isfinite(result.metrics["model"]["recall@100"])
