@@ -67,7 +67,7 @@ def _scorer_color(scorer: str) -> str:
         return COLORS["popularity"]
     if "ALS" in scorer:
         return COLORS["als"]
-    if "softmax" in scorer or "in-batch" in scorer:
+    if "softmax" in scorer or "in-batch" in scorer or scorer.startswith("two-tower (default)"):
         return COLORS["model"]
     return COLORS["other"]
 
@@ -92,7 +92,7 @@ def _by_dataset(rows: list[dict]) -> dict[str, list[dict]]:
 def training_history(results: dict, path: Path) -> Path | None:
     """Per trained model: loss (top) and every validation metric (bottom) per epoch."""
     mq = _bench(results, "model_quality")
-    models = [r for r in (mq or {}).get("rows", []) if r.get("validation")]
+    models = [r for r in (mq or {}).get("rows", []) if r.get("validation") and not r.get("seed_run")]
     if not models:
         return None
     fig, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), squeeze=False)
@@ -100,6 +100,7 @@ def training_history(results: dict, path: Path) -> Path | None:
         history = r["validation"]
         epochs = [h["epoch"] for h in history]
         best = r.get("best_epoch")
+        best = best[0] if isinstance(best, list) else best  # a seed-median row: its history is the first seed's
         loss_ax, val_ax = axes[0][col], axes[1][col]
         loss_ax.plot(epochs, [h["loss"] for h in history], "o-", color=_scorer_color(r["scorer"]), label="training loss")
         loss_ax.set_title(f"{r['scorer']}\n{r['dataset']}", fontsize=9)
@@ -127,7 +128,7 @@ def recall_at_k(results: dict, path: Path) -> Path | None:
     mq = _bench(results, "model_quality")
     if not mq or not mq.get("rows"):
         return None
-    datasets = _by_dataset(mq["rows"])
+    datasets = _by_dataset([r for r in mq["rows"] if not r.get("seed_run")])
     fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.8), squeeze=False)
     for ax, (dataset, rows) in zip(axes[0], datasets.items(), strict=True):
         for r in rows:

@@ -147,12 +147,13 @@ def _quality_table(results: dict) -> str:
     mq = (results["benchmarks"].get("model_quality") or {}).get("results")
     if not mq:
         return ""
-    columns = ("top_k_accuracy@100", "recall@10", "recall@50", "recall@100", "ndcg@10", "coverage@100", "language_match@10",
-               "country_match@10", "oracle_recall@100")  # fmt: skip
+    columns = ("top_k_accuracy@100", "recall@10", "recall@50", "recall@100", "recall@500", "ndcg@10", "cold_recall@100",
+               "catalogue_recall@100", "coverage@100", "language_match@10", "country_match@10", "oracle_recall@100", "eval_users",
+               "eval_positives")  # fmt: skip
     shown = [c for c in columns if any(c in r["metrics"] for r in mq["rows"])]
     rows = ["<table><tr><th>dataset</th><th>scorer</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in shown)
             + "<th>best epoch</th><th>train examples/s</th></tr>"]  # fmt: skip
-    for r in mq["rows"]:
+    for r in (r for r in mq["rows"] if not r.get("seed_run")):
         cells = "".join(f"<td>{r['metrics'][c]:.3f}</td>" if c in r["metrics"] else "<td></td>" for c in shown)
         rows.append(f"<tr><td>{html.escape(r['dataset'])}</td><td>{html.escape(r['scorer'])}</td>{cells}"
                     f"<td>{r.get('best_epoch', '')}</td><td>{r.get('examples_per_second', '')}</td></tr>")  # fmt: skip

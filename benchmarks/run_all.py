@@ -301,13 +301,16 @@ def _query_set_label(query_set) -> str:
 
 
 def _figures_model_quality(mq: dict, add) -> None:
-    for r in mq["rows"]:
+    shown = [r for r in mq["rows"] if not r.get("seed_run")]
+    for r in shown:
         if "examples_per_second" in r:
             add("training", f"{r['scorer']} ({_short_dataset(r['dataset'])})", r["examples_per_second"], "examples/s",
                 f"{r['examples_per_second']:,.0f} examples/s (best epoch {r['best_epoch']} of {r['epochs_run']})", r["dataset"])  # fmt: skip
-    for r in mq["rows"]:
+    for r in shown:
         m = r["metrics"]
-        parts = [f"{k} {m[k]:.3f}" for k in ("top_k_accuracy@100", "recall@100", "recall@10", "ndcg@10", "language_match@10") if k in m]
+        parts = [f"{k} {m[k]:.3f}" for k in ("top_k_accuracy@100", "recall@10", "recall@100", "recall@500", "ndcg@10", "cold_recall@100", "language_match@10") if k in m]
+        if "eval_users" in m:
+            parts.append(f"{int(m['eval_users']):,} test users / {int(m.get('eval_positives', 0)):,} positives")
         add("quality", f"{r['scorer']} ({_short_dataset(r['dataset'])})", m.get("recall@100"), "recall@100", ", ".join(parts), r["dataset"])
 
 
@@ -410,31 +413,45 @@ def summary_figures(benchmarks: dict[str, dict]) -> list[dict]:
 
 
 def _targets_model_quality(mq: dict, add) -> None:
-    ml = _rows_of(mq, "movielens")
-    model = next((r for r in ml if r["scorer"].startswith("two-tower, softmax")), None)
-    if model:
-        m = model["metrics"]
-        add(3, "MovieLens 100K (TFRS protocol): default model top-100 accuracy >= 0.38",
-            f"{m['top_k_accuracy@100']:.3f}", m["top_k_accuracy@100"] >= 0.38, True, model["dataset"])
-        add(3, "MovieLens 100K: default model seen-excluded recall@100 >= 0.62",
-            f"{m['recall@100']:.3f}", m["recall@100"] >= 0.62, True, model["dataset"])
-    world = _rows_of(mq, "synthetic")
-    if not world:
-        return
-    by = {r["scorer"]: r["metrics"] for r in world}
-    model, without = by.get("two-tower, in-batch negatives"), by.get("two-tower, impressions negatives")
-    pop, als = by.get("popularity"), by.get("implicit ALS (32 factors)")
-    size = world[0]["dataset"]
-    if model and pop and als:
-        add(3, "synthetic world: model beats popularity and MF (ALS) on recall@100",
-            f"{model['recall@100']:.3f} vs {pop['recall@100']:.3f} and {als['recall@100']:.3f}",
-            model["recall@100"] > pop["recall@100"] and model["recall@100"] > als["recall@100"], True, size)  # fmt: skip
-    if model and without:
-        keys = [k for k in ("language_match@10", "country_match@10") if k in model and k in without]
-        if keys:
-            add(3, "synthetic world: higher country/language match than without in-batch negatives",
-                "; ".join(f"{k} {model[k]:.3f} vs {without[k]:.3f}" for k in keys),
-                all(model[k] > without[k] for k in keys), True, size)  # fmt: skip
+    """Issue #12's quality targets, from the seed-median row of each dataset."""
+    for dataset, prefix in (("ml-1m", "ml-1m (time"), ("ml-100k", "ml-100k (time")):
+        median = _median_row(mq, prefix)
+        if not median:
+            continue
+        full = "random users" not in median["dataset"]
+        verdicts = median["verdicts"]
+        measured = "; ".join(f"{m} {median['metrics'][m]:.3f} vs {v['against']} {v['baseline_value']:.3f}: {v['verdict']}" for m, v in verdicts.items())
+        met = all(median["metrics"][m] >= v["baseline_value"] and v["verdict"] != "loss" for m, v in verdicts.items())
+        add(12, f"{dataset} time split: default model >= the best baseline on recall@10, @100, @500 and NDCG@10 (seed medians)",
+            measured, met, full, median["dataset"])  # fmt: skip
+        if dataset == "ml-1m":
+            value = median["metrics"]["recall@100"]
+            add(12, "ml-1m time split: default model recall@100 >= 0.40", f"{value:.3f}", value >= 0.40, full, median["dataset"])
+    tfrs = _median_row(mq, "ml-100k (TFRS")
+    if tfrs:
+        m = tfrs["metrics"]
+        add(12, "ml-100k TFRS protocol: top-100 accuracy >= 0.40", f"{m['top_k_accuracy@100']:.3f}", m["top_k_accuracy@100"] >= 0.40, True, tfrs["dataset"])
+        v = tfrs["verdicts"].get("recall@100")
+        if v:
+            add(12, "ml-100k TFRS protocol: seen-excluded recall@100 >= the best baseline",
+                f"{m['recall@100']:.3f} vs {v['against']} {v['baseline_value']:.3f}: {v['verdict']}",
+                m["recall@100"] >= v["baseline_value"] and v["verdict"] != "loss", True, tfrs["dataset"])  # fmt: skip
+    world = _median_row(mq, "synthetic")
+    if world:
+        rows = {r.get("baseline"): r["metrics"] for r in _rows_of(mq, "synthetic") if r.get("baseline")}
+        m = world["metrics"]
+        checks = [(b, k) for b in ("recent_popularity", "als") if b in rows for k in ("recall@10", "recall@100", "recall@500", "ndcg@10") if k in m]
+        add(12, "synthetic world: ahead of recent popularity and ALS at every depth",
+            "; ".join(f"{k} {m[k]:.3f} vs {b} {rows[b][k]:.3f}" for b, k in checks),
+            bool(checks) and all(m[k] > rows[b][k] for b, k in checks), True, world["dataset"])  # fmt: skip
+        pointwise = next((r["metrics"] for r in _rows_of(mq, "synthetic") if "pointwise" in r["scorer"]), None)
+        if pointwise and "language_match@10" in m:
+            add(12, "synthetic world: language match@10 with in-batch negatives above the pointwise model",
+                f"{m['language_match@10']:.3f} vs {pointwise['language_match@10']:.3f}", m["language_match@10"] > pointwise["language_match@10"], True, world["dataset"])
+
+
+def _median_row(mq: dict, dataset_prefix: str) -> dict | None:
+    return next((r for r in _rows_of(mq, dataset_prefix) if r.get("verdicts") is not None and "median" in r["scorer"]), None)
 
 
 def _targets_embedding_jobs(ej: dict, add) -> None:
@@ -653,16 +670,8 @@ def _quality_markdown(benchmarks: dict) -> list[str]:
     mq = _results(benchmarks, "model_quality")
     if not mq:
         return []
-    columns = [c for c in ("top_k_accuracy@100", "recall@10", "recall@100", "ndcg@10", "coverage@100", "language_match@10", "oracle_recall@100")
-               if any(c in r["metrics"] for r in mq["rows"])]  # fmt: skip
-    lines = ["", f"### Model quality (`{mq.get('command', '')}`)", "",
-             "| dataset | scorer | " + " | ".join(columns) + " | best epoch | epochs run | train examples/s |",
-             "|---" * (len(columns) + 5) + "|"]  # fmt: skip
-    for r in mq["rows"]:
-        cells = [f"{r['metrics'][c]:.3f}" if c in r["metrics"] else "" for c in columns]
-        eps = f"{r['examples_per_second']:,.0f}" if "examples_per_second" in r else ""
-        lines.append(f"| {r['dataset']} | {r['scorer']} | " + " | ".join(cells) + f" | {r.get('best_epoch', '')} | {r.get('epochs_run', '')} | {eps} |")
-    return lines
+    tables = load_benchmark_script("model_quality").markdown(mq["rows"])
+    return ["", f"### Model quality (`{mq.get('command', '')}`)", *tables.splitlines()]
 
 
 def _sweep_markdown(benchmarks: dict) -> list[str]:
