@@ -251,7 +251,10 @@ def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | N
 
 
 def copy_version(store, kind_name: str, version: str, new_version: str, source_dir: Path) -> None:
-    """A byte-identical copy of a complete version under a new name (not published)."""
+    """A byte-identical copy of a complete version under a new name (not published).
+
+    source_dir: a folder holding the version's files (`local_dir` or `download` of it).
+    """
     kind = store.kind(kind_name)
     manifest = kind.manifest(version)
     params = {**manifest.params, "copied_from": version}
@@ -262,14 +265,16 @@ def copy_version(store, kind_name: str, version: str, new_version: str, source_d
 
 
 def raw_hnswlib_qps(index_dir: Path, dim: int, ef: int, queries: np.ndarray, seconds: float) -> dict:
-    """Single-thread, single-query knn_query on the published index file."""
+    """Single-thread, single-query knn_query on the published index file in `index_dir`."""
     import hnswlib
     import psutil
+
+    from index_builder.loaded_index import INDEX_FILE
 
     before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     index = hnswlib.Index(space="ip", dim=dim)
-    index.load_index(str(index_dir / "index.hnsw"))
+    index.load_index(str(index_dir / INDEX_FILE))
     load_s = time.perf_counter() - started
     rss_delta = psutil.Process().memory_info().rss - before
     index.set_ef(ef)
@@ -445,7 +450,9 @@ def run(argv: list[str] | None = None) -> dict:
         store, base_version, build_s, user_vectors = build_store(root, args.n, args.dim, args.users, args.min_recall)
         manifest = store.kind("indexes/stories").manifest(base_version)
         ef = int(manifest.params["ef_search"])
-        source_dir = workdir / "root" / "indexes" / "stories" / base_version
+        # The built files where the store keeps them (its attempt folder, through the
+        # manifest): the root is on this machine, so nothing is copied.
+        source_dir = store.kind("indexes/stories").local_dir(base_version)
         print("raw hnswlib, single thread ...", flush=True)
         raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
         modes = [measure_searcher(mode, args, store, root, workdir, base_version, source_dir) for mode in args.searchers.split(",")]

@@ -256,9 +256,12 @@ class SoakStore:
             kind.publish(version, reason="soak")
 
     def flip_a_byte(self, version: str) -> None:
-        stored = sorted((self.root / "indexes" / "stories" / version).rglob("index.hnsw"))
-        with open(stored[0], "r+b") as f:
-            f.seek(stored[0].stat().st_size // 2)
+        from index_builder.loaded_index import INDEX_FILE
+
+        kind = self.store.kind("indexes/stories")
+        stored = kind.backend.local_path(kind.file_key(version, INDEX_FILE))  # the file its manifest names
+        with open(stored, "r+b") as f:
+            f.seek(stored.stat().st_size // 2)
             byte = f.read(1)
             f.seek(-1, os.SEEK_CUR)
             f.write(bytes([byte[0] ^ 0xFF]))
