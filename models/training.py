@@ -340,7 +340,7 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule))
 
     candidates = CandidateSets.at(catalog, history, split, cfg.embed.story_max_age_days)
-    evaluation = {name: _evaluation_set(catalog, history, split, c, tcfg, warehouse) for name, c in candidates.sets.items()}
+    evaluation = _evaluation_sets(catalog, history, split, candidates, tcfg, warehouse)
     signature = _output_signature(source.batch(train_rows[: tcfg.batch_size]))
     epoch_seed = iter(range(tcfg.seed, tcfg.seed + 10_000))
     dataset = tf.data.Dataset.from_generator(
@@ -409,11 +409,11 @@ class CandidateSets:
       serves: created before the window ends, at most `story_max_age_days` old when it
       starts (the story dataflow's rule). The random split has no window: the catalogue.
     - "catalogue": every story created before the window ends.
-    `cold` marks, over the catalogue, stories with no training event at all.
+    `trained` marks the stories with a training event; the others are cold.
     """
 
     sets: dict[str, np.ndarray]
-    cold: np.ndarray  # [len(catalogue)] bool
+    trained: np.ndarray  # [n_stories] bool
     created_ts: np.ndarray  # [n_stories]
     as_of: int
 
@@ -428,11 +428,16 @@ class CandidateSets:
             eligible = catalogue
         trained = np.zeros(len(catalog.story_ids), dtype=bool)
         trained[history.story] = True
-        return cls({"eligible": eligible, "catalogue": catalogue}, ~trained[catalogue], created, split.as_of)
+        return cls({"eligible": eligible, "catalogue": catalogue}, trained, created, split.as_of)
 
     @property
     def eligible(self) -> np.ndarray:
         return self.sets["eligible"]
+
+    @property
+    def cold(self) -> np.ndarray:
+        """[len(catalogue)] bool: catalogue stories without a training event."""
+        return ~self.trained[self.sets["catalogue"]]
 
     def story_as_of(self, stories: np.ndarray) -> np.ndarray:
         """When the index embeds each story: at the cutoff, or just after its creation for
@@ -440,33 +445,36 @@ class CandidateSets:
         return np.maximum(self.as_of, self.created_ts[stories] + 1)
 
 
-def _evaluation_set(catalog, history, split, candidates, tcfg, warehouse) -> EvaluationSet:
-    position = np.full(len(catalog.story_ids), -1)
-    position[candidates] = np.arange(len(candidates))
+def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, candidates: CandidateSets, tcfg: TrainConfig, warehouse: Warehouse) -> dict[str, EvaluationSet]:
+    """One EvaluationSet per candidate set, over the same test positives and users."""
     test_user = catalog.user_index(split.test["user_id"].to_pylist())
-    test_story = position[catalog.story_index(split.test["story_id"].to_pylist())]
-    keep = (positive_scores(split.test, history.cfg) >= history.cfg.label_threshold) & (test_story >= 0)
-    users = np.unique(test_user[keep])
-    if len(users) > tcfg.max_eval_users:
-        users = np.sort(np.random.default_rng(tcfg.effective_split_seed).choice(users, tcfg.max_eval_users, replace=False))
+    test_story = catalog.story_index(split.test["story_id"].to_pylist())
+    positive = positive_scores(split.test, history.cfg) >= history.cfg.label_threshold
     n_users = len(catalog.user_ids)
-    test_by_user = rows_by_key(test_user[keep], n_users, test_story[keep])
-    seen_pos = position[history.story]
-    seen_by_user = rows_by_key(history.user[seen_pos >= 0], n_users, seen_pos[seen_pos >= 0])
-    trained = np.zeros(len(catalog.story_ids), dtype=bool)
-    trained[history.story] = True
-    return EvaluationSet(
-        users=users,
-        test_events=[test_by_user[u][0] for u in users.tolist()],
-        seen=[np.unique(seen_by_user[u][0]) for u in users.tolist()],
-        n_candidates=len(candidates),
-        match_attributes={
-            "language": (catalog.user_language[users], catalog.story_language[candidates]),
-            "country": (catalog.user_country[users], catalog.story_country[candidates]),
-        },
-        oracle=_oracle(warehouse, catalog, candidates),
-        cold=~trained[candidates],
-    )
+    sets = {}
+    for name, rows in candidates.sets.items():
+        position = np.full(len(catalog.story_ids), -1)
+        position[rows] = np.arange(len(rows))
+        keep = positive & (position[test_story] >= 0)
+        users = np.unique(test_user[keep])
+        if len(users) > tcfg.max_eval_users:
+            users = np.sort(np.random.default_rng(tcfg.effective_split_seed).choice(users, tcfg.max_eval_users, replace=False))
+        test_by_user = rows_by_key(test_user[keep], n_users, position[test_story[keep]])
+        seen_pos = position[history.story]
+        seen_by_user = rows_by_key(history.user[seen_pos >= 0], n_users, seen_pos[seen_pos >= 0])
+        sets[name] = EvaluationSet(
+            users=users,
+            test_events=[test_by_user[u][0] for u in users.tolist()],
+            seen=[np.unique(seen_by_user[u][0]) for u in users.tolist()],
+            n_candidates=len(rows),
+            match_attributes={
+                "language": (catalog.user_language[users], catalog.story_language[rows]),
+                "country": (catalog.user_country[users], catalog.story_country[rows]),
+            },
+            oracle=_oracle(warehouse, catalog, rows),
+            cold=~candidates.trained[rows],
+        )
+    return sets
 
 
 def _oracle(warehouse: Warehouse, catalog: Catalog, candidates: np.ndarray):
@@ -477,7 +485,8 @@ def _oracle(warehouse: Warehouse, catalog: Catalog, candidates: np.ndarray):
     except FileNotFoundError:
         return None  # real data: no oracle
     user_row = {u: i for i, u in enumerate(truth.user_ids.tolist())}
-    story_row = np.array([{s: i for i, s in enumerate(truth.story_ids.tolist())}[s] for s in catalog.story_ids[candidates]])
+    truth_story_row = {s: i for i, s in enumerate(truth.story_ids.tolist())}
+    story_row = np.array([truth_story_row[s] for s in catalog.story_ids[candidates]])
     user_rows = np.array([user_row[u] for u in catalog.user_ids])
 
     def scores(users: np.ndarray) -> np.ndarray:
