@@ -83,10 +83,8 @@ class World:
             writer.add_file(INDEX_FILE, work / INDEX_FILE)
             writer.add_file(IDS_FILE, work / IDS_FILE)
         if corrupt is not None:
-            # Wherever the store keeps the version's bytes (directly, or in a per-attempt folder).
-            stored = sorted((self.tmp / "root" / "indexes" / collection / version).rglob(INDEX_FILE))
-            assert len(stored) == 1, stored
-            corrupt(stored[0])
+            # The stored bytes, where the manifest says they are (the attempt's folder).
+            corrupt(kind.backend.local_path(kind.file_key(version, INDEX_FILE)))
         if corrupt is not None and "verify" in inspect.signature(kind.publish).parameters:
             kind.publish(version, reason="test", verify=False)  # a store that checks on publish would refuse it
         else:
