@@ -142,8 +142,9 @@ def _raw_tower(root: Path, entity: str, days: int):
     from warehouse.tables import day_start_ts
 
     store = ArtifactStore.open(f"file://{root}")
-    model_version = store.kind(MODELS).latest()
-    meta = json.loads(store.kind(MODELS).read_file(model_version, "features.json"))
+    models = store.kind(MODELS)
+    model_version = models.latest()
+    meta = json.loads(models.read_file(model_version, "features.json"))
     fcfg = FeatureConfig.model_validate(meta["features"])
     warehouse = Warehouse.open(f"file://{root}")
     as_of = day_start_ts(warehouse.event_days()[-1]) + 86_400
@@ -155,7 +156,8 @@ def _raw_tower(root: Path, entity: str, days: int):
     else:
         rows = np.arange(len(catalog.user_ids))
         features, tower = user_features(history, rows, np.full(len(rows), as_of)), "user_tower"
-    return TowerRunner(root / MODELS / model_version / tower), features, len(rows)
+    # The tower loaded in place, from the folder the manifest names (as the jobs load it).
+    return TowerRunner(models.local_dir(model_version) / tower), features, len(rows)
 
 
 def _plain_loop(root: Path, entity: str, runner, batch: int) -> tuple[float, int]:
