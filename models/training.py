@@ -540,6 +540,9 @@ def fit_baselines(history: EventHistory, split: Split, catalog: Catalog, cfg: Eb
     universe = _ItemUniverse(np.unique(stories), n_stories)
     window_grid = [{"window_s": d * SECONDS_PER_DAY} for d in RECENT_WINDOW_DAYS]
     item_model = "ease" if len(universe.items) <= EASE_MAX_ITEMS else "item_knn"
+    # ALS solves one f x f system per item and iteration: at 128 factors over a catalogue
+    # past EASE_MAX_ITEMS a trial takes minutes here, so large catalogues search 32 and 64.
+    als_grid = ALS_GRID if item_model == "ease" else tuple(p for p in ALS_GRID if p["factors"] <= 64)
     chosen: dict[str, dict[str, Any]] = {}
 
     def recent(fit: _Positives, params: dict[str, Any]) -> RecentPopularity:
@@ -553,7 +556,7 @@ def fit_baselines(history: EventHistory, split: Split, catalog: Catalog, cfg: Eb
 
     factories: dict[str, tuple[Sequence[dict[str, Any]], Callable[..., Scorer]]] = {
         "recent_popularity": (window_grid, lambda fit, p: universe.wrap(recent(fit, p))),
-        "als": (ALS_GRID, lambda fit, p: personalised(ImplicitALS(**p, seed=tcfg.seed), fit)),
+        "als": (als_grid, lambda fit, p: personalised(ImplicitALS(**p, seed=tcfg.seed), fit)),
         "ease": (EASE_GRID, lambda fit, p: personalised(EASE(**p, max_items=EASE_MAX_ITEMS), fit)),
         "item_knn": (ITEM_KNN_GRID, lambda fit, p: personalised(ItemKNN(**p), fit)),
     }  # fmt: skip
