@@ -32,6 +32,8 @@ TINY_PIPELINE = {
     "EBR_TRAIN__HOLDOUT_DAYS": "2",
     "EBR_TRAIN__EVAL_KS": "[10,100]",
     "EBR_TRAIN__MAX_EVAL_USERS": "200",
+    # ~30 optimisation steps an epoch here: the default 200-step warm-up would outlast the run.
+    "EBR_TRAIN__WARMUP_STEPS": "10",
     # A 2-epoch model on a tiny world, to test the plumbing: the gate reads recall@100 only
     # and decides on a small test set (tests/test_training.py tests the default gate).
     "EBR_GATE__METRICS": '["recall@100"]',

@@ -39,6 +39,7 @@ SMALL_MODEL = [
     "train.epochs=2",
     "train.batch_size=256",
     "train.holdout_days=2",
+    "train.warmup_steps=10",  # ~30 steps an epoch: the default 200-step warm-up would outlast the run
     "train.eval_ks=[10,100]",
     # A 2-epoch model to test the plumbing: the gate reads recall@100 only (the default
     # gate is tested in tests/test_training.py).

@@ -24,6 +24,7 @@ TINY_TRAINING = [
     "train.epochs=8",
     "train.batch_size=256",
     "train.learning_rate=0.005",
+    "train.warmup_steps=20",  # ~40 steps an epoch: the default 200-step warm-up would take 5 of the 8 epochs
     "train.holdout_days=2",
     "train.eval_ks=[10,100]",
     "model.mlp_width=64",
