@@ -360,14 +360,15 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     tied = tie_untrained_rows(model, catalog, history)
     log.info("rows tied to the OOV row (no training positive): %s", tied)
 
-    all_stories = candidates.sets["catalogue"]
+    # Every scorer scores every story row of the catalog; each candidate set takes its rows.
+    all_stories = np.arange(len(catalog.story_ids))
     story_emb = _embed(model.story_tower, story_features(history, all_stories, candidates.story_as_of(all_stories)))
     scorers: dict[str, Scorer] = {}
     users = np.unique(np.concatenate([e.users for e in evaluation.values()]))
     user_emb = _embed(model.user_tower, user_features(history, users, split.user_as_of(history, users)))
     user_pos = np.full(len(catalog.user_ids), -1)
     user_pos[users] = np.arange(len(users))
-    scorers["model"] = lambda u: user_emb[user_pos[u]] @ story_emb.T  # over the catalogue
+    scorers["model"] = lambda u: user_emb[user_pos[u]] @ story_emb.T
     choices: dict[str, dict[str, Any]] = {}
     if baselines:
         fitted = fit_baselines(history, split, catalog, cfg)
@@ -500,14 +501,13 @@ def _oracle(warehouse: Warehouse, catalog: Catalog, candidates: np.ndarray):
 def _measure_all(scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet], candidates: CandidateSets, ks, tcfg: TrainConfig):
     """Every scorer on every candidate set; intervals; model-vs-baseline paired differences.
 
-    Scorers score the catalogue; each candidate set takes its columns.
+    Scorers score every story row ([U, n_stories]); each candidate set takes its rows as
+    columns, in the order its EvaluationSet numbers them.
     """
-    catalogue_position = np.full(len(candidates.created_ts), -1)
-    catalogue_position[candidates.sets["catalogue"]] = np.arange(len(candidates.sets["catalogue"]))
     metrics: dict[str, dict[str, float]] = {name: {} for name in scorers}
     comparisons: dict[str, dict[str, dict[str, float]]] = {}
     for set_name, data in evaluation.items():
-        columns = catalogue_position[candidates.sets[set_name]]
+        columns = candidates.sets[set_name]
         prefix = "" if set_name == "eligible" else f"{set_name}_"
         measured = {name: measure(lambda u, s=scorer: np.asarray(s(u))[:, columns], data, ks) for name, scorer in scorers.items()}
         for name, m in measured.items():

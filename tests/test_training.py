@@ -263,3 +263,19 @@ def test_a_dataset_without_hashtags_trains(tmp_path):
     result = train_and_evaluate(cfg, tmp_path / "work", warehouse, baselines=False, verbose=0)
     assert result.vocabularies["hashtag"] == []
     assert np.isfinite(result.metrics["model"]["recall@100"])
+
+
+def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
+    # Story row 0 was created after the test window: it is in no candidate set, so the
+    # candidates' positions (0, 1) are story rows (1, 2). Scores are by story row: the
+    # user's test story (row 1, position 0) has the best score and must rank first.
+    from models.evaluation import EvaluationSet
+    from models.training import _measure_all
+
+    candidates = CandidateSets({"eligible": np.array([1, 2]), "catalogue": np.array([1, 2])}, trained=np.array([True, True, True]),
+                               created_ts=np.array([9, 0, 0]), as_of=5)  # fmt: skip
+    data = EvaluationSet(users=np.array([0]), test_events=[np.array([0])], seen=[np.array([], dtype=int)], n_candidates=2)
+    by_row = lambda users: np.array([[0.0, 5.0, 1.0]])[np.zeros(len(users), int)]  # noqa: E731
+    tcfg = load_config(overrides=["train.bootstrap_samples=10"], environ={}).train
+    metrics, _ = _measure_all({"model": by_row}, {"eligible": data, "catalogue": data}, candidates, [1], tcfg)
+    assert metrics["model"]["recall@1"] == 1.0 and metrics["model"]["catalogue_recall@1"] == 1.0
