@@ -69,7 +69,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
     "temp02": ("temperature 0.2", ("model.temperature=0.2",), None),
     "no-id-dropout": ("no id dropout", ("model.id_dropout=0.0",), None),
     # Its own test set (rating >= 4 positives) and its own baselines beside it.
-    "label": ("rating >= 4 is the positive", ('features.label_weights={"long_view": 1.0}',), ("ml-100k", "ml-1m")),
+    # --set merges into the preset's {view = 1}: view is zeroed explicitly.
+    "label": ("rating >= 4 is the positive", ('features.label_weights={"view": 0.0, "long_view": 1.0}',), ("ml-100k", "ml-1m")),
     "pointwise": ("without in-batch negatives (pointwise on impressions)", ("model.negatives=impressions",), ("synthetic",)),
 }
 DEFAULT_VARIANTS = "label,pointwise"
