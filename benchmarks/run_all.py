@@ -72,9 +72,10 @@ class Benchmark:
 # one per service run, which alone would exceed the budget. Model quality: 3 seeds of the
 # default model on each of ML-100K (time split and TFRS protocol), 1,000 users of ML-1M
 # and the small world, 10 epochs at most, baselines tuned on validation, the rating >= 4
-# label, pointwise negatives and the Transformer encoder beside them; ML-100K alone took
-# 31 minutes of it here on a shared machine (README, Performance), so this benchmark
-# dominates `make bench`; the whole of ML-1M is `--ml1m-users 0`. The service benchmark keeps its
+# label, pointwise negatives and the Transformer encoder beside them. ML-100K's time split
+# alone (3 seeds, Transformer, mixed negatives, a label variant) took 68 minutes here on a
+# shared machine (README, Performance), so this benchmark dominates `make bench`, and the
+# whole of it has not been timed; the whole of ML-1M is `--ml1m-users 0`. The service benchmark keeps its
 # store in var/bench/serving-work (ignored by git) and reuses the index a previous run
 # built with the same sizes: its figures are about serving, not building.
 BENCHMARKS: tuple[Benchmark, ...] = (
