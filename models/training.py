@@ -432,10 +432,6 @@ class CandidateSets:
         return cls({"eligible": eligible, "catalogue": catalogue}, trained, created, split.as_of)
 
     @property
-    def eligible(self) -> np.ndarray:
-        return self.sets["eligible"]
-
-    @property
     def cold(self) -> np.ndarray:
         """[len(catalogue)] bool: catalogue stories without a training event."""
         return ~self.trained[self.sets["catalogue"]]
@@ -452,6 +448,7 @@ def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, cand
     test_story = catalog.story_index(split.test["story_id"].to_pylist())
     positive = positive_scores(split.test, history.cfg) >= history.cfg.label_threshold
     n_users = len(catalog.user_ids)
+    truth = _ground_truth(warehouse)
     sets = {}
     for name, rows in candidates.sets.items():
         position = np.full(len(catalog.story_ids), -1)
@@ -472,19 +469,23 @@ def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, cand
                 "language": (catalog.user_language[users], catalog.story_language[rows]),
                 "country": (catalog.user_country[users], catalog.story_country[rows]),
             },
-            oracle=_oracle(warehouse, catalog, rows),
+            oracle=_oracle(truth, catalog, rows) if truth is not None else None,
             cold=~candidates.trained[rows],
         )
     return sets
 
 
-def _oracle(warehouse: Warehouse, catalog: Catalog, candidates: np.ndarray):
-    try:
-        from warehouse.synthetic import GroundTruth
+def _ground_truth(warehouse: Warehouse):
+    """The synthetic world's oracle, or None for real data."""
+    from warehouse.synthetic import GroundTruth
 
-        truth = GroundTruth.load(warehouse)
+    try:
+        return GroundTruth.load(warehouse)
     except FileNotFoundError:
-        return None  # real data: no oracle
+        return None
+
+
+def _oracle(truth, catalog: Catalog, candidates: np.ndarray):
     user_row = {u: i for i, u in enumerate(truth.user_ids.tolist())}
     truth_story_row = {s: i for i, s in enumerate(truth.story_ids.tolist())}
     story_row = np.array([truth_story_row[s] for s in catalog.story_ids[candidates]])
@@ -609,7 +610,6 @@ class _ItemUniverse:
             out[:, self.items] = local
             return out
 
-        catalogue_scores.fitted = scorer  # type: ignore[attr-defined]
         return catalogue_scores
 
 
