@@ -45,6 +45,11 @@ class EvaluationSet:
     match_attributes: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     oracle: Scorer | None = None
     cold: np.ndarray | None = None  # [C] bool: candidates with no training event
+    # [U] bool: users without a training event (new since the cutoff). With it, the
+    # figures are also given for them (new_user_*) and for the others (returning_user_*):
+    # on a time split most test users can be new, and nothing but popularity and their
+    # profile can serve them.
+    new_users: np.ndarray | None = None
 
 
 # Per-user metrics, the ones intervals and paired differences are computed for.
@@ -118,6 +123,7 @@ def measure(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: 
     oracle_recall = {k: [] for k in ks}
     cold_recall = {k: [] for k in ks}
     n_relevant = n_cold = 0
+    is_new: list[bool] = []  # per user with a relevant story, aligned with per_user
     discounts = 1.0 / np.log2(np.arange(2, 12))
 
     for start in range(0, len(data.users), batch_size):
@@ -150,6 +156,7 @@ def measure(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: 
                 if oracle_top is not None:
                     oracle_recall[k].append(np.isin(top_unseen[i, :k], oracle_top[i, :k]).mean())
             if len(relevant):
+                is_new.append(bool(data.new_users[u]) if data.new_users is not None else False)
                 gains = np.isin(top_unseen[i, :10], relevant)
                 ideal = discounts[: min(len(relevant), 10)].sum()
                 ndcg.append((gains * discounts[: len(gains)]).sum() / ideal)
@@ -177,6 +184,12 @@ def measure(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: 
             metrics[f"cold_recall@{k}"] = float(np.mean(cold_recall[k])) if cold_recall[k] else 0.0
             per_user[f"cold_recall@{k}"] = np.array(cold_recall[k], np.float64)
     metrics["ndcg@10"] = float(np.mean(ndcg)) if ndcg else 0.0
+    if data.new_users is not None:
+        new = np.array(is_new, dtype=bool)
+        for segment, mask in (("new_user", new), ("returning_user", ~new)):
+            metrics[f"{segment}_eval_users"] = float(mask.sum())
+            for name in ["ndcg@10", *(f"recall@{k}" for k in ks)]:
+                metrics[f"{segment}_{name}"] = float(per_user[name][mask].mean()) if mask.any() else 0.0
     return Measurement(metrics, per_user)
 
 

@@ -449,6 +449,8 @@ def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, cand
     positive = positive_scores(split.test, history.cfg) >= history.cfg.label_threshold
     n_users = len(catalog.user_ids)
     truth = _ground_truth(warehouse)
+    has_history = np.zeros(n_users, dtype=bool)
+    has_history[history.user] = True
     sets = {}
     for name, rows in candidates.sets.items():
         position = np.full(len(catalog.story_ids), -1)
@@ -471,6 +473,7 @@ def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, cand
             },
             oracle=_oracle(truth, catalog, rows) if truth is not None else None,
             cold=~candidates.trained[rows],
+            new_users=~has_history[users],
         )
     return sets
 

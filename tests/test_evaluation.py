@@ -82,6 +82,21 @@ def test_cold_start_recall_counts_only_stories_without_training_events():
     assert m["eval_positives"] == 3.0  # {2, 0} and {3}
 
 
+def test_new_and_returning_users_are_measured_apart():
+    # Same rankings as above. User 0 (returning) finds relevant {2, 0} at ranks 1 and 3;
+    # user 1 (new: no training event) finds {3} at rank 4.
+    data = EvaluationSet(
+        users=np.array([0, 1]), test_events=[np.array([2, 0]), np.array([3])], seen=[np.array([3]), np.array([], dtype=int)],
+        n_candidates=4, new_users=np.array([False, True]),
+    )  # fmt: skip
+    m = evaluate(scorer, data, ks=[1, 4])
+    assert m["new_user_eval_users"] == 1.0 and m["returning_user_eval_users"] == 1.0
+    assert m["returning_user_recall@1"] == pytest.approx(0.5) and m["new_user_recall@1"] == 0.0
+    assert m["new_user_recall@4"] == 1.0
+    # The segments split the overall mean: (0.5 + 0) / 2.
+    assert m["recall@1"] == pytest.approx((m["new_user_recall@1"] + m["returning_user_recall@1"]) / 2)
+
+
 def test_intervals_and_paired_differences_say_whether_a_win_is_more_than_chance():
     from models.evaluation import Measurement, bootstrap_interval, paired_difference
 
