@@ -71,6 +71,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
     # Its own test set (rating >= 4 positives) and its own baselines beside it.
     # --set merges into the preset's {view = 1}: view is zeroed explicitly.
     "label": ("rating >= 4 is the positive", ('features.label_weights={"view": 0.0, "long_view": 1.0}',), ("ml-100k", "ml-1m")),
+    # Graded confidence (Hu et al. 2008): every rating is a positive, rating >= 4 counts twice.
+    # The same test positives as the default.
+    "graded": ("graded label (every rating; rating >= 4 weighs 2)", ('features.label_weights={"view": 1.0, "long_view": 1.0}',), ("ml-100k", "ml-1m")),
     "pointwise": ("without in-batch negatives (pointwise on impressions)", ("model.negatives=impressions",), ("synthetic",)),
 }
 DEFAULT_VARIANTS = "label,pointwise"
