@@ -307,6 +307,10 @@ class IndexConfig(_Section):
     # and gains none from its new neighbourhood, so a few new items become unreachable
     # (nmslib/hnswlib#522; measured in tests/test_index_builder.py). On bounds memory.
     reuse_deleted_slots: bool = False
+    # Shards of a version: S > 1 partitions the snapshot by crc32(id) % S and builds one
+    # graph per shard, all listed in one manifest and moved by one LATEST (a shard set,
+    # served by `ebr serve --shard I/S` behind `ebr route`). 1 keeps the unsharded layout.
+    shards: int = Field(1, ge=1, le=1024)
 
 
 class ServingConfig(_Section):

@@ -209,6 +209,8 @@ def full_build_reason(previous: Manifest | None, snapshot: EmbeddingSnapshot, cf
     params, parents = previous.params, previous.parents
     if parents.get("model_version") != snapshot.model_version:
         return f"model changed from {parents.get('model_version')} to {snapshot.model_version}"
+    if int(params.get("shards", 1)) != cfg.shards:
+        return f"shard count changed from {params.get('shards', 1)} to index.shards={cfg.shards}"
     if int(params.get("dim", -1)) != snapshot.dim:
         return f"dimension changed from {params.get('dim')} to {snapshot.dim}"
     if (int(params.get("M", -1)), int(params.get("ef_construction", -1))) != (cfg.m, cfg.ef_construction):

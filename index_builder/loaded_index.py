@@ -120,6 +120,12 @@ def verify_files(directory: Path, manifest: Manifest, *, checksums: bool = True)
     Raises:
       CorruptArtifactError: a file is missing, truncated or altered.
     """
+    shards = manifest.params.get("shards", 1)
+    if shards != 1 and INDEX_FILE not in manifest.files:
+        raise CorruptArtifactError(
+            f"{directory}: {manifest.kind}/{manifest.version} is a set of {shards} shards (index.shards); "
+            f"serve it with `ebr serve --shard I/{shards}` behind `ebr route`, not as one index"
+        )
     for name in (INDEX_FILE, IDS_FILE):
         if name not in manifest.files:
             raise CorruptArtifactError(

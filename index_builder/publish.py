@@ -123,18 +123,26 @@ def build_and_publish_index(
             f"{source.name} has no published snapshot (no LATEST); run the embedding dataflow first or pass --snapshot"
         )
     version = version or index_version_name(snapshot)
+    shards = cfg.index.shards
     if kind.is_complete(version):
-        return _reuse(kind, collection, version, snapshot, publish=publish, run_id=run_id)
+        return _reuse(kind, collection, version, snapshot, publish=publish, run_id=run_id, shards=shards)
 
     snap = read_snapshot(source, snapshot)
     validation.check_snapshot(snap)
     probe = _real_queries(store, collection, snap, cfg.index.validation_queries)
     with tempfile.TemporaryDirectory(prefix="ebr-index-") as workdir:
-        built, recall = _build_validated(kind, snap, cfg.index, full=full, workdir=Path(workdir), probe=probe)
+        if shards > 1:  # a shard set: one version, every shard's files in one manifest (shard_sets)
+            from index_builder.shard_sets import build_shard_set, write_shard_set
+
+            built, recall = build_shard_set(kind, snap, cfg.index, full=full, workdir=Path(workdir), probe=probe)
+            write = write_shard_set
+        else:
+            built, recall = _build_validated(kind, snap, cfg.index, full=full, workdir=Path(workdir), probe=probe)
+            write = _write_version
         try:
-            manifest = _write_version(kind, version, snap, built, recall, cfg.index, Path(workdir))
+            manifest = write(kind, version, snap, built, recall, cfg.index, Path(workdir))
         except VersionExistsError:  # another run finished the same version meanwhile
-            return _reuse(kind, collection, version, snapshot, publish=publish, run_id=run_id)
+            return _reuse(kind, collection, version, snapshot, publish=publish, run_id=run_id, shards=shards)
     detail = built.detail + f"; recall@10 {recall.recall_at_10:.4f} at ef={recall.ef}"
     if recall.ef != cfg.index.ef_search:
         detail += f" (index.ef_search={cfg.index.ef_search} gave {recall.tried[cfg.index.ef_search]:.4f}; serving with ef={recall.ef})"
@@ -145,13 +153,19 @@ def build_and_publish_index(
     return IndexBuildOutcome(collection, version, built.mode, published, detail, recall.recall_at_10, manifest)
 
 
-def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, publish: bool, run_id: str | None) -> IndexBuildOutcome:
+def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, publish: bool, run_id: str | None,
+           shards: int = 1) -> IndexBuildOutcome:  # fmt: skip
     manifest = kind.verify(version)  # a complete version is trusted only once its bytes match
     built_from = manifest.parents.get("embedding_snapshot")
     if built_from != snapshot:
         raise VersionExistsError(
             f"{kind.name}/{version} exists already, built from snapshot {built_from!r}, not {snapshot!r}; "
             "choose another --version"
+        )
+    if int(manifest.params.get("shards", 1)) != shards:
+        raise VersionExistsError(
+            f"{kind.name}/{version} exists already as a set of {manifest.params.get('shards', 1)} shard(s), "
+            f"not index.shards={shards}; choose another --version"
         )
     detail = f"{kind.name}/{version} is complete already (built from {snapshot}); reused"
     published = False
