@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.sdk import TaskGroup, dag, task
 
 from orchestration import dag_support as ds
+from orchestration.beam_task_logs import BeamJobOperator
 from orchestration.embeddings import job_file
 
 ENTITY = "stories"
@@ -41,7 +41,7 @@ def ebr_story_index():
         return plan_embedding_job(load_config(), RunIdentity.from_context(context), ENTITY)
 
     planned = plan()
-    embed = BeamRunPythonPipelineOperator(
+    embed = BeamJobOperator(
         task_id="embed_stories",
         py_file=job_file(ENTITY),
         py_interpreter=sys.executable,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.sdk import dag, task
 
 from orchestration import dag_support as ds
+from orchestration.beam_task_logs import BeamJobOperator
 from orchestration.embeddings import job_file
 
 ENTITY = "users"
@@ -39,7 +39,7 @@ def ebr_user_embeddings():
         return plan_embedding_job(load_config(), RunIdentity.from_context(context), ENTITY)
 
     planned = plan()
-    embed = BeamRunPythonPipelineOperator(
+    embed = BeamJobOperator(
         task_id="embed_users",
         py_file=job_file(ENTITY),
         py_interpreter=sys.executable,
