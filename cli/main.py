@@ -17,7 +17,8 @@ from config import ConfigError, load_config
 # registers its sub-commands with `set_defaults(handler=...)`, and may list the
 # exception types it reports as one `error:` line in `EXPECTED_ERRORS`. Modules must
 # import nothing heavy at module level (TensorFlow, Beam, hnswlib load inside handlers).
-STAGE_COMMAND_MODULES = ("cli.embed_commands", "cli.index_commands", "cli.serve_commands", "cli.report_commands")
+STAGE_COMMAND_MODULES = ("cli.embed_commands", "cli.index_commands", "cli.serve_commands", "cli.route_commands",
+                         "cli.report_commands")
 
 EPILOG = """\
 examples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from argparse import Namespace
 
 from cli.output import human_bytes, table
@@ -18,6 +19,8 @@ def add_parser(commands) -> None:
     serve.add_argument("--host", help="default: serving.host (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: serving.port")
     serve.add_argument("--poll-interval", type=float, metavar="SECONDS", help="default: serving.poll_interval_s")
+    serve.add_argument("--shard", metavar="I/S", help="serve only shard I (from 0) of every shard-set index "
+                       "(index.shards=S), searched by vector on /v1/search, behind `ebr route`")  # fmt: skip
     serve.set_defaults(handler=run_server)
 
     query = commands.add_parser("query", help="ask a running retrieval service and print the answer")
@@ -43,6 +46,18 @@ def run_server(cfg: EbrConfig, args: Namespace) -> int:
 
     host = args.host or cfg.serving.host
     port = cfg.serving.port if args.port is None else args.port
+    if args.shard is not None:
+        from index_builder.sharding import parse_shard_spec
+        from serving.shard_server import serve_shard
+
+        try:
+            shard, shards = parse_shard_spec(args.shard)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"serving shard {shard} of {shards} on http://{host}:{port}; root {cfg.root}; Ctrl-C stops", flush=True)
+        serve_shard(cfg, shard, shards, host=host, port=port, poll_interval_s=args.poll_interval)
+        return 0
     print(f"serving on http://{host}:{port} (OpenAPI: /docs); root {cfg.root}; Ctrl-C stops", flush=True)
     serve(cfg, host=host, port=port, poll_interval_s=args.poll_interval)
     return 0

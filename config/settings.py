@@ -354,6 +354,48 @@ class ServingConfig(_Section):
     # A client must send its headers, and then its body, within this many seconds each;
     # a slower one gets 408 and its connection closed (slow clients cannot pin connections).
     request_read_timeout_s: float = Field(10.0, gt=0)
+    # The router (`ebr route`) answers only when at least this share of the shards answered
+    # (the answer says its `coverage`); below it, 503. 1.0: every shard or nothing.
+    min_coverage: float = Field(1.0, ge=0, le=1)
+    # Shard servers keep this many versions of each collection loaded (the newest LATEST
+    # named and the ones before it), so a router pinned to the previous shard set can
+    # finish its requests while the other shards catch up.
+    shard_keep_versions: int = Field(2, ge=1)
+
+
+class RouterConfig(_Section):
+    """The shard router (`ebr route`, see `serving.router`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8091, ge=0, le=65535)
+    # replicas[i] lists the base URLs of the replicas of shard i (e.g.
+    # [["http://10.0.0.1:8090", "http://10.0.0.2:8090"], ["http://10.0.0.3:8090"]]); the
+    # number of lists is the shard count every published set must have. A Kubernetes
+    # headless Service or a DNS SRV record fills the same lists (README, "Running at scale").
+    replicas: list[list[str]] = Field(default_factory=list)
+    # Every request must be answered within this (fan-out, retries and merge included).
+    deadline_ms: float = Field(200.0, gt=0)
+    # A shard that has not answered after this long is asked again on another replica
+    # (a hedge); an error or a refused connection retries at once.
+    hedge_after_ms: float = Field(30.0, gt=0)
+    # Attempts per shard and request, the first included (bounded by its replicas).
+    max_attempts: int = Field(3, ge=1)
+    # Replica health checks (GET /v1/shard: ready, shard I/S, versions held).
+    health_interval_s: float = Field(0.5, gt=0)
+    health_timeout_s: float = Field(1.0, gt=0)
+    # Connections kept open per replica.
+    max_connections: int = Field(64, ge=1)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_are_urls(cls, replicas: list[list[str]]) -> list[list[str]]:
+        for shard, urls in enumerate(replicas):
+            if not urls:
+                raise ValueError(f"shard {shard} has no replica; every shard needs at least one URL")
+            for url in urls:
+                if not (url.startswith("http://") or url.startswith("https://")):
+                    raise ValueError(f"replica {url!r} of shard {shard} must be an http:// or https:// URL")
+        return [[url.rstrip("/") for url in urls] for urls in replicas]
 
 
 class OrchestrationConfig(_Section):
@@ -389,6 +431,7 @@ class EbrConfig(_Section):
     embed: EmbedConfig = EmbedConfig()
     index: IndexConfig = IndexConfig()
     serving: ServingConfig = ServingConfig()
+    router: RouterConfig = RouterConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @field_validator("root")

@@ -1,0 +1,389 @@
+"""The sharded retrieval tier with real processes on loopback: shard servers (`ebr serve
+--shard I/S`, each its own process, SIGKILLed for real) and the router (`serving.router`,
+real uvicorn in this process, real httpx fan-out) over a small real store whose shard sets
+are built by the real index builder (`index.shards=2`).
+
+What users rely on, each checked against exact search over the whole snapshot:
+
+  * merged answers equal exact top-k of the unsharded snapshot;
+  * an answer never mixes two shard-set generations, while a new set is published under load;
+  * a replica killed under load costs no failed request (retried or hedged on the other);
+  * a whole shard down gives coverage 0.5, or 503, per serving.min_coverage;
+  * a shard that lags on the old set keeps the router on the old set until it catches up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from artifacts import ArtifactStore
+from artifacts.embedding_snapshots import publish_snapshot
+from config import load_config
+from index_builder import hnsw
+from index_builder.publish import build_and_publish_index
+from index_builder.sharding import shard_of
+from index_builder.synthetic import clustered_vectors
+from serving.router import build_router
+from serving.server import ServerThread
+from tests.gcs_support import free_port
+from tests.polling import wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+DIM, N_STORIES, N_USERS = 16, 600, 40
+POLL_S = 0.1
+STARTUP_S = 60.0  # a shard server's first start on a busy 2-core machine (imports, first load)
+
+
+@dataclass
+class Sets:
+    """The store and every story set published, to check answers against exact search."""
+
+    tmp: Path
+    store: ArtifactStore
+    stories: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # index version -> id -> vector
+    users: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    @property
+    def root(self) -> str:
+        return self.store.uri
+
+    def cfg(self, *overrides: str):
+        return load_config(overrides=[f"root={self.root}", "index.shards=2", "index.ef_construction=100",
+                                      "index.ef_search=200", "index.threads=1", *overrides], environ={})  # fmt: skip
+
+    def publish_users(self, version: str, model: str = "m1", seed: int = 1) -> None:
+        ids = np.asarray([f"u{i}" for i in range(N_USERS)], dtype=object)
+        vectors = clustered_vectors(N_USERS, DIM, clusters=5, seed=seed)
+        publish_snapshot(self.store.kind("embeddings/users"), version, ids, vectors, model_version=model, as_of=0, reason="test")
+        self.users[version] = dict(zip(ids, vectors, strict=True))
+
+    def build_stories(self, version: str, *, prefix: str = "s", seed: int = 2, model: str = "m1", publish: bool = True) -> str:
+        """A story snapshot and its shard set (the real builder); `prefix` makes each set's ids
+        its own, so an answer mixing two sets cannot go unnoticed."""
+        ids = np.asarray([f"{prefix}{i}" for i in range(N_STORIES)], dtype=object)
+        vectors = clustered_vectors(N_STORIES, DIM, clusters=10, seed=seed)
+        publish_snapshot(self.store.kind("embeddings/stories"), version, ids, vectors, model_version=model, as_of=0, reason="test")
+        outcome = build_and_publish_index(self.cfg(), "stories", snapshot=version, publish=publish)
+        assert outcome.manifest.params["shards"] == 2
+        self.stories[outcome.version] = dict(zip(ids, vectors, strict=True))
+        return outcome.version
+
+    def exact(self, version: str, query: np.ndarray, k: int, exclude: tuple[str, ...] = ()) -> list[str]:
+        items = {i: v for i, v in self.stories[version].items() if i not in exclude}
+        ids = np.asarray(list(items), dtype=object)
+        top = hnsw.exact_top_k(np.stack(list(items.values())), query[None, :], k)[0]
+        return list(ids[top])
+
+    def check(self, body: dict, user_id: str) -> None:
+        """One generation: every shard answered from the version the answer names, and every
+        score is that version's dot product with the user."""
+        version = body["served"]["index_version"]
+        assert {s["version"] for s in body["shards"]} == {version}, body["shards"]
+        user = self.users[body["served"]["user_embeddings_version"]][user_id]
+        for hit in body["items"]:
+            assert hit["score"] == pytest.approx(float(user @ self.stories[version][hit["id"]]), abs=1e-4), version
+
+
+class ShardProcess:
+    """`ebr serve --shard I/S` in a process of its own on a free loopback port."""
+
+    def __init__(self, sets: Sets, shard: int, shards: int = 2, *, poll_s: float = POLL_S, spec: str | None = None):
+        self.shard, self.port = shard, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = sets.tmp / f"shard-{shard}-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
+        env["TF_USE_LEGACY_KERAS"] = "1"
+        command = [sys.executable, "-m", "cli.main", "--root", sets.root,
+                   "--set", f"serving.cache_dir={sets.tmp}/cache-{self.port}", "--set", f"serving.poll_interval_s={poll_s}",
+                   "--set", "serving.searcher=inline", "--set", "serving.max_k=50", "--set", "serving.default_k=10",
+                   "serve", "--shard", spec or f"{shard}/{shards}", "--port", str(self.port)]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def status(self) -> dict | None:
+        try:
+            return httpx.get(f"{self.url}/v1/shard", timeout=2).json()
+        except httpx.HTTPError:
+            return None
+
+    def wait_ready(self, timeout: float = STARTUP_S) -> ShardProcess:
+        def ready():
+            assert self.process.poll() is None, f"shard server exited:\n{self.logs()}"
+            status = self.status()
+            return status is not None and status["ready"]
+
+        wait_for(ready, what=f"shard server {self.url} ready", timeout=timeout, interval=0.1, details=self.logs)
+        return self
+
+    def current(self) -> str | None:
+        status = self.status()
+        return None if status is None else status["collections"].get("stories", {}).get("current")
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def sets(tmp_path) -> Sets:
+    return Sets(tmp_path, ArtifactStore.open(f"file://{tmp_path}/root"))
+
+
+@pytest.fixture
+def cluster(sets):
+    """start(replicas, poll) -> shard servers ([shard][replica]), always stopped."""
+    started: list[ShardProcess] = []
+
+    def start(replicas: int = 2, *, poll_s: Callable[[int], float] = lambda shard: POLL_S) -> list[list[ShardProcess]]:
+        grid = [[ShardProcess(sets, shard, poll_s=poll_s(shard)) for _ in range(replicas)] for shard in range(2)]
+        started.extend(p for row in grid for p in row)
+        for row in grid:
+            for process in row:
+                process.wait_ready()
+        return grid
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_router(sets):
+    running: list[ServerThread] = []
+
+    def start(grid: list[list[ShardProcess]], *overrides: str):
+        replicas = "[" + ",".join("[" + ",".join(f'"{p.url}"' for p in row) + "]" for row in grid) + "]"
+        cfg = sets.cfg(f"serving.cache_dir={sets.tmp}/router-cache-{len(running)}", f"serving.poll_interval_s={POLL_S}",
+                       f"router.replicas={replicas}", "router.health_interval_s=0.1", "router.deadline_ms=3000",
+                       "router.hedge_after_ms=200", "serving.max_k=50", "serving.default_k=10", *overrides)  # fmt: skip
+        app, router = build_router(cfg)
+        server = ServerThread(app).start()
+        running.append(server)
+        client = httpx.Client(base_url=server.url, timeout=10)
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="router ready", timeout=20,
+                 details=lambda: client.get("/v1/versions").text)  # fmt: skip
+        return router, client
+
+    yield start
+    for server in running:
+        server.stop()
+
+
+def pinned(client: httpx.Client) -> str | None:
+    pin = client.get("/v1/versions").json()["pinned"].get("stories")
+    return pin and pin["version"]
+
+
+class Load:
+    """Threads asking the router for users' top stories until stopped; every answer kept."""
+
+    def __init__(self, url: str, threads: int = 2):
+        self.url, self.stop_flag = url, threading.Event()
+        self.answers: list[tuple[str, int, dict]] = []
+        self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            i = n
+            while not self.stop_flag.is_set():
+                user = f"u{i % N_USERS}"
+                try:
+                    response = client.post("/v1/retrieve/stories", json={"user_id": user, "k": 10})
+                    self.answers.append((user, response.status_code, response.json()))
+                except httpx.HTTPError as err:
+                    self.answers.append((user, 0, {"error": str(err)}))
+                i += 2
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_flag.set()
+        for thread in self.threads:
+            thread.join(30)
+
+    def wait_answers(self, n: int, timeout: float = 20.0) -> None:
+        start = len(self.answers)
+        wait_for(lambda: len(self.answers) >= start + n, what=f"{n} more answers under load", timeout=timeout)
+
+
+# -- shard servers -------------------------------------------------------------------------
+
+
+def test_a_bad_shard_spec_is_one_error_line(sets):
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "serve", "--shard", "3/2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "error: --shard '3/2': shards of a set of 2 are numbered 0 to 1" in result.stderr
+
+
+def test_a_shard_server_answers_from_the_version_named_and_refuses_a_set_of_another_size(sets, cluster):
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    wrong = ShardProcess(sets, 0, spec="0/3")  # the set has 2 shards
+    try:
+        shard0 = cluster(replicas=1)[0][0]
+        query = clustered_vectors(1, DIM, seed=9)[0].tolist()
+        body = httpx.post(f"{shard0.url}/v1/search/stories", json={"embedding": query, "k": 5, "version": v1}).json()
+        assert body["version"] == v1 and body["shard"] == 0 and len(body["items"]) == 5
+        assert all(shard_of(item_id, 2) == 0 for item_id, _ in body["items"])
+        missing = httpx.post(f"{shard0.url}/v1/search/stories", json={"embedding": query, "k": 5, "version": "v0"})
+        assert missing.status_code == 409 and missing.json()["error"]["code"] == "version_not_held"
+
+        def refused():
+            status = wrong.status()
+            return status and status["refused"]
+
+        reasons = wait_for(refused, what="the 0/3 server to refuse the 2-shard set", timeout=STARTUP_S, details=wrong.logs)
+        assert "is a set of 2 shard(s); this server serves shard 0 of 3: start it with --shard I/2" in reasons[0]["reason"]
+        assert httpx.get(f"{wrong.url}/readyz").status_code == 503
+    finally:
+        wrong.stop()
+
+
+# -- the router ----------------------------------------------------------------------------
+
+
+def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster, start_router):
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    grid = cluster()
+    _, client = start_router(grid)
+
+    for n in range(N_USERS):
+        user = f"u{n}"
+        body = client.post("/v1/retrieve/stories", json={"user_id": user, "k": 10}).json()
+        assert body["coverage"] == 1.0 and body["served"]["index_version"] == v1
+        assert [h["id"] for h in body["items"]] == sets.exact(v1, sets.users["u1"][user], 10)
+        sets.check(body, user)
+    query = sets.stories[v1]["s7"]
+    body = client.post("/v1/retrieve/stories", json={"embedding": query.tolist(), "k": 8, "exclude": ["s7", "s8"]}).json()
+    assert [h["id"] for h in body["items"]] == sets.exact(v1, query, 8, exclude=("s7", "s8"))
+    body = client.post("/v1/similar/stories", json={"id": "s11", "k": 10}).json()
+    assert [h["id"] for h in body["items"]] == sets.exact(v1, sets.stories[v1]["s11"], 10, exclude=("s11",))
+
+    # The public API's errors, as the single service gives them.
+    assert client.post("/v1/retrieve/stories", json={"user_id": "nobody"}).json()["error"]["code"] == "unknown_user"
+    assert client.post("/v1/similar/stories", json={"id": "nothing"}).json()["error"]["code"] == "unknown_id"
+    assert client.post("/v1/retrieve/stories", json={"user_id": "u1", "k": 51}).status_code == 422
+    assert client.post("/v1/retrieve/stories", json={"embedding": [0.1] * 3}).json()["error"]["code"] == "invalid_embedding"
+    assert client.post("/v1/retrieve/films", json={"user_id": "u1"}).status_code == 404
+    versions = client.get("/v1/versions").json()
+    assert versions["pinned"]["stories"]["version"] == v1 and versions["user_embeddings"]["version"] == "u1"
+    assert all(r["healthy"] for row in versions["replicas"] for r in row)
+    assert "ebr_router_requests_total" in client.get("/metrics").text
+
+
+def test_a_new_set_published_under_load_switches_without_mixing_generations(sets, cluster, start_router):
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    _, client = start_router(cluster())
+    with Load(client.base_url) as load:
+        load.wait_answers(20)
+        v2 = sets.build_stories("v2", prefix="t", seed=3)  # other ids, other vectors
+        wait_for(lambda: pinned(client) == v2, what="the router to switch to v2", timeout=20)
+        load.wait_answers(20)
+    served = {body["served"]["index_version"] for _, status, body in load.answers if status == 200}
+    assert served == {v1, v2}
+    assert all(status == 200 for _, status, _ in load.answers), [a for a in load.answers if a[1] != 200][:3]
+    for user, _, body in load.answers:
+        sets.check(body, user)
+        assert body["coverage"] == 1.0
+        assert all(h["id"].startswith("s" if body["served"]["index_version"] == v1 else "t") for h in body["items"])
+
+
+def test_a_replica_killed_under_load_costs_no_failed_request(sets, cluster, start_router):
+    sets.publish_users("u1")
+    sets.build_stories("v1")
+    grid = cluster()
+    _, client = start_router(grid)
+    with Load(client.base_url) as load:
+        load.wait_answers(20)
+        grid[0][0].kill()
+        load.wait_answers(30)
+        grid[1][1].kill()
+        load.wait_answers(30)
+    failed = [a for a in load.answers if a[1] != 200]
+    assert not failed, failed[:3]
+    for user, _, body in load.answers:
+        assert body["coverage"] == 1.0
+        sets.check(body, user)
+    versions = client.get("/v1/versions").json()
+    assert not versions["replicas"][0][0]["healthy"] and not versions["replicas"][1][1]["healthy"]
+
+
+def test_a_whole_shard_down_gives_partial_answers_or_503_per_min_coverage(sets, cluster, start_router):
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    grid = cluster()
+    _, partial = start_router(grid, "serving.min_coverage=0.5")
+    _, strict = start_router(grid)  # min_coverage 1.0: every shard or nothing
+    for process in grid[1]:
+        process.kill()
+
+    body = partial.post("/v1/retrieve/stories", json={"user_id": "u3", "k": 10}).json()
+    assert body["coverage"] == 0.5 and body["missing_shards"] == [1]
+    # What shard 0 holds, exactly: the exact top-10 among shard 0's items.
+    user = sets.users["u1"]["u3"]
+    own = {i: v for i, v in sets.stories[v1].items() if shard_of(i, 2) == 0}
+    best = sorted(own, key=lambda i: -float(user @ own[i]))[:10]
+    assert [h["id"] for h in body["items"]] == best
+    response = strict.post("/v1/retrieve/stories", json={"user_id": "u3", "k": 10})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "insufficient_coverage"
+    assert "below serving.min_coverage=1" in response.json()["error"]["message"]
+    wait_for(lambda: strict.get("/readyz").status_code == 503, what="the strict router to say it is not ready")
+    assert partial.get("/readyz").status_code == 200
+
+
+def test_a_lagging_shard_keeps_the_router_on_the_old_set_until_it_catches_up(sets, cluster, start_router):
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    lag_s = 6.0
+    grid = cluster(poll_s=lambda shard: POLL_S if shard == 0 else lag_s)  # shard 1 polls LATEST rarely
+    router, client = start_router(grid)
+    v2 = sets.build_stories("v2", prefix="t", seed=3, publish=False)
+    # Publish just after both shard-1 replicas polled: they see v2 only lag_s later.
+    polls = [p.status()["last_poll_at"] for p in grid[1]]
+    wait_for(lambda: all(p.status()["last_poll_at"] != before for p, before in zip(grid[1], polls, strict=True)),
+             what="both shard-1 replicas to poll", timeout=2 * lag_s)  # fmt: skip
+    sets.store.kind("indexes/stories").publish(v2, reason="test")
+    published = time.monotonic()
+
+    wait_for(lambda: all(p.current() == v2 for p in grid[0]), what="shard 0 on v2", timeout=10)
+    assert all(p.current() == v1 for p in grid[1]) and time.monotonic() - published < lag_s - 1
+    time.sleep(0.5)  # several health checks of the router see shard 0 on v2, shard 1 on v1
+    assert pinned(client) == v1
+    body = client.post("/v1/retrieve/stories", json={"user_id": "u2", "k": 10}).json()
+    assert body["served"]["index_version"] == v1 and body["coverage"] == 1.0  # shard 0 answered from v1, still held
+    sets.check(body, "u2")
+    assert "not yet held by a healthy replica of shard(s) [1]" in client.get("/v1/versions").json()["waiting"]["stories"]
+
+    wait_for(lambda: pinned(client) == v2, what="the router to switch once shard 1 caught up", timeout=3 * lag_s)
+    assert any(p.current() == v2 for p in grid[1])
+    body = client.post("/v1/retrieve/stories", json={"user_id": "u2", "k": 10}).json()
+    assert body["served"]["index_version"] == v2
+    sets.check(body, "u2")
