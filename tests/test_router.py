@@ -15,6 +15,7 @@ What users rely on, each checked against exact search over the whole snapshot:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,8 +139,13 @@ class ShardProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def freeze(self) -> None:
+        """SIGSTOP: the port stays open and connections are accepted, nothing is answered."""
+        self.process.send_signal(signal.SIGSTOP)
+
     def stop(self) -> None:
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
             self.process.terminate()
             try:
                 self.process.wait(10)
@@ -297,6 +303,23 @@ def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster
     assert all(r["healthy"] for row in versions["replicas"] for r in row)
     assert "ebr_router_requests_total" in client.get("/metrics").text
 
+    # A set of another size than router.replicas is never pinned, and /v1/versions says why.
+    publish_snapshot(sets.store.kind("embeddings/stories"), "v3", np.asarray(list(sets.stories[v1]), dtype=object),
+                     np.stack(list(sets.stories[v1].values())), model_version="m1", as_of=0, reason="test")  # fmt: skip
+    build_and_publish_index(sets.cfg("index.shards=3"), "stories", snapshot="v3")
+    waiting = wait_for(lambda: client.get("/v1/versions").json()["waiting"].get("stories"), what="the 3-shard set noticed")
+    assert "is a set of 3 shard(s), but router.replicas lists 2" in waiting
+    assert pinned(client) == v1 and client.post("/v1/retrieve/stories", json={"user_id": "u1"}).status_code == 200
+
+
+def test_ebr_route_without_replicas_is_one_error_line(sets):
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "route"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "error: no shard replicas" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "route", "--replicas", '[["ftp://x"]]'],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "must be an http:// or https:// URL" in result.stderr
+
 
 def test_a_new_set_published_under_load_switches_without_mixing_generations(sets, cluster, start_router):
     sets.publish_users("u1")
@@ -316,16 +339,16 @@ def test_a_new_set_published_under_load_switches_without_mixing_generations(sets
         assert all(h["id"].startswith("s" if body["served"]["index_version"] == v1 else "t") for h in body["items"])
 
 
-def test_a_replica_killed_under_load_costs_no_failed_request(sets, cluster, start_router):
+def test_a_replica_killed_or_frozen_under_load_costs_no_failed_request(sets, cluster, start_router):
     sets.publish_users("u1")
     sets.build_stories("v1")
     grid = cluster()
     _, client = start_router(grid)
     with Load(client.base_url) as load:
         load.wait_answers(20)
-        grid[0][0].kill()
+        grid[1][1].kill()  # connections refused: retried on the other replica at once
         load.wait_answers(30)
-        grid[1][1].kill()
+        grid[0][0].freeze()  # accepts, never answers: hedged after router.hedge_after_ms
         load.wait_answers(30)
     failed = [a for a in load.answers if a[1] != 200]
     assert not failed, failed[:3]
@@ -334,6 +357,8 @@ def test_a_replica_killed_under_load_costs_no_failed_request(sets, cluster, star
         sets.check(body, user)
     versions = client.get("/v1/versions").json()
     assert not versions["replicas"][0][0]["healthy"] and not versions["replicas"][1][1]["healthy"]
+    hedges = re.search(r'ebr_router_hedges_total\{shard="0"\} ([0-9.]+)', client.get("/metrics").text)
+    assert hedges and float(hedges.group(1)) >= 1  # requests sent to the frozen replica went on to the other
 
 
 def test_a_whole_shard_down_gives_partial_answers_or_503_per_min_coverage(sets, cluster, start_router):
