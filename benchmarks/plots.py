@@ -163,12 +163,38 @@ def recall_qps(results: dict, path: Path) -> Path | None:
 
     One line per library and query set (held-out points of the same distribution, which
     decide the target, then stored vectors + noise of a given norm, harder stress sets).
+    Two panels: the whole sweep, and the high-recall corner around the 0.99 target, where
+    every ef of the deciding set lies within a few thousandths and one panel's labels
+    overlapped; there hnswlib's ef labels sit left of its points and faiss' right of
+    theirs, the whole-sweep panel labels only the ef values outside that corner.
     """
     ib = _bench(results, "index_build")
     if not ib:
         return None
     exact = ib["exact"]["qps_single_query"]
-    fig, ax = plt.subplots(figsize=(9.5, 6))
+    fig, (whole, corner) = plt.subplots(1, 2, figsize=(13, 6.2), sharey=True, gridspec_kw={"width_ratios": [1, 1.15]})
+    corner_from = 0.97
+    for ax, zoomed in ((whole, False), (corner, True)):
+        _draw_sweeps(ax, ib, exact, label_ef=lambda r, z=zoomed: (r["recall_at_10"] >= corner_from) == z, legend=not zoomed)
+        ax.axhline(50 * exact, color="green", linestyle="--", linewidth=1, label="target: 50x exact QPS")
+        ax.axvline(0.99, color="green", linestyle=":", linewidth=1, label="target: recall@10 0.99")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("recall@10 against exact search (each query set)")
+    corner.set_xlim(corner_from, 1.0015)
+    corner.set_title(f"the corner: recall@10 >= {corner_from}", fontsize=10)
+    whole.set_ylabel("queries per second (1 thread, 1 query at a time, log scale)")
+    d, p = ib["data"], ib["params"]
+    queries = d.get("queries_per_set", d.get("queries"))
+    whole.set_title(f"{d['n']:,} x {d['dim']} clustered vectors, M={p['M']}, ef_construction={p['ef_construction']}, "
+                    f"{queries:,} queries per set", fontsize=10)  # fmt: skip
+    fig.suptitle("Recall vs speed for each ef", fontsize=11)
+    whole.legend(fontsize=7.5, loc="lower left")
+    return _save(fig, path)
+
+
+def _draw_sweeps(ax, ib: dict, exact: float, label_ef, legend: bool) -> None:
+    """Every library's sweep lines on AX; ef labels on the deciding set's points where `label_ef(row)`."""
     styles = ["-", "--", ":", "-."]
     for lib, color, marker in (("hnswlib", COLORS["model"], "o"), ("faiss", COLORS["faiss"], "s")):
         if lib not in ib:
@@ -180,24 +206,14 @@ def recall_qps(results: dict, path: Path) -> Path | None:
             if i == 0:
                 label += f" (build {b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} B/vector)"
             ax.plot([r["recall_at_10"] for r in rows], [r["qps"] for r in rows], marker + styles[i % len(styles)], color=color,
-                    alpha=1.0 if i == 0 else 0.55, label=label)  # fmt: skip
-            if i == 0:  # ef labels on the deciding query set: hnswlib above its points, faiss below
-                for r in rows:
-                    ax.annotate(f"ef={r['ef']}", (r["recall_at_10"], r["qps"]), textcoords="offset points",
-                                xytext=(4, 4) if lib == "hnswlib" else (4, -11), fontsize=7, color=color)  # fmt: skip
-    ax.plot([1.0], [exact], "*", color=COLORS["exact"], markersize=14, label=f"exact numpy search ({exact:,.0f} QPS)")
-    ax.axhline(50 * exact, color="green", linestyle="--", linewidth=1, label="target: 50x exact QPS")
-    ax.axvline(0.99, color="green", linestyle=":", linewidth=1, label="target: recall@10 0.99")
-    ax.set_yscale("log")
-    ax.set_xlabel("recall@10 against exact search (each query set)")
-    ax.set_ylabel("queries per second (1 thread, 1 query at a time, log scale)")
-    d, p = ib["data"], ib["params"]
-    queries = d.get("queries_per_set", d.get("queries"))
-    ax.set_title(f"Recall vs speed: {d['n']:,} x {d['dim']} clustered vectors, M={p['M']}, ef_construction={p['ef_construction']}, "
-                 f"{queries:,} queries per set", fontsize=10)  # fmt: skip
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower left")
-    return _save(fig, path)
+                    alpha=1.0 if i == 0 else 0.4, markersize=6 if i == 0 else 4, label=label if legend else None)  # fmt: skip
+            if i == 0:  # the deciding query set: hnswlib's labels to the left, faiss' to the right
+                left = lib == "hnswlib"
+                for r in (r for r in rows if label_ef(r)):
+                    ax.annotate(f"ef={r['ef']}", (r["recall_at_10"], r["qps"]), textcoords="offset points", fontsize=8,
+                                color=color, xytext=(-7, 0) if left else (7, 0), ha="right" if left else "left", va="center",
+                                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75})  # fmt: skip
+    ax.plot([1.0], [exact], "*", color=COLORS["exact"], markersize=14, label=f"exact numpy search ({exact:,.0f} QPS)" if legend else None)
 
 
 # -- serving ------------------------------------------------------------------------------

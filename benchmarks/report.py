@@ -1,10 +1,15 @@
 """One self-contained HTML page from a benchmark run: figures, targets, plots, provenance.
 
-    python benchmarks/report.py [--results benchmarks/results.json] [--out benchmarks/report.html]
+    python benchmarks/report.py [--results benchmarks/results.json] [--out var/report.html]
     ebr report [--results ...] [--out ...]            (the same, through the CLI)
 
 The plots are drawn afresh from the results (benchmarks/plots.py) and embedded as
-base64 data URIs, so the page is one file that can be mailed or attached to a PR.
+base64 data URIs, so the page is one file that can be mailed or attached to a PR. The
+page opens on the targets with the plots beside them (one column on a narrow screen);
+the tables of figures, every model-quality metric, the run's provenance and the
+benchmarks run follow. Wide tables scroll inside their box and long cells wrap. Both
+commands write to var/ unless given --out: `make bench` writes benchmarks/report.html,
+the copy that is committed with its results.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from cli.report_commands import load_benchmark_script
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_RESULTS = BENCH_DIR / "results.json"
+DEFAULT_OUT = BENCH_DIR.parent / "var" / "report.html"
 
 PLOT_CAPTIONS = {
     "training_history": "Training loss and validation top-100 accuracy per epoch; the dashed line is the epoch chosen on the validation split.",
@@ -31,10 +37,15 @@ PLOT_CAPTIONS = {
 }
 
 CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1600px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; max-width: 100%; } .scroll td, .scroll th { overflow-wrap: normal; white-space: nowrap; }
+.overview { display: grid; grid-template-columns: minmax(0, 5fr) minmax(0, 6fr); gap: 1.5em; align-items: start; }
+.overview .plots figure:first-child { margin-top: 0; }
+@media (max-width: 1100px) { .overview { grid-template-columns: minmax(0, 1fr); } }
+.summary { color: #444; }
 th { background: #f4f4f4; }
 td.met { background: #e3f5e1; font-weight: bold; } td.notmet { background: #fbe3e3; font-weight: bold; } td.unknown { background: #f4f4f4; }
 .note { background: #fff8e1; border-left: 4px solid #f0c000; padding: .5em .8em; margin: .5em 0; }
@@ -62,10 +73,10 @@ def load_results(path: Path) -> dict:
 
 
 def write_report(results_path: Path, out: Path | None = None) -> Path:
-    """Renders RESULTS_PATH to OUT (default: report.html beside it); returns OUT."""
+    """Renders RESULTS_PATH to OUT (default: var/report.html); returns OUT."""
     results_path = Path(results_path)
     results = load_results(results_path)
-    out = Path(out) if out is not None else results_path.with_name("report.html")
+    out = Path(out) if out is not None else DEFAULT_OUT
     with tempfile.TemporaryDirectory(prefix="ebr-report-") as tmp:
         pngs = load_benchmark_script("plots").write_all(results, Path(tmp))
         images = {name: base64.b64encode(path.read_bytes()).decode("ascii") for name, path in pngs.items()}
@@ -75,14 +86,48 @@ def write_report(results_path: Path, out: Path | None = None) -> Path:
 
 
 def render_html(results: dict, images: dict[str, str], source: str = "") -> str:
-    """The page: provenance, notes, targets, figures, plots (base64 PNGs), benchmarks run."""
+    """The page: targets beside the plots (base64 PNGs), then figures, every quality metric,
+    provenance, notes and the benchmarks run."""
     e = html.escape
     git, m = results.get("git", {}), results["machine"]
+    targets = results["targets"]
+    met = sum(1 for t in targets if t["met"] is True)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>EBR benchmarks, {e(results.get('started_at', ''))}</title><style>{CSS}</style></head><body>",
         "<h1>Embedding-based retrieval: benchmark report</h1>",
+        f'<p class="summary">{met} of {len(targets)} targets met; {e(results.get("mode", ""))} run of {e(results.get("started_at", ""))} '
+        f'at commit <code>{e(str(git.get("commit", ""))[:12])}</code> on {m.get("cpus")} cores '
+        '(<a href="#provenance">provenance</a>, <a href="#figures">figures</a>, <a href="#benchmarks">benchmarks run</a>).</p>',
+    ]  # fmt: skip
+    parts += [f'<div class="note">{e(note)}</div>' for note in results.get("notes", [])]
+
+    parts += ['<div class="overview"><section class="targets">', f"<h2>Targets: {met} of {len(targets)} met</h2>",
+              "<table><tr><th>issue</th><th>target</th><th>measured</th><th>met</th><th>at the issue's size</th></tr>"]  # fmt: skip
+    for t in targets:
+        css, verdict = {True: ("met", "met"), False: ("notmet", "not met"), None: ("unknown", "not measured")}[t["met"]]
+        at_size = {True: "yes", False: f"no: {e(t['size'])}", None: ""}[t["at_target_size"]]
+        note = f"<br><small>{e(t['note'])}</small>" if t.get("note") else ""
+        parts.append(f"<tr><td>#{t['issue']}</td><td>{e(t['target'])}</td><td>{e(t['measured'])}</td><td class=\"{css}\">{verdict}</td>"
+                     f"<td>{at_size}{note}</td></tr>")  # fmt: skip
+    parts += ["</table></section>", '<section class="plots">', "<h2>Plots</h2>" if images else ""]
+    for name, data in images.items():
+        parts.append(f'<figure id="{e(name)}"><img alt="{e(PLOT_CAPTIONS.get(name, name))}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")  # fmt: skip
+    parts.append("</section></div>")
+
+    parts += ['<h2 id="figures">Figures</h2>', "<table><tr><th>area</th><th>measurement</th><th>figure</th><th>measured on</th></tr>"]
+    for f in results["figures"]:
+        parts.append(f"<tr><td>{e(f['area'])}</td><td>{e(f['measurement'])}</td><td>{e(f['text'])}</td><td>{e(f['size'])}</td></tr>")
+    parts.append("</table>")
+    quality = _quality_table(results)
+    if quality:
+        parts += ["<h2>Model quality, every metric</h2>", f'<div class="scroll">{quality}</div>']
+
+    parts += [
+        '<h2 id="provenance">Provenance</h2>',
         '<table class="meta">',
         _row("run", f"{e(results.get('mode', ''))} run, {e(results.get('started_at', ''))} to {e(results.get('finished_at', ''))} "
                     f"({results.get('wall_seconds', 0) / 60:.1f} min)"),  # fmt: skip
@@ -98,35 +143,8 @@ def render_html(results: dict, images: dict[str, str], source: str = "") -> str:
     if source:
         parts.append(_row("results file", f"<code>{e(source)}</code>"))
     parts.append("</table>")
-    parts += [f'<div class="note">{e(note)}</div>' for note in results.get("notes", [])]
 
-    targets = results["targets"]
-    met = sum(1 for t in targets if t["met"] is True)
-    parts += [f"<h2>Targets: {met} of {len(targets)} met</h2>",
-              "<table><tr><th>issue</th><th>target</th><th>measured</th><th>met</th><th>at the issue's size</th></tr>"]  # fmt: skip
-    for t in targets:
-        css, verdict = {True: ("met", "met"), False: ("notmet", "not met"), None: ("unknown", "not measured")}[t["met"]]
-        at_size = {True: "yes", False: f"no: {e(t['size'])}", None: ""}[t["at_target_size"]]
-        note = f"<br><small>{e(t['note'])}</small>" if t.get("note") else ""
-        parts.append(f"<tr><td>#{t['issue']}</td><td>{e(t['target'])}</td><td>{e(t['measured'])}</td><td class=\"{css}\">{verdict}</td>"
-                     f"<td>{at_size}{note}</td></tr>")  # fmt: skip
-    parts.append("</table>")
-
-    parts += ["<h2>Figures</h2>", "<table><tr><th>area</th><th>measurement</th><th>figure</th><th>measured on</th></tr>"]
-    for f in results["figures"]:
-        parts.append(f"<tr><td>{e(f['area'])}</td><td>{e(f['measurement'])}</td><td>{e(f['text'])}</td><td>{e(f['size'])}</td></tr>")
-    parts.append("</table>")
-    quality = _quality_table(results)
-    if quality:
-        parts += ["<h2>Model quality, every metric</h2>", quality]
-
-    if images:
-        parts.append("<h2>Plots</h2>")
-    for name, data in images.items():
-        parts.append(f'<figure id="{e(name)}"><img alt="{e(name)}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")  # fmt: skip
-
-    parts += ["<h2>Benchmarks run</h2>", "<table><tr><th>benchmark</th><th>command</th><th>wall s</th><th>status</th></tr>"]
+    parts += ['<h2 id="benchmarks">Benchmarks run</h2>', "<table><tr><th>benchmark</th><th>command</th><th>wall s</th><th>status</th></tr>"]
     for b in results["benchmarks"].values():
         if b.get("skipped"):
             status = f"skipped ({e(b.get('reason', ''))})"
@@ -167,7 +185,7 @@ def _row(label: str, value: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument("--out", type=Path, help="default: report.html beside the results")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="default: %(default)s")
     args = parser.parse_args(argv)
     try:
         out = write_report(args.results, args.out)

@@ -340,3 +340,23 @@ def test_an_only_run_keeps_the_other_benchmarks_from_the_previous_results():
     assert merged["index_build"]["wall_seconds"] == 5.0
     assert merged["serving"]["run_started_at"] == previous["started_at"]
     assert kept == ["model_quality", "embedding_jobs", "serving", "demo"]
+
+
+def test_the_page_opens_on_the_targets_beside_the_plots_and_wide_tables_scroll(tmp_path):
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(_results()))
+    page = report.write_report(results_path, tmp_path / "report.html").read_text()
+    overview = page.index('<div class="overview">')
+    assert overview < page.index("<h2>Targets") < page.index('<section class="plots">') < page.index("<img") < page.index('id="figures"')
+    assert page.index('id="figures"') < page.index('id="provenance"') < page.index('id="benchmarks"')
+    assert '<div class="scroll"><table><tr><th>dataset</th>' in page  # the 16-column quality table scrolls in its box
+    assert "overflow-wrap: anywhere" in page and "@media (max-width: 1100px)" in page
+
+
+def test_ebr_report_writes_to_var_unless_told_otherwise():
+    from cli.main import build_parser
+    from cli.report_commands import BENCHMARKS_DIR
+
+    args = build_parser().parse_args(["report"])
+    assert args.out == BENCHMARKS_DIR.parent / "var" / "report.html"
+    assert report.DEFAULT_OUT == args.out  # python benchmarks/report.py too; run_all passes benchmarks/report.html
