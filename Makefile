@@ -15,15 +15,15 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DEMO_ROOT ?= file://$(CURDIR)/var/demo
 DEMO_SIZE ?= small
-AIRFLOW_DIR := $(CURDIR)/var/airflow
+AIRFLOW_DIR ?=
 AIRFLOW_PORT ?= 8080
 
-.PHONY: venv test demo airflow bench clean-demo help
+.PHONY: venv test demo airflow bench clean-demo help chromium
 
 help:
 	@echo "make demo   build the environment if needed, then run the pipeline on a synthetic world"
 	@echo "make test   build the environment if needed, then run the test suite"
-	@echo "make airflow  start Airflow on http://127.0.0.1:8080 with the project's DAGs"
+	@echo "make airflow  start Airflow on http://127.0.0.1:$(AIRFLOW_PORT) on the demo's runs and root (AIRFLOW_PORT=... for another port)"
 	@echo "make bench  run the benchmarks (model quality against baselines, ...)"
 
 venv: $(STAMP)
@@ -35,8 +35,16 @@ $(STAMP): requirements.lock setup.py $(wildcard */__init__.py)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# Headless Chromium and its WebDriver (Debian's chromium, chromium-driver) for
+# tests/test_browser.py, installed when absent; where they cannot be (no root, no
+# package source) the browser test skips and says why.
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver' \
+	    || echo "chromium/chromium-driver could not be installed: tests/test_browser.py will skip"; }
 
 # The whole pipeline through Airflow (`airflow dags test` of ebr_train, ebr_user_embeddings
 # and ebr_story_index on a fresh world, logical dates inside it), then the retrieval
@@ -45,11 +53,12 @@ demo: $(STAMP)
 	$(BIN)/python -m orchestration.demo --root $(DEMO_ROOT) --size $(DEMO_SIZE)
 
 # Airflow on http://127.0.0.1:$(AIRFLOW_PORT): api-server, scheduler and dag-processor, SQLite,
-# logs and the admin password under var/airflow, this project's dags/, no examples; it prints
-# how to log in. The DAGs use the configured artifact root (EBR_ROOT / EBR_CONFIG):
-# `EBR_ROOT=file://$(CURDIR)/var/demo make airflow` shows the demo's. Ctrl-C stops it.
+# this project's dags/, no examples; it prints how to log in. By default it opens the demo's
+# Airflow home ($(DEMO_ROOT)-airflow: the demo's runs) with the demo's settings and root;
+# AIRFLOW_DIR=/abs/home opens another home, whose DAGs use the configured root
+# (EBR_ROOT / EBR_CONFIG). Ctrl-C stops it.
 airflow: $(STAMP)
-	$(BIN)/python -m orchestration.local_airflow --home $(AIRFLOW_DIR) --port $(AIRFLOW_PORT)
+	$(BIN)/python -m orchestration.local_airflow $(if $(AIRFLOW_DIR),--home $(AIRFLOW_DIR),--demo-root $(DEMO_ROOT)) --port $(AIRFLOW_PORT)
 
 # Benchmarks print a Markdown table and write JSON under benchmarks/results/.
 bench: $(STAMP)

@@ -4,6 +4,7 @@ Local directories and Google Cloud Storage behind one interface; see `artifacts.
 """
 
 from artifacts.errors import (
+    AmbiguousVersionError,
     ArtifactError,
     ArtifactRootError,
     CorruptArtifactError,
@@ -16,7 +17,7 @@ from artifacts.errors import (
 )
 from artifacts.manifest import Manifest
 from artifacts.names import version_name
-from artifacts.store import ArtifactKind, ArtifactStore, PointerMove, PublishResult
+from artifacts.store import PREVIOUS, ArtifactKind, ArtifactStore, PointerMove, PublishResult
 
 # The kinds the pipeline's stages exchange (DESIGN.md, "Artifact store layout").
 MODELS = "models/two_tower"
@@ -31,10 +32,12 @@ __all__ = [
     "CREATOR_EMBEDDINGS",
     "CREATOR_INDEX",
     "MODELS",
+    "PREVIOUS",
     "STORY_EMBEDDINGS",
     "STORY_INDEX",
     "USER_EMBEDDINGS",
     "USER_INDEX",
+    "AmbiguousVersionError",
     "ArtifactError",
     "ArtifactRootError",
     "ArtifactKind",

@@ -13,6 +13,10 @@ class UnknownVersionError(ArtifactError, LookupError):
     """No directory exists for this version."""
 
 
+class AmbiguousVersionError(ArtifactError, LookupError):
+    """A version prefix matches several versions; the message lists them, newest first."""
+
+
 class IncompleteVersionError(ArtifactError):
     """The version directory has no MANIFEST.json: it is being written or its writer died."""
 

@@ -159,19 +159,28 @@ class LocalBackend(Backend):
         return newest if newest is not None else time.time()
 
     def read_pointer(self, key: str) -> tuple[str | None, int]:
-        with self._locked(key, exclusive=False) as lock:
-            generation = self._generation(key, lock)
-            path = self._path(key)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return None, 0
-            except IsADirectoryError:
-                raise CorruptArtifactError(
-                    f"{self.uri}/{key} is a folder, not a pointer file; move it away, then publish "
-                    "or roll back to write a valid pointer"
-                ) from None
-            return _pointer_text(data, f"{self.uri}/{key}"), max(generation, 1)
+        # A read creates nothing (no lock file, no folder): `ebr index list` on an empty
+        # root must leave it empty. Without a lock file no swap ever ran here (a swap
+        # creates it first, and writes the generation before the pointer), so there is
+        # nothing to wait for: the pointer and generation are read as they are.
+        if not os.path.lexists(self._lock_path(key)):
+            return self._pointer_value(key, None)
+        with self._locked(key, exclusive=False, create=False) as lock:
+            return self._pointer_value(key, lock)
+
+    def _pointer_value(self, key: str, lock: BinaryIO | None) -> tuple[str | None, int]:
+        generation = self._generation(key, lock)
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, 0
+        except IsADirectoryError:
+            raise CorruptArtifactError(
+                f"{self.uri}/{key} is a folder, not a pointer file; move it away, then publish "
+                "or roll back to write a valid pointer"
+            ) from None
+        return _pointer_text(data, f"{self.uri}/{key}"), max(generation, 1)
 
     def swap_pointer(
         self, key: str, value: str, expected_generation: int,
@@ -195,7 +204,7 @@ class LocalBackend(Backend):
                 self.append_line(log_key, make_line(new_generation))
             return new_generation
 
-    def _generation(self, key: str, lock: BinaryIO) -> int:
+    def _generation(self, key: str, lock: BinaryIO | None) -> int:
         """The pointer's generation: the larger of `.P.gen` and what an older version of
         this code kept in the lock file (so an upgrade never lowers it)."""
         gen_key = _generation_key(key)
@@ -203,6 +212,8 @@ class LocalBackend(Backend):
             recorded = _parse_generation(self._path(gen_key).read_bytes(), f"{self.uri}/{gen_key}")
         except FileNotFoundError:
             recorded = None
+        if lock is None:
+            return recorded or 0
         lock.seek(0)
         legacy_text = lock.read()
         try:
@@ -238,12 +249,17 @@ class LocalBackend(Backend):
         finally:
             tmp.unlink(missing_ok=True)
 
-    @contextmanager
-    def _locked(self, key: str, exclusive: bool) -> Iterator[BinaryIO]:
+    def _lock_path(self, key: str) -> Path:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = path.with_name(f".{path.name}.lock")
-        with open(lock_path, "a+b") as lock:
+        return path.with_name(f".{path.name}.lock")
+
+    @contextmanager
+    def _locked(self, key: str, exclusive: bool, create: bool = True) -> Iterator[BinaryIO]:
+        """`flock` on the key's lock file; `create=False` opens an existing one read-only."""
+        lock_path = self._lock_path(key)
+        if create:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b" if create else "rb") as lock:
             mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
             deadline = time.monotonic() + self.lock_timeout_s
             while True:

@@ -50,6 +50,7 @@ from config import StoreConfig
 
 from artifacts.backend import Backend, open_backend
 from artifacts.errors import (
+    AmbiguousVersionError,
     ArtifactError,
     CorruptArtifactError,
     IncompleteVersionError,
@@ -85,6 +86,10 @@ log = logging.getLogger(__name__)
 
 # Top-level folders that hold versioned kinds (two levels: "<group>/<name>").
 VERSIONED_GROUPS = ("models", "embeddings", "indexes")
+# The name `resolve` reads as "the version published before the one LATEST names".
+PREVIOUS = "previous"
+# Versions an error message lists (newest first): enough to choose from, short enough to read.
+LISTED_VERSIONS = 3
 
 
 def actor() -> str:
@@ -272,8 +277,87 @@ class ArtifactKind:
                 f"{self.name}/{version} has no {MANIFEST}: it is still being written or "
                 "its writer died; it is never read (retention removes it later)"
             )
-        known = ", ".join(self.complete_versions()[-5:]) or "none"
-        raise UnknownVersionError(f"{self.name} has no version {version!r} (newest complete: {known})")
+        raise UnknownVersionError(f"{self.name} has no version {version!r} ({self.newest_complete_hint()})")
+
+    def newest_complete_hint(self) -> str:
+        """"newest complete: a, b, c (and 7 older)": the few newest, for error messages."""
+        complete = self.complete_versions()[::-1]
+        if not complete:
+            return "it has no complete version"
+        more = f" (and {len(complete) - LISTED_VERSIONS} older)" if len(complete) > LISTED_VERSIONS else ""
+        return f"newest complete: {', '.join(complete[:LISTED_VERSIONS])}{more}"
+
+    def resolve(self, name: str) -> str:
+        """The full name of the version `name` names.
+
+        `name` is a version's full name, an unambiguous prefix of one (version names
+        start with their UTC time, so "20261123T18" is usually enough), or `previous`:
+        the newest complete version committed before the one LATEST names that LATEST
+        has named before (HISTORY.jsonl), i.e. the one served before it, never one that
+        was written but not published. A full name wins over a prefix of a longer one
+        and over the word `previous`.
+
+        Raises UnknownVersionError (nothing matches, or no previous version),
+        AmbiguousVersionError (the prefix matches several; they are listed, newest
+        first), InvalidNameError (not a possible version name).
+        """
+        validate_version(name)
+        names = self._version_names()
+        if name in names:
+            return name
+        if name == PREVIOUS:
+            return self._previous()
+        matches = [n for n in names if n.startswith(name)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UnknownVersionError(f"{self.name} has no version {name!r} ({self.newest_complete_hint()})")
+        ordered = self._newest_first(matches)
+        more = f" and {len(ordered) - LISTED_VERSIONS} more" if len(ordered) > LISTED_VERSIONS else ""
+        raise AmbiguousVersionError(
+            f"{self.name}: {name!r} matches {len(matches)} versions ({', '.join(ordered[:LISTED_VERSIONS])}{more}); "
+            "type more of the name"
+        )
+
+    def _version_names(self) -> list[str]:
+        """The names of every version folder (one listing; no manifest is read)."""
+        names = []
+        for name in self.backend.list_children(self.name):
+            try:
+                names.append(validate_version(name))
+            except ValueError:
+                continue  # not ours (e.g. a stray folder)
+        return names
+
+    def _newest_first(self, names: list[str]) -> list[str]:
+        """Complete ones by commit order, newest first, then the others by name."""
+        complete, other = [], []
+        for name in names:
+            try:
+                manifest = self._read_manifest(name)
+            except CorruptArtifactError:
+                manifest = None
+            if manifest is None:
+                other.append(name)
+            else:
+                complete.append((manifest.order, name))
+        return [n for _, n in sorted(complete, reverse=True)] + sorted(other)
+
+    def _previous(self) -> str:
+        latest = self.latest()
+        if latest is None:
+            raise UnknownVersionError(f"{self.name} has no LATEST yet, so no previous version; name a version")
+        complete = self.complete_versions()
+        if latest not in complete:
+            raise UnknownVersionError(f"{self.name}: LATEST names {latest}, not a complete version; name the version to go back to")
+        published = {move.to_version for move in self.history()}
+        earlier = [v for v in complete[: complete.index(latest)] if v in published]
+        if not earlier:
+            raise UnknownVersionError(
+                f"{self.name}: no complete version committed before {latest} was ever published, so there is no "
+                "previous one; name a version"
+            )
+        return earlier[-1]
 
     def _files_prefix(self, manifest: Manifest) -> str:
         """Where a complete version's files are: its attempt's staging folder, or the
@@ -434,7 +518,11 @@ class ArtifactKind:
     def rollback_to(
         self, version: str, *, reason: str, run_id: str | None = None, verify: bool = True
     ) -> PublishResult:
-        """Moves LATEST to an earlier complete version (checksums verified first)."""
+        """Moves LATEST to an earlier complete version (checksums verified first).
+
+        `version` is anything `resolve` takes: a full name, a unique prefix, `previous`.
+        """
+        version = self.resolve(version)
         if verify:
             self.verify(version)
         else:
