@@ -68,7 +68,7 @@ class BeamJobLog:
 
     def forward(self, line: str, default: str, stream: str) -> None:
         level, text, dropped = self.classify(line, default, stream)
-        if not dropped:
+        if not dropped and text.strip():  # blank lines (a multi-line message's end) carry nothing
             getattr(self.log, level.lower())("%s", text)
 
     def classify(self, line: str, default: str, stream: str) -> tuple[str, str, bool]:

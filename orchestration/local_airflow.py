@@ -1,6 +1,7 @@
 """Airflow on one machine, for `make airflow` and the integration test.
 
     python -m orchestration.local_airflow --home var/airflow --port 8080
+    python -m orchestration.local_airflow --demo-root file:///abs/var/demo   # what `make airflow` runs
 
 Starts the three components Airflow 3 needs (api-server, scheduler with LocalExecutor,
 dag-processor) with SQLite in the home folder, this project's `dags/` and no examples,
@@ -10,6 +11,10 @@ the task logs from the shared local log folder instead). The triggerer is not st
 no task here defers. The simple auth manager has one user, `admin`, whose password is
 kept in `<home>/simple_auth_manager_passwords.json.generated` (made on the first start).
 Ctrl-C (or SIGTERM) stops every component.
+
+`--demo-root ROOT` opens the Airflow home `make demo` wrote for that root (its DAG runs
+and their logs) with the demo's settings, so the DAGs there work on the demo's root;
+`--home` opens any other home with the configured root (`EBR_ROOT` / `EBR_CONFIG`).
 """
 
 from __future__ import annotations
@@ -166,11 +171,24 @@ class LocalAirflow:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", default=str(REPO_DIR / "var" / "airflow"), help="AIRFLOW_HOME (SQLite, logs, password)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--home", default=str(REPO_DIR / "var" / "airflow"), help="AIRFLOW_HOME (SQLite, logs, password)")
+    where.add_argument("--demo-root", metavar="URI", help="the Airflow home and settings `make demo` used for this root")
     parser.add_argument("--port", type=int, default=8080, help="API server / UI port on 127.0.0.1")
     args = parser.parse_args(argv)
 
-    airflow = LocalAirflow(Path(args.home), args.port)
+    if args.demo_root:
+        from orchestration.demo import SETTINGS_FILE, demo_airflow_home, demo_settings
+
+        home = demo_airflow_home(args.demo_root)
+        saved = home / SETTINGS_FILE  # the demo's EBR_* variables, its world size's included
+        settings = json.loads(saved.read_text()) if saved.exists() else demo_settings(args.demo_root, home)
+        airflow = LocalAirflow(home, args.port, settings)
+        if not (home / "airflow.db").exists():
+            print(f"no demo has run for {args.demo_root} yet ({home} has no airflow.db): `make demo` first, "
+                  "or the DAGs will find nothing to work on", flush=True)  # fmt: skip
+    else:
+        airflow = LocalAirflow(Path(args.home), args.port)
     stopping = False
 
     def stop(signum, frame):
@@ -179,15 +197,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    print(f"starting Airflow in {airflow.home} (DAGs: {REPO_DIR / 'dags'}; artifact root: "
-          f"{os.environ.get('EBR_ROOT') or 'the configured one, config/defaults.toml'})", flush=True)  # fmt: skip
+    root = airflow.env.get("EBR_ROOT") or "the configured one, config/defaults.toml"
+    print(f"starting Airflow in {airflow.home} (DAGs: {REPO_DIR / 'dags'}; artifact root: {root})", flush=True)
     airflow.start()
     try:
         airflow.wait_until_up()
         print(f"\nAirflow is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
               f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
-              f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor}}.log\n"
+              f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor}}.log; task logs: {airflow.home}/logs/\n"
               "  DAGs start paused: switch one on, or press 'Trigger' (ebr_rollback asks for its parameters).\n"
+              "  Trigger on a scheduled DAG: untick 'Unpause ... on trigger', or its schedule starts at once and\n"
+              "  the manual run queues behind that run (ebr_rollback has no schedule: leave it ticked).\n"
               "  Ctrl-C stops Airflow.", flush=True)  # fmt: skip
         while not stopping:
             for proc, component in zip(airflow.processes, airflow.COMPONENTS, strict=True):

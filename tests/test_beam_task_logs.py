@@ -47,6 +47,7 @@ def test_python_and_tensorflow_lines_keep_their_levels_and_known_noise_is_droppe
         ("stderr", "INFO:apache_beam.runners.direct.direct_runner:Running pipeline with PrismRunner."),
         ("stderr", "INFO:apache_beam.runners.direct.direct_runner:Exception with PrismRunner:"),
         ("stderr", " Unable to fetch remote prism binary at https://github.com/...: <urlopen error [Errno -2] Name or service not known>"),
+        ("stderr", ""),
         ("stderr", "INFO:apache_beam.runners.direct.direct_runner:Falling back to DirectRunner"),
         ("stderr", "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"),
         ("stderr", "I0000 00:00:1796122051.031952   31225 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results"),

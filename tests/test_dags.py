@@ -312,14 +312,3 @@ def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch)
     assert options.run_id == "manual__1" and options.root == f"file://{tmp_path}"
     all_options = options.get_all_options()
     assert all_options["region"] == "europe-west4" and all_options["experiments"] == ["a", "b"]
-
-
-def test_the_demo_runs_each_dag_at_a_logical_date_inside_the_world():
-    from orchestration.demo import DAG_ORDER, logical_dates
-
-    start = datetime(2026, 10, 1, tzinfo=UTC)
-    dates = logical_dates(start, 21)
-    assert list(DAG_ORDER) == ["ebr_train", "ebr_user_embeddings", "ebr_story_index"]
-    assert dates["ebr_train"] == datetime(2026, 10, 22, tzinfo=UTC)  # the daily run after the last event day
-    for dag_id in ("ebr_user_embeddings", "ebr_story_index"):
-        assert start < dates[dag_id] < dates["ebr_train"]  # inside the data: fresh stories exist
