@@ -100,7 +100,8 @@ class Sets:
 class ShardProcess:
     """`ebr serve --shard I/S` in a process of its own on a free loopback port."""
 
-    def __init__(self, sets: Sets, shard: int, shards: int = 2, *, poll_s: float = POLL_S, spec: str | None = None):
+    def __init__(self, sets: Sets, shard: int, shards: int = 2, *, poll_s: float = POLL_S, spec: str | None = None,
+                 searcher: str = "inline"):  # fmt: skip
         self.shard, self.port = shard, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = sets.tmp / f"shard-{shard}-{self.port}.log"
@@ -108,7 +109,7 @@ class ShardProcess:
         env["TF_USE_LEGACY_KERAS"] = "1"
         command = [sys.executable, "-m", "cli.main", "--root", sets.root,
                    "--set", f"serving.cache_dir={sets.tmp}/cache-{self.port}", "--set", f"serving.poll_interval_s={poll_s}",
-                   "--set", "serving.searcher=inline", "--set", "serving.max_k=50", "--set", "serving.default_k=10",
+                   "--set", f"serving.searcher={searcher}", "--set", "serving.max_k=50", "--set", "serving.default_k=10",
                    "serve", "--shard", spec or f"{shard}/{shards}", "--port", str(self.port)]  # fmt: skip
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -160,11 +161,14 @@ def sets(tmp_path) -> Sets:
 
 @pytest.fixture
 def cluster(sets):
-    """start(replicas, poll) -> shard servers ([shard][replica]), always stopped."""
+    """start(replicas, poll) -> shard servers ([shard][replica]), always stopped. The second
+    replica of each shard holds its indexes in index processes (serving.searcher=process,
+    the default), the first in its own process (inline)."""
     started: list[ShardProcess] = []
 
     def start(replicas: int = 2, *, poll_s: Callable[[int], float] = lambda shard: POLL_S) -> list[list[ShardProcess]]:
-        grid = [[ShardProcess(sets, shard, poll_s=poll_s(shard)) for _ in range(replicas)] for shard in range(2)]
+        grid = [[ShardProcess(sets, shard, poll_s=poll_s(shard), searcher=("inline", "process")[r % 2]) for r in range(replicas)]
+                for shard in range(2)]  # fmt: skip
         started.extend(p for row in grid for p in row)
         for row in grid:
             for process in row:
