@@ -66,3 +66,12 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf var/demo
+
+# A shell with .venv's `ebr` (and python, airflow) on the PATH, TF_USE_LEGACY_KERAS=1
+# (exported above) and EBR_ROOT on what `make demo` wrote unless EBR_ROOT is set already,
+# so `ebr artifacts list`, `ebr serve`, `ebr query user u1` work on the demo's artifacts.
+# `exit` leaves it. Without it: `.venv/bin/ebr --root file://$PWD/var/demo ...`.
+.PHONY: shell
+shell: $(STAMP)
+	@echo "ebr is on the PATH, EBR_ROOT=$${EBR_ROOT:-$(DEMO_ROOT)}; try 'ebr artifacts list'; 'exit' leaves this shell"
+	@PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" EBR_ROOT="$${EBR_ROOT:-$(DEMO_ROOT)}" $${SHELL:-/bin/bash} -i

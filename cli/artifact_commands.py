@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from artifacts import ArtifactError, ArtifactStore
-from cli.output import human_bytes, table
+from artifacts import ArtifactError, ArtifactStore, UnknownVersionError
+from cli.hints import print_demo_root_hint
+from cli.output import human_bytes, short_time, table
 from config import EbrConfig
 
 
@@ -15,6 +16,7 @@ def list_versions(cfg: EbrConfig, args: Namespace) -> None:
         kinds = store.kinds()
         if not kinds:
             print(f"no artifacts under {store.uri} yet")
+            print_demo_root_hint(cfg)
             return
         rows = []
         for name in kinds:
@@ -26,7 +28,7 @@ def list_versions(cfg: EbrConfig, args: Namespace) -> None:
             except ArtifactError:  # a bad pointer is that kind's problem; list the others
                 latest = f"UNREADABLE (ebr artifacts list {name})"
             rows.append((name, latest, complete, len(versions) - complete))
-        print(table(["kind", "LATEST", "complete", "incomplete"], rows))
+        print(table(["kind", "LATEST", "complete", "incomplete"], rows, cut=(1,), wide=args.wide))
         return
     kind = store.kind(args.kind)
     latest = kind.latest()
@@ -36,23 +38,32 @@ def list_versions(cfg: EbrConfig, args: Namespace) -> None:
         rows.append((
             ("* " if v.name == latest else "  ") + v.name,
             "complete" if v.complete else ("CORRUPT MANIFEST" if v.problem else "INCOMPLETE"),
-            m.created_at if m else "",
+            short_time(m.created_at, args.wide) if m else "",
             len(m.files) if m else "",
             human_bytes(m.total_bytes) if m else "",
             ", ".join(f"{k}={val}" for k, val in m.parents.items()) if m else "",
         ))  # fmt: skip
     if not rows:
         print(f"{args.kind} has no versions under {store.uri}")
+        print_demo_root_hint(cfg)
         return
-    print(table(["version (* = LATEST)", "state", "created", "files", "size", "parents"], rows))
+    print(table(["version (* = LATEST)", "state", "created (UTC)", "files", "size", "parents"], rows, cut=(0, 5), wide=args.wide))
+
+
+def named_version(kind, name: str | None) -> str:
+    """The version a command names (a full name, a unique prefix, `previous`), or LATEST's."""
+    if name is not None:
+        return kind.resolve(name)
+    latest = kind.latest()
+    if latest is None:
+        raise UnknownVersionError(f"{kind.name} has no LATEST (nothing published yet); name a version "
+                                  f"(`ebr artifacts list {kind.name}`)")  # fmt: skip
+    return latest
 
 
 def show(cfg: EbrConfig, args: Namespace) -> None:
     kind = ArtifactStore.from_config(cfg).kind(args.kind)
-    version = args.version or kind.latest()
-    if version is None:
-        raise SystemExit(f"error: {args.kind} has no LATEST; name a version")
-    print(kind.manifest(version).to_json().decode(), end="")
+    print(kind.manifest(named_version(kind, args.version)).to_json().decode(), end="")
 
 
 def history(cfg: EbrConfig, args: Namespace) -> None:
@@ -61,15 +72,18 @@ def history(cfg: EbrConfig, args: Namespace) -> None:
         for move in moves:
             print(move.to_json())
         return
-    rows = [(m.at, m.action, m.from_version or "-", m.to_version, m.reason, m.run_id or "", m.by) for m in moves]
-    print(table(["at", "action", "from", "to", "reason", "run", "by"], rows) if rows else "no pointer moves yet")
+    rows = [(short_time(m.at, args.wide), m.action, m.from_version or "-", m.to_version, m.reason, m.run_id or "", m.by)
+            for m in moves]  # fmt: skip
+    if not rows:
+        print(f"no pointer moves of {args.kind} yet")
+        print_demo_root_hint(cfg)
+        return
+    print(table(["at (UTC)", "action", "from", "to", "reason", "run", "by"], rows, cut=(2, 3, 4, 5, 6), wide=args.wide))
 
 
 def verify(cfg: EbrConfig, args: Namespace) -> None:
     kind = ArtifactStore.from_config(cfg).kind(args.kind)
-    version = args.version or kind.latest()
-    if version is None:
-        raise SystemExit(f"error: {args.kind} has no LATEST; name a version")
+    version = named_version(kind, args.version)
     manifest = kind.verify(version)
     print(f"{args.kind}/{version}: {len(manifest.files)} files, {human_bytes(manifest.total_bytes)}, all checksums match")
 

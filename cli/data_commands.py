@@ -63,4 +63,4 @@ def show(cfg: EbrConfig, args: Namespace) -> None:
     print(f"source    {source.get('source', 'unknown')}" + (f" ({source['path']})" if "path" in source else ""))
     print(f"events    {summary['days']} day partitions, {summary['first_day']} .. {summary['last_day']}")
     print()
-    print(table(["table", "rows"], [(name, f"{n:,}") for name, n in summary["rows"].items()]))
+    print(table(["table", "rows"], [(name, f"{n:,}") for name, n in summary["rows"].items()], wide=args.wide))

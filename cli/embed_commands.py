@@ -12,6 +12,7 @@ import time
 from argparse import Namespace
 
 from beam_jobs.errors import EmbeddingJobError
+from cli.arguments import add_wide_flag
 from cli.output import table
 from config import EbrConfig
 
@@ -27,7 +28,8 @@ def add_parser(commands) -> None:
     entities = embed.add_subparsers(dest="action", required=True, metavar="ENTITY")
     for name, what in (("users", "every user with its history"), ("stories", "eligible stories, and creators")):
         sub = entities.add_parser(name, help=f"embed {what}")
-        sub.add_argument("--model-version", help="default: the model LATEST names")
+        sub.add_argument("--model-version", help="a model version: its full name, a unique prefix or `previous` "
+                         "(default: the model LATEST names)")  # fmt: skip
         sub.add_argument("--as-of", help="UTC time the features are computed as of (ISO 8601 or epoch seconds; "
                                           "default: the end of the newest event partition)")
         sub.add_argument("--snapshot", help="snapshot version name (default: derived from as-of, model and run id)")
@@ -35,6 +37,7 @@ def add_parser(commands) -> None:
         sub.add_argument("--runner", help="Beam runner (default: embed.runner)")
         sub.add_argument("--workers", type=int, help="DirectRunner: run in multi-process mode with N workers")
         sub.add_argument("--no-publish", action="store_true", help="write the snapshot but leave LATEST")
+        add_wide_flag(sub)
         sub.add_argument("beam_args", nargs=argparse.REMAINDER, help="further Beam pipeline options, after --")
         sub.set_defaults(handler=embed_entities)
 
@@ -62,6 +65,10 @@ def embed_entities(cfg: EbrConfig, args: Namespace) -> int:
     else:
         from beam_jobs import story_embeddings as job
 
+    if args.model_version:
+        from artifacts import MODELS, ArtifactStore
+
+        args.model_version = ArtifactStore.from_config(cfg).kind(MODELS).resolve(args.model_version)
     started = time.perf_counter()
     print(f"embedding {args.action} with {args.runner or cfg.embed.runner} ...", flush=True)
     outcomes = job.run(job_argv(cfg, args))
@@ -73,7 +80,8 @@ def embed_entities(cfg: EbrConfig, args: Namespace) -> int:
     else:
         print(table(["counter", "value"], list(first.counters.items())))
     print()
-    print(table(["snapshot", "embeddings", "LATEST"], [(f"{o.kind}/{o.snapshot}", f"{o.count:,}", o.published_detail) for o in outcomes]))
+    rows = [(f"{o.kind}/{o.snapshot}", f"{o.count:,}", o.published_detail) for o in outcomes]
+    print(table(["snapshot", "embeddings", "LATEST"], rows, cut=(0, 2), wide=args.wide))
     print(f"\n{elapsed:.1f} s wall")
     return 0
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from cli.output import human_bytes, table
+from cli.arguments import VERSION_HELP, add_wide_flag
+from cli.hints import print_demo_root_hint
+from cli.output import human_bytes, short_time, table
 from config import EbrConfig
 from index_builder.errors import IndexRollbackRefusedError, IndexValidationError  # light: no hnswlib
 
@@ -30,7 +32,8 @@ def add_parser(commands) -> None:
                     "when validation refuses it (nothing is published).",
     )  # fmt: skip
     _collection(build_parser)
-    build_parser.add_argument("--snapshot", help="embedding snapshot version (default: LATEST of embeddings/<collection>)")
+    build_parser.add_argument("--snapshot", help="embedding snapshot version: its full name or a unique prefix "
+                              "(default: LATEST of embeddings/<collection>)")  # fmt: skip
     build_parser.add_argument("--version", help="index version name (default: the snapshot's name)")
     build_parser.add_argument("--full", action="store_true", help="build from scratch, never incrementally")
     build_parser.add_argument("--run-id", help="the run this belongs to (a DAG run id), for the history")
@@ -39,11 +42,12 @@ def add_parser(commands) -> None:
 
     list_parser = actions.add_parser("list", help="versions of a collection's index (* marks LATEST)")
     _collection(list_parser)
+    add_wide_flag(list_parser)
     list_parser.set_defaults(handler=list_indexes)
 
     show_parser = actions.add_parser("show", help="print an index version's manifest")
     _collection(show_parser)
-    show_parser.add_argument("version", nargs="?", help="default: the one LATEST names")
+    show_parser.add_argument("version", nargs="?", help=f"{VERSION_HELP} (default: the one LATEST names)")
     show_parser.set_defaults(handler=show_index)
 
     rollback_parser = actions.add_parser(
@@ -52,7 +56,7 @@ def add_parser(commands) -> None:
                     "built from another model than the served user embeddings (unless --force).",
     )  # fmt: skip
     _collection(rollback_parser, required=True)
-    rollback_parser.add_argument("--to", required=True, metavar="VERSION", help="a complete version of this index")
+    rollback_parser.add_argument("--to", required=True, metavar="VERSION", help=f"a complete version of this index: {VERSION_HELP}")
     rollback_parser.add_argument("--reason", required=True, help="why, for HISTORY.jsonl")
     rollback_parser.add_argument("--force", action="store_true", help="roll back even if its model differs from the user embeddings'")
     rollback_parser.add_argument("--run-id", help="the run this belongs to, for the history")
@@ -71,11 +75,13 @@ def _collection(parser, *, required: bool = False) -> None:
 
 
 def build_index(cfg: EbrConfig, args: Namespace) -> int:
-    from index_builder.publish import build_and_publish_index
+    from artifacts import ArtifactStore
+    from index_builder.publish import build_and_publish_index, snapshot_kind
 
+    snapshot = args.snapshot and ArtifactStore.from_config(cfg).kind(snapshot_kind(args.collection)).resolve(args.snapshot)
     try:
         outcome = build_and_publish_index(
-            cfg, args.collection, snapshot=args.snapshot, version=args.version,
+            cfg, args.collection, snapshot=snapshot, version=args.version,
             run_id=args.run_id, full=args.full, publish=not args.no_publish,
         )  # fmt: skip
     except IndexValidationError as err:
@@ -97,30 +103,34 @@ def list_indexes(cfg: EbrConfig, args: Namespace) -> None:
     rows = [
         (("* " if v["latest"] else "  ") + v["version"], "complete" if v["complete"] else "INCOMPLETE",
          v["mode"] or "", v["count"] if v["count"] is not None else "", v["recall_at_10"] or "",
-         v["ef_search"] or "", v["model_version"] or "", human_bytes(v["bytes"]) if v["bytes"] else "", v["created_at"] or "")
+         v["ef_search"] or "", v["model_version"] or "", human_bytes(v["bytes"]) if v["bytes"] else "",
+         short_time(v["created_at"], args.wide))
         for v in describe_versions(cfg, args.collection)
     ]  # fmt: skip
     if not rows:
         print(f"indexes/{args.collection} has no versions yet; build one with `ebr index build --collection {args.collection}`")
+        print_demo_root_hint(cfg)
         return
-    print(table(["version (* = LATEST)", "state", "mode", "items", "recall@10", "ef", "model", "size", "created"], rows))
+    headers = ["version (* = LATEST)", "state", "mode", "items", "recall@10", "ef", "model", "size", "created (UTC)"]
+    print(table(headers, rows, cut=(0, 6), wide=args.wide))
 
 
 def show_index(cfg: EbrConfig, args: Namespace) -> None:
     from artifacts import ArtifactStore
     from index_builder.publish import index_kind
 
+    from cli.artifact_commands import named_version
+
     kind = ArtifactStore.from_config(cfg).kind(index_kind(args.collection))
-    version = args.version or kind.latest()
-    if version is None:
-        raise SystemExit(f"error: {kind.name} has no LATEST; name a version (see `ebr index list`)")
-    print(kind.manifest(version).to_json().decode(), end="")
+    print(kind.manifest(named_version(kind, args.version)).to_json().decode(), end="")
 
 
 def rollback_index(cfg: EbrConfig, args: Namespace) -> None:
+    from artifacts import ArtifactStore
     from index_builder import publish
 
-    result = publish.rollback_index(cfg, args.collection, args.to, reason=args.reason, force=args.force, run_id=args.run_id)
+    target = ArtifactStore.from_config(cfg).kind(publish.index_kind(args.collection)).resolve(args.to)
+    result = publish.rollback_index(cfg, args.collection, target, reason=args.reason, force=args.force, run_id=args.run_id)
     print(result.detail)
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 
+from cli.arguments import VERSION_HELP, add_wide_flag
 from config import ConfigError, load_config
 
 # Stage commands that live in their own module: each has `add_parser(commands)`, which
@@ -19,6 +22,8 @@ from config import ConfigError, load_config
 # import nothing heavy at module level (TensorFlow, Beam, hnswlib load inside handlers).
 STAGE_COMMAND_MODULES = ("cli.embed_commands", "cli.index_commands", "cli.serve_commands", "cli.route_commands",
                          "cli.report_commands")
+# Commands that load TensorFlow, whose C++ start-up lines are filtered out of stderr unless -v.
+TENSORFLOW_COMMANDS = ("train", "embed")
 
 EPILOG = """\
 examples:
@@ -28,8 +33,10 @@ examples:
   ebr train                                     train, evaluate against baselines, gate, publish
   ebr artifacts list                            every kind with its LATEST version
   ebr artifacts list indexes/stories            versions of one kind (* marks LATEST)
-  ebr artifacts rollback indexes/stories --to VERSION --reason "bad recall"
+  ebr artifacts rollback indexes/stories --to previous --reason "bad recall"
+  ebr index show --collection stories 20261123T18   a version by a unique prefix of its name
   ebr --root gs://my-bucket/ebr artifacts list  the same against Google Cloud Storage
+  ebr --root file://$PWD/var/demo artifacts list  what `make demo` wrote (`make shell` sets EBR_ROOT to it)
 
 configuration: config/defaults.toml, overridden by --config FILE, EBR_<SECTION>__<KEY>
 variables (EBR_ROOT for the root), then --set section.key=value. `ebr config show` prints
@@ -48,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", metavar="URI", help="artifact root: file:///abs/path or gs://bucket/prefix")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set store.keep_versions=3 (repeatable)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what the library does, and let TensorFlow's and CUDA's start-up lines through")
+    parser.add_argument("--wide", action="store_true", help="tables at full width (default: cut to 120 columns)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     config = commands.add_parser("config", help="show the effective configuration")
@@ -111,6 +120,7 @@ def _add_data_commands(commands) -> None:
 
     show = actions.add_parser("show", help="row counts, days and source of the warehouse")
     show.add_argument("--json", action="store_true", help="machine-readable output")
+    add_wide_flag(show)
 
 
 def _add_artifact_commands(commands) -> None:
@@ -122,18 +132,20 @@ def _add_artifact_commands(commands) -> None:
     actions = artifacts.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="every kind, or the versions of one kind")
     listing.add_argument("kind", nargs="?", help="e.g. indexes/stories")
+    add_wide_flag(listing)
     show = actions.add_parser("show", help="print a version's manifest")
     show.add_argument("kind")
-    show.add_argument("version", nargs="?", help="default: the one LATEST names")
+    show.add_argument("version", nargs="?", help=f"{VERSION_HELP} (default: the one LATEST names)")
     history = actions.add_parser("history", help="every move of LATEST: when, from, to, why, by whom")
     history.add_argument("kind")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
+    add_wide_flag(history)
     verify = actions.add_parser("verify", help="re-read every file and check sizes and sha256")
     verify.add_argument("kind")
-    verify.add_argument("version", nargs="?", help="default: the one LATEST names")
+    verify.add_argument("version", nargs="?", help=f"{VERSION_HELP} (default: the one LATEST names)")
     rollback = actions.add_parser("rollback", help="move LATEST back to an earlier complete version")
     rollback.add_argument("kind")
-    rollback.add_argument("--to", required=True, metavar="VERSION", help="a complete version of this kind")
+    rollback.add_argument("--to", required=True, metavar="VERSION", help=f"a complete version of this kind: {VERSION_HELP}")
     rollback.add_argument("--reason", required=True, help="why, for HISTORY.jsonl")
     rollback.add_argument("--no-verify", action="store_true", help="skip re-checking the target's checksums")
     retain = actions.add_parser("retain", help="delete all but the newest N versions (never LATEST's)")
@@ -156,8 +168,30 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # TFRS 0.7.7 needs Keras 2 (tf-keras), chosen by this variable when TensorFlow is
+    # first imported. No module of the CLI imports TensorFlow at import time (handlers
+    # do), so setting it here, first, makes `ebr train` work outside `make` too.
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from cli.quiet import quiet_python_noise
+
+        quiet_python_noise()
+    with _native_noise_filter(args):
+        return _run(args)
+
+
+def _native_noise_filter(args: argparse.Namespace):
+    if args.verbose or args.command not in TENSORFLOW_COMMANDS:
+        return nullcontext()
+    from cli.quiet import native_noise_filtered
+
+    return native_noise_filtered()
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = None
     try:
         cfg = load_config(args.config, _overrides(args))
         return _dispatch(cfg, args) or 0
@@ -166,15 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except OSError as err:  # the file system refused (permissions, a symlink loop, a full disk)
+    except OSError as err:  # the file system refused (permissions, a symlink loop, a full disk); no warehouse
         where = f": {err.filename}" if getattr(err, "filename", None) else ""
-        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
+        return _failed(cfg, f"{err.strerror or err}{where}")
     except Exception as err:  # expected failures carry actionable messages
         if not _is_expected(err):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _failed(cfg, str(err))
+
+
+def _failed(cfg, message: str) -> int:
+    """One `error:` line (and where the demo's artifacts are, if the root is empty)."""
+    print(f"error: {message}", file=sys.stderr)
+    if cfg is not None:
+        from cli.hints import print_demo_root_hint
+
+        print_demo_root_hint(cfg)
+    return 1
 
 
 def _dispatch(cfg, args) -> int | None:

@@ -12,8 +12,15 @@ class ServingClientError(Exception):
 class RetrievalClient:
     """Blocking client over one keep-alive connection.
 
-        client = RetrievalClient("http://127.0.0.1:8090")
-        client.retrieve("stories", user_id="u42", k=10)["items"]
+        with RetrievalClient("http://127.0.0.1:8090") as client:
+            answer = client.retrieve("stories", user_id="u42", k=10, exclude=["s1"])
+            [(hit["id"], hit["score"]) for hit in answer["items"]]  # best first
+            answer["served"]["index_version"]  # the versions that answered
+            client.similar("stories", "s7", k=5)
+            client.versions()
+
+    Errors (the service refused, or cannot be reached) raise ServingClientError with
+    the HTTP status, the error code and the service's message.
     """
 
     def __init__(self, url: str, *, token: str = "", timeout_s: float = 10.0):
@@ -34,9 +41,14 @@ class RetrievalClient:
 
     def retrieve(self, collection: str, *, user_id: str | None = None, embedding: list[float] | None = None,
                  k: int | None = None, exclude: list[str] = ()) -> dict[str, Any]:  # fmt: skip
+        """POST /v1/retrieve/<collection>: the top-k of stories, creators or users for a
+        user id or an embedding, never an id in `exclude`. For `users` and a user id the
+        user itself is excluded too (it is always its own nearest neighbour)."""
         body: dict[str, Any] = {"exclude": list(exclude)}
         if user_id is not None:
             body["user_id"] = user_id
+            if collection == "users" and user_id not in body["exclude"]:
+                body["exclude"].append(user_id)
         if embedding is not None:
             body["embedding"] = embedding
         if k is not None:
