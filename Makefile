@@ -75,3 +75,11 @@ clean-demo:
 shell: $(STAMP)
 	@echo "ebr is on the PATH, EBR_ROOT=$${EBR_ROOT:-$(DEMO_ROOT)}; try 'ebr artifacts list'; 'exit' leaves this shell"
 	@PATH="$(CURDIR)/$(BIN):$$PATH" VIRTUAL_ENV="$(CURDIR)/$(VENV)" EBR_ROOT="$${EBR_ROOT:-$(DEMO_ROOT)}" $${SHELL:-/bin/bash} -i
+
+# Redis on 127.0.0.1:$(REDIS_PORT), in the foreground, nothing written to disk: the
+# router's user profile store (router.user_store = "redis"; `ebr profiles load` fills it).
+# Debian's redis-server: apt-get install -y redis-server.
+REDIS_PORT ?= 6379
+.PHONY: redis
+redis:
+	redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save "" --appendonly no

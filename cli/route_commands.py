@@ -21,6 +21,19 @@ def add_parser(commands) -> None:
                             "(default: router.replicas)")  # fmt: skip
     route.set_defaults(handler=run_router)
 
+    profiles = commands.add_parser(
+        "profiles", help="the router's Redis user profile store (router.user_store = \"redis\")",
+        description="Loads a user embedding snapshot into Redis (router.redis_url) under its version, the meta "
+                    "last, so a router uses it only once it is complete; or deletes an old one.",
+    )  # fmt: skip
+    actions = profiles.add_subparsers(dest="action", required=True, metavar="ACTION")
+    load = actions.add_parser("load", help="load a user snapshot into Redis (default: the one LATEST names)")
+    load.add_argument("--snapshot", help="a complete version of embeddings/users")
+    delete = actions.add_parser("delete", help="delete a user snapshot from Redis")
+    delete.add_argument("snapshot")
+    for sub in (load, delete):
+        sub.set_defaults(handler=run_profiles)
+
 
 def run_router(cfg: EbrConfig, args: Namespace) -> int:
     import json
@@ -47,3 +60,34 @@ def run_router(cfg: EbrConfig, args: Namespace) -> int:
           f"({sum(map(len, cfg.router.replicas))} replicas); root {cfg.root}; Ctrl-C stops", flush=True)  # fmt: skip
     serve_router(cfg, host=host, port=port)
     return 0
+
+
+def run_profiles(cfg: EbrConfig, args: Namespace) -> int:
+    import redis
+
+    from artifacts import ArtifactStore
+    from artifacts.embedding_snapshots import read_snapshot
+    from serving import profile_store
+
+    client = redis.Redis.from_url(cfg.router.redis_url)
+    try:
+        if args.action == "delete":
+            deleted = profile_store.delete_snapshot(client, args.snapshot, prefix=cfg.router.redis_prefix)
+            print(f"deleted {deleted} user vectors of {args.snapshot} from {cfg.router.redis_url}")
+            return 0
+        snapshot = read_snapshot(ArtifactStore.from_config(cfg).kind("embeddings/users"), args.snapshot)
+        count = profile_store.load_snapshot(client, snapshot, prefix=cfg.router.redis_prefix)
+        print(f"loaded {count} user vectors of embeddings/users/{snapshot.manifest.version} "
+              f"(model {snapshot.model_version}) into {cfg.router.redis_url}")  # fmt: skip
+    except redis.exceptions.RedisError as err:
+        raise ProfileStoreError(f"Redis at {cfg.router.redis_url}: {err}; is it running (`make redis`)?") from None
+    finally:
+        client.close()
+    return 0
+
+
+class ProfileStoreError(Exception):
+    """Redis could not be reached or refused a write."""
+
+
+EXPECTED_ERRORS = (ProfileStoreError,)

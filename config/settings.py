@@ -385,6 +385,12 @@ class RouterConfig(_Section):
     health_timeout_s: float = Field(1.0, gt=0)
     # Connections kept open per replica.
     max_connections: int = Field(64, ge=1)
+    # Where the router looks users up: "memory" (the user snapshot LATEST names, loaded
+    # into the router) or "redis" (serving.profile_store: vectors keyed by snapshot
+    # version, loaded by `ebr profiles load`, read per request).
+    user_store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "ebr:users"
 
     @field_validator("replicas")
     @classmethod

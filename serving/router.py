@@ -57,6 +57,7 @@ from index_builder.sharding import merge_top_k, shard_count, shard_of
 from serving.api import RetrieveRequest, RetrieveResponse, SimilarRequest
 from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, error_response, json_response
 from serving.metrics import LATENCY_BUCKETS
+from serving.profile_store import RedisUsers, meta_key, snapshot_meta
 from serving.state import COLLECTIONS, INDEX_KINDS, USER_EMBEDDINGS, UserEmbeddings, load_user_embeddings, now_iso
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class RouterState:
 
     generation: int
     pins: MappingProxyType  # collection -> Pin
-    users: UserEmbeddings | None  # of the story pin's model
+    users: UserEmbeddings | RedisUsers | None  # of the story pin's model
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,10 @@ class Router:
         self.latest: dict[str, dict] = {}  # collection -> {version, model_version, shards} of its LATEST
         self.refused: dict[tuple[str, str], str] = {}
         self.notes: dict[str, str] = {}  # collection -> why the pin did not move
-        self.users: dict[str, UserEmbeddings] = {}  # version -> snapshot
+        self.users: dict[str, UserEmbeddings | RedisUsers] = {}  # version -> snapshot
         self.users_latest: str | None = None
+        self.users_note: str | None = None  # why the newest user snapshot is not usable yet
+        self._redis = self._redis_sync = None  # router.user_store = "redis"
         self.store_error: str | None = None
         self._state = RouterState(0, MappingProxyType({}), None)
         self._tasks: list[asyncio.Task] = []
@@ -197,6 +200,12 @@ class Router:
         if self.cfg.serving.token:
             headers["authorization"] = f"Bearer {self.cfg.serving.token}"
         self._http = httpx.AsyncClient(limits=limits, headers=headers, timeout=self.rcfg.health_timeout_s)
+        if self.rcfg.user_store == "redis":
+            import redis
+            import redis.asyncio
+
+            self._redis = redis.asyncio.Redis.from_url(self.rcfg.redis_url, socket_timeout=self.rcfg.deadline_ms / 1000)
+            self._redis_sync = redis.Redis.from_url(self.rcfg.redis_url, socket_timeout=self.rcfg.health_timeout_s)
         self._tasks = [asyncio.create_task(self._health_loop(), name="ebr-router-health"),
                        asyncio.create_task(self._store_loop(), name="ebr-router-store")]  # fmt: skip
 
@@ -210,6 +219,9 @@ class Router:
                 pass
         if self._http is not None:
             await self._http.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis_sync.close()
 
     async def _health_loop(self) -> None:
         while True:
@@ -269,10 +281,30 @@ class Router:
         users_kind = self.store.kind(USER_EMBEDDINGS)
         version = users_kind.latest()
         if version is not None and version not in self.users:
-            directory = users_kind.download(version, self.cache_dir / "users")
-            self.users = {**self.users, version: load_user_embeddings(directory)}
-            log.info("router: loaded user embeddings %s", version)
+            if self.rcfg.user_store == "redis":
+                self._add_redis_users(version, users_kind.manifest(version).parents.get("model_version", ""))
+            else:
+                directory = users_kind.download(version, self.cache_dir / "users")
+                self.users = {**self.users, version: load_user_embeddings(directory)}
+                log.info("router: loaded user embeddings %s", version)
+        if version in self.users:
+            self.users_note = None
         self.users_latest = version
+
+    def _add_redis_users(self, version: str, model: str) -> None:
+        """Uses a user snapshot from Redis once its meta (written last) is there."""
+        meta = snapshot_meta(self._redis_sync, version, prefix=self.rcfg.redis_prefix)
+        if meta is None:
+            self.users_note = (f"embeddings/users/{version} is not in the Redis profile store {self.rcfg.redis_url} yet "
+                               f"(no {meta_key(self.rcfg.redis_prefix, version)}); load it with `ebr profiles load`")  # fmt: skip
+            return
+        if meta["model_version"] != model:
+            self.users_note = (f"Redis holds embeddings/users/{version} of model {meta['model_version']!r}, its manifest "
+                               f"says {model!r}: not used; load it again")  # fmt: skip
+            return
+        self.users = {**self.users, version: RedisUsers(version, model, meta["dim"], meta["count"],
+                                                        self.rcfg.redis_prefix, self._redis)}  # fmt: skip
+        log.info("router: user embeddings %s in Redis (%d users)", version, meta["count"])
 
     def decide(self) -> None:
         """Moves each collection's pin to its LATEST once every shard has a healthy replica
@@ -316,7 +348,7 @@ class Router:
             stale = [v for v in self.users if v not in keep][: max(0, len(self.users) - KEEP_USER_SNAPSHOTS)]
             self.users = {v: u for v, u in self.users.items() if v not in stale}
 
-    def _users_for(self, model: str) -> UserEmbeddings | None:
+    def _users_for(self, model: str) -> UserEmbeddings | RedisUsers | None:
         """The newest loaded user snapshot of `model`: LATEST's if it matches, else an older one."""
         if self.users_latest in self.users and self.users[self.users_latest].model_version == model:
             return self.users[self.users_latest]
@@ -448,6 +480,8 @@ class Router:
                                                                  "count": state.users.count},
             "latest": dict(self.latest),
             "user_embeddings_latest": self.users_latest,
+            "user_store": self.rcfg.user_store,
+            "user_embeddings_note": self.users_note,
             "waiting": dict(self.notes),
             "refused": [{"collection": c, "version": v, "reason": r} for (c, v), r in self.refused.items()],
             "store_error": self.store_error,
@@ -461,7 +495,7 @@ class Router:
         if pin is None:
             return self.notes.get("stories") or "no story shard set is held by a healthy replica of every shard yet"
         if state.users is None:
-            return f"no user embeddings of model {pin.model_version!r} loaded"
+            return f"no user embeddings of model {pin.model_version!r} loaded" + (f" ({self.users_note})" if self.users_note else "")
         up = sum(1 for replicas in self.replicas if any(r.holds("stories", pin.version) for r in replicas))
         if up / self.shards < self.cfg.serving.min_coverage:
             return (f"only {up} of {self.shards} shards have a healthy replica holding {pin.version} "
@@ -537,7 +571,7 @@ def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
             if users is None or users.model_version != pin.model_version:
                 raise ApiError(503, "not_ready", f"no user embeddings of model {pin.model_version!r} are loaded for "
                                f"{collection} {pin.version}")  # fmt: skip
-            query = users.vector(body.user_id)
+            query = await _user_vector(users, body.user_id)
             if query is None:
                 raise ApiError(404, "unknown_user", f"user {body.user_id!r} is not in the served user embeddings "
                                f"({users.version}, model {users.model_version})")  # fmt: skip
@@ -561,6 +595,18 @@ def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
 
     app.add_middleware(Gatekeeper, cfg=serving, metrics=metrics)
     return app
+
+
+async def _user_vector(users: UserEmbeddings | RedisUsers, user_id: str) -> np.ndarray | None:
+    if not isinstance(users, RedisUsers):
+        return users.vector(user_id)
+    from redis.exceptions import RedisError
+
+    try:
+        return await users.lookup(user_id)
+    except RedisError as err:
+        raise ApiError(503, "user_store_unavailable", f"the Redis profile store did not answer ({type(err).__name__}: "
+                       f"{err}); retry shortly") from None  # fmt: skip
 
 
 def _pin_of(state: RouterState, collection: str, router: Router) -> Pin:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,6 +201,32 @@ def start_router(sets):
     yield start
     for server in running:
         server.stop()
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server on a free loopback port, nothing written to disk; always stopped."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    import redis
+
+    port = free_port()
+    process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def answers():
+        try:
+            return redis.Redis.from_url(url).ping()
+        except redis.exceptions.ConnectionError:
+            return False
+
+    try:
+        wait_for(answers, what="redis-server to answer", timeout=20)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
 
 
 def pinned(client: httpx.Client) -> str | None:
@@ -416,3 +443,47 @@ def test_a_lagging_shard_keeps_the_router_on_the_old_set_until_it_catches_up(set
     body = client.post("/v1/retrieve/stories", json={"user_id": "u2", "k": 10}).json()
     assert body["served"]["index_version"] == v2
     sets.check(body, "u2")
+
+
+# -- the Redis user profile store ------------------------------------------------------------
+
+
+def test_the_router_reads_users_from_redis_keyed_by_snapshot_version(sets, cluster, start_router, redis_url):
+    import redis
+
+    from artifacts.embedding_snapshots import read_snapshot
+    from serving import profile_store
+
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "--set", f"router.redis_url={redis_url}",
+                             "profiles", "load"], cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and f"loaded {N_USERS} user vectors of embeddings/users/u1" in result.stdout, result.stderr
+    grid = cluster(replicas=1)
+    _, client = start_router(grid, "router.user_store=redis", f"router.redis_url={redis_url}")
+
+    for user in ("u0", "u5", "u39"):
+        body = client.post("/v1/retrieve/stories", json={"user_id": user, "k": 10}).json()
+        assert body["served"]["user_embeddings_version"] == "u1"
+        assert [h["id"] for h in body["items"]] == sets.exact(v1, sets.users["u1"][user], 10)
+        sets.check(body, user)
+    assert client.post("/v1/retrieve/stories", json={"user_id": "nobody"}).json()["error"]["code"] == "unknown_user"
+
+    # A newer snapshot not yet in Redis is not used: the router stays on the complete one.
+    sets.publish_users("u2", seed=5)
+    note = wait_for(lambda: client.get("/v1/versions").json()["user_embeddings_note"], what="u2 noticed")
+    assert "embeddings/users/u2 is not in the Redis profile store" in note
+    body = client.post("/v1/retrieve/stories", json={"user_id": "u3", "k": 10}).json()
+    assert body["served"]["user_embeddings_version"] == "u1"
+    sets.check(body, "u3")
+
+    with redis.Redis.from_url(redis_url) as r:
+        profile_store.load_snapshot(r, read_snapshot(sets.store.kind("embeddings/users"), "u2"), prefix="ebr:users")
+    wait_for(lambda: client.get("/v1/versions").json()["user_embeddings"]["version"] == "u2", what="the router on u2")
+    body = client.post("/v1/retrieve/stories", json={"user_id": "u3", "k": 10}).json()
+    assert body["served"]["user_embeddings_version"] == "u2"
+    assert [h["id"] for h in body["items"]] == sets.exact(v1, sets.users["u2"]["u3"], 10)
+    sets.check(body, "u3")
+    with redis.Redis.from_url(redis_url) as r:
+        assert profile_store.delete_snapshot(r, "u1", prefix="ebr:users") == N_USERS
+        assert profile_store.snapshot_meta(r, "u1", prefix="ebr:users") is None
