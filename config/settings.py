@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -363,6 +364,37 @@ class ServingConfig(_Section):
     shard_keep_versions: int = Field(2, ge=1)
 
 
+def _check_replica_urls(replicas: list[list[str]]) -> list[list[str]]:
+    for shard, urls in enumerate(replicas):
+        if not urls:
+            raise ValueError(f"shard {shard} has no replica; every shard needs at least one URL")
+        for url in urls:
+            if not (url.startswith("http://") or url.startswith("https://")):
+                raise ValueError(f"replica {url!r} of shard {shard} must be an http:// or https:// URL")
+    return [[url.rstrip("/") for url in urls] for urls in replicas]
+
+
+class ModelRouteConfig(_Section):
+    """One more EBR model behind the router: its own artifact root and shard servers."""
+
+    root: str
+    replicas: list[list[str]]
+
+    @field_validator("root")
+    @classmethod
+    def _root_is_supported(cls, root: str) -> str:
+        if not (root.startswith("file:///") or root.startswith("gs://")):
+            raise ValueError(f"artifact root {root!r} must be file:///absolute/path or gs://bucket/prefix")
+        return root.rstrip("/")
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas_are_urls(cls, replicas: list[list[str]]) -> list[list[str]]:
+        if not replicas:
+            raise ValueError("a model needs at least one shard's replica list")
+        return _check_replica_urls(replicas)
+
+
 class RouterConfig(_Section):
     """The shard router (`ebr route`, see `serving.router`)."""
 
@@ -392,16 +424,24 @@ class RouterConfig(_Section):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "ebr:users"
 
+    # Several EBR models side by side (a candidate in shadow, an A/B split): the model of
+    # `root` + `replicas` is called model_name; each entry of `models` is another, with its
+    # own root (its own pipeline) and shard servers. A request picks one with ?model=NAME.
+    model_name: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    models: dict[str, ModelRouteConfig] = Field(default_factory=dict)
+
     @field_validator("replicas")
     @classmethod
     def _replicas_are_urls(cls, replicas: list[list[str]]) -> list[list[str]]:
-        for shard, urls in enumerate(replicas):
-            if not urls:
-                raise ValueError(f"shard {shard} has no replica; every shard needs at least one URL")
-            for url in urls:
-                if not (url.startswith("http://") or url.startswith("https://")):
-                    raise ValueError(f"replica {url!r} of shard {shard} must be an http:// or https:// URL")
-        return [[url.rstrip("/") for url in urls] for urls in replicas]
+        return _check_replica_urls(replicas)
+
+    @model_validator(mode="after")
+    def _model_names(self) -> RouterConfig:
+        for name in self.models:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name) or name == self.model_name:
+                raise ValueError(f"router.models name {name!r} must be lower-case letters, digits, '_' or '-' "
+                                 f"and differ from router.model_name={self.model_name!r}")  # fmt: skip
+        return self
 
 
 class OrchestrationConfig(_Section):

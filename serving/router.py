@@ -158,8 +158,10 @@ class ShardAnswer:
 class Router:
     """Holds the replica health, the pins and the user snapshots; fans requests out."""
 
-    def __init__(self, cfg: EbrConfig, metrics: RouterMetrics | None = None, *, poll_interval_s: float | None = None):
+    def __init__(self, cfg: EbrConfig, metrics: RouterMetrics | None = None, *, poll_interval_s: float | None = None,
+                 name: str | None = None):  # fmt: skip
         self.cfg = cfg
+        self.name = name or cfg.router.model_name
         self.rcfg = cfg.router
         if not self.rcfg.replicas:
             raise ValueError("router.replicas is empty: give one list of shard-server URLs per shard, e.g. "
@@ -170,7 +172,7 @@ class Router:
         self.poll_interval_s = poll_interval_s or cfg.serving.poll_interval_s
         from serving.server import cache_dir_of
 
-        self.cache_dir = Path(cache_dir_of(cfg)) / "router"
+        self.cache_dir = Path(cache_dir_of(cfg)) / "router" / self.name
         self.replicas = [[Replica(url, shard) for url in urls] for shard, urls in enumerate(self.rcfg.replicas)]
         self._turn = [itertools.count() for _ in range(self.shards)]
         self.latest: dict[str, dict] = {}  # collection -> {version, model_version, shards} of its LATEST
@@ -471,6 +473,8 @@ class Router:
     def describe(self) -> dict:
         state = self._state
         return {
+            "model": self.name,
+            "root": self.store.uri,
             "ready": self.ready_reason() is None,
             "shards": self.shards,
             "generation": state.generation,
@@ -503,18 +507,32 @@ class Router:
         return None
 
 
-def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
-    """The router's ASGI app: the retrieval service's routes, answered by fan-out."""
+def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
+    """The router's ASGI app: the retrieval service's routes, answered by fan-out.
+
+    `routers` maps a model name to its Router (its own root, shard servers, pins and user
+    embeddings: one consistent pair per model); a request picks one with `?model=NAME`,
+    default `router.model_name`.
+    """
     serving = cfg.serving
-    metrics = router.metrics
+    default = cfg.router.model_name
+    metrics = routers[default].metrics
+
+    def router_of(model: str | None) -> Router:
+        router = routers.get(model or default)
+        if router is None:
+            raise ApiError(404, "unknown_model", f"unknown model {model!r}; this router serves {', '.join(routers)}")
+        return router
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        await router.start()
+        for router in routers.values():
+            await router.start()
         try:
             yield
         finally:
-            await router.close()
+            for router in routers.values():
+                await router.close()
 
     app = FastAPI(title="EBR retrieval router", version="1", lifespan=lifespan,
                   description="The retrieval API over shard servers: one shard-set generation per answer, merged "
@@ -540,18 +558,20 @@ def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
         return json_response({"status": "ok"})
 
     @app.get("/readyz")
-    async def readyz() -> Response:
+    async def readyz(model: str | None = None) -> Response:
+        router = router_of(model)
         reason = router.ready_reason()
         state = router.state
         pin = state.pins.get("stories")
-        body = {"ready": reason is None, "generation": state.generation, "model_version": pin.model_version if pin else None}
+        body = {"ready": reason is None, "model": router.name, "generation": state.generation,
+                "model_version": pin.model_version if pin else None}  # fmt: skip
         if reason is not None:
             body["reason"] = reason
         return json_response(body, 200 if reason is None else 503)
 
     @app.get("/v1/versions", summary="pinned shard sets, LATEST, user embeddings, replica health")
-    async def versions() -> Response:
-        return json_response(router.describe())
+    async def versions(model: str | None = None) -> Response:
+        return json_response({**router_of(model).describe(), "models": {name: r.describe() for name, r in routers.items()}})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -559,7 +579,8 @@ def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
 
     @app.post("/v1/retrieve/{collection}", response_model=RetrieveResponse,
               summary="top-K of a collection for a user id or an embedding, merged over every shard")  # fmt: skip
-    async def retrieve(collection: str, body: RetrieveRequest) -> Response:
+    async def retrieve(collection: str, body: RetrieveRequest, model: str | None = None) -> Response:
+        router = router_of(model)
         deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
         state = router.state  # read once: one generation for the whole request
         pin = _pin_of(state, collection, router)
@@ -578,11 +599,12 @@ def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
         else:
             query = _checked_embedding(body.embedding, pin.dim)
         answer = await router.search(pin, query, k, body.exclude, deadline)
-        return _respond(state, pin, collection, k, answer, serving.min_coverage)
+        return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
 
     @app.post("/v1/similar/{collection}", response_model=RetrieveResponse,
               summary="items closest to one item (the item itself excluded), merged over every shard")  # fmt: skip
-    async def similar(collection: str, body: SimilarRequest) -> Response:
+    async def similar(collection: str, body: SimilarRequest, model: str | None = None) -> Response:
+        router = router_of(model)
         deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
         state = router.state
         pin = _pin_of(state, collection, router)
@@ -591,7 +613,7 @@ def create_router_app(cfg: EbrConfig, router: Router) -> FastAPI:
         if query is None:
             raise ApiError(404, "unknown_id", f"{collection} index {pin.version} holds no id {body.id!r}")
         answer = await router.search(pin, query, k, [body.id, *body.exclude], deadline)
-        return _respond(state, pin, collection, k, answer, serving.min_coverage)
+        return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
 
     app.add_middleware(Gatekeeper, cfg=serving, metrics=metrics)
     return app
@@ -619,7 +641,8 @@ def _pin_of(state: RouterState, collection: str, router: Router) -> Pin:
     return pin
 
 
-def _respond(state: RouterState, pin: Pin, collection: str, k: int, answer: dict, min_coverage: float) -> Response:
+def _respond(router: Router, state: RouterState, pin: Pin, collection: str, k: int, answer: dict,
+             min_coverage: float) -> Response:  # fmt: skip
     if answer["coverage"] < min_coverage or not answer["shards"]:
         raise ApiError(503, "insufficient_coverage",
                        f"{len(answer['shards'])} of {len(answer['shards']) + len(answer['missing_shards'])} shards answered "
@@ -627,7 +650,7 @@ def _respond(state: RouterState, pin: Pin, collection: str, k: int, answer: dict
                        f"{min_coverage:g}")  # fmt: skip
     users = state.users
     return json_response({
-        "collection": collection, "k": k, "items": answer["items"], "coverage": answer["coverage"],
+        "collection": collection, "k": k, "model": router.name, "items": answer["items"], "coverage": answer["coverage"],
         "served": {"generation": state.generation, "model_version": pin.model_version, "index_version": pin.version,
                    "user_embeddings_version": users.version if users is not None else None},
         "shards": answer["shards"], "missing_shards": answer["missing_shards"],
@@ -635,8 +658,20 @@ def _respond(state: RouterState, pin: Pin, collection: str, k: int, answer: dict
 
 
 def build_router(cfg: EbrConfig, *, poll_interval_s: float | None = None) -> tuple[FastAPI, Router]:
-    router = Router(cfg, poll_interval_s=poll_interval_s)
-    return create_router_app(cfg, router), router
+    """The app and the Router of the default model (`app.state.routers` has every model's).
+
+    The default model is `root` + `router.replicas`; each of `router.models` has its own
+    root and replicas (e.g. a candidate model in shadow, or the other arm of an A/B split).
+    """
+    metrics = RouterMetrics()
+    routers = {cfg.router.model_name: Router(cfg, metrics, poll_interval_s=poll_interval_s)}
+    for name, model in cfg.router.models.items():
+        own = cfg.model_copy(update={"root": model.root,
+                                     "router": cfg.router.model_copy(update={"replicas": model.replicas, "models": {}})})
+        routers[name] = Router(own, metrics, poll_interval_s=poll_interval_s, name=name)
+    app = create_router_app(cfg, routers)
+    app.state.routers = routers
+    return app, routers[cfg.router.model_name]
 
 
 def serve_router(cfg: EbrConfig, *, host: str, port: int) -> None:

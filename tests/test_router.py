@@ -487,3 +487,57 @@ def test_the_router_reads_users_from_redis_keyed_by_snapshot_version(sets, clust
     with redis.Redis.from_url(redis_url) as r:
         assert profile_store.delete_snapshot(r, "u1", prefix="ebr:users") == N_USERS
         assert profile_store.snapshot_meta(r, "u1", prefix="ebr:users") is None
+
+
+# -- several EBR models side by side -------------------------------------------------------
+
+
+def test_two_models_are_served_side_by_side_each_from_its_own_consistent_pair(sets, tmp_path, cluster, start_router):
+    import json
+
+    sets.publish_users("u1", model="m1")
+    v1 = sets.build_stories("v1", model="m1")
+    (tmp_path / "candidate").mkdir()
+    other = Sets(tmp_path / "candidate", ArtifactStore.open(f"file://{tmp_path}/candidate/root"))
+    other.publish_users("c1", model="m2", seed=7)
+    w1 = other.build_stories("w1", prefix="t", seed=8, model="m2")
+    grid = cluster(replicas=1)
+    theirs = [ShardProcess(other, shard) for shard in range(2)]
+    try:
+        for process in theirs:
+            process.wait_ready()
+        models = {"candidate": {"root": other.root, "replicas": [[p.url] for p in theirs]}}
+        _, client = start_router(grid, f"router.models={json.dumps(models)}")
+        wait_for(lambda: client.get("/readyz", params={"model": "candidate"}).status_code == 200, what="candidate ready")
+
+        mine = client.post("/v1/retrieve/stories", json={"user_id": "u3", "k": 10}).json()
+        assert (mine["model"], mine["served"]["model_version"], mine["served"]["index_version"]) == ("default", "m1", v1)
+        assert [h["id"] for h in mine["items"]] == sets.exact(v1, sets.users["u1"]["u3"], 10)
+        sets.check(mine, "u3")
+        cand = client.post("/v1/retrieve/stories", params={"model": "candidate"}, json={"user_id": "u3", "k": 10}).json()
+        assert (cand["model"], cand["served"]["model_version"], cand["served"]["index_version"]) == ("candidate", "m2", w1)
+        assert cand["served"]["user_embeddings_version"] == "c1"
+        assert [h["id"] for h in cand["items"]] == other.exact(w1, other.users["c1"]["u3"], 10)
+        other.check(cand, "u3")
+
+        versions = client.get("/v1/versions").json()
+        assert {name: m["pinned"]["stories"]["version"] for name, m in versions["models"].items()} == {
+            "default": v1, "candidate": w1}  # fmt: skip
+        unknown = client.post("/v1/retrieve/stories", params={"model": "nope"}, json={"user_id": "u3"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_model"
+    finally:
+        for process in theirs:
+            process.stop()
+
+
+@pytest.mark.parametrize("override, message", [
+    ('router.models={"Bad Name": {"root": "file:///x", "replicas": [["http://h:1"]]}}', "must be lower-case"),
+    ('router.models={"default": {"root": "file:///x", "replicas": [["http://h:1"]]}}', "differ from router.model_name"),
+    ('router.models={"b": {"root": "s3://x", "replicas": [["http://h:1"]]}}', "file:///absolute/path"),
+    ('router.replicas=[[]]', "shard 0 has no replica"),
+])  # fmt: skip
+def test_bad_router_settings_are_refused_with_the_key(override, message):
+    from config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=["root=file:///tmp/x", override], environ={})
