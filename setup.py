@@ -46,6 +46,7 @@ setup(
         "tensorflow==2.21.0",
         "tensorflow-recommenders==0.7.7",
         "tf-keras==2.21.0",
+        "swagger-ui-py==25.7.1",  # Swagger UI for /docs, served by the service itself (offline)
         "tqdm==4.70.1",
     ],
     extras_require={

@@ -27,17 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.util
 import logging
 import math
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config import ServingConfig
@@ -119,7 +122,10 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
         description="Top-K retrieval from hot-reloaded HNSW indexes; every answer names the consistent "
         "(index, user embeddings, model) set it came from.",
         lifespan=lifespan,
+        docs_url=None,  # /docs below, with Swagger UI served from this process (FastAPI's loads it from a CDN)
+        redoc_url=None,
     )
+    add_offline_docs(app)
 
     app.state.request_read_timeout_s = cfg.request_read_timeout_s  # for the protocol (server.py)
 
@@ -226,6 +232,44 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
     # Outermost: sees every request (also 401/413 and unknown paths) for the metrics.
     app.add_middleware(Gatekeeper, cfg=cfg, metrics=metrics)
     return app
+
+
+# Swagger UI's files as the swagger-ui-py package ships them (Swagger UI 5: OpenAPI 3.1,
+# which FastAPI writes); found without importing the package, which we do not use.
+SWAGGER_UI_PACKAGE = "swagger_ui"
+SWAGGER_UI_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+DOCS_ASSETS = "/docs/assets"
+
+
+def swagger_ui_dir() -> Path | None:
+    spec = importlib.util.find_spec(SWAGGER_UI_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "static"
+    return folder if all((folder / name).is_file() for name in SWAGGER_UI_FILES) else None
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI from local files (`get_swagger_ui_html` with local asset URLs), so
+    it renders where the machine has no internet; /openapi.json is the schema either way."""
+    folder = swagger_ui_dir()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        if folder is None:
+            return error_response(503, "docs_unavailable", f"Swagger UI's files are not installed (package "
+                                  f"swagger-ui-py, see requirements.lock); the schema is at {app.openapi_url}")  # fmt: skip
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )  # fmt: skip
+
+    @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if folder is None or name not in SWAGGER_UI_FILES:
+            raise ApiError(404, "not_found", f"no docs asset {name!r}")
+        return FileResponse(folder / name, media_type=SWAGGER_UI_FILES[name], headers={"Cache-Control": "max-age=86400"})
 
 
 def _served(reloader: Reloader) -> ServedState:

@@ -375,9 +375,10 @@ class Reloader:
             c is current.components[k] for k, c in components.items()
         ):
             return self._outcome(action if waiting else "unchanged", "; ".join(notes) or "serving the newest consistent set")
-        self._swap(components)
+        self._swap(components)  # logs the versions and their counts
         detail = f"serving model {model}: " + ", ".join(f"{k}/{c.version}" for k, c in sorted(components.items()))
-        return self._outcome(action, detail + ("; " + "; ".join(notes) if notes else ""))
+        return self._outcome(action, detail + ("; " + "; ".join(notes) if notes else ""),
+                             level=logging.INFO if notes else logging.DEBUG)  # fmt: skip
 
     def _newest_consistent_pair(self) -> tuple[dict[str, str], str] | None:
         """The newest (story index, user embeddings) pair of one model that LATEST has named.
@@ -559,6 +560,10 @@ class Reloader:
         self._generation += 1
         new = ServedState(self._generation, MappingProxyType(stamped), since)
         self._state = new  # the swap: one reference assignment, atomic under the GIL
+        if restamp:
+            served = ", ".join(f"{kind}/{c.version} ({c.count:,})" for kind, c in sorted(stamped.items()))
+            log.info("%s state %d, model %s: %s", "ready: serving" if old is None else "swapped in",
+                     new.generation, new.model_version, served)  # fmt: skip
         self.metrics.swaps.inc()
         self.metrics.ready.set(1)
         self.metrics.show_served({k: (c.version, c.model_version, c.count, c.memory_bytes) for k, c in stamped.items()})
