@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from artifacts import MODELS, ArtifactStore, UnknownVersionError, version_name
 from artifacts.store import new_attempt_id
@@ -24,6 +24,8 @@ from warehouse import Warehouse
 from warehouse.tables import day_start_ts
 
 log = logging.getLogger(__name__)
+
+DASK_RUNNER = "beam_jobs.dask_runner.DaskRunner"  # beam_jobs.dask_runner.RUNNER, without importing dask here
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,17 @@ def with_configured_runner(argv: list[str] | None, cfg: EbrConfig) -> PipelineOp
     """Options with `embed.runner` and `embed.pipeline_options` as defaults under `argv`.
 
     The runner is configuration: a flag on the command line wins, then the config.
-    Without any, Beam 2.77 would pick its Prism runner and try to download it.
+    Without any, Beam 2.77 would pick its Prism runner and try to download it. On the
+    Dask runner the bag partitions follow `embed.buckets` (`--dask_npartitions`) and the
+    scheduler is `embed.dask_address` (`--dask_client_address`), unless flags say otherwise.
     """
-    return PipelineOptions([f"--runner={cfg.embed.runner}", *cfg.embed.pipeline_options, *(argv or [])])
+    configured = [f"--runner={cfg.embed.runner}", *cfg.embed.pipeline_options]
+    runner = PipelineOptions([*configured, *(argv or [])]).view_as(StandardOptions).runner
+    if runner == DASK_RUNNER:
+        dask = [f"--dask_npartitions={cfg.embed.buckets}"] if not any(a.startswith("--dask_partition_size") for a in [*configured, *(argv or [])]) else []
+        dask += [f"--dask_client_address={cfg.embed.dask_address}"] if cfg.embed.dask_address else []
+        configured = [*configured[:1], *dask, *configured[1:]]
+    return PipelineOptions([*configured, *(argv or [])])
 
 
 def beam_path(uri: str) -> str:

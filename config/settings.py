@@ -262,8 +262,12 @@ class EmbedConfig(_Section):
     # Beam runner and its pipeline options: configuration, not code. Extra options are
     # passed through as given (e.g. ["--project=p", "--region=europe-west4",
     # "--temp_location=gs://b/tmp", "--setup_file=./setup.py"] for Dataflow).
+    # "beam_jobs.dask_runner.DaskRunner" runs the jobs on a dask.distributed cluster.
     runner: str = "DirectRunner"
     pipeline_options: tuple[str, ...] = ()
+    # The Dask runner's scheduler (--dask_client_address), e.g. "tcp://127.0.0.1:8786"
+    # (`make dask`); None: the runner starts a throwaway local cluster of its own.
+    dask_address: str | None = None
     # Rows per call of a tower (one RunInference batch).
     batch_size: int = Field(2048, ge=1)
     # Entities are grouped into this many key buckets (every event of a user, or of a
@@ -280,6 +284,14 @@ class EmbedConfig(_Section):
     story_max_age_days: float = Field(7.0, gt=0)
     # The job fails (and publishes nothing) when more than this share of records is bad.
     max_error_rate: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("runner")
+    @classmethod
+    def _not_the_shipped_dask_runner(cls, runner: str) -> str:
+        if runner in ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"):
+            raise ValueError(f"{runner!r} is Beam's shipped Dask runner, which runs only the last sink of a job and mixes a "
+                             "DoFn's outputs; use 'beam_jobs.dask_runner.DaskRunner'")
+        return runner
 
 
 class IndexConfig(_Section):
