@@ -41,8 +41,9 @@ body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; mar
 h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }
 table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+th, td.met, td.notmet, td.unknown, td:first-child { white-space: nowrap; overflow-wrap: normal; }
 .scroll { overflow-x: auto; max-width: 100%; } .scroll td, .scroll th { overflow-wrap: normal; white-space: nowrap; }
-.overview { display: grid; grid-template-columns: minmax(0, 5fr) minmax(0, 6fr); gap: 1.5em; align-items: start; }
+.overview { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 1.5em; align-items: start; }
 .overview .plots figure:first-child { margin-top: 0; }
 @media (max-width: 1100px) { .overview { grid-template-columns: minmax(0, 1fr); } }
 .summary { color: #444; }
