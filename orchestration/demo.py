@@ -312,7 +312,7 @@ def show_answers(cfg, url: str, n_users: int, k: int) -> tuple[str, str]:
                 story = stories.get(hit["id"], {})
                 print(f"  {rank:>2}. {hit['id']:<12} {hit['score']:7.4f}  {story.get('language', '?')}/{story.get('country', '?')}  "
                       f"by {story.get('creator_id', '?'):<10} {' '.join(story.get('hashtags') or [])}")  # fmt: skip
-            if first is None and answer["items"]:
+            if first is None and answer["items"] and mine:  # a user with a history, for the next steps
                 first = (user["user_id"], answer["items"][0]["id"])
             served = answer["served"]
             print(f"      served from index {served['index_version']}, user embeddings {served['user_embeddings_version']}")
@@ -330,7 +330,7 @@ def next_steps(root: str, user_id: str, story_id: str, port: int = 8090) -> str:
 Next steps (from {REPO_DIR}; every command works on this demo's root, {root}):
 
   serve it, and query it from a second shell:
-    {ebr} serve                  # http://127.0.0.1:{port}, OpenAPI at /docs; Ctrl-C stops it
+    {ebr} serve    # http://127.0.0.1:{port}, OpenAPI at /docs; Ctrl-C stops it
     .venv/bin/ebr query user {user_id} -k 10
     .venv/bin/ebr query similar stories {story_id}
     .venv/bin/ebr query versions
@@ -340,10 +340,10 @@ Next steps (from {REPO_DIR}; every command works on this demo's root, {root}):
     {ebr} artifacts history indexes/stories
 
   the same runs in the Airflow UI (this demo's Airflow home, {demo_airflow_home(root)}; its DAGs use this root):
-    {airflow}                                   # http://127.0.0.1:8080 (AIRFLOW_PORT=8081 for another port); it prints the login
+    {airflow}    # http://127.0.0.1:8080 (AIRFLOW_PORT=8081 make airflow for another port); it prints the login
 
   roll the story index back to the one before (a running service swaps within its poll interval):
-    {ebr} index rollback stories --to previous --reason "trying a rollback"
+    {ebr} index rollback --collection stories --to previous --reason "trying a rollback"
     or in Airflow: DAG ebr_rollback, Trigger, version "previous", a reason (keep "unpause on trigger": it has no schedule)
 """
 

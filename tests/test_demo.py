@@ -117,7 +117,7 @@ def test_the_next_steps_are_commands_on_this_root():
     assert ".venv/bin/ebr query user u00042 -k 10" in text
     assert ".venv/bin/ebr query similar stories s000123" in text
     assert f"make airflow DEMO_ROOT={root}" in text and str(demo_airflow_home(root)) == "/tmp/somewhere/demo-airflow"
-    assert f".venv/bin/ebr --root {root} index rollback stories --to previous --reason" in text
+    assert f".venv/bin/ebr --root {root} index rollback --collection stories --to previous --reason" in text
     assert 'ebr_rollback, Trigger, version "previous"' in text
     assert "127.0.0.1:8090" in text
 
@@ -138,7 +138,7 @@ def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(t
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
     for expected in ("train_and_evaluate started", "epoch 1: validation", "gate: promote", "embed_users success",
                      "dead letters:", "recall@10", "index_stories.publish success", "Next steps",
-                     "index rollback stories --to previous"):  # fmt: skip
+                     "index rollback --collection stories --to previous"):  # fmt: skip
         assert expected in out, f"{expected!r} not in:\n{out}"
     assert out.count("ebr_story_index: success") == 2, out
     assert (tmp_path / "demo-airflow" / "airflow.db").exists()  # the home `make airflow DEMO_ROOT=...` opens
