@@ -169,6 +169,17 @@ class LocalAirflow:
         return body["access_token"]
 
 
+def demo_airflow(root: str, port: int) -> LocalAirflow:
+    """Airflow on the home `make demo` wrote for ROOT, with the settings it saved there
+    (its EBR_* variables: root, shorter training, its world size's), or the demo's defaults."""
+    from orchestration.demo import SETTINGS_FILE, demo_airflow_home, demo_settings
+
+    home = demo_airflow_home(root)
+    saved = home / SETTINGS_FILE
+    settings = json.loads(saved.read_text()) if saved.exists() else demo_settings(root, home)
+    return LocalAirflow(home, port, settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group()
@@ -178,12 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.demo_root:
-        from orchestration.demo import SETTINGS_FILE, demo_airflow_home, demo_settings
-
-        home = demo_airflow_home(args.demo_root)
-        saved = home / SETTINGS_FILE  # the demo's EBR_* variables, its world size's included
-        settings = json.loads(saved.read_text()) if saved.exists() else demo_settings(args.demo_root, home)
-        airflow = LocalAirflow(home, args.port, settings)
+        airflow = demo_airflow(args.demo_root, args.port)
+        home = airflow.home
         if not (home / "airflow.db").exists():
             print(f"no demo has run for {args.demo_root} yet ({home} has no airflow.db): `make demo` first, "
                   "or the DAGs will find nothing to work on", flush=True)  # fmt: skip

@@ -142,3 +142,22 @@ def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(t
         assert expected in out, f"{expected!r} not in:\n{out}"
     assert out.count("ebr_story_index: success") == 2, out
     assert (tmp_path / "demo-airflow" / "airflow.db").exists()  # the home `make airflow DEMO_ROOT=...` opens
+
+
+def test_make_airflow_opens_the_demos_home_with_its_saved_settings(tmp_path):
+    """What `make airflow` (`local_airflow --demo-root`) gives the DAGs: the demo's root and
+    the settings it saved in its Airflow home (here a tiny world's), not the shell's."""
+    import json
+
+    from orchestration.demo import SETTINGS_FILE, demo_settings
+    from orchestration.local_airflow import demo_airflow
+
+    root = f"file://{tmp_path}/demo"
+    home = demo_airflow_home(root)
+    home.mkdir()
+    (home / SETTINGS_FILE).write_text(json.dumps(demo_settings(root, home, "tiny")))
+    airflow = demo_airflow(root, 18080)
+    assert airflow.home == home and airflow.base_url == "http://127.0.0.1:18080"
+    assert airflow.env["EBR_ROOT"] == root and airflow.env["AIRFLOW_HOME"] == str(home)
+    assert airflow.env["EBR_WORLD__SIZE"] == "tiny" and airflow.env["EBR_GATE__METRICS"] == '["recall@100"]'
+    assert airflow.env["EBR_TRAIN__EPOCHS"] == "4"  # the demo's shorter training
