@@ -47,8 +47,9 @@ chromium:
 	    || echo "chromium/chromium-driver could not be installed: tests/test_browser.py will skip"; }
 
 # The whole pipeline through Airflow (`airflow dags test` of ebr_train, ebr_user_embeddings
-# and ebr_story_index on a fresh world, logical dates inside it), then the retrieval
-# service answering a few users; see orchestration/demo.py. Airflow home: $(DEMO_ROOT)-airflow.
+# and ebr_story_index, twice, on a fresh world, logical dates inside it), its progress as it
+# runs, then the retrieval service answering a few users and the next steps to paste; see
+# orchestration/demo.py. DEMO_SIZE=tiny|small|medium|large. Airflow home: $(DEMO_ROOT)-airflow.
 demo: $(STAMP)
 	$(BIN)/python -m orchestration.demo --root $(DEMO_ROOT) --size $(DEMO_SIZE)
 
