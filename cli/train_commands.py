@@ -15,10 +15,17 @@ SHOWN = ("recall@10", "recall@100", "recall@500", "top_k_accuracy@100", "ndcg@10
 SIZES = ("eval_users", "eval_positives", "cold_eval_users", "cold_eval_positives")
 
 
-def metric_cell(metrics: dict[str, float], name: str) -> str:
-    """"0.1234 [0.1180, 0.1290]" with the bootstrap interval when there is one."""
+def metric_cell(metrics: dict[str, float], name: str, wide: bool = True) -> str:
+    """"0.1234 [0.1180, 0.1290]" with the bootstrap interval when there is one; not `wide`,
+    "0.123 [.118,.129]", so the model and five baselines fit in 120 columns."""
     if name not in metrics:
         return "-"
+    if not wide:
+        short = f"{metrics[name]:.3f}"
+        if f"{name}_lo" in metrics:
+            lo, hi = (f"{metrics[f'{name}_{end}']:.3f}".removeprefix("0") for end in ("lo", "hi"))
+            short += f" [{lo},{hi}]"
+        return short
     if f"{name}_lo" in metrics:
         return f"{metrics[name]:.4f} [{metrics[f'{name}_lo']:.4f}, {metrics[f'{name}_hi']:.4f}]"
     return f"{metrics[name]:.4f}"
@@ -40,7 +47,8 @@ def train(cfg: EbrConfig, args: Namespace) -> int:
     print()
     print("test set: " + ", ".join(f"{int(model[n]):,} {n.replace('_', ' ')}" for n in SIZES if n in model)
           + f" over {outcome.result.split.get('candidates', {}).get('eligible', 0):,} eligible candidates (95% bootstrap intervals over users)")  # fmt: skip
-    print(table(["metric", *metrics], [(n, *(metric_cell(m, n) for m in metrics.values())) for n in names]))
+    rows = [(n, *(metric_cell(m, n, args.wide) for m in metrics.values())) for n in names]
+    print(table(["metric", *metrics], rows, wide=args.wide))
     print(f"\nbest epoch {outcome.result.best_epoch}, {outcome.result.examples_per_second:,.0f} training examples/s")
     print(f"gate: {'promote' if outcome.gate.promote else 'REFUSE'}: {'; '.join(outcome.gate.reasons)}")
     if outcome.published is not None:

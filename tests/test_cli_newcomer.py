@@ -199,3 +199,17 @@ def test_the_console_script_loads_tensorflow_with_keras_2_and_keeps_its_noise_ou
     assert verbose.returncode == 1 and "Traceback" not in verbose.stderr
     brought_back = [line for line in verbose.stderr.splitlines() if is_native_noise(line.encode())]
     assert len(brought_back) >= len(printed), verbose.stderr  # whatever TensorFlow prints on this machine
+
+
+def test_the_training_table_of_the_model_and_four_baselines_fits_120_columns_unless_wide():
+    from cli.output import table
+    from cli.train_commands import metric_cell
+
+    metrics = {"recall@10": 0.2437, "recall@10_lo": 0.2009, "recall@10_hi": 0.2887, "coverage@100": 0.8756}
+    columns = ["model", "popularity", "recent_popularity", "als", "ease"]  # what `ebr train` printed here
+    for wide, cell in ((False, "0.244 [.201,.289]"), (True, "0.2437 [0.2009, 0.2887]")):
+        rows = [(name, *(metric_cell(metrics, "recall@10", wide) for _ in columns)) for name in ("catalogue_recall@100",)]
+        assert rows[0][1] == cell
+        widest = max(len(line) for line in table(["metric", *columns], rows, wide=wide).splitlines())
+        assert (widest <= WIDTH) is not wide, widest
+    assert metric_cell(metrics, "coverage@100", False) == "0.876" and metric_cell(metrics, "ndcg@10", False) == "-"
