@@ -676,9 +676,12 @@ def build_router(cfg: EbrConfig, *, poll_interval_s: float | None = None) -> tup
 
 def serve_router(cfg: EbrConfig, *, host: str, port: int) -> None:
     """`ebr route` in the foreground until interrupted."""
+    import sys
+
     import uvicorn
 
-    from serving.server import uvicorn_config
+    from serving.server import SWITCH_INTERVAL_S, uvicorn_config
 
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # the store poll thread must not hold the loop for 5 ms at a time
     app, _ = build_router(cfg)
     uvicorn.Server(uvicorn_config(app, host, port, cfg.serving.request_read_timeout_s)).run()

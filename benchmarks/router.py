@@ -1,0 +1,324 @@
+"""The sharded tier against the single service, side by side in one run (issue #14).
+
+    python benchmarks/router.py [--n 1000000] [--users 50000] [--duration 8] [--swaps 5]
+
+1. One story snapshot and one user snapshot of one model are published into two roots;
+   the index builder builds an unsharded index in one (`index.shards=1`) and a shard set
+   in the other (`index.shards=2`), same M / ef_construction.
+2. Recall: both loaded here, 1,000 user queries, recall@10 against exact search over the
+   whole snapshot at the same ef (the unsharded version's ef_search): the set's answer is
+   each shard's top-10 merged by score, exactly what the router does.
+3. The single service: `ebr serve` (serving.searcher=process) on the unsharded root;
+   the load generator of benchmarks/serving.py in its own process (raw HTTP/1.1 keep-alive
+   connections, random known users, k=10): saturation (closed loop), then a fixed rate.
+4. The sharded tier: two `ebr serve --shard I/2` (one replica each) and `ebr route` over
+   them, each its own process; the same phases; then the fixed rate again while
+   `--swaps` new shard sets (byte-identical copies under new names, prepared beforehand)
+   are published one after another: failed requests, and every answer's set version.
+5. The router's own overhead: `ebr_router_fanout_overhead_seconds` (fan-out + merge
+   beyond the slowest shard), p50/p99 from its histogram; memory per shard server (RSS
+   of the process and its index processes; `memory_bytes` of the loaded shard).
+
+Everything runs on this machine (2 cores here, shared): the load generator, the router,
+both shard servers and their index processes compete for the same cores, which is the
+main cost of the tier here and would not be on separate machines.
+
+Writes benchmarks/results/router.json and router.md (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+MODEL = "bench-model-1"
+K = 10
+
+
+def _serving_bench():
+    """benchmarks/serving.py as a module: its load generator, summaries and helpers."""
+    spec = importlib.util.spec_from_file_location("serving_bench", REPO / "benchmarks" / "serving.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SB = _serving_bench()
+
+
+def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: int) -> dict:
+    from artifacts import ArtifactStore
+    from artifacts.embedding_snapshots import publish_snapshot
+    from config import load_config
+    from index_builder.publish import build_and_publish_index
+    from index_builder.synthetic import clustered_vectors, story_ids
+
+    stories = clustered_vectors(n, dim, seed=1)
+    rng = np.random.default_rng(2)
+    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(scale=0.5 / np.sqrt(dim), size=(n_users, dim)).astype(np.float32)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    user_ids = np.asarray([f"u{i}" for i in range(n_users)], dtype=object)
+    out = {"stories": stories, "users": users}
+    for root, shards in ((single_root, 1), (sharded_root, 2)):
+        store = ArtifactStore.open(root)
+        publish_snapshot(store.kind("embeddings/stories"), "20261201T000000Z-bench", story_ids(0, n), stories,
+                         model_version=MODEL, as_of=0, shards=8, reason="router benchmark")  # fmt: skip
+        publish_snapshot(store.kind("embeddings/users"), "20261201T000000Z-bench", user_ids, users,
+                         model_version=MODEL, as_of=0, reason="router benchmark")  # fmt: skip
+        cfg = load_config(overrides=[f"root={root}", f"index.shards={shards}"], environ={})
+        started = time.perf_counter()
+        outcome = build_and_publish_index(cfg, "stories")
+        out[shards] = {"store": store, "version": outcome.version, "manifest": outcome.manifest,
+                       "build_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        print(f"built {'unsharded' if shards == 1 else 'a 2-shard set'}: {outcome.detail}", flush=True)
+    return out
+
+
+def measure_recall(built: dict, n_queries: int = 1000) -> dict:
+    """recall@10 of the unsharded index and of the merged shard set, same ef, same queries."""
+    from index_builder import hnsw
+    from index_builder.loaded_index import load_index
+    from index_builder.sharding import download_shard, merge_top_k
+
+    stories, users = built["stories"], built["users"]
+    queries = users[:n_queries]
+    exact = hnsw.exact_top_k(stories, queries, K)
+    ids = np.asarray([f"s{i}" for i in range(len(stories))], dtype=object)
+    exact_ids = [set(ids[row]) for row in exact]
+    ef = int(built[1]["manifest"].params["ef_search"])
+    with tempfile.TemporaryDirectory() as tmp:
+        kind1 = built[1]["store"].kind("indexes/stories")
+        single = load_index(kind1.download(built[1]["version"], Path(tmp) / "single"), "stories")
+        kind2 = built[2]["store"].kind("indexes/stories")
+        shards = [load_index(download_shard(kind2, built[2]["version"], s, 2, Path(tmp) / "set"), "stories") for s in range(2)]
+        for index in (single, *shards):
+            index._index.set_ef(ef)
+        single_found = [set(i for i, _ in single.search(q, K)[0]) for q in queries]
+        merged_found = [set(i for i, _ in merge_top_k([s.search(q, K)[0] for s in shards], K)) for q in queries]
+    r_single = float(np.mean([len(f & e) / K for f, e in zip(single_found, exact_ids, strict=True)]))
+    r_merged = float(np.mean([len(f & e) / K for f, e in zip(merged_found, exact_ids, strict=True)]))
+    return {"ef": ef, "queries": n_queries, "recall_at_10_unsharded": round(r_single, 4),
+            "recall_at_10_merged_2_shards": round(r_merged, 4), "difference": round(r_merged - r_single, 4),
+            "met_within_0.005": abs(r_merged - r_single) <= 0.005 or r_merged >= r_single}  # fmt: skip
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait(url: str, path: str = "/readyz", timeout: float = 900) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url}{path} not ready within {timeout} s")
+
+
+def _phases(port: int, args, workdir: Path, seed: int) -> dict:
+    common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
+    saturation = SB.summarize(SB.run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=seed, **common))
+    steady = SB.summarize(SB.run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=seed + 1, **common))
+    return {"saturation_closed_loop": saturation, "steady_fixed_rate": {"offered_rate": args.rate, **steady}}
+
+
+def histogram_quantiles(metrics: str, name: str, quantiles=(0.5, 0.99)) -> dict:
+    """Quantiles of a Prometheus histogram from its cumulative buckets (upper bounds)."""
+    buckets = sorted((float("inf") if le == "+Inf" else float(le), float(v))
+                     for le, v in re.findall(rf'{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)', metrics))  # fmt: skip
+    total = buckets[-1][1] if buckets else 0
+    out = {"count": int(total)}
+    for q in quantiles:
+        bound = next((le for le, c in buckets if c >= q * total), None) if total else None
+        out[f"p{int(q * 100)}_ms_at_most"] = None if bound is None else round(bound * 1000, 3)
+    s = re.search(rf"{name}_sum ([0-9.e+-]+)", metrics)
+    out["mean_ms"] = round(float(s.group(1)) / total * 1000, 3) if s and total else None
+    return out
+
+
+def run(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--users", type=int, default=50_000)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--swaps", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, help="default: a temporary folder, removed at the end")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "router.json")
+    args = parser.parse_args(argv)
+
+    import httpx
+
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="ebr-router-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        cache = Path("/dev/shm") / f"ebr-router-bench-{os.getpid()}" if Path("/dev/shm").is_dir() else workdir / "cache"
+        single_root, sharded_root = f"file://{workdir}/single", f"file://{workdir}/sharded"
+        built = build_roots(single_root, sharded_root, args.n, args.dim, args.users)
+        recall = measure_recall(built)
+        print(f"recall: {recall}", flush=True)
+        processes: list[subprocess.Popen] = []
+        try:
+            # -- the single service --
+            port = SB._free_port()
+            single = _start(["--root", single_root, "--set", f"serving.cache_dir={cache}/single", "serve", "--port", str(port),
+                             "--poll-interval", "1"], workdir / "single.log")  # fmt: skip
+            processes.append(single)
+            _wait(f"http://127.0.0.1:{port}")
+            print("single service: load phases ...", flush=True)
+            single_result = _phases(port, args, workdir, seed=1)
+            single_result["rss_bytes"] = SB._rss(single.pid)
+            _stop(single)
+
+            # -- the sharded tier --
+            shard_ports = [SB._free_port() for _ in range(2)]
+            shards = [_start(["--root", sharded_root, "--set", f"serving.cache_dir={cache}/shard-{s}", "serve", "--shard", f"{s}/2",
+                              "--port", str(p), "--poll-interval", "0.5"], workdir / f"shard-{s}.log")
+                      for s, p in enumerate(shard_ports)]  # fmt: skip
+            processes.extend(shards)
+            for p in shard_ports:
+                _wait(f"http://127.0.0.1:{p}")
+            router_port = SB._free_port()
+            replicas = json.dumps([[f"http://127.0.0.1:{p}"] for p in shard_ports])
+            router = _start(["--root", sharded_root, "--set", f"serving.cache_dir={cache}/router", "--set",
+                             "serving.poll_interval_s=0.5", "--set", "router.health_interval_s=0.25",
+                             "route", "--port", str(router_port), "--replicas", replicas], workdir / "router.log")  # fmt: skip
+            processes.append(router)
+            _wait(f"http://127.0.0.1:{router_port}")
+            shard_memory = []
+            for s, (p, process) in enumerate(zip(shard_ports, shards, strict=True)):
+                status = httpx.get(f"http://127.0.0.1:{p}/v1/shard", timeout=5).json()
+                held = status["collections"]["stories"]["versions"][0]
+                shard_memory.append({"shard": s, "items": held["count"], "loaded_index_memory_bytes": held["memory_bytes"],
+                                     "server_tree_rss_bytes": SB._rss(process.pid)})  # fmt: skip
+            print("router: load phases ...", flush=True)
+            routed = _phases(router_port, args, workdir, seed=11)
+            overhead_steady = histogram_quantiles(httpx.get(f"http://127.0.0.1:{router_port}/metrics").text,
+                                                  "ebr_router_fanout_overhead_seconds")  # fmt: skip
+
+            # -- shard-set swaps under load --
+            kind = built[2]["store"].kind("indexes/stories")
+            base = built[2]["version"]
+            copies = [f"{base}-swap{i}" for i in range(args.swaps)]
+            source = kind.local_dir(base)
+            for name in copies:
+                SB.copy_version(built[2]["store"], "indexes/stories", base, name, source)
+            os.sync()
+            published: list[str] = []
+
+            def publish_all() -> None:
+                for name in copies:
+                    time.sleep(2.0)  # each set is downloaded, loaded and pinned before the next (~1 s at 200k here)
+                    kind.publish(name, reason="router benchmark: a swap under load")
+                    published.append(name)
+
+            swap_seconds = args.duration + 2.5 * args.swaps + 4
+            publisher = threading.Thread(target=publish_all)
+            publisher.start()
+            rows = SB.run_loadgen(router_port, "rate", duration=swap_seconds, rate=args.rate, seed=21, concurrency=args.concurrency,
+                                  users=args.users, workdir=workdir)  # fmt: skip
+            publisher.join()
+            names = [str(v) for v in rows["names"]]
+            answered_by = {names[c]: int((rows["version"] == c).sum()) for c in range(len(names))}
+            swaps = {"published": len(published), "whole_phase": SB.summarize(rows), "answers_per_set_version": answered_by,
+                     "sets_answered_from": len([v for v in answered_by if v in (base, *copies)])}  # fmt: skip
+            metrics = httpx.get(f"http://127.0.0.1:{router_port}/metrics").text
+            overhead_all = histogram_quantiles(metrics, "ebr_router_fanout_overhead_seconds")
+        finally:
+            for process in processes:
+                _stop(process)
+            if cache.parent == Path("/dev/shm"):
+                subprocess.run(["rm", "-rf", str(cache)], check=False)
+
+    sat_ratio = routed["saturation_closed_loop"]["qps"] / max(single_result["saturation_closed_loop"]["qps"], 1e-9)
+    steady = routed["steady_fixed_rate"]
+    result = {
+        "benchmark": "router", "started_at": started_at, "cpus": os.cpu_count(), "load_average_at_start": load_start,
+        "platform": platform.platform(), "n": args.n, "dim": args.dim, "users": args.users, "duration_s": args.duration,
+        "build_seconds": {"unsharded": built[1]["build_seconds"], "2_shards": built[2]["build_seconds"]},
+        "recall": recall, "single_service": single_result, "router_2x1": {**routed, "shard_memory": shard_memory},
+        "router_overhead_steady": overhead_steady, "router_overhead_all_phases": overhead_all, "swaps": swaps,
+        "targets": {
+            "merged_recall_within_0.005": recall["met_within_0.005"],
+            "router_p99_le_10ms_at_1000qps": {"p99_ms": steady["p99_ms"], "qps": steady["qps"],
+                                              "met": steady["p99_ms"] <= 10 and steady["qps"] >= 0.98 * args.rate},
+            "router_qps_ge_half_single": {"ratio": round(sat_ratio, 3), "met": sat_ratio >= 0.5},
+            "zero_failed_during_swaps": {"failed": swaps["whole_phase"]["failed"], "swaps": len(published),
+                                         "met": swaps["whole_phase"]["failed"] == 0 and len(published) >= 5},
+        },
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float))
+    args.out.with_suffix(".md").write_text(to_markdown(result))
+    print(to_markdown(result))
+    return result
+
+
+def to_markdown(r: dict) -> str:
+    s, t = r["single_service"], r["router_2x1"]
+    rows = [
+        "| | single service | router, 2 shards × 1 replica |", "|---|---|---|",
+        f"| saturated QPS (closed loop, 16 connections) | {s['saturation_closed_loop']['qps']} | {t['saturation_closed_loop']['qps']} |",
+        f"| p50 / p99 ms at {r['single_service']['steady_fixed_rate']['offered_rate']:.0f}/s | "
+        f"{s['steady_fixed_rate']['p50_ms']} / {s['steady_fixed_rate']['p99_ms']} | {t['steady_fixed_rate']['p50_ms']} / {t['steady_fixed_rate']['p99_ms']} |",
+        f"| achieved QPS at that rate | {s['steady_fixed_rate']['qps']} | {t['steady_fixed_rate']['qps']} |",
+        f"| failed requests | {s['saturation_closed_loop']['failed'] + s['steady_fixed_rate']['failed']} | "
+        f"{t['saturation_closed_loop']['failed'] + t['steady_fixed_rate']['failed']} |",
+    ]  # fmt: skip
+    lines = [f"# Router benchmark ({r['n']:,} × {r['dim']}, {r['users']:,} users, {r['cpus']} CPUs, load {r['load_average_at_start'][0]:.1f} at start)", "",
+             *rows, "",
+             f"recall@10 at ef={r['recall']['ef']}: unsharded {r['recall']['recall_at_10_unsharded']}, merged 2 shards "
+             f"{r['recall']['recall_at_10_merged_2_shards']} (difference {r['recall']['difference']})", "",
+             f"router overhead (fan-out + merge beyond the slowest shard), steady phases: {r['router_overhead_steady']}", "",
+             f"swaps under load: {r['swaps']['published']} published, {r['swaps']['whole_phase']}, answers per set version "
+             f"{r['swaps']['answers_per_set_version']}", "",
+             "memory per shard: " + "; ".join(f"shard {m['shard']}: {m['items']:,} items, index {m['loaded_index_memory_bytes'] / 2**20:.0f} MiB, "
+                                             f"server + index process RSS {m['server_tree_rss_bytes'] / 2**20:.0f} MiB" for m in t["shard_memory"]),
+             "", "targets: " + json.dumps(r["targets"])]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
+        SB.loadgen_main(sys.argv[2:])
+    else:
+        run()
