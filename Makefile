@@ -25,6 +25,7 @@ help:
 	@echo "make test   build the environment if needed, then run the test suite"
 	@echo "make airflow  start Airflow on http://127.0.0.1:$(AIRFLOW_PORT) on the demo's runs and root (AIRFLOW_PORT=... for another port)"
 	@echo "make bench  run the benchmarks (model quality against baselines, ...)"
+	@echo "make shell  a shell with ebr on the PATH and EBR_ROOT on the demo's artifacts (var/demo)"
 
 venv: $(STAMP)
 
