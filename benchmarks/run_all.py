@@ -195,7 +195,7 @@ def run_benchmark(bench: Benchmark, run_dir: Path, *, quick: bool, log_dir: Path
         if quick:
             shutil.rmtree(workdir, ignore_errors=True)
     if bench.name == "demo" and error is None:
-        record["output_tail"] = _tail(stdout_path, 30)
+        record["output_tail"] = _tail(stdout_path, 60)  # the versions served, above the next steps
     _log(f"{bench.name}: {'ok' if record['ok'] else 'FAILED (' + error + ')'} in {record['wall_seconds']} s")
     return record
 
