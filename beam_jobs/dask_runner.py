@@ -32,7 +32,8 @@ upstream thread it corresponds to:
 5. `setup()` runs once per DoFn instance, not per bundle. The shipped runner calls
    setup/teardown around every partition (the story tower was loaded once per bucket).
    Here set-up DoFn instances are kept per worker process and reused, one bundle at a
-   time; teardown runs at the worker's exit (best effort, as Beam's contract says).
+   time; teardown runs when the run is among the oldest on a long-lived worker (past
+   the newest `RUNS_KEPT`), or at the worker's exit (best effort, as Beam's contract says).
 6. Parallelism follows `--dask_npartitions`. The shipped runner splits a `Create` into
    partitions of 128 elements and keeps the partition count through every GroupByKey,
    so a job reading fewer than 128 files ran in one partition end to end (compare
@@ -77,35 +78,50 @@ _METRICS = "__ebr_dask_metrics__"  # the tag a bundle's metric updates travel un
 
 # -- on the workers -------------------------------------------------------------------------
 
-# DoFn instances that have run setup(), per translated ParDo, idle between bundles (fix 5).
-_IDLE_DOFNS: dict[str, list[beam.DoFn]] = {}
+# DoFn instances that have run setup(), idle between bundles (fix 5), per run and ParDo:
+# {run: {ParDo token: [instances]}}. A long-lived cluster serves run after run: the
+# instances of all but the newest RUNS_KEPT runs are torn down (a tower each, otherwise).
+_IDLE_DOFNS: dict[str, dict[str, list[beam.DoFn]]] = {}
 _IDLE_LOCK = threading.Lock()
+RUNS_KEPT = 4
 
 
-def _borrow_dofn(token: str, fresh: beam.DoFn) -> tuple[beam.DoFn, bool]:
-    """An idle set-up instance of the ParDo `token`, or `fresh` (True: needs setup)."""
+def _borrow_dofn(run: str, token: str, fresh: beam.DoFn) -> tuple[beam.DoFn, bool]:
+    """An idle set-up instance of ParDo `token` of `run`, or `fresh` (True: needs setup)."""
+    retired: list[beam.DoFn] = []
     with _IDLE_LOCK:
-        idle = _IDLE_DOFNS.get(token)
-        if idle:
-            return idle.pop(), False
-    return fresh, True
+        if run not in _IDLE_DOFNS:
+            _IDLE_DOFNS[run] = {}
+            while len(_IDLE_DOFNS) > RUNS_KEPT:  # dicts keep insertion order: oldest first
+                retired += [fn for idle in _IDLE_DOFNS.pop(next(iter(_IDLE_DOFNS))).values() for fn in idle]
+        idle = _IDLE_DOFNS[run].get(token)
+        found = idle.pop() if idle else None
+    _teardown(retired)
+    return (found, False) if found is not None else (fresh, True)
 
 
-def _return_dofn(token: str, fn: beam.DoFn) -> None:
+def _return_dofn(run: str, token: str, fn: beam.DoFn) -> None:
     with _IDLE_LOCK:
-        _IDLE_DOFNS.setdefault(token, []).append(fn)
+        if run in _IDLE_DOFNS:
+            _IDLE_DOFNS[run].setdefault(token, []).append(fn)
+            return
+    _teardown([fn])  # its run was retired meanwhile
+
+
+def _teardown(instances: list[beam.DoFn]) -> None:
+    for fn in instances:
+        try:
+            fn.teardown()
+        except Exception:  # best effort, as Beam's contract says
+            log.exception("teardown of %r failed", fn)
 
 
 @atexit.register
 def _teardown_idle_dofns() -> None:
     with _IDLE_LOCK:
-        instances = [fn for idle in _IDLE_DOFNS.values() for fn in idle]
+        instances = [fn for run in _IDLE_DOFNS.values() for idle in run.values() for fn in idle]
         _IDLE_DOFNS.clear()
-    for fn in instances:
-        try:
-            fn.teardown()
-        except Exception:  # best effort, at exit
-            log.exception("teardown of %r failed", fn)
+    _teardown(instances)
 
 
 class _TagReceiver(Receiver):
@@ -133,7 +149,7 @@ def _side_input_map(view: tuple[type, dict], values: list) -> SideInputMap:
     return SideInputMap(view[0], view[1], windowed)
 
 
-def _run_bundle(elements: Iterable, label: str, token: str, fn: beam.DoFn, window_fn, args, kwargs, views: Sequence[tuple[type, dict]], *side_values: list) -> list[tuple[str | None, Any]]:
+def _run_bundle(elements: Iterable, label: str, run: str, token: str, fn: beam.DoFn, window_fn, args, kwargs, views: Sequence[tuple[type, dict]], *side_values: list) -> list[tuple[str | None, Any]]:
     """One dask partition as one Beam bundle: [(tag, output)..., (_METRICS, updates)]."""
     out: list = []
     receivers = _TagReceivers(out)
@@ -141,7 +157,7 @@ def _run_bundle(elements: Iterable, label: str, token: str, fn: beam.DoFn, windo
         window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers, per_element_output_counter=None,
         output_batch_converter=None, process_yields_batches=False, process_batch_yields_elements=False,
     )  # fmt: skip
-    fn, needs_setup = _borrow_dofn(token, fn)
+    fn, needs_setup = _borrow_dofn(run, token, fn)
     invoker = DoFnInvoker.create_invoker(
         DoFnSignature(fn), handler, context=DoFnContext(label, state=None),
         side_inputs=[_side_input_map(view, v) for view, v in zip(views, side_values, strict=True)],
@@ -161,7 +177,7 @@ def _run_bundle(elements: Iterable, label: str, token: str, fn: beam.DoFn, windo
             invoker.invoke_finish_bundle()  # before collecting: finish_bundle may output
     finally:
         statesampler.set_current_tracker(previous)
-    _return_dofn(token, fn)  # only after a bundle that succeeded
+    _return_dofn(run, token, fn)  # only after a bundle that succeeded
     out.append((_METRICS, container.get_cumulative()))
     return out
 
@@ -184,6 +200,8 @@ def _drain(partition: Iterable) -> list[int]:
 class _ParDo(evaluators.DaskBagOp):
     """A ParDo: the bag of (tag, value) pairs of every output (fixes 2-5)."""
 
+    run = ""  # the pipeline run it belongs to (set by _Translation): set-up DoFns are kept per run
+
     def apply(self, input_bag, side_inputs=None):
         import dask
 
@@ -194,8 +212,7 @@ class _ParDo(evaluators.DaskBagOp):
         views = [(type(si), si._view_options()) for si in self.applied.side_inputs]
         # One dask value per side input, computed once for all tasks (fix 3).
         values = [dask.delayed(_concat, pure=True)(bag.to_delayed(optimize_graph=False)) for bag in side_inputs or []]
-        token = uuid.uuid4().hex
-        return input_bag.map_partitions(_run_bundle, self.applied.full_label, token, transform.fn, window_fn, args, kwargs, views, *values)
+        return input_bag.map_partitions(_run_bundle, self.applied.full_label, self.run, uuid.uuid4().hex, transform.fn, window_fn, args, kwargs, views, *values)
 
 
 class _GroupByKey(evaluators.DaskBagOp):
@@ -231,12 +248,15 @@ class _Translation(PipelineVisitor):
 
     def __init__(self, bag_kwargs: dict):
         self.bag_kwargs = bag_kwargs
+        self.run = uuid.uuid4().hex
         self.bags: dict[pvalue.PCollection, Any] = {}
         self.consumed: set[pvalue.PValue] = set()
         self.metric_bags: list = []
 
     def visit_transform(self, node) -> None:
         op = _TRANSLATIONS.get(node.transform.__class__, evaluators.NoOp)(node, bag_kwargs=self.bag_kwargs)
+        if isinstance(op, _ParDo):
+            op.run = self.run
         inputs = [None if isinstance(i, pvalue.PBegin) else self.bags[i] for i in node.inputs]
         self.consumed.update(node.inputs)
         self.consumed.update(si.pvalue for si in node.side_inputs)

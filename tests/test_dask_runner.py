@@ -27,7 +27,7 @@ from artifacts import CREATOR_EMBEDDINGS, STORY_EMBEDDINGS, USER_EMBEDDINGS, Art
 from artifacts.embedding_snapshots import read_snapshot
 from beam_jobs import story_embeddings, user_embeddings
 from beam_jobs.dask_cluster import LocalDaskCluster
-from beam_jobs.dask_runner import RUNNER
+from beam_jobs.dask_runner import RUNNER, RUNS_KEPT
 from beam_jobs.plan import job_config, resolve_plan, with_configured_runner
 from config import ConfigError, load_config
 from tests.test_beam_jobs import SMALL_MODEL, _job_args, damaged_world, world  # noqa: F401 (fixtures)
@@ -171,6 +171,29 @@ def test_setup_runs_once_per_worker_not_per_bundle(cluster, tmp_path, runner):
     assert sorted(_recorded(tmp_path / "out")) == list(range(8))  # 8 bundles
     setups = _recorded(tmp_path / "setups")
     assert 1 <= len(setups) <= 2 and len(set(setups)) == len(setups), setups  # 2 workers of 1 thread
+
+
+class _TornDown(beam.DoFn):
+    def __init__(self, run, path):
+        self.run, self.path = run, path
+
+    def process(self, x):
+        yield x
+
+    def teardown(self):
+        _record(self.run, self.path)
+
+
+def test_a_long_lived_worker_tears_down_the_dofns_of_old_runs(cluster, tmp_path):
+    runs = RUNS_KEPT + 2
+    for run in range(runs):
+        p = _pipeline(RUNNER, cluster, npartitions=4)  # tasks on both workers
+        _ = p | beam.Create([1, 2, 3, 4]) | beam.ParDo(_TornDown(run, str(tmp_path / "teardowns")))
+        _run(p)
+    # Each worker keeps the newest RUNS_KEPT runs' instances (other tests' runs count too):
+    # the first runs' are torn down, the last run's are kept.
+    torn = set(_recorded(tmp_path / "teardowns"))
+    assert 0 in torn and runs - 1 not in torn, torn
 
 
 class _CountBundles(beam.DoFn):
