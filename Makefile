@@ -66,6 +66,24 @@ airflow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# A dask.distributed cluster on 127.0.0.1: a scheduler on $(DASK_PORT) and $(DASK_WORKERS)
+# worker processes, until Ctrl-C. The embedding jobs run on it with
+# `--runner=beam_jobs.dask_runner.DaskRunner --dask_client_address=tcp://127.0.0.1:$(DASK_PORT)`
+# (or embed.runner / embed.dask_address); a real cluster takes the same flags.
+DASK_PORT ?= 8786
+DASK_WORKERS ?= 2
+.PHONY: dask
+dask: $(STAMP)
+	$(BIN)/python -m beam_jobs.dask_cluster --port $(DASK_PORT) --workers $(DASK_WORKERS)
+
+# Airflow with CeleryExecutor on http://127.0.0.1:$(AIRFLOW_PORT): PostgreSQL (metadata and
+# Celery results) and Redis (the broker) from Debian, installed when absent, then the
+# api-server, scheduler, dag-processor and a Celery worker; home var/airflow-celery.
+# The DAGs use the configured root (EBR_ROOT / EBR_CONFIG). Ctrl-C stops everything.
+.PHONY: airflow-celery
+airflow-celery: $(STAMP)
+	$(BIN)/python -m orchestration.celery_airflow --home $(CURDIR)/var/airflow-celery --port $(AIRFLOW_PORT)
+
 clean-demo:
 	rm -rf var/demo
 

@@ -1,0 +1,91 @@
+"""Airflow on CeleryExecutor with Postgres and Redis: one DAG run through a real Celery worker.
+
+The fixture starts what `make airflow-celery` starts (`orchestration.celery_airflow`):
+PostgreSQL and Redis from Debian on 127.0.0.1 ports of their own, then Airflow's
+api-server, scheduler and dag-processor with CeleryExecutor and one Celery worker. It
+installs the Debian packages when they are absent and skips, saying why, only when they
+cannot be installed. ebr_rollback (two tasks, an XCom between them) is triggered through
+the REST API; its tasks must run in the Celery worker and move LATEST in the store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from artifacts import ArtifactStore
+from orchestration.celery_airflow import CeleryAirflow, ServiceUnavailableError, ensure_debian_packages
+from tests.airflow_support import free_port
+from tests.polling import wait_for
+
+pytestmark = pytest.mark.slow
+
+OLDER, NEWER = "20261014T220000Z-ebr_story_index-scheduled__a", "20261014T223000Z-ebr_story_index-scheduled__b"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """indexes/stories with two complete versions, LATEST on the newer one."""
+    store = ArtifactStore.open(f"file://{tmp_path_factory.mktemp('ebr')}")
+    kind = store.kind("indexes/stories")
+    for version in (OLDER, NEWER):
+        with kind.new_version(version, parents={"model_version": "m1", "embedding_snapshot": version}) as writer:
+            writer.add_bytes("index.hnsw", version.encode())
+        kind.publish(version, reason="test setup")
+    return store
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory, store):
+    try:
+        ensure_debian_packages()
+    except ServiceUnavailableError as err:
+        pytest.skip(f"PostgreSQL and Redis are needed and could not be installed: {err}")
+    # As root, Postgres runs as `postgres`, which cannot enter pytest's root-only tmp folders.
+    postgres_parent = Path(tempfile.mkdtemp(prefix="ebr-celery-postgres-"))
+    postgres_parent.chmod(0o755)
+    processes = CeleryAirflow(
+        tmp_path_factory.mktemp("airflow-celery-home"), free_port(), postgres_port=free_port(), redis_port=free_port(),
+        postgres_dir=postgres_parent / "data", concurrency=1, extra_env={"EBR_ROOT": store.uri},
+    )  # fmt: skip
+    try:
+        processes.start()
+        processes.wait_until_up()
+        yield processes
+    finally:
+        processes.stop()
+        shutil.rmtree(postgres_parent, ignore_errors=True)
+    assert all(p.poll() is not None for p in processes.processes)
+    assert processes.redis.process.poll() is not None and not (processes.postgres.data_dir / "postmaster.pid").exists()
+
+
+def test_a_dag_run_goes_through_the_celery_worker(airflow, store):
+    token = airflow.token()
+    wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
+             "the dag-processor did not register ebr_rollback", 180, interval=1, details=airflow.logs)  # fmt: skip
+    status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
+    assert status == 200, body
+    conf = {"collection": "stories", "version": OLDER, "reason": "Celery test"}
+    status, run = airflow.request("POST", "/api/v2/dags/ebr_rollback/dagRuns", {"logical_date": None, "conf": conf}, token)
+    assert status == 200, run
+    url = f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}"
+
+    def finished():
+        _, body = airflow.request("GET", url, token=token)
+        return body if body["state"] in ("success", "failed") else None
+
+    done = wait_for(finished, "the ebr_rollback run did not finish", 240, interval=2, details=airflow.logs)
+    _, tasks = airflow.request("GET", f"{url}/taskInstances", token=token)
+    assert done["state"] == "success", (tasks, airflow.logs())
+    instances = tasks["task_instances"]
+    assert {t["task_id"] for t in instances} == {"check_request", "roll_back"}
+    assert {(t["state"], t["queue"]) for t in instances} == {("success", "default")}  # Celery's default queue
+    # The Celery worker ran each task (its log names each workload it executed) ...
+    executed = [line for line in (airflow.home / "celery.log").read_text(errors="replace").splitlines() if "Executing workload in Celery" in line]
+    for task_id in ("check_request", "roll_back"):
+        assert any(f"dag_id=ebr_rollback/run_id={run['dag_run_id']}/task_id={task_id}/" in line for line in executed), executed
+    # ... and the second task found what the first handed it (XCom, in Postgres).
+    assert store.kind("indexes/stories").latest() == OLDER
