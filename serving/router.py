@@ -114,6 +114,8 @@ class Replica:
     reason: str = "not checked yet"
     held: dict[str, frozenset[str]] = field(default_factory=dict)  # collection -> versions
     current: dict[str, str] = field(default_factory=dict)  # collection -> the version its LATEST named
+    # collection -> version -> (commit sequence, model version, dim), of what it holds
+    versions: dict[str, dict[str, tuple[int, str, int]]] = field(default_factory=dict)
     checked_at: str | None = None
 
     def holds(self, collection: str, version: str) -> bool:
@@ -258,6 +260,9 @@ class Router:
             replica.held = {c: frozenset(v["version"] for v in info["versions"] if v.get("alive", True))
                             for c, info in collections.items()}  # fmt: skip
             replica.current = {c: info["current"] for c, info in collections.items()}
+            replica.versions = {c: {v["version"]: (int(v.get("sequence", 0)), v.get("model_version", ""), int(v.get("dim", 0)))
+                                    for v in info["versions"] if v.get("alive", True)}
+                                for c, info in collections.items()}  # fmt: skip
             replica.healthy, replica.reason = True, "ok"
         except Exception as err:  # noqa: BLE001 - any failure makes the replica unhealthy
             if replica.healthy:
@@ -329,6 +334,15 @@ class Router:
                 continue
             lagging = [s for s in range(self.shards) if not any(r.holds(collection, version) for r in self.replicas[s])]
             if lagging:
+                fallback = None if pinned is not None and self._covered(collection, pinned.version) else self._common_set(collection)
+                if fallback is not None and (pinned is None or fallback.version != pinned.version):
+                    # Nothing pinned yet (a router started during a rollout), or the pinned set is
+                    # no longer held by every shard: the newest set every shard still holds.
+                    pins[collection] = fallback
+                    self.metrics.switches.labels(collection).inc()
+                    log.info("router: %s answers from %s, the newest set every shard holds, until %s is", collection,
+                             fallback.version, version)  # fmt: skip
+                    pinned = fallback
                 self.notes[collection] = (f"indexes/{collection}/{version} is not yet held by a healthy replica of shard(s) "
                                           f"{lagging}; answering from {pinned.version if pinned else 'nothing'}")  # fmt: skip
                 continue
@@ -349,6 +363,22 @@ class Router:
             keep = {v for v in (self.users_latest, users.version if users else None) if v}
             stale = [v for v in self.users if v not in keep][: max(0, len(self.users) - KEEP_USER_SNAPSHOTS)]
             self.users = {v: u for v, u in self.users.items() if v not in stale}
+
+    def _covered(self, collection: str, version: str) -> bool:
+        return all(any(r.holds(collection, version) for r in replicas) for replicas in self.replicas)
+
+    def _common_set(self, collection: str) -> Pin | None:
+        """The newest version (by commit order) a healthy replica of every shard holds, with
+        user embeddings of its model loaded for stories; None if there is none."""
+        seen: dict[str, tuple[int, str, int]] = {}
+        for replicas in self.replicas:
+            for replica in replicas:
+                if replica.healthy:
+                    seen.update(replica.versions.get(collection, {}))
+        for version, (_, model, dim) in sorted(seen.items(), key=lambda item: -item[1][0]):
+            if self._covered(collection, version) and (collection != "stories" or self._users_for(model) is not None):
+                return Pin(collection, version, model, dim, now_iso())
+        return None
 
     def _users_for(self, model: str) -> UserEmbeddings | RedisUsers | None:
         """The newest loaded user snapshot of `model`: LATEST's if it matches, else an older one."""

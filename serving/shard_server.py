@@ -47,7 +47,7 @@ from serving.api import _Body
 from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, error_response, json_response
 from serving.metrics import ServingMetrics
 from serving.reloader import PERMANENT_ERRORS
-from serving.searcher import IndexProcess, SearcherDiedError, lower_thread_priority, start_forkserver
+from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, lower_thread_priority, start_forkserver
 from serving.state import COLLECTIONS, INDEX_KINDS, now_iso
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class ShardHolder:
                 self.metrics.refused_versions.labels(kind.name).inc()
                 log.error("refused %s/%s for shard %d of %d: %s", kind.name, latest, self.shard, self.shards, err)
                 continue
-            except (ArtifactError, OSError, SearcherDiedError) as err:
+            except (ArtifactError, OSError, SearcherDiedError, SearcherLoadError) as err:  # retried at the next poll
                 self.errors[collection] = f"{type(err).__name__}: {err}"
                 self.metrics.reloads.labels(kind.name, "failure").inc()
                 log.warning("loading %s/%s shard %d failed (%s); retried at the next poll", kind.name, latest, self.shard, err)
