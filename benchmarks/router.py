@@ -14,7 +14,8 @@
 4. The sharded tier: two `ebr serve --shard I/2` (one replica each) and `ebr route` over
    them, each its own process; the same phases; then the fixed rate again while
    `--swaps` new shard sets (byte-identical copies under new names, prepared beforehand)
-   are published one after another: failed requests, and every answer's set version.
+   are published one after another, at half the tier's saturated QPS (at most --rate):
+   failed requests, and every answer's set version.
 5. The router's own overhead: `ebr_router_fanout_overhead_seconds` (fan-out + merge
    beyond the slowest shard), p50/p99 from its histogram; memory per shard server (RSS
    of the process and its index processes; `memory_bytes` of the loaded shard).
@@ -23,7 +24,9 @@ Everything runs on this machine (2 cores here, shared): the load generator, the 
 both shard servers and their index processes compete for the same cores, which is the
 main cost of the tier here and would not be on separate machines.
 
-Writes benchmarks/results/router.json and router.md (or --out).
+With --workdir the two roots are kept there, and a later run with the same sizes reuses
+their indexes (same seeds, same vectors). Writes benchmarks/results/router.json and
+router.md (or --out).
 """
 
 from __future__ import annotations
@@ -78,6 +81,13 @@ def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: 
     out = {"stories": stories, "users": users}
     for root, shards in ((single_root, 1), (sharded_root, 2)):
         store = ArtifactStore.open(root)
+        kind = store.kind("indexes/stories")
+        built = [v for v in kind.versions() if v.complete and "-swap" not in v.name]
+        if built and built[0].manifest.params.get("count") == n and built[0].manifest.params.get("dim") == dim:
+            kind.rollback_to(built[0].name, reason="router benchmark: start from the built version", verify=False)
+            out[shards] = {"store": store, "version": built[0].name, "manifest": built[0].manifest, "build_seconds": None}
+            print(f"reusing {root}: {built[0].name}", flush=True)  # same seeds, same vectors: the index is this data's
+            continue
         publish_snapshot(store.kind("embeddings/stories"), "20261201T000000Z-bench", story_ids(0, n), stories,
                          model_version=MODEL, as_of=0, shards=8, reason="router benchmark")  # fmt: skip
         publish_snapshot(store.kind("embeddings/users"), "20261201T000000Z-bench", user_ids, users,
@@ -238,7 +248,8 @@ def run(argv: list[str] | None = None) -> dict:
             # -- shard-set swaps under load --
             kind = built[2]["store"].kind("indexes/stories")
             base = built[2]["version"]
-            copies = [f"{base}-swap{i}" for i in range(args.swaps)]
+            stamp = datetime.now(UTC).strftime("%H%M%S")
+            copies = [f"{base}-swap{stamp}-{i}" for i in range(args.swaps)]
             source = kind.local_dir(base)
             for name in copies:
                 SB.copy_version(built[2]["store"], "indexes/stories", base, name, source)
@@ -251,15 +262,19 @@ def run(argv: list[str] | None = None) -> dict:
                     kind.publish(name, reason="router benchmark: a swap under load")
                     published.append(name)
 
+            # At a rate the tier sustains here (half its saturated QPS, at most --rate): the phase
+            # measures what a swap costs, not an overload's backlog running past the deadline.
+            swap_rate = min(args.rate, 0.5 * routed["saturation_closed_loop"]["qps"])
             swap_seconds = args.duration + 2.5 * args.swaps + 4
             publisher = threading.Thread(target=publish_all)
             publisher.start()
-            rows = SB.run_loadgen(router_port, "rate", duration=swap_seconds, rate=args.rate, seed=21, concurrency=args.concurrency,
+            rows = SB.run_loadgen(router_port, "rate", duration=swap_seconds, rate=swap_rate, seed=21, concurrency=args.concurrency,
                                   users=args.users, workdir=workdir)  # fmt: skip
             publisher.join()
             names = [str(v) for v in rows["names"]]
             answered_by = {names[c]: int((rows["version"] == c).sum()) for c in range(len(names))}
-            swaps = {"published": len(published), "whole_phase": SB.summarize(rows), "answers_per_set_version": answered_by,
+            swaps = {"published": len(published), "offered_rate": round(swap_rate, 1), "whole_phase": SB.summarize(rows),
+                     "answers_per_set_version": answered_by,
                      "sets_answered_from": len([v for v in answered_by if v in (base, *copies)])}  # fmt: skip
             metrics = httpx.get(f"http://127.0.0.1:{router_port}/metrics").text
             overhead_all = histogram_quantiles(metrics, "ebr_router_fanout_overhead_seconds")
@@ -283,6 +298,7 @@ def run(argv: list[str] | None = None) -> dict:
                                               "met": steady["p99_ms"] <= 10 and steady["qps"] >= 0.98 * args.rate},
             "router_qps_ge_half_single": {"ratio": round(sat_ratio, 3), "met": sat_ratio >= 0.5},
             "zero_failed_during_swaps": {"failed": swaps["whole_phase"]["failed"], "swaps": len(published),
+                                         "sets_answered_from": swaps["sets_answered_from"], "offered_rate": swaps["offered_rate"],
                                          "met": swaps["whole_phase"]["failed"] == 0 and len(published) >= 5},
         },
     }  # fmt: skip
@@ -309,7 +325,7 @@ def to_markdown(r: dict) -> str:
              f"recall@10 at ef={r['recall']['ef']}: unsharded {r['recall']['recall_at_10_unsharded']}, merged 2 shards "
              f"{r['recall']['recall_at_10_merged_2_shards']} (difference {r['recall']['difference']})", "",
              f"router overhead (fan-out + merge beyond the slowest shard), steady phases: {r['router_overhead_steady']}", "",
-             f"swaps under load: {r['swaps']['published']} published, {r['swaps']['whole_phase']}, answers per set version "
+             f"swaps under load at {r['swaps']['offered_rate']}/s: {r['swaps']['published']} published, {r['swaps']['whole_phase']}, answers per set version "
              f"{r['swaps']['answers_per_set_version']}", "",
              "memory per shard: " + "; ".join(f"shard {m['shard']}: {m['items']:,} items, index {m['loaded_index_memory_bytes'] / 2**20:.0f} MiB, "
                                              f"server + index process RSS {m['server_tree_rss_bytes'] / 2**20:.0f} MiB" for m in t["shard_memory"]),
