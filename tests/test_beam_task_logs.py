@@ -114,3 +114,15 @@ def test_a_real_beam_pipeline_through_the_hook(beam_task_logs, tmp_path):
     warnings = [m for level, m in recorder.records if level != "INFO"]
     assert warnings == ["beam_jobs.driver: a warning of the job"], recorder.records
     assert any(m.startswith("apache_beam.") for m in levels), recorder.records
+
+
+def test_the_operator_uses_the_leveled_hook_and_does_not_warn_about_dataflow_config(beam_task_logs):
+    """The DAGs always pass a dataflow_config (the runner is configuration); on DirectRunner
+    the provider warned about it on every run."""
+    op = beam_task_logs.BeamJobOperator(task_id="embed_x", py_file="job.py", runner="DirectRunner",
+                                        dataflow_config={"project_id": "p", "location": "europe-west4"})  # fmt: skip
+    op._log = recorder = Recorder()
+    op._cast_dataflow_config()
+    assert recorder.records == [] and op.dataflow_config.job_name == "embed_x"
+    op._init_pipeline_options()
+    assert isinstance(op.beam_hook, beam_task_logs.LeveledBeamHook)
