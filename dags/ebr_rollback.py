@@ -1,11 +1,13 @@
 """ebr_rollback: move an index collection's LATEST back to an earlier version (manual).
 
 Trigger it from the UI ("Trigger DAG" shows a form) or the REST API with
-{"collection": "stories|creators|users", "version": "...", "reason": "...", "force": false}.
-The form refuses a collection outside the list, a malformed version name and an empty
-reason; check_request then refuses a version that does not exist, is incomplete or fails
-its checksums, naming the versions that can be used; roll_back moves LATEST and records
-the reason in HISTORY.jsonl. The service picks the move up at its next poll.
+{"collection": "stories|creators|users", "version": "previous", "reason": "...", "force": false}.
+The version is `previous` (the default: the one published before LATEST's), a full
+version name or a unique prefix of one; the form suggests the newest ones. The form
+refuses a collection outside the list, a malformed version name and an empty reason;
+check_request then refuses a version that does not exist, is ambiguous, incomplete or
+fails its checksums, naming the newest that can be used; roll_back moves LATEST and
+records the reason in HISTORY.jsonl. The service picks the move up at its next poll.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from airflow.sdk import dag, task
 
 from orchestration import dag_support as ds
+from orchestration.rollback import rollback_form
 
 
 @dag(
@@ -22,7 +25,7 @@ from orchestration import dag_support as ds
     catchup=False,
     max_active_runs=1,
     default_args=ds.default_args(retries=0),
-    params=ds.rollback_params(),
+    params=rollback_form(ds.settings().root),  # lists the root's recent versions (local roots; cheap)
     tags=ds.TAGS,
     doc_md=__doc__,
 )

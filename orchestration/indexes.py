@@ -6,7 +6,8 @@ exact search) before it writes a version; a failed validation raises
 `IndexValidationError` and nothing is written. Here the build writes the version
 without moving LATEST; the validate task re-reads what was stored (every checksum, the
 recall figure against `index.min_recall_at_10`, the parent snapshot); only then does the
-publish task move LATEST, through the builder again, which reuses the complete version.
+publish task move LATEST (its history line says how the version was built: "full",
+"incremental", or "reused" when the build task found it complete, i.e. a rerun).
 """
 
 from __future__ import annotations
@@ -79,10 +80,12 @@ def publish_index(cfg: EbrConfig, run: RunIdentity, validated: dict[str, Any]) -
 
     Returns {"collection", "version", "published", "latest", "detail"}.
     """
-    from index_builder.publish import build_and_publish_index
-
     collection, version = validated["collection"], validated["version"]
-    outcome = build_and_publish_index(cfg, collection, snapshot=validated["snapshot"], version=version, run_id=run.run_id, publish=True)
-    latest = ArtifactStore.from_config(cfg).kind(index_kind(collection)).latest()
-    log.info("indexes/%s: %s (LATEST %s)", collection, outcome.detail, latest)
-    return {"collection": collection, "version": version, "published": outcome.published, "latest": latest, "detail": outcome.detail}
+    kind = ArtifactStore.from_config(cfg).kind(index_kind(collection))
+    # Published directly (checksums verified again), not through the builder, whose reuse
+    # path would label the run's first publish "(rerun)".
+    reason = f"index of embeddings/{collection}/{validated['snapshot']} ({validated.get('mode') or 'validated'})"
+    result = kind.publish(version, reason=reason, run_id=run.run_id)
+    latest = kind.latest()
+    log.info("indexes/%s: %s (LATEST %s)", collection, result.detail, latest)
+    return {"collection": collection, "version": version, "published": result.moved, "latest": latest, "detail": result.detail}

@@ -159,8 +159,7 @@ def test_ebr_rollback_is_manual_with_a_validated_form(dags):
 
     good = {"collection": "users", "version": "20261014T220000Z-ebr_story_index-manual__x", "reason": "bad", "force": False}
     assert form(good) == good
-    with pytest.raises(ParamValidationError, match="version"):
-        form({k: v for k, v in good.items() if k != "version"})  # required, no default
+    assert form({k: v for k, v in good.items() if k != "version"})["version"] == "previous"  # the default
     for bad, field in (({"collection": "movies"}, "collection"), ({"version": "../x"}, "version"), ({"version": "a" * 129}, "version"),
                        ({"reason": ""}, "reason"), ({"force": "yes"}, "force")):  # fmt: skip
         with pytest.raises(ParamValidationError, match=field):
