@@ -30,7 +30,10 @@ from beam_jobs.dask_cluster import LocalDaskCluster
 from beam_jobs.dask_runner import RUNNER, RUNS_KEPT
 from beam_jobs.plan import job_config, resolve_plan, with_configured_runner
 from config import ConfigError, load_config
-from tests.test_beam_jobs import SMALL_MODEL, _job_args, damaged_world, world  # noqa: F401 (fixtures)
+from models.pipeline import train_and_publish
+from tests.test_beam_jobs import SMALL_MODEL, _job_args, damaged_world  # noqa: F401 (a fixture, on this module's world)
+from warehouse import Warehouse
+from warehouse.synthetic import generate_world
 
 SHIPPED = "apache_beam.runners.dask.dask_runner.DaskRunner"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -258,14 +261,35 @@ def test_beams_shipped_dask_runner_is_refused_by_name():
 
 # -- the jobs on the cluster --------------------------------------------------------------------
 
+# The model only has to run: its evaluation is cut short (no tuned baselines, fewer users
+# and resamples), which takes minutes off the fixture on a busy machine.
+QUICK_TRAINING = ["train.tune_baselines=false", "train.bootstrap_samples=10", "train.max_eval_users=200"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny synthetic world with a trained, published model (as tests/test_beam_jobs')."""
+    root = tmp_path_factory.mktemp("dask-world") / "root"
+    cfg = load_config(overrides=[f"root=file://{root}", *SMALL_MODEL, *QUICK_TRAINING], environ={})
+    generate_world(cfg.world, Warehouse.from_config(cfg), progress=False)
+    outcome = train_and_publish(cfg, root.parent / "work", "20261001T000000Z-train-test", verbose=0)
+    assert outcome.published is not None and outcome.published.moved, outcome.gate
+    return root
+
+
+
+# Each GroupByKey is an all-to-all task shuffle of buckets² small tasks on Dask (and the
+# jobs have several): 4 buckets keep these runs short; DirectRunner gets the same.
+BUCKETS = "--set=embed.buckets=4"
+
 
 def _dask_args(cluster: str) -> list[str]:
-    return [f"--runner={RUNNER}", f"--dask_client_address={cluster}", "--no_publish"]
+    return [f"--runner={RUNNER}", f"--dask_client_address={cluster}", "--no_publish", BUCKETS]
 
 
 @pytest.mark.slow
-def test_the_user_job_on_dask_writes_what_direct_runner_writes(world, cluster):  # noqa: F811
-    (direct,) = user_embeddings.run(_job_args(world, "--snapshot=direct", "--no_publish"))
+def test_the_user_job_on_dask_writes_what_direct_runner_writes(world, cluster):
+    (direct,) = user_embeddings.run(_job_args(world, "--snapshot=direct", "--no_publish", BUCKETS))
     (dask,) = user_embeddings.run(_job_args(world, "--snapshot=dask", *_dask_args(cluster)))
     kind = ArtifactStore.open(f"file://{world}").kind(USER_EMBEDDINGS)
     _assert_same_snapshot(read_snapshot(kind, "direct"), read_snapshot(kind, "dask"))
@@ -274,9 +298,9 @@ def test_the_user_job_on_dask_writes_what_direct_runner_writes(world, cluster): 
 
 
 @pytest.mark.slow
-def test_the_story_job_on_dask_writes_what_direct_runner_writes(world, cluster):  # noqa: F811
+def test_the_story_job_on_dask_writes_what_direct_runner_writes(world, cluster):
     as_of = "--as_of=2026-10-14T12:00:00Z"
-    direct = story_embeddings.run(_job_args(world, as_of, "--snapshot=direct", "--no_publish"))
+    direct = story_embeddings.run(_job_args(world, as_of, "--snapshot=direct", "--no_publish", BUCKETS))
     dask = story_embeddings.run(_job_args(world, as_of, "--snapshot=dask", *_dask_args(cluster)))
     store = ArtifactStore.open(f"file://{world}")
     for kind_name in (STORY_EMBEDDINGS, CREATOR_EMBEDDINGS):  # both sinks ran
@@ -295,7 +319,7 @@ def _assert_same_snapshot(direct, dask) -> None:
 
 
 @pytest.mark.slow
-def test_dead_letters_are_routed_on_dask(damaged_world, cluster):  # noqa: F811
+def test_dead_letters_are_routed_on_dask(damaged_world, cluster):
     root, bad_ids = damaged_world
     (stories, _creators) = story_embeddings.run(_job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=dask-damaged", *_dask_args(cluster)))
     kind = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS)
@@ -310,7 +334,7 @@ def test_dead_letters_are_routed_on_dask(damaged_world, cluster):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_the_readmes_dataflow_command_line_builds_a_dataflow_job(world):  # noqa: F811
+def test_the_readmes_dataflow_command_line_builds_a_dataflow_job(world):
     # The README's "On Dataflow" command, with the root pointed at the local world and
     # --dry_run: Beam translates the job for Dataflow and stops before it would stage
     # files or call the service.
