@@ -80,9 +80,12 @@ dask: $(STAMP)
 # Celery results) and Redis (the broker) from Debian, installed when absent, then the
 # api-server, scheduler, dag-processor and a Celery worker; home var/airflow-celery.
 # The DAGs use the configured root (EBR_ROOT / EBR_CONFIG). Ctrl-C stops everything.
+CELERY_POSTGRES_PORT ?= 5432
+CELERY_REDIS_PORT ?= 6379
 .PHONY: airflow-celery
 airflow-celery: $(STAMP)
-	$(BIN)/python -m orchestration.celery_airflow --home $(CURDIR)/var/airflow-celery --port $(AIRFLOW_PORT)
+	$(BIN)/python -m orchestration.celery_airflow --home $(CURDIR)/var/airflow-celery --port $(AIRFLOW_PORT) \
+	  --postgres-port $(CELERY_POSTGRES_PORT) --redis-port $(CELERY_REDIS_PORT)
 
 clean-demo:
 	rm -rf var/demo
