@@ -17,12 +17,12 @@ upstream thread it corresponds to:
    multi-output DoFn in one bag (tags dropped), so the main output carried the dead
    letters and row counts too (the story job failed in `ConcatTables`). Here a ParDo
    yields (tag, value) pairs and each output PCollection selects its own tag. No
-   upstream issue was found for it; the multi-output path has no test upstream.
+   upstream issue was found; Beam 2.77's dask_runner_test.py has no multi-output test.
 3. Side inputs are computed once. The shipped `DaskBagWindowedIterator` calls
    `list(bag)` inside every task that reads it: a computation of the side input's whole
    upstream from inside each task, shared only by tasks that happen to overlap (its
-   FIXME; side inputs on Dask were left unfinished in apache/beam#27618). Here a side
-   input is one dask value, a dependency of the tasks: computed once, before them.
+   FIXME; side inputs on Dask were left unfinished in apache/beam#23913 and #27618).
+   Here a side input is one dask value, a dependency of the tasks: computed once, first.
 4. Metrics are reported. The shipped `DaskRunnerResult.metrics()` raises
    NotImplementedError ("collecting metrics will come later"; no upstream issue found),
    so the jobs' counters came back empty. Here each bundle runs in a
@@ -30,10 +30,10 @@ upstream thread it corresponds to:
    merged into `DirectMetrics` (committed = attempted: a retried task's result replaces
    the failed one's).
 5. `setup()` runs once per DoFn instance, not per bundle. The shipped runner calls
-   setup/teardown around every partition (the story tower was loaded once per bucket).
-   Here set-up DoFn instances are kept per worker process and reused, one bundle at a
-   time; teardown runs when the run is among the oldest on a long-lived worker (past
-   the newest `RUNS_KEPT`), or at the worker's exit (best effort, as Beam's contract says).
+   setup/teardown around every partition (the story tower was loaded once per bucket;
+   no upstream issue found). Here set-up DoFn instances are kept per worker process
+   and reused, one bundle at a time; teardown runs once the run is older than the
+   worker's newest `RUNS_KEPT`, or at the worker's exit (best effort, as Beam says).
 6. Parallelism follows `--dask_npartitions`. The shipped runner splits a `Create` into
    partitions of 128 elements and keeps the partition count through every GroupByKey,
    so a job reading fewer than 128 files ran in one partition end to end (compare
@@ -42,6 +42,8 @@ upstream thread it corresponds to:
 
 Also: outputs a DoFn emits in `finish_bundle` are kept (the shipped runner collected the
 bundle's outputs before calling it). Only the global window is supported, as upstream.
+Cost: a GroupByKey is dask's all-to-all task shuffle, npartitions² small tasks, and
+combiners are not lifted: keep `--dask_npartitions` a small multiple of the worker threads.
 """
 
 from __future__ import annotations
