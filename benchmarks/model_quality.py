@@ -184,15 +184,17 @@ def _prepare(dataset: str, tmp: Path, sources: dict[str, Path], args):
 def _subsample_users(source, target, n: int, seed: int = 0) -> int:
     """Writes `source`'s warehouse into `target` with `n` random users and their events."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     users = source.read_table("users")
     keep = np.sort(np.random.default_rng(seed).choice(users["user_id"].to_numpy(zero_copy_only=False), min(n, len(users)), replace=False))
     for table in ("stories", "creators"):
         target.write_table(table, source.read_table(table))
-    target.write_table("users", users.filter(pc.is_in(users["user_id"], value_set=keep)))
+    kept = pa.array(keep)  # pyarrow's is_in takes an Array, not a numpy array of strings
+    target.write_table("users", users.filter(pc.is_in(users["user_id"], value_set=kept)))
     events = source.read_events()
-    target.write_events(events.filter(pc.is_in(events["user_id"], value_set=keep)))
+    target.write_events(events.filter(pc.is_in(events["user_id"], value_set=kept)))
     return len(keep)
 
 
