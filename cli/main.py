@@ -89,6 +89,8 @@ def _add_train_command(commands) -> None:
     train.add_argument("--run-id", help="the run this belongs to (a DAG run id), for names and history")
     train.add_argument("--workdir", help="local folder for logs, TensorBoard and the export")
     train.add_argument("--no-publish", action="store_true", help="train, evaluate and export only")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="train with N worker processes on this machine (default train.workers; see README, 'Running at scale')")  # fmt: skip
     add_wide_flag(train)
 
 

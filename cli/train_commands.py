@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from argparse import Namespace
 from pathlib import Path
 
 from artifacts import version_name
 from cli.output import table
-from config import EbrConfig
+from config import ConfigError, EbrConfig
 from config.settings import REPO_DIR
 
 SHOWN = ("recall@10", "recall@100", "recall@500", "top_k_accuracy@100", "ndcg@10", "coverage@100", "language_match@10",
@@ -32,12 +33,59 @@ def metric_cell(metrics: dict[str, float], name: str, wide: bool = True) -> str:
 
 
 def train(cfg: EbrConfig, args: Namespace) -> int:
-    from models.pipeline import train_and_publish
+    from models.distributed import run_workers, worker_role
 
+    workers = args.workers if args.workers is not None else cfg.train.workers
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {workers}")
+    if cfg.train.batch_size % workers:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} does not split evenly over {workers} workers: make it a multiple of {workers}")
     version = args.version or version_name(f"train-{args.run_id or 'manual'}")
     workdir = Path(args.workdir) if args.workdir else REPO_DIR / "var" / "work" / "train" / version
-    print(f"training model version {version} (workdir {workdir})")
-    outcome = train_and_publish(cfg, workdir, version, run_id=args.run_id, publish=not args.no_publish, verbose=1)
+    role = worker_role()
+    if workers > 1 and role is None:  # the launcher: the same command once per worker
+        print(f"training model version {version} with {workers} workers (workdir {workdir}; workers 1.. log there)")
+        return run_workers(worker_command(args, version, workdir, workers), workers, workdir)
+    if role is not None and role[1] != workers:
+        raise ConfigError(f"TF_CONFIG names {role[1]} workers but this run has {workers} (--workers / train.workers)")
+    return _train_here(cfg, args, version, workdir, role)
+
+
+def worker_command(args: Namespace, version: str, workdir: Path, workers: int) -> list[str]:
+    """The `ebr train` command every worker runs: this one with its version and workdir fixed."""
+    command = [sys.executable, "-m", "cli.main"]
+    if args.config:
+        command += ["--config", args.config]
+    if args.root:
+        command += ["--root", args.root]
+    for override in args.overrides:
+        command += ["--set", override]
+    if args.verbose:
+        command.append("-v")
+    command += ["train", "--version", version, "--workdir", str(workdir), "--workers", str(workers)]
+    if args.run_id:
+        command += ["--run-id", args.run_id]
+    if args.no_publish:
+        command.append("--no-publish")
+    if args.wide:
+        command.append("--wide")
+    return command
+
+
+def _train_here(cfg: EbrConfig, args: Namespace, version: str, workdir: Path, role: tuple[int, int] | None) -> int:
+    from models.distributed import strategy_from_environment
+
+    strategy = strategy_from_environment()  # first: before this process runs any TensorFlow op
+    from models.pipeline import train_and_publish
+
+    if role is None:
+        print(f"training model version {version} (workdir {workdir})")
+    outcome = train_and_publish(cfg, workdir, version, run_id=args.run_id, publish=not args.no_publish, verbose=1 if role is None or role[0] == 0 else 0,
+                                strategy=strategy)  # fmt: skip
+    if role is not None and role[0] > 0:
+        trained = f"trained {len(outcome.result.history)} epochs, best {outcome.result.best_epoch}" if outcome.result else "nothing to train"
+        print(f"worker {role[0]} of {role[1]}: {trained}; the chief (worker 0) evaluates and publishes")
+        return 0
     if outcome.reused:
         print(f"{version} was trained already: {outcome.published.detail if outcome.published else 'not published'}")
         return 0

@@ -228,10 +228,19 @@ class TrainConfig(_Section):
     tune_baselines: bool = True
     # Bootstrap resamples of the evaluated users behind every confidence interval.
     bootstrap_samples: int = Field(1000, ge=10)
+    # Worker processes of one training run (tf.distribute.MultiWorkerMirroredStrategy on
+    # 127.0.0.1, see models.distributed); batch_size is the global batch, split between them.
+    workers: int = Field(1, ge=1)
 
     @property
     def effective_split_seed(self) -> int:
         return self.seed if self.split_seed is None else self.split_seed
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self) -> TrainConfig:
+        if self.batch_size % self.workers:
+            raise ValueError(f"train.batch_size = {self.batch_size} does not split evenly over train.workers = {self.workers}")
+        return self
 
     @model_validator(mode="after")
     def _snapshot_needs_random_split(self) -> TrainConfig:

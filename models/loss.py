@@ -83,6 +83,7 @@ def in_batch_loss(
     extra_candidate_embeddings: tf.Tensor | None = None,
     extra_candidate_ids: tf.Tensor | None = None,
     extra_candidate_log_q: tf.Tensor | None = None,
+    weight_total: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """The mean in-batch loss, optionally with extra (corpus) negatives.
 
@@ -102,6 +103,9 @@ def in_batch_loss(
         in row i. Required with `extra_candidate_embeddings`.
       extra_candidate_log_q: [n] their log sampling probability; required when
         `candidate_log_q` is given (both then under the same, mixed, distribution).
+      weight_total: the denominator of the weighted mean; None: this batch's weight sum
+        (or row count). A replica of a distributed step passes the global batch's, so
+        that the replicas' losses (and gradients) sum to the global batch's mean.
 
     Returns:
       A scalar: the (weighted) mean over rows of each row's loss.
@@ -137,10 +141,13 @@ def in_batch_loss(
     else:
         raise ValueError(f"loss must be 'sigmoid' or 'softmax', not {loss!r}")
 
-    if sample_weight is None:
-        return tf.reduce_mean(per_row)
-    sample_weight = tf.cast(sample_weight, per_row.dtype)
-    return tf.reduce_sum(per_row * sample_weight) / tf.maximum(tf.reduce_sum(sample_weight), 1e-9)
+    return _weighted_mean(per_row, sample_weight, weight_total)
+
+
+def _weighted_mean(per_row: tf.Tensor, sample_weight: tf.Tensor | None, weight_total: tf.Tensor | None) -> tf.Tensor:
+    weights = tf.ones_like(per_row) if sample_weight is None else tf.cast(sample_weight, per_row.dtype)
+    total = tf.reduce_sum(weights) if weight_total is None else tf.cast(weight_total, per_row.dtype)
+    return tf.reduce_sum(per_row * weights) / tf.maximum(total, 1e-9)
 
 
 def pointwise_loss(
@@ -151,16 +158,15 @@ def pointwise_loss(
     temperature: float,
     bias: tf.Tensor | float = 0.0,
     sample_weight: tf.Tensor | None = None,
+    weight_total: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Sigmoid cross-entropy on (user, shown story, engaged?) rows: no in-batch negatives.
 
     Args:
       query_embeddings, candidate_embeddings: [batch, dim]; row i is one impression.
       labels: [batch] 1.0 for an engaged impression, 0.0 otherwise.
+      weight_total: as for `in_batch_loss`.
     """
     logits = tf.reduce_sum(query_embeddings * candidate_embeddings, axis=1) / temperature + bias
     per_row = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, logits.dtype), logits=logits)
-    if sample_weight is None:
-        return tf.reduce_mean(per_row)
-    sample_weight = tf.cast(sample_weight, per_row.dtype)
-    return tf.reduce_sum(per_row * sample_weight) / tf.maximum(tf.reduce_sum(sample_weight), 1e-9)
+    return _weighted_mean(per_row, sample_weight, weight_total)

@@ -9,6 +9,7 @@ from typing import Any
 
 from artifacts import MODELS, ArtifactStore, PublishResult
 from config import EbrConfig
+from models.distributed import is_chief, wait_for_every_worker
 from models.export import GateDecision, export_towers, promotion_gate, publish_model, published_metrics
 from models.training import TrainingResult, train_and_evaluate
 from warehouse import Warehouse
@@ -26,11 +27,16 @@ class TrainOutcome:
     reused: bool = False
 
 
-def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: str | None = None, publish: bool = True, verbose: int = 1) -> TrainOutcome:
+def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: str | None = None, publish: bool = True, verbose: int = 1,
+                      strategy: Any = None) -> TrainOutcome:  # fmt: skip
     """Trains a model version and publishes it if the promotion gate lets it through.
 
     Idempotent per version name: if `version` is complete in the store already (a rerun
     of the same DAG run), nothing is trained again and only the publish step is retried.
+
+    With a distributed `strategy` (`models.distributed`) every worker trains; only the
+    chief evaluates the baselines, exports, gates and publishes (the others return an
+    outcome without a gate decision, their logs under `workdir/worker-<i>`).
     """
     store = ArtifactStore.from_config(cfg)
     kind = store.kind(MODELS)
@@ -40,9 +46,23 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
         return TrainOutcome(version, None, None, published, None, reused=True)
 
     warehouse = Warehouse.from_config(cfg)
-    result = train_and_evaluate(cfg, Path(workdir), warehouse, verbose=verbose)
+    if not is_chief(strategy):
+        workdir = Path(workdir) / f"worker-{strategy.cluster_resolver.task_id}"
+        result = train_and_evaluate(cfg, workdir, warehouse, baselines=False, verbose=0, strategy=strategy)
+        wait_for_every_worker(strategy)
+        return TrainOutcome(version, result, None, None, None)
+    try:
+        return _train_gate_publish(cfg, Path(workdir), version, store, warehouse, run_id=run_id, publish=publish, verbose=verbose, strategy=strategy)
+    finally:
+        wait_for_every_worker(strategy)
+
+
+def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: ArtifactStore, warehouse: Warehouse, *, run_id, publish, verbose,
+                        strategy) -> TrainOutcome:  # fmt: skip
+    kind = store.kind(MODELS)
+    result = train_and_evaluate(cfg, workdir, warehouse, verbose=verbose, strategy=strategy)
     content_dim = int(result.model.story_tower.content_dim)
-    export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, Path(workdir) / "export")
+    export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, workdir / "export")
     decision = promotion_gate(result.metrics, published_metrics(store), cfg)
     published = None
     if publish and decision.promote:
@@ -51,7 +71,7 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
             export_dir,
             version,
             parents={"warehouse": warehouse.uri, "previous_model": kind.latest() or ""},
-            params=_params(cfg, result),
+            params=_params(cfg, result, strategy.num_replicas_in_sync if strategy is not None else 1),
             metrics=result.metrics,
             reason="promotion gate passed: " + "; ".join(decision.reasons),
             run_id=run_id,
@@ -59,8 +79,9 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
     return TrainOutcome(version, result, decision, published, export_dir)
 
 
-def _params(cfg: EbrConfig, result: TrainingResult) -> dict[str, Any]:
+def _params(cfg: EbrConfig, result: TrainingResult, workers: int = 1) -> dict[str, Any]:
     return {
+        "workers": workers,
         "features": cfg.features.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -262,9 +263,14 @@ class ExampleSource:
         return batch
 
     def batches(self, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
+        for rows in self.batch_rows(batch_size, seed):
+            yield self.batch(rows)
+
+    def batch_rows(self, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+        """One epoch's batches as example rows: a permutation by `seed`, full batches only."""
         order = np.random.default_rng(seed).permutation(self.rows)
-        for start in range(0, len(order) - batch_size + 1, batch_size):  # full batches only
-            yield self.batch(order[start : start + batch_size])
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
 
 
 def leave_out(users: dict[str, np.ndarray], story_ids: np.ndarray, cfg: FeatureConfig) -> dict[str, np.ndarray]:
@@ -300,8 +306,16 @@ class TrainingResult:
 COMPARED = ("recall@10", "recall@100", "recall@500", "ndcg@10")
 
 
-def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | None = None, *, baselines: bool = True, verbose: int = 1) -> TrainingResult:
-    """Trains on the warehouse of `cfg` (or `warehouse`), evaluates, writes logs to `workdir`."""
+def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | None = None, *, baselines: bool = True, verbose: int = 1,
+                       strategy: tf.distribute.Strategy | None = None) -> TrainingResult:  # fmt: skip
+    """Trains on the warehouse of `cfg` (or `warehouse`), evaluates, writes logs to `workdir`.
+
+    `strategy`: a `tf.distribute.MultiWorkerMirroredStrategy` when this process is one
+    worker of a distributed run (`models.distributed`): every worker runs this function
+    on the same data; each trains on its slice of every global batch and the validation
+    decisions are taken on figures averaged over the workers, so all stop at the same
+    epoch with the same weights.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # Same seed, same model: seeded initialisers, dropout and batch order, and TF kernels
@@ -330,30 +344,42 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
     log.info("split %s: %d train events (%d examples), %d test events", split.kind, len(history.ts), len(train_rows), len(split.test))
 
-    model = TwoTowerModel(vocabularies, len(user_stat_names(fcfg)), len(story_stat_names(fcfg)), catalog.story_content.shape[1], cfg.model)
-    sample = source.batch(rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False))
-    adapt_normalization(model.user_tower.stats_norm, sample["user"]["user_stats"])
-    adapt_normalization(model.story_tower.stats_norm, sample["story"]["story_stats"])
-
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if tcfg.batch_size % replicas:
+        raise ValueError(f"train.batch_size = {tcfg.batch_size} does not split evenly over {replicas} workers: make it a multiple of {replicas}")
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = TwoTowerModel(vocabularies, len(user_stat_names(fcfg)), len(story_stat_names(fcfg)), catalog.story_content.shape[1], cfg.model)
+        sample = source.batch(rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False))
+        adapt_normalization(model.user_tower.stats_norm, sample["user"]["user_stats"])
+        adapt_normalization(model.story_tower.stats_norm, sample["story"]["story_stats"])
+        schedule = WarmupCosine(tcfg.learning_rate, tcfg.decay_steps, tcfg.warmup_steps, floor=tcfg.min_learning_rate_ratio)
+        model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule))
     steps_per_epoch = max(len(train_rows) // tcfg.batch_size, 1)
-    schedule = WarmupCosine(tcfg.learning_rate, tcfg.decay_steps, tcfg.warmup_steps, floor=tcfg.min_learning_rate_ratio)
-    model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule))
 
     candidates = CandidateSets.at(catalog, history, split, cfg.embed.story_max_age_days)
     evaluation = _evaluation_sets(catalog, history, split, candidates, tcfg, warehouse)
     signature = _output_signature(source.batch(train_rows[: tcfg.batch_size]))
     epoch_seed = iter(range(tcfg.seed, tcfg.seed + 10_000))
-    dataset = tf.data.Dataset.from_generator(
-        lambda: source.batches(tcfg.batch_size, next(epoch_seed)), output_signature=signature
-    ).prefetch(2)
+    fit_options: dict[str, Any] = {}
+    if strategy is None:
+        dataset = tf.data.Dataset.from_generator(
+            lambda: source.batches(tcfg.batch_size, next(epoch_seed)), output_signature=signature
+        ).prefetch(2)
+    else:  # each worker's slice of the same global batches (see models.distributed)
+        from models.distributed import worker_dataset
 
-    validator = _Validator(model, source, validation, candidates.sets["catalogue"], split.as_of, tcfg, workdir / "tensorboard", steps_per_epoch)
+        dataset = tf.keras.utils.experimental.DatasetCreator(lambda context: worker_dataset(source, tcfg, signature, context))
+        fit_options["steps_per_epoch"] = steps_per_epoch
+
+    validator = _Validator(model, source, validation, candidates.sets["catalogue"], split.as_of, tcfg, workdir / "tensorboard", steps_per_epoch,
+                           strategy=strategy)  # fmt: skip
     started = time.perf_counter()
     model.fit(
         dataset,
         epochs=tcfg.epochs,
         verbose=verbose,
         callbacks=[validator, tf.keras.callbacks.TensorBoard(log_dir=str(workdir / "tensorboard"), update_freq="epoch")],
+        **fit_options,
     )
     seconds = time.perf_counter() - started
     validator.restore_best()
@@ -389,10 +415,13 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
         split={"kind": split.kind, "as_of": split.as_of, "test_events": len(split.test), "train_events": len(history.ts),
                "candidates": {name: len(c) for name, c in candidates.sets.items()}, "cold_candidates": int(candidates.cold.sum())},
     )  # fmt: skip
-    (workdir / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "comparisons": comparisons, "history": result.history, "best_epoch": result.best_epoch,
-         "examples_per_second": result.examples_per_second, "split": result.split,
-         "baseline_choices": choices}, indent=2, default=float))  # fmt: skip
+    written = {"metrics": metrics, "comparisons": comparisons, "history": result.history, "best_epoch": result.best_epoch,
+               "examples_per_second": result.examples_per_second, "split": result.split, "baseline_choices": choices}  # fmt: skip
+    if strategy is not None:  # every worker must end with the same weights: say which
+        from models.distributed import weights_digest
+
+        written["weights_sha256"] = weights_digest(model)
+    (workdir / "metrics.json").write_text(json.dumps(written, indent=2, default=float))
     return result
 
 
@@ -689,9 +718,11 @@ class _Validator(tf.keras.callbacks.Callback):
     If training stops before the warm-up ends, the last weights stay.
     """
 
-    def __init__(self, model, source: ExampleSource, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path, steps_per_epoch: int):
+    def __init__(self, model, source: ExampleSource, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path, steps_per_epoch: int,
+                 strategy: tf.distribute.Strategy | None = None):  # fmt: skip
         super().__init__()
         self._model = model
+        self.strategy = strategy
         self.rows = rows[: 5000]
         self.source = source
         history = source.history
@@ -715,6 +746,12 @@ class _Validator(tf.keras.callbacks.Callback):
         target_scores = scores[np.arange(len(self.rows)), self.targets]
         ranks = (scores > target_scores[:, None]).sum(axis=1)
         accuracy = float(np.mean((ranks < 100) & (self.targets >= 0)))
+        if self.strategy is not None:
+            # Every worker must take the same decision (keep, stop) or the collectives of
+            # the next epoch wait forever: decide on the workers' mean.
+            from models.distributed import mean_over_workers
+
+            accuracy = mean_over_workers(self.strategy, accuracy)
         self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), "val_top_100_accuracy": accuracy})
         with self.writer.as_default():
             tf.summary.scalar("top_100_accuracy", accuracy, step=epoch + 1)

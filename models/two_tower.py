@@ -58,11 +58,15 @@ class TwoTowerModel(tfrs.models.Model):
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         query = self.user_tower(inputs["user"], training=training)
+        replicas = _replica_context()
+        # Across replicas each returns its share of the global batch's mean (the optimizer
+        # sums the replicas' gradients): the denominator is the global weight sum.
+        weight_total = None if replicas is None else replicas.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(tf.reduce_sum(inputs["weight"])))
         if self.cfg.negatives == "impressions":
             candidate = self.story_tower(inputs["story"], training=training)
             return pointwise_loss(
                 query, candidate, inputs["label"], temperature=self.cfg.temperature,
-                bias=self.sigmoid_bias, sample_weight=inputs["weight"],
+                bias=self.sigmoid_bias, sample_weight=inputs["weight"], weight_total=weight_total,
             )  # fmt: skip
         corpus = inputs.get("corpus_story")
         if self.cfg.corpus_negatives and corpus is None:
@@ -70,9 +74,14 @@ class TwoTowerModel(tfrs.models.Model):
                 f"model.corpus_negatives = {self.cfg.corpus_negatives} but the batch has no 'corpus_story': "
                 "the example source must add the corpus samples (keys in TwoTowerModel's docstring)"
             )
+        if corpus is not None and replicas is not None:
+            raise ValueError("model.corpus_negatives is not supported in distributed training (train.workers > 1) yet: set it to 0")
         log_q, extra, extra_ids, extra_log_q = inputs["log_q"], None, None, None
+        ids = inputs["story"]["story_id"]
         if corpus is None:
             candidate = self.story_tower(inputs["story"], training=training)
+            if replicas is not None:
+                ids, extra, extra_ids, extra_log_q = _other_replicas_candidates(replicas, candidate, ids, log_q)
         else:  # one pass of the story tower over batch and corpus stories
             both = {k: tf.concat([inputs["story"][k], corpus[k]], axis=0) for k in inputs["story"]}
             batch_size = tf.shape(query)[0]
@@ -86,7 +95,7 @@ class TwoTowerModel(tfrs.models.Model):
         return in_batch_loss(
             query,
             candidate,
-            inputs["story"]["story_id"],
+            ids,
             temperature=self.cfg.temperature,
             loss=self.cfg.loss,
             candidate_log_q=log_q if self.cfg.logq_strength else None,
@@ -96,7 +105,42 @@ class TwoTowerModel(tfrs.models.Model):
             extra_candidate_embeddings=extra,
             extra_candidate_ids=extra_ids,
             extra_candidate_log_q=extra_log_q,
+            weight_total=weight_total,
         )
+
+
+def _replica_context() -> tf.distribute.ReplicaContext | None:
+    """The replica context of a distributed step with more than one replica, else None."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync <= 1:
+        return None
+    return context
+
+
+def _other_replicas_candidates(replicas: tf.distribute.ReplicaContext, candidate: tf.Tensor, ids: tf.Tensor, log_q: tf.Tensor):
+    """In-batch negatives across the global batch: the other replicas' stories.
+
+    Every replica gathers all replicas' story embeddings, ids and log q and keeps the
+    others' as extra negatives of its rows, so each row meets the global batch's B*R - 1
+    negatives, as in one process. all_gather has a gradient (an all-reduce, then this
+    replica's slice), so the other replicas' rows train this replica's stories too.
+    Story ids are compared as 64-bit hashes: collectives do not carry strings.
+
+    Returns (this batch's ids as hashes, [(R-1)*B, dim] embeddings, [(R-1)*B] hashed ids,
+    [(R-1)*B] log q).
+    """
+    hashed = tf.strings.to_hash_bucket_fast(ids, 2**62)
+    # One gather per value (a batched gather packs them into one tensor: one dtype), in
+    # the same order on every replica. tf.identity gives each value a device, which the
+    # collective needs as its destination ("destinations can not be empty" otherwise).
+    gathered, gathered_ids, gathered_log_q = (replicas.all_gather(tf.identity(v), axis=0) for v in (candidate, hashed, tf.cast(log_q, tf.float32)))
+    n = tf.shape(candidate)[0]
+    start = tf.cast(replicas.replica_id_in_sync_group, tf.int32) * n
+
+    def others(values: tf.Tensor) -> tf.Tensor:
+        return tf.concat([values[:start], values[start + n :]], axis=0)
+
+    return hashed, others(gathered), others(gathered_ids), others(gathered_log_q)
 
 
 class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):

@@ -1,0 +1,97 @@
+"""Training across worker processes (MultiWorkerMirroredStrategy on 127.0.0.1).
+
+The real thing: `ebr train --workers 2` starts two worker processes that train one model
+together; the chief evaluates and publishes. Dropout is off so that the two-worker run
+and one process can be compared closely: the global batches are the same rows, the
+in-batch negatives span the global batch and each worker's loss is its share of the
+global mean, so the per-epoch losses must agree.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from artifacts import MODELS, ArtifactStore
+from config import load_config
+from models.distributed import cluster_config, worker_role
+from warehouse import Warehouse
+from warehouse.synthetic import generate_world
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "world.size=tiny", "world.n_users=300", "world.n_events=12000",
+    "train.epochs=2", "train.batch_size=128", "train.learning_rate=0.005", "train.warmup_steps=10",
+    "train.holdout_days=2", "train.eval_ks=[10,100]", "train.tune_baselines=false",
+    "gate.metrics=[\"recall@100\"]", "gate.min_eval_positives=100",
+    "model.mlp_width=32", "model.id_embedding_dim=16", "model.cross_projection_dim=8", "model.cross_layers=1",
+    "model.dropout=0.0", "model.id_dropout=0.0",
+]  # fmt: skip
+
+
+def ebr(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    sets = [a for s in TINY for a in ("--set", s)]
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    env.pop("TF_CONFIG", None)
+    return subprocess.run([sys.executable, "-m", "cli.main", "--root", f"file://{root}", *sets, *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distributed") / "root"
+    cfg = load_config(overrides=[f"root=file://{root}", *TINY], environ={})
+    generate_world(cfg.world, Warehouse.from_config(cfg), progress=False)
+    return root
+
+
+@pytest.mark.slow
+def test_two_workers_train_one_model_that_the_chief_publishes(world, tmp_path):
+    distributed, single = tmp_path / "two", tmp_path / "one"
+    run = ebr(world, "train", "--workers", "2", "--workdir", str(distributed), "--version", "v-two")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "LATEST moved" in run.stdout
+    worker_log = (distributed / "worker-1.log").read_text()
+    assert "worker 1 of 2: trained" in worker_log
+
+    chief = json.loads((distributed / "metrics.json").read_text())
+    other = json.loads((distributed / "worker-1" / "metrics.json").read_text())
+    # Both workers ended with the same weights, epoch for epoch the same decisions.
+    assert chief["weights_sha256"] == other["weights_sha256"]
+    assert chief["history"] == other["history"] and chief["best_epoch"] == other["best_epoch"]
+
+    # The published export is the chief's and loads like any other.
+    store = ArtifactStore.open(f"file://{world}")
+    assert store.kind(MODELS).latest() == "v-two"
+    assert store.kind(MODELS).manifest("v-two").params["workers"] == 2
+
+    # One process on the same data: the same losses (the same global batches and
+    # negatives), the same figures up to float32 summation order.
+    alone = ebr(world, "train", "--workdir", str(single), "--version", "v-one", "--no-publish")
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    one = json.loads((single / "metrics.json").read_text())
+    assert [h["loss"] for h in chief["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-3)
+    assert [h["val_top_100_accuracy"] for h in chief["history"]] == pytest.approx([h["val_top_100_accuracy"] for h in one["history"]], abs=0.02)
+    assert chief["metrics"]["model"]["recall@100"] == pytest.approx(one["metrics"]["model"]["recall@100"], abs=0.03)
+
+
+def test_a_batch_that_does_not_split_over_the_workers_is_refused_before_anything_starts(world):
+    run = ebr(world, "train", "--workers", "3", timeout=120)
+    assert run.returncode == 2
+    assert "error: train.batch_size = 128 does not split evenly over 3 workers" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_tf_config_is_read_as_a_cluster_only_with_more_than_one_worker():
+    two = {"TF_CONFIG": json.dumps(cluster_config([1111, 2222], 1))}
+    assert worker_role(two) == (1, 2)
+    assert worker_role({"TF_CONFIG": json.dumps(cluster_config([1111], 0))}) is None
+    assert worker_role({}) is None
+    with pytest.raises(ValueError, match="not one of the 2 workers"):
+        worker_role({"TF_CONFIG": json.dumps(cluster_config([1111, 2222], 2))})
+    with pytest.raises(ValueError, match="not a worker cluster spec"):
+        worker_role({"TF_CONFIG": "{}"})
