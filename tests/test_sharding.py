@@ -10,6 +10,7 @@ import pytest
 
 from artifacts import CorruptArtifactError
 from index_builder import hnsw
+from index_builder.synthetic import clustered_vectors
 from index_builder.errors import IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, load_index
 from index_builder.publish import build_and_publish_index, rollback_index
@@ -152,3 +153,24 @@ def test_rebuilding_a_version_with_another_shard_count_is_refused(tmp_path):
     build_and_publish_index(config_for(tmp_path, "index.shards=2"), "stories")
     with pytest.raises(Exception, match=r"as a set of 2 shard\(s\), not index.shards=1"):
         build_and_publish_index(config_for(tmp_path), "stories")
+
+
+def test_the_single_service_refuses_a_shard_set_and_keeps_serving_what_it_served(tmp_path):
+    from serving.metrics import ServingMetrics
+    from serving.reloader import Reloader
+
+    ids, vectors = base_world()
+    users = clustered_vectors(50, DIM, clusters=5, seed=3)
+    put_snapshot(config_for(tmp_path), "20261124T000000Z-u", np.asarray([f"u{i}" for i in range(50)], dtype=object), users,
+                 collection="users")  # fmt: skip
+    put_snapshot(config_for(tmp_path), "20261124T000000Z-a", ids, vectors)
+    single = build_and_publish_index(config_for(tmp_path), "stories", snapshot="20261124T000000Z-a")
+    reloader = Reloader(store_of(config_for(tmp_path)), tmp_path / "cache", ServingMetrics(), searcher="inline")
+    assert reloader.poll_once().action == "swapped"
+
+    put_snapshot(config_for(tmp_path), "20261124T010000Z-b", ids, vectors)
+    sharded = build_and_publish_index(config_for(tmp_path, "index.shards=2"), "stories", snapshot="20261124T010000Z-b")
+    reloader.poll_once()
+    refusal = reloader.refused[("indexes/stories", sharded.version)]
+    assert "is a set of 2 shards" in refusal.reason and "ebr serve --shard I/2" in refusal.reason
+    assert reloader.state.components["indexes/stories"].version == single.version  # the old pair keeps serving
