@@ -2,6 +2,7 @@
 
     python benchmarks/embedding_jobs.py [--stories 200000] [--users 30000] [--events 2000000]
                                         [--repeats 3] [--million] [--out FILE]
+                                        [--dask 4,8,16,32 [--dask-only]]
 
 For each job (stories, users) on DirectRunner: embeddings per second of the whole job
 (`run()` from call to return: pipeline construction, Parquet reads, validation, the
@@ -10,6 +11,9 @@ SavedModel called in a plain batched Python loop over the same rows, with featur
 built beforehand and not timed. Runs are interleaved (tower, job, tower, job, ...) and
 medians (of the per-repeat rates) reported, with their ratios. Also: one run in DirectRunner's multi-process mode
 (2 workers), and with --million the wall time of the story job at 1,000,000 stories.
+With --dask, the story job on a 2-worker local dask.distributed cluster
+(`beam_jobs.dask_runner`) against DirectRunner at each given `embed.buckets`: wall time of
+each and whether the two snapshots are equal.
 
 A second baseline isolates what Beam itself costs: the same work as the job without
 Beam, in one process (read the Parquet tables, build features with `models.features`,
@@ -55,6 +59,9 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--million", action="store_true", help="also time the story job at 1,000,000 stories")
     parser.add_argument("--profile", type=Path, help="also profile one story job; write its pstats here")
+    parser.add_argument("--dask", metavar="BUCKETS", help="also run the story job on a local dask.distributed cluster (2 workers) at each "
+                                                          "embed.buckets of this comma-separated list, against DirectRunner at the same buckets")
+    parser.add_argument("--dask-only", action="store_true", help="with --dask: skip the DirectRunner-against-tower comparisons")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedding_jobs.json")
     args = parser.parse_args(argv)
 
@@ -62,8 +69,9 @@ def run(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="ebr-bench-embed-") as tmp:
         model_root = _train_small_model(Path(tmp) / "model-world")
         world = _world(Path(tmp) / "world", model_root, args.stories, args.users, args.creators, args.events, args.days)
-        for entity in ("stories", "users"):
+        for entity in () if args.dask_only else ("stories", "users"):
             rows.append(_compare(world, entity, args.days, args.repeats))
+        dask_rows = _on_dask(world, args.days, [int(b) for b in args.dask.split(",")]) if args.dask else []
         profile = _profile(world, "stories", args.days, args.profile) if args.profile else None
         if args.million:
             big = _world(Path(tmp) / "world-1m", model_root, 1_000_000, args.users, 20_000, 3_000_000, args.days)
@@ -76,12 +84,16 @@ def run(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/embedding_jobs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "target": "job embeddings/s >= 0.5 x raw tower embeddings/s at 200,000 stories",
         "rows": rows,
+        **({"dask": dask_rows} if dask_rows else {}),
         **({"story_job_profile": profile} if profile else {}),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(rows) + ("\n\n" + profile_markdown(profile) if profile else "") + "\n")
+    args.out.with_suffix(".md").write_text(markdown(rows) + ("\n\n" + profile_markdown(profile) if profile else "")
+                                           + ("\n\n" + dask_markdown(dask_rows) if dask_rows else "") + "\n")
     print(markdown(rows))
+    if dask_rows:
+        print("\n" + dask_markdown(dask_rows))
     if profile:
         print("\n" + profile_markdown(profile))
     print(f"\nwritten to {args.out}")
@@ -225,6 +237,41 @@ def _compare(root: Path, entity: str, days: int, repeats: int) -> dict:
         "job_median_seconds": round(n / statistics.median(job), 1),
         "multi_process_2_workers_seconds": round(seconds, 1), "multi_process_2_workers_per_s": round(n / seconds, 1),
     }  # fmt: skip
+
+
+def _on_dask(root: Path, days: int, buckets: list[int]) -> list[dict]:
+    """The story job on DirectRunner and on a 2-worker local Dask cluster at each bucket
+    count: wall seconds of each, and whether the snapshots are equal (ids, vectors)."""
+    import numpy as np
+
+    from artifacts import STORY_EMBEDDINGS, ArtifactStore
+    from artifacts.embedding_snapshots import read_snapshot
+    from beam_jobs.dask_cluster import LocalDaskCluster
+    from beam_jobs.dask_runner import RUNNER
+
+    kind = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS)
+    out = []
+    with LocalDaskCluster(workers=2, threads=1) as cluster:
+        _run_job(root, "stories", days, "bench-dask-warmup", (f"--runner={RUNNER}", f"--dask_client_address={cluster.address}", "--set=embed.buckets=2"))
+        for n in buckets:
+            flags = (f"--set=embed.buckets={n}",)
+            direct_s, count = _run_job(root, "stories", days, f"bench-direct-{n}", flags)
+            dask_s, dask_count = _run_job(root, "stories", days, f"bench-dask-{n}", (*flags, f"--runner={RUNNER}", f"--dask_client_address={cluster.address}"))
+            a, b = read_snapshot(kind, f"bench-direct-{n}"), read_snapshot(kind, f"bench-dask-{n}")
+            ia, ib = np.argsort(a.ids), np.argsort(b.ids)
+            same_ids = list(a.ids[ia]) == list(b.ids[ib])
+            max_diff = float(np.abs(a.vectors[ia] - b.vectors[ib]).max()) if same_ids else None
+            print(f"stories at {n} buckets: DirectRunner {direct_s:.1f} s, Dask {dask_s:.1f} s, same ids {same_ids}, max |diff| {max_diff}", flush=True)
+            out.append({"job": "story_embeddings", "rows": count, "buckets": n, "direct_seconds": round(direct_s, 1), "dask_seconds": round(dask_s, 1),
+                        "dask_rows": dask_count, "same_ids": same_ids, "max_abs_diff": max_diff,
+                        "dask_seconds_per_1m_rows": round(dask_s / count * 1e6, 1), "direct_seconds_per_1m_rows": round(direct_s / count * 1e6, 1)})  # fmt: skip
+    return out
+
+
+def dask_markdown(rows: list[dict]) -> str:
+    lines = ["| job | rows | embed.buckets | DirectRunner s | Dask (2 workers) s | same ids | max abs diff |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['job']} | {r['rows']:,} | {r['buckets']} | {r['direct_seconds']} | {r['dask_seconds']} | {r['same_ids']} | {r['max_abs_diff']} |" for r in rows]
+    return "\n".join(lines)
 
 
 def _job_only(root: Path, entity: str, days: int) -> dict:
