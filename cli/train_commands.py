@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -33,7 +32,7 @@ def metric_cell(metrics: dict[str, float], name: str, wide: bool = True) -> str:
 
 
 def train(cfg: EbrConfig, args: Namespace) -> int:
-    from models.distributed import run_workers, worker_role
+    from models.distributed import run_workers, train_command, worker_role
 
     workers = args.workers if args.workers is not None else cfg.train.workers
     if workers < 1:
@@ -45,31 +44,11 @@ def train(cfg: EbrConfig, args: Namespace) -> int:
     role = worker_role()
     if workers > 1 and role is None:  # the launcher: the same command once per worker
         print(f"training model version {version} with {workers} workers (workdir {workdir}; workers 1.. log there)")
-        return run_workers(worker_command(args, version, workdir, workers), workers, workdir)
+        command = train_command(cfg, version, workdir, workers, run_id=args.run_id, publish=not args.no_publish, verbose=args.verbose, wide=args.wide)
+        return run_workers(command, workers, workdir)
     if role is not None and role[1] != workers:
         raise ConfigError(f"TF_CONFIG names {role[1]} workers but this run has {workers} (--workers / train.workers)")
     return _train_here(cfg, args, version, workdir, role)
-
-
-def worker_command(args: Namespace, version: str, workdir: Path, workers: int) -> list[str]:
-    """The `ebr train` command every worker runs: this one with its version and workdir fixed."""
-    command = [sys.executable, "-m", "cli.main"]
-    if args.config:
-        command += ["--config", args.config]
-    if args.root:
-        command += ["--root", args.root]
-    for override in args.overrides:
-        command += ["--set", override]
-    if args.verbose:
-        command.append("-v")
-    command += ["train", "--version", version, "--workdir", str(workdir), "--workers", str(workers)]
-    if args.run_id:
-        command += ["--run-id", args.run_id]
-    if args.no_publish:
-        command.append("--no-publish")
-    if args.wide:
-        command.append("--wide")
-    return command
 
 
 def _train_here(cfg: EbrConfig, args: Namespace, version: str, workdir: Path, role: tuple[int, int] | None) -> int:

@@ -37,6 +37,29 @@ TF_CONFIG = "TF_CONFIG"
 log = logging.getLogger(__name__)
 
 
+def train_command(cfg, version: str, workdir: Path, workers: int, *, run_id: str | None = None, publish: bool = True,
+                  verbose: bool = False, wide: bool = False) -> list[str]:  # fmt: skip
+    """The `ebr train` command each worker runs: every setting of `cfg` passed as --set
+    (so a worker builds exactly this configuration, whatever files and EBR_* variables it
+    sees), the version and working folder fixed (their defaults would differ per worker)."""
+    import sys
+
+    command = [sys.executable, "-m", "cli.main", "--root", cfg.root]
+    for section, values in cfg.model_dump(mode="json", exclude={"root"}).items():
+        for key, value in values.items():
+            command += ["--set", f"{section}.{key}={json.dumps(value)}"]
+    if verbose:
+        command.append("-v")
+    command += ["train", "--version", version, "--workdir", str(workdir), "--workers", str(workers)]
+    if run_id:
+        command += ["--run-id", run_id]
+    if not publish:
+        command.append("--no-publish")
+    if wide:
+        command.append("--wide")
+    return command
+
+
 def run_workers(command: list[str], workers: int, logdir: Path, *, host: str = "127.0.0.1", poll_s: float = 0.5) -> int:
     """Runs `workers` copies of `command` on `host`, each with its TF_CONFIG, until all end.
 

@@ -57,19 +57,38 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
         return {"version": version, "reused": True, "export_dir": None, "metrics": {"model": kind.manifest(version).metrics}}
 
     workdir = run_workdir(cfg, run)
-    outcome = train_and_publish(cfg, workdir, version, run_id=run.run_id, publish=False, verbose=verbose)
-    result = outcome.result
+    if cfg.train.workers > 1:
+        metrics, best_epoch, examples_per_second, export_dir = _train_on_workers(cfg, run, workdir)
+    else:
+        outcome = train_and_publish(cfg, workdir, version, run_id=run.run_id, publish=False, verbose=verbose)
+        result = outcome.result
+        metrics, best_epoch, examples_per_second, export_dir = result.metrics, result.best_epoch, result.examples_per_second, outcome.export_dir
     params = {
+        "workers": cfg.train.workers,
         "features": cfg.features.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),
-        "best_epoch": result.best_epoch,
-        "examples_per_second": round(result.examples_per_second, 1),
+        "best_epoch": best_epoch,
+        "examples_per_second": round(examples_per_second, 1),
         "dag_run": {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date.isoformat()},
     }
-    (workdir / RUN_FILE).write_text(json.dumps({"params": params, "metrics": result.metrics}, indent=2))
-    log.info("trained %s: %s", version, {k: round(v, 4) for k, v in result.metrics["model"].items() if "@" in k})
-    return {"version": version, "reused": False, "export_dir": str(outcome.export_dir), "metrics": result.metrics}
+    (workdir / RUN_FILE).write_text(json.dumps({"params": params, "metrics": metrics}, indent=2))
+    log.info("trained %s: %s", version, {k: round(v, 4) for k, v in metrics["model"].items() if "@" in k})
+    return {"version": version, "reused": False, "export_dir": str(export_dir), "metrics": metrics}
+
+
+def _train_on_workers(cfg: EbrConfig, run: RunIdentity, workdir: Path) -> tuple[dict, int, float, Path]:
+    """`ebr train --workers N --no-publish` for this run's version (models.distributed):
+    the chief's metrics and export, which the gate and publish tasks then read as usual."""
+    from models.distributed import run_workers, train_command
+
+    command = train_command(cfg, run.version, workdir, cfg.train.workers, run_id=run.run_id, publish=False)
+    log.info("training %s with %d worker processes (workers 1.. log to %s)", run.version, cfg.train.workers, workdir)
+    code = run_workers(command, cfg.train.workers, workdir)
+    if code:
+        raise RuntimeError(f"distributed training of {run.version} failed: a worker exited with {code} (logs in {workdir})")
+    chief = json.loads((workdir / "metrics.json").read_text())
+    return chief["metrics"], chief["best_epoch"], chief["examples_per_second"], workdir / "export"
 
 
 def gate_model(cfg: EbrConfig, trained: dict[str, Any]) -> dict[str, Any]:

@@ -95,3 +95,25 @@ def test_tf_config_is_read_as_a_cluster_only_with_more_than_one_worker():
         worker_role({"TF_CONFIG": json.dumps(cluster_config([1111, 2222], 2))})
     with pytest.raises(ValueError, match="not a worker cluster spec"):
         worker_role({"TF_CONFIG": "{}"})
+
+
+@pytest.mark.slow
+def test_the_training_dag_task_trains_on_workers_and_hands_the_chief_export_to_the_gate(world, tmp_path):
+    # What ebr_train's train task runs with train.workers = 2 (an Airflow Variable or the
+    # EBR_TRAIN__WORKERS of its workers): the workers, then the usual gate and publish.
+    from datetime import UTC, datetime
+
+    from orchestration.runs import RunIdentity
+    from orchestration.training import RUN_FILE, gate_model, publish_trained_model, train_model
+
+    cfg = load_config(overrides=[f"root=file://{world}", *TINY, "train.workers=2", f"orchestration.workdir={tmp_path}"], environ={})
+    run = RunIdentity("ebr_train", "manual__workers", datetime(2026, 12, 1, tzinfo=UTC))
+    trained = train_model(cfg, run)
+    assert not trained["reused"] and Path(trained["export_dir"]).is_dir()
+    saved = json.loads((Path(trained["export_dir"]).parent / RUN_FILE).read_text())
+    assert saved["params"]["workers"] == 2
+    assert trained["metrics"]["model"]["eval_users"] > 0
+    gate = gate_model(cfg, trained)
+    assert gate["promote"], gate["reasons"]
+    published = publish_trained_model(cfg, run, trained, gate)
+    assert published["latest"] == run.version
