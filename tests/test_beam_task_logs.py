@@ -84,6 +84,7 @@ def test_an_unknown_stderr_line_stays_a_warning(beam_task_logs):
     assert relay(beam_task_logs, [("stderr", "something the job printed to stderr")]) == [("WARNING", "something the job printed to stderr")]
 
 
+@pytest.mark.slow
 def test_a_real_beam_pipeline_through_the_hook(beam_task_logs, tmp_path):
     """A real DirectRunner pipeline, started by the hook the DAGs use, its output relayed."""
     job = tmp_path / "job.py"
