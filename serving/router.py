@@ -114,8 +114,8 @@ class Replica:
     reason: str = "not checked yet"
     held: dict[str, frozenset[str]] = field(default_factory=dict)  # collection -> versions
     current: dict[str, str] = field(default_factory=dict)  # collection -> the version its LATEST named
-    # collection -> version -> (commit sequence, model version, dim), of what it holds
-    versions: dict[str, dict[str, tuple[int, str, int]]] = field(default_factory=dict)
+    # collection -> version -> (commit sequence, model version, dim, items, memory bytes) of what it holds
+    versions: dict[str, dict[str, tuple[int, str, int, int, int]]] = field(default_factory=dict)
     checked_at: str | None = None
 
     def holds(self, collection: str, version: str) -> bool:
@@ -185,6 +185,8 @@ class Router:
         self.users_note: str | None = None  # why the newest user snapshot is not usable yet
         self._redis = self._redis_sync = None  # router.user_store = "redis"
         self.store_error: str | None = None
+        self.last_poll_at: str | None = None
+        self._last_poll_ok: float | None = None
         self._state = RouterState(0, MappingProxyType({}), None)
         self._tasks: list[asyncio.Task] = []
         self._http = None
@@ -238,6 +240,7 @@ class Router:
             try:
                 await asyncio.to_thread(self.poll_store)
                 self.store_error = None
+                self.last_poll_at, self._last_poll_ok = now_iso(), time.monotonic()
             except Exception as err:  # noqa: BLE001 - the store may be down: keep what is pinned
                 self.store_error = f"{type(err).__name__}: {err}"
                 log.warning("router: cannot read the store (%s); the pinned sets keep serving", err)
@@ -260,7 +263,8 @@ class Router:
             replica.held = {c: frozenset(v["version"] for v in info["versions"] if v.get("alive", True))
                             for c, info in collections.items()}  # fmt: skip
             replica.current = {c: info["current"] for c, info in collections.items()}
-            replica.versions = {c: {v["version"]: (int(v.get("sequence", 0)), v.get("model_version", ""), int(v.get("dim", 0)))
+            replica.versions = {c: {v["version"]: (int(v.get("sequence", 0)), v.get("model_version", ""), int(v.get("dim", 0)),
+                                                   int(v.get("count", 0)), int(v.get("memory_bytes", 0)))
                                     for v in info["versions"] if v.get("alive", True)}
                                 for c, info in collections.items()}  # fmt: skip
             replica.healthy, replica.reason = True, "ok"
@@ -370,12 +374,12 @@ class Router:
     def _common_set(self, collection: str) -> Pin | None:
         """The newest version (by commit order) a healthy replica of every shard holds, with
         user embeddings of its model loaded for stories; None if there is none."""
-        seen: dict[str, tuple[int, str, int]] = {}
+        seen: dict[str, tuple[int, str, int, int, int]] = {}
         for replicas in self.replicas:
             for replica in replicas:
                 if replica.healthy:
                     seen.update(replica.versions.get(collection, {}))
-        for version, (_, model, dim) in sorted(seen.items(), key=lambda item: -item[1][0]):
+        for version, (_, model, dim, _, _) in sorted(seen.items(), key=lambda item: -item[1][0]):
             if self._covered(collection, version) and (collection != "stories" or self._users_for(model) is not None):
                 return Pin(collection, version, model, dim, now_iso())
         return None
@@ -517,10 +521,41 @@ class Router:
             "user_store": self.rcfg.user_store,
             "user_embeddings_note": self.users_note,
             "waiting": dict(self.notes),
-            "refused": [{"collection": c, "version": v, "reason": r} for (c, v), r in self.refused.items()],
+            "refused": [{"kind": INDEX_KINDS[c], "collection": c, "version": v, "reason": r, "at": None}
+                        for (c, v), r in self.refused.items()],
+            # The single service's fields, so its clients (`ebr query versions`) read a router too.
+            "served": self._served(state),
+            "last_poll_at": self.last_poll_at,
+            "seconds_since_last_successful_poll": -1.0 if self._last_poll_ok is None else time.monotonic() - self._last_poll_ok,
+            "last_reload": {"action": "waiting" if self.notes else ("swapped" if state.pins else "empty"),
+                            "detail": "; ".join(self.notes.values()) or (self.ready_reason() or "serving the newest sets")},
             "store_error": self.store_error,
             "replicas": [[r.describe() for r in replicas] for replicas in self.replicas],
         }  # fmt: skip
+
+    def _served(self, state: RouterState) -> dict | None:
+        """The pinned sets and user embeddings in the shape of the single service's `served`."""
+        stories = state.pins.get("stories")
+        if stories is None:
+            return None
+        components = {}
+        for collection, pin in state.pins.items():
+            count = memory = 0
+            for replicas in self.replicas:  # one healthy replica per shard reports its part
+                held = next((r.versions[collection][pin.version] for r in replicas
+                             if r.healthy and pin.version in r.versions.get(collection, {})), None)  # fmt: skip
+                if held is not None:
+                    count, memory = count + held[3], memory + held[4]
+            components[INDEX_KINDS[collection]] = {"version": pin.version, "model_version": pin.model_version,
+                                                   "served_since": pin.since, "count": count, "dim": pin.dim,
+                                                   "memory_bytes": memory, "shards": self.shards}  # fmt: skip
+        users = state.users
+        if users is not None:
+            components[USER_EMBEDDINGS] = {"version": users.version, "model_version": users.model_version,
+                                           "served_since": stories.since, "count": int(users.count), "dim": int(users.dim),
+                                           "memory_bytes": int(getattr(users, "memory_bytes", 0))}  # fmt: skip
+        return {"generation": state.generation, "model_version": stories.model_version, "dim": stories.dim,
+                "since": stories.since, "components": components}
 
     def ready_reason(self) -> str | None:
         """Why the router cannot answer /v1/retrieve/stories now (None: it can)."""
