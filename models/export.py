@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from artifacts import MODELS, ArtifactStore, PublishResult
+from artifacts.manifest import FileEntry
 from config import EbrConfig
 from models.features import STORY_INPUTS, USER_INPUTS, story_stat_names, user_stat_names
 
@@ -145,12 +146,42 @@ def publish_model(store: ArtifactStore, export_dir: Path, version: str, *, paren
     kind = store.kind(MODELS)
     if not kind.is_complete(version):
         with kind.new_version(version, parents=parents, params=params) as writer:
-            for name in ("user_tower", "story_tower"):
-                writer.add_directory(name, Path(export_dir) / name)
-            for name in ("vocabularies.json", "features.json", "metrics.json"):
-                writer.add_file(name, Path(export_dir) / name)
+            _add_export(writer, Path(export_dir))
             writer.metrics.update({k: v for k, v in metrics.get("model", {}).items()})
     return kind.publish(version, reason=reason, run_id=run_id)
+
+
+def stage_model(store: ArtifactStore, export_dir: Path, version: str, *, parents: dict[str, str], params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Uploads an exported model into a write attempt of models/two_tower, uncommitted.
+
+    Nothing reads a version before its manifest exists, so a staged model is invisible
+    (and removed by retention after the grace period if never committed, e.g. when the
+    gate refuses it). Returns what `commit_staged_model` needs, as JSON-able values: the
+    training task hands it to the publish task by XCom, which may run on another machine.
+    """
+    writer = store.kind(MODELS).new_version(version, parents=parents, params=params)
+    _add_export(writer, Path(export_dir))
+    return {
+        "version": version, "attempt": writer.attempt, "parents": parents, "params": params,
+        "metrics": dict(metrics.get("model", {})), "files": {name: [e.size, e.sha256] for name, e in writer.files.items()},
+    }  # fmt: skip
+
+
+def commit_staged_model(store: ArtifactStore, staged: dict[str, Any]):
+    """Commits what `stage_model` uploaded (its files' sizes are checked) and returns the
+    manifest; VersionExistsError if another attempt completed the version first."""
+    writer = store.kind(MODELS).new_version(staged["version"], parents=staged["parents"], params=staged["params"], attempt=staged["attempt"])
+    for name, (size, sha256) in staged["files"].items():
+        writer.register(name, FileEntry(int(size), sha256))
+    writer.metrics.update(staged["metrics"])
+    return writer.commit()
+
+
+def _add_export(writer, export_dir: Path) -> None:
+    for name in ("user_tower", "story_tower"):
+        writer.add_directory(name, export_dir / name)
+    for name in ("vocabularies.json", "features.json", "metrics.json"):
+        writer.add_file(name, export_dir / name)
 
 
 def published_metrics(store: ArtifactStore) -> dict[str, Any] | None:

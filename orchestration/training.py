@@ -3,10 +3,14 @@
 Training builds its examples batch by batch while it fits (`models.training`: features
 as of each event, never all in memory), so there is no separate example table to hand
 from one task to the next; the first task checks that the warehouse the examples come
-from is there and says what it holds. The trained model is exported to the run's
-working folder; the gate reads its metrics from there and the publish task uploads it.
-A rerun of the same DAG run finds its version complete in the store and only retries
-the publish step (`models.pipeline.train_and_publish` does the same).
+from is there and says what it holds. The training task exports the model and uploads
+it into an uncommitted write attempt of its version (`models.export.stage_model`); the
+gate decides on the metrics it returns; the publish task commits that attempt and moves
+LATEST. Tasks hand each other only XCom messages and the store's objects, never a local
+folder, so each may run on a different worker. A refused model stays an uncommitted
+attempt, invisible to readers, which retention removes after the grace period. A rerun
+of the same DAG run finds its version complete in the store and only retries the
+publish step (`models.pipeline.train_and_publish` does the same).
 """
 
 from __future__ import annotations
@@ -22,9 +26,6 @@ from orchestration.runs import RunIdentity, run_workdir
 from warehouse import Warehouse, WarehouseMissingError
 
 log = logging.getLogger(__name__)
-
-RUN_FILE = "train_run.json"  # beside the export: parameters and metrics for the publish task
-
 
 def check_warehouse(cfg: EbrConfig) -> dict[str, Any]:
     """Row counts and event days of the warehouse training reads; fails if it has no events."""
@@ -42,19 +43,23 @@ def check_warehouse(cfg: EbrConfig) -> dict[str, Any]:
 
 
 def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[str, Any]:
-    """Trains and evaluates the model version of this run and exports it (not published).
+    """Trains and evaluates the model version of this run, exports it and stages it in the
+    store (uncommitted, not published).
 
-    Returns {"version", "reused", "export_dir", "metrics"} where metrics are the model's
-    test metrics (and the baselines'); `reused` is True when the version is complete in
-    the store already, i.e. this is a rerun of a run that got as far as publishing.
+    Returns {"version", "reused", "staged", "metrics"}: metrics are the model's test
+    metrics (and the baselines'), `staged` what the publish task commits
+    (`models.export.stage_model`); `reused` is True (and `staged` None) when the version is
+    complete in the store already, i.e. this is a rerun of a run that got as far as
+    publishing.
     """
+    from models.export import stage_model
     from models.pipeline import train_and_publish
 
     version = run.version
     kind = ArtifactStore.from_config(cfg).kind(MODELS)
     if kind.is_complete(version):
         log.info("%s/%s is complete already: reusing it", MODELS, version)
-        return {"version": version, "reused": True, "export_dir": None, "metrics": {"model": kind.manifest(version).metrics}}
+        return {"version": version, "reused": True, "staged": None, "metrics": {"model": kind.manifest(version).metrics}}
 
     workdir = run_workdir(cfg, run)
     if cfg.train.workers > 1:
@@ -72,9 +77,10 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
         "examples_per_second": round(examples_per_second, 1),
         "dag_run": {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date.isoformat()},
     }
-    (workdir / RUN_FILE).write_text(json.dumps({"params": params, "metrics": metrics}, indent=2))
-    log.info("trained %s: %s", version, {k: round(v, 4) for k, v in metrics["model"].items() if "@" in k})
-    return {"version": version, "reused": False, "export_dir": str(export_dir), "metrics": metrics}
+    parents = {"warehouse": Warehouse.from_config(cfg).uri, "previous_model": kind.latest() or ""}
+    staged = stage_model(ArtifactStore.from_config(cfg), Path(export_dir), version, parents=parents, params=params, metrics=metrics)
+    log.info("trained %s: %s; staged as attempt %s", version, {k: round(v, 4) for k, v in metrics["model"].items() if "@" in k}, staged["attempt"])
+    return {"version": version, "reused": False, "staged": staged, "metrics": metrics}
 
 
 def _train_on_workers(cfg: EbrConfig, run: RunIdentity, workdir: Path) -> tuple[dict, int, float, Path]:
@@ -103,33 +109,26 @@ def gate_model(cfg: EbrConfig, trained: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish_trained_model(cfg: EbrConfig, run: RunIdentity, trained: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
-    """Uploads the exported model (unless stored already) and moves LATEST to it.
+    """Commits the model the training task staged (unless complete already) and moves
+    LATEST to it.
 
     Returns {"version", "moved", "latest", "detail", "announce"}; `announce` says whether
     LATEST names this version now (moved by this call or by an earlier try of the run),
     i.e. whether downstream DAGs should hear of a new model.
     """
-    from models.export import publish_model
+    from artifacts import VersionExistsError
+    from models.export import commit_staged_model
 
     store = ArtifactStore.from_config(cfg)
     kind = store.kind(MODELS)
     version = trained["version"]
     reason = f"promotion gate passed: {'; '.join(gate['reasons'])}"
-    if kind.is_complete(version):
-        published = kind.publish(version, reason=reason, run_id=run.run_id)
-    else:
-        export_dir = Path(trained["export_dir"])
-        saved = json.loads((export_dir.parent / RUN_FILE).read_text())
-        published = publish_model(
-            store,
-            export_dir,
-            version,
-            parents={"warehouse": Warehouse.from_config(cfg).uri, "previous_model": kind.latest() or ""},
-            params=saved["params"],
-            metrics=saved["metrics"],
-            reason=reason,
-            run_id=run.run_id,
-        )
+    if not kind.is_complete(version):
+        try:
+            commit_staged_model(store, trained["staged"])
+        except VersionExistsError:  # another try of this run committed it meanwhile: publish that
+            log.info("%s/%s was committed by another attempt: publishing it", MODELS, version)
+    published = kind.publish(version, reason=reason, run_id=run.run_id)
     log.info("%s: %s", MODELS, published.detail)
     return {
         "version": version,

@@ -103,17 +103,23 @@ def test_the_training_dag_task_trains_on_workers_and_hands_the_chief_export_to_t
     # EBR_TRAIN__WORKERS of its workers): the workers, then the usual gate and publish.
     from datetime import UTC, datetime
 
-    from orchestration.runs import RunIdentity
-    from orchestration.training import RUN_FILE, gate_model, publish_trained_model, train_model
+    import shutil
 
-    cfg = load_config(overrides=[f"root=file://{world}", *TINY, "train.workers=2", f"orchestration.workdir={tmp_path}"], environ={})
+    from orchestration.runs import RunIdentity
+    from orchestration.training import gate_model, publish_trained_model, train_model
+
+    workdir = tmp_path / "work"
+    cfg = load_config(overrides=[f"root=file://{world}", *TINY, "train.workers=2", f"orchestration.workdir={workdir}"], environ={})
     run = RunIdentity("ebr_train", "manual__workers", datetime(2026, 12, 1, tzinfo=UTC))
     trained = train_model(cfg, run)
-    assert not trained["reused"] and Path(trained["export_dir"]).is_dir()
-    saved = json.loads((Path(trained["export_dir"]).parent / RUN_FILE).read_text())
-    assert saved["params"]["workers"] == 2
+    assert not trained["reused"] and trained["staged"]["params"]["workers"] == 2
     assert trained["metrics"]["model"]["eval_users"] > 0
+    models = ArtifactStore.open(f"file://{world}").kind(MODELS)
+    assert not models.is_complete(run.version)  # staged: invisible until the publish task commits it
+    json.dumps(trained)  # an XCom message
     gate = gate_model(cfg, trained)
     assert gate["promote"], gate["reasons"]
+    shutil.rmtree(workdir)  # the publish task may run on another machine: nothing local is read
     published = publish_trained_model(cfg, run, trained, gate)
     assert published["latest"] == run.version
+    assert models.manifest(run.version).params["workers"] == 2
