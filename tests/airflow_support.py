@@ -83,3 +83,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Two complete story-index versions for the rollback DAG's tests, LATEST on the newer one
+# (so `previous` is the older).
+OLDER, NEWER = "20261014T220000Z-ebr_story_index-scheduled__a", "20261014T223000Z-ebr_story_index-scheduled__b"
+
+
+def store_with_two_story_indexes(root: Path):
+    """An ArtifactStore at `root` whose indexes/stories holds OLDER and NEWER, LATEST on NEWER."""
+    from artifacts import ArtifactStore
+
+    store = ArtifactStore.open(f"file://{root}")
+    kind = store.kind("indexes/stories")
+    for version in (OLDER, NEWER):
+        with kind.new_version(version, parents={"model_version": "m1", "embedding_snapshot": version}) as writer:
+            writer.add_bytes("index.hnsw", version.encode())
+        kind.publish(version, reason="test setup")
+    return store

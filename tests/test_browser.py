@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from artifacts import ArtifactStore
 from orchestration.local_airflow import LocalAirflow
-from tests.airflow_support import free_port
+from tests.airflow_support import NEWER, OLDER, free_port, store_with_two_story_indexes
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -47,19 +46,10 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-OLDER, NEWER = "20261014T220000Z-ebr_story_index-scheduled__a", "20261014T223000Z-ebr_story_index-scheduled__b"
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """indexes/stories with two complete versions, LATEST on the newer: `previous` is the older."""
-    store = ArtifactStore.open(f"file://{tmp_path_factory.mktemp('ebr')}")
-    kind = store.kind("indexes/stories")
-    for version in (OLDER, NEWER):
-        with kind.new_version(version, parents={"model_version": "m1", "embedding_snapshot": version}) as writer:
-            writer.add_bytes("index.hnsw", version.encode())
-        kind.publish(version, reason="test setup")
-    return store
+    return store_with_two_story_indexes(tmp_path_factory.mktemp("ebr"))
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,16 @@ import time
 
 import pytest
 
-from artifacts import ArtifactStore
 from orchestration.local_airflow import LocalAirflow
-from tests.airflow_support import free_port
+from tests.airflow_support import NEWER, OLDER, free_port, store_with_two_story_indexes
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
-OLDER, NEWER = "20261014T220000Z-ebr_story_index-scheduled__a", "20261014T223000Z-ebr_story_index-scheduled__b"
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """indexes/stories with two complete versions, LATEST on the newer one."""
-    store = ArtifactStore.open(f"file://{tmp_path_factory.mktemp('ebr')}")
-    kind = store.kind("indexes/stories")
-    for version in (OLDER, NEWER):
-        with kind.new_version(version, parents={"model_version": "m1", "embedding_snapshot": version}) as writer:
-            writer.add_bytes("index.hnsw", version.encode())
-        kind.publish(version, reason="test setup")
-    return store
+    return store_with_two_story_indexes(tmp_path_factory.mktemp("ebr"))
 
 
 @pytest.fixture(scope="module")
