@@ -60,9 +60,7 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
 def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: ArtifactStore, warehouse: Warehouse, *, run_id, publish, verbose,
                         strategy) -> TrainOutcome:  # fmt: skip
     kind = store.kind(MODELS)
-    result = train_and_evaluate(cfg, workdir, warehouse, verbose=verbose, strategy=strategy)
-    content_dim = int(result.model.story_tower.content_dim)
-    export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, workdir / "export")
+    result, export_dir = train_and_export(cfg, workdir, warehouse, verbose=verbose, strategy=strategy)
     decision = promotion_gate(result.metrics, published_metrics(store), cfg)
     published = None
     if publish and decision.promote:
@@ -71,7 +69,7 @@ def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: Arti
             export_dir,
             version,
             parents={"warehouse": warehouse.uri, "previous_model": kind.latest() or ""},
-            params=_params(cfg, result, strategy.num_replicas_in_sync if strategy is not None else 1),
+            params=model_params(cfg, result.best_epoch, result.examples_per_second, strategy.num_replicas_in_sync if strategy is not None else 1),
             metrics=result.metrics,
             reason="promotion gate passed: " + "; ".join(decision.reasons),
             run_id=run_id,
@@ -79,12 +77,20 @@ def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: Arti
     return TrainOutcome(version, result, decision, published, export_dir)
 
 
-def _params(cfg: EbrConfig, result: TrainingResult, workers: int = 1) -> dict[str, Any]:
+def train_and_export(cfg: EbrConfig, workdir: Path, warehouse: Warehouse, *, verbose: int = 1, strategy: Any = None) -> tuple[TrainingResult, Path]:
+    """Trains and evaluates (`models.training`), then exports both towers to workdir/export."""
+    result = train_and_evaluate(cfg, workdir, warehouse, verbose=verbose, strategy=strategy)
+    content_dim = int(result.model.story_tower.content_dim)
+    return result, export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, workdir / "export")
+
+
+def model_params(cfg: EbrConfig, best_epoch: int, examples_per_second: float, workers: int = 1) -> dict[str, Any]:
+    """The `params` of a model version's manifest: the settings it was trained with and how."""
     return {
         "workers": workers,
         "features": cfg.features.model_dump(mode="json"),
         "model": cfg.model.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),
-        "best_epoch": result.best_epoch,
-        "examples_per_second": round(result.examples_per_second, 1),
+        "best_epoch": best_epoch,
+        "examples_per_second": round(examples_per_second, 1),
     }

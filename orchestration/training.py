@@ -53,7 +53,7 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
     publishing.
     """
     from models.export import stage_model
-    from models.pipeline import train_and_publish
+    from models.pipeline import model_params, train_and_export
 
     version = run.version
     kind = ArtifactStore.from_config(cfg).kind(MODELS)
@@ -64,19 +64,11 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
     workdir = run_workdir(cfg, run)
     if cfg.train.workers > 1:
         metrics, best_epoch, examples_per_second, export_dir = _train_on_workers(cfg, run, workdir)
-    else:
-        outcome = train_and_publish(cfg, workdir, version, run_id=run.run_id, publish=False, verbose=verbose)
-        result = outcome.result
-        metrics, best_epoch, examples_per_second, export_dir = result.metrics, result.best_epoch, result.examples_per_second, outcome.export_dir
-    params = {
-        "workers": cfg.train.workers,
-        "features": cfg.features.model_dump(mode="json"),
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json"),
-        "best_epoch": best_epoch,
-        "examples_per_second": round(examples_per_second, 1),
-        "dag_run": {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date.isoformat()},
-    }
+    else:  # the gate is the next task's: not decided here
+        result, export_dir = train_and_export(cfg, workdir, Warehouse.from_config(cfg), verbose=verbose)
+        metrics, best_epoch, examples_per_second = result.metrics, result.best_epoch, result.examples_per_second
+    params = model_params(cfg, best_epoch, examples_per_second, cfg.train.workers)
+    params["dag_run"] = {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date.isoformat()}
     parents = {"warehouse": Warehouse.from_config(cfg).uri, "previous_model": kind.latest() or ""}
     staged = stage_model(ArtifactStore.from_config(cfg), Path(export_dir), version, parents=parents, params=params, metrics=metrics)
     log.info("trained %s: %s; staged as attempt %s", version, {k: round(v, 4) for k, v in metrics["model"].items() if "@" in k}, staged["attempt"])
