@@ -39,6 +39,8 @@ def train(cfg: EbrConfig, args: Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
     if cfg.train.batch_size % workers:
         raise ConfigError(f"train.batch_size = {cfg.train.batch_size} does not split evenly over {workers} workers: make it a multiple of {workers}")
+    if workers > 1 and cfg.model.corpus_negatives:
+        raise ConfigError(f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {workers} workers yet: set it to 0")
     version = args.version or version_name(f"train-{args.run_id or 'manual'}")
     workdir = Path(args.workdir) if args.workdir else REPO_DIR / "var" / "work" / "train" / version
     role = worker_role()

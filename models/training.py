@@ -347,6 +347,8 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if tcfg.batch_size % replicas:
         raise ValueError(f"train.batch_size = {tcfg.batch_size} does not split evenly over {replicas} workers: make it a multiple of {replicas}")
+    if replicas > 1 and cfg.model.corpus_negatives:
+        raise ValueError(f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {replicas} workers yet: set it to 0")
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = TwoTowerModel(vocabularies, len(user_stat_names(fcfg)), len(story_stat_names(fcfg)), catalog.story_content.shape[1], cfg.model)
         sample = source.batch(rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False))

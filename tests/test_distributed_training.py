@@ -86,6 +86,13 @@ def test_a_batch_that_does_not_split_over_the_workers_is_refused_before_anything
     assert "Traceback" not in run.stderr
 
 
+def test_mixed_negatives_are_refused_with_workers_before_anything_starts(world):
+    run = ebr(world, "--set", "model.corpus_negatives=64", "train", "--workers", "2", timeout=120)
+    assert run.returncode == 2
+    assert "error: model.corpus_negatives = 64 is not supported with 2 workers yet" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_tf_config_is_read_as_a_cluster_only_with_more_than_one_worker():
     two = {"TF_CONFIG": json.dumps(cluster_config([1111, 2222], 1))}
     assert worker_role(two) == (1, 2)
