@@ -31,6 +31,7 @@ import importlib.util
 import logging
 import math
 import time
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -100,6 +101,31 @@ def error_response(status: int, code: str, message: str, details: list | None = 
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 422, 503)}
 
+# Error codes of the HTTP errors Starlette raises itself (unknown path, wrong method, ...).
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large"}
+
+
+def add_error_handlers(app: FastAPI, *, validation_details: bool = True, http_codes: Mapping[int, str] = HTTP_ERROR_CODES) -> None:
+    """JSON error bodies ({"error": {"code", "message"[, "details"]}}) for ApiError, invalid
+    request bodies (with pydantic's problems as `details` when `validation_details`) and
+    Starlette's own HTTP errors (coded by `http_codes`, else "http_error"). The service,
+    the router and the shard servers all answer errors this way."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, err: ApiError) -> Response:
+        return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, err: RequestValidationError) -> Response:
+        problems = err.errors()
+        summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in problems)
+        details = jsonable_encoder(problems, custom_encoder={float: _finite_or_str}) if validation_details else None
+        return error_response(422, "invalid_request", f"the request body is not valid: {summary}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, err: StarletteHTTPException) -> Response:
+        return error_response(err.status_code, http_codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
+
 
 def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool = True) -> FastAPI:
     """The ASGI app. With `start_reloader`, the lifespan starts and stops the poller thread."""
@@ -131,21 +157,7 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
 
     # -- errors: always a JSON body -------------------------------------------------------
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, err: ApiError) -> Response:
-        return error_response(err.status, err.code, err.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, err: RequestValidationError) -> Response:
-        problems = err.errors()
-        summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in problems)
-        details = jsonable_encoder(problems, custom_encoder={float: _finite_or_str})
-        return error_response(422, "invalid_request", f"the request body is not valid: {summary}", details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, err: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large"}
-        return error_response(err.status_code, codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
+    add_error_handlers(app)
 
     @app.exception_handler(SearcherDiedError)
     async def _searcher_died(_request: Request, err: SearcherDiedError) -> Response:

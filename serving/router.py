@@ -46,16 +46,14 @@ from types import MappingProxyType
 import numpy as np
 import orjson
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from artifacts import ArtifactStore
 from config import EbrConfig
 from index_builder.sharding import merge_top_k, shard_count, shard_of
 from serving.api import RetrieveRequest, RetrieveResponse, SimilarRequest
-from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, error_response, json_response
+from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, add_error_handlers, json_response
 from serving.metrics import LATENCY_BUCKETS
 from serving.profile_store import RedisUsers, meta_key, snapshot_meta
 from serving.state import COLLECTIONS, INDEX_KINDS, USER_EMBEDDINGS, UserEmbeddings, load_user_embeddings, now_iso
@@ -604,19 +602,7 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
                   "top-K, `coverage` = the share of shards that answered.")  # fmt: skip
     app.state.request_read_timeout_s = serving.request_read_timeout_s
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request, err: ApiError) -> Response:
-        return error_response(err.status, err.code, err.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request, err: RequestValidationError) -> Response:
-        summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors())
-        return error_response(422, "invalid_request", f"the request body is not valid: {summary}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request, err: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large"}
-        return error_response(err.status_code, codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
+    add_error_handlers(app, validation_details=False)
 
     @app.get("/healthz")
     async def healthz() -> Response:

@@ -33,10 +33,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from artifacts import ArtifactError, ArtifactStore
 from config import EbrConfig, ServingConfig
@@ -44,7 +42,7 @@ from index_builder.loaded_index import LoadedIndex, load_index
 from index_builder.sharding import ShardMismatchError, download_shard, shard_count
 from serving import searcher
 from serving.api import _Body
-from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, error_response, json_response
+from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, add_error_handlers, error_response, json_response
 from serving.metrics import ServingMetrics
 from serving.reloader import PERMANENT_ERRORS
 from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, lower_thread_priority, start_forkserver
@@ -283,18 +281,7 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
                   description="One shard of every shard-set index version, searched by vector; see serving.router.")  # fmt: skip
     app.state.request_read_timeout_s = cfg.request_read_timeout_s
 
-    @app.exception_handler(ApiError)
-    async def _api_error(_request, err: ApiError) -> Response:
-        return error_response(err.status, err.code, err.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request, err: RequestValidationError) -> Response:
-        summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors())
-        return error_response(422, "invalid_request", f"the request body is not valid: {summary}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request, err: StarletteHTTPException) -> Response:
-        return error_response(err.status_code, "http_error", str(err.detail), headers=err.headers)
+    add_error_handlers(app, validation_details=False, http_codes={})
 
     @app.exception_handler(SearcherDiedError)
     async def _died(_request, err: SearcherDiedError) -> Response:
