@@ -18,11 +18,12 @@ DEMO_SIZE ?= small
 AIRFLOW_DIR ?=
 AIRFLOW_PORT ?= 8080
 
-.PHONY: venv test demo airflow bench clean-demo help chromium
+.PHONY: venv test lint format demo airflow bench clean-demo help chromium
 
 help:
 	@echo "make demo   build the environment if needed, then run the pipeline on a synthetic world"
 	@echo "make test   build the environment if needed, then run the test suite"
+	@echo "make lint   ruff check and ruff format --check (make format rewrites the files)"
 	@echo "make airflow  start Airflow on http://127.0.0.1:$(AIRFLOW_PORT) on the demo's runs and root (AIRFLOW_PORT=... for another port)"
 	@echo "make bench  run the benchmarks (model quality against baselines, ...)"
 	@echo "make shell  a shell with ebr on the PATH and EBR_ROOT on the demo's artifacts (var/demo)"
@@ -38,6 +39,15 @@ $(STAMP): requirements.lock setup.py $(wildcard */__init__.py)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# ruff, configured in pyproject.toml: lint rules, import order and the format.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix --select I .
+	$(BIN)/ruff format .
 
 # Headless Chromium and its WebDriver (Debian's chromium, chromium-driver) for
 # tests/test_browser.py, installed when absent; where they cannot be (no root, no

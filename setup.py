@@ -55,6 +55,7 @@ setup(
             "gcp-storage-emulator==2026.7.19",
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
+            "ruff==0.17.6",  # make lint: ruff check and ruff format --check
         ],
     },
     entry_points={"console_scripts": ["ebr = cli.main:main"]},

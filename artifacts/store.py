@@ -46,8 +46,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from config import StoreConfig
-
 from artifacts.backend import Backend, open_backend
 from artifacts.errors import (
     AmbiguousVersionError,
@@ -78,6 +76,7 @@ from artifacts.names import (
     validate_kind,
     validate_version,
 )
+from config import StoreConfig
 
 if TYPE_CHECKING:
     from config import EbrConfig
@@ -578,7 +577,7 @@ class ArtifactKind:
             try:
                 new_generation = self.backend.swap_pointer(
                     key, version, generation,
-                    log=(self._key(HISTORY), lambda g: replace(move, generation=g).to_json()),
+                    log=(self._key(HISTORY), lambda g, move=move: replace(move, generation=g).to_json()),
                 )  # fmt: skip
             except PointerConflictError:
                 time.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # back off, then re-read

@@ -35,7 +35,16 @@ from artifacts.manifest import FileEntry
 from artifacts.names import REFUSED
 from beam_jobs.inputs import check_input_file
 from beam_jobs.plan import JobPlan
-from beam_jobs.records import DeadLetter, EmbeddingBatch, FeatureBatch, RowRules, dead_letters_for_vectors, key_buckets, split_by_bucket, validate_rows
+from beam_jobs.records import (
+    DeadLetter,
+    EmbeddingBatch,
+    FeatureBatch,
+    RowRules,
+    dead_letters_for_vectors,
+    key_buckets,
+    split_by_bucket,
+    validate_rows,
+)
 
 log = logging.getLogger(__name__)
 

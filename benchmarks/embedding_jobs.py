@@ -101,8 +101,8 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def _train_small_model(root: Path) -> Path:
-    from config import load_config
     from artifacts import ArtifactStore
+    from config import load_config
     from models.export import publish_model
     from models.pipeline import train_and_publish
     from warehouse import Warehouse

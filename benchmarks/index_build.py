@@ -323,9 +323,10 @@ def targets(results: dict) -> dict:
 
 
 def machine(note: str) -> dict:
+    from importlib.metadata import version
+
     import faiss
     import hnswlib  # noqa: F401
-    from importlib.metadata import version
 
     return {
         "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),

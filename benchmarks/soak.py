@@ -101,7 +101,7 @@ async def _retrieve_loop(port: int, requests: list[bytes], schedule: np.ndarray,
             at = head.lower().find(b"content-length:")
             body = await reader.readexactly(int(head[at + 15 : head.find(b"\r\n", at)]))
             answer = orjson.loads(body)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as err:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as err:
             out.append((start, time.monotonic() - start, 0, type(err).__name__, "", "", ""))
             if writer is not None:
                 writer.close()
@@ -128,7 +128,7 @@ async def _readyz_loop(port: int, stop_at: float, out: list) -> None:
             at = head.lower().find(b"content-length:")
             await reader.readexactly(int(head[at + 15 : head.find(b"\r\n", at)]))
             out.append((started, int(head[9:12])))
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             out.append((started, 0))
             reader = writer = None
         await asyncio.sleep(max(0.0, READYZ_EVERY_S - (time.monotonic() - started)))

@@ -117,9 +117,8 @@ def list_indexes(cfg: EbrConfig, args: Namespace) -> None:
 
 def show_index(cfg: EbrConfig, args: Namespace) -> None:
     from artifacts import ArtifactStore
-    from index_builder.publish import index_kind
-
     from cli.artifact_commands import named_version
+    from index_builder.publish import index_kind
 
     kind = ArtifactStore.from_config(cfg).kind(index_kind(args.collection))
     print(kind.manifest(named_version(kind, args.version)).to_json().decode(), end="")

@@ -26,7 +26,15 @@ from artifacts.embedding_snapshots import EmbeddingSnapshot
 from artifacts.errors import ArtifactError
 from config import IndexConfig
 from index_builder import hnsw, validation
-from index_builder.builder import BuiltIndex, PreviousIndex, apply_update, build_full, full_build_reason, plan_refusal, plan_update
+from index_builder.builder import (
+    BuiltIndex,
+    PreviousIndex,
+    apply_update,
+    build_full,
+    full_build_reason,
+    plan_refusal,
+    plan_update,
+)
 from index_builder.errors import IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, SPACE, knn_padded, read_header, read_ids, write_ids
 from index_builder.sharding import SHARD_HASH, download_shard, shard_file, shard_rows
@@ -119,7 +127,7 @@ def build_shard_set(
         built.append(build_full(part, cfg, reason=shard_reason or ""))
         reasons.append(shard_reason or "")
     result = BuiltShardSet(built, rows, reasons)
-    for shard, (one, part) in enumerate(zip(result.shards, parts, strict=True)):
+    for one, part in zip(result.shards, parts, strict=True):
         validation.check_contents(one.graph, one.labels_to_ids, one.row_labels, part)
     recall = measure_merged_recall(result, snapshot, cfg, probe)
     where = validation.snapshot_where(snapshot)

@@ -54,20 +54,20 @@ from models.baselines import (
     choose_by_validation,
 )
 from models.evaluation import EvaluationSet, Scorer, measure, paired_difference, rows_by_key, summarize
-from models.towers import OOV_INDEX, PAD_INDEX, adapt_normalization
-from models.two_tower import TwoTowerModel, WarmupCosine
 from models.features import (
+    SECONDS_PER_DAY,
     STORY_INPUTS,
     USER_INPUTS,
     Catalog,
     EventHistory,
-    SECONDS_PER_DAY,
     positive_scores,
     story_features,
     story_stat_names,
     user_features,
     user_stat_names,
 )
+from models.towers import OOV_INDEX, PAD_INDEX, adapt_normalization
+from models.two_tower import TwoTowerModel, WarmupCosine
 from warehouse import Warehouse
 from warehouse.tables import day_start_ts
 
@@ -544,7 +544,7 @@ def _measure_all(scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet
     for set_name, data in evaluation.items():
         columns = candidates.sets[set_name]
         prefix = "" if set_name == "eligible" else f"{set_name}_"
-        measured = {name: measure(lambda u, s=scorer: np.asarray(s(u))[:, columns], data, ks) for name, scorer in scorers.items()}
+        measured = {name: measure(lambda u, s=scorer, c=columns: np.asarray(s(u))[:, c], data, ks) for name, scorer in scorers.items()}
         for name, m in measured.items():
             metrics[name].update({prefix + k: v for k, v in summarize(m, tcfg.bootstrap_samples, tcfg.seed).items()})
         if set_name == "eligible":

@@ -53,8 +53,8 @@ from artifacts import ArtifactError, ArtifactStore, CorruptArtifactError, Incomp
 from artifacts.manifest import Manifest
 from artifacts.names import MANIFEST as MANIFEST_FILE
 from index_builder.loaded_index import LoadedIndex, load_index, verify_files
-from serving.searcher import IndexProcess, lower_thread_priority, start_forkserver
 from serving.metrics import ServingMetrics
+from serving.searcher import IndexProcess, lower_thread_priority, start_forkserver
 from serving.state import (
     INDEX_KINDS,
     OPTIONAL_INDEXES,

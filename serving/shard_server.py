@@ -42,7 +42,15 @@ from index_builder.loaded_index import LoadedIndex, load_index
 from index_builder.sharding import ShardMismatchError, download_shard, shard_count
 from serving import searcher
 from serving.api import _Body
-from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, add_error_handlers, error_response, json_response
+from serving.app import (
+    ApiError,
+    Gatekeeper,
+    _checked_embedding,
+    _checked_k,
+    add_error_handlers,
+    error_response,
+    json_response,
+)
 from serving.metrics import ServingMetrics
 from serving.reloader import PERMANENT_ERRORS
 from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, lower_thread_priority, start_forkserver

@@ -25,7 +25,14 @@ from artifacts.embedding_snapshots import read_snapshot
 from beam_jobs import story_embeddings, user_embeddings
 from beam_jobs.errors import ErrorRateExceededError
 from beam_jobs.records import EmbeddingBatch, RowRules, key_buckets, list_size_check, validate_rows
-from beam_jobs.transforms import DEAD_LETTER, ReadRows, _ValidateAndBucket, creator_embeddings, creator_partial_sums, error_rates
+from beam_jobs.transforms import (
+    DEAD_LETTER,
+    ReadRows,
+    _ValidateAndBucket,
+    creator_embeddings,
+    creator_partial_sums,
+    error_rates,
+)
 from config import FeatureConfig, load_config
 from models.export import TowerRunner
 from models.features import Catalog, EventHistory, story_features, user_features

@@ -46,6 +46,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """indexes/stories with two complete versions, LATEST on the newer: `previous` is the older."""

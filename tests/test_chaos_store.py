@@ -225,10 +225,10 @@ def test_a_crash_at_any_instant_of_a_first_write_keeps_the_store_sound(tmp_path)
 
 
 def test_publish_and_every_reuse_path_verify_a_complete_version(tmp_path):
+    import numpy as np
+
     from artifacts import CorruptArtifactError
     from artifacts.embedding_snapshots import publish_snapshot
-
-    import numpy as np
 
     kind = ArtifactStore.open(f"file://{tmp_path}").kind("embeddings/users")
     ids, vectors = np.array(["u1", "u2"], dtype=object), np.eye(2, dtype=np.float32)

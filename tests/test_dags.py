@@ -219,7 +219,6 @@ def test_schedules_and_the_asset_root_are_configuration(dags, monkeypatch, tmp_p
 
 def test_index_collections_are_the_index_builders():
     from index_builder.publish import COLLECTIONS as BUILDER_COLLECTIONS
-
     from orchestration.indexes import COLLECTIONS
 
     assert COLLECTIONS == BUILDER_COLLECTIONS

@@ -108,9 +108,8 @@ def test_tf_config_is_read_as_a_cluster_only_with_more_than_one_worker():
 def test_the_training_dag_task_trains_on_workers_and_hands_the_chief_export_to_the_gate(world, tmp_path):
     # What ebr_train's train task runs with train.workers = 2 (an Airflow Variable or the
     # EBR_TRAIN__WORKERS of its workers): the workers, then the usual gate and publish.
-    from datetime import UTC, datetime
-
     import shutil
+    from datetime import UTC, datetime
 
     from orchestration.runs import RunIdentity
     from orchestration.training import gate_model, publish_trained_model, train_model

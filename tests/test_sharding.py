@@ -10,7 +10,6 @@ import pytest
 
 from artifacts import CorruptArtifactError
 from index_builder import hnsw
-from index_builder.synthetic import clustered_vectors
 from index_builder.errors import IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, load_index
 from index_builder.publish import build_and_publish_index, rollback_index
@@ -23,6 +22,7 @@ from index_builder.sharding import (
     shard_of,
     shard_rows,
 )
+from index_builder.synthetic import clustered_vectors
 from tests.test_index_builder import DIM, N, base_world, config_for, next_world, put_snapshot, store_of
 
 

@@ -1,7 +1,6 @@
 """A short real training run on a tiny world, export/reload, and the promotion gate."""
 
 import json
-
 from types import SimpleNamespace
 
 import numpy as np

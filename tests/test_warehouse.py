@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 import pytest
 
 from config import WorldConfig
-from warehouse import Warehouse, WarehouseMissingError, WarehouseSchemaError, validate_table
 from tests.parquet_support import DAMAGES, damage_parquet
+from warehouse import Warehouse, WarehouseMissingError, WarehouseSchemaError, validate_table
 from warehouse.synthetic import LANGUAGES, GroundTruth, generate_world
 
 TINY = WorldConfig(size="tiny", seed=7)
