@@ -76,9 +76,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def swap_pointer(
-        self, key: str, value: str, expected_generation: int,
+        self,
+        key: str,
+        value: str,
+        expected_generation: int,
         log: tuple[str, Callable[[int], str]] | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """Writes `value` only if the pointer is still at `expected_generation`.
 
         Returns the new generation. Raises PointerConflictError when another writer got

@@ -48,10 +48,12 @@ def embedding_table(ids: np.ndarray | list[str], vectors: np.ndarray) -> pa.Tabl
     if vectors.ndim != 2 or len(vectors) != len(ids):
         raise ValueError(f"vectors must be [{len(ids)}, dim], got {vectors.shape}")
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    return pa.table({
-        ID_COLUMN: pa.array(list(ids), type=pa.string()),
-        EMBEDDING_COLUMN: pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
-    })  # fmt: skip
+    return pa.table(
+        {
+            ID_COLUMN: pa.array(list(ids), type=pa.string()),
+            EMBEDDING_COLUMN: pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
 
 
 def write_shard(ids: np.ndarray | list[str], vectors: np.ndarray) -> bytes:
@@ -64,11 +66,15 @@ def write_shard(ids: np.ndarray | list[str], vectors: np.ndarray) -> bytes:
 def table_to_arrays(table: pa.Table, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids [n] object array of str, vectors [n, dim] float32) from a snapshot table."""
     if set(table.column_names) < {ID_COLUMN, EMBEDDING_COLUMN}:
-        raise CorruptArtifactError(f"{where}: columns {table.column_names}, expected {ID_COLUMN!r} and {EMBEDDING_COLUMN!r}")
+        raise CorruptArtifactError(
+            f"{where}: columns {table.column_names}, expected {ID_COLUMN!r} and {EMBEDDING_COLUMN!r}"
+        )
     ids = np.asarray(table[ID_COLUMN].to_pylist(), dtype=object)
     column = table[EMBEDDING_COLUMN].combine_chunks()
     if not pa.types.is_fixed_size_list(column.type):
-        raise CorruptArtifactError(f"{where}: column {EMBEDDING_COLUMN!r} is {column.type}, expected fixed_size_list<float>")
+        raise CorruptArtifactError(
+            f"{where}: column {EMBEDDING_COLUMN!r} is {column.type}, expected fixed_size_list<float>"
+        )
     dim = column.type.list_size
     vectors = np.asarray(column.flatten(), dtype=np.float32).reshape(len(ids), dim)
     return ids, vectors
@@ -173,6 +179,9 @@ def publish_snapshot(
             params={"dim": int(vectors.shape[1]), "as_of": int(as_of), **(params or {})},
         ) as writer:
             for i in range(shards):
-                writer.add_bytes(shard_name(i, shards), write_shard(ids[bounds[i] : bounds[i + 1]], vectors[bounds[i] : bounds[i + 1]]))
+                writer.add_bytes(
+                    shard_name(i, shards),
+                    write_shard(ids[bounds[i] : bounds[i + 1]], vectors[bounds[i] : bounds[i + 1]]),
+                )
             writer.metrics.update({"count": int(len(ids)), **(metrics or {})})
     return kind.publish(version, reason=reason, run_id=run_id)

@@ -76,9 +76,7 @@ class GcsBackend(Backend):
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         try:
-            self._blob(key).upload_from_string(
-                data, content_type="application/octet-stream", if_generation_match=0
-            )
+            self._blob(key).upload_from_string(data, content_type="application/octet-stream", if_generation_match=0)
         except gexc.PreconditionFailed:
             return False
         return True
@@ -138,18 +136,17 @@ class GcsBackend(Backend):
         raise ArtifactError(f"{self.uri}/{key} kept changing while being read")
 
     def swap_pointer(
-        self, key: str, value: str, expected_generation: int,
+        self,
+        key: str,
+        value: str,
+        expected_generation: int,
         log: tuple[str, Callable[[int], str]] | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         blob = self._blob(key)
         try:
-            blob.upload_from_string(
-                f"{value}\n", content_type="text/plain", if_generation_match=expected_generation
-            )
+            blob.upload_from_string(f"{value}\n", content_type="text/plain", if_generation_match=expected_generation)
         except gexc.PreconditionFailed:
-            raise PointerConflictError(
-                f"{self.uri}/{key} moved (expected generation {expected_generation})"
-            ) from None
+            raise PointerConflictError(f"{self.uri}/{key} moved (expected generation {expected_generation})") from None
         generation = int(blob.generation)
         if log is not None:
             log_key, make_line = log
@@ -163,6 +160,7 @@ class GcsBackend(Backend):
         publishers may reach the log in the opposite order of their pointer writes; the
         line then goes where its generation (GCS generations only grow) puts it.
         """
+
         def place(lines: list[bytes]) -> list[bytes]:
             at = len(lines)
             while at > 0 and _line_generation(lines[at - 1]) > generation:

@@ -183,9 +183,12 @@ class LocalBackend(Backend):
         return _pointer_text(data, f"{self.uri}/{key}"), max(generation, 1)
 
     def swap_pointer(
-        self, key: str, value: str, expected_generation: int,
+        self,
+        key: str,
+        value: str,
+        expected_generation: int,
         log: tuple[str, Callable[[int], str]] | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         with self._locked(key, exclusive=True) as lock:
             if self._path(key).is_dir():
                 raise CorruptArtifactError(f"{self.uri}/{key} is a folder, not a pointer file; move it away first")

@@ -35,8 +35,7 @@ def validate_kind(kind: str) -> str:
     segments = kind.split("/")
     if not kind or not all(_KIND_SEGMENT.fullmatch(s) for s in segments):
         raise InvalidNameError(
-            f"artifact kind {kind!r} must be lower-case path segments like "
-            "'embeddings/users' or 'indexes/stories'"
+            f"artifact kind {kind!r} must be lower-case path segments like 'embeddings/users' or 'indexes/stories'"
         )
     return kind
 

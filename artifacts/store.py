@@ -178,11 +178,7 @@ class ArtifactStore:
 
     def kinds(self) -> list[str]:
         """Every kind that has at least one version directory, e.g. 'indexes/stories'."""
-        return [
-            f"{group}/{name}"
-            for group in VERSIONED_GROUPS
-            for name in self.backend.list_children(group)
-        ]
+        return [f"{group}/{name}" for group in VERSIONED_GROUPS for name in self.backend.list_children(group)]
 
 
 class ArtifactKind:
@@ -261,9 +257,7 @@ class ArtifactKind:
             raise CorruptArtifactError(f"{self.backend.uri}/{key} is a folder, not a manifest") from None
         manifest = Manifest.from_json(data, f"{self.backend.uri}/{key}")
         if manifest.kind != self.name or manifest.version != version:
-            raise CorruptArtifactError(
-                f"{key} describes {manifest.kind}/{manifest.version}, not {self.name}/{version}"
-            )
+            raise CorruptArtifactError(f"{key} describes {manifest.kind}/{manifest.version}, not {self.name}/{version}")
         return manifest
 
     def manifest(self, version: str) -> Manifest:
@@ -279,7 +273,7 @@ class ArtifactKind:
         raise UnknownVersionError(f"{self.name} has no version {version!r} ({self.newest_complete_hint()})")
 
     def newest_complete_hint(self) -> str:
-        """"newest complete: a, b, c (and 7 older)": the few newest, for error messages."""
+        """ "newest complete: a, b, c (and 7 older)": the few newest, for error messages."""
         complete = self.complete_versions()[::-1]
         if not complete:
             return "it has no complete version"
@@ -348,7 +342,9 @@ class ArtifactKind:
             raise UnknownVersionError(f"{self.name} has no LATEST yet, so no previous version; name a version")
         complete = self.complete_versions()
         if latest not in complete:
-            raise UnknownVersionError(f"{self.name}: LATEST names {latest}, not a complete version; name the version to go back to")
+            raise UnknownVersionError(
+                f"{self.name}: LATEST names {latest}, not a complete version; name the version to go back to"
+            )
         published = {move.to_version for move in self.history()}
         earlier = [v for v in complete[: complete.index(latest)] if v in published]
         if not earlier:
@@ -386,9 +382,7 @@ class ArtifactKind:
                 with self.backend.open_read(key) as stream:
                     size, digest = sha256_stream(stream)
             except FileNotFoundError:
-                raise CorruptArtifactError(
-                    f"{self.backend.uri}/{key} is listed in the manifest but missing"
-                ) from None
+                raise CorruptArtifactError(f"{self.backend.uri}/{key} is listed in the manifest but missing") from None
             check_entry(f"{self.backend.uri}/{key}", entry, size, digest)
         return manifest
 
@@ -442,7 +436,9 @@ class ArtifactKind:
             try:
                 moves.append(PointerMove.from_json(line.decode("utf-8")))
             except (ValueError, TypeError) as err:
-                raise CorruptArtifactError(f"{self.backend.uri}/{key} line {number} is not a pointer move: {err}") from None
+                raise CorruptArtifactError(
+                    f"{self.backend.uri}/{key} line {number} is not a pointer move: {err}"
+                ) from None
         return moves
 
     # -- writing ------------------------------------------------------------------------
@@ -576,9 +572,11 @@ class ArtifactKind:
             )
             try:
                 new_generation = self.backend.swap_pointer(
-                    key, version, generation,
+                    key,
+                    version,
+                    generation,
                     log=(self._key(HISTORY), lambda g, move=move: replace(move, generation=g).to_json()),
-                )  # fmt: skip
+                )
             except PointerConflictError:
                 time.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # back off, then re-read
                 continue
@@ -727,7 +725,9 @@ class VersionWriter:
     def refuse(self, body: dict[str, Any]) -> None:
         """Records why this attempt will not commit (read back with `ArtifactKind.refusal`);
         the version stays incomplete and retention removes it after the grace period."""
-        self.kind.backend.write_bytes(self.kind.backend.join(self.staging, REFUSED), json.dumps(body, indent=2).encode())
+        self.kind.backend.write_bytes(
+            self.kind.backend.join(self.staging, REFUSED), json.dumps(body, indent=2).encode()
+        )
 
     def commit(self) -> Manifest:
         if not self.files:
@@ -755,9 +755,7 @@ class VersionWriter:
         manifest_key = self.kind._key(self.version, MANIFEST)
         if not backend.create_bytes(manifest_key, manifest.to_json()):
             backend.delete_prefix(self.staging)  # lost: nothing will ever read these files
-            raise VersionExistsError(
-                f"{self.kind.name}/{self.version} was completed by another writer meanwhile"
-            )
+            raise VersionExistsError(f"{self.kind.name}/{self.version} was completed by another writer meanwhile")
         self.manifest = manifest
         return manifest
 
@@ -785,6 +783,5 @@ def _manifest_entry(manifest: Manifest, name: str) -> FileEntry:
         return manifest.files[name]
     except KeyError:
         raise FileNotFoundError(
-            f"{manifest.kind}/{manifest.version} has no file {name!r} "
-            f"(it has: {', '.join(sorted(manifest.files))})"
+            f"{manifest.kind}/{manifest.version} has no file {name!r} (it has: {', '.join(sorted(manifest.files))})"
         ) from None

@@ -42,7 +42,15 @@ class LocalDaskCluster:
       startup_timeout_s: how long the scheduler and the workers may take to be ready.
     """
 
-    def __init__(self, workers: int = 2, *, threads: int = 1, port: int = 0, host: str = "127.0.0.1", startup_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        workers: int = 2,
+        *,
+        threads: int = 1,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        startup_timeout_s: float = 60.0,
+    ):
         self.workers, self.threads, self.port, self.host = workers, threads, port, host
         self.startup_timeout_s = startup_timeout_s
         self.address: str | None = None
@@ -60,16 +68,47 @@ class LocalDaskCluster:
         self._dir = tempfile.TemporaryDirectory(prefix="ebr-dask-")
         work = Path(self._dir.name)
         scheduler_file = work / "scheduler.json"
-        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "TF_USE_LEGACY_KERAS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_DIR), os.environ.get("PYTHONPATH")])),
+        }
         try:
-            self._spawn(["scheduler", "--host", self.host, "--port", str(self.port), "--no-dashboard", "--scheduler-file", str(scheduler_file)], work / "scheduler.log", env)
+            self._spawn(
+                [
+                    "scheduler",
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(self.port),
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(scheduler_file),
+                ],
+                work / "scheduler.log",
+                env,
+            )
             self.address = self._wait_for_scheduler(scheduler_file, work / "scheduler.log")
             for i in range(self.workers):
                 self._spawn(
-                    ["worker", self.address, "--host", self.host, "--nthreads", str(self.threads), "--nworkers", "1", "--name", f"ebr-worker-{i}",
-                     "--no-dashboard", "--local-directory", str(work / f"worker-{i}")],
-                    work / f"worker-{i}.log", env,
-                )  # fmt: skip
+                    [
+                        "worker",
+                        self.address,
+                        "--host",
+                        self.host,
+                        "--nthreads",
+                        str(self.threads),
+                        "--nworkers",
+                        "1",
+                        "--name",
+                        f"ebr-worker-{i}",
+                        "--no-dashboard",
+                        "--local-directory",
+                        str(work / f"worker-{i}"),
+                    ],
+                    work / f"worker-{i}.log",
+                    env,
+                )
             self._wait_for_workers(work)
         except BaseException:
             self.stop()
@@ -80,7 +119,16 @@ class LocalDaskCluster:
         with open(log, "wb") as out:
             # Own session: a Ctrl-C meant for the caller does not reach the workers before
             # `stop()` stops them in order.
-            self._processes.append(subprocess.Popen([sys.executable, "-m", "dask", *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO_DIR, env=env, start_new_session=True))
+            self._processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dask", *args],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO_DIR,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
 
     def _wait_for_scheduler(self, scheduler_file: Path, log: Path) -> str:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -103,7 +151,9 @@ class LocalDaskCluster:
                 client.wait_for_workers(self.workers, timeout=self.startup_timeout_s)
             except (TimeoutError, ddist.TimeoutError):
                 logs = "; ".join(f"worker {i}: {_tail(work / f'worker-{i}.log')}" for i in range(self.workers))
-                raise DaskClusterError(f"{self.workers} dask workers did not join {self.address} within {self.startup_timeout_s:.0f} s: {logs}") from None
+                raise DaskClusterError(
+                    f"{self.workers} dask workers did not join {self.address} within {self.startup_timeout_s:.0f} s: {logs}"
+                ) from None
 
     def stop(self) -> None:
         """Stops the workers, then the scheduler (SIGTERM, then SIGKILL after 10 s)."""
@@ -142,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     with LocalDaskCluster(args.workers, threads=args.threads, port=args.port, host=args.host) as cluster:
         print(f"dask scheduler at {cluster.address} with {args.workers} workers; Ctrl-C stops them.", flush=True)
         print("Run a job on it:", flush=True)
-        print(f"  .venv/bin/python -m beam_jobs.story_embeddings --runner=beam_jobs.dask_runner.DaskRunner --dask_client_address={cluster.address}", flush=True)
+        print(
+            f"  .venv/bin/python -m beam_jobs.story_embeddings --runner=beam_jobs.dask_runner.DaskRunner --dask_client_address={cluster.address}",
+            flush=True,
+        )
         while not stop:
             time.sleep(0.2)
     print("dask cluster stopped.", flush=True)

@@ -151,20 +151,41 @@ def _side_input_map(view: tuple[type, dict], values: list) -> SideInputMap:
     return SideInputMap(view[0], view[1], windowed)
 
 
-def _run_bundle(elements: Iterable, label: str, run: str, token: str, fn: beam.DoFn, window_fn, args, kwargs, views: Sequence[tuple[type, dict]], *side_values: list) -> list[tuple[str | None, Any]]:
+def _run_bundle(
+    elements: Iterable,
+    label: str,
+    run: str,
+    token: str,
+    fn: beam.DoFn,
+    window_fn,
+    args,
+    kwargs,
+    views: Sequence[tuple[type, dict]],
+    *side_values: list,
+) -> list[tuple[str | None, Any]]:
     """One dask partition as one Beam bundle: [(tag, output)..., (_METRICS, updates)]."""
     out: list = []
     receivers = _TagReceivers(out)
     handler = _OutputHandler(
-        window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers, per_element_output_counter=None,
-        output_batch_converter=None, process_yields_batches=False, process_batch_yields_elements=False,
-    )  # fmt: skip
+        window_fn=window_fn,
+        main_receivers=receivers[None],
+        tagged_receivers=receivers,
+        per_element_output_counter=None,
+        output_batch_converter=None,
+        process_yields_batches=False,
+        process_batch_yields_elements=False,
+    )
     fn, needs_setup = _borrow_dofn(run, token, fn)
     invoker = DoFnInvoker.create_invoker(
-        DoFnSignature(fn), handler, context=DoFnContext(label, state=None),
+        DoFnSignature(fn),
+        handler,
+        context=DoFnContext(label, state=None),
         side_inputs=[_side_input_map(view, v) for view, v in zip(views, side_values, strict=True)],
-        input_args=list(args), input_kwargs=kwargs, user_state_context=None, bundle_finalizer_param=beam.DoFn.BundleFinalizerParam(),
-    )  # fmt: skip
+        input_args=list(args),
+        input_kwargs=kwargs,
+        user_state_context=None,
+        bundle_finalizer_param=beam.DoFn.BundleFinalizerParam(),
+    )
     container = MetricsContainer(label)
     sampler = statesampler.StateSampler("", counters.CounterFactory())
     previous = statesampler.get_current_tracker()
@@ -214,7 +235,18 @@ class _ParDo(evaluators.DaskBagOp):
         views = [(type(si), si._view_options()) for si in self.applied.side_inputs]
         # One dask value per side input, computed once for all tasks (fix 3).
         values = [dask.delayed(_concat, pure=True)(bag.to_delayed(optimize_graph=False)) for bag in side_inputs or []]
-        return input_bag.map_partitions(_run_bundle, self.applied.full_label, self.run, uuid.uuid4().hex, transform.fn, window_fn, args, kwargs, views, *values)
+        return input_bag.map_partitions(
+            _run_bundle,
+            self.applied.full_label,
+            self.run,
+            uuid.uuid4().hex,
+            transform.fn,
+            window_fn,
+            args,
+            kwargs,
+            views,
+            *values,
+        )
 
 
 class _GroupByKey(evaluators.DaskBagOp):
@@ -275,7 +307,11 @@ class _Translation(PipelineVisitor):
 
     def leaves(self) -> list:
         """Every PCollection nothing consumes, reduced to element counts (fix 1)."""
-        return [bag.map_partitions(_drain) for pcoll, bag in self.bags.items() if pcoll not in self.consumed and bag is not None]
+        return [
+            bag.map_partitions(_drain)
+            for pcoll, bag in self.bags.items()
+            if pcoll not in self.consumed and bag is not None
+        ]
 
 
 class DaskRunner(shipped.DaskRunner):
@@ -292,7 +328,9 @@ class DaskRunner(shipped.DaskRunner):
         pipeline.visit(translation)
         leaves = translation.leaves()
         futures = client.compute([*leaves, *translation.metric_bags])
-        log.info("dask: %d leaves, %d ParDos on %s", len(leaves), len(translation.metric_bags), client.scheduler.address)
+        log.info(
+            "dask: %d leaves, %d ParDos on %s", len(leaves), len(translation.metric_bags), client.scheduler.address
+        )
         return DaskRunnerResult(client, futures, metric_futures=frozenset(futures[len(leaves) :]))
 
 
@@ -313,7 +351,9 @@ class DaskRunnerResult(PipelineResult):
             return self._state
         try:
             # with_results: a worker's exception is raised here, on the client.
-            for future, result in ddist.as_completed(self.futures, timeout=None if duration is None else duration / 1000, with_results=True):
+            for future, result in ddist.as_completed(
+                self.futures, timeout=None if duration is None else duration / 1000, with_results=True
+            ):
                 if future in self.metric_futures:
                     for bundle, updates in enumerate(result):
                         self._metrics.commit_logical((future.key, bundle), updates)

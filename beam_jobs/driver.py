@@ -39,7 +39,9 @@ class JobOutcome:
     reused: bool
 
 
-def run_pipeline(options: PipelineOptions, plan: JobPlan, kinds: list[str], build: Callable[[beam.Pipeline, JobPlan], None]) -> list[JobOutcome]:
+def run_pipeline(
+    options: PipelineOptions, plan: JobPlan, kinds: list[str], build: Callable[[beam.Pipeline, JobPlan], None]
+) -> list[JobOutcome]:
     """Runs `build`'s pipeline unless every snapshot is complete, then publishes them."""
     store = ArtifactStore.from_config(plan.cfg)
     complete = all(store.kind(k).is_complete(plan.snapshot) for k in kinds)
@@ -62,13 +64,29 @@ def run_pipeline(options: PipelineOptions, plan: JobPlan, kinds: list[str], buil
         except (IncompleteVersionError, UnknownVersionError):
             raise _refusal(store, kind_name, plan) from None
         if plan.publish:
-            moved = kind.publish(plan.snapshot, reason=f"{plan.entity} dataflow as of {plan.as_of_iso} with model {plan.model_version}", run_id=plan.run_id)
+            moved = kind.publish(
+                plan.snapshot,
+                reason=f"{plan.entity} dataflow as of {plan.as_of_iso} with model {plan.model_version}",
+                run_id=plan.run_id,
+            )
             detail, published = moved.detail, moved.moved or moved.latest == plan.snapshot
             if moved.skipped == "older":
                 log.warning("%s: %s", kind_name, moved.detail)
         else:
             detail, published = "not published (--no_publish)", False
-        outcomes.append(JobOutcome(kind_name, plan.snapshot, plan.model_version, plan.as_of_iso, int(manifest.metrics.get("count", 0)), counters, published, detail, complete))
+        outcomes.append(
+            JobOutcome(
+                kind_name,
+                plan.snapshot,
+                plan.model_version,
+                plan.as_of_iso,
+                int(manifest.metrics.get("count", 0)),
+                counters,
+                published,
+                detail,
+                complete,
+            )
+        )
     return outcomes
 
 
@@ -76,7 +94,9 @@ def _refusal(store: ArtifactStore, kind_name: str, plan: JobPlan) -> EmbeddingJo
     kind = store.kind(kind_name)
     body = kind.refusal(plan.snapshot, plan.attempt)
     if body is None:
-        return EmbeddingJobError(f"{kind_name}/{plan.snapshot} has no manifest after the run: the pipeline did not finish its commit step")
+        return EmbeddingJobError(
+            f"{kind_name}/{plan.snapshot} has no manifest after the run: the pipeline did not finish its commit step"
+        )
     where = f"{store.uri}/{kind.staging_key(plan.snapshot, plan.attempt)}"
     hint = f"; dead letters in {where}/{body['dead_letter_file']}" if body.get("dead_letter_file") else ""
     message = f"{kind_name}/{plan.snapshot} was not published: {'; '.join(body['refused'])}{hint}"

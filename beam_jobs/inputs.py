@@ -26,10 +26,14 @@ def check_input_file(path: str, table: str) -> str:
         not the table's (a column missing, or of a type the table cannot hold).
     """
     try:
-        with FileSystems.open(path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with FileSystems.open(
+            path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
+        ) as f:
             metadata = parse_parquet(f, pq.read_metadata, path)
     except FileNotFoundError:
-        raise WarehouseMissingError(f"{path} does not exist; write the warehouse first (ebr data generate, or ebr data convert movielens|kuairand)") from None
+        raise WarehouseMissingError(
+            f"{path} does not exist; write the warehouse first (ebr data generate, or ebr data convert movielens|kuairand)"
+        ) from None
     check_parquet_schema(table, metadata, path)
     return path
 

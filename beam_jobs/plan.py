@@ -83,7 +83,9 @@ def parse_as_of(text: str) -> int:
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise EmbeddingJobError(f"--as_of {text!r} is neither epoch seconds nor ISO 8601 (e.g. 2026-10-21T06:00:00Z)") from None
+        raise EmbeddingJobError(
+            f"--as_of {text!r} is neither epoch seconds nor ISO 8601 (e.g. 2026-10-21T06:00:00Z)"
+        ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return int(when.timestamp())
@@ -109,7 +111,11 @@ def with_configured_runner(argv: list[str] | None, cfg: EbrConfig) -> PipelineOp
     configured = [f"--runner={cfg.embed.runner}", *cfg.embed.pipeline_options]
     runner = PipelineOptions([*configured, *(argv or [])]).view_as(StandardOptions).runner
     if runner == DASK_RUNNER:
-        dask = [f"--dask_npartitions={cfg.embed.buckets}"] if not any(a.startswith("--dask_partition_size") for a in [*configured, *(argv or [])]) else []
+        dask = (
+            [f"--dask_npartitions={cfg.embed.buckets}"]
+            if not any(a.startswith("--dask_partition_size") for a in [*configured, *(argv or [])])
+            else []
+        )
         dask += [f"--dask_client_address={cfg.embed.dask_address}"] if cfg.embed.dask_address else []
         configured = [*configured[:1], *dask, *configured[1:]]
     return PipelineOptions([*configured, *(argv or [])])
@@ -131,7 +137,9 @@ def resolve_plan(cfg: EbrConfig, options: PipelineOptions, entity: str, *, lookb
     models = store.kind(MODELS)
     model_version = job.model_version or models.latest()
     if not model_version:
-        raise EmbeddingJobError(f"{store.uri}/{MODELS} has no published model: train one first (ebr train), or pass --model_version")
+        raise EmbeddingJobError(
+            f"{store.uri}/{MODELS} has no published model: train one first (ebr train), or pass --model_version"
+        )
     try:
         models.manifest(model_version)
     except UnknownVersionError as err:
@@ -141,16 +149,26 @@ def resolve_plan(cfg: EbrConfig, options: PipelineOptions, entity: str, *, lookb
     warehouse = Warehouse.from_config(cfg)
     days = warehouse.event_days()
     if not days:
-        raise EmbeddingJobError(f"{warehouse.uri} has no event partitions: write the warehouse first (ebr data generate)")
-    as_of = parse_as_of(job.as_of) if job.as_of else min(day_start_ts(days[-1] + timedelta(days=1)), int(datetime.now(UTC).timestamp()))
+        raise EmbeddingJobError(
+            f"{warehouse.uri} has no event partitions: write the warehouse first (ebr data generate)"
+        )
+    as_of = (
+        parse_as_of(job.as_of)
+        if job.as_of
+        else min(day_start_ts(days[-1] + timedelta(days=1)), int(datetime.now(UTC).timestamp()))
+    )
     as_of_day = datetime.fromtimestamp(as_of, UTC).date()
     first_day = (datetime.fromtimestamp(as_of - lookback_days * 86_400, UTC).date()) if lookback_days else date.min
     event_files = [beam_path(u) for u in warehouse.event_files(first_day, as_of_day + timedelta(days=1))]
     if not event_files:
-        raise EmbeddingJobError(f"{warehouse.uri} has no event partitions between {first_day} and {as_of_day}: check --as_of")
+        raise EmbeddingJobError(
+            f"{warehouse.uri} has no event partitions between {first_day} and {as_of_day}: check --as_of"
+        )
 
     model_tag = model_version.split("-", 1)[0]
-    snapshot = job.snapshot or version_name(f"{entity}-model_{model_tag}-{job.run_id or 'manual'}", datetime.fromtimestamp(as_of, UTC))
+    snapshot = job.snapshot or version_name(
+        f"{entity}-model_{model_tag}-{job.run_id or 'manual'}", datetime.fromtimestamp(as_of, UTC)
+    )
     local = models.local_dir(model_version)  # where its files are, through its manifest
     if local is not None:
         models.verify(model_version)  # workers load it in place: check every sha256 once, here

@@ -29,7 +29,9 @@ class DeadLetter:
     record: str = ""  # the row as JSON, truncated
 
     def to_json(self) -> str:
-        return json.dumps({"source": self.source, "id": self.id, "reason": self.reason, "record": self.record}, sort_keys=True)
+        return json.dumps(
+            {"source": self.source, "id": self.id, "reason": self.reason, "record": self.record}, sort_keys=True
+        )
 
 
 @dataclass(frozen=True)
@@ -179,10 +181,14 @@ def list_size_check(column: str, size: int) -> Callable[[pa.Table], tuple[np.nda
     return check
 
 
-def dead_letters_for_vectors(ids: np.ndarray, vectors: np.ndarray, dim: int, source: str) -> tuple[np.ndarray, list[DeadLetter]]:
+def dead_letters_for_vectors(
+    ids: np.ndarray, vectors: np.ndarray, dim: int, source: str
+) -> tuple[np.ndarray, list[DeadLetter]]:
     """(mask of usable rows, dead letters) for tower outputs: NaN/inf or the wrong size."""
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         width = vectors.shape[1] if vectors.ndim == 2 else vectors.shape
-        return np.zeros(len(ids), dtype=bool), [DeadLetter(source, str(i), f"embedding has dimension {width}, expected {dim}") for i in ids]
+        return np.zeros(len(ids), dtype=bool), [
+            DeadLetter(source, str(i), f"embedding has dimension {width}, expected {dim}") for i in ids
+        ]
     finite = np.isfinite(vectors).all(axis=1)
     return finite, [DeadLetter(source, str(i), "embedding has NaN or infinite values") for i in ids[~finite]]

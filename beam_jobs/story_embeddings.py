@@ -58,7 +58,16 @@ from beam_jobs.user_embeddings import EVENT_COLUMNS, EVENT_RULES, EVENTS_SCHEMA,
 from models.features import Catalog, EventHistory, story_features
 from warehouse.schema import arrow_schema
 
-STORY_COLUMNS = ["story_id", "creator_id", "created_ts", "country", "language", "duration_s", "hashtags", "content_embedding"]
+STORY_COLUMNS = [
+    "story_id",
+    "creator_id",
+    "created_ts",
+    "country",
+    "language",
+    "duration_s",
+    "hashtags",
+    "content_embedding",
+]
 CREATOR_COLUMNS = ["creator_id", "follower_count"]
 _stories, _creators = arrow_schema("stories"), arrow_schema("creators")
 STORIES_SCHEMA = pa.schema([_stories.field(c) for c in STORY_COLUMNS])
@@ -70,15 +79,20 @@ def story_rules(content_dim: int) -> RowRules:
     """A usable story: typed columns, no nulls (but duration), a content embedding of the
     model's size with finite values."""
     return RowRules(
-        "stories", "story_id", {c: _stories.field(c).type for c in STORY_COLUMNS},
-        row_checks=(list_size_check("content_embedding", content_dim),), nullable=frozenset({"duration_s"}),
-    )  # fmt: skip
+        "stories",
+        "story_id",
+        {c: _stories.field(c).type for c in STORY_COLUMNS},
+        row_checks=(list_size_check("content_embedding", content_dim),),
+        nullable=frozenset({"duration_s"}),
+    )
 
 
 def eligible(as_of: int, max_age_days: float):
     """Row selection: stories posted in [as_of - max_age, as_of)."""
     oldest = int(as_of - max_age_days * 86_400)
-    return lambda stories: pc.and_(pc.greater_equal(stories["created_ts"], oldest), pc.less(stories["created_ts"], as_of))
+    return lambda stories: pc.and_(
+        pc.greater_equal(stories["created_ts"], oldest), pc.less(stories["created_ts"], as_of)
+    )
 
 
 class StoryFeaturesForBucket(beam.DoFn):
@@ -94,7 +108,9 @@ class StoryFeaturesForBucket(beam.DoFn):
 
     def process(self, element, creators: pa.Table):
         _bucket, grouped = element
-        stories, letters = drop_duplicate_ids(concat_or_empty(grouped["stories"], STORIES_SCHEMA), "story_id", "stories")
+        stories, letters = drop_duplicate_ids(
+            concat_or_empty(grouped["stories"], STORIES_SCHEMA), "story_id", "stories"
+        )
         for letter in letters:
             yield TaggedOutput(DEAD_LETTER, letter)
         events = concat_or_empty(grouped["events"], EVENTS_SCHEMA)
@@ -106,26 +122,53 @@ class StoryFeaturesForBucket(beam.DoFn):
         catalog = Catalog.from_tables(None, stories, creators, self.plan.features)
         history = EventHistory.from_tables([events.filter(ours)], catalog, self.plan.features, users_known=False)
         as_of = np.full(len(stories), self.plan.as_of, dtype=np.int64)
-        yield from feature_batches(catalog.story_ids, lambda rows: story_features(history, rows, as_of[rows]), self.plan.cfg.embed.batch_size, group=catalog.story_creator)
+        yield from feature_batches(
+            catalog.story_ids,
+            lambda rows: story_features(history, rows, as_of[rows]),
+            self.plan.cfg.embed.batch_size,
+            group=catalog.story_creator,
+        )
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) -> None:
     """The story (and creator) dataflow on `pipeline`: read, group per story, embed, write."""
     buckets = plan.cfg.embed.buckets
-    stories = pipeline | "ReadStories" >> ReadRows(plan.files["stories"], story_rules(plan.content_dim), columns=STORY_COLUMNS, buckets=buckets, keep=eligible(plan.as_of, max_age_days))
-    events = pipeline | "ReadEvents" >> ReadRows(plan.files["events"], EVENT_RULES, columns=EVENT_COLUMNS, buckets=buckets, key_column="story_id", keep=before(plan.as_of))
-    creators, creator_table = read_side_table(pipeline, "Creators", plan.files["creators"], CREATOR_RULES, CREATORS_SCHEMA)
+    stories = pipeline | "ReadStories" >> ReadRows(
+        plan.files["stories"],
+        story_rules(plan.content_dim),
+        columns=STORY_COLUMNS,
+        buckets=buckets,
+        keep=eligible(plan.as_of, max_age_days),
+    )
+    events = pipeline | "ReadEvents" >> ReadRows(
+        plan.files["events"],
+        EVENT_RULES,
+        columns=EVENT_COLUMNS,
+        buckets=buckets,
+        key_column="story_id",
+        keep=before(plan.as_of),
+    )
+    creators, creator_table = read_side_table(
+        pipeline, "Creators", plan.files["creators"], CREATOR_RULES, CREATORS_SCHEMA
+    )
 
     features = (
         {"stories": stories.rows, "events": events.rows}
         | "GroupPerStory" >> beam.CoGroupByKey()
-        | "StoryFeatures" >> beam.ParDo(StoryFeaturesForBucket(plan), creators=AsSingleton(creator_table)).with_outputs(DEAD_LETTER, main="batches")
+        | "StoryFeatures"
+        >> beam.ParDo(StoryFeaturesForBucket(plan), creators=AsSingleton(creator_table)).with_outputs(
+            DEAD_LETTER, main="batches"
+        )
     )
-    embedded = features.batches | "StoryTower" >> beam.ParDo(EmbedBatches(plan, "stories")).with_outputs(DEAD_LETTER, main="embeddings")
+    embedded = features.batches | "StoryTower" >> beam.ParDo(EmbedBatches(plan, "stories")).with_outputs(
+        DEAD_LETTER, main="embeddings"
+    )
 
     dead_letters, rows_read = gather_bookkeeping((stories, events, creators), (features, embedded))
     params = {"story_max_age_days": max_age_days}
-    _ = embedded.embeddings | "WriteStorySnapshot" >> WriteSnapshot(plan, STORY_EMBEDDINGS, rows_read, dead_letters, params=params)
+    _ = embedded.embeddings | "WriteStorySnapshot" >> WriteSnapshot(
+        plan, STORY_EMBEDDINGS, rows_read, dead_letters, params=params
+    )
 
     creator_vectors = (
         embedded.embeddings
@@ -134,7 +177,14 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) 
         | "CreatorVectors" >> beam.Map(creator_embeddings)
     )
     creator_params = {**params, "creator_vector": "L2-normalised mean of the creator's eligible story embeddings"}
-    _ = creator_vectors | "WriteCreatorSnapshot" >> WriteSnapshot(plan, CREATOR_EMBEDDINGS, rows_read, dead_letters, parents={"story_snapshot": plan.snapshot}, params=creator_params)
+    _ = creator_vectors | "WriteCreatorSnapshot" >> WriteSnapshot(
+        plan,
+        CREATOR_EMBEDDINGS,
+        rows_read,
+        dead_letters,
+        parents={"story_snapshot": plan.snapshot},
+        params=creator_params,
+    )
 
 
 def run(argv: list[str] | None = None) -> list[JobOutcome]:
@@ -144,7 +194,9 @@ def run(argv: list[str] | None = None) -> list[JobOutcome]:
     max_age = options.view_as(StoryEmbeddingOptions).story_max_age_days or cfg.embed.story_max_age_days
     # Eligible stories were posted after as_of - max_age: their events are all in these days.
     plan = resolve_plan(cfg, options, "stories", lookback_days=max_age)
-    return run_pipeline(options, plan, [STORY_EMBEDDINGS, CREATOR_EMBEDDINGS], lambda pipeline, p: build_pipeline(pipeline, p, max_age))
+    return run_pipeline(
+        options, plan, [STORY_EMBEDDINGS, CREATOR_EMBEDDINGS], lambda pipeline, p: build_pipeline(pipeline, p, max_age)
+    )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,16 @@ class ReadRows(beam.PTransform):
         drops are not errors, only not wanted by this run.
     """
 
-    def __init__(self, files: list[str], rules: RowRules, *, columns: list[str] | None, buckets: int, key_column: str | None = None, keep=None):
+    def __init__(
+        self,
+        files: list[str],
+        rules: RowRules,
+        *,
+        columns: list[str] | None,
+        buckets: int,
+        key_column: str | None = None,
+        keep=None,
+    ):
         super().__init__()
         self.files, self.rules, self.columns, self.buckets = files, rules, columns, buckets
         self.key_column, self.keep = key_column or rules.id_column, keep
@@ -106,7 +115,10 @@ class ReadRows(beam.PTransform):
             | "Files" >> beam.Create(self.files)
             | "CheckFiles" >> beam.Map(check_input_file, self.rules.source)
             | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=self.columns)
-            | "Validate" >> beam.ParDo(_ValidateAndBucket(self.rules, self.buckets, self.key_column, self.keep)).with_outputs(DEAD_LETTER, ROWS_READ, main="rows")
+            | "Validate"
+            >> beam.ParDo(_ValidateAndBucket(self.rules, self.buckets, self.key_column, self.keep)).with_outputs(
+                DEAD_LETTER, ROWS_READ, main="rows"
+            )
         )
 
 
@@ -137,7 +149,9 @@ def read_side_table(pipeline, label: str, files: list[str], rules: RowRules, sch
     holding the usable rows as one `pa.Table`).
     """
     read = pipeline | f"Read{label}" >> ReadRows(files, rules, columns=schema.names, buckets=1)
-    table = read.rows | f"{label}Tables" >> beam.Values() | f"One{label}Table" >> beam.CombineGlobally(ConcatTables(schema))
+    table = (
+        read.rows | f"{label}Tables" >> beam.Values() | f"One{label}Table" >> beam.CombineGlobally(ConcatTables(schema))
+    )
     return read, table
 
 
@@ -239,10 +253,17 @@ class EmbedBatches(beam.DoFn):
             yield TaggedOutput(DEAD_LETTER, letter)
         if usable.any():
             self.embedded.inc(int(usable.sum()))
-            yield EmbeddingBatch(batch.ids[usable], vectors[usable], None if batch.group is None else batch.group[usable])
+            yield EmbeddingBatch(
+                batch.ids[usable], vectors[usable], None if batch.group is None else batch.group[usable]
+            )
 
 
-def feature_batches(ids: np.ndarray, build: Callable[[np.ndarray], dict[str, np.ndarray]], batch_size: int, group: np.ndarray | None = None):
+def feature_batches(
+    ids: np.ndarray,
+    build: Callable[[np.ndarray], dict[str, np.ndarray]],
+    batch_size: int,
+    group: np.ndarray | None = None,
+):
     """FeatureBatches of at most `batch_size` rows: `build(rows)` makes the features."""
     for start in range(0, len(ids), batch_size):
         rows = np.arange(start, min(start + batch_size, len(ids)))
@@ -345,37 +366,67 @@ def dead_letter_reasons(counts: dict[tuple[str, str], int]) -> dict[str, dict[st
     return out
 
 
-def commit_snapshot(entries: list[ShardEntry], plan: JobPlan, kind_name: str, parents: dict, params: dict, read: dict[str, int], dead: dict[str, int], dead_sample: list[DeadLetter], dead_reasons: dict[tuple[str, str], int] | None = None) -> None:
+def commit_snapshot(
+    entries: list[ShardEntry],
+    plan: JobPlan,
+    kind_name: str,
+    parents: dict,
+    params: dict,
+    read: dict[str, int],
+    dead: dict[str, int],
+    dead_sample: list[DeadLetter],
+    dead_reasons: dict[tuple[str, str], int] | None = None,
+) -> None:
     """Writes the dead-letter sample, then the manifest, or `_REFUSED.json` saying why not."""
     kind = ArtifactStore.from_config(plan.cfg).kind(kind_name)
     if kind.is_complete(plan.snapshot):
         return  # a retried step after a successful commit
-    writer = kind.new_version(plan.snapshot, parents=parents, params=params, created_by=f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}", attempt=plan.attempt)
+    writer = kind.new_version(
+        plan.snapshot,
+        parents=parents,
+        params=params,
+        created_by=f"beam_jobs:{plan.entity}:{plan.run_id or 'manual'}",
+        attempt=plan.attempt,
+    )
     if dead_sample:
         lines = "".join(letter.to_json() + "\n" for letter in dead_sample[:DEAD_LETTER_SAMPLE])
         writer.add_bytes(DEAD_LETTER_FILE, lines.encode())
     rates = error_rates(read, dead)
     limit = plan.cfg.embed.max_error_rate
-    refusals = [f"{source}: {dead.get(source, 0)} of {read[source]} records dead-lettered ({rate:.2%} > embed.max_error_rate {limit:.2%})" for source, rate in rates.items() if rate > limit]
+    refusals = [
+        f"{source}: {dead.get(source, 0)} of {read[source]} records dead-lettered ({rate:.2%} > embed.max_error_rate {limit:.2%})"
+        for source, rate in rates.items()
+        if rate > limit
+    ]
     if not entries:
         refusals.append(f"no {plan.entity} to embed as of {plan.as_of_iso}")
     if refusals:
-        body = {"refused": refusals, "rows_read": read, "dead_letters": dead, "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}), "dead_letter_file": DEAD_LETTER_FILE if dead_sample else None}
+        body = {
+            "refused": refusals,
+            "rows_read": read,
+            "dead_letters": dead,
+            "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}),
+            "dead_letter_file": DEAD_LETTER_FILE if dead_sample else None,
+        }
         writer.refuse(body)
         return
     for entry in sorted(entries, key=lambda e: e.name):
         writer.register(entry.name, FileEntry(entry.size, entry.sha256))
-    writer.metrics.update({
-        "count": sum(e.count for e in entries),
-        "rows_read": dict(sorted(read.items())),
-        "dead_letters": dict(sorted(dead.items())),
-        "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}),
-        "error_rates": {k: round(v, 6) for k, v in rates.items()},
-    })  # fmt: skip
+    writer.metrics.update(
+        {
+            "count": sum(e.count for e in entries),
+            "rows_read": dict(sorted(read.items())),
+            "dead_letters": dict(sorted(dead.items())),
+            "dead_letter_reasons": dead_letter_reasons(dead_reasons or {}),
+            "error_rates": {k: round(v, 6) for k, v in rates.items()},
+        }
+    )
     try:
         writer.commit()
     except VersionExistsError:  # another run on this snapshot name committed first; the driver verifies it
-        log.warning("%s/%s was committed by another run meanwhile; this run's shards are discarded", kind_name, plan.snapshot)
+        log.warning(
+            "%s/%s was committed by another run meanwhile; this run's shards are discarded", kind_name, plan.snapshot
+        )
 
 
 class WriteSnapshot(beam.PTransform):
@@ -389,11 +440,19 @@ class WriteSnapshot(beam.PTransform):
       parents, params: the manifest's (model_version and as_of are added).
     """
 
-    def __init__(self, plan: JobPlan, kind: str, rows_read, dead_letters, parents: dict | None = None, params: dict | None = None):
+    def __init__(
+        self, plan: JobPlan, kind: str, rows_read, dead_letters, parents: dict | None = None, params: dict | None = None
+    ):
         super().__init__()
         self.plan, self.kind, self.rows_read, self.dead_letters = plan, kind, rows_read, dead_letters
         self.parents = {"model_version": plan.model_version, **(parents or {})}
-        self.params = {"dim": plan.output_dim, "as_of": plan.as_of, "as_of_iso": plan.as_of_iso, "tower": plan.tower, **(params or {})}
+        self.params = {
+            "dim": plan.output_dim,
+            "as_of": plan.as_of,
+            "as_of_iso": plan.as_of_iso,
+            "tower": plan.tower,
+            **(params or {}),
+        }
 
     def expand(self, batches):
         shards = self.plan.cfg.embed.shards
@@ -404,15 +463,30 @@ class WriteSnapshot(beam.PTransform):
             | "WriteShard" >> beam.ParDo(_WriteShard(self.plan, self.kind))
         )
         read = self.rows_read | "SumRead" >> beam.CombinePerKey(sum)
-        dead = self.dead_letters | "DeadBySource" >> beam.Map(lambda d: (d.source, 1)) | "SumDead" >> beam.CombinePerKey(sum)
-        reasons = self.dead_letters | "DeadByReason" >> beam.Map(lambda d: ((d.source, d.reason), 1)) | "SumReasons" >> beam.CombinePerKey(sum)
+        dead = (
+            self.dead_letters
+            | "DeadBySource" >> beam.Map(lambda d: (d.source, 1))
+            | "SumDead" >> beam.CombinePerKey(sum)
+        )
+        reasons = (
+            self.dead_letters
+            | "DeadByReason" >> beam.Map(lambda d: ((d.source, d.reason), 1))
+            | "SumReasons" >> beam.CombinePerKey(sum)
+        )
         sample = self.dead_letters | "SampleDead" >> beam.combiners.Sample.FixedSizeGlobally(DEAD_LETTER_SAMPLE)
         return (
             entries
             | "AllShards" >> beam.combiners.ToList()
-            | "Commit" >> beam.Map(
-                commit_snapshot, self.plan, self.kind, self.parents, self.params,
-                read=AsDict(read), dead=AsDict(dead), dead_sample=AsSingleton(sample), dead_reasons=AsDict(reasons),
+            | "Commit"
+            >> beam.Map(
+                commit_snapshot,
+                self.plan,
+                self.kind,
+                self.parents,
+                self.params,
+                read=AsDict(read),
+                dead=AsDict(dead),
+                dead_sample=AsSingleton(sample),
+                dead_reasons=AsDict(reasons),
             )
-        )  # fmt: skip
-
+        )

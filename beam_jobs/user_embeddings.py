@@ -55,9 +55,16 @@ USER_COLUMNS = ["user_id", "country", "language", "age_bucket", "account_created
 STORY_REFERENCE_COLUMNS = ["story_id", "creator_id", "created_ts", "country", "language", "duration_s", "hashtags"]
 EVENT_COLUMNS = ["user_id", "story_id", "ts", *EVENT_SIGNALS, "watch_ratio"]
 
-_schema = {name: arrow_schema(table) for name, table in (("users", "users"), ("stories", "stories"), ("events", "events"))}
+_schema = {
+    name: arrow_schema(table) for name, table in (("users", "users"), ("stories", "stories"), ("events", "events"))
+}
 USER_RULES = RowRules("users", "user_id", {c: _schema["users"].field(c).type for c in USER_COLUMNS})
-STORY_REFERENCE_RULES = RowRules("stories", "story_id", {c: _schema["stories"].field(c).type for c in STORY_REFERENCE_COLUMNS}, nullable=frozenset({"duration_s"}))
+STORY_REFERENCE_RULES = RowRules(
+    "stories",
+    "story_id",
+    {c: _schema["stories"].field(c).type for c in STORY_REFERENCE_COLUMNS},
+    nullable=frozenset({"duration_s"}),
+)
 EVENT_RULES = RowRules("events", "user_id", {c: _schema["events"].field(c).type for c in EVENT_COLUMNS})
 USERS_SCHEMA = pa.schema([_schema["users"].field(c) for c in USER_COLUMNS])
 STORY_REFERENCE_SCHEMA = pa.schema([_schema["stories"].field(c) for c in STORY_REFERENCE_COLUMNS])
@@ -102,10 +109,18 @@ class UserFeaturesForBucket(beam.DoFn):
         # Look the bucket's distinct stories up in the run's story index, then map rows.
         distinct = pc.unique(events["story_id"])
         distinct_rows = np.fromiter((story_rows.get(s, -1) for s in distinct.to_pylist()), np.int64, len(distinct))
-        story_row = distinct_rows[pc.index_in(events["story_id"], value_set=distinct).to_numpy(zero_copy_only=False)] if len(events) else np.zeros(0, np.int64)
+        story_row = (
+            distinct_rows[pc.index_in(events["story_id"], value_set=distinct).to_numpy(zero_copy_only=False)]
+            if len(events)
+            else np.zeros(0, np.int64)
+        )
         usable = known_user & (story_row >= 0)
         for row in np.flatnonzero(~usable):
-            reason = "event of a user missing from the users table" if not known_user[row] else "event of a story missing from the stories table"
+            reason = (
+                "event of a user missing from the users table"
+                if not known_user[row]
+                else "event of a story missing from the stories table"
+            )
             record = json.dumps({"story_id": events["story_id"][row].as_py(), "ts": events["ts"][row].as_py()})
             letters.append(DeadLetter("events", events["user_id"][row].as_py(), reason, record))
         for letter in letters:
@@ -114,26 +129,39 @@ class UserFeaturesForBucket(beam.DoFn):
             return
         events = events.filter(pa.array(usable))
         needed = np.unique(story_row[usable])
-        catalog = Catalog.from_tables(users, stories.take(pa.array(needed, type=pa.int64())), NO_CREATORS, self.plan.features)
+        catalog = Catalog.from_tables(
+            users, stories.take(pa.array(needed, type=pa.int64())), NO_CREATORS, self.plan.features
+        )
         history = EventHistory.from_tables([events], catalog, self.plan.features)
         self.users_without_events.inc(len(users) - len(np.unique(history.user)))
         as_of = np.full(len(users), self.plan.as_of, dtype=np.int64)
-        yield from feature_batches(catalog.user_ids, lambda rows: user_features(history, rows, as_of[rows]), self.plan.cfg.embed.batch_size)
+        yield from feature_batches(
+            catalog.user_ids, lambda rows: user_features(history, rows, as_of[rows]), self.plan.cfg.embed.batch_size
+        )
 
 
 def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
     """The user dataflow on `pipeline` (any runner): read, group per user, embed, write."""
     buckets = plan.cfg.embed.buckets
     users = pipeline | "ReadUsers" >> ReadRows(plan.files["users"], USER_RULES, columns=USER_COLUMNS, buckets=buckets)
-    events = pipeline | "ReadEvents" >> ReadRows(plan.files["events"], EVENT_RULES, columns=EVENT_COLUMNS, buckets=buckets, keep=before(plan.as_of))
-    stories, story_table = read_side_table(pipeline, "Stories", plan.files["stories"], STORY_REFERENCE_RULES, STORY_REFERENCE_SCHEMA)
+    events = pipeline | "ReadEvents" >> ReadRows(
+        plan.files["events"], EVENT_RULES, columns=EVENT_COLUMNS, buckets=buckets, keep=before(plan.as_of)
+    )
+    stories, story_table = read_side_table(
+        pipeline, "Stories", plan.files["stories"], STORY_REFERENCE_RULES, STORY_REFERENCE_SCHEMA
+    )
 
     features = (
         {"users": users.rows, "events": events.rows}
         | "GroupPerUser" >> beam.CoGroupByKey()
-        | "UserFeatures" >> beam.ParDo(UserFeaturesForBucket(plan), stories=AsSingleton(story_table)).with_outputs(DEAD_LETTER, main="batches")
+        | "UserFeatures"
+        >> beam.ParDo(UserFeaturesForBucket(plan), stories=AsSingleton(story_table)).with_outputs(
+            DEAD_LETTER, main="batches"
+        )
     )
-    embedded = features.batches | "UserTower" >> beam.ParDo(EmbedBatches(plan, "users")).with_outputs(DEAD_LETTER, main="embeddings")
+    embedded = features.batches | "UserTower" >> beam.ParDo(EmbedBatches(plan, "users")).with_outputs(
+        DEAD_LETTER, main="embeddings"
+    )
 
     dead_letters, rows_read = gather_bookkeeping((users, events, stories), (features, embedded))
     _ = embedded.embeddings | "WriteUserSnapshot" >> WriteSnapshot(plan, USER_EMBEDDINGS, rows_read, dead_letters)

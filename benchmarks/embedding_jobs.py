@@ -59,9 +59,15 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--million", action="store_true", help="also time the story job at 1,000,000 stories")
     parser.add_argument("--profile", type=Path, help="also profile one story job; write its pstats here")
-    parser.add_argument("--dask", metavar="BUCKETS", help="also run the story job on a local dask.distributed cluster (2 workers) at each "
-                                                          "embed.buckets of this comma-separated list, against DirectRunner at the same buckets")
-    parser.add_argument("--dask-only", action="store_true", help="with --dask: skip the DirectRunner-against-tower comparisons")
+    parser.add_argument(
+        "--dask",
+        metavar="BUCKETS",
+        help="also run the story job on a local dask.distributed cluster (2 workers) at each "
+        "embed.buckets of this comma-separated list, against DirectRunner at the same buckets",
+    )
+    parser.add_argument(
+        "--dask-only", action="store_true", help="with --dask: skip the DirectRunner-against-tower comparisons"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedding_jobs.json")
     args = parser.parse_args(argv)
 
@@ -89,8 +95,12 @@ def run(argv: list[str] | None = None) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(rows) + ("\n\n" + profile_markdown(profile) if profile else "")
-                                           + ("\n\n" + dask_markdown(dask_rows) if dask_rows else "") + "\n")
+    args.out.with_suffix(".md").write_text(
+        markdown(rows)
+        + ("\n\n" + profile_markdown(profile) if profile else "")
+        + ("\n\n" + dask_markdown(dask_rows) if dask_rows else "")
+        + "\n"
+    )
     print(markdown(rows))
     if dask_rows:
         print("\n" + dask_markdown(dask_rows))
@@ -108,15 +118,31 @@ def _train_small_model(root: Path) -> Path:
     from warehouse import Warehouse
     from warehouse.synthetic import generate_world
 
-    cfg = load_config(overrides=[f"root=file://{root}", "world.size=tiny", "train.epochs=1", "train.eval_ks=[10,100]", "train.holdout_days=2",
-                                 "train.tune_baselines=false"], environ={})  # fmt: skip
+    cfg = load_config(
+        overrides=[
+            f"root=file://{root}",
+            "world.size=tiny",
+            "train.epochs=1",
+            "train.eval_ks=[10,100]",
+            "train.holdout_days=2",
+            "train.tune_baselines=false",
+        ],
+        environ={},
+    )
     generate_world(cfg.world, Warehouse.from_config(cfg), progress=False)
     # The towers' throughput is measured, not their quality: a 1-epoch model is published
     # whatever the promotion gate would say of it.
     version = "20260101T000000Z-bench"
     outcome = train_and_publish(cfg, root.parent / "train-work", version, publish=False, verbose=0)
-    published = publish_model(ArtifactStore.from_config(cfg), outcome.export_dir, version, parents={}, params={},
-                              metrics=outcome.result.metrics, reason="embedding-job benchmark model")  # fmt: skip
+    published = publish_model(
+        ArtifactStore.from_config(cfg),
+        outcome.export_dir,
+        version,
+        parents={},
+        params={},
+        metrics=outcome.result.metrics,
+        reason="embedding-job benchmark model",
+    )
     if not published.moved:
         raise SystemExit(f"the benchmark model was not published: {published}")
     return root
@@ -127,11 +153,21 @@ def _world(root: Path, model_root: Path, stories: int, users: int, creators: int
     from warehouse import Warehouse
     from warehouse.synthetic import generate_world
 
-    overrides = [f"root=file://{root}", f"world.n_stories={stories}", f"world.n_users={users}", f"world.n_creators={creators}", f"world.n_events={events}", f"world.days={days}"]
+    overrides = [
+        f"root=file://{root}",
+        f"world.n_stories={stories}",
+        f"world.n_users={users}",
+        f"world.n_creators={creators}",
+        f"world.n_events={events}",
+        f"world.days={days}",
+    ]
     cfg = load_config(overrides=overrides, environ={})
     started = time.perf_counter()
     generate_world(cfg.world, Warehouse.from_config(cfg), progress=False)
-    print(f"world {stories:,} stories, {users:,} users, {events:,} events: {time.perf_counter() - started:.0f} s", flush=True)
+    print(
+        f"world {stories:,} stories, {users:,} users, {events:,} events: {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     shutil.copytree(model_root / "models", root / "models")
     return root
 
@@ -168,7 +204,9 @@ def _raw_tower(root: Path, entity: str, days: int):
     fcfg = FeatureConfig.model_validate(meta["features"])
     warehouse = Warehouse.open(f"file://{root}")
     as_of = day_start_ts(warehouse.event_days()[-1]) + 86_400
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg
+    )
     history = EventHistory.from_events(warehouse.read_events(), catalog, fcfg)
     if entity == "stories":
         rows = np.flatnonzero(catalog.story_created_ts < as_of)
@@ -194,7 +232,9 @@ def _plain_loop(root: Path, entity: str, runner, batch: int) -> tuple[float, int
     meta = json.loads((runner.path.parent / "features.json").read_text())
     fcfg = FeatureConfig.model_validate(meta["features"])
     as_of = day_start_ts(warehouse.event_days()[-1]) + 86_400
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg
+    )
     history = EventHistory.from_tables((t for _, t in warehouse.iter_events()), catalog, fcfg)
     if entity == "stories":
         rows = np.flatnonzero(catalog.story_created_ts < as_of)
@@ -225,18 +265,30 @@ def _compare(root: Path, entity: str, days: int, repeats: int) -> dict:
         if count != n:
             raise SystemExit(f"the {entity} job embedded {count} rows, the raw loop {n}: not the same rows")
         job.append(count / seconds)
-        print(f"{entity} repeat {i + 1}: raw tower {raw[-1]:,.0f}/s, plain loop {plain[-1]:,.0f}/s, job {job[-1]:,.0f}/s ({seconds:.1f} s)", flush=True)
-    seconds, _ = _run_job(root, entity, days, f"bench-{entity}-mp", ("--direct_running_mode=multi_processing", "--direct_num_workers=2"))
+        print(
+            f"{entity} repeat {i + 1}: raw tower {raw[-1]:,.0f}/s, plain loop {plain[-1]:,.0f}/s, job {job[-1]:,.0f}/s ({seconds:.1f} s)",
+            flush=True,
+        )
+    seconds, _ = _run_job(
+        root, entity, days, f"bench-{entity}-mp", ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    )
     return {
-        "job": f"{entity}_embeddings", "rows": n, "batch_size": batch, "repeats": repeats,
-        "raw_tower_per_s": [round(x, 1) for x in raw], "job_per_s": [round(x, 1) for x in job],
-        "raw_tower_median_per_s": round(statistics.median(raw), 1), "job_median_per_s": round(statistics.median(job), 1),
+        "job": f"{entity}_embeddings",
+        "rows": n,
+        "batch_size": batch,
+        "repeats": repeats,
+        "raw_tower_per_s": [round(x, 1) for x in raw],
+        "job_per_s": [round(x, 1) for x in job],
+        "raw_tower_median_per_s": round(statistics.median(raw), 1),
+        "job_median_per_s": round(statistics.median(job), 1),
         "ratio_job_over_raw": round(statistics.median(job) / statistics.median(raw), 3),
-        "plain_loop_per_s": [round(x, 1) for x in plain], "plain_loop_median_per_s": round(statistics.median(plain), 1),
+        "plain_loop_per_s": [round(x, 1) for x in plain],
+        "plain_loop_median_per_s": round(statistics.median(plain), 1),
         "ratio_job_over_plain_loop": round(statistics.median(job) / statistics.median(plain), 3),
         "job_median_seconds": round(n / statistics.median(job), 1),
-        "multi_process_2_workers_seconds": round(seconds, 1), "multi_process_2_workers_per_s": round(n / seconds, 1),
-    }  # fmt: skip
+        "multi_process_2_workers_seconds": round(seconds, 1),
+        "multi_process_2_workers_per_s": round(n / seconds, 1),
+    }
 
 
 def _on_dask(root: Path, days: int, buckets: list[int]) -> list[dict]:
@@ -252,32 +304,69 @@ def _on_dask(root: Path, days: int, buckets: list[int]) -> list[dict]:
     kind = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS)
     out = []
     with LocalDaskCluster(workers=2, threads=1) as cluster:
-        _run_job(root, "stories", days, "bench-dask-warmup", (f"--runner={RUNNER}", f"--dask_client_address={cluster.address}", "--set=embed.buckets=2"))
+        _run_job(
+            root,
+            "stories",
+            days,
+            "bench-dask-warmup",
+            (f"--runner={RUNNER}", f"--dask_client_address={cluster.address}", "--set=embed.buckets=2"),
+        )
         for n in buckets:
             flags = (f"--set=embed.buckets={n}",)
             direct_s, count = _run_job(root, "stories", days, f"bench-direct-{n}", flags)
-            dask_s, dask_count = _run_job(root, "stories", days, f"bench-dask-{n}", (*flags, f"--runner={RUNNER}", f"--dask_client_address={cluster.address}"))
+            dask_s, dask_count = _run_job(
+                root,
+                "stories",
+                days,
+                f"bench-dask-{n}",
+                (*flags, f"--runner={RUNNER}", f"--dask_client_address={cluster.address}"),
+            )
             a, b = read_snapshot(kind, f"bench-direct-{n}"), read_snapshot(kind, f"bench-dask-{n}")
             ia, ib = np.argsort(a.ids), np.argsort(b.ids)
             same_ids = list(a.ids[ia]) == list(b.ids[ib])
             max_diff = float(np.abs(a.vectors[ia] - b.vectors[ib]).max()) if same_ids else None
-            print(f"stories at {n} buckets: DirectRunner {direct_s:.1f} s, Dask {dask_s:.1f} s, same ids {same_ids}, max |diff| {max_diff}", flush=True)
-            out.append({"job": "story_embeddings", "rows": count, "buckets": n, "direct_seconds": round(direct_s, 1), "dask_seconds": round(dask_s, 1),
-                        "dask_rows": dask_count, "same_ids": same_ids, "max_abs_diff": max_diff,
-                        "dask_seconds_per_1m_rows": round(dask_s / count * 1e6, 1), "direct_seconds_per_1m_rows": round(direct_s / count * 1e6, 1)})  # fmt: skip
+            print(
+                f"stories at {n} buckets: DirectRunner {direct_s:.1f} s, Dask {dask_s:.1f} s, same ids {same_ids}, max |diff| {max_diff}",
+                flush=True,
+            )
+            out.append(
+                {
+                    "job": "story_embeddings",
+                    "rows": count,
+                    "buckets": n,
+                    "direct_seconds": round(direct_s, 1),
+                    "dask_seconds": round(dask_s, 1),
+                    "dask_rows": dask_count,
+                    "same_ids": same_ids,
+                    "max_abs_diff": max_diff,
+                    "dask_seconds_per_1m_rows": round(dask_s / count * 1e6, 1),
+                    "direct_seconds_per_1m_rows": round(direct_s / count * 1e6, 1),
+                }
+            )
     return out
 
 
 def dask_markdown(rows: list[dict]) -> str:
-    lines = ["| job | rows | embed.buckets | DirectRunner s | Dask (2 workers) s | same ids | max abs diff |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['job']} | {r['rows']:,} | {r['buckets']} | {r['direct_seconds']} | {r['dask_seconds']} | {r['same_ids']} | {r['max_abs_diff']} |" for r in rows]
+    lines = [
+        "| job | rows | embed.buckets | DirectRunner s | Dask (2 workers) s | same ids | max abs diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['job']} | {r['rows']:,} | {r['buckets']} | {r['direct_seconds']} | {r['dask_seconds']} | {r['same_ids']} | {r['max_abs_diff']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 def _job_only(root: Path, entity: str, days: int) -> dict:
     seconds, count = _run_job(root, entity, days, f"bench-{entity}-1m")
     print(f"{entity} job at {count:,} rows: {seconds:.0f} s", flush=True)
-    return {"job": f"{entity}_embeddings", "rows": count, "job_seconds": round(seconds, 1), "job_per_s": round(count / seconds, 1)}
+    return {
+        "job": f"{entity}_embeddings",
+        "rows": count,
+        "job_seconds": round(seconds, 1),
+        "job_per_s": round(count / seconds, 1),
+    }
 
 
 # Where a job's time goes: (label, file suffix, function name); the cumulative time of the
@@ -285,7 +374,11 @@ def _job_only(root: Path, entity: str, days: int) -> dict:
 _PROFILE_PARTS = (
     ("pipeline construction (our build_pipeline)", "beam_jobs/story_embeddings.py", "build_pipeline"),
     ("translation to the runner API (Beam)", "apache_beam/pipeline.py", "to_runner_api"),
-    ("stage setup (Beam bundle processors, incl. loading the SavedModel in setup())", "apache_beam/runners/worker/bundle_processor.py", "__init__"),
+    (
+        "stage setup (Beam bundle processors, incl. loading the SavedModel in setup())",
+        "apache_beam/runners/worker/bundle_processor.py",
+        "__init__",
+    ),
     ("feeding encoded elements to stages (Beam data plane)", "fn_api_runner/fn_runner.py", "_send_input_to_worker"),
     ("collecting stage outputs (Beam data plane)", "apache_beam/runners/worker/data_plane.py", "close"),
     ("reading + validating rows (ours)", "beam_jobs/transforms.py", "process@_ValidateAndBucket"),
@@ -304,7 +397,8 @@ def _profile(root: Path, entity: str, days: int, path: Path) -> dict:
     from beam_jobs import transforms
 
     lines = {  # DoFns that share a file: tell their `process` apart by line number
-        f"process@{cls.__name__}": inspect.getsourcelines(cls.process)[1] for cls in (transforms._ValidateAndBucket, transforms._WriteShard)
+        f"process@{cls.__name__}": inspect.getsourcelines(cls.process)[1]
+        for cls in (transforms._ValidateAndBucket, transforms._WriteShard)
     }
     profiler = cProfile.Profile()
     profiler.enable()
@@ -316,17 +410,33 @@ def _profile(root: Path, entity: str, days: int, path: Path) -> dict:
     parts = {}
     for label, suffix, function in _PROFILE_PARTS:
         name, line = (function.split("@")[0], lines[function]) if "@" in function else (function, None)
-        matches = [cum for (file, ln, fn), (_, _, _, cum, _) in stats.items()
-                   if file.endswith(suffix) and fn == name and (line is None or ln == line)]  # fmt: skip
+        matches = [
+            cum
+            for (file, ln, fn), (_, _, _, cum, _) in stats.items()
+            if file.endswith(suffix) and fn == name and (line is None or ln == line)
+        ]
         parts[label] = round(max(matches), 2) if matches else None
-    return {"job": f"{entity}_embeddings", "rows": count, "seconds_under_profiler": round(seconds, 2), "parts_seconds": parts,
-            "pstats": str(path), "note": "cumulative seconds; parts can nest (a stage's user code runs inside Beam's bundle processing)"}
+    return {
+        "job": f"{entity}_embeddings",
+        "rows": count,
+        "seconds_under_profiler": round(seconds, 2),
+        "parts_seconds": parts,
+        "pstats": str(path),
+        "note": "cumulative seconds; parts can nest (a stage's user code runs inside Beam's bundle processing)",
+    }
 
 
 def profile_markdown(profile: dict) -> str:
-    lines = [f"Where the {profile['job']} job's {profile['seconds_under_profiler']} s went ({profile['rows']:,} rows, under cProfile):", "",
-             "| part | seconds |", "|---|---|"]  # fmt: skip
-    lines += [f"| {label} | {seconds if seconds is not None else 'not found'} |" for label, seconds in profile["parts_seconds"].items()]
+    lines = [
+        f"Where the {profile['job']} job's {profile['seconds_under_profiler']} s went ({profile['rows']:,} rows, under cProfile):",
+        "",
+        "| part | seconds |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {label} | {seconds if seconds is not None else 'not found'} |"
+        for label, seconds in profile["parts_seconds"].items()
+    ]
     return "\n".join(lines)
 
 
@@ -337,8 +447,10 @@ def markdown(rows: list[dict]) -> str:
     ]
     for r in rows:
         if "ratio_job_over_raw" in r:
-            lines.append(f"| {r['job']} | {r['rows']:,} | {r['raw_tower_median_per_s']:,.0f} | {r['plain_loop_median_per_s']:,.0f} | {r['job_median_per_s']:,.0f} "
-                         f"| {r['ratio_job_over_raw']:.2f} | {r['ratio_job_over_plain_loop']:.2f} | {r['job_median_seconds']} | {r['multi_process_2_workers_seconds']} |")
+            lines.append(
+                f"| {r['job']} | {r['rows']:,} | {r['raw_tower_median_per_s']:,.0f} | {r['plain_loop_median_per_s']:,.0f} | {r['job_median_per_s']:,.0f} "
+                f"| {r['ratio_job_over_raw']:.2f} | {r['ratio_job_over_plain_loop']:.2f} | {r['job_median_seconds']} | {r['multi_process_2_workers_seconds']} |"
+            )
         else:
             lines.append(f"| {r['job']} | {r['rows']:,} |  |  | {r['job_per_s']:,.0f} |  |  | {r['job_seconds']} |  |")
     return "\n".join(lines)

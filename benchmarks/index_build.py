@@ -115,11 +115,16 @@ def build_faiss(vectors: np.ndarray, m: int, ef_construction: int, threads: int,
     faiss.write_index(index, str(path))
     size = path.stat().st_size
     path.unlink()
-    return index, {"build_seconds": round(seconds, 2), "vectors_per_second": round(len(vectors) / seconds, 1),
-                   "bytes_per_vector": round(size / len(vectors), 1)}  # fmt: skip
+    return index, {
+        "build_seconds": round(seconds, 2),
+        "vectors_per_second": round(len(vectors) / seconds, 1),
+        "bytes_per_vector": round(size / len(vectors), 1),
+    }
 
 
-def build_hnswlib(vectors: np.ndarray, m: int, ef_construction: int, threads: int, workdir: Path) -> tuple[object, dict]:
+def build_hnswlib(
+    vectors: np.ndarray, m: int, ef_construction: int, threads: int, workdir: Path
+) -> tuple[object, dict]:
     started = time.perf_counter()
     index = hnsw.build_graph(vectors, m=m, ef_construction=ef_construction, threads=threads)
     seconds = time.perf_counter() - started
@@ -127,24 +132,47 @@ def build_hnswlib(vectors: np.ndarray, m: int, ef_construction: int, threads: in
     index.save_index(str(path))
     size = path.stat().st_size
     path.unlink()
-    return index, {"build_seconds": round(seconds, 2), "vectors_per_second": round(len(vectors) / seconds, 1),
-                   "bytes_per_vector": round(size / len(vectors), 1)}  # fmt: skip
+    return index, {
+        "build_seconds": round(seconds, 2),
+        "vectors_per_second": round(len(vectors) / seconds, 1),
+        "bytes_per_vector": round(size / len(vectors), 1),
+    }
 
 
 def snapshot(ids: np.ndarray, vectors: np.ndarray, name: str) -> EmbeddingSnapshot:
-    manifest = Manifest("embeddings/stories", name, {}, "", "", parents={"model_version": "bench"},
-                        params={"dim": vectors.shape[1]}, metrics={"count": len(ids)})  # fmt: skip
+    manifest = Manifest(
+        "embeddings/stories",
+        name,
+        {},
+        "",
+        "",
+        parents={"model_version": "bench"},
+        params={"dim": vectors.shape[1]},
+        metrics={"count": len(ids)},
+    )
     return EmbeddingSnapshot(ids, vectors, manifest)
 
 
-def freshness(index, ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, fraction: float, *,
-              rebuild: bool, full_seconds: float, queries: int, seed: int, workdir: Path) -> dict:  # fmt: skip
+def freshness(
+    index,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    cfg: IndexConfig,
+    fraction: float,
+    *,
+    rebuild: bool,
+    full_seconds: float,
+    queries: int,
+    seed: int,
+    workdir: Path,
+) -> dict:
     """Expires the oldest `fraction` of items, adds as many new ones; incremental vs full.
 
     The incremental side is timed as the builder runs it: load the previous index from a
     local file, diff it against the new snapshot, update the graph in place.
     """
     import hnswlib
+
     n = len(ids)
     turnover = max(1, int(n * fraction))
     # New stories are about the same topics: points near random existing ones, not copies.
@@ -171,20 +199,24 @@ def freshness(index, ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, fra
     probe = hnsw.held_aside_queries(new_vectors, queries, seed=seed + 2)
     exact = hnsw.exact_top_k(new_vectors, probe, K, base_labels=built.row_labels)
     result = {
-        "expired": turnover, "added": turnover, "fraction": fraction,
+        "expired": turnover,
+        "added": turnover,
+        "fraction": fraction,
         "incremental_seconds": round(incremental_seconds, 2),
         "incremental_load_seconds": round(loaded_seconds, 2),
         "incremental_plan_seconds": round(planned_seconds, 2),
         "incremental_graph_seconds": round(built.build_seconds, 2),
         "incremental_recall_at_10": round(hnsw.graph_recall(built.graph, probe, exact, ef=cfg.ef_search, threads=0), 4),
         "deleted_fraction": round(plan.deleted_fraction, 4),
-    }  # fmt: skip
+    }
     if rebuild:
         del graph, built, previous  # free the updated graph before the rebuild
         full = build_full(after, cfg)
         exact_full = hnsw.exact_top_k(new_vectors, probe, K)
         result["full_rebuild_seconds"] = round(full.build_seconds, 2)
-        result["full_rebuild_recall_at_10"] = round(hnsw.graph_recall(full.graph, probe, exact_full, ef=cfg.ef_search, threads=0), 4)
+        result["full_rebuild_recall_at_10"] = round(
+            hnsw.graph_recall(full.graph, probe, exact_full, ef=cfg.ef_search, threads=0), 4
+        )
         result["full_rebuild_measured"] = "rebuild of the new snapshot, same run"
     else:
         result["full_rebuild_seconds"] = round(full_seconds, 2)
@@ -202,14 +234,23 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ef-search", type=int, default=64, help="ef the incremental comparison validates with")
     parser.add_argument("--ef", default="10,16,32,50,64,100,128,200,300,400", help="ef values of the recall/QPS curve")
     parser.add_argument("--intrinsic-dim", type=int, default=16, help="dimension of each cluster's subspace")
-    parser.add_argument("--query-noise", default="0.75,0.3",
-                        help="stress query sets besides the held-out one: norms of the noise added to stored vectors")
+    parser.add_argument(
+        "--query-noise",
+        default="0.75,0.3",
+        help="stress query sets besides the held-out one: norms of the noise added to stored vectors",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="build threads")
     parser.add_argument("--queries", type=int, default=1000, help="held-aside queries for recall and QPS")
     parser.add_argument("--exact-queries", type=int, default=200, help="queries timed for exact search QPS")
-    parser.add_argument("--update-fraction", type=float, default=0.01, help="share of items expired (and as many added)")
-    parser.add_argument("--no-rebuild", dest="rebuild", action="store_false",
-                        help="compare the incremental update with the initial build instead of rebuilding")
+    parser.add_argument(
+        "--update-fraction", type=float, default=0.01, help="share of items expired (and as many added)"
+    )
+    parser.add_argument(
+        "--no-rebuild",
+        dest="rebuild",
+        action="store_false",
+        help="compare the incremental update with the initial build instead of rebuilding",
+    )
     parser.add_argument("--no-faiss", dest="faiss", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. machine load)")
@@ -217,17 +258,26 @@ def run(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     efs = [int(e) for e in args.ef.split(",")]
     noises = [float(x) for x in args.query_noise.split(",")]
-    cfg = IndexConfig(m=args.m, ef_construction=args.ef_construction, ef_search=args.ef_search, threads=args.threads,
-                      max_changed_fraction=1.0, max_deleted_fraction=1.0)  # fmt: skip
+    cfg = IndexConfig(
+        m=args.m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        threads=args.threads,
+        max_changed_fraction=1.0,
+        max_deleted_fraction=1.0,
+    )
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     wall = time.perf_counter()
 
     log(f"generating {args.n} x {args.dim} clustered vectors (+ {args.queries} held out)")
     clusters = max(100, args.n // 1000)
     vectors, held_out = held_out_split(
-        clustered_vectors(args.n + args.queries, args.dim, clusters=clusters, intrinsic_dim=args.intrinsic_dim, seed=args.seed),
-        args.queries, seed=args.seed + 7,
-    )  # fmt: skip
+        clustered_vectors(
+            args.n + args.queries, args.dim, clusters=clusters, intrinsic_dim=args.intrinsic_dim, seed=args.seed
+        ),
+        args.queries,
+        seed=args.seed + 7,
+    )
     ids = story_ids(0, args.n)
     query_sets = {HELD_OUT: held_out}
     for noise in noises:
@@ -244,16 +294,27 @@ def run(argv: list[str] | None = None) -> dict:
         "started_at": started_at,
         "command": "python benchmarks/index_build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(args.note),
-        "data": {"n": args.n, "dim": args.dim, "clusters": clusters, "intrinsic_dim": args.intrinsic_dim,
-                 "generator": "index_builder.synthetic.clustered_vectors", "queries_per_set": args.queries,
-                 "query_sets": list(query_sets),
-                 "query_kind": {HELD_OUT: "points of the same generator left out of the index (decides the targets)",
-                                "noise N": "stored vectors + Gaussian noise of norm N, renormalised "
-                                           "(index_builder.hnsw.held_aside_queries; validation's fallback uses 0.75)"}},
+        "data": {
+            "n": args.n,
+            "dim": args.dim,
+            "clusters": clusters,
+            "intrinsic_dim": args.intrinsic_dim,
+            "generator": "index_builder.synthetic.clustered_vectors",
+            "queries_per_set": args.queries,
+            "query_sets": list(query_sets),
+            "query_kind": {
+                HELD_OUT: "points of the same generator left out of the index (decides the targets)",
+                "noise N": "stored vectors + Gaussian noise of norm N, renormalised "
+                "(index_builder.hnsw.held_aside_queries; validation's fallback uses 0.75)",
+            },
+        },
         "params": {"M": args.m, "ef_construction": args.ef_construction, "build_threads": args.threads, "k": K},
-        "exact": {"qps_single_query": round(exact_qps, 1), "timed_queries": min(args.exact_queries, args.queries),
-                  "batch_ground_truth_seconds": round(exact_batch_seconds, 2)},
-    }  # fmt: skip
+        "exact": {
+            "qps_single_query": round(exact_qps, 1),
+            "timed_queries": min(args.exact_queries, args.queries),
+            "batch_ground_truth_seconds": round(exact_batch_seconds, 2),
+        },
+    }
 
     with tempfile.TemporaryDirectory(prefix="ebr-index-bench-") as tmp:
         log(f"hnswlib build, {args.threads} threads")
@@ -264,12 +325,24 @@ def run(argv: list[str] | None = None) -> dict:
             log(f"faiss IndexHNSWFlat build, {args.threads} threads")
             faiss_index, faiss_build = build_faiss(vectors, args.m, args.ef_construction, args.threads, Path(tmp))
             log(f"  {faiss_build}")
-            results["faiss"] = {"build": faiss_build, "sweep": sweeps(faiss_sweep, faiss_index, query_sets, exact, efs, exact_qps)}
+            results["faiss"] = {
+                "build": faiss_build,
+                "sweep": sweeps(faiss_sweep, faiss_index, query_sets, exact, efs, exact_qps),
+            }
             del faiss_index
         log(f"freshness: {args.update_fraction:.1%} expired and as many added")
-        results["incremental"] = freshness(index, ids, vectors, cfg, args.update_fraction, rebuild=args.rebuild,
-                                           full_seconds=build["build_seconds"], queries=args.queries, seed=args.seed,
-                                           workdir=Path(tmp))  # fmt: skip
+        results["incremental"] = freshness(
+            index,
+            ids,
+            vectors,
+            cfg,
+            args.update_fraction,
+            rebuild=args.rebuild,
+            full_seconds=build["build_seconds"],
+            queries=args.queries,
+            seed=args.seed,
+            workdir=Path(tmp),
+        )
         del index
 
     results["targets"] = targets(results)
@@ -314,7 +387,8 @@ def targets(results: dict) -> dict:
         "recall_0.99_at_50x_met": bool(best and best["speedup_vs_exact"] >= 50),
         "other_query_sets": {
             name: (lambda b: {"fastest_ef": b["ef"], "speedup_vs_exact": b["speedup_vs_exact"]} if b else None)(
-                fastest_at(rows, 0.99, name))
+                fastest_at(rows, 0.99, name)
+            )
             for name in sets[1:]
         },
         "incremental_speedup": results["incremental"]["speedup"],
@@ -329,10 +403,14 @@ def machine(note: str) -> dict:
     import hnswlib  # noqa: F401
 
     return {
-        "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-        "numpy": np.__version__, "hnswlib": version("hnswlib"), "faiss": faiss.__version__,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "hnswlib": version("hnswlib"),
+        "faiss": faiss.__version__,
         "note": note,
-    }  # fmt: skip
+    }
 
 
 def markdown(r: dict) -> str:
@@ -347,14 +425,21 @@ def markdown(r: dict) -> str:
     ]
     for name in ("hnswlib", "faiss"):
         for row in r.get(name, {}).get("sweep", []):
-            lines.append(f"| {name} | {row['query_set']} | {row['ef']} | {row['recall_at_10']:.4f} | {row['qps']:,.0f} | "
-                         f"{row['speedup_vs_exact']:,.1f} |")
-    lines += ["", f"| library | build vectors/s ({p['build_threads']} threads) | build seconds | bytes/vector (saved index) |",
-              "|---|---|---|---|"]  # fmt: skip
+            lines.append(
+                f"| {name} | {row['query_set']} | {row['ef']} | {row['recall_at_10']:.4f} | {row['qps']:,.0f} | "
+                f"{row['speedup_vs_exact']:,.1f} |"
+            )
+    lines += [
+        "",
+        f"| library | build vectors/s ({p['build_threads']} threads) | build seconds | bytes/vector (saved index) |",
+        "|---|---|---|---|",
+    ]
     for name in ("hnswlib", "faiss"):
         if name in r:
             b = r[name]["build"]
-            lines.append(f"| {name} | {b['vectors_per_second']:,.0f} | {b['build_seconds']:,.1f} | {b['bytes_per_vector']:,.1f} |")
+            lines.append(
+                f"| {name} | {b['vectors_per_second']:,.0f} | {b['build_seconds']:,.1f} | {b['bytes_per_vector']:,.1f} |"
+            )
     i = r["incremental"]
     lines += [
         "",
@@ -364,7 +449,7 @@ def markdown(r: dict) -> str:
         f"full rebuild {i['full_rebuild_seconds']:.1f} s ({i['full_rebuild_measured']}"
         + (f", recall@10 {i['full_rebuild_recall_at_10']:.4f}" if "full_rebuild_recall_at_10" in i else "")
         + f"): **{i['speedup']}× faster**.",
-    ]  # fmt: skip
+    ]
     t = r["targets"]
     lines += [
         "",

@@ -52,10 +52,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DATASETS = ("ml-100k", "ml-100k-tfrs", "ml-1m", "synthetic")
 COMPARED = ("recall@10", "recall@100", "recall@500", "ndcg@10")
-COLUMNS = ("recall@10", "recall@100", "recall@500", "ndcg@10", "top_k_accuracy@100", "cold_recall@100", "catalogue_recall@100",
-           "language_match@10", "oracle_recall@100")  # fmt: skip
-BASELINE_NAMES = {"popularity": "popularity (all time)", "recent_popularity": "recent popularity", "als": "implicit ALS",
-                  "ease": "EASE", "item_knn": "item-kNN"}  # fmt: skip
+COLUMNS = (
+    "recall@10",
+    "recall@100",
+    "recall@500",
+    "ndcg@10",
+    "top_k_accuracy@100",
+    "cold_recall@100",
+    "catalogue_recall@100",
+    "language_match@10",
+    "oracle_recall@100",
+)
+BASELINE_NAMES = {
+    "popularity": "popularity (all time)",
+    "recent_popularity": "recent popularity",
+    "als": "implicit ALS",
+    "ease": "EASE",
+    "item_knn": "item-kNN",
+}
 DEFAULT = "two-tower (default)"
 
 # Model options measured on/off against the default, one seed each, on the same split:
@@ -70,11 +84,23 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
     "no-id-dropout": ("no id dropout", ("model.id_dropout=0.0",), None),
     # Its own test set (rating >= 4 positives) and its own baselines beside it.
     # --set merges into the preset's {view = 1}: view is zeroed explicitly.
-    "label": ("rating >= 4 is the positive", ('features.label_weights={"view": 0.0, "long_view": 1.0}',), ("ml-100k", "ml-1m")),
+    "label": (
+        "rating >= 4 is the positive",
+        ('features.label_weights={"view": 0.0, "long_view": 1.0}',),
+        ("ml-100k", "ml-1m"),
+    ),
     # Graded confidence (Hu et al. 2008): every rating is a positive, rating >= 4 counts twice.
     # The same test positives as the default.
-    "graded": ("graded label (every rating; rating >= 4 weighs 2)", ('features.label_weights={"view": 1.0, "long_view": 1.0}',), ("ml-100k", "ml-1m")),
-    "pointwise": ("without in-batch negatives (pointwise on impressions)", ("model.negatives=impressions",), ("synthetic",)),
+    "graded": (
+        "graded label (every rating; rating >= 4 weighs 2)",
+        ('features.label_weights={"view": 1.0, "long_view": 1.0}',),
+        ("ml-100k", "ml-1m"),
+    ),
+    "pointwise": (
+        "without in-batch negatives (pointwise on impressions)",
+        ("model.negatives=impressions",),
+        ("synthetic",),
+    ),
 }
 DEFAULT_VARIANTS = "label,pointwise"
 
@@ -86,10 +112,15 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--movielens", type=Path, help="MovieLens 100K folder (default DATA_DIR/ml-100k)")
     parser.add_argument("--world-size", default="small", choices=["tiny", "small", "medium", "large"])
     parser.add_argument("--epochs", type=int, default=20, help="upper bound; early stopping picks the epoch")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of the default model (medians and ranges over them)")
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="seeds of the default model (medians and ranges over them)"
+    )
     parser.add_argument("--ml1m-users", type=int, default=2000, help="users kept from MovieLens 1M (0: all 6,040)")
-    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
-                        help=f"model options trained beside the default, comma-separated, of {', '.join(VARIANTS)}; or 'all', 'none'")  # fmt: skip
+    parser.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help=f"model options trained beside the default, comma-separated, of {', '.join(VARIANTS)}; or 'all', 'none'",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "model_quality.json")
     args = parser.parse_args(argv)
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -99,9 +130,17 @@ def run(argv: list[str] | None = None) -> dict:
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     logging.basicConfig(level=logging.WARNING)
-    chosen = list(VARIANTS) if args.variants == "all" else [] if args.variants == "none" else [v.strip() for v in args.variants.split(",") if v.strip()]
+    chosen = (
+        list(VARIANTS)
+        if args.variants == "all"
+        else []
+        if args.variants == "none"
+        else [v.strip() for v in args.variants.split(",") if v.strip()]
+    )
     if set(chosen) - set(VARIANTS):
-        parser.error(f"unknown variant(s) {', '.join(sorted(set(chosen) - set(VARIANTS)))}: choose from {', '.join(VARIANTS)}")
+        parser.error(
+            f"unknown variant(s) {', '.join(sorted(set(chosen) - set(VARIANTS)))}: choose from {', '.join(VARIANTS)}"
+        )
     sources = {"ml-100k": args.movielens or args.data_dir / "ml-100k", "ml-1m": args.data_dir / "ml-1m"}
 
     rows: list[dict] = []
@@ -114,7 +153,9 @@ def run(argv: list[str] | None = None) -> dict:
                 skipped.append(dataset)
                 continue
             label, base, warehouse = prepared
-            variants = {VARIANTS[v][0]: VARIANTS[v][1] for v in chosen if VARIANTS[v][2] is None or dataset in VARIANTS[v][2]}
+            variants = {
+                VARIANTS[v][0]: VARIANTS[v][1] for v in chosen if VARIANTS[v][2] is None or dataset in VARIANTS[v][2]
+            }
             rows += _dataset_rows(label, base, warehouse, Path(tmp) / dataset, args, variants)
             _write(args.out, _report(argv, args, rows, skipped, started, partial=True))
 
@@ -192,7 +233,11 @@ def _subsample_users(source, target, n: int, seed: int = 0) -> int:
     import pyarrow.compute as pc
 
     users = source.read_table("users")
-    keep = np.sort(np.random.default_rng(seed).choice(users["user_id"].to_numpy(zero_copy_only=False), min(n, len(users)), replace=False))
+    keep = np.sort(
+        np.random.default_rng(seed).choice(
+            users["user_id"].to_numpy(zero_copy_only=False), min(n, len(users)), replace=False
+        )
+    )
     for table in ("stories", "creators"):
         target.write_table(table, source.read_table(table))
     kept = pa.array(keep)  # pyarrow's is_in takes an Array, not a numpy array of strings
@@ -209,24 +254,51 @@ def _config(base: list, overrides: tuple[str, ...] = ()):
     return load_config(REPO / preset if preset else None, [*rest, *overrides], environ={})
 
 
-def _dataset_rows(label: str, base: list, warehouse, workdir: Path, args, variants: dict[str, tuple[str, ...]]) -> list[dict]:
+def _dataset_rows(
+    label: str, base: list, warehouse, workdir: Path, args, variants: dict[str, tuple[str, ...]]
+) -> list[dict]:
     rows: list[dict] = []
     # Seeds vary the model only (train.split_seed stays): every seed meets the baselines of
     # the first on the same split and the same users.
-    seeds = [_train(label, f"{DEFAULT}, seed {i}", _config(base, (f"train.seed={42 + i}",)), warehouse, workdir / f"seed-{i}", baselines=i == 0)
-             for i in range(args.seeds)]  # fmt: skip
+    seeds = [
+        _train(
+            label,
+            f"{DEFAULT}, seed {i}",
+            _config(base, (f"train.seed={42 + i}",)),
+            warehouse,
+            workdir / f"seed-{i}",
+            baselines=i == 0,
+        )
+        for i in range(args.seeds)
+    ]
     first = seeds[0]
-    baselines = [{"dataset": label, "scorer": BASELINE_NAMES.get(name, name), "baseline": name, "metrics": m,
-                  "params": first["baseline_choices"].get(name, {}).get("params", {}),
-                  "trials": first["baseline_choices"].get(name, {}).get("trials", [])}
-                 for name, m in first["all_metrics"].items() if name != "model"]  # fmt: skip
+    baselines = [
+        {
+            "dataset": label,
+            "scorer": BASELINE_NAMES.get(name, name),
+            "baseline": name,
+            "metrics": m,
+            "params": first["baseline_choices"].get(name, {}).get("params", {}),
+            "trials": first["baseline_choices"].get(name, {}).get("trials", []),
+        }
+        for name, m in first["all_metrics"].items()
+        if name != "model"
+    ]
     best = _best_baselines(baselines)
     rows.append(_median_row(label, seeds, best))
-    rows += [{k: v for k, v in s.items() if k not in ("all_metrics", "baseline_choices")} | {"seed_run": True} for s in seeds]
+    rows += [
+        {k: v for k, v in s.items() if k not in ("all_metrics", "baseline_choices")} | {"seed_run": True} for s in seeds
+    ]
     rows += baselines
     for name, overrides in variants.items():
-        trained = _train(label, f"two-tower, {name}", _config(base, (f"train.seed={42}", *overrides)), warehouse, workdir / name.replace(" ", "_")[:40],
-                         baselines=name == VARIANTS["label"][0])  # fmt: skip
+        trained = _train(
+            label,
+            f"two-tower, {name}",
+            _config(base, (f"train.seed={42}", *overrides)),
+            warehouse,
+            workdir / name.replace(" ", "_")[:40],
+            baselines=name == VARIANTS["label"][0],
+        )
         trained["variant_of"] = DEFAULT
         trained["overrides"] = list(overrides)
         if name == VARIANTS["label"][0]:  # its own test set: its own baselines beside it
@@ -243,20 +315,35 @@ def _train(dataset: str, scorer: str, cfg, warehouse, workdir: Path, baselines: 
     seconds = time.perf_counter() - started
     for name, m in result.metrics.items():
         figures = ", ".join(f"{k} {m[k]:.4f}" for k in COMPARED if k in m)
-        print(f"{dataset}: {scorer if name == 'model' else BASELINE_NAMES.get(name, name)}: {figures}"
-              + (f" (best epoch {result.best_epoch}, {seconds:.0f} s)" if name == "model" else ""), file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"{dataset}: {scorer if name == 'model' else BASELINE_NAMES.get(name, name)}: {figures}"
+            + (f" (best epoch {result.best_epoch}, {seconds:.0f} s)" if name == "model" else ""),
+            file=sys.stderr,
+            flush=True,
+        )
     return {
-        "dataset": dataset, "scorer": scorer, "metrics": result.metrics["model"], "all_metrics": result.metrics,
-        "comparisons": result.comparisons, "baseline_choices": result.baseline_choices, "split": result.split,
-        "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-        "examples_per_second": round(result.examples_per_second, 1), "seconds": round(seconds, 1),
+        "dataset": dataset,
+        "scorer": scorer,
+        "metrics": result.metrics["model"],
+        "all_metrics": result.metrics,
+        "comparisons": result.comparisons,
+        "baseline_choices": result.baseline_choices,
+        "split": result.split,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "examples_per_second": round(result.examples_per_second, 1),
+        "seconds": round(seconds, 1),
         "validation": result.history,
-    }  # fmt: skip
+    }
 
 
 def _best_baselines(baselines: list[dict]) -> dict[str, str]:
     """metric -> the baseline with the best value of it."""
-    return {m: max(baselines, key=lambda b: b["metrics"].get(m, -1.0))["baseline"] for m in COMPARED if any(m in b["metrics"] for b in baselines)}
+    return {
+        m: max(baselines, key=lambda b: b["metrics"].get(m, -1.0))["baseline"]
+        for m in COMPARED
+        if any(m in b["metrics"] for b in baselines)
+    }
 
 
 def _median_row(dataset: str, seeds: list[dict], best: dict[str, str]) -> dict:
@@ -274,15 +361,25 @@ def _median_row(dataset: str, seeds: list[dict], best: dict[str, str]) -> dict:
         values = [s["metrics"][metric] for s in seeds]
         win = diff is not None and diff["lo"] > 0 and min(values) > theirs
         loss = diff is not None and diff["hi"] < 0 and max(values) < theirs
-        verdicts[metric] = {"against": baseline, "baseline_value": theirs, "verdict": "win" if win else "loss" if loss else "tie (within the interval)",
-                            "difference": diff["difference"] if diff else None, "interval": [diff["lo"], diff["hi"]] if diff else None}  # fmt: skip
+        verdicts[metric] = {
+            "against": baseline,
+            "baseline_value": theirs,
+            "verdict": "win" if win else "loss" if loss else "tie (within the interval)",
+            "difference": diff["difference"] if diff else None,
+            "interval": [diff["lo"], diff["hi"]] if diff else None,
+        }
     return {
-        "dataset": dataset, "scorer": f"{DEFAULT}, median of {len(seeds)} seed(s)", "metrics": metrics, "ranges": ranges,
-        "verdicts": verdicts, "split": seeds[0]["split"],
-        "best_epoch": [s["best_epoch"] for s in seeds], "epochs_run": [s["epochs_run"] for s in seeds],
+        "dataset": dataset,
+        "scorer": f"{DEFAULT}, median of {len(seeds)} seed(s)",
+        "metrics": metrics,
+        "ranges": ranges,
+        "verdicts": verdicts,
+        "split": seeds[0]["split"],
+        "best_epoch": [s["best_epoch"] for s in seeds],
+        "epochs_run": [s["epochs_run"] for s in seeds],
         "examples_per_second": round(statistics.median(s["examples_per_second"] for s in seeds), 1),
         "validation": seeds[0]["validation"],
-    }  # fmt: skip
+    }
 
 
 def _cell(m: dict, key: str, ranges: dict | None = None) -> str:
@@ -302,22 +399,38 @@ def markdown(rows: list[dict]) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         group = [r for r in rows if r["dataset"] == dataset and not r.get("seed_run")]
         sizes = group[0]["metrics"]
-        out += ["", f"### {dataset}: {int(sizes.get('eval_users', 0)):,} test users, {int(sizes.get('eval_positives', 0)):,} test positives, "
-                f"{group[0].get('split', {}).get('candidates', {}).get('eligible', 0):,} eligible candidates", ""]  # fmt: skip
+        out += [
+            "",
+            f"### {dataset}: {int(sizes.get('eval_users', 0)):,} test users, {int(sizes.get('eval_positives', 0)):,} test positives, "
+            f"{group[0].get('split', {}).get('candidates', {}).get('eligible', 0):,} eligible candidates",
+            "",
+        ]
         out += ["Seed medians with (min–max over seeds); single runs with [95% bootstrap interval over users].", ""]
         out += ["| scorer | " + " | ".join(shown) + " | best epoch | train ex/s |", "|---" * (len(shown) + 3) + "|"]
         for r in group:
             cells = [_cell(r["metrics"], c, r.get("ranges")) for c in shown]
             name = r["scorer"] + (" (cannot score cold items)" if r.get("baseline") else "")
             if r.get("params"):
-                name += " " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())
-            out.append(f"| {name} | " + " | ".join(cells) + f" | {r.get('best_epoch', '')} | {r.get('examples_per_second', '')} |")
+                name += " " + ", ".join(
+                    f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items()
+                )
+            out.append(
+                f"| {name} | "
+                + " | ".join(cells)
+                + f" | {r.get('best_epoch', '')} | {r.get('examples_per_second', '')} |"
+            )
         verdicts = next((r["verdicts"] for r in group if r.get("verdicts")), {})
         if verdicts:
             out += ["", "Default model against the best baseline (paired bootstrap over the same users):", ""]
             for metric, v in verdicts.items():
-                interval = f", difference {v['difference']:+.4f} [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]" if v["interval"] else ""
-                out.append(f"- {metric}: {v['verdict']} against {BASELINE_NAMES.get(v['against'], v['against'])}{interval}")
+                interval = (
+                    f", difference {v['difference']:+.4f} [{v['interval'][0]:+.4f}, {v['interval'][1]:+.4f}]"
+                    if v["interval"]
+                    else ""
+                )
+                out.append(
+                    f"- {metric}: {v['verdict']} against {BASELINE_NAMES.get(v['against'], v['against'])}{interval}"
+                )
     return "\n".join(out)
 
 

@@ -27,7 +27,14 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 DPI = 110
-COLORS = {"model": "#1f77b4", "popularity": "#7f7f7f", "als": "#ff7f0e", "other": "#2ca02c", "faiss": "#d62728", "exact": "black"}
+COLORS = {
+    "model": "#1f77b4",
+    "popularity": "#7f7f7f",
+    "als": "#ff7f0e",
+    "other": "#2ca02c",
+    "faiss": "#d62728",
+    "exact": "black",
+}
 
 
 def write_all(results: dict, out_dir: Path) -> dict[str, Path]:
@@ -102,7 +109,9 @@ def training_history(results: dict, path: Path) -> Path | None:
         best = r.get("best_epoch")
         best = best[0] if isinstance(best, list) else best  # a seed-median row: its history is the first seed's
         loss_ax, val_ax = axes[0][col], axes[1][col]
-        loss_ax.plot(epochs, [h["loss"] for h in history], "o-", color=_scorer_color(r["scorer"]), label="training loss")
+        loss_ax.plot(
+            epochs, [h["loss"] for h in history], "o-", color=_scorer_color(r["scorer"]), label="training loss"
+        )
         loss_ax.set_title(f"{r['scorer']}\n{r['dataset']}", fontsize=9)
         loss_ax.set_xlabel("epoch")
         loss_ax.set_ylabel("training loss (mean per example)")
@@ -118,8 +127,17 @@ def training_history(results: dict, path: Path) -> Path | None:
                 ax.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"chosen epoch ({best})")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        loss_ax.text(0.02, 0.02, f"{r['examples_per_second']:,.0f} training examples/s", transform=loss_ax.transAxes, fontsize=8, color="dimgrey")
-    fig.suptitle("Two-tower training: loss and validation top-100 accuracy per epoch (epoch chosen on validation)", fontsize=12)
+        loss_ax.text(
+            0.02,
+            0.02,
+            f"{r['examples_per_second']:,.0f} training examples/s",
+            transform=loss_ax.transAxes,
+            fontsize=8,
+            color="dimgrey",
+        )
+    fig.suptitle(
+        "Two-tower training: loss and validation top-100 accuracy per epoch (epoch chosen on validation)", fontsize=12
+    )
     return _save(fig, path)
 
 
@@ -134,7 +152,13 @@ def recall_at_k(results: dict, path: Path) -> Path | None:
         for r in rows:
             ks = sorted(int(k.split("@")[1]) for k in r["metrics"] if k.startswith("recall@"))
             style = "o-" if r["scorer"].startswith("two-tower") else "s--"
-            ax.plot(ks, [r["metrics"][f"recall@{k}"] for k in ks], style, color=_scorer_color(r["scorer"]), label=r["scorer"])
+            ax.plot(
+                ks,
+                [r["metrics"][f"recall@{k}"] for k in ks],
+                style,
+                color=_scorer_color(r["scorer"]),
+                label=r["scorer"],
+            )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.set_xticks(ks)
@@ -175,7 +199,9 @@ def recall_qps(results: dict, path: Path) -> Path | None:
     fig, (whole, corner) = plt.subplots(1, 2, figsize=(13, 6.2), sharey=True, gridspec_kw={"width_ratios": [1, 1.15]})
     corner_from = 0.97
     for ax, zoomed in ((whole, False), (corner, True)):
-        _draw_sweeps(ax, ib, exact, label_ef=lambda r, z=zoomed: (r["recall_at_10"] >= corner_from) == z, legend=not zoomed)
+        _draw_sweeps(
+            ax, ib, exact, label_ef=lambda r, z=zoomed: (r["recall_at_10"] >= corner_from) == z, legend=not zoomed
+        )
         ax.axhline(50 * exact, color="green", linestyle="--", linewidth=1, label="target: 50x exact QPS")
         ax.axvline(0.99, color="green", linestyle=":", linewidth=1, label="target: recall@10 0.99")
         ax.set_yscale("log")
@@ -186,8 +212,11 @@ def recall_qps(results: dict, path: Path) -> Path | None:
     whole.set_ylabel("queries per second (1 thread, 1 query at a time, log scale)")
     d, p = ib["data"], ib["params"]
     queries = d.get("queries_per_set", d.get("queries"))
-    whole.set_title(f"{d['n']:,} x {d['dim']} clustered vectors, M={p['M']}, ef_construction={p['ef_construction']}, "
-                    f"{queries:,} queries per set", fontsize=10)  # fmt: skip
+    whole.set_title(
+        f"{d['n']:,} x {d['dim']} clustered vectors, M={p['M']}, ef_construction={p['ef_construction']}, "
+        f"{queries:,} queries per set",
+        fontsize=10,
+    )
     fig.suptitle("Recall vs speed for each ef", fontsize=11)
     whole.legend(fontsize=7.5, loc="lower left")
     return _save(fig, path)
@@ -205,15 +234,37 @@ def _draw_sweeps(ax, ib: dict, exact: float, label_ef, legend: bool) -> None:
             label = f"{lib} HNSW" + (f", {query_set} queries" if query_set is not None else "")
             if i == 0:
                 label += f" (build {b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} B/vector)"
-            ax.plot([r["recall_at_10"] for r in rows], [r["qps"] for r in rows], marker + styles[i % len(styles)], color=color,
-                    alpha=1.0 if i == 0 else 0.4, markersize=6 if i == 0 else 4, label=label if legend else None)  # fmt: skip
+            ax.plot(
+                [r["recall_at_10"] for r in rows],
+                [r["qps"] for r in rows],
+                marker + styles[i % len(styles)],
+                color=color,
+                alpha=1.0 if i == 0 else 0.4,
+                markersize=6 if i == 0 else 4,
+                label=label if legend else None,
+            )
             if i == 0:  # the deciding query set: hnswlib's labels to the left, faiss' to the right
                 left = lib == "hnswlib"
                 for r in (r for r in rows if label_ef(r)):
-                    ax.annotate(f"ef={r['ef']}", (r["recall_at_10"], r["qps"]), textcoords="offset points", fontsize=8,
-                                color=color, xytext=(-7, 0) if left else (7, 0), ha="right" if left else "left", va="center",
-                                bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75})  # fmt: skip
-    ax.plot([1.0], [exact], "*", color=COLORS["exact"], markersize=14, label=f"exact numpy search ({exact:,.0f} QPS)" if legend else None)
+                    ax.annotate(
+                        f"ef={r['ef']}",
+                        (r["recall_at_10"], r["qps"]),
+                        textcoords="offset points",
+                        fontsize=8,
+                        color=color,
+                        xytext=(-7, 0) if left else (7, 0),
+                        ha="right" if left else "left",
+                        va="center",
+                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.75},
+                    )
+    ax.plot(
+        [1.0],
+        [exact],
+        "*",
+        color=COLORS["exact"],
+        markersize=14,
+        label=f"exact numpy search ({exact:,.0f} QPS)" if legend else None,
+    )
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -242,7 +293,11 @@ def serving_latency(results: dict, path: Path) -> Path | None:
     rate = next(iter(modes.values()))["steady_fixed_rate"]["offered_rate"]
     fig, (cdf_ax, time_ax) = plt.subplots(1, 2, figsize=(14.5, 6.6), gridspec_kw={"width_ratios": [1.15, 1]})
     phase_colors = {"steady": COLORS["model"], "reload": COLORS["faiss"], "reload_window": "purple"}
-    phase_labels = {"steady": "steady", "reload": "whole reload phase", "reload_window": "reload window (publish to swap + 1 s)"}
+    phase_labels = {
+        "steady": "steady",
+        "reload": "whole reload phase",
+        "reload_window": "reload window (publish to swap + 1 s)",
+    }
     extract_mode = (extract or {}).get("searcher")
     # A logit y axis spreads the tail (p99, p99.9) the targets are about; 0 and 1 have no place on it.
     if extract:
@@ -252,18 +307,34 @@ def serving_latency(results: dict, path: Path) -> Path | None:
             q = extract["phases"].get(phase)
             if q is not None:
                 tag = f"{extract_mode}: " if extract_mode and extract_mode != "default" else ""
-                cdf_ax.plot([q["quantiles_ms"][i] for i in inside], [probs[i] for i in inside], color=phase_colors[phase],
-                            label=f"{tag}{phase_labels[phase]} ({q['requests']:,} requests)")  # fmt: skip
+                cdf_ax.plot(
+                    [q["quantiles_ms"][i] for i in inside],
+                    [probs[i] for i in inside],
+                    color=phase_colors[phase],
+                    label=f"{tag}{phase_labels[phase]} ({q['requests']:,} requests)",
+                )
     levels = [("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999)]
     markers = ["o", "s", "^"]
     for i, (mode, s) in enumerate(m for m in modes.items() if m[0] != extract_mode):
         rl = s["reload_fixed_rate"]
-        for phase, row in (("steady", s["steady_fixed_rate"]), ("reload", rl["whole_phase"]), ("reload_window", rl.get("reload_window") or {})):
+        for phase, row in (
+            ("steady", s["steady_fixed_rate"]),
+            ("reload", rl["whole_phase"]),
+            ("reload_window", rl.get("reload_window") or {}),
+        ):
             points = [(row[k], p) for k, p in levels if row.get(k) is not None]
             if points:
                 tag = f"{mode}: " if mode != "default" else ""
-                cdf_ax.plot([x for x, _ in points], [p for _, p in points], marker=markers[i % len(markers)], linestyle="--", linewidth=1,
-                            color=phase_colors[phase], alpha=0.8, label=f"{tag}{phase_labels[phase]} (p50, p99, p99.9 only)")  # fmt: skip
+                cdf_ax.plot(
+                    [x for x, _ in points],
+                    [p for _, p in points],
+                    marker=markers[i % len(markers)],
+                    linestyle="--",
+                    linewidth=1,
+                    color=phase_colors[phase],
+                    alpha=0.8,
+                    label=f"{tag}{phase_labels[phase]} (p50, p99, p99.9 only)",
+                )
     cdf_ax.axvline(10, color="green", linestyle="--", linewidth=1, label="target: p99 <= 10 ms")
     cdf_ax.set_xscale("log")
     cdf_ax.set_yscale("logit")
@@ -282,9 +353,21 @@ def serving_latency(results: dict, path: Path) -> Path | None:
         time_ax.plot(t, [r[2] for r in rows], color=COLORS["faiss"], label="p99 per 100 ms")
         time_ax.plot(t, [r[1] for r in rows], color=COLORS["model"], label="p50 per 100 ms")
         if timeline.get("published_at_seconds") is not None:
-            time_ax.axvline(timeline["published_at_seconds"], color="black", linestyle="--", linewidth=1, label="new version published")
+            time_ax.axvline(
+                timeline["published_at_seconds"],
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="new version published",
+            )
         if timeline.get("swapped_at_seconds") is not None:
-            time_ax.axvline(timeline["swapped_at_seconds"], color="black", linestyle=":", linewidth=1.5, label="first answer from the new version")
+            time_ax.axvline(
+                timeline["swapped_at_seconds"],
+                color="black",
+                linestyle=":",
+                linewidth=1.5,
+                label="first answer from the new version",
+            )
         time_ax.axhline(10, color="green", linestyle="--", linewidth=1, label="10 ms")
         time_ax.set_yscale("log")
         time_ax.set_xlabel("seconds since the start of the reload phase")
@@ -297,7 +380,10 @@ def serving_latency(results: dict, path: Path) -> Path | None:
         labels, values, colors = [], [], []
         for mode, s in modes.items():
             window = s["reload_fixed_rate"].get("reload_window") or {}
-            for label, value, color in (("steady p99", s["steady_fixed_rate"]["p99_ms"], COLORS["model"]), ("reload p99", window.get("p99_ms"), COLORS["faiss"])):
+            for label, value, color in (
+                ("steady p99", s["steady_fixed_rate"]["p99_ms"], COLORS["model"]),
+                ("reload p99", window.get("p99_ms"), COLORS["faiss"]),
+            ):
                 if value is not None:
                     labels.append(f"{mode}\n{label}" if mode != "default" else label)
                     values.append(value)
@@ -307,8 +393,11 @@ def serving_latency(results: dict, path: Path) -> Path | None:
         time_ax.set_ylabel("p99 latency (ms)")
         time_ax.set_title("p99 steady vs reload window (no per-request data in this run)", fontsize=10)
         time_ax.legend(fontsize=8)
-    fig.suptitle(f"Retrieval service: {d['stories']:,} stories x {d['dim']}, {d['users']:,} users, k={d['k']}, "
-                 f"concurrency {d['concurrency']}, load generator on the same machine", fontsize=12)  # fmt: skip
+    fig.suptitle(
+        f"Retrieval service: {d['stories']:,} stories x {d['dim']}, {d['users']:,} users, k={d['k']}, "
+        f"concurrency {d['concurrency']}, load generator on the same machine",
+        fontsize=12,
+    )
     return _save(fig, path)
 
 
@@ -322,17 +411,21 @@ def embedding_throughput(results: dict, path: Path) -> Path | None:
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(8.5, 5))
-    series = [("raw tower, batched Python loop (features built beforehand)", "raw_tower_median_per_s", COLORS["popularity"]),
-              ("the job's work without Beam (read, features, tower)", "plain_loop_median_per_s", COLORS["other"]),
-              ("Beam job, DirectRunner in-process", "job_median_per_s", COLORS["model"]),
-              ("Beam job, DirectRunner 2 processes", "multi_process_2_workers_per_s", COLORS["als"])]  # fmt: skip
+    series = [
+        ("raw tower, batched Python loop (features built beforehand)", "raw_tower_median_per_s", COLORS["popularity"]),
+        ("the job's work without Beam (read, features, tower)", "plain_loop_median_per_s", COLORS["other"]),
+        ("Beam job, DirectRunner in-process", "job_median_per_s", COLORS["model"]),
+        ("Beam job, DirectRunner 2 processes", "multi_process_2_workers_per_s", COLORS["als"]),
+    ]
     series = [s for s in series if all(s[1] in r for r in rows)]
     width = 0.8 / len(series)
     for i, (label, key, color) in enumerate(series):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(rows))]
         bars = ax.bar(xs, [r[key] for r in rows], width, label=label, color=color)
         ax.bar_label(bars, labels=[f"{r[key]:,.0f}" for r in rows], fontsize=8, padding=2)
-    ax.set_xticks(range(len(rows)), [f"{r['job']}\n{r['rows']:,} rows, job/raw = {r['ratio_job_over_raw']:.2f}" for r in rows])
+    ax.set_xticks(
+        range(len(rows)), [f"{r['job']}\n{r['rows']:,} rows, job/raw = {r['ratio_job_over_raw']:.2f}" for r in rows]
+    )
     ax.set_yscale("log")
     ax.set_ylabel("embeddings per second (median of repeats, log scale)")
     ax.set_title("Embedding dataflows against the raw tower on the same rows (target: job/raw >= 0.5)", fontsize=10)
@@ -356,7 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=BENCH_DIR / "figures")
     args = parser.parse_args(argv)
     if not args.results.is_file():
-        print(f"error: no results at {args.results}: run `make bench` (or benchmarks/run_all.py) first", file=sys.stderr)
+        print(
+            f"error: no results at {args.results}: run `make bench` (or benchmarks/run_all.py) first", file=sys.stderr
+        )
         return 1
     for name, written in write_all(json.loads(args.results.read_text()), args.out_dir).items():
         print(f"{name}: {written}")

@@ -61,8 +61,10 @@ def load_results(path: Path) -> dict:
     """The combined results, with an actionable error when there are none."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no benchmark results at {path}: run `make bench` (or `python benchmarks/run_all.py --quick` "
-                                "for a smoke run) first, or pass --results FILE")  # fmt: skip
+        raise FileNotFoundError(
+            f"no benchmark results at {path}: run `make bench` (or `python benchmarks/run_all.py --quick` "
+            "for a smoke run) first, or pass --results FILE"
+        )
     try:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -100,28 +102,40 @@ def render_html(results: dict, images: dict[str, str], source: str = "") -> str:
         f"<title>EBR benchmarks, {e(results.get('started_at', ''))}</title><style>{CSS}</style></head><body>",
         "<h1>Embedding-based retrieval: benchmark report</h1>",
         f'<p class="summary">{met} of {len(targets)} targets met; {e(results.get("mode", ""))} run of {e(results.get("started_at", ""))} '
-        f'at commit <code>{e(str(git.get("commit", ""))[:12])}</code> on {m.get("cpus")} cores '
+        f"at commit <code>{e(str(git.get('commit', ''))[:12])}</code> on {m.get('cpus')} cores "
         '(<a href="#provenance">provenance</a>, <a href="#figures">figures</a>, <a href="#benchmarks">benchmarks run</a>).</p>',
-    ]  # fmt: skip
+    ]
     parts += [f'<div class="note">{e(note)}</div>' for note in results.get("notes", [])]
 
-    parts += ['<div class="overview"><section class="targets">', f"<h2>Targets: {met} of {len(targets)} met</h2>",
-              "<table><tr><th>issue</th><th>target</th><th>measured</th><th>met</th><th>at the issue's size</th></tr>"]  # fmt: skip
+    parts += [
+        '<div class="overview"><section class="targets">',
+        f"<h2>Targets: {met} of {len(targets)} met</h2>",
+        "<table><tr><th>issue</th><th>target</th><th>measured</th><th>met</th><th>at the issue's size</th></tr>",
+    ]
     for t in targets:
         css, verdict = {True: ("met", "met"), False: ("notmet", "not met"), None: ("unknown", "not measured")}[t["met"]]
         at_size = {True: "yes", False: f"no: {e(t['size'])}", None: ""}[t["at_target_size"]]
         note = f"<br><small>{e(t['note'])}</small>" if t.get("note") else ""
-        parts.append(f"<tr><td>#{t['issue']}</td><td>{e(t['target'])}</td><td>{e(t['measured'])}</td><td class=\"{css}\">{verdict}</td>"
-                     f"<td>{at_size}{note}</td></tr>")  # fmt: skip
+        parts.append(
+            f'<tr><td>#{t["issue"]}</td><td>{e(t["target"])}</td><td>{e(t["measured"])}</td><td class="{css}">{verdict}</td>'
+            f"<td>{at_size}{note}</td></tr>"
+        )
     parts += ["</table></section>", '<section class="plots">', "<h2>Plots</h2>" if images else ""]
     for name, data in images.items():
-        parts.append(f'<figure id="{e(name)}"><img alt="{e(PLOT_CAPTIONS.get(name, name))}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")  # fmt: skip
+        parts.append(
+            f'<figure id="{e(name)}"><img alt="{e(PLOT_CAPTIONS.get(name, name))}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{e(PLOT_CAPTIONS.get(name, name))}</figcaption></figure>"
+        )
     parts.append("</section></div>")
 
-    parts += ['<h2 id="figures">Figures</h2>', "<table><tr><th>area</th><th>measurement</th><th>figure</th><th>measured on</th></tr>"]
+    parts += [
+        '<h2 id="figures">Figures</h2>',
+        "<table><tr><th>area</th><th>measurement</th><th>figure</th><th>measured on</th></tr>",
+    ]
     for f in results["figures"]:
-        parts.append(f"<tr><td>{e(f['area'])}</td><td>{e(f['measurement'])}</td><td>{e(f['text'])}</td><td>{e(f['size'])}</td></tr>")
+        parts.append(
+            f"<tr><td>{e(f['area'])}</td><td>{e(f['measurement'])}</td><td>{e(f['text'])}</td><td>{e(f['size'])}</td></tr>"
+        )
     parts.append("</table>")
     quality = _quality_table(results)
     if quality:
@@ -130,13 +144,26 @@ def render_html(results: dict, images: dict[str, str], source: str = "") -> str:
     parts += [
         '<h2 id="provenance">Provenance</h2>',
         '<table class="meta">',
-        _row("run", f"{e(results.get('mode', ''))} run, {e(results.get('started_at', ''))} to {e(results.get('finished_at', ''))} "
-                    f"({results.get('wall_seconds', 0) / 60:.1f} min)"),  # fmt: skip
+        _row(
+            "run",
+            f"{e(results.get('mode', ''))} run, {e(results.get('started_at', ''))} to {e(results.get('finished_at', ''))} "
+            f"({results.get('wall_seconds', 0) / 60:.1f} min)",
+        ),
         _row("command", f"<code>{e(results.get('command', ''))}</code>"),
-        _row("commit", f"<code>{e(str(git.get('commit')))}</code> on {e(str(git.get('branch', '')))}: {e(git.get('subject', ''))}"
-                       + (f" ({len(git['uncommitted_paths'])} uncommitted paths in the checkout)" if git.get("uncommitted_paths") else "")),  # fmt: skip
-        _row("machine", f"{m.get('cpus')} cores, {m.get('memory_gib')} GiB, Python {e(str(m.get('python')))}, {e(str(m.get('platform')))}; "
-                        f"load average {m.get('load_average_at_start', ['?'])[0]} at the start, {m.get('load_average_at_end', ['?'])[0]} at the end"),  # fmt: skip
+        _row(
+            "commit",
+            f"<code>{e(str(git.get('commit')))}</code> on {e(str(git.get('branch', '')))}: {e(git.get('subject', ''))}"
+            + (
+                f" ({len(git['uncommitted_paths'])} uncommitted paths in the checkout)"
+                if git.get("uncommitted_paths")
+                else ""
+            ),
+        ),
+        _row(
+            "machine",
+            f"{m.get('cpus')} cores, {m.get('memory_gib')} GiB, Python {e(str(m.get('python')))}, {e(str(m.get('platform')))}; "
+            f"load average {m.get('load_average_at_start', ['?'])[0]} at the start, {m.get('load_average_at_end', ['?'])[0]} at the end",
+        ),
         _row("packages", e(", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items()))),
     ]
     for label, version in results.get("versions", {}).items():
@@ -145,15 +172,22 @@ def render_html(results: dict, images: dict[str, str], source: str = "") -> str:
         parts.append(_row("results file", f"<code>{e(source)}</code>"))
     parts.append("</table>")
 
-    parts += ['<h2 id="benchmarks">Benchmarks run</h2>', "<table><tr><th>benchmark</th><th>command</th><th>wall s</th><th>status</th></tr>"]
+    parts += [
+        '<h2 id="benchmarks">Benchmarks run</h2>',
+        "<table><tr><th>benchmark</th><th>command</th><th>wall s</th><th>status</th></tr>",
+    ]
     for b in results["benchmarks"].values():
         if b.get("skipped"):
             status = f"skipped ({e(b.get('reason', ''))})"
         elif b["ok"]:
             status = "ok"
         else:
-            status = f"<b>failed: {e(b.get('error', ''))}</b>" + (f"<pre>{e(b['output_tail'])}</pre>" if b.get("output_tail") else "")
-        parts.append(f"<tr><td>{e(b['name'])}</td><td><code>{e(b.get('command', ''))}</code></td><td>{b.get('wall_seconds', '')}</td><td>{status}</td></tr>")
+            status = f"<b>failed: {e(b.get('error', ''))}</b>" + (
+                f"<pre>{e(b['output_tail'])}</pre>" if b.get("output_tail") else ""
+            )
+        parts.append(
+            f"<tr><td>{e(b['name'])}</td><td><code>{e(b.get('command', ''))}</code></td><td>{b.get('wall_seconds', '')}</td><td>{status}</td></tr>"
+        )
     parts.append("</table>")
     demo = results["benchmarks"].get("demo") or {}
     if demo.get("output_tail"):
@@ -166,16 +200,34 @@ def _quality_table(results: dict) -> str:
     mq = (results["benchmarks"].get("model_quality") or {}).get("results")
     if not mq:
         return ""
-    columns = ("top_k_accuracy@100", "recall@10", "recall@50", "recall@100", "recall@500", "ndcg@10", "cold_recall@100",
-               "catalogue_recall@100", "coverage@100", "language_match@10", "country_match@10", "oracle_recall@100", "eval_users",
-               "eval_positives")  # fmt: skip
+    columns = (
+        "top_k_accuracy@100",
+        "recall@10",
+        "recall@50",
+        "recall@100",
+        "recall@500",
+        "ndcg@10",
+        "cold_recall@100",
+        "catalogue_recall@100",
+        "coverage@100",
+        "language_match@10",
+        "country_match@10",
+        "oracle_recall@100",
+        "eval_users",
+        "eval_positives",
+    )
     shown = [c for c in columns if any(c in r["metrics"] for r in mq["rows"])]
-    rows = ["<table><tr><th>dataset</th><th>scorer</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in shown)
-            + "<th>best epoch</th><th>train examples/s</th></tr>"]  # fmt: skip
+    rows = [
+        "<table><tr><th>dataset</th><th>scorer</th>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in shown)
+        + "<th>best epoch</th><th>train examples/s</th></tr>"
+    ]
     for r in (r for r in mq["rows"] if not r.get("seed_run")):
         cells = "".join(f"<td>{r['metrics'][c]:.3f}</td>" if c in r["metrics"] else "<td></td>" for c in shown)
-        rows.append(f"<tr><td>{html.escape(r['dataset'])}</td><td>{html.escape(r['scorer'])}</td>{cells}"
-                    f"<td>{r.get('best_epoch', '')}</td><td>{r.get('examples_per_second', '')}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td>{html.escape(r['dataset'])}</td><td>{html.escape(r['scorer'])}</td>{cells}"
+            f"<td>{r.get('best_epoch', '')}</td><td>{r.get('examples_per_second', '')}</td></tr>"
+        )
     return "\n".join(rows) + "</table>"
 
 

@@ -76,7 +76,9 @@ def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: 
 
     stories = clustered_vectors(n, dim, seed=1)
     rng = np.random.default_rng(2)
-    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(scale=0.5 / np.sqrt(dim), size=(n_users, dim)).astype(np.float32)
+    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(
+        scale=0.5 / np.sqrt(dim), size=(n_users, dim)
+    ).astype(np.float32)
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     user_ids = np.asarray([f"u{i}" for i in range(n_users)], dtype=object)
     out = {"stories": stories, "users": users}
@@ -86,18 +88,42 @@ def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: 
         built = [v for v in kind.versions() if v.complete and "-swap" not in v.name]
         if built and built[0].manifest.params.get("count") == n and built[0].manifest.params.get("dim") == dim:
             kind.rollback_to(built[0].name, reason="router benchmark: start from the built version", verify=False)
-            out[shards] = {"store": store, "version": built[0].name, "manifest": built[0].manifest, "build_seconds": None}
+            out[shards] = {
+                "store": store,
+                "version": built[0].name,
+                "manifest": built[0].manifest,
+                "build_seconds": None,
+            }
             print(f"reusing {root}: {built[0].name}", flush=True)  # same seeds, same vectors: the index is this data's
             continue
-        publish_snapshot(store.kind("embeddings/stories"), "20261201T000000Z-bench", story_ids(0, n), stories,
-                         model_version=MODEL, as_of=0, shards=8, reason="router benchmark")  # fmt: skip
-        publish_snapshot(store.kind("embeddings/users"), "20261201T000000Z-bench", user_ids, users,
-                         model_version=MODEL, as_of=0, reason="router benchmark")  # fmt: skip
+        publish_snapshot(
+            store.kind("embeddings/stories"),
+            "20261201T000000Z-bench",
+            story_ids(0, n),
+            stories,
+            model_version=MODEL,
+            as_of=0,
+            shards=8,
+            reason="router benchmark",
+        )
+        publish_snapshot(
+            store.kind("embeddings/users"),
+            "20261201T000000Z-bench",
+            user_ids,
+            users,
+            model_version=MODEL,
+            as_of=0,
+            reason="router benchmark",
+        )
         cfg = load_config(overrides=[f"root={root}", f"index.shards={shards}"], environ={})
         started = time.perf_counter()
         outcome = build_and_publish_index(cfg, "stories")
-        out[shards] = {"store": store, "version": outcome.version, "manifest": outcome.manifest,
-                       "build_seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+        out[shards] = {
+            "store": store,
+            "version": outcome.version,
+            "manifest": outcome.manifest,
+            "build_seconds": round(time.perf_counter() - started, 1),
+        }
         print(f"built {'unsharded' if shards == 1 else 'a 2-shard set'}: {outcome.detail}", flush=True)
     return out
 
@@ -118,23 +144,32 @@ def measure_recall(built: dict, n_queries: int = 1000) -> dict:
         kind1 = built[1]["store"].kind("indexes/stories")
         single = load_index(kind1.download(built[1]["version"], Path(tmp) / "single"), "stories")
         kind2 = built[2]["store"].kind("indexes/stories")
-        shards = [load_index(download_shard(kind2, built[2]["version"], s, 2, Path(tmp) / "set"), "stories") for s in range(2)]
+        shards = [
+            load_index(download_shard(kind2, built[2]["version"], s, 2, Path(tmp) / "set"), "stories") for s in range(2)
+        ]
         for index in (single, *shards):
             index._index.set_ef(ef)
         single_found = [set(i for i, _ in single.search(q, K)[0]) for q in queries]
         merged_found = [set(i for i, _ in merge_top_k([s.search(q, K)[0] for s in shards], K)) for q in queries]
     r_single = float(np.mean([len(f & e) / K for f, e in zip(single_found, exact_ids, strict=True)]))
     r_merged = float(np.mean([len(f & e) / K for f, e in zip(merged_found, exact_ids, strict=True)]))
-    return {"ef": ef, "queries": n_queries, "recall_at_10_unsharded": round(r_single, 4),
-            "recall_at_10_merged_2_shards": round(r_merged, 4), "difference": round(r_merged - r_single, 4),
-            "met_within_0.005": abs(r_merged - r_single) <= 0.005 or r_merged >= r_single}  # fmt: skip
+    return {
+        "ef": ef,
+        "queries": n_queries,
+        "recall_at_10_unsharded": round(r_single, 4),
+        "recall_at_10_merged_2_shards": round(r_merged, 4),
+        "difference": round(r_merged - r_single, 4),
+        "met_within_0.005": abs(r_merged - r_single) <= 0.005 or r_merged >= r_single,
+    }
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
     env["TF_USE_LEGACY_KERAS"] = "1"
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -163,15 +198,19 @@ def _wait(url: str, path: str = "/readyz", timeout: float = 900) -> None:
 
 def _phases(port: int, args, workdir: Path, seed: int) -> dict:
     common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
-    saturation = SB.summarize(SB.run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=seed, **common))
+    saturation = SB.summarize(
+        SB.run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=seed, **common)
+    )
     steady = SB.summarize(SB.run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=seed + 1, **common))
     return {"saturation_closed_loop": saturation, "steady_fixed_rate": {"offered_rate": args.rate, **steady}}
 
 
 def histogram_quantiles(metrics: str, name: str, quantiles=(0.5, 0.99)) -> dict:
     """Quantiles of a Prometheus histogram from its cumulative buckets (upper bounds)."""
-    buckets = sorted((float("inf") if le == "+Inf" else float(le), float(v))
-                     for le, v in re.findall(rf'{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)', metrics))  # fmt: skip
+    buckets = sorted(
+        (float("inf") if le == "+Inf" else float(le), float(v))
+        for le, v in re.findall(rf'{name}_bucket{{le="([^"]+)"}} ([0-9.e+]+)', metrics)
+    )
     total = buckets[-1][1] if buckets else 0
     out = {"count": int(total)}
     for q in quantiles:
@@ -191,9 +230,13 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--swaps", type=int, default=5)
-    parser.add_argument("--deadline-ms", type=float, default=1000.0,
-                        help="router.deadline_ms (its default, 200, is for a machine of its own; on 2 shared cores "
-                             "a fan-out beside a reload takes longer)")  # fmt: skip
+    parser.add_argument(
+        "--deadline-ms",
+        type=float,
+        default=1000.0,
+        help="router.deadline_ms (its default, 200, is for a machine of its own; on 2 shared cores "
+        "a fan-out beside a reload takes longer)",
+    )
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder, removed at the end")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "router.json")
     args = parser.parse_args(argv)
@@ -214,8 +257,20 @@ def run(argv: list[str] | None = None) -> dict:
         try:
             # -- the single service --
             port = SB._free_port()
-            single = _start(["--root", single_root, "--set", f"serving.cache_dir={cache}/single", "serve", "--port", str(port),
-                             "--poll-interval", "1"], workdir / "single.log")  # fmt: skip
+            single = _start(
+                [
+                    "--root",
+                    single_root,
+                    "--set",
+                    f"serving.cache_dir={cache}/single",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--poll-interval",
+                    "1",
+                ],
+                workdir / "single.log",
+            )
             processes.append(single)
             _wait(f"http://127.0.0.1:{port}")
             print("single service: load phases ...", flush=True)
@@ -225,30 +280,69 @@ def run(argv: list[str] | None = None) -> dict:
 
             # -- the sharded tier --
             shard_ports = [SB._free_port() for _ in range(2)]
-            shards = [_start(["--root", sharded_root, "--set", f"serving.cache_dir={cache}/shard-{s}", "serve", "--shard", f"{s}/2",
-                              "--port", str(p), "--poll-interval", "0.5"], workdir / f"shard-{s}.log")
-                      for s, p in enumerate(shard_ports)]  # fmt: skip
+            shards = [
+                _start(
+                    [
+                        "--root",
+                        sharded_root,
+                        "--set",
+                        f"serving.cache_dir={cache}/shard-{s}",
+                        "serve",
+                        "--shard",
+                        f"{s}/2",
+                        "--port",
+                        str(p),
+                        "--poll-interval",
+                        "0.5",
+                    ],
+                    workdir / f"shard-{s}.log",
+                )
+                for s, p in enumerate(shard_ports)
+            ]
             processes.extend(shards)
             for p in shard_ports:
                 _wait(f"http://127.0.0.1:{p}")
             router_port = SB._free_port()
             replicas = json.dumps([[f"http://127.0.0.1:{p}"] for p in shard_ports])
-            router = _start(["--root", sharded_root, "--set", f"serving.cache_dir={cache}/router", "--set",
-                             "serving.poll_interval_s=0.5", "--set", "router.health_interval_s=0.25",
-                             "--set", f"router.deadline_ms={args.deadline_ms}",
-                             "route", "--port", str(router_port), "--replicas", replicas], workdir / "router.log")  # fmt: skip
+            router = _start(
+                [
+                    "--root",
+                    sharded_root,
+                    "--set",
+                    f"serving.cache_dir={cache}/router",
+                    "--set",
+                    "serving.poll_interval_s=0.5",
+                    "--set",
+                    "router.health_interval_s=0.25",
+                    "--set",
+                    f"router.deadline_ms={args.deadline_ms}",
+                    "route",
+                    "--port",
+                    str(router_port),
+                    "--replicas",
+                    replicas,
+                ],
+                workdir / "router.log",
+            )
             processes.append(router)
             _wait(f"http://127.0.0.1:{router_port}")
             shard_memory = []
             for s, (p, process) in enumerate(zip(shard_ports, shards, strict=True)):
                 status = httpx.get(f"http://127.0.0.1:{p}/v1/shard", timeout=5).json()
                 held = status["collections"]["stories"]["versions"][0]
-                shard_memory.append({"shard": s, "items": held["count"], "loaded_index_memory_bytes": held["memory_bytes"],
-                                     "server_tree_rss_bytes": SB._rss(process.pid)})  # fmt: skip
+                shard_memory.append(
+                    {
+                        "shard": s,
+                        "items": held["count"],
+                        "loaded_index_memory_bytes": held["memory_bytes"],
+                        "server_tree_rss_bytes": SB._rss(process.pid),
+                    }
+                )
             print("router: load phases ...", flush=True)
             routed = _phases(router_port, args, workdir, seed=11)
-            overhead_steady = histogram_quantiles(httpx.get(f"http://127.0.0.1:{router_port}/metrics").text,
-                                                  "ebr_router_fanout_overhead_seconds")  # fmt: skip
+            overhead_steady = histogram_quantiles(
+                httpx.get(f"http://127.0.0.1:{router_port}/metrics").text, "ebr_router_fanout_overhead_seconds"
+            )
 
             # -- shard-set swaps under load --
             kind = built[2]["store"].kind("indexes/stories")
@@ -272,7 +366,11 @@ def run(argv: list[str] | None = None) -> dict:
                     kind.publish(name, reason="router benchmark: a swap under load")
                     published.append(name)
                     while time.monotonic() - at < 60:
-                        pin = httpx.get(f"http://127.0.0.1:{router_port}/v1/versions", timeout=5).json()["pinned"].get("stories")
+                        pin = (
+                            httpx.get(f"http://127.0.0.1:{router_port}/v1/versions", timeout=5)
+                            .json()["pinned"]
+                            .get("stories")
+                        )
                         if pin and pin["version"] == name:
                             switched.append(round(time.monotonic() - at, 2))
                             break
@@ -284,17 +382,29 @@ def run(argv: list[str] | None = None) -> dict:
             swap_seconds = args.duration + 8.0 * args.swaps
             publisher = threading.Thread(target=publish_all)
             publisher.start()
-            rows = SB.run_loadgen(router_port, "rate", duration=swap_seconds, rate=swap_rate, seed=21, concurrency=args.concurrency,
-                                  users=args.users, workdir=workdir)  # fmt: skip
+            rows = SB.run_loadgen(
+                router_port,
+                "rate",
+                duration=swap_seconds,
+                rate=swap_rate,
+                seed=21,
+                concurrency=args.concurrency,
+                users=args.users,
+                workdir=workdir,
+            )
             publisher.join()
             names = [str(v) for v in rows["names"]]
             answered_by = {names[c]: int((rows["version"] == c).sum()) for c in range(len(names))}
             statuses = {str(code): int((rows["status"] == code).sum()) for code in np.unique(rows["status"])}
-            swaps = {"published": len(published), "seconds_to_switch": switched, "offered_rate": round(swap_rate, 1),
-                     "whole_phase": SB.summarize(rows),
-                     "statuses": statuses,
-                     "answers_per_set_version": answered_by,
-                     "sets_answered_from": len([v for v in answered_by if v in (base, *copies)])}  # fmt: skip
+            swaps = {
+                "published": len(published),
+                "seconds_to_switch": switched,
+                "offered_rate": round(swap_rate, 1),
+                "whole_phase": SB.summarize(rows),
+                "statuses": statuses,
+                "answers_per_set_version": answered_by,
+                "sets_answered_from": len([v for v in answered_by if v in (base, *copies)]),
+            }
             metrics = httpx.get(f"http://127.0.0.1:{router_port}/metrics").text
             overhead_all = histogram_quantiles(metrics, "ebr_router_fanout_overhead_seconds")
         finally:
@@ -306,22 +416,40 @@ def run(argv: list[str] | None = None) -> dict:
     sat_ratio = routed["saturation_closed_loop"]["qps"] / max(single_result["saturation_closed_loop"]["qps"], 1e-9)
     steady = routed["steady_fixed_rate"]
     result = {
-        "benchmark": "router", "started_at": started_at, "cpus": os.cpu_count(), "load_average_at_start": load_start,
-        "platform": platform.platform(), "n": args.n, "dim": args.dim, "users": args.users, "duration_s": args.duration,
+        "benchmark": "router",
+        "started_at": started_at,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": load_start,
+        "platform": platform.platform(),
+        "n": args.n,
+        "dim": args.dim,
+        "users": args.users,
+        "duration_s": args.duration,
         "router_deadline_ms": args.deadline_ms,
         "build_seconds": {"unsharded": built[1]["build_seconds"], "2_shards": built[2]["build_seconds"]},
-        "recall": recall, "single_service": single_result, "router_2x1": {**routed, "shard_memory": shard_memory},
-        "router_overhead_steady": overhead_steady, "router_overhead_all_phases": overhead_all, "swaps": swaps,
+        "recall": recall,
+        "single_service": single_result,
+        "router_2x1": {**routed, "shard_memory": shard_memory},
+        "router_overhead_steady": overhead_steady,
+        "router_overhead_all_phases": overhead_all,
+        "swaps": swaps,
         "targets": {
             "merged_recall_within_0.005": recall["met_within_0.005"],
-            "router_p99_le_10ms_at_1000qps": {"p99_ms": steady["p99_ms"], "qps": steady["qps"],
-                                              "met": steady["p99_ms"] <= 10 and steady["qps"] >= 0.98 * args.rate},
+            "router_p99_le_10ms_at_1000qps": {
+                "p99_ms": steady["p99_ms"],
+                "qps": steady["qps"],
+                "met": steady["p99_ms"] <= 10 and steady["qps"] >= 0.98 * args.rate,
+            },
             "router_qps_ge_half_single": {"ratio": round(sat_ratio, 3), "met": sat_ratio >= 0.5},
-            "zero_failed_during_swaps": {"failed": swaps["whole_phase"]["failed"], "swaps": len(published),
-                                         "sets_answered_from": swaps["sets_answered_from"], "offered_rate": swaps["offered_rate"],
-                                         "met": swaps["whole_phase"]["failed"] == 0 and len(published) >= 5},
+            "zero_failed_during_swaps": {
+                "failed": swaps["whole_phase"]["failed"],
+                "swaps": len(published),
+                "sets_answered_from": swaps["sets_answered_from"],
+                "offered_rate": swaps["offered_rate"],
+                "met": swaps["whole_phase"]["failed"] == 0 and len(published) >= 5,
+            },
         },
-    }  # fmt: skip
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=float))
     args.out.with_suffix(".md").write_text(to_markdown(result))
@@ -332,26 +460,39 @@ def run(argv: list[str] | None = None) -> dict:
 def to_markdown(r: dict) -> str:
     s, t = r["single_service"], r["router_2x1"]
     rows = [
-        "| | single service | router, 2 shards × 1 replica |", "|---|---|---|",
+        "| | single service | router, 2 shards × 1 replica |",
+        "|---|---|---|",
         f"| saturated QPS (closed loop, 16 connections) | {s['saturation_closed_loop']['qps']} | {t['saturation_closed_loop']['qps']} |",
         f"| p50 / p99 ms at {r['single_service']['steady_fixed_rate']['offered_rate']:.0f}/s | "
         f"{s['steady_fixed_rate']['p50_ms']} / {s['steady_fixed_rate']['p99_ms']} | {t['steady_fixed_rate']['p50_ms']} / {t['steady_fixed_rate']['p99_ms']} |",
         f"| achieved QPS at that rate | {s['steady_fixed_rate']['qps']} | {t['steady_fixed_rate']['qps']} |",
         f"| failed requests | {s['saturation_closed_loop']['failed'] + s['steady_fixed_rate']['failed']} | "
         f"{t['saturation_closed_loop']['failed'] + t['steady_fixed_rate']['failed']} |",
-    ]  # fmt: skip
-    lines = [f"# Router benchmark ({r['n']:,} × {r['dim']}, {r['users']:,} users, {r['cpus']} CPUs, load {r['load_average_at_start'][0]:.1f} at start)", "",
-             *rows, "",
-             f"recall@10 at ef={r['recall']['ef']}: unsharded {r['recall']['recall_at_10_unsharded']}, merged 2 shards "
-             f"{r['recall']['recall_at_10_merged_2_shards']} (difference {r['recall']['difference']})", "",
-             f"router overhead (fan-out + merge beyond the slowest shard), steady phases: {r['router_overhead_steady']}", "",
-             f"swaps under load at {r['swaps']['offered_rate']}/s (router.deadline_ms={r['router_deadline_ms']:g}): {r['swaps']['published']} published, "
-             f"seconds from publish to the router's switch {r['swaps']['seconds_to_switch']}, "
-             f"{r['swaps']['whole_phase']}, statuses {r['swaps']['statuses']}, answers per set version "
-             f"{r['swaps']['answers_per_set_version']}", "",
-             "memory per shard: " + "; ".join(f"shard {m['shard']}: {m['items']:,} items, index {m['loaded_index_memory_bytes'] / 2**20:.0f} MiB, "
-                                             f"server + index process RSS {m['server_tree_rss_bytes'] / 2**20:.0f} MiB" for m in t["shard_memory"]),
-             "", "targets: " + json.dumps(r["targets"])]  # fmt: skip
+    ]
+    lines = [
+        f"# Router benchmark ({r['n']:,} × {r['dim']}, {r['users']:,} users, {r['cpus']} CPUs, load {r['load_average_at_start'][0]:.1f} at start)",
+        "",
+        *rows,
+        "",
+        f"recall@10 at ef={r['recall']['ef']}: unsharded {r['recall']['recall_at_10_unsharded']}, merged 2 shards "
+        f"{r['recall']['recall_at_10_merged_2_shards']} (difference {r['recall']['difference']})",
+        "",
+        f"router overhead (fan-out + merge beyond the slowest shard), steady phases: {r['router_overhead_steady']}",
+        "",
+        f"swaps under load at {r['swaps']['offered_rate']}/s (router.deadline_ms={r['router_deadline_ms']:g}): {r['swaps']['published']} published, "
+        f"seconds from publish to the router's switch {r['swaps']['seconds_to_switch']}, "
+        f"{r['swaps']['whole_phase']}, statuses {r['swaps']['statuses']}, answers per set version "
+        f"{r['swaps']['answers_per_set_version']}",
+        "",
+        "memory per shard: "
+        + "; ".join(
+            f"shard {m['shard']}: {m['items']:,} items, index {m['loaded_index_memory_bytes'] / 2**20:.0f} MiB, "
+            f"server + index process RSS {m['server_tree_rss_bytes'] / 2**20:.0f} MiB"
+            for m in t["shard_memory"]
+        ),
+        "",
+        "targets: " + json.dumps(r["targets"]),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -80,52 +80,106 @@ class Benchmark:
 # built with the same sizes: its figures are about serving, not building.
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
-        "model_quality", "two-tower vs tuned baselines (MovieLens 100K and 1M, TFRS protocol, synthetic world); training examples/s",
+        "model_quality",
+        "two-tower vs tuned baselines (MovieLens 100K and 1M, TFRS protocol, synthetic world); training examples/s",
         "benchmarks/model_quality.py",
         ("--seeds", "3", "--epochs", "10", "--ml1m-users", "1000", "--variants", "label,pointwise,transformer"),
         ("--datasets", "synthetic", "--world-size", "tiny", "--epochs", "1", "--seeds", "1", "--variants", "none"),
         timeout_s=150 * 60,
     ),
     Benchmark(
-        "embedding_jobs", "Beam embedding jobs (DirectRunner) vs the raw tower in a batched loop",
-        "benchmarks/embedding_jobs.py", ("--stories", "200000", "--users", "30000", "--events", "2000000", "--repeats", "3"),
-        ("--stories", "2000", "--users", "300", "--creators", "50", "--events", "10000", "--days", "3", "--repeats", "1"),
+        "embedding_jobs",
+        "Beam embedding jobs (DirectRunner) vs the raw tower in a batched loop",
+        "benchmarks/embedding_jobs.py",
+        ("--stories", "200000", "--users", "30000", "--events", "2000000", "--repeats", "3"),
+        (
+            "--stories",
+            "2000",
+            "--users",
+            "300",
+            "--creators",
+            "50",
+            "--events",
+            "10000",
+            "--days",
+            "3",
+            "--repeats",
+            "1",
+        ),
         timeout_s=12 * 60,
     ),
     Benchmark(
-        "index_build", "hnswlib vs exact numpy and faiss HNSW; incremental update vs full rebuild",
-        "benchmarks/index_build.py", ("--n", "200000"),
+        "index_build",
+        "hnswlib vs exact numpy and faiss HNSW; incremental update vs full rebuild",
+        "benchmarks/index_build.py",
+        ("--n", "200000"),
         ("--n", "5000", "--queries", "200", "--exact-queries", "50", "--ef", "10,32,64"),
         timeout_s=10 * 60,
     ),
     Benchmark(
-        "serving", "HTTP service vs raw hnswlib; p50/p99 steady and during a hot reload; memory per version",
-        "benchmarks/serving.py", ("--n", "200000", "--users", "50000", "--duration", "10", "--workdir", "{repo}/var/bench/serving-work"),
-        ("--n", "5000", "--users", "1000", "--duration", "2", "--raw-seconds", "1", "--workdir", "{run_dir}/serving-work"),
+        "serving",
+        "HTTP service vs raw hnswlib; p50/p99 steady and during a hot reload; memory per version",
+        "benchmarks/serving.py",
+        ("--n", "200000", "--users", "50000", "--duration", "10", "--workdir", "{repo}/var/bench/serving-work"),
+        (
+            "--n",
+            "5000",
+            "--users",
+            "1000",
+            "--duration",
+            "2",
+            "--raw-seconds",
+            "1",
+            "--workdir",
+            "{run_dir}/serving-work",
+        ),
         timeout_s=10 * 60,
     ),
     Benchmark(
         # Issue #14's sizes are 1,000,000 stories (`python benchmarks/router.py`); 200k here:
         # two index builds (unsharded and a 2-shard set) per run.
-        "router", "2 shard servers + the router vs the single service; merged recall; p50/p99; 5 shard-set swaps under load",
-        "benchmarks/router.py", ("--n", "200000", "--users", "50000", "--duration", "8", "--swaps", "5"),
+        "router",
+        "2 shard servers + the router vs the single service; merged recall; p50/p99; 5 shard-set swaps under load",
+        "benchmarks/router.py",
+        ("--n", "200000", "--users", "50000", "--duration", "8", "--swaps", "5"),
         ("--n", "5000", "--users", "1000", "--duration", "2", "--swaps", "5"),
-        timeout_s=25 * 60, quick_timeout_s=300,
+        timeout_s=25 * 60,
+        quick_timeout_s=300,
     ),
     Benchmark(
         # Short here (2 minutes on the 200k index); the 10-minute soak of issue #13 is
         # `python benchmarks/soak.py --minutes 10`. Exits non-zero when an invariant broke.
-        "soak", "service under load for minutes while a seeded fault schedule publishes, rolls back, corrupts, deletes, kills",
-        "benchmarks/soak.py", ("--minutes", "2", "--fault-every", "12", "--workdir", "{repo}/var/bench/soak-work"),
-        ("--n", "5000", "--users", "1000", "--minutes", "0.5", "--fault-every", "4", "--poll-interval", "0.5",
-         "--workdir", "{run_dir}/soak-work"),
-        timeout_s=15 * 60, quick_timeout_s=240,
+        "soak",
+        "service under load for minutes while a seeded fault schedule publishes, rolls back, corrupts, deletes, kills",
+        "benchmarks/soak.py",
+        ("--minutes", "2", "--fault-every", "12", "--workdir", "{repo}/var/bench/soak-work"),
+        (
+            "--n",
+            "5000",
+            "--users",
+            "1000",
+            "--minutes",
+            "0.5",
+            "--fault-every",
+            "4",
+            "--poll-interval",
+            "0.5",
+            "--workdir",
+            "{run_dir}/soak-work",
+        ),
+        timeout_s=15 * 60,
+        quick_timeout_s=240,
     ),
     Benchmark(
-        "demo", "end-to-end demo (`make demo`), wall time",
+        "demo",
+        "end-to-end demo (`make demo`), wall time",
         # Its own root (var/bench/demo, not the default var/demo): a `make demo` someone runs
         # at the same time must not share the warehouse and the Airflow home with this one.
-        "make", ("-o", STAMP, "demo", "DEMO_ROOT=file://{repo}/var/bench/demo"), None, timeout_s=15 * 60, writes_json=False,
+        "make",
+        ("-o", STAMP, "demo", "DEMO_ROOT=file://{repo}/var/bench/demo"),
+        None,
+        timeout_s=15 * 60,
+        writes_json=False,
     ),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
@@ -157,8 +211,13 @@ def run_benchmark(bench: Benchmark, run_dir: Path, *, quick: bool, log_dir: Path
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     log_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = log_dir / f"{bench.name}.out", log_dir / f"{bench.name}.err"
-    record = {"name": bench.name, "what": bench.what, "command": _shell_line(cmd), "timeout_seconds": timeout,
-              "load_average_before": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    record = {
+        "name": bench.name,
+        "what": bench.what,
+        "command": _shell_line(cmd),
+        "timeout_seconds": timeout,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+    }
     _log(f"{bench.name}: {record['command']}")
     started = time.perf_counter()
     with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
@@ -241,13 +300,23 @@ def serving_latency_extract(workdir: Path, results: dict) -> dict | None:
     reload_data = np.load(files["reload"])
     names = [str(n) for n in reload_data["names"]]
     # Which mode's arrays these are: the one whose post-reload version the answers name.
-    mode, reload_cfg = next(((m, v["reload_fixed_rate"]) for m, v in serving_modes(results).items()
-                             if v["reload_fixed_rate"].get("served_after") in names), (None, None))  # fmt: skip
+    mode, reload_cfg = next(
+        (
+            (m, v["reload_fixed_rate"])
+            for m, v in serving_modes(results).items()
+            if v["reload_fixed_rate"].get("served_after") in names
+        ),
+        (None, None),
+    )
     if mode is None:
         return None
     probs = quantile_grid()
-    extract: dict = {"source": "per-request latencies of benchmarks/serving.py's load generator (its --workdir)",
-                     "searcher": mode, "probabilities": probs, "phases": {}}  # fmt: skip
+    extract: dict = {
+        "source": "per-request latencies of benchmarks/serving.py's load generator (its --workdir)",
+        "searcher": mode,
+        "probabilities": probs,
+        "phases": {},
+    }
     for phase, path in files.items():
         data = np.load(path)
         extract["phases"][phase] = _latency_quantiles(data["latency"] * 1000.0, data["status"], probs)
@@ -267,21 +336,33 @@ def serving_latency_extract(workdir: Path, results: dict) -> dict | None:
     series = []
     for b in np.unique(bins):
         chunk = ms[bins == b]
-        series.append([round(b * 0.1, 1), round(float(np.percentile(chunk, 50)), 3), round(float(np.percentile(chunk, 99)), 3),
-                       round(float(chunk.max()), 3), int(len(chunk))])  # fmt: skip
+        series.append(
+            [
+                round(b * 0.1, 1),
+                round(float(np.percentile(chunk, 50)), 3),
+                round(float(np.percentile(chunk, 99)), 3),
+                round(float(chunk.max()), 3),
+                int(len(chunk)),
+            ]
+        )
     extract["reload_timeline"] = {
-        "columns": ["t_seconds", "p50_ms", "p99_ms", "max_ms", "requests"], "bin_seconds": 0.1, "rows": series,
+        "columns": ["t_seconds", "p50_ms", "p99_ms", "max_ms", "requests"],
+        "bin_seconds": 0.1,
+        "rows": series,
         "published_at_seconds": round(published_at, 2) if published_at is not None else None,
         "swapped_at_seconds": round(swapped_at, 2),
-    }  # fmt: skip
+    }
     return extract
 
 
 def _latency_quantiles(ms, status, probs: list[float]) -> dict:
     import numpy as np
 
-    return {"requests": int(len(ms)), "failed": int((status != 200).sum()),
-            "quantiles_ms": [round(float(x), 3) for x in np.quantile(ms, probs)]}  # fmt: skip
+    return {
+        "requests": int(len(ms)),
+        "failed": int((status != 200).sum()),
+        "quantiles_ms": [round(float(x), 3) for x in np.quantile(ms, probs)],
+    }
 
 
 def quantile_grid() -> list[float]:
@@ -316,27 +397,69 @@ def _figures_model_quality(mq: dict, add) -> None:
     shown = [r for r in mq["rows"] if not r.get("seed_run")]
     for r in shown:
         if "examples_per_second" in r:
-            add("training", f"{r['scorer']} ({_short_dataset(r['dataset'])})", r["examples_per_second"], "examples/s",
-                f"{r['examples_per_second']:,.0f} examples/s (best epoch {r['best_epoch']} of {r['epochs_run']})", r["dataset"])  # fmt: skip
+            add(
+                "training",
+                f"{r['scorer']} ({_short_dataset(r['dataset'])})",
+                r["examples_per_second"],
+                "examples/s",
+                f"{r['examples_per_second']:,.0f} examples/s (best epoch {r['best_epoch']} of {r['epochs_run']})",
+                r["dataset"],
+            )
     for r in shown:
         m = r["metrics"]
-        parts = [f"{k} {m[k]:.3f}" for k in ("top_k_accuracy@100", "recall@10", "recall@100", "recall@500", "ndcg@10", "cold_recall@100", "language_match@10") if k in m]
+        parts = [
+            f"{k} {m[k]:.3f}"
+            for k in (
+                "top_k_accuracy@100",
+                "recall@10",
+                "recall@100",
+                "recall@500",
+                "ndcg@10",
+                "cold_recall@100",
+                "language_match@10",
+            )
+            if k in m
+        ]
         if "eval_users" in m:
             parts.append(f"{int(m['eval_users']):,} test users / {int(m.get('eval_positives', 0)):,} positives")
-        add("quality", f"{r['scorer']} ({_short_dataset(r['dataset'])})", m.get("recall@100"), "recall@100", ", ".join(parts), r["dataset"])
+        add(
+            "quality",
+            f"{r['scorer']} ({_short_dataset(r['dataset'])})",
+            m.get("recall@100"),
+            "recall@100",
+            ", ".join(parts),
+            r["dataset"],
+        )
 
 
 def _figures_embedding_jobs(ej: dict, add) -> None:
     for r in ej["rows"]:
         size = f"{r['rows']:,} {r['job'].split('_')[0]}"
         if "ratio_job_over_raw" in r:
-            plain = (f"; the same work without Beam (read, features, tower) {r['plain_loop_median_per_s']:,.0f}/s, job/that "
-                     f"{r['ratio_job_over_plain_loop']:.2f}" if "plain_loop_median_per_s" in r else "")  # fmt: skip
-            add("Beam jobs", f"{r['job']}: job vs raw tower", r["ratio_job_over_raw"], "job/raw",
+            plain = (
+                f"; the same work without Beam (read, features, tower) {r['plain_loop_median_per_s']:,.0f}/s, job/that "
+                f"{r['ratio_job_over_plain_loop']:.2f}"
+                if "plain_loop_median_per_s" in r
+                else ""
+            )
+            add(
+                "Beam jobs",
+                f"{r['job']}: job vs raw tower",
+                r["ratio_job_over_raw"],
+                "job/raw",
                 f"job {r['job_median_per_s']:,.0f}/s vs raw tower {r['raw_tower_median_per_s']:,.0f}/s: ratio {r['ratio_job_over_raw']:.2f}{plain} "
-                f"({r['job_median_seconds']} s wall; 2-process DirectRunner {r['multi_process_2_workers_seconds']} s)", size)  # fmt: skip
+                f"({r['job_median_seconds']} s wall; 2-process DirectRunner {r['multi_process_2_workers_seconds']} s)",
+                size,
+            )
         else:
-            add("Beam jobs", f"{r['job']}: wall time", r["job_seconds"], "s", f"{r['job_seconds']} s ({r['job_per_s']:,.0f}/s)", size)
+            add(
+                "Beam jobs",
+                f"{r['job']}: wall time",
+                r["job_seconds"],
+                "s",
+                f"{r['job_seconds']} s ({r['job_per_s']:,.0f}/s)",
+                size,
+            )
 
 
 def _figures_index_build(ib: dict, add) -> None:
@@ -347,36 +470,84 @@ def _figures_index_build(ib: dict, add) -> None:
         if lib not in ib:
             continue
         b = ib[lib]["build"]
-        add("index", f"{lib} build ({ib['params']['build_threads']} threads)", b["vectors_per_second"], "vectors/s",
-            f"{b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} bytes/vector", size)  # fmt: skip
+        add(
+            "index",
+            f"{lib} build ({ib['params']['build_threads']} threads)",
+            b["vectors_per_second"],
+            "vectors/s",
+            f"{b['vectors_per_second']:,.0f} vectors/s, {b['bytes_per_vector']:,.0f} bytes/vector",
+            size,
+        )
         for query_set, rows in sweep_sets(ib[lib]["sweep"]).items():
             best = fastest_at_recall(rows, 0.99)
-            text = (f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f}, {best['qps']:,.0f} QPS ({best['qps'] / exact:.1f}x exact)"
-                    if best else "no ef of the sweep reaches 0.99")  # fmt: skip
-            add("index", f"{lib} at recall@10 >= 0.99{_query_set_label(query_set)}", best["qps"] if best else None, "QPS", text, size)
+            text = (
+                f"ef={best['ef']}: recall@10 {best['recall_at_10']:.4f}, {best['qps']:,.0f} QPS ({best['qps'] / exact:.1f}x exact)"
+                if best
+                else "no ef of the sweep reaches 0.99"
+            )
+            add(
+                "index",
+                f"{lib} at recall@10 >= 0.99{_query_set_label(query_set)}",
+                best["qps"] if best else None,
+                "QPS",
+                text,
+                size,
+            )
     inc = ib["incremental"]
-    add("index", f"incremental update ({inc['fraction']:.0%} turnover) vs full rebuild", inc["speedup"], "x",
-        f"{inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s: {inc['speedup']}x", size)  # fmt: skip
+    add(
+        "index",
+        f"incremental update ({inc['fraction']:.0%} turnover) vs full rebuild",
+        inc["speedup"],
+        "x",
+        f"{inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s: {inc['speedup']}x",
+        size,
+    )
 
 
 def _figures_serving(sv: dict, add) -> None:
     d = sv["data"]
     size = f"{d['stories']:,} stories x {d['dim']}, {d['users']:,} users, concurrency {d['concurrency']}"
     raw = sv["raw_hnswlib_single_thread"]
-    add("serving", "raw hnswlib, 1 thread, 1 query", raw["qps"], "QPS", f"{raw['qps']:,.0f} QPS, p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms", size)
+    add(
+        "serving",
+        "raw hnswlib, 1 thread, 1 query",
+        raw["qps"],
+        "QPS",
+        f"{raw['qps']:,.0f} QPS, p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms",
+        size,
+    )
     mib = 2**20
     for mode, s in serving_modes(sv).items():
         label = f"served ({mode} searcher)" if mode != "default" else "served"
         sat = s["saturation_closed_loop"]
-        add("serving", f"{label}, closed loop (saturation)", sat["qps"], "QPS", f"{sat['qps']:,.0f} QPS, p50 {sat['p50_ms']} ms, p99 {sat['p99_ms']} ms", size)
+        add(
+            "serving",
+            f"{label}, closed loop (saturation)",
+            sat["qps"],
+            "QPS",
+            f"{sat['qps']:,.0f} QPS, p50 {sat['p50_ms']} ms, p99 {sat['p99_ms']} ms",
+            size,
+        )
         st = s["steady_fixed_rate"]
-        add("serving", f"{label}, fixed {st['offered_rate']:.0f} req/s (steady)", st["p99_ms"], "ms p99",
-            f"{st['qps']:,.0f} req/s, p50 {st['p50_ms']} ms, p99 {st['p99_ms']} ms, {st['failed']} failed", size)  # fmt: skip
+        add(
+            "serving",
+            f"{label}, fixed {st['offered_rate']:.0f} req/s (steady)",
+            st["p99_ms"],
+            "ms p99",
+            f"{st['qps']:,.0f} req/s, p50 {st['p50_ms']} ms, p99 {st['p99_ms']} ms, {st['failed']} failed",
+            size,
+        )
         rl = s["reload_fixed_rate"]
         win = rl.get("reload_window") or {}
-        add("serving", f"{label}, during a hot reload ({rl.get('window_seconds')} s window)", win.get("p99_ms"), "ms p99",
+        add(
+            "serving",
+            f"{label}, during a hot reload ({rl.get('window_seconds')} s window)",
+            win.get("p99_ms"),
+            "ms p99",
             f"p50 {win.get('p50_ms')} ms, p99 {win.get('p99_ms')} ms, {rl['whole_phase'].get('failed')} failed in the phase; "
-            f"server reload {_round(rl.get('server_reload_seconds'), 2)} s", size)  # fmt: skip
+            f"server reload {_round(rl.get('server_reload_seconds'), 2)} s",
+            size,
+        )
         mem = s.get("memory") or sv.get("memory") or {}
         rss = [mem.get(k) for k in ("server_tree_rss_loaded", "server_rss_loaded")]
         peak = [mem.get(k) for k in ("server_tree_rss_peak_during_reload", "server_rss_peak_during_reload")]
@@ -391,13 +562,31 @@ def _figures_serving(sv: dict, add) -> None:
 
 def _figures_demo(record: dict, add) -> None:
     if record["ok"]:
-        add("end to end", "`make demo`", record["wall_seconds"], "s", f"{record['wall_seconds']:.0f} s wall", "DEMO_SIZE default (Makefile)")
+        add(
+            "end to end",
+            "`make demo`",
+            record["wall_seconds"],
+            "s",
+            f"{record['wall_seconds']:.0f} s wall",
+            "DEMO_SIZE default (Makefile)",
+        )
     else:
-        add("end to end", "`make demo`", None, "s", f"failed after {record['wall_seconds']:.0f} s: {record['error']}", "")
+        add(
+            "end to end",
+            "`make demo`",
+            None,
+            "s",
+            f"failed after {record['wall_seconds']:.0f} s: {record['error']}",
+            "",
+        )
 
 
-FIGURES = {"model_quality": _figures_model_quality, "embedding_jobs": _figures_embedding_jobs,
-           "index_build": _figures_index_build, "serving": _figures_serving}  # fmt: skip
+FIGURES = {
+    "model_quality": _figures_model_quality,
+    "embedding_jobs": _figures_embedding_jobs,
+    "index_build": _figures_index_build,
+    "serving": _figures_serving,
+}
 
 
 def summary_figures(benchmarks: dict[str, dict]) -> list[dict]:
@@ -409,7 +598,9 @@ def summary_figures(benchmarks: dict[str, dict]) -> list[dict]:
     rows: list[dict] = []
 
     def add(area: str, measurement: str, value, unit: str, text: str, size: str) -> None:
-        rows.append({"area": area, "measurement": measurement, "value": value, "unit": unit, "text": text, "size": size})
+        rows.append(
+            {"area": area, "measurement": measurement, "value": value, "unit": unit, "text": text, "size": size}
+        )
 
     for name, figures in FIGURES.items():
         results = _results(benchmarks, name)
@@ -432,47 +623,101 @@ def _targets_model_quality(mq: dict, add) -> None:
             continue
         full = "random users" not in median["dataset"]
         verdicts = median["verdicts"]
-        measured = "; ".join(f"{m} {median['metrics'][m]:.3f} vs {v['against']} {v['baseline_value']:.3f}: {v['verdict']}" for m, v in verdicts.items())
+        measured = "; ".join(
+            f"{m} {median['metrics'][m]:.3f} vs {v['against']} {v['baseline_value']:.3f}: {v['verdict']}"
+            for m, v in verdicts.items()
+        )
         met = all(median["metrics"][m] >= v["baseline_value"] and v["verdict"] != "loss" for m, v in verdicts.items())
-        add(12, f"{dataset} time split: default model >= the best baseline on recall@10, @100, @500 and NDCG@10 (seed medians)",
-            measured, met, full, median["dataset"])  # fmt: skip
+        add(
+            12,
+            f"{dataset} time split: default model >= the best baseline on recall@10, @100, @500 and NDCG@10 (seed medians)",
+            measured,
+            met,
+            full,
+            median["dataset"],
+        )
         if dataset == "ml-1m":
             value = median["metrics"]["recall@100"]
-            add(12, "ml-1m time split: default model recall@100 >= 0.40", f"{value:.3f}", value >= 0.40, full, median["dataset"])
+            add(
+                12,
+                "ml-1m time split: default model recall@100 >= 0.40",
+                f"{value:.3f}",
+                value >= 0.40,
+                full,
+                median["dataset"],
+            )
     tfrs = _median_row(mq, "ml-100k (TFRS")
     if tfrs:
         m = tfrs["metrics"]
-        add(12, "ml-100k TFRS protocol: top-100 accuracy >= 0.40", f"{m['top_k_accuracy@100']:.3f}", m["top_k_accuracy@100"] >= 0.40, True, tfrs["dataset"])
+        add(
+            12,
+            "ml-100k TFRS protocol: top-100 accuracy >= 0.40",
+            f"{m['top_k_accuracy@100']:.3f}",
+            m["top_k_accuracy@100"] >= 0.40,
+            True,
+            tfrs["dataset"],
+        )
         v = tfrs["verdicts"].get("recall@100")
         if v:
-            add(12, "ml-100k TFRS protocol: seen-excluded recall@100 >= the best baseline",
+            add(
+                12,
+                "ml-100k TFRS protocol: seen-excluded recall@100 >= the best baseline",
                 f"{m['recall@100']:.3f} vs {v['against']} {v['baseline_value']:.3f}: {v['verdict']}",
-                m["recall@100"] >= v["baseline_value"] and v["verdict"] != "loss", True, tfrs["dataset"])  # fmt: skip
+                m["recall@100"] >= v["baseline_value"] and v["verdict"] != "loss",
+                True,
+                tfrs["dataset"],
+            )
     world = _median_row(mq, "synthetic")
     if world:
         rows = {r.get("baseline"): r["metrics"] for r in _rows_of(mq, "synthetic") if r.get("baseline")}
         m = world["metrics"]
-        checks = [(b, k) for b in ("recent_popularity", "als") if b in rows for k in ("recall@10", "recall@100", "recall@500", "ndcg@10") if k in m]
-        add(12, "synthetic world: ahead of recent popularity and ALS at every depth",
+        checks = [
+            (b, k)
+            for b in ("recent_popularity", "als")
+            if b in rows
+            for k in ("recall@10", "recall@100", "recall@500", "ndcg@10")
+            if k in m
+        ]
+        add(
+            12,
+            "synthetic world: ahead of recent popularity and ALS at every depth",
             "; ".join(f"{k} {m[k]:.3f} vs {b} {rows[b][k]:.3f}" for b, k in checks),
-            bool(checks) and all(m[k] > rows[b][k] for b, k in checks), True, world["dataset"])  # fmt: skip
+            bool(checks) and all(m[k] > rows[b][k] for b, k in checks),
+            True,
+            world["dataset"],
+        )
         pointwise = next((r["metrics"] for r in _rows_of(mq, "synthetic") if "pointwise" in r["scorer"]), None)
         if pointwise and "language_match@10" in m:
-            add(12, "synthetic world: language match@10 with in-batch negatives above the pointwise model",
-                f"{m['language_match@10']:.3f} vs {pointwise['language_match@10']:.3f}", m["language_match@10"] > pointwise["language_match@10"], True, world["dataset"])
+            add(
+                12,
+                "synthetic world: language match@10 with in-batch negatives above the pointwise model",
+                f"{m['language_match@10']:.3f} vs {pointwise['language_match@10']:.3f}",
+                m["language_match@10"] > pointwise["language_match@10"],
+                True,
+                world["dataset"],
+            )
 
 
 def _median_row(mq: dict, dataset_prefix: str) -> dict | None:
-    return next((r for r in _rows_of(mq, dataset_prefix) if r.get("verdicts") is not None and "median" in r["scorer"]), None)
+    return next(
+        (r for r in _rows_of(mq, dataset_prefix) if r.get("verdicts") is not None and "median" in r["scorer"]), None
+    )
 
 
 def _targets_embedding_jobs(ej: dict, add) -> None:
-    stories = next((r["rows"] for r in ej["rows"] if r["job"] == "stories_embeddings" and "ratio_job_over_raw" in r), None)
+    stories = next(
+        (r["rows"] for r in ej["rows"] if r["job"] == "stories_embeddings" and "ratio_job_over_raw" in r), None
+    )
     for r in (r for r in ej["rows"] if "ratio_job_over_raw" in r):
-        add(4, f"{r['job']}: embeddings/s on DirectRunner >= 0.5 x the raw tower loop",
+        add(
+            4,
+            f"{r['job']}: embeddings/s on DirectRunner >= 0.5 x the raw tower loop",
             f"{r['ratio_job_over_raw']:.2f} ({r['job_median_per_s']:,.0f}/s vs {r['raw_tower_median_per_s']:,.0f}/s)",
-            r["ratio_job_over_raw"] >= 0.5, stories is not None and stories >= 200_000, f"{r['rows']:,} rows",
-            "target size: 200,000 stories")  # fmt: skip
+            r["ratio_job_over_raw"] >= 0.5,
+            stories is not None and stories >= 200_000,
+            f"{r['rows']:,} rows",
+            "target size: 200,000 stories",
+        )
 
 
 def _targets_index_build(ib: dict, add) -> None:
@@ -489,13 +734,27 @@ def _targets_index_build(ib: dict, add) -> None:
         speedup, measured = 0.0, "no ef of the sweep reaches recall@10 0.99"
     notes = [f"query set: {query_set}"] if query_set is not None else []
     if n < 1_000_000:
-        notes.append("target size 1,000,000: exact search costs 5x more there than at 200,000, so the speed-up grows with n")
-    add(5, "hnswlib recall@10 >= 0.99 at >= 50x exact numpy QPS (1 thread, 1 query)", measured,
-        best is not None and speedup >= 50, n >= 1_000_000, size, "; ".join(notes))  # fmt: skip
+        notes.append(
+            "target size 1,000,000: exact search costs 5x more there than at 200,000, so the speed-up grows with n"
+        )
+    add(
+        5,
+        "hnswlib recall@10 >= 0.99 at >= 50x exact numpy QPS (1 thread, 1 query)",
+        measured,
+        best is not None and speedup >= 50,
+        n >= 1_000_000,
+        size,
+        "; ".join(notes),
+    )
     inc = ib["incremental"]
-    add(5, f"incremental update touching {inc['fraction']:.0%} of stories >= 20x faster than a full rebuild",
+    add(
+        5,
+        f"incremental update touching {inc['fraction']:.0%} of stories >= 20x faster than a full rebuild",
         f"{inc['speedup']}x ({inc['incremental_seconds']} s vs {inc['full_rebuild_seconds']} s)",
-        inc["speedup"] >= 20, n >= 1_000_000, size)  # fmt: skip
+        inc["speedup"] >= 20,
+        n >= 1_000_000,
+        size,
+    )
 
 
 def _targets_serving(sv: dict, add) -> None:
@@ -507,23 +766,53 @@ def _targets_serving(sv: dict, add) -> None:
         tag = f" [searcher: {mode}]" if mode != "default" else ""
         st, sat, rl = s["steady_fixed_rate"], s["saturation_closed_loop"], s["reload_fixed_rate"]
         # A fixed-rate generator's achieved rate is requests / span: allow 2% under the offered 1,000/s.
-        add(6, f"p99 <= 10 ms at >= 1,000 requests/s{tag}", f"p99 {st['p99_ms']} ms at {st['qps']:,.0f} req/s (offered {st['offered_rate']:.0f})",
-            st["p99_ms"] <= 10 and st["qps"] >= 0.98 * 1000 and st["offered_rate"] >= 1000, at_size, size)  # fmt: skip
-        add(6, f"served QPS >= 30% of raw hnswlib single-thread QPS{tag}", f"{sat['qps'] / raw:.2f} ({sat['qps']:,.0f} vs {raw:,.0f} QPS)",
-            sat["qps"] >= 0.3 * raw, at_size, size)  # fmt: skip
+        add(
+            6,
+            f"p99 <= 10 ms at >= 1,000 requests/s{tag}",
+            f"p99 {st['p99_ms']} ms at {st['qps']:,.0f} req/s (offered {st['offered_rate']:.0f})",
+            st["p99_ms"] <= 10 and st["qps"] >= 0.98 * 1000 and st["offered_rate"] >= 1000,
+            at_size,
+            size,
+        )
+        add(
+            6,
+            f"served QPS >= 30% of raw hnswlib single-thread QPS{tag}",
+            f"{sat['qps'] / raw:.2f} ({sat['qps']:,.0f} vs {raw:,.0f} QPS)",
+            sat["qps"] >= 0.3 * raw,
+            at_size,
+            size,
+        )
         window = rl.get("reload_window") or {}
         reload_p99 = window.get("p99_ms", rl["whole_phase"].get("p99_ms"))
         swapped = rl.get("swapped", rl.get("window_seconds") is not None)
-        add(6, f"p99 during a reload <= 2 x steady p99{tag}",
-            f"{reload_p99} ms vs {st['p99_ms']} ms ({reload_p99 / st['p99_ms']:.2f}x)" if reload_p99 is not None else "no reload measured",
-            reload_p99 is not None and swapped and reload_p99 <= 2 * st["p99_ms"], at_size, size,
-            "" if swapped else "the new version was not served within the phase")  # fmt: skip
+        add(
+            6,
+            f"p99 during a reload <= 2 x steady p99{tag}",
+            f"{reload_p99} ms vs {st['p99_ms']} ms ({reload_p99 / st['p99_ms']:.2f}x)"
+            if reload_p99 is not None
+            else "no reload measured",
+            reload_p99 is not None and swapped and reload_p99 <= 2 * st["p99_ms"],
+            at_size,
+            size,
+            "" if swapped else "the new version was not served within the phase",
+        )
         failed = sum(p.get("failed", 0) for p in (sat, st, rl["whole_phase"]))
-        add(6, f"zero failed requests (saturation, steady and reload phases){tag}", f"{failed} failed", failed == 0, at_size, size)
+        add(
+            6,
+            f"zero failed requests (saturation, steady and reload phases){tag}",
+            f"{failed} failed",
+            failed == 0,
+            at_size,
+            size,
+        )
 
 
-TARGETS = {"model_quality": (3, _targets_model_quality), "embedding_jobs": (4, _targets_embedding_jobs),
-           "index_build": (5, _targets_index_build), "serving": (6, _targets_serving)}  # fmt: skip
+TARGETS = {
+    "model_quality": (3, _targets_model_quality),
+    "embedding_jobs": (4, _targets_embedding_jobs),
+    "index_build": (5, _targets_index_build),
+    "serving": (6, _targets_serving),
+}
 
 
 def evaluate_targets(benchmarks: dict[str, dict]) -> list[dict]:
@@ -537,20 +826,43 @@ def evaluate_targets(benchmarks: dict[str, dict]) -> list[dict]:
     targets: list[dict] = []
 
     def add(issue: int, target: str, measured: str, met, at_size, size: str, note: str = "") -> None:
-        targets.append({"issue": issue, "target": target, "measured": measured, "met": met,
-                        "at_target_size": at_size, "size": size, "note": note})  # fmt: skip
+        targets.append(
+            {
+                "issue": issue,
+                "target": target,
+                "measured": measured,
+                "met": met,
+                "at_target_size": at_size,
+                "size": size,
+                "note": note,
+            }
+        )
 
     for name, (issue, evaluate) in TARGETS.items():
         record = benchmarks.get(name)
         if record is None or record.get("skipped"):
             continue
         if not record["ok"] or not record.get("results"):
-            add(issue, f"every target of the {name} benchmark", f"the benchmark failed: {record.get('error')}", None, None, "")
+            add(
+                issue,
+                f"every target of the {name} benchmark",
+                f"the benchmark failed: {record.get('error')}",
+                None,
+                None,
+                "",
+            )
             continue
         try:
             evaluate(record["results"], add)
         except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
-            add(issue, f"every target of the {name} benchmark", f"could not read {name}.json: {type(exc).__name__}: {exc}", None, None, "")
+            add(
+                issue,
+                f"every target of the {name} benchmark",
+                f"could not read {name}.json: {type(exc).__name__}: {exc}",
+                None,
+                None,
+                "",
+            )
     return targets
 
 
@@ -582,16 +894,30 @@ def machine_info() -> dict:
     except OSError:
         pass
     packages = {}
-    for name in ("tensorflow", "tf-keras", "tensorflow-recommenders", "apache-beam", "hnswlib", "faiss-cpu", "numpy", "implicit", "fastapi", "uvicorn"):
+    for name in (
+        "tensorflow",
+        "tf-keras",
+        "tensorflow-recommenders",
+        "apache-beam",
+        "hnswlib",
+        "faiss-cpu",
+        "numpy",
+        "implicit",
+        "fastapi",
+        "uvicorn",
+    ):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:
             pass
     return {
-        "cpus": os.cpu_count(), "memory_gib": mem_gib, "python": platform.python_version(),
-        "platform": platform.platform(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "packages": packages,
-    }  # fmt: skip
+    }
 
 
 def git_state() -> dict:
@@ -602,8 +928,12 @@ def git_state() -> dict:
 
     try:
         dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
-        return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
-                "subject": git("log", "-1", "--format=%s"), "uncommitted_paths": dirty}  # fmt: skip
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+            "subject": git("log", "-1", "--format=%s"),
+            "uncommitted_paths": dirty,
+        }
     except (OSError, subprocess.CalledProcessError) as exc:
         return {"commit": None, "error": f"git failed: {exc}"}
 
@@ -616,7 +946,9 @@ def model_versions(benchmarks: dict[str, dict]) -> dict:
         try:
             versions["serving: index built and served first"] = sv["index"]["version"]
             for mode, s in serving_modes(sv).items():
-                versions[f"serving ({mode}): index served after the reload"] = s["reload_fixed_rate"].get("served_after")
+                versions[f"serving ({mode}): index served after the reload"] = s["reload_fixed_rate"].get(
+                    "served_after"
+                )
         except (KeyError, TypeError):
             pass
     demo = benchmarks.get("demo") or {}
@@ -691,13 +1023,20 @@ def _sweep_markdown(benchmarks: dict) -> list[str]:
     if not ib:
         return []
     exact = ib["exact"]["qps_single_query"]
-    lines = ["", f"### Recall vs QPS ({ib['data']['n']:,} x {ib['data']['dim']}, 1 thread, 1 query at a time; exact numpy {exact:,.0f} QPS)", "",
-             "| library | queries | ef | recall@10 | QPS | x exact |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        f"### Recall vs QPS ({ib['data']['n']:,} x {ib['data']['dim']}, 1 thread, 1 query at a time; exact numpy {exact:,.0f} QPS)",
+        "",
+        "| library | queries | ef | recall@10 | QPS | x exact |",
+        "|---|---|---|---|---|---|",
+    ]
     for lib in ("hnswlib", "faiss"):
         for query_set, rows in sweep_sets(ib.get(lib, {}).get("sweep", [])).items():
             for r in rows:
-                lines.append(f"| {lib} | {query_set or ''} | {r['ef']} | {r['recall_at_10']:.4f} | "
-                             f"{r['qps']:,.0f} | {r['qps'] / exact:.1f} |")  # fmt: skip
+                lines.append(
+                    f"| {lib} | {query_set or ''} | {r['ef']} | {r['recall_at_10']:.4f} | "
+                    f"{r['qps']:,.0f} | {r['qps'] / exact:.1f} |"
+                )
     return lines
 
 
@@ -745,22 +1084,38 @@ def _json_default(value):
 def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test (< 2 min); the demo is skipped")
-    parser.add_argument("--only", action="append", choices=list(BY_NAME), metavar="NAME",
-                        help=f"run only this benchmark (repeatable): {', '.join(BY_NAME)}; the others' figures are kept "
-                             "from the existing results file")  # fmt: skip
-    parser.add_argument("--run-dir", type=Path, help="where each benchmark writes its JSON (default benchmarks/results/make_bench/; "
-                                                     "--quick: a temporary folder)")  # fmt: skip
-    parser.add_argument("--results", type=Path, help="combined JSON (default benchmarks/results.json; --quick: in the run folder)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=list(BY_NAME),
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BY_NAME)}; the others' figures are kept "
+        "from the existing results file",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="where each benchmark writes its JSON (default benchmarks/results/make_bench/; "
+        "--quick: a temporary folder)",
+    )
+    parser.add_argument(
+        "--results", type=Path, help="combined JSON (default benchmarks/results.json; --quick: in the run folder)"
+    )
     parser.add_argument("--note", action="append", default=[], help="free text stored with the results (repeatable)")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="skip the plots and the HTML report")
-    parser.add_argument("--resummarize", action="store_true",
-                        help="run nothing: recompute figures, targets, tables, plots and the report of the last run "
-                             "from its results file and the benchmark JSONs it names (after a fix to this script)")  # fmt: skip
+    parser.add_argument(
+        "--resummarize",
+        action="store_true",
+        help="run nothing: recompute figures, targets, tables, plots and the report of the last run "
+        "from its results file and the benchmark JSONs it names (after a fix to this script)",
+    )
     args = parser.parse_args(argv)
     if args.resummarize:
         return resummarize((args.results or RESULTS_JSON).resolve(), plots=args.plots, notes=args.note)
 
-    run_dir = (args.run_dir or (Path(tempfile.mkdtemp(prefix="ebr-bench-quick-")) if args.quick else DEFAULT_RUN_DIR)).resolve()
+    run_dir = (
+        args.run_dir or (Path(tempfile.mkdtemp(prefix="ebr-bench-quick-")) if args.quick else DEFAULT_RUN_DIR)
+    ).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     results_path = (args.results or ((run_dir / "results.json") if args.quick else RESULTS_JSON)).resolve()
     selected = [b for b in BENCHMARKS if not args.only or b.name in args.only]
@@ -772,29 +1127,43 @@ def run(argv: list[str] | None = None) -> dict:
     records: dict[str, dict] = {}
     for bench in selected:
         if args.quick and bench.quick_args is None:
-            records[bench.name] = {"name": bench.name, "what": bench.what, "skipped": True, "ok": False, "reason": "not run in --quick"}
+            records[bench.name] = {
+                "name": bench.name,
+                "what": bench.what,
+                "skipped": True,
+                "ok": False,
+                "reason": "not run in --quick",
+            }
             continue
         records[bench.name] = run_benchmark(bench, run_dir, quick=args.quick, log_dir=run_dir / "logs")
     machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     notes = list(args.note)
-    loads = [machine["load_average_at_start"][0]] + [r["load_average_after"][0] for r in records.values() if "load_average_after" in r]
+    loads = [machine["load_average_at_start"][0]] + [
+        r["load_average_after"][0] for r in records.values() if "load_average_after" in r
+    ]
     if max(loads) > (machine["cpus"] or 1):
-        notes.append(f"the machine was busy during the run (1-minute load average up to {max(loads)} on {machine['cpus']} cores, "
-                     "measured before and after each benchmark, which includes the benchmark itself): speed figures may be "
-                     "lower and noisier than on an idle machine")  # fmt: skip
+        notes.append(
+            f"the machine was busy during the run (1-minute load average up to {max(loads)} on {machine['cpus']} cores, "
+            "measured before and after each benchmark, which includes the benchmark itself): speed figures may be "
+            "lower and noisier than on an idle machine"
+        )
     if args.quick:
         notes.append("--quick run: tiny sizes, a smoke test of the chain; the speed figures mean nothing")
     if git.get("uncommitted_paths"):
-        notes.append(f"the checkout had {len(git['uncommitted_paths'])} uncommitted paths at the start (listed under git): "
-                     "the run used the working tree, not only the commit")  # fmt: skip
+        notes.append(
+            f"the checkout had {len(git['uncommitted_paths'])} uncommitted paths at the start (listed under git): "
+            "the run used the working tree, not only the commit"
+        )
     for record in records.values():
         record.setdefault("run_started_at", started_at)
     if args.only and results_path.is_file():
         records, kept = merge_previous(records, json.loads(results_path.read_text()))
         if kept:
-            notes.append(f"--only {', '.join(args.only)}: {', '.join(kept)} kept from earlier runs (their run_started_at "
-                         "says when); machine and git describe this run")  # fmt: skip
+            notes.append(
+                f"--only {', '.join(args.only)}: {', '.join(kept)} kept from earlier runs (their run_started_at "
+                "says when); machine and git describe this run"
+            )
 
     results = {
         "schema": 1,
@@ -822,8 +1191,11 @@ def merge_previous(records: dict[str, dict], previous: dict) -> tuple[dict[str, 
 
     Returns the records in the benchmarks' order and the names kept from before.
     """
-    old = {name: {**r, "run_started_at": r.get("run_started_at", previous.get("started_at"))}
-           for name, r in previous.get("benchmarks", {}).items() if name not in records and not r.get("skipped")}  # fmt: skip
+    old = {
+        name: {**r, "run_started_at": r.get("run_started_at", previous.get("started_at"))}
+        for name, r in previous.get("benchmarks", {}).items()
+        if name not in records and not r.get("skipped")
+    }
     merged = {**old, **records}
     order = [b.name for b in BENCHMARKS] + [n for n in merged if n not in BY_NAME]
     return {n: merged[n] for n in order if n in merged}, [n for n in order if n in old]
@@ -853,8 +1225,12 @@ def resummarize(results_path: Path, *, plots: bool = True, notes: list[str] = ()
         if record.get("json"):
             record["results"] = json.loads((REPO / record["json"]).read_text())
     records = results["benchmarks"]
-    results.update(figures=summary_figures(records), targets=evaluate_targets(records), versions=model_versions(records))
-    stamp = f"figures re-summarised from this run's benchmark JSONs at {datetime.now(UTC).isoformat(timespec='seconds')}"
+    results.update(
+        figures=summary_figures(records), targets=evaluate_targets(records), versions=model_versions(records)
+    )
+    stamp = (
+        f"figures re-summarised from this run's benchmark JSONs at {datetime.now(UTC).isoformat(timespec='seconds')}"
+    )
     kept = [n for n in results.get("notes", []) if not n.startswith("figures re-summarised")]
     results["notes"] = kept + [n for n in notes if n not in kept] + [stamp]
     write_outputs(results, results_path, results_path.parent / "figures" if plots else None)

@@ -75,13 +75,19 @@ def _request_bytes(user_ids: list[str], k: int) -> list[bytes]:
         body = json.dumps({"user_id": user_id, "k": k}).encode()
         out.append(
             b"POST /v1/retrieve/stories HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
         )
     return out
 
 
-async def _connection(port: int, requests: list[bytes], schedule: np.ndarray | None, stop_at: float,
-                      out: list[tuple[float, float, int, bytes]]) -> None:  # fmt: skip
+async def _connection(
+    port: int,
+    requests: list[bytes],
+    schedule: np.ndarray | None,
+    stop_at: float,
+    out: list[tuple[float, float, int, bytes]],
+) -> None:
     """One keep-alive connection: sends its requests in order, at `schedule` times if given.
 
     Records (scheduled or actual send time, latency from that time, status, index version).
@@ -148,22 +154,39 @@ def loadgen_main(argv: list[str]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    rows = asyncio.run(_generate(args.port, args.mode, args.rate, args.duration, args.concurrency, args.users, args.seed))
+    rows = asyncio.run(
+        _generate(args.port, args.mode, args.rate, args.duration, args.concurrency, args.users, args.seed)
+    )
     versions = sorted({r[3] for r in rows})
     code = {v: i for i, v in enumerate(versions)}
     np.savez(
         args.out,
-        start=np.array([r[0] for r in rows]), latency=np.array([r[1] for r in rows]),
-        status=np.array([r[2] for r in rows]), version=np.array([code[r[3]] for r in rows]),
+        start=np.array([r[0] for r in rows]),
+        latency=np.array([r[1] for r in rows]),
+        status=np.array([r[2] for r in rows]),
+        version=np.array([code[r[3]] for r in rows]),
         names=np.array([v.decode() for v in versions]),
-    )  # fmt: skip
+    )
 
 
-def run_loadgen(port: int, mode: str, *, duration: float, rate: float, concurrency: int, users: int, workdir: Path, seed: int) -> dict:
+def run_loadgen(
+    port: int, mode: str, *, duration: float, rate: float, concurrency: int, users: int, workdir: Path, seed: int
+) -> dict:
     """Starts the load generator process and waits for it; returns its per-request arrays."""
     out = workdir / f"loadgen-{mode}-{seed}.npz"
-    cmd = [sys.executable, __file__, "loadgen", f"--port={port}", f"--mode={mode}", f"--rate={rate}",
-           f"--duration={duration}", f"--concurrency={concurrency}", f"--users={users}", f"--seed={seed}", f"--out={out}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "loadgen",
+        f"--port={port}",
+        f"--mode={mode}",
+        f"--rate={rate}",
+        f"--duration={duration}",
+        f"--concurrency={concurrency}",
+        f"--users={users}",
+        f"--seed={seed}",
+        f"--out={out}",
+    ]
     subprocess.run(cmd, check=True, timeout=duration + 120)
     data = np.load(out)
     return {key: data[key] for key in data.files}
@@ -233,13 +256,30 @@ def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | N
             return store, built[0].name, None, users.vectors
     stories = clustered_vectors(n, dim, seed=1)  # the index benchmark's data shape
     rng = np.random.default_rng(2)
-    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(scale=0.5 / np.sqrt(dim), size=(n_users, dim)).astype(np.float32)
+    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(
+        scale=0.5 / np.sqrt(dim), size=(n_users, dim)
+    ).astype(np.float32)
     users /= np.linalg.norm(users, axis=1, keepdims=True)
     user_ids = np.asarray([f"u{i}" for i in range(n_users)], dtype=object)
-    publish_snapshot(store.kind("embeddings/stories"), "20261124T000000Z-bench", story_ids(0, n), stories,
-                     model_version=MODEL, as_of=0, shards=8, reason="serving benchmark")  # fmt: skip
-    publish_snapshot(store.kind("embeddings/users"), "20261124T000000Z-bench", user_ids, users,
-                     model_version=MODEL, as_of=0, reason="serving benchmark")  # fmt: skip
+    publish_snapshot(
+        store.kind("embeddings/stories"),
+        "20261124T000000Z-bench",
+        story_ids(0, n),
+        stories,
+        model_version=MODEL,
+        as_of=0,
+        shards=8,
+        reason="serving benchmark",
+    )
+    publish_snapshot(
+        store.kind("embeddings/users"),
+        "20261124T000000Z-bench",
+        user_ids,
+        users,
+        model_version=MODEL,
+        as_of=0,
+        reason="serving benchmark",
+    )
     overrides = [f"root={root}"] + ([f"index.min_recall_at_10={min_recall}"] if min_recall is not None else [])
     cfg = load_config(overrides=overrides, environ={})
     started = time.perf_counter()
@@ -292,9 +332,13 @@ def raw_hnswlib_qps(index_dir: Path, dim: int, ef: int, queries: np.ndarray, sec
     elapsed = time.perf_counter() - started
     del index
     ms = np.array(latencies) * 1000
-    return {"qps": round(done / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "load_seconds": round(load_s, 2),
-            "rss_delta_bytes": int(rss_delta)}  # fmt: skip
+    return {
+        "qps": round(done / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "load_seconds": round(load_s, 2),
+        "rss_delta_bytes": int(rss_delta),
+    }
 
 
 def wait_ready(url: str, timeout: float, version: str | None = None) -> dict:
@@ -323,14 +367,32 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
     # Write the copy's dirty pages back now: left to the kernel, the writeback of ~0.7 GB
     # starts ~30 s later (vm.dirty_expire_centisecs), in the middle of the measurements.
     os.sync()
-    kind.rollback_to(base_version, reason=f"serving benchmark: start the {mode} run from the built version", verify=False)
+    kind.rollback_to(
+        base_version, reason=f"serving benchmark: start the {mode} run from the built version", verify=False
+    )
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--root", root, "--set", f"serving.cache_dir={args.cache_dir}/cache-{mode}",
-         "--set", f"serving.searcher={mode}", "serve", "--port", str(port), "--poll-interval", "1"],
-        cwd=REPO, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--root",
+            root,
+            "--set",
+            f"serving.cache_dir={args.cache_dir}/cache-{mode}",
+            "--set",
+            f"serving.searcher={mode}",
+            "serve",
+            "--port",
+            str(port),
+            "--poll-interval",
+            "1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
+        stdout=subprocess.DEVNULL,
+    )
     try:
         started = time.monotonic()
         versions = wait_ready(url, timeout=1800, version=base_version)
@@ -362,20 +424,30 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
         threads = [threading.Thread(target=sample_rss), threading.Thread(target=publish_later)]
         for t in threads:
             t.start()
-        rows = run_loadgen(port, "rate", duration=max(args.duration, 8.0 + 2.0 * first_load_s), rate=args.rate, seed=3, **common)
+        rows = run_loadgen(
+            port, "rate", duration=max(args.duration, 8.0 + 2.0 * first_load_s), rate=args.rate, seed=3, **common
+        )
         stop_sampling.set()
         for t in threads:
             t.join()
         names = list(rows["names"])
         new_code = names.index(reload_version) if reload_version in names else -1
         swapped = float(rows["start"][rows["version"] == new_code].min()) if new_code >= 0 else None
-        window = (rows["start"] >= publish_at[0]) & (rows["start"] <= (swapped if swapped is not None else np.inf) + 1.0)
+        window = (rows["start"] >= publish_at[0]) & (
+            rows["start"] <= (swapped if swapped is not None else np.inf) + 1.0
+        )
         after = wait_ready(url, timeout=120, version=reload_version)
         time.sleep(2.0)  # the old version is freed once its last request is done
         rss_after = _rss(server.pid)
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
-        reload_seconds = next((float(line.split()[-1]) for line in metrics.splitlines()
-                               if line.startswith('ebr_serving_last_reload_seconds{kind="indexes/stories"}')), None)  # fmt: skip
+        reload_seconds = next(
+            (
+                float(line.split()[-1])
+                for line in metrics.splitlines()
+                if line.startswith('ebr_serving_last_reload_seconds{kind="indexes/stories"}')
+            ),
+            None,
+        )
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -388,17 +460,22 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
         "saturation_closed_loop": saturation,
         "steady_fixed_rate": {"offered_rate": args.rate, **steady},
         "reload_fixed_rate": {
-            "offered_rate": args.rate, "whole_phase": summarize(rows), "reload_window": summarize(rows, window),
+            "offered_rate": args.rate,
+            "whole_phase": summarize(rows),
+            "reload_window": summarize(rows, window),
             "window_seconds": round(swapped - publish_at[0], 2) if swapped is not None else None,
             "served_after": after["served"]["components"]["indexes/stories"]["version"],
             "server_reload_seconds": reload_seconds,
         },
         "memory": {
-            "loaded_index_memory_bytes": component["memory_bytes"], "index_process_rss_bytes": component.get("searcher_rss_bytes"),
-            "server_tree_rss_loaded": rss_loaded, "server_tree_rss_peak_during_reload": peak_rss[0],
-            "server_tree_rss_after_reload": rss_after, "first_load_seconds": round(first_load_s, 1),
+            "loaded_index_memory_bytes": component["memory_bytes"],
+            "index_process_rss_bytes": component.get("searcher_rss_bytes"),
+            "server_tree_rss_loaded": rss_loaded,
+            "server_tree_rss_peak_during_reload": peak_rss[0],
+            "server_tree_rss_after_reload": rss_after,
+            "first_load_seconds": round(first_load_s, 1),
         },
-    }  # fmt: skip
+    }
 
 
 def targets(mode: dict, raw: dict) -> dict:
@@ -407,14 +484,20 @@ def targets(mode: dict, raw: dict) -> dict:
     ratio = saturation["qps"] / raw["qps"]
     failed = saturation["failed"] + steady["failed"] + whole["failed"]
     return {
-        "p99_le_10ms_at_1000qps": {"p99_ms": steady["p99_ms"], "achieved_qps": steady["qps"],
-                                   "met": steady["p99_ms"] <= 10 and steady["qps"] >= 1000 * 0.98},
+        "p99_le_10ms_at_1000qps": {
+            "p99_ms": steady["p99_ms"],
+            "achieved_qps": steady["qps"],
+            "met": steady["p99_ms"] <= 10 and steady["qps"] >= 1000 * 0.98,
+        },
         "served_over_raw_ge_0.3": {"ratio": round(ratio, 3), "met": ratio >= 0.3},
-        "reload_p99_le_2x_steady": {"reload_window_p99_ms": window.get("p99_ms"), "whole_phase_p99_ms": whole.get("p99_ms"),
-                                    "ratio_window": round(window.get("p99_ms", float("nan")) / steady["p99_ms"], 2),
-                                    "met": window.get("p99_ms", float("inf")) <= 2 * steady["p99_ms"]},
+        "reload_p99_le_2x_steady": {
+            "reload_window_p99_ms": window.get("p99_ms"),
+            "whole_phase_p99_ms": whole.get("p99_ms"),
+            "ratio_window": round(window.get("p99_ms", float("nan")) / steady["p99_ms"], 2),
+            "met": window.get("p99_ms", float("inf")) <= 2 * steady["p99_ms"],
+        },
         "zero_failed_requests": {"failed": failed, "met": failed == 0},
-    }  # fmt: skip
+    }
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -426,13 +509,23 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rate", type=float, default=1000.0, help="fixed request rate of the steady and reload phases")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per load phase")
     parser.add_argument("--raw-seconds", type=float, default=5.0, help="seconds of raw hnswlib queries")
-    parser.add_argument("--min-recall", type=float, help="index.min_recall_at_10 for the build (default: config's 0.98); "
-                        "the served ef is the first that reaches it")
+    parser.add_argument(
+        "--min-recall",
+        type=float,
+        help="index.min_recall_at_10 for the build (default: config's 0.98); "
+        "the served ef is the first that reaches it",
+    )
     parser.add_argument("--searchers", default="process,inline", help="serving.searcher modes to measure, in order")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the store here; default: a temporary directory")
-    parser.add_argument("--cache-dir", type=Path, help="the service's download cache; default: a temporary "
-                        "directory in /dev/shm (tmpfs) if there is one, else in the workdir")
-    parser.add_argument("--note", default="", help="free text stored with the results (e.g. what else ran on the machine)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the service's download cache; default: a temporary "
+        "directory in /dev/shm (tmpfs) if there is one, else in the workdir",
+    )
+    parser.add_argument(
+        "--note", default="", help="free text stored with the results (e.g. what else ran on the machine)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args(argv)
 
@@ -455,7 +548,10 @@ def run(argv: list[str] | None = None) -> dict:
         source_dir = store.kind("indexes/stories").local_dir(base_version)
         print("raw hnswlib, single thread ...", flush=True)
         raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
-        modes = [measure_searcher(mode, args, store, root, workdir, base_version, source_dir) for mode in args.searchers.split(",")]
+        modes = [
+            measure_searcher(mode, args, store, root, workdir, base_version, source_dir)
+            for mode in args.searchers.split(",")
+        ]
     finally:
         if own_cache:
             shutil.rmtree(args.cache_dir, ignore_errors=True)
@@ -466,13 +562,29 @@ def run(argv: list[str] | None = None) -> dict:
         "benchmark": "serving",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in load_at_start],
-                    "note": "server, load generator and raw hnswlib on the same machine" + (f"; {args.note}" if args.note else "")},  # fmt: skip
-        "data": {"stories": args.n, "dim": args.dim, "users": args.users, "k": K, "concurrency": args.concurrency,
-                 "service_cache_dir": str(args.cache_dir)},
-        "index": {"version": base_version, "M": manifest.params.get("M"), "ef_construction": manifest.params.get("ef_construction"),
-                  "ef_search": ef, "recall_at_10": manifest.metrics.get("recall_at_10"),
-                  "build_seconds": round(build_s, 1) if build_s is not None else "reused from an earlier run"},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "note": "server, load generator and raw hnswlib on the same machine"
+            + (f"; {args.note}" if args.note else ""),
+        },
+        "data": {
+            "stories": args.n,
+            "dim": args.dim,
+            "users": args.users,
+            "k": K,
+            "concurrency": args.concurrency,
+            "service_cache_dir": str(args.cache_dir),
+        },
+        "index": {
+            "version": base_version,
+            "M": manifest.params.get("M"),
+            "ef_construction": manifest.params.get("ef_construction"),
+            "ef_search": ef,
+            "recall_at_10": manifest.metrics.get("recall_at_10"),
+            "build_seconds": round(build_s, 1) if build_s is not None else "reused from an earlier run",
+        },
         "raw_hnswlib_single_thread": raw,
         "searchers": {m["searcher"]: {**m, "targets": targets(m, raw)} for m in modes},
     }
@@ -500,24 +612,37 @@ def to_markdown(r: dict) -> str:
     ]
     for mode, m in r["searchers"].items():
         reload = m["reload_fixed_rate"]
-        for label, row in (("closed loop (saturation)", m["saturation_closed_loop"]),
-                           (f"fixed {m['steady_fixed_rate']['offered_rate']:.0f}/s, steady", m["steady_fixed_rate"]),
-                           ("fixed rate, whole reload phase", reload["whole_phase"]),
-                           (f"fixed rate, reload window ({reload['window_seconds']} s)", reload["reload_window"])):  # fmt: skip
-            lines.append(f"| {mode} | {label} | {row.get('requests', 0):,} | {row.get('failed', 0)} | {row.get('qps', 0):,.0f} | "
-                         f"{row.get('p50_ms')} | {row.get('p99_ms')} | {row.get('p999_ms')} | {row.get('max_ms')} |")  # fmt: skip
-    lines += ["", "| searcher | LoadedIndex.memory_bytes | index process RSS | server RSS (with children) loaded / peak in reload / after | reload s | first load s |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+        for label, row in (
+            ("closed loop (saturation)", m["saturation_closed_loop"]),
+            (f"fixed {m['steady_fixed_rate']['offered_rate']:.0f}/s, steady", m["steady_fixed_rate"]),
+            ("fixed rate, whole reload phase", reload["whole_phase"]),
+            (f"fixed rate, reload window ({reload['window_seconds']} s)", reload["reload_window"]),
+        ):
+            lines.append(
+                f"| {mode} | {label} | {row.get('requests', 0):,} | {row.get('failed', 0)} | {row.get('qps', 0):,.0f} | "
+                f"{row.get('p50_ms')} | {row.get('p99_ms')} | {row.get('p999_ms')} | {row.get('max_ms')} |"
+            )
+    lines += [
+        "",
+        "| searcher | LoadedIndex.memory_bytes | index process RSS | server RSS (with children) loaded / peak in reload / after | reload s | first load s |",
+        "|---|---|---|---|---|---|",
+    ]
     for mode, m in r["searchers"].items():
         mem = m["memory"]
         child = f"{mem['index_process_rss_bytes'] / mib:,.0f} MiB" if mem["index_process_rss_bytes"] else ""
-        lines.append(f"| {mode} | {mem['loaded_index_memory_bytes'] / mib:,.0f} MiB | {child} | {mem['server_tree_rss_loaded'] / mib:,.0f} / "
-                     f"{mem['server_tree_rss_peak_during_reload'] / mib:,.0f} / {mem['server_tree_rss_after_reload'] / mib:,.0f} MiB | "
-                     f"{m['reload_fixed_rate']['server_reload_seconds']:.2f} | {mem['first_load_seconds']} |")  # fmt: skip
-    lines += [f"\nRaw hnswlib load: {raw['load_seconds']} s, RSS delta {raw['rss_delta_bytes'] / mib:,.0f} MiB. "
-              f"Index build: {r['index']['build_seconds']}" + (" s." if isinstance(r['index']['build_seconds'], (int, float)) else "."), "",
-              "| searcher | p99 <= 10 ms at >= 1000 req/s | served QPS >= 0.3 x raw | reload p99 <= 2 x steady | zero failed |",
-              "|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {mode} | {mem['loaded_index_memory_bytes'] / mib:,.0f} MiB | {child} | {mem['server_tree_rss_loaded'] / mib:,.0f} / "
+            f"{mem['server_tree_rss_peak_during_reload'] / mib:,.0f} / {mem['server_tree_rss_after_reload'] / mib:,.0f} MiB | "
+            f"{m['reload_fixed_rate']['server_reload_seconds']:.2f} | {mem['first_load_seconds']} |"
+        )
+    lines += [
+        f"\nRaw hnswlib load: {raw['load_seconds']} s, RSS delta {raw['rss_delta_bytes'] / mib:,.0f} MiB. "
+        f"Index build: {r['index']['build_seconds']}"
+        + (" s." if isinstance(r["index"]["build_seconds"], (int, float)) else "."),
+        "",
+        "| searcher | p99 <= 10 ms at >= 1000 req/s | served QPS >= 0.3 x raw | reload p99 <= 2 x steady | zero failed |",
+        "|---|---|---|---|---|",
+    ]
     for mode, m in r["searchers"].items():
         t = m["targets"]
         lines.append(

@@ -109,8 +109,17 @@ async def _retrieve_loop(port: int, requests: list[bytes], schedule: np.ndarray,
             continue
         served = answer.get("served") or {}
         code = "" if status == 200 else (answer.get("error") or {}).get("code", "?")
-        out.append((start, time.monotonic() - start, status, code, served.get("index_version", ""),
-                    served.get("user_embeddings_version", ""), served.get("model_version", "")))  # fmt: skip
+        out.append(
+            (
+                start,
+                time.monotonic() - start,
+                status,
+                code,
+                served.get("index_version", ""),
+                served.get("user_embeddings_version", ""),
+                served.get("model_version", ""),
+            )
+        )
     if writer is not None:
         writer.close()
 
@@ -143,8 +152,12 @@ async def _generate(port: int, rate: float, duration: float, concurrency: int, n
     stop_at = t0 + duration
     retrieved: list = []
     readyz: list = []
-    tasks = [_retrieve_loop(port, requests[c::concurrency], t0 + np.arange(c, count, concurrency) / rate, stop_at + 5, retrieved)
-             for c in range(concurrency)]  # fmt: skip
+    tasks = [
+        _retrieve_loop(
+            port, requests[c::concurrency], t0 + np.arange(c, count, concurrency) / rate, stop_at + 5, retrieved
+        )
+        for c in range(concurrency)
+    ]
     await asyncio.gather(*tasks, _readyz_loop(port, stop_at, readyz))
     return retrieved, readyz
 
@@ -165,17 +178,23 @@ def loadgen_main(argv: list[str]) -> None:
         uvloop.install()
     except ImportError:
         pass
-    retrieved, readyz = asyncio.run(_generate(args.port, args.rate, args.duration, args.concurrency, args.users, args.seed))
+    retrieved, readyz = asyncio.run(
+        _generate(args.port, args.rate, args.duration, args.concurrency, args.users, args.seed)
+    )
     retrieved.sort(key=lambda row: row[0])
     columns = list(zip(*retrieved, strict=True)) if retrieved else [[]] * 7
     np.savez(
         args.out,
-        start=np.array(columns[0], dtype=float), latency=np.array(columns[1], dtype=float),
-        status=np.array(columns[2], dtype=int), code=np.array(columns[3], dtype=str),
-        index_version=np.array(columns[4], dtype=str), users_version=np.array(columns[5], dtype=str),
+        start=np.array(columns[0], dtype=float),
+        latency=np.array(columns[1], dtype=float),
+        status=np.array(columns[2], dtype=int),
+        code=np.array(columns[3], dtype=str),
+        index_version=np.array(columns[4], dtype=str),
+        users_version=np.array(columns[5], dtype=str),
         model_version=np.array(columns[6], dtype=str),
-        readyz_at=np.array([r[0] for r in readyz], dtype=float), readyz_status=np.array([r[1] for r in readyz], dtype=int),
-    )  # fmt: skip
+        readyz_at=np.array([r[0] for r in readyz], dtype=float),
+        readyz_status=np.array([r[1] for r in readyz], dtype=int),
+    )
 
 
 # -- the store the soak runs on ------------------------------------------------------------------
@@ -229,8 +248,15 @@ class SoakStore:
         from artifacts.embedding_snapshots import publish_snapshot
 
         version = self._name("users")
-        publish_snapshot(self.store.kind("embeddings/users"), version, self.user_ids, self.user_vectors,
-                         model_version=model, as_of=0, reason="soak: user embeddings")  # fmt: skip
+        publish_snapshot(
+            self.store.kind("embeddings/users"),
+            version,
+            self.user_ids,
+            self.user_vectors,
+            model_version=model,
+            as_of=0,
+            reason="soak: user embeddings",
+        )
         self.models[("embeddings/users", version)] = model
         return version
 
@@ -239,7 +265,9 @@ class SoakStore:
         kind = self.store.kind("indexes/stories")
         version = self._name(what)
         params = {**self.base_manifest.params, "copied_from": self.base_manifest.version}
-        with kind.new_version(version, parents={**self.base_manifest.parents, "model_version": model}, params=params) as writer:
+        with kind.new_version(
+            version, parents={**self.base_manifest.parents, "model_version": model}, params=params
+        ) as writer:
             for name in self.base_manifest.files:
                 writer.add_file(name, (source or self.pristine) / name)
             writer.metrics.update(self.base_manifest.metrics)
@@ -343,10 +371,15 @@ class Scheduler:
             try:
                 getattr(self, f"_{fault}")(event)
             except Exception as err:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
-                event["checks"].append({"check": "fault injected", "ok": False, "detail": f"{type(err).__name__}: {err}"})
+                event["checks"].append(
+                    {"check": "fault injected", "ok": False, "detail": f"{type(err).__name__}: {err}"}
+                )
             self.events.append(event)
-            print(f"[{event['at_s']:7.1f} s] {fault}: " + "; ".join(
-                f"{c['check']}: {'ok' if c['ok'] else 'BROKEN'}" for c in event["checks"]), flush=True)  # fmt: skip
+            print(
+                f"[{event['at_s']:7.1f} s] {fault}: "
+                + "; ".join(f"{c['check']}: {'ok' if c['ok'] else 'BROKEN'}" for c in event["checks"]),
+                flush=True,
+            )
 
     def _check(self, event: dict, what: str, condition, timeout: float) -> bool:
         started = time.monotonic()
@@ -361,8 +394,14 @@ class Scheduler:
                 event["checks"].append({"check": what, "ok": True, "seconds": round(time.monotonic() - started, 2)})
                 return True
             if time.monotonic() - started > timeout:
-                event["checks"].append({"check": what, "ok": False, "seconds": round(timeout, 2),
-                                        "detail": detail or f"not within {timeout:.1f} s"})  # fmt: skip
+                event["checks"].append(
+                    {
+                        "check": what,
+                        "ok": False,
+                        "seconds": round(timeout, 2),
+                        "detail": detail or f"not within {timeout:.1f} s",
+                    }
+                )
                 return False
             time.sleep(0.1)
 
@@ -373,22 +412,31 @@ class Scheduler:
         version = self.soak.new_index(self.soak.model, "copy")
         self.soak.publish_index(version)
         event["version"] = version
-        self._check(event, f"serves {version}", lambda: self._served_index() == version, self.bound() + self._download_s())
+        self._check(
+            event, f"serves {version}", lambda: self._served_index() == version, self.bound() + self._download_s()
+        )
         self.load_seconds.append(self.service.load_seconds())
 
     def _rollback(self, event: dict) -> None:
         served = self._served_index()
         model = self.soak.models.get(("indexes/stories", served))
-        candidates = [v.name for v in self.soak.store.kind("indexes/stories").versions()
-                      if v.complete and v.name != served and v.name not in self.soak.bad
-                      and self.soak.models.get(("indexes/stories", v.name)) == model]  # fmt: skip
+        candidates = [
+            v.name
+            for v in self.soak.store.kind("indexes/stories").versions()
+            if v.complete
+            and v.name != served
+            and v.name not in self.soak.bad
+            and self.soak.models.get(("indexes/stories", v.name)) == model
+        ]
         if not candidates:
             event["skipped"] = "no earlier good version of the served model"
             return
         target = self.rng.choice(candidates)
         self.soak.store.kind("indexes/stories").rollback_to(target, reason="soak: rollback")
         event["version"] = target
-        self._check(event, f"serves {target}", lambda: self._served_index() == target, self.bound() + self._download_s())
+        self._check(
+            event, f"serves {target}", lambda: self._served_index() == target, self.bound() + self._download_s()
+        )
 
     def _corrupt(self, event: dict) -> None:
         version = self.soak.new_index(self.soak.model, "corrupt")
@@ -408,7 +456,9 @@ class Scheduler:
         event["version"] = version
         # max_load_crashes attempts, backoff 1 s doubling: 1 + 2 + the loads and polls.
         crashes = self.args.max_load_crashes
-        budget = sum(self.args.load_backoff * 2**i for i in range(crashes - 1)) + crashes * self.bound() + self._download_s()
+        budget = (
+            sum(self.args.load_backoff * 2**i for i in range(crashes - 1)) + crashes * self.bound() + self._download_s()
+        )
         self._check(event, f"refuses {version} after {crashes} crashes", lambda: self._refused(version), budget)
         self._check(event, "keeps serving the previous version", lambda: self._served_index() == served, 1.0)
 
@@ -418,17 +468,31 @@ class Scheduler:
         model = self.soak.model
         users = self.soak.publish_users(model)
         event["users_version"] = users
-        self._check(event, "waits for the pair, serving the old one",
-                    lambda: self.service.versions()["last_reload"]["action"] == "waiting", self.bound())  # fmt: skip
-        self._check(event, "the old pair still served", lambda: self.service.served().get("embeddings/users")
-                    == served.get("embeddings/users"), 1.0)  # fmt: skip
+        self._check(
+            event,
+            "waits for the pair, serving the old one",
+            lambda: self.service.versions()["last_reload"]["action"] == "waiting",
+            self.bound(),
+        )
+        self._check(
+            event,
+            "the old pair still served",
+            lambda: self.service.served().get("embeddings/users") == served.get("embeddings/users"),
+            1.0,
+        )
         time.sleep(3 * self.args.poll_interval)
         version = self.soak.new_index(model, "rollout")
         self.soak.publish_index(version)
         event["version"] = version
-        self._check(event, f"serves the {model} pair",
-                    lambda: self.service.served() .get("indexes/stories") == version
-                    and self.service.served().get("embeddings/users") == users, self.bound() + self._download_s())  # fmt: skip
+        self._check(
+            event,
+            f"serves the {model} pair",
+            lambda: (
+                self.service.served().get("indexes/stories") == version
+                and self.service.served().get("embeddings/users") == users
+            ),
+            self.bound() + self._download_s(),
+        )
 
     def _kill(self, event: dict) -> None:
         pid = self.service.story_pid()
@@ -439,8 +503,12 @@ class Scheduler:
         os.kill(pid, signal.SIGKILL)
         self.kill_windows.append((killed, killed + self.bound()))
         event["pid"] = pid
-        self._check(event, "restarts the story index process", lambda: self.service.story_pid() not in (None, pid)
-                    and self.service.http.get("/readyz").status_code == 200, self.bound())  # fmt: skip
+        self._check(
+            event,
+            "restarts the story index process",
+            lambda: self.service.story_pid() not in (None, pid) and self.service.http.get("/readyz").status_code == 200,
+            self.bound(),
+        )
         restart_s = self.service.load_seconds()  # the restart from the cache, as the service timed it
         event["restart_load_s"] = round(restart_s, 3)
         self.restarts.append((killed, restart_s))
@@ -453,7 +521,9 @@ class Scheduler:
         served = self._served_index()
         report = self.soak.store.kind("indexes/stories").retain(keep=1)
         event["deleted"] = report.deleted
-        event["checks"].append({"check": "retention deleted the served version (the case set up)", "ok": served in report.deleted})
+        event["checks"].append(
+            {"check": "retention deleted the served version (the case set up)", "ok": served in report.deleted}
+        )
         self._kill(event)
 
     def _refused(self, version: str) -> bool:
@@ -474,16 +544,20 @@ def analyse(rows: dict, soak: SoakStore, scheduler: Scheduler, t_start: float) -
     # latency from it): a failure belongs to the window it happened in, not the one in which
     # a late request was due.
     order = np.argsort(rows["start"] + rows["latency"], kind="stable")
-    rows = {key: (value[order] if len(value) == len(order) and not key.startswith("readyz") else value)
-            for key, value in rows.items()}  # fmt: skip
+    rows = {
+        key: (value[order] if len(value) == len(order) and not key.startswith("readyz") else value)
+        for key, value in rows.items()
+    }
     start, status, code = rows["start"] + rows["latency"], rows["status"], rows["code"]
     ok = status == 200
     # Every answer: the index and user embeddings it names come from the model it names.
     models = soak.models
     mixed = 0
     bad_served = 0
-    for index, users, model in {(i, u, m) for i, u, m in zip(rows["index_version"][ok], rows["users_version"][ok],
-                                                               rows["model_version"][ok], strict=True)}:  # fmt: skip
+    for index, users, model in {
+        (i, u, m)
+        for i, u, m in zip(rows["index_version"][ok], rows["users_version"][ok], rows["model_version"][ok], strict=True)
+    }:
         if not (models.get(("indexes/stories", index)) == models.get(("embeddings/users", users)) == model):
             mixed += int(((rows["index_version"] == index) & (rows["users_version"] == users) & ok).sum())
         if index in soak.bad:
@@ -507,42 +581,71 @@ def analyse(rows: dict, soak: SoakStore, scheduler: Scheduler, t_start: float) -
     lengths = [float(b - a) for a, b in outages]
     readyz_at, readyz_status = rows["readyz_at"], rows["readyz_status"]
     unreported = [
-        (round(a - t_start, 2), round(b - a, 2)) for a, b in outages
+        (round(a - t_start, 2), round(b - a, 2))
+        for a, b in outages
         if b - a > 2 * READYZ_EVERY_S and not ((readyz_at >= a) & (readyz_at <= b) & (readyz_status != 200)).any()
-    ]  # fmt: skip
+    ]
     longest = float(max(lengths, default=0.0))
     # Each outage against the kill that caused it: at most one poll interval (until the
     # reloader looks) plus that restart's load time (as the service timed it).
     poll = scheduler.args.poll_interval
     per_kill = []
     for killed, restart_s in scheduler.restarts:
-        mine = [float(b - a) for a, b in outages if killed - TIMING_TOLERANCE_S <= a <= killed + poll + restart_s + scheduler.args.slack]
+        mine = [
+            float(b - a)
+            for a, b in outages
+            if killed - TIMING_TOLERANCE_S <= a <= killed + poll + restart_s + scheduler.args.slack
+        ]
         allowed = poll + restart_s + TIMING_TOLERANCE_S
-        per_kill.append({"killed_at_s": round(killed - t_start, 2), "outage_s": round(max(mine, default=0.0), 3),
-                         "restart_load_s": round(restart_s, 3), "allowed_s": round(allowed, 3),
-                         "ok": bool(max(mine, default=0.0) <= allowed)})  # fmt: skip
-    unattributed = [round(b - a, 3) for a, b in outages
-                    if not any(k - TIMING_TOLERANCE_S <= a <= k + poll + r + scheduler.args.slack for k, r in scheduler.restarts)]  # fmt: skip
+        per_kill.append(
+            {
+                "killed_at_s": round(killed - t_start, 2),
+                "outage_s": round(max(mine, default=0.0), 3),
+                "restart_load_s": round(restart_s, 3),
+                "allowed_s": round(allowed, 3),
+                "ok": bool(max(mine, default=0.0) <= allowed),
+            }
+        )
+    unattributed = [
+        round(b - a, 3)
+        for a, b in outages
+        if not any(k - TIMING_TOLERANCE_S <= a <= k + poll + r + scheduler.args.slack for k, r in scheduler.restarts)
+    ]
     checks = [c for e in scheduler.events for c in e["checks"]]
-    codes = {str(c): int(n) for c, n in zip(*np.unique(code[failed], return_counts=True), strict=True)} if failed.any() else {}
+    codes = (
+        {str(c): int(n) for c, n in zip(*np.unique(code[failed], return_counts=True), strict=True)}
+        if failed.any()
+        else {}
+    )
     invariants = {
         "every answer names one consistent pair": {"broken_answers": mixed, "ok": bool(mixed == 0)},
         "no refused (corrupt / crashing) version answers": {"answers": bad_served, "ok": bool(bad_served == 0)},
         "no failed request outside a kill's restart window": {
-            "failed_outside": int(outside.sum()), "ok": not bool(outside.any()),
-            "first_ones_at_s_status_code": [(round(float(start[i]) - t_start, 3), int(status[i]), str(code[i]))
-                                            for i in np.flatnonzero(outside)[:20]],
+            "failed_outside": int(outside.sum()),
+            "ok": not bool(outside.any()),
+            "first_ones_at_s_status_code": [
+                (round(float(start[i]) - t_start, 3), int(status[i]), str(code[i]))
+                for i in np.flatnonzero(outside)[:20]
+            ],
         },
-        "/readyz says 503 during every outage": {"unreported_outages_at_s_and_length": unreported, "ok": not unreported},
+        "/readyz says 503 during every outage": {
+            "unreported_outages_at_s_and_length": unreported,
+            "ok": not unreported,
+        },
         "longest outage <= poll interval + load time": {
-            "longest_s": round(longest, 3), "poll_interval_s": poll,
+            "longest_s": round(longest, 3),
+            "poll_interval_s": poll,
             "max_restart_load_s": round(max((r for _, r in scheduler.restarts), default=0.0), 3),
-            "per_kill": per_kill, "outages_without_a_kill": unattributed,
+            "per_kill": per_kill,
+            "outages_without_a_kill": unattributed,
             "ok": all(k["ok"] for k in per_kill) and not unattributed,
         },
-        "every fault's check": {"checks": len(checks), "broken": [c for c in checks if not c["ok"]],
-                                "ok": all(c["ok"] for c in checks)},
-    }  # fmt: skip
+        "every fault's check": {
+            "checks": len(checks),
+            "broken": [c for c in checks if not c["ok"]],
+            "ok": all(c["ok"] for c in checks),
+        },
+    }
     span = float(start.max() - start.min()) if len(start) else 0.0
     ms = rows["latency"][ok] * 1000
     return {
@@ -587,10 +690,18 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fault-every", type=float, default=20.0, help="mean seconds between faults")
     parser.add_argument("--max-load-crashes", type=int, default=3, help="serving.max_load_crashes")
     parser.add_argument("--load-backoff", type=float, default=1.0, help="serving.load_retry_backoff_s")
-    parser.add_argument("--slack", type=float, default=1.0,
-                        help="seconds allowed on top of poll interval + load time for each check (a shared machine)")
-    parser.add_argument("--workdir", type=Path, default=REPO / "var" / "bench" / "soak-work",
-                        help="keeps the built index (reused by later runs of the same sizes)")
+    parser.add_argument(
+        "--slack",
+        type=float,
+        default=1.0,
+        help="seconds allowed on top of poll interval + load time for each check (a shared machine)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=REPO / "var" / "bench" / "soak-work",
+        help="keeps the built index (reused by later runs of the same sizes)",
+    )
     parser.add_argument("--cache-dir", type=Path, help="the service's cache; default a temporary directory in /dev/shm")
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "soak.json")
@@ -601,7 +712,11 @@ def run(argv: list[str] | None = None) -> dict:
     run_dir = workdir / f"run-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     run_dir.mkdir(parents=True)
     shm = Path("/dev/shm")
-    cache = Path(tempfile.mkdtemp(prefix="ebr-soak-cache-", dir=shm if shm.is_dir() else run_dir)) if args.cache_dir is None else args.cache_dir
+    cache = (
+        Path(tempfile.mkdtemp(prefix="ebr-soak-cache-", dir=shm if shm.is_dir() else run_dir))
+        if args.cache_dir is None
+        else args.cache_dir
+    )
     serving = bench_serving()
     server = loadgen = None
     try:
@@ -611,24 +726,56 @@ def run(argv: list[str] | None = None) -> dict:
         url = f"http://127.0.0.1:{port}"
         server_log = open(run_dir / "server.log", "w")  # noqa: SIM115 - closed in finally
         server = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "--root", f"file://{soak.root}",
-             "--set", f"serving.cache_dir={cache}", "--set", "serving.searcher=process",
-             "--set", f"serving.max_load_crashes={args.max_load_crashes}", "--set", f"serving.load_retry_backoff_s={args.load_backoff}",
-             "serve", "--port", str(port), "--poll-interval", str(args.poll_interval)],
-            cwd=REPO, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, stdout=server_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "--root",
+                f"file://{soak.root}",
+                "--set",
+                f"serving.cache_dir={cache}",
+                "--set",
+                "serving.searcher=process",
+                "--set",
+                f"serving.max_load_crashes={args.max_load_crashes}",
+                "--set",
+                f"serving.load_retry_backoff_s={args.load_backoff}",
+                "serve",
+                "--port",
+                str(port),
+                "--poll-interval",
+                str(args.poll_interval),
+            ],
+            cwd=REPO,
+            env={**os.environ, "TF_USE_LEGACY_KERAS": "1"},
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+        )
         serving.wait_ready(url, timeout=600)
         duration = args.minutes * 60
         rows_path = run_dir / "loadgen.npz"
         loadgen = subprocess.Popen(
-            [sys.executable, __file__, "loadgen", f"--port={port}", f"--rate={args.rate}", f"--duration={duration}",
-             f"--concurrency={args.concurrency}", f"--users={len(soak.user_ids)}", f"--seed={args.seed}", f"--out={rows_path}"],
+            [
+                sys.executable,
+                __file__,
+                "loadgen",
+                f"--port={port}",
+                f"--rate={args.rate}",
+                f"--duration={duration}",
+                f"--concurrency={args.concurrency}",
+                f"--users={len(soak.user_ids)}",
+                f"--seed={args.seed}",
+                f"--out={rows_path}",
+            ],
             cwd=REPO,
-        )  # fmt: skip
+        )
         t_start = time.monotonic()
         scheduler = Scheduler(soak, Service(url), args, t_start)
         stop = threading.Event()
-        print(f"soak: {args.minutes:g} min at {args.rate:g} req/s, a fault every ~{args.fault_every:g} s (seed {args.seed})", flush=True)
+        print(
+            f"soak: {args.minutes:g} min at {args.rate:g} req/s, a fault every ~{args.fault_every:g} s (seed {args.seed})",
+            flush=True,
+        )
         scheduler.run(t_start + duration, stop)
         loadgen.wait(timeout=duration + 300)
         if loadgen.returncode != 0:
@@ -659,15 +806,27 @@ def run(argv: list[str] | None = None) -> dict:
         "benchmark": "soak",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/soak.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_start": [round(x, 2) for x in load_at_start],
-                    "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-                    "note": "server, load generator and fault scheduler on the same machine" + (f"; {args.note}" if args.note else "")},  # fmt: skip
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in load_at_start],
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "note": "server, load generator and fault scheduler on the same machine"
+            + (f"; {args.note}" if args.note else ""),
+        },
         "data": {"stories": args.n, "dim": args.dim, "users": args.users, "k": K},
-        "setup": {"minutes": args.minutes, "rate": args.rate, "concurrency": args.concurrency, "seed": args.seed,
-                  "poll_interval_s": args.poll_interval, "fault_every_s": args.fault_every, "slack_s": args.slack,
-                  "max_load_crashes": args.max_load_crashes, "load_retry_backoff_s": args.load_backoff,
-                  "service_cache_dir": str(cache)},  # fmt: skip
+        "setup": {
+            "minutes": args.minutes,
+            "rate": args.rate,
+            "concurrency": args.concurrency,
+            "seed": args.seed,
+            "poll_interval_s": args.poll_interval,
+            "fault_every_s": args.fault_every,
+            "slack_s": args.slack,
+            "max_load_crashes": args.max_load_crashes,
+            "load_retry_backoff_s": args.load_backoff,
+            "service_cache_dir": str(cache),
+        },
         "faults": faults,
         "results": results,
         "server_log_lines": server_log,  # refusals and restarts; failed requests are rate-limited to one line per 10 s
@@ -690,8 +849,10 @@ def to_markdown(r: dict) -> str:
         f"~{setup['fault_every_s']:g} s (seed {setup['seed']}); {r['machine']['cpus']} CPUs, load average "
         f"{r['machine']['load_average_at_start'][0]} at start, {r['machine']['load_average_at_end'][0]} at end",
         "",
-        "Faults: " + ", ".join(f"{name} {count}" for name, count in sorted(r["faults"].items()))
-        + "; server log lines: " + ", ".join(f"{k} {v}" for k, v in r["server_log_lines"].items()),
+        "Faults: "
+        + ", ".join(f"{name} {count}" for name, count in sorted(r["faults"].items()))
+        + "; server log lines: "
+        + ", ".join(f"{k} {v}" for k, v in r["server_log_lines"].items()),
         "",
         "| requests | failed | failed outside windows | 503 seconds | outages | longest outage s | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",

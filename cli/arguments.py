@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 
 # How a version is named wherever one is asked for (ArtifactKind.resolve).
-VERSION_HELP = ("its full name, a unique prefix of it (e.g. 20261123T18), or `previous` (the one published before "
-                "the one LATEST names)")  # fmt: skip
+VERSION_HELP = (
+    "its full name, a unique prefix of it (e.g. 20261123T18), or `previous` (the one published before "
+    "the one LATEST names)"
+)
 
 
 def add_wide_flag(parser: argparse.ArgumentParser) -> None:
@@ -14,5 +16,9 @@ def add_wide_flag(parser: argparse.ArgumentParser) -> None:
 
     SUPPRESS as default: a sub-command's default would otherwise overwrite the `--wide`
     given before the command."""
-    parser.add_argument("--wide", action="store_true", default=argparse.SUPPRESS,
-                        help="tables at full width (default: cut to 120 columns)")  # fmt: skip
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="tables at full width (default: cut to 120 columns)",
+    )

@@ -35,19 +35,28 @@ def list_versions(cfg: EbrConfig, args: Namespace) -> None:
     rows = []
     for v in kind.versions():
         m = v.manifest
-        rows.append((
-            ("* " if v.name == latest else "  ") + v.name,
-            "complete" if v.complete else ("CORRUPT MANIFEST" if v.problem else "INCOMPLETE"),
-            short_time(m.created_at, args.wide) if m else "",
-            len(m.files) if m else "",
-            human_bytes(m.total_bytes) if m else "",
-            ", ".join(f"{k}={val}" for k, val in m.parents.items()) if m else "",
-        ))  # fmt: skip
+        rows.append(
+            (
+                ("* " if v.name == latest else "  ") + v.name,
+                "complete" if v.complete else ("CORRUPT MANIFEST" if v.problem else "INCOMPLETE"),
+                short_time(m.created_at, args.wide) if m else "",
+                len(m.files) if m else "",
+                human_bytes(m.total_bytes) if m else "",
+                ", ".join(f"{k}={val}" for k, val in m.parents.items()) if m else "",
+            )
+        )
     if not rows:
         print(f"{args.kind} has no versions under {store.uri}")
         print_demo_root_hint(cfg)
         return
-    print(table(["version (* = LATEST)", "state", "created (UTC)", "files", "size", "parents"], rows, cut=(0, 5), wide=args.wide))
+    print(
+        table(
+            ["version (* = LATEST)", "state", "created (UTC)", "files", "size", "parents"],
+            rows,
+            cut=(0, 5),
+            wide=args.wide,
+        )
+    )
 
 
 def named_version(kind, name: str | None) -> str:
@@ -56,8 +65,9 @@ def named_version(kind, name: str | None) -> str:
         return kind.resolve(name)
     latest = kind.latest()
     if latest is None:
-        raise UnknownVersionError(f"{kind.name} has no LATEST (nothing published yet); name a version "
-                                  f"(`ebr artifacts list {kind.name}`)")  # fmt: skip
+        raise UnknownVersionError(
+            f"{kind.name} has no LATEST (nothing published yet); name a version (`ebr artifacts list {kind.name}`)"
+        )
     return latest
 
 
@@ -72,8 +82,10 @@ def history(cfg: EbrConfig, args: Namespace) -> None:
         for move in moves:
             print(move.to_json())
         return
-    rows = [(short_time(m.at, args.wide), m.action, m.from_version or "-", m.to_version, m.reason, m.run_id or "", m.by)
-            for m in moves]  # fmt: skip
+    rows = [
+        (short_time(m.at, args.wide), m.action, m.from_version or "-", m.to_version, m.reason, m.run_id or "", m.by)
+        for m in moves
+    ]
     if not rows:
         print(f"no pointer moves of {args.kind} yet")
         print_demo_root_hint(cfg)
@@ -85,7 +97,9 @@ def verify(cfg: EbrConfig, args: Namespace) -> None:
     kind = ArtifactStore.from_config(cfg).kind(args.kind)
     version = named_version(kind, args.version)
     manifest = kind.verify(version)
-    print(f"{args.kind}/{version}: {len(manifest.files)} files, {human_bytes(manifest.total_bytes)}, all checksums match")
+    print(
+        f"{args.kind}/{version}: {len(manifest.files)} files, {human_bytes(manifest.total_bytes)}, all checksums match"
+    )
 
 
 def rollback(cfg: EbrConfig, args: Namespace) -> None:
@@ -99,10 +113,14 @@ def retain(cfg: EbrConfig, args: Namespace) -> None:
     kind = ArtifactStore.from_config(cfg).kind(args.kind)
     report = kind.retain(keep, dry_run=args.dry_run)
     verb = "would delete" if report.dry_run else "deleted"
-    print(f"{args.kind}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
-          f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})")
+    print(
+        f"{args.kind}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
+        f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})"
+    )
     if report.stale_attempts:
-        print(f"{verb} the staging of {len(report.stale_attempts)} abandoned write attempt(s): {', '.join(report.stale_attempts)}")
+        print(
+            f"{verb} the staging of {len(report.stale_attempts)} abandoned write attempt(s): {', '.join(report.stale_attempts)}"
+        )
 
 
 def keep_count(keep: int | None, cfg: EbrConfig) -> int:
@@ -110,5 +128,7 @@ def keep_count(keep: int | None, cfg: EbrConfig) -> int:
     if keep is None:
         return cfg.store.keep_versions
     if keep < 1:
-        raise SystemExit(f"error: --keep must be at least 1 (got {keep}); retention always keeps the newest version and LATEST's")
+        raise SystemExit(
+            f"error: --keep must be at least 1 (got {keep}); retention always keeps the newest version and LATEST's"
+        )
     return keep

@@ -13,9 +13,7 @@ from warehouse import Warehouse
 
 def _refuse_overwrite(warehouse: Warehouse, args: Namespace) -> None:
     if warehouse.exists() and not args.overwrite:
-        raise SystemExit(
-            f"error: {warehouse.uri} already holds a warehouse; pass --overwrite to replace it"
-        )
+        raise SystemExit(f"error: {warehouse.uri} already holds a warehouse; pass --overwrite to replace it")
 
 
 def generate(cfg: EbrConfig, args: Namespace) -> None:

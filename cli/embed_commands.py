@@ -19,19 +19,25 @@ from config import EbrConfig
 
 def add_parser(commands) -> None:
     embed = commands.add_parser(
-        "embed", help="run the user or story embedding dataflow (Apache Beam)",
+        "embed",
+        help="run the user or story embedding dataflow (Apache Beam)",
         description="Reads the warehouse, builds tower features with the training code, runs "
-                    "the tower of a published model, writes an embedding snapshot and publishes "
-                    "it. The runner is configuration (embed.runner, embed.pipeline_options) or "
-                    "flags after `--`, e.g. `-- --runner=DataflowRunner --project=p ...`.",
-    )  # fmt: skip
+        "the tower of a published model, writes an embedding snapshot and publishes "
+        "it. The runner is configuration (embed.runner, embed.pipeline_options) or "
+        "flags after `--`, e.g. `-- --runner=DataflowRunner --project=p ...`.",
+    )
     entities = embed.add_subparsers(dest="action", required=True, metavar="ENTITY")
     for name, what in (("users", "every user with its history"), ("stories", "eligible stories, and creators")):
         sub = entities.add_parser(name, help=f"embed {what}")
-        sub.add_argument("--model-version", help="a model version: its full name, a unique prefix or `previous` "
-                         "(default: the model LATEST names)")  # fmt: skip
-        sub.add_argument("--as-of", help="UTC time the features are computed as of (ISO 8601 or epoch seconds; "
-                                          "default: the end of the newest event partition)")
+        sub.add_argument(
+            "--model-version",
+            help="a model version: its full name, a unique prefix or `previous` (default: the model LATEST names)",
+        )
+        sub.add_argument(
+            "--as-of",
+            help="UTC time the features are computed as of (ISO 8601 or epoch seconds; "
+            "default: the end of the newest event partition)",
+        )
         sub.add_argument("--snapshot", help="snapshot version name (default: derived from as-of, model and run id)")
         sub.add_argument("--run-id", help="the run this belongs to (a DAG run id), for names and history")
         sub.add_argument("--runner", help="Beam runner (default: embed.runner)")
@@ -49,7 +55,12 @@ def job_argv(cfg: EbrConfig, args: Namespace) -> list[str]:
     argv += [f"--set={key}" for key in getattr(args, "overrides", [])]
     if getattr(args, "config", None):
         argv.append(f"--ebr_config={args.config}")
-    for flag, value in (("model_version", args.model_version), ("as_of", args.as_of), ("snapshot", args.snapshot), ("run_id", args.run_id)):
+    for flag, value in (
+        ("model_version", args.model_version),
+        ("as_of", args.as_of),
+        ("snapshot", args.snapshot),
+        ("run_id", args.run_id),
+    ):
         if value:
             argv.append(f"--{flag}={value}")
     if args.workers:

@@ -26,7 +26,7 @@ def _holds_artifacts(folder: Path) -> bool:
 
 
 def demo_root_hint(cfg: EbrConfig) -> str | None:
-    """"hint: ..." when the (local) root holds no artifacts but `demo/` beside it does, else None."""
+    """ "hint: ..." when the (local) root holds no artifacts but `demo/` beside it does, else None."""
     if not cfg.root.startswith("file://"):
         return None
     root = Path(cfg.root.removeprefix("file://"))
@@ -34,8 +34,10 @@ def demo_root_hint(cfg: EbrConfig) -> str | None:
     if root == demo or _holds_artifacts(root) or not _holds_artifacts(demo):
         return None
     uri = f"file://{demo}"
-    return (f"hint: {cfg.root} is empty; `make demo` wrote to {uri}: pass --root {uri}, "
-            f"or `export EBR_ROOT={uri}`, or run `make shell`")  # fmt: skip
+    return (
+        f"hint: {cfg.root} is empty; `make demo` wrote to {uri}: pass --root {uri}, "
+        f"or `export EBR_ROOT={uri}`, or run `make shell`"
+    )
 
 
 def print_demo_root_hint(cfg: EbrConfig) -> None:

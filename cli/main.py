@@ -20,8 +20,13 @@ from config import ConfigError, load_config
 # registers its sub-commands with `set_defaults(handler=...)`, and may list the
 # exception types it reports as one `error:` line in `EXPECTED_ERRORS`. Modules must
 # import nothing heavy at module level (TensorFlow, Beam, hnswlib load inside handlers).
-STAGE_COMMAND_MODULES = ("cli.embed_commands", "cli.index_commands", "cli.serve_commands", "cli.route_commands",
-                         "cli.report_commands")
+STAGE_COMMAND_MODULES = (
+    "cli.embed_commands",
+    "cli.index_commands",
+    "cli.serve_commands",
+    "cli.route_commands",
+    "cli.report_commands",
+)
 # Commands that load TensorFlow, whose C++ start-up lines are filtered out of stderr unless -v.
 TENSORFLOW_COMMANDS = ("train", "embed")
 
@@ -53,10 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file layered over the defaults")
     parser.add_argument("--root", metavar="URI", help="artifact root: file:///abs/path or gs://bucket/prefix")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set store.keep_versions=3 (repeatable)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what the library does, and let TensorFlow's and CUDA's start-up lines through")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set store.keep_versions=3 (repeatable)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what the library does, and let TensorFlow's and CUDA's start-up lines through",
+    )
     parser.add_argument("--wide", action="store_true", help="tables at full width (default: cut to 120 columns)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -80,17 +95,22 @@ def _stage_modules():
 
 def _add_train_command(commands) -> None:
     train = commands.add_parser(
-        "train", help="train the two-tower model, evaluate it against baselines, gate and publish it",
+        "train",
+        help="train the two-tower model, evaluate it against baselines, gate and publish it",
         description="Trains on ROOT/warehouse, evaluates the model, popularity and implicit ALS "
-                    "on the same split, exports both towers and publishes them as a version of "
-                    "models/two_tower if the promotion gate passes (exit code 3 if it refuses).",
-    )  # fmt: skip
+        "on the same split, exports both towers and publishes them as a version of "
+        "models/two_tower if the promotion gate passes (exit code 3 if it refuses).",
+    )
     train.add_argument("--version", help="version name (default: <UTC time>-train-<run id>)")
     train.add_argument("--run-id", help="the run this belongs to (a DAG run id), for names and history")
     train.add_argument("--workdir", help="local folder for logs, TensorBoard and the export")
     train.add_argument("--no-publish", action="store_true", help="train, evaluate and export only")
-    train.add_argument("--workers", type=int, metavar="N",
-                       help="train with N worker processes on this machine (default train.workers; see README, 'Running at scale')")  # fmt: skip
+    train.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="train with N worker processes on this machine (default train.workers; see README, 'Running at scale')",
+    )
     add_wide_flag(train)
 
 
@@ -99,15 +119,24 @@ def _add_data_commands(commands) -> None:
     actions = data.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     generate = actions.add_parser(
-        "generate", help="generate a synthetic Spotlight world",
+        "generate",
+        help="generate a synthetic Spotlight world",
         description="Writes users, creators, stories, daily event partitions and the ground "
-                    "truth of a deterministic synthetic world into ROOT/warehouse.",
-    )  # fmt: skip
-    generate.add_argument("--size", choices=["tiny", "small", "medium", "large"],
-                          help="preset: tiny (tests), small (default), medium, large (10M events)")
+        "truth of a deterministic synthetic world into ROOT/warehouse.",
+    )
+    generate.add_argument(
+        "--size",
+        choices=["tiny", "small", "medium", "large"],
+        help="preset: tiny (tests), small (default), medium, large (10M events)",
+    )
     generate.add_argument("--seed", type=int, help="random seed (same seed, same world)")
-    for name, what in (("users", "users"), ("creators", "creators"), ("stories", "stories"),
-                       ("events", "impressions"), ("days", "days of events")):
+    for name, what in (
+        ("users", "users"),
+        ("creators", "creators"),
+        ("stories", "stories"),
+        ("events", "impressions"),
+        ("days", "days of events"),
+    ):
         generate.add_argument(f"--{name}", type=int, metavar="N", help=f"number of {what} (overrides the preset)")
     generate.add_argument("--overwrite", action="store_true", help="replace an existing warehouse")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -128,10 +157,11 @@ def _add_data_commands(commands) -> None:
 
 def _add_artifact_commands(commands) -> None:
     artifacts = commands.add_parser(
-        "artifacts", help="list, inspect, verify, roll back and prune versioned artifacts",
+        "artifacts",
+        help="list, inspect, verify, roll back and prune versioned artifacts",
         description="Kinds are models/two_tower, embeddings/{users,stories,creators} and "
-                    "indexes/{stories,creators,users}.",
-    )  # fmt: skip
+        "indexes/{stories,creators,users}.",
+    )
     actions = artifacts.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="every kind, or the versions of one kind")
     listing.add_argument("kind", nargs="?", help="e.g. indexes/stories")
@@ -148,7 +178,9 @@ def _add_artifact_commands(commands) -> None:
     verify.add_argument("version", nargs="?", help=f"{VERSION_HELP} (default: the one LATEST names)")
     rollback = actions.add_parser("rollback", help="move LATEST back to an earlier complete version")
     rollback.add_argument("kind")
-    rollback.add_argument("--to", required=True, metavar="VERSION", help=f"a complete version of this kind: {VERSION_HELP}")
+    rollback.add_argument(
+        "--to", required=True, metavar="VERSION", help=f"a complete version of this kind: {VERSION_HELP}"
+    )
     rollback.add_argument("--reason", required=True, help="why, for HISTORY.jsonl")
     rollback.add_argument("--no-verify", action="store_true", help="skip re-checking the target's checksums")
     retain = actions.add_parser("retain", help="delete all but the newest N versions (never LATEST's)")
@@ -162,8 +194,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if args.root:
         overrides.append(f"root={args.root}")
     if args.command == "data" and args.action == "generate":
-        for flag, key in (("size", "size"), ("seed", "seed"), ("users", "n_users"), ("creators", "n_creators"),
-                          ("stories", "n_stories"), ("events", "n_events"), ("days", "days")):
+        for flag, key in (
+            ("size", "size"),
+            ("seed", "seed"),
+            ("users", "n_users"),
+            ("creators", "n_creators"),
+            ("stories", "n_stories"),
+            ("events", "n_events"),
+            ("days", "days"),
+        ):
             value = getattr(args, flag)
             if value is not None:
                 overrides.append(f"world.{key}={value}")
@@ -176,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # do), so setting it here, first, makes `ebr train` work outside `make` too.
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         from cli.quiet import quiet_python_noise
 

@@ -9,10 +9,14 @@ from datetime import datetime
 WIDTH = 120
 MIN_CUT_WIDTH = 12
 CUT_MARK = "…"
-CUT_NOTE = f"({CUT_MARK} marks a name cut to fit {WIDTH} columns; any unique prefix of a version names it; --wide shows all)"
+CUT_NOTE = (
+    f"({CUT_MARK} marks a name cut to fit {WIDTH} columns; any unique prefix of a version names it; --wide shows all)"
+)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, cut: Sequence[int] = (), wide: bool = False) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], *, cut: Sequence[int] = (), wide: bool = False
+) -> str:
     """A plain-text table. Unless `wide`, the columns listed in `cut` (indexes; names,
     never figures) are shortened at their end, widest first, until the table fits in
     `WIDTH` columns; a cut cell ends in "…" and a note says so under the table."""
@@ -38,7 +42,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, cut: Sequ
 
 
 def short_time(iso: str | None, wide: bool = False) -> str:
-    """"2026-11-23 18:51:00" (UTC) from an ISO 8601 time; as stored with `wide`."""
+    """ "2026-11-23 18:51:00" (UTC) from an ISO 8601 time; as stored with `wide`."""
     if not iso or wide:
         return iso or ""
     try:

@@ -77,7 +77,9 @@ def _copy_lines(read_end: int, real: int) -> None:
             cut = max(pending.rfind(b"\n"), pending.rfind(b"\r")) + 1
             if not cut:
                 continue
-            out = b"".join(piece for piece in re.split(rb"(?<=[\r\n])", pending[:cut]) if piece and not is_native_noise(piece))
+            out = b"".join(
+                piece for piece in re.split(rb"(?<=[\r\n])", pending[:cut]) if piece and not is_native_noise(piece)
+            )
             pending = pending[cut:]
             _write_all(real, out)
     if not is_native_noise(pending):
@@ -86,4 +88,4 @@ def _copy_lines(read_end: int, real: int) -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]

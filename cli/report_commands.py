@@ -25,15 +25,26 @@ class ReportError(Exception):
 
 def add_parser(commands) -> None:
     report = commands.add_parser(
-        "report", help="render the latest benchmark results as one HTML page (tables, plots, targets)",
+        "report",
+        help="render the latest benchmark results as one HTML page (tables, plots, targets)",
         description="Reads the results `make bench` wrote (benchmarks/results.json), draws the plots "
-                    "and writes one HTML file with them embedded: the targets met and not met beside the "
-                    "plots, then the figures, the machine and the commit the run came from.",
-    )  # fmt: skip
-    report.add_argument("--results", type=Path, default=BENCHMARKS_DIR / "results.json", metavar="FILE",
-                        help="results of benchmarks/run_all.py (default: %(default)s)")  # fmt: skip
-    report.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="FILE.html",
-                        help="default: %(default)s (benchmarks/report.html is the committed one `make bench` writes)")  # fmt: skip
+        "and writes one HTML file with them embedded: the targets met and not met beside the "
+        "plots, then the figures, the machine and the commit the run came from.",
+    )
+    report.add_argument(
+        "--results",
+        type=Path,
+        default=BENCHMARKS_DIR / "results.json",
+        metavar="FILE",
+        help="results of benchmarks/run_all.py (default: %(default)s)",
+    )
+    report.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="FILE.html",
+        help="default: %(default)s (benchmarks/report.html is the committed one `make bench` writes)",
+    )
     report.set_defaults(handler=render_report, action="render")
 
 
@@ -47,8 +58,9 @@ def load_benchmark_script(name: str):
     """
     path = BENCHMARKS_DIR / f"{name}.py"
     if not path.is_file():
-        raise ReportError(f"{path} is missing: it needs the repository checkout (an editable install), "
-                          "not an installed wheel")  # fmt: skip
+        raise ReportError(
+            f"{path} is missing: it needs the repository checkout (an editable install), not an installed wheel"
+        )
     module_name = f"ebr_benchmark_{name}"
     if module_name not in sys.modules:
         spec = importlib.util.spec_from_file_location(module_name, path)
@@ -66,8 +78,10 @@ def render_report(cfg: EbrConfig, args: Namespace) -> int:
         raise ReportError(str(exc)) from exc
     results = report.load_results(args.results)
     met = sum(1 for t in results["targets"] if t["met"] is True)
-    print(f"{out}: {len(results['figures'])} figures, {met} of {len(results['targets'])} targets met "
-          f"({results.get('mode', '?')} run of {results.get('started_at', '?')})")  # fmt: skip
+    print(
+        f"{out}: {len(results['figures'])} figures, {met} of {len(results['targets'])} targets met "
+        f"({results.get('mode', '?')} run of {results.get('started_at', '?')})"
+    )
     return 0
 
 

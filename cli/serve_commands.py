@@ -15,29 +15,46 @@ from serving.client import RetrievalClient, ServingClientError
 
 def add_parser(commands) -> None:
     serve = commands.add_parser(
-        "serve", help="run the retrieval service (HTTP/JSON, hot-reloads published indexes)",
+        "serve",
+        help="run the retrieval service (HTTP/JSON, hot-reloads published indexes)",
         description="Serves top-K retrieval from the indexes and user embeddings LATEST names, polling "
-                    "for new versions and swapping them in without dropping requests. OpenAPI at /docs.",
-    )  # fmt: skip
+        "for new versions and swapping them in without dropping requests. OpenAPI at /docs.",
+    )
     serve.add_argument("--host", help="default: serving.host (127.0.0.1)")
     serve.add_argument("--port", type=int, help="default: serving.port")
     serve.add_argument("--poll-interval", type=float, metavar="SECONDS", help="default: serving.poll_interval_s")
-    serve.add_argument("--shard", metavar="I/S", help="serve only shard I (from 0) of every shard-set index "
-                       "(index.shards=S), searched by vector on /v1/search, behind `ebr route`")  # fmt: skip
+    serve.add_argument(
+        "--shard",
+        metavar="I/S",
+        help="serve only shard I (from 0) of every shard-set index "
+        "(index.shards=S), searched by vector on /v1/search, behind `ebr route`",
+    )
     serve.set_defaults(handler=run_server)
 
     query = commands.add_parser("query", help="ask a running retrieval service and print the answer")
     query.add_argument("--url", help="service URL (default: http://127.0.0.1:<serving.port>)")
     actions = query.add_subparsers(dest="action", required=True, metavar="ACTION")
-    user = actions.add_parser("user", help="top-K stories (or creators, or users) for a user",
-                              epilog="e.g. ebr query user u42 -k 5 --exclude s1,s2 --exclude s3")
+    user = actions.add_parser(
+        "user",
+        help="top-K stories (or creators, or users) for a user",
+        epilog="e.g. ebr query user u42 -k 5 --exclude s1,s2 --exclude s3",
+    )
     user.add_argument("user_id")
     user.add_argument("-k", type=int, default=10, help="results (default 10)")
-    user.add_argument("--collection", default="stories", help="stories (default), creators or users "
-                      "(users: the user itself is left out)")  # fmt: skip
+    user.add_argument(
+        "--collection",
+        default="stories",
+        help="stories (default), creators or users (users: the user itself is left out)",
+    )
     # A comma list, repeatable: `nargs="*"` took the user id after it for one more id to exclude.
-    user.add_argument("--exclude", type=comma_list, action="extend", default=[], metavar="ID[,ID...]",
-                      help="ids never returned, comma-separated; repeatable")  # fmt: skip
+    user.add_argument(
+        "--exclude",
+        type=comma_list,
+        action="extend",
+        default=[],
+        metavar="ID[,ID...]",
+        help="ids never returned, comma-separated; repeatable",
+    )
     similar = actions.add_parser("similar", help="items closest to one item of a collection")
     similar.add_argument("collection", help="stories, creators or users")
     similar.add_argument("item_id", metavar="ID")
@@ -49,7 +66,7 @@ def add_parser(commands) -> None:
 
 
 def comma_list(value: str) -> list[str]:
-    """"s1,s2" -> ["s1", "s2"] (blanks dropped)."""
+    """ "s1,s2" -> ["s1", "s2"] (blanks dropped)."""
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
@@ -105,12 +122,14 @@ def run_query(cfg: EbrConfig, args: Namespace) -> int:
 def format_answer(title: str, answer: dict, *, wide: bool = False) -> str:
     served = answer["served"]
     rows = [(rank, hit["id"], f"{hit['score']:.4f}") for rank, hit in enumerate(answer["items"], 1)]
-    return "\n".join([
-        title,
-        table(["rank", "id", "score"], rows, cut=(1,), wide=wide),
-        f"from index {served['index_version']}, user embeddings {served['user_embeddings_version']}, "
-        f"model {served['model_version']} (state {served['generation']})",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            title,
+            table(["rank", "id", "score"], rows, cut=(1,), wide=wide),
+            f"from index {served['index_version']}, user embeddings {served['user_embeddings_version']}, "
+            f"model {served['model_version']} (state {served['generation']})",
+        ]
+    )
 
 
 def format_versions(versions: dict, *, wide: bool = False) -> str:
@@ -119,12 +138,18 @@ def format_versions(versions: dict, *, wide: bool = False) -> str:
     if served is None:
         lines.append(f"not ready: {versions['last_reload']['detail']}")
     else:
-        lines.append(f"model {served['model_version']}, dim {served['dim']}, state {served['generation']} since {served['since']}")
-        rows = [(kind, c["version"], short_time(c["served_since"], wide), c["count"], human_bytes(c["memory_bytes"]))
-                for kind, c in served["components"].items()]  # fmt: skip
+        lines.append(
+            f"model {served['model_version']}, dim {served['dim']}, state {served['generation']} since {served['since']}"
+        )
+        rows = [
+            (kind, c["version"], short_time(c["served_since"], wide), c["count"], human_bytes(c["memory_bytes"]))
+            for kind, c in served["components"].items()
+        ]
         lines.append(table(["kind", "version", "served since (UTC)", "items", "memory"], rows, cut=(1,), wide=wide))
-    lines.append(f"last poll {versions['last_poll_at']} ({versions['seconds_since_last_successful_poll']:.1f} s ago): "
-                 f"{versions['last_reload']['action']}")  # fmt: skip
+    lines.append(
+        f"last poll {versions['last_poll_at']} ({versions['seconds_since_last_successful_poll']:.1f} s ago): "
+        f"{versions['last_reload']['action']}"
+    )
     for refusal in versions.get("refused", []):
         lines.append(f"refused {refusal['kind']}/{refusal['version']} at {refusal['at']}: {refusal['reason']}")
     return "\n".join(lines)

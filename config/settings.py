@@ -57,12 +57,8 @@ WorldSize = Literal["tiny", "small", "medium", "large"]
 WORLD_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(n_users=300, n_creators=60, n_stories=2_000, n_events=30_000, days=14),
     "small": dict(n_users=3_000, n_creators=400, n_stories=20_000, n_events=400_000, days=21),
-    "medium": dict(
-        n_users=30_000, n_creators=3_000, n_stories=200_000, n_events=4_000_000, days=28
-    ),
-    "large": dict(
-        n_users=100_000, n_creators=10_000, n_stories=1_000_000, n_events=10_000_000, days=30
-    ),
+    "medium": dict(n_users=30_000, n_creators=3_000, n_stories=200_000, n_events=4_000_000, days=28),
+    "large": dict(n_users=100_000, n_creators=10_000, n_stories=1_000_000, n_events=10_000_000, days=30),
 }
 
 
@@ -239,7 +235,9 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _batch_splits_over_workers(self) -> TrainConfig:
         if self.batch_size % self.workers:
-            raise ValueError(f"train.batch_size = {self.batch_size} does not split evenly over train.workers = {self.workers}")
+            raise ValueError(
+                f"train.batch_size = {self.batch_size} does not split evenly over train.workers = {self.workers}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -298,8 +296,10 @@ class EmbedConfig(_Section):
     @classmethod
     def _not_the_shipped_dask_runner(cls, runner: str) -> str:
         if runner in ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"):
-            raise ValueError(f"{runner!r} is Beam's shipped Dask runner, which runs only the last sink of a job and mixes a "
-                             "DoFn's outputs; use 'beam_jobs.dask_runner.DaskRunner'")
+            raise ValueError(
+                f"{runner!r} is Beam's shipped Dask runner, which runs only the last sink of a job and mixes a "
+                "DoFn's outputs; use 'beam_jobs.dask_runner.DaskRunner'"
+            )
         return runner
 
 
@@ -460,8 +460,10 @@ class RouterConfig(_Section):
     def _model_names(self) -> RouterConfig:
         for name in self.models:
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,63}", name) or name == self.model_name:
-                raise ValueError(f"router.models name {name!r} must be lower-case letters, digits, '_' or '-' "
-                                 f"and differ from router.model_name={self.model_name!r}")  # fmt: skip
+                raise ValueError(
+                    f"router.models name {name!r} must be lower-case letters, digits, '_' or '-' "
+                    f"and differ from router.model_name={self.model_name!r}"
+                )
         return self
 
 
@@ -505,9 +507,7 @@ class EbrConfig(_Section):
     @classmethod
     def _root_is_supported(cls, root: str) -> str:
         if not (root.startswith("file:///") or root.startswith("gs://")):
-            raise ValueError(
-                f"artifact root {root!r} must be file:///absolute/path or gs://bucket/prefix"
-            )
+            raise ValueError(f"artifact root {root!r} must be file:///absolute/path or gs://bucket/prefix")
         return root.rstrip("/")
 
     @property
@@ -547,8 +547,7 @@ def load_config(
         return EbrConfig.model_validate(merged)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in err.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in err.errors()
         )
         sources = ", ".join(name for name, layer in layers if layer)
         raise ConfigError(f"invalid configuration ({problems}); layers read: {sources}") from None

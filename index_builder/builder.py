@@ -97,7 +97,9 @@ class PreviousIndex:
         """
         if self.index_file is None:
             for start in range(0, len(labels), chunk):
-                yield np.asarray(self.graph.get_items(labels[start : start + chunk], return_type="numpy"), dtype=np.float32)
+                yield np.asarray(
+                    self.graph.get_items(labels[start : start + chunk], return_type="numpy"), dtype=np.float32
+                )
             return
         slot_labels, vectors = read_level0(self.index_file)
         slot_of = np.full(len(self.labels_to_ids), -1, dtype=np.int64)
@@ -214,23 +216,31 @@ def full_build_reason(previous: Manifest | None, snapshot: EmbeddingSnapshot, cf
     if int(params.get("dim", -1)) != snapshot.dim:
         return f"dimension changed from {params.get('dim')} to {snapshot.dim}"
     if (int(params.get("M", -1)), int(params.get("ef_construction", -1))) != (cfg.m, cfg.ef_construction):
-        return (f"HNSW parameters changed from M={params.get('M')}, ef_construction={params.get('ef_construction')} "
-                f"to M={cfg.m}, ef_construction={cfg.ef_construction}")  # fmt: skip
+        return (
+            f"HNSW parameters changed from M={params.get('M')}, ef_construction={params.get('ef_construction')} "
+            f"to M={cfg.m}, ef_construction={cfg.ef_construction}"
+        )
     return None
 
 
 def plan_refusal(plan: UpdatePlan, cfg: IndexConfig) -> str | None:
     """Why a planned update should be a full build instead, or None."""
     if plan.changed_fraction > cfg.max_changed_fraction:
-        return (f"{plan.changed_fraction:.1%} of items are new, expired or moved, more than "
-                f"index.max_changed_fraction={cfg.max_changed_fraction}")  # fmt: skip
+        return (
+            f"{plan.changed_fraction:.1%} of items are new, expired or moved, more than "
+            f"index.max_changed_fraction={cfg.max_changed_fraction}"
+        )
     if plan.deleted_fraction > cfg.max_deleted_fraction:
-        return (f"deleted share {plan.deleted_fraction:.3f} would pass index.max_deleted_fraction="
-                f"{cfg.max_deleted_fraction}")  # fmt: skip
+        return (
+            f"deleted share {plan.deleted_fraction:.3f} would pass index.max_deleted_fraction="
+            f"{cfg.max_deleted_fraction}"
+        )
     return None
 
 
-def apply_update(previous: PreviousIndex, snapshot: EmbeddingSnapshot, plan: UpdatePlan, cfg: IndexConfig) -> BuiltIndex:
+def apply_update(
+    previous: PreviousIndex, snapshot: EmbeddingSnapshot, plan: UpdatePlan, cfg: IndexConfig
+) -> BuiltIndex:
     """Applies `plan` to the previous graph in place and returns it as the new index."""
     graph = previous.graph
     threads = hnsw.build_threads(cfg.threads)
@@ -243,7 +253,9 @@ def apply_update(previous: PreviousIndex, snapshot: EmbeddingSnapshot, plan: Upd
         needed = graph.element_count + max(0, len(plan.add_rows) - free_slots)
         if needed > graph.max_elements:
             graph.resize_index(needed)
-        graph.add_items(snapshot.vectors[plan.add_rows], plan.row_labels[plan.add_rows], num_threads=threads, replace_deleted=reuse)
+        graph.add_items(
+            snapshot.vectors[plan.add_rows], plan.row_labels[plan.add_rows], num_threads=threads, replace_deleted=reuse
+        )
     if graph.max_elements > graph.element_count:
         graph.resize_index(graph.element_count)  # serve without spare capacity
     seconds = time.perf_counter() - started
@@ -261,13 +273,17 @@ def apply_update(previous: PreviousIndex, snapshot: EmbeddingSnapshot, plan: Upd
         build_seconds=seconds,
         touched=len(plan.add_rows) + len(plan.delete_labels),
         stats={
-            "added": plan.new, "deleted": expired, "updated": plan.moved,
+            "added": plan.new,
+            "deleted": expired,
+            "updated": plan.moved,
             "deleted_fraction": round(plan.deleted_fraction, 6),
             "deleted_slots": int(graph.element_count - len(snapshot)),
             "labels": plan.labels_after,
             "reuse_deleted_slots": cfg.reuse_deleted_slots,
-        },  # fmt: skip
-        detail=(f"incremental from {previous.version}: {plan.new} added, {expired} deleted, {plan.moved} moved"
-                + (" (deleted slots reused)" if cfg.reuse_deleted_slots else "")),
+        },
+        detail=(
+            f"incremental from {previous.version}: {plan.new} added, {expired} deleted, {plan.moved} moved"
+            + (" (deleted slots reused)" if cfg.reuse_deleted_slots else "")
+        ),
         previous=previous.version,
     )

@@ -31,9 +31,12 @@ def new_graph(dim: int, max_elements: int, *, m: int, ef_construction: int, allo
 
     index = hnswlib.Index(space=SPACE, dim=dim)
     index.init_index(
-        max_elements=max(max_elements, 1), M=m, ef_construction=ef_construction,
-        random_seed=RANDOM_SEED, allow_replace_deleted=allow_replace_deleted,
-    )  # fmt: skip
+        max_elements=max(max_elements, 1),
+        M=m,
+        ef_construction=ef_construction,
+        random_seed=RANDOM_SEED,
+        allow_replace_deleted=allow_replace_deleted,
+    )
     return index
 
 

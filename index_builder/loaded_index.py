@@ -89,8 +89,9 @@ def read_level0(path: Path) -> tuple[np.ndarray, np.ndarray]:
       labels [slots] int64 and vectors [slots, dim] float32 (a read-only memory map).
     """
     header = read_header(path)
-    block = np.memmap(path, dtype=np.uint8, mode="r", offset=_HEADER.size,
-                      shape=(header.element_count, header.bytes_per_element))  # fmt: skip
+    block = np.memmap(
+        path, dtype=np.uint8, mode="r", offset=_HEADER.size, shape=(header.element_count, header.bytes_per_element)
+    )
     vectors = block[:, header.data_offset : header.label_offset].view(np.float32)
     labels = block[:, header.label_offset : header.label_offset + 8].view(np.uint64)[:, 0].astype(np.int64)
     return labels, vectors
@@ -280,7 +281,7 @@ def load_index(directory: Path, collection: str | None = None, *, verify: bool =
     manifest = Manifest.from_json(manifest_path.read_bytes(), str(manifest_path))
     if not manifest.kind.startswith(KIND_PREFIX):
         raise CorruptArtifactError(f"{directory} holds a version of {manifest.kind}, not of indexes/<collection>")
-    found_collection = manifest.kind[len(KIND_PREFIX):]
+    found_collection = manifest.kind[len(KIND_PREFIX) :]
     if collection is not None and found_collection != collection:
         raise CorruptArtifactError(f"{directory} is an index of {found_collection!r}, expected {collection!r}")
     verify_files(directory, manifest, checksums=verify)
@@ -304,7 +305,9 @@ def load_index(directory: Path, collection: str | None = None, *, verify: bool =
     try:
         index.load_index(str(directory / INDEX_FILE))
     except RuntimeError as err:
-        raise CorruptArtifactError(f"{directory / INDEX_FILE}: hnswlib cannot read it ({err}); roll back or rebuild") from None
+        raise CorruptArtifactError(
+            f"{directory / INDEX_FILE}: hnswlib cannot read it ({err}); roll back or rebuild"
+        ) from None
     index.set_ef(ef)
     index.set_num_threads(1)
     loaded = LoadedIndex(collection=found_collection, manifest=manifest, index=index, labels_to_ids=labels_to_ids)
@@ -356,6 +359,6 @@ def _index_memory_bytes(index) -> int:
 
 def _id_map_bytes(labels_to_ids: np.ndarray, labels: dict[str, int]) -> int:
     """Approximate size of the label -> id array and the id -> label dict."""
-    sample = [i for i in labels_to_ids[: 1000] if i is not None]
+    sample = [i for i in labels_to_ids[:1000] if i is not None]
     per_str = (sum(sys.getsizeof(s) for s in sample) / len(sample)) if sample else 0
     return int(labels_to_ids.nbytes + len(labels) * per_str + sys.getsizeof(labels))

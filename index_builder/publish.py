@@ -153,8 +153,16 @@ def build_and_publish_index(
     return IndexBuildOutcome(collection, version, built.mode, published, detail, recall.recall_at_10, manifest)
 
 
-def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, publish: bool, run_id: str | None,
-           shards: int = 1) -> IndexBuildOutcome:  # fmt: skip
+def _reuse(
+    kind: ArtifactKind,
+    collection: str,
+    version: str,
+    snapshot: str,
+    *,
+    publish: bool,
+    run_id: str | None,
+    shards: int = 1,
+) -> IndexBuildOutcome:
     manifest = kind.verify(version)  # a complete version is trusted only once its bytes match
     built_from = manifest.parents.get("embedding_snapshot")
     if built_from != snapshot:
@@ -170,7 +178,9 @@ def _reuse(kind: ArtifactKind, collection: str, version: str, snapshot: str, *, 
     detail = f"{kind.name}/{version} is complete already (built from {snapshot}); reused"
     published = False
     if publish:
-        result = kind.publish(version, reason=f"index of {snapshot} (rerun)", run_id=run_id, verify=False)  # verified above
+        result = kind.publish(
+            version, reason=f"index of {snapshot} (rerun)", run_id=run_id, verify=False
+        )  # verified above
         published, detail = result.moved, f"{detail}; {result.detail}"
     recall = manifest.metrics.get("recall_at_10")
     return IndexBuildOutcome(collection, version, "reused", published, detail, recall, manifest)
@@ -190,7 +200,9 @@ def _real_queries(store: ArtifactStore, collection: str, snap: EmbeddingSnapshot
         return None
 
 
-def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConfig, *, full: bool, workdir: Path, probe=None):
+def _build_validated(
+    kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConfig, *, full: bool, workdir: Path, probe=None
+):
     """Incremental when possible, else full; an incremental graph that fails the recall
     gate is rebuilt from scratch before giving up."""
     where = validation.snapshot_where(snap)
@@ -226,9 +238,16 @@ def _build_validated(kind: ArtifactKind, snap: EmbeddingSnapshot, cfg: IndexConf
 def _validate(built: BuiltIndex, snap: EmbeddingSnapshot, cfg: IndexConfig, probe=None) -> validation.RecallCheck:
     validation.check_contents(built.graph, built.labels_to_ids, built.row_labels, snap)
     return validation.measure_recall(
-        built.graph, snap.vectors, built.row_labels, ef=cfg.ef_search, max_ef=max(cfg.max_ef_search, cfg.ef_search),
-        threshold=cfg.min_recall_at_10, queries=cfg.validation_queries, threads=cfg.threads, probe=probe,
-    )  # fmt: skip
+        built.graph,
+        snap.vectors,
+        built.row_labels,
+        ef=cfg.ef_search,
+        max_ef=max(cfg.max_ef_search, cfg.ef_search),
+        threshold=cfg.min_recall_at_10,
+        queries=cfg.validation_queries,
+        threads=cfg.threads,
+        probe=probe,
+    )
 
 
 def _open_previous(kind: ArtifactKind, version: str, directory: Path) -> tuple[PreviousIndex | None, str | None]:
@@ -254,9 +273,14 @@ def _open_previous(kind: ArtifactKind, version: str, directory: Path) -> tuple[P
 
 
 def _write_version(
-    kind: ArtifactKind, version: str, snap: EmbeddingSnapshot, built: BuiltIndex,
-    recall: validation.RecallCheck, cfg: IndexConfig, workdir: Path,
-) -> Manifest:  # fmt: skip
+    kind: ArtifactKind,
+    version: str,
+    snap: EmbeddingSnapshot,
+    built: BuiltIndex,
+    recall: validation.RecallCheck,
+    cfg: IndexConfig,
+    workdir: Path,
+) -> Manifest:
     index_path, ids_path = workdir / INDEX_FILE, workdir / IDS_FILE
     built.graph.save_index(str(index_path))
     write_ids(ids_path, built.labels_to_ids)
@@ -264,25 +288,32 @@ def _write_version(
     if built.previous:
         parents["previous_index"] = built.previous
     params = {
-        "space": SPACE, "dim": snap.dim, "M": cfg.m, "ef_construction": cfg.ef_construction,
-        "ef_search": recall.ef, "count": len(snap), "mode": built.mode,
-    }  # fmt: skip
+        "space": SPACE,
+        "dim": snap.dim,
+        "M": cfg.m,
+        "ef_construction": cfg.ef_construction,
+        "ef_search": recall.ef,
+        "count": len(snap),
+        "mode": built.mode,
+    }
     index_bytes = index_path.stat().st_size
     with kind.new_version(version, parents=parents, params=params) as writer:
         writer.add_file(INDEX_FILE, index_path)
         writer.add_file(IDS_FILE, ids_path)
-        writer.metrics.update({
-            "recall_at_10": round(recall.recall_at_10, 6),
-            "recall_at_10_by_ef": {str(ef): round(r, 6) for ef, r in recall.tried.items()},
-            "validation_queries": recall.queries,
-            "validation_query_source": recall.query_source,
-            "validation_seconds": round(recall.seconds, 3),
-            "build_seconds": round(built.build_seconds, 3),
-            "vectors_per_second": round(built.touched / max(built.build_seconds, 1e-9), 1),
-            "bytes_per_vector": round(index_bytes / max(len(snap), 1), 1),
-            "build_detail": built.detail,
-            **built.stats,
-        })  # fmt: skip
+        writer.metrics.update(
+            {
+                "recall_at_10": round(recall.recall_at_10, 6),
+                "recall_at_10_by_ef": {str(ef): round(r, 6) for ef, r in recall.tried.items()},
+                "validation_queries": recall.queries,
+                "validation_query_source": recall.query_source,
+                "validation_seconds": round(recall.seconds, 3),
+                "build_seconds": round(built.build_seconds, 3),
+                "vectors_per_second": round(built.touched / max(built.build_seconds, 1e-9), 1),
+                "bytes_per_vector": round(index_bytes / max(len(snap), 1), 1),
+                "build_detail": built.detail,
+                **built.stats,
+            }
+        )
     return writer.manifest
 
 
@@ -331,17 +362,19 @@ def describe_versions(cfg: EbrConfig, collection: str) -> list[dict]:
     rows = []
     for info in kind.versions():
         m = info.manifest
-        rows.append({
-            "version": info.name,
-            "latest": info.name == latest,
-            "complete": info.complete,
-            "mode": m.params.get("mode") if m else None,
-            "count": m.params.get("count") if m else None,
-            "model_version": m.parents.get("model_version") if m else None,
-            "embedding_snapshot": m.parents.get("embedding_snapshot") if m else None,
-            "ef_search": m.params.get("ef_search") if m else None,
-            "recall_at_10": m.metrics.get("recall_at_10") if m else None,
-            "created_at": m.created_at if m else None,
-            "bytes": m.total_bytes if m else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "version": info.name,
+                "latest": info.name == latest,
+                "complete": info.complete,
+                "mode": m.params.get("mode") if m else None,
+                "count": m.params.get("count") if m else None,
+                "model_version": m.parents.get("model_version") if m else None,
+                "embedding_snapshot": m.parents.get("embedding_snapshot") if m else None,
+                "ef_search": m.params.get("ef_search") if m else None,
+                "recall_at_10": m.metrics.get("recall_at_10") if m else None,
+                "created_at": m.created_at if m else None,
+                "bytes": m.total_bytes if m else None,
+            }
+        )
     return rows

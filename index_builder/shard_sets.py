@@ -87,7 +87,9 @@ def split_rows(snapshot: EmbeddingSnapshot, shards: int) -> tuple[list[Embedding
                 f"{validation.snapshot_where(snapshot)}: shard {shard} of index.shards={shards} would hold no item "
                 f"({len(snapshot)} items in all); lower index.shards"
             )
-        parts.append(EmbeddingSnapshot(snapshot.ids[own], np.ascontiguousarray(snapshot.vectors[own]), snapshot.manifest))
+        parts.append(
+            EmbeddingSnapshot(snapshot.ids[own], np.ascontiguousarray(snapshot.vectors[own]), snapshot.manifest)
+        )
         rows.append(own)
     return parts, rows
 
@@ -132,11 +134,16 @@ def build_shard_set(
     recall = measure_merged_recall(result, snapshot, cfg, probe)
     where = validation.snapshot_where(snapshot)
     if recall.recall_at_10 < cfg.min_recall_at_10 and result.mode != "full":
-        log.warning("%s: the merged answer of the updated shards failed validation (recall@10 %.4f); rebuilding them from scratch",
-                    where, recall.recall_at_10)  # fmt: skip
+        log.warning(
+            "%s: the merged answer of the updated shards failed validation (recall@10 %.4f); rebuilding them from scratch",
+            where,
+            recall.recall_at_10,
+        )
         for shard, part in enumerate(parts):
             if result.shards[shard].mode == "incremental":
-                result.shards[shard] = build_full(part, cfg, reason="the incremental update failed the merged recall gate")
+                result.shards[shard] = build_full(
+                    part, cfg, reason="the incremental update failed the merged recall gate"
+                )
                 result.reasons[shard] = "the incremental update failed the merged recall gate"
         recall = measure_merged_recall(result, snapshot, cfg, probe)
     validation.check_recall(recall, cfg.min_recall_at_10, where)
@@ -184,7 +191,9 @@ def merged_search(built: BuiltShardSet, queries: np.ndarray, k: int, *, ef: int,
     return np.take_along_axis(all_rows, order, axis=1)
 
 
-def measure_merged_recall(built: BuiltShardSet, snapshot: EmbeddingSnapshot, cfg: IndexConfig, probe=None) -> validation.RecallCheck:
+def measure_merged_recall(
+    built: BuiltShardSet, snapshot: EmbeddingSnapshot, cfg: IndexConfig, probe=None
+) -> validation.RecallCheck:
     """recall@10 of the merged answer against exact search over the whole snapshot, raising
     ef (the same for every shard) until it reaches index.min_recall_at_10."""
     started = time.perf_counter()
@@ -206,20 +215,32 @@ def measure_merged_recall(built: BuiltShardSet, snapshot: EmbeddingSnapshot, cfg
 
 
 def write_shard_set(
-    kind: ArtifactKind, version: str, snapshot: EmbeddingSnapshot, built: BuiltShardSet,
-    recall: validation.RecallCheck, cfg: IndexConfig, workdir: Path,
-) -> Manifest:  # fmt: skip
+    kind: ArtifactKind,
+    version: str,
+    snapshot: EmbeddingSnapshot,
+    built: BuiltShardSet,
+    recall: validation.RecallCheck,
+    cfg: IndexConfig,
+    workdir: Path,
+) -> Manifest:
     """Writes one version holding every shard's files; the manifest is written last."""
     shards = len(built.shards)
     parents = {"model_version": snapshot.model_version, "embedding_snapshot": snapshot.manifest.version}
     if built.previous:
         parents["previous_index"] = built.previous
     params = {
-        "space": SPACE, "dim": snapshot.dim, "M": cfg.m, "ef_construction": cfg.ef_construction,
-        "ef_search": recall.ef, "count": len(snapshot), "mode": built.mode,
-        "shards": shards, "shard_hash": SHARD_HASH, "shard_counts": [len(rows) for rows in built.rows],
+        "space": SPACE,
+        "dim": snapshot.dim,
+        "M": cfg.m,
+        "ef_construction": cfg.ef_construction,
+        "ef_search": recall.ef,
+        "count": len(snapshot),
+        "mode": built.mode,
+        "shards": shards,
+        "shard_hash": SHARD_HASH,
+        "shard_counts": [len(rows) for rows in built.rows],
         "shard_modes": [b.mode for b in built.shards],
-    }  # fmt: skip
+    }
     index_bytes = 0
     build_seconds = sum(b.build_seconds for b in built.shards)
     with kind.new_version(version, parents=parents, params=params) as writer:
@@ -231,18 +252,20 @@ def write_shard_set(
             index_bytes += (folder / INDEX_FILE).stat().st_size
             writer.add_file(shard_file(shard, shards, INDEX_FILE), folder / INDEX_FILE)
             writer.add_file(shard_file(shard, shards, IDS_FILE), folder / IDS_FILE)
-        writer.metrics.update({
-            "recall_at_10": round(recall.recall_at_10, 6),
-            "recall_at_10_of": "the merged answer of every shard against exact search over the whole snapshot",
-            "recall_at_10_by_ef": {str(ef): round(r, 6) for ef, r in recall.tried.items()},
-            "validation_queries": recall.queries,
-            "validation_query_source": recall.query_source,
-            "validation_seconds": round(recall.seconds, 3),
-            "build_seconds": round(build_seconds, 3),
-            "vectors_per_second": round(sum(b.touched for b in built.shards) / max(build_seconds, 1e-9), 1),
-            "bytes_per_vector": round(index_bytes / max(len(snapshot), 1), 1),
-            "build_detail": built.detail,
-            "deleted_fraction": max(float(b.stats.get("deleted_fraction", 0.0)) for b in built.shards),
-            "shard_stats": [b.stats for b in built.shards],
-        })  # fmt: skip
+        writer.metrics.update(
+            {
+                "recall_at_10": round(recall.recall_at_10, 6),
+                "recall_at_10_of": "the merged answer of every shard against exact search over the whole snapshot",
+                "recall_at_10_by_ef": {str(ef): round(r, 6) for ef, r in recall.tried.items()},
+                "validation_queries": recall.queries,
+                "validation_query_source": recall.query_source,
+                "validation_seconds": round(recall.seconds, 3),
+                "build_seconds": round(build_seconds, 3),
+                "vectors_per_second": round(sum(b.touched for b in built.shards) / max(build_seconds, 1e-9), 1),
+                "bytes_per_vector": round(index_bytes / max(len(snapshot), 1), 1),
+                "build_detail": built.detail,
+                "deleted_fraction": max(float(b.stats.get("deleted_fraction", 0.0)) for b in built.shards),
+                "shard_stats": [b.stats for b in built.shards],
+            }
+        )
     return writer.manifest

@@ -73,14 +73,16 @@ def shard_count(manifest: Manifest) -> int:
     try:
         shards = int(manifest.params.get("shards", 1))
     except (TypeError, ValueError):
-        raise CorruptArtifactError(f"{manifest.kind}/{manifest.version}: params.shards={manifest.params.get('shards')!r}") from None
+        raise CorruptArtifactError(
+            f"{manifest.kind}/{manifest.version}: params.shards={manifest.params.get('shards')!r}"
+        ) from None
     if shards < 1:
         raise CorruptArtifactError(f"{manifest.kind}/{manifest.version}: params.shards={shards}, must be at least 1")
     return shards
 
 
 def parse_shard_spec(spec: str) -> tuple[int, int]:
-    """"I/S" -> (I, S), for `ebr serve --shard`.
+    """ "I/S" -> (I, S), for `ebr serve --shard`.
 
     Raises:
       ValueError: not two whole numbers, S < 1, or I outside 0..S-1.
@@ -103,7 +105,9 @@ def split_snapshot(snapshot: EmbeddingSnapshot, shards: int) -> list[EmbeddingSn
     parts = []
     for shard in range(shards):
         rows = np.flatnonzero(which == shard)
-        parts.append(EmbeddingSnapshot(snapshot.ids[rows], np.ascontiguousarray(snapshot.vectors[rows]), snapshot.manifest))
+        parts.append(
+            EmbeddingSnapshot(snapshot.ids[rows], np.ascontiguousarray(snapshot.vectors[rows]), snapshot.manifest)
+        )
     return parts
 
 
@@ -128,7 +132,9 @@ def shard_manifest(manifest: Manifest, shard: int) -> Manifest:
     try:
         count = int(manifest.params["shard_counts"][shard])
     except (KeyError, IndexError, TypeError, ValueError):
-        raise CorruptArtifactError(f"{manifest.kind}/{manifest.version}: params.shard_counts names no count for shard {shard}") from None
+        raise CorruptArtifactError(
+            f"{manifest.kind}/{manifest.version}: params.shard_counts names no count for shard {shard}"
+        ) from None
     params = {**manifest.params, "count": count, "shard": shard, "shards": shards}
     return replace(manifest, files=files, params=params)
 

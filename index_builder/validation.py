@@ -92,7 +92,9 @@ def check_contents(graph, labels_to_ids: np.ndarray, row_labels: np.ndarray, sna
     rows = np.linspace(0, len(snapshot) - 1, min(_MAPPING_PROBES, len(snapshot))).astype(int)
     stored = np.asarray(graph.get_items(row_labels[rows], return_type="numpy"), dtype=np.float32)
     if not np.array_equal(stored, snapshot.vectors[rows]):
-        raise IndexValidationError(f"index for {where}: stored vectors differ from the snapshot's under the same labels")
+        raise IndexValidationError(
+            f"index for {where}: stored vectors differ from the snapshot's under the same labels"
+        )
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,17 @@ class RecallCheck:
 
 
 def measure_recall(
-    graph, vectors: np.ndarray, row_labels: np.ndarray, *,
-    ef: int, max_ef: int, threshold: float, queries: int, threads: int,
+    graph,
+    vectors: np.ndarray,
+    row_labels: np.ndarray,
+    *,
+    ef: int,
+    max_ef: int,
+    threshold: float,
+    queries: int,
+    threads: int,
     probe: tuple[np.ndarray, str] | None = None,
-) -> RecallCheck:  # fmt: skip
+) -> RecallCheck:
     """recall@10 of `graph` against exact search, raising ef until it reaches `threshold`.
 
     Starts at `ef` and doubles it (capped at `max_ef`) while recall is below `threshold`;
@@ -160,7 +169,9 @@ def measure_recall(
     return RecallCheck(tried[current], n_queries, k, current, tried, time.perf_counter() - started, source)
 
 
-def probe_queries(users: EmbeddingSnapshot | None, model_version: str, n: int, *, seed: int = 0) -> tuple[np.ndarray, str] | None:
+def probe_queries(
+    users: EmbeddingSnapshot | None, model_version: str, n: int, *, seed: int = 0
+) -> tuple[np.ndarray, str] | None:
     """The queries a story or creator index really answers: user embeddings of its model.
 
     A sample of `n` users (all when fewer) of the user snapshot LATEST names, when that

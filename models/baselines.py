@@ -43,7 +43,9 @@ COLD_ITEM_SCORE = -(2.0**100)
 # ALS is the costly one: on a MovieLens-1M-sized matrix (6,000 x 3,700, 518k positive
 # pairs) a 15-iteration fit took 4.8 / 12 / 36 CPU-seconds at 32 / 64 / 128 factors (one
 # BLAS thread), about 160 s for this grid, so it stays at 9 trials; alpha keeps its default.
-ALS_GRID: tuple[dict[str, Any], ...] = tuple({"factors": f, "regularization": r} for f in (32, 64, 128) for r in (0.01, 0.1, 1.0))
+ALS_GRID: tuple[dict[str, Any], ...] = tuple(
+    {"factors": f, "regularization": r} for f in (32, 64, 128) for r in (0.01, 0.1, 1.0)
+)
 # Steck (2019) reports the best lambda between 100 and 1000 on ML-20M, Netflix and MSD;
 # the grid brackets that for smaller catalogues (less data: stronger regularisation).
 EASE_GRID: tuple[dict[str, Any], ...] = tuple({"l2": l2} for l2 in (10.0, 100.0, 500.0, 1000.0, 3000.0))
@@ -97,12 +99,16 @@ class RecentPopularity(Baseline):
 
     name = "recent_popularity"
 
-    def __init__(self, story_positions: np.ndarray, event_ts: np.ndarray, n_candidates: int, as_of: float, window_s: float):
+    def __init__(
+        self, story_positions: np.ndarray, event_ts: np.ndarray, n_candidates: int, as_of: float, window_s: float
+    ):
         """story_positions, event_ts: [n] candidate position and time (seconds) of each
         positive training event; as_of: end of the window (exclusive), in the same unit."""
         story_positions, event_ts = np.asarray(story_positions), np.asarray(event_ts)
         if story_positions.shape != event_ts.shape:
-            raise ValueError(f"story_positions {story_positions.shape} and event_ts {event_ts.shape} must have the same shape: one time per positive event")
+            raise ValueError(
+                f"story_positions {story_positions.shape} and event_ts {event_ts.shape} must have the same shape: one time per positive event"
+            )
         if not window_s > 0:
             raise ValueError(f"window_s={window_s!r}: the recent window must be a positive number of seconds")
         before = event_ts < as_of
@@ -220,7 +226,8 @@ class ItemKNN(Baseline):
             top = rank < self.neighbors
             targets.append(target[top]), neighbours.append(cols[top]), values.append(sim[top])
         self.similarity = scipy.sparse.csr_matrix(
-            (np.concatenate(values).astype(np.float32), (np.concatenate(neighbours), np.concatenate(targets))), shape=(n_items, n_items)
+            (np.concatenate(values).astype(np.float32), (np.concatenate(neighbours), np.concatenate(targets))),
+            shape=(n_items, n_items),
         )  # S: [neighbour i, target j]
         self.warm = norms > 0
         return self
@@ -247,7 +254,9 @@ class ImplicitALS(Baseline):
 
     name = "als"
 
-    def __init__(self, factors: int = 32, regularization: float = 0.05, alpha: float = 10.0, iterations: int = 15, seed: int = 0):
+    def __init__(
+        self, factors: int = 32, regularization: float = 0.05, alpha: float = 10.0, iterations: int = 15, seed: int = 0
+    ):
         if alpha < 0:
             raise ValueError(f"alpha={alpha!r}: the confidence 1 + alpha·count must not fall below 1; use alpha >= 0")
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
@@ -365,9 +374,26 @@ def choose_by_validation(
         metrics = evaluate(scorer, validation, ks)
         evaluated = time.perf_counter()
         if metric not in metrics:
-            raise ValueError(f"{name}: metric {metric!r} is not among the validation metrics {sorted(metrics)} (K larger than the {validation.n_candidates} candidates?)")
-        trials.append({"params": params, "metrics": metrics, "fit_seconds": fitted - started, "evaluate_seconds": evaluated - fitted})
-        log.info("%s %s: validation %s=%.4f (fit %.1fs, evaluate %.1fs)", name, params, metric, metrics[metric], fitted - started, evaluated - fitted)
+            raise ValueError(
+                f"{name}: metric {metric!r} is not among the validation metrics {sorted(metrics)} (K larger than the {validation.n_candidates} candidates?)"
+            )
+        trials.append(
+            {
+                "params": params,
+                "metrics": metrics,
+                "fit_seconds": fitted - started,
+                "evaluate_seconds": evaluated - fitted,
+            }
+        )
+        log.info(
+            "%s %s: validation %s=%.4f (fit %.1fs, evaluate %.1fs)",
+            name,
+            params,
+            metric,
+            metrics[metric],
+            fitted - started,
+            evaluated - fitted,
+        )
         if metrics[metric] > best_value:
             best, best_params, best_value = scorer, params, metrics[metric]
         del scorer
@@ -387,11 +413,15 @@ class _Rows:
 def _check_positives(users, items, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
     users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
     if users.shape != items.shape or users.ndim != 1:
-        raise ValueError(f"users {users.shape} and items {items.shape} must be 1-D of the same length: one (user row, candidate position) per positive event")
+        raise ValueError(
+            f"users {users.shape} and items {items.shape} must be 1-D of the same length: one (user row, candidate position) per positive event"
+        )
     if len(users) and (users.min() < 0 or users.max() >= n_users):
         raise ValueError(f"user rows must be in [0, {n_users}); got [{users.min()}, {users.max()}]")
     if len(items) and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(f"candidate positions must be in [0, {n_items}); got [{items.min()}, {items.max()}] (events on stories outside the candidates must be dropped first)")
+        raise ValueError(
+            f"candidate positions must be in [0, {n_items}); got [{items.min()}, {items.max()}] (events on stories outside the candidates must be dropped first)"
+        )
     return users, items
 
 

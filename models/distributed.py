@@ -37,8 +37,17 @@ TF_CONFIG = "TF_CONFIG"
 log = logging.getLogger(__name__)
 
 
-def train_command(cfg, version: str, workdir: Path, workers: int, *, run_id: str | None = None, publish: bool = True,
-                  verbose: bool = False, wide: bool = False) -> list[str]:  # fmt: skip
+def train_command(
+    cfg,
+    version: str,
+    workdir: Path,
+    workers: int,
+    *,
+    run_id: str | None = None,
+    publish: bool = True,
+    verbose: bool = False,
+    wide: bool = False,
+) -> list[str]:
     """The `ebr train` command each worker runs: every setting of `cfg` passed as --set
     (so a worker builds exactly this configuration, whatever files and EBR_* variables it
     sees), the version and working folder fixed (their defaults would differ per worker)."""
@@ -88,7 +97,9 @@ def run_workers(command: list[str], workers: int, logdir: Path, *, host: str = "
             if failed:
                 index, code = failed[0]
                 where = "above" if index == 0 else str(logdir / f"worker-{index}.log")
-                log.error("worker %d of %d exited with %d (its log: %s): stopping the others", index, workers, code, where)
+                log.error(
+                    "worker %d of %d exited with %d (its log: %s): stopping the others", index, workers, code, where
+                )
                 return code
             if all(c == 0 for c in codes):
                 return 0
@@ -150,7 +161,9 @@ def strategy_from_environment():
     import tensorflow as tf
 
     # RING: the collective implementation that works between CPU-only hosts.
-    options = tf.distribute.experimental.CommunicationOptions(implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING
+    )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 

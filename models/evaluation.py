@@ -69,7 +69,9 @@ class Measurement:
     per_user: dict[str, np.ndarray]
 
 
-def evaluate(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: int = 256, *, bootstrap: int = 0, seed: int = 0) -> dict[str, float]:
+def evaluate(
+    scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: int = 256, *, bootstrap: int = 0, seed: int = 0
+) -> dict[str, float]:
     """The metrics of `scorer` (with `<metric>_lo`/`_hi` 95% intervals when `bootstrap`)."""
     return summarize(measure(scorer, data, ks, batch_size), bootstrap, seed)
 
@@ -91,7 +93,9 @@ def bootstrap_interval(values: np.ndarray, samples: int, seed: int = 0, level: f
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def paired_difference(a: Measurement, b: Measurement, metric: str, samples: int = 1000, seed: int = 0) -> dict[str, float]:
+def paired_difference(
+    a: Measurement, b: Measurement, metric: str, samples: int = 1000, seed: int = 0
+) -> dict[str, float]:
     """mean(a - b) of `metric` over the same users, with a 95% paired-bootstrap interval.
 
     `significant` is 1.0 when the interval excludes zero: a win (or loss) larger than the
@@ -102,12 +106,20 @@ def paired_difference(a: Measurement, b: Measurement, metric: str, samples: int 
         raise ValueError(f"{metric}: the two measurements are not on the same users ({len(x)} vs {len(y)})")
     diff = x - y
     lo, hi = bootstrap_interval(diff, samples, seed)
-    return {"difference": float(diff.mean()) if len(diff) else 0.0, "lo": lo, "hi": hi, "significant": float(lo > 0 or hi < 0)}
+    return {
+        "difference": float(diff.mean()) if len(diff) else 0.0,
+        "lo": lo,
+        "hi": hi,
+        "significant": float(lo > 0 or hi < 0),
+    }
 
 
 def _resampled_means(values: np.ndarray, samples: int, seed: int, chunk: int = 100) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    means = [values[rng.integers(0, len(values), (min(chunk, samples - i), len(values)))].mean(axis=1) for i in range(0, samples, chunk)]
+    means = [
+        values[rng.integers(0, len(values), (min(chunk, samples - i), len(values)))].mean(axis=1)
+        for i in range(0, samples, chunk)
+    ]
     return np.concatenate(means)
 
 

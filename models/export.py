@@ -35,37 +35,53 @@ def input_specs(cfg: EbrConfig, content_dim: int) -> dict[str, dict[str, tf.Tens
     number = lambda name, *shape: tf.TensorSpec([None, *shape], tf.float32, name=name)  # noqa: E731
     return {
         "user": {
-            "user_id": string("user_id"), "country": string("country"), "language": string("language"),
-            "age_bucket": string("age_bucket"), "user_stats": number("user_stats", len(user_stat_names(f))),
+            "user_id": string("user_id"),
+            "country": string("country"),
+            "language": string("language"),
+            "age_bucket": string("age_bucket"),
+            "user_stats": number("user_stats", len(user_stat_names(f))),
             "history_story_ids": string("history_story_ids", f.history_length),
             "history_creator_ids": string("history_creator_ids", f.history_length),
             "history_hashtags": string("history_hashtags", f.hashtag_history_stories * f.story_hashtags),
         },
         "story": {
-            "story_id": string("story_id"), "creator_id": string("creator_id"), "country": string("country"),
-            "language": string("language"), "hashtags": string("hashtags", f.story_hashtags),
+            "story_id": string("story_id"),
+            "creator_id": string("creator_id"),
+            "country": string("country"),
+            "language": string("language"),
+            "hashtags": string("hashtags", f.story_hashtags),
             "content_embedding": number("content_embedding", content_dim),
             "story_stats": number("story_stats", len(story_stat_names(f))),
         },
-    }  # fmt: skip
+    }
 
 
-def export_towers(model, vocabularies: dict[str, list[str]], cfg: EbrConfig, content_dim: int, metrics: dict[str, Any], dest: Path) -> Path:
+def export_towers(
+    model, vocabularies: dict[str, list[str]], cfg: EbrConfig, content_dim: int, metrics: dict[str, Any], dest: Path
+) -> Path:
     """Writes both SavedModels and their side files into `dest`; returns `dest`."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     specs = input_specs(cfg, content_dim)
-    for name, tower, keys in (("user_tower", model.user_tower, USER_INPUTS), ("story_tower", model.story_tower, STORY_INPUTS)):
+    for name, tower, keys in (
+        ("user_tower", model.user_tower, USER_INPUTS),
+        ("story_tower", model.story_tower, STORY_INPUTS),
+    ):
         signature = _serving_function(tower, keys, [specs[name.split("_")[0]][k] for k in keys])
         tf.saved_model.save(tower, str(dest / name), signatures={"serving_default": signature})
     (dest / "vocabularies.json").write_text(json.dumps(vocabularies))
-    (dest / "features.json").write_text(json.dumps({
-        "features": cfg.features.model_dump(mode="json"),
-        "user_stat_names": user_stat_names(cfg.features),
-        "story_stat_names": story_stat_names(cfg.features),
-        "content_dim": content_dim,
-        "output_dim": cfg.model.output_dim,
-    }, indent=2))  # fmt: skip
+    (dest / "features.json").write_text(
+        json.dumps(
+            {
+                "features": cfg.features.model_dump(mode="json"),
+                "user_stat_names": user_stat_names(cfg.features),
+                "story_stat_names": story_stat_names(cfg.features),
+                "content_dim": content_dim,
+                "output_dim": cfg.model.output_dim,
+            },
+            indent=2,
+        )
+    )
     (dest / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return dest
 
@@ -90,7 +106,10 @@ class TowerRunner:
         n = len(next(iter(features.values())))
         parts = []
         for start in range(0, n, batch_size):
-            batch = {name: tf.constant(features[name][start : start + batch_size], dtype=spec.dtype) for name, spec in self.inputs.items()}
+            batch = {
+                name: tf.constant(features[name][start : start + batch_size], dtype=spec.dtype)
+                for name, spec in self.inputs.items()
+            }
             parts.append(self.function(**batch)["embedding"].numpy())
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
@@ -101,7 +120,9 @@ class GateDecision:
     reasons: list[str]
 
 
-def promotion_gate(metrics: dict[str, dict[str, float]], previous: dict[str, dict[str, float]] | None, cfg: EbrConfig) -> GateDecision:
+def promotion_gate(
+    metrics: dict[str, dict[str, float]], previous: dict[str, dict[str, float]] | None, cfg: EbrConfig
+) -> GateDecision:
     """Refuses a model that is worse than popularity at any depth, clearly worse than the
     published one, or measured on a test set too small to tell.
 
@@ -114,23 +135,34 @@ def promotion_gate(metrics: dict[str, dict[str, float]], previous: dict[str, dic
     gate, model = cfg.gate, metrics["model"]
     users, positives = int(model.get("eval_users", 0)), int(model.get("eval_positives", 0))
     if users < gate.min_eval_users or positives < gate.min_eval_positives:
-        return GateDecision(False, [
-            f"the test set is too small to decide: {users} users and {positives} positives "
-            f"(gate.min_eval_users={gate.min_eval_users}, gate.min_eval_positives={gate.min_eval_positives}); "
-            "hold out more with train.min_test_users / train.min_test_positives"
-        ])  # fmt: skip
+        return GateDecision(
+            False,
+            [
+                f"the test set is too small to decide: {users} users and {positives} positives "
+                f"(gate.min_eval_users={gate.min_eval_users}, gate.min_eval_positives={gate.min_eval_positives}); "
+                "hold out more with train.min_test_users / train.min_test_positives"
+            ],
+        )
     reasons = []
     for metric in gate.metrics:
         if metric not in model:
             reasons.append(f"{metric} was not measured (is its depth in train.eval_ks and within the candidates?)")
             continue
         value = model[metric]
-        name, best = max(((n, metrics[n][metric]) for n in POPULARITY_BASELINES if metric in metrics.get(n, {})), key=lambda nv: nv[1], default=(None, None))
+        name, best = max(
+            ((n, metrics[n][metric]) for n in POPULARITY_BASELINES if metric in metrics.get(n, {})),
+            key=lambda nv: nv[1],
+            default=(None, None),
+        )
         if best is not None and value < best * (1.0 + gate.min_lift_over_popularity):
-            reasons.append(f"{metric} {value:.4f} is below {name}'s {best:.4f} (floor {best * (1.0 + gate.min_lift_over_popularity):.4f})")
+            reasons.append(
+                f"{metric} {value:.4f} is below {name}'s {best:.4f} (floor {best * (1.0 + gate.min_lift_over_popularity):.4f})"
+            )
         before = (previous or {}).get("model", {}).get(metric)
         if before is not None and value < before * (1.0 - gate.max_regression):
-            reasons.append(f"{metric} {value:.4f} is more than {gate.max_regression:.0%} below the published model's {before:.4f}")
+            reasons.append(
+                f"{metric} {value:.4f} is more than {gate.max_regression:.0%} below the published model's {before:.4f}"
+            )
     if reasons:
         return GateDecision(False, reasons)
     shown = ", ".join(f"{m} {model[m]:.4f}" for m in gate.metrics)
@@ -141,7 +173,17 @@ def promotion_gate(metrics: dict[str, dict[str, float]], previous: dict[str, dic
 POPULARITY_BASELINES = ("popularity", "recent_popularity")
 
 
-def publish_model(store: ArtifactStore, export_dir: Path, version: str, *, parents: dict[str, str], params: dict[str, Any], metrics: dict[str, Any], reason: str, run_id: str | None = None) -> PublishResult:
+def publish_model(
+    store: ArtifactStore,
+    export_dir: Path,
+    version: str,
+    *,
+    parents: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    reason: str,
+    run_id: str | None = None,
+) -> PublishResult:
     """Uploads an exported model as a version of models/two_tower and moves LATEST."""
     kind = store.kind(MODELS)
     if not kind.is_complete(version):
@@ -151,7 +193,15 @@ def publish_model(store: ArtifactStore, export_dir: Path, version: str, *, paren
     return kind.publish(version, reason=reason, run_id=run_id)
 
 
-def stage_model(store: ArtifactStore, export_dir: Path, version: str, *, parents: dict[str, str], params: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+def stage_model(
+    store: ArtifactStore,
+    export_dir: Path,
+    version: str,
+    *,
+    parents: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
     """Uploads an exported model into a write attempt of models/two_tower, uncommitted.
 
     Nothing reads a version before its manifest exists, so a staged model is invisible
@@ -162,15 +212,21 @@ def stage_model(store: ArtifactStore, export_dir: Path, version: str, *, parents
     writer = store.kind(MODELS).new_version(version, parents=parents, params=params)
     _add_export(writer, Path(export_dir))
     return {
-        "version": version, "attempt": writer.attempt, "parents": parents, "params": params,
-        "metrics": dict(metrics.get("model", {})), "files": {name: [e.size, e.sha256] for name, e in writer.files.items()},
-    }  # fmt: skip
+        "version": version,
+        "attempt": writer.attempt,
+        "parents": parents,
+        "params": params,
+        "metrics": dict(metrics.get("model", {})),
+        "files": {name: [e.size, e.sha256] for name, e in writer.files.items()},
+    }
 
 
 def commit_staged_model(store: ArtifactStore, staged: dict[str, Any]):
     """Commits what `stage_model` uploaded (its files' sizes are checked) and returns the
     manifest; VersionExistsError if another attempt completed the version first."""
-    writer = store.kind(MODELS).new_version(staged["version"], parents=staged["parents"], params=staged["params"], attempt=staged["attempt"])
+    writer = store.kind(MODELS).new_version(
+        staged["version"], parents=staged["parents"], params=staged["params"], attempt=staged["attempt"]
+    )
     for name, (size, sha256) in staged["files"].items():
         writer.register(name, FileEntry(int(size), sha256))
     writer.metrics.update(staged["metrics"])

@@ -37,7 +37,16 @@ import pyarrow.compute as pc
 from config import FeatureConfig
 
 # The tower inputs, in signature order (what user_features / story_features return).
-USER_INPUTS = ("user_id", "country", "language", "age_bucket", "user_stats", "history_story_ids", "history_creator_ids", "history_hashtags")
+USER_INPUTS = (
+    "user_id",
+    "country",
+    "language",
+    "age_bucket",
+    "user_stats",
+    "history_story_ids",
+    "history_creator_ids",
+    "history_hashtags",
+)
 STORY_INPUTS = ("story_id", "creator_id", "country", "language", "hashtags", "content_embedding", "story_stats")
 
 _TS_BITS = 33  # timestamps up to 2**33 s (year 2242); entities up to 2**30
@@ -171,10 +180,15 @@ class Catalog:
         return index_in(pa.array(list(ids), type=pa.string()), self.story_ids, "story")
 
 
-_NO_USERS = pa.table({
-    "user_id": pa.array([], pa.string()), "country": pa.array([], pa.string()), "language": pa.array([], pa.string()),
-    "age_bucket": pa.array([], pa.string()), "account_created_ts": pa.array([], pa.int64()),
-})  # fmt: skip
+_NO_USERS = pa.table(
+    {
+        "user_id": pa.array([], pa.string()),
+        "country": pa.array([], pa.string()),
+        "language": pa.array([], pa.string()),
+        "age_bucket": pa.array([], pa.string()),
+        "account_created_ts": pa.array([], pa.int64()),
+    }
+)
 
 
 class EventHistory:
@@ -186,7 +200,16 @@ class EventHistory:
     log are never in memory at once).
     """
 
-    def __init__(self, user: np.ndarray, story: np.ndarray, ts: np.ndarray, score: np.ndarray, watch_ratio: np.ndarray, catalog: Catalog, cfg: FeatureConfig):
+    def __init__(
+        self,
+        user: np.ndarray,
+        story: np.ndarray,
+        ts: np.ndarray,
+        score: np.ndarray,
+        watch_ratio: np.ndarray,
+        catalog: Catalog,
+        cfg: FeatureConfig,
+    ):
         self.catalog = catalog
         self.cfg = cfg
         self.user, self.story, self.ts, self.score = user, story, ts.astype(np.int64), score
@@ -243,10 +266,20 @@ class EventHistory:
             scores.append(positive_scores(events, cfg))
             watch.append(events["watch_ratio"].to_numpy().astype(np.float32))
         if not users_known and unknown_users:  # number them; only their identity matters
-            encoded = pc.dictionary_encode(pa.chunked_array([c for column in unknown_users for c in column.chunks], pa.string()).combine_chunks())
+            encoded = pc.dictionary_encode(
+                pa.chunked_array([c for column in unknown_users for c in column.chunks], pa.string()).combine_chunks()
+            )
             users = [encoded.indices.to_numpy(zero_copy_only=False)]
         join = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-        return cls(join(users, np.int64), join(stories, np.int64), join(ts, np.int64), join(scores, np.float32), join(watch, np.float32), catalog, cfg)
+        return cls(
+            join(users, np.int64),
+            join(stories, np.int64),
+            join(ts, np.int64),
+            join(scores, np.float32),
+            join(watch, np.float32),
+            catalog,
+            cfg,
+        )
 
 
 def user_stat_names(cfg: FeatureConfig) -> list[str]:
@@ -274,7 +307,10 @@ def user_features(history: EventHistory, user: np.ndarray, as_of: np.ndarray) ->
         p = idx.window_sum("positives", user, as_of, window)
         watch = idx.window_sum("watch_ratio", user, as_of, window)
         stats += [np.log1p(n), np.log1p(p), _ratio(p, n), _ratio(watch, n)]
-    stats += [np.log1p(idx.window_sum("impressions", user, as_of, None)), np.log1p(idx.window_sum("positives", user, as_of, None))]
+    stats += [
+        np.log1p(idx.window_sum("impressions", user, as_of, None)),
+        np.log1p(idx.window_sum("positives", user, as_of, None)),
+    ]
 
     # Most recent positives strictly before as_of, newest first.
     pos = history.positives_by_user

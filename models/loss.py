@@ -34,7 +34,9 @@ import tensorflow as tf
 MASKED_LOGIT = -1e9
 
 
-def mixed_log_q(batch_log_q: tf.Tensor, corpus_log_q: tf.Tensor, corpus_unigram_log_q: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def mixed_log_q(
+    batch_log_q: tf.Tensor, corpus_log_q: tf.Tensor, corpus_unigram_log_q: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Log sampling probability of each candidate under the mixed distribution.
 
     One candidate slot out of B + N holds story y with probability
@@ -118,16 +120,22 @@ def in_batch_loss(
     log_q = candidate_log_q
     if extra_candidate_embeddings is not None:
         if extra_candidate_ids is None:
-            raise ValueError("extra_candidate_ids is required with extra_candidate_embeddings (to mask accidental hits)")
+            raise ValueError(
+                "extra_candidate_ids is required with extra_candidate_embeddings (to mask accidental hits)"
+            )
         if candidate_log_q is not None and extra_candidate_log_q is None:
-            raise ValueError("extra_candidate_log_q is required when candidate_log_q is given: every candidate needs one")
+            raise ValueError(
+                "extra_candidate_log_q is required when candidate_log_q is given: every candidate needs one"
+            )
         extra_logits = tf.matmul(query_embeddings, extra_candidate_embeddings, transpose_b=True) / temperature
         logits = tf.concat([logits, extra_logits], axis=1)
         extra_hit = tf.equal(candidate_ids[:, tf.newaxis], extra_candidate_ids[tf.newaxis, :])
         counts = tf.concat([counts, tf.logical_not(extra_hit)], axis=1)
         diagonal = tf.concat([diagonal, tf.zeros_like(extra_hit)], axis=1)
         if candidate_log_q is not None:
-            log_q = tf.concat([tf.cast(candidate_log_q, logits.dtype), tf.cast(extra_candidate_log_q, logits.dtype)], axis=0)
+            log_q = tf.concat(
+                [tf.cast(candidate_log_q, logits.dtype), tf.cast(extra_candidate_log_q, logits.dtype)], axis=0
+            )
     if log_q is not None and logq_strength:
         logits -= logq_strength * tf.cast(log_q, logits.dtype)[tf.newaxis, :]
     labels = tf.cast(diagonal, logits.dtype)

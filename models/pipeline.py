@@ -27,8 +27,16 @@ class TrainOutcome:
     reused: bool = False
 
 
-def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: str | None = None, publish: bool = True, verbose: int = 1,
-                      strategy: Any = None) -> TrainOutcome:  # fmt: skip
+def train_and_publish(
+    cfg: EbrConfig,
+    workdir: Path,
+    version: str,
+    *,
+    run_id: str | None = None,
+    publish: bool = True,
+    verbose: int = 1,
+    strategy: Any = None,
+) -> TrainOutcome:
     """Trains a model version and publishes it if the promotion gate lets it through.
 
     Idempotent per version name: if `version` is complete in the store already (a rerun
@@ -52,13 +60,33 @@ def train_and_publish(cfg: EbrConfig, workdir: Path, version: str, *, run_id: st
         wait_for_every_worker(strategy)
         return TrainOutcome(version, result, None, None, None)
     try:
-        return _train_gate_publish(cfg, Path(workdir), version, store, warehouse, run_id=run_id, publish=publish, verbose=verbose, strategy=strategy)
+        return _train_gate_publish(
+            cfg,
+            Path(workdir),
+            version,
+            store,
+            warehouse,
+            run_id=run_id,
+            publish=publish,
+            verbose=verbose,
+            strategy=strategy,
+        )
     finally:
         wait_for_every_worker(strategy)
 
 
-def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: ArtifactStore, warehouse: Warehouse, *, run_id, publish, verbose,
-                        strategy) -> TrainOutcome:  # fmt: skip
+def _train_gate_publish(
+    cfg: EbrConfig,
+    workdir: Path,
+    version: str,
+    store: ArtifactStore,
+    warehouse: Warehouse,
+    *,
+    run_id,
+    publish,
+    verbose,
+    strategy,
+) -> TrainOutcome:
     kind = store.kind(MODELS)
     result, export_dir = train_and_export(cfg, workdir, warehouse, verbose=verbose, strategy=strategy)
     decision = promotion_gate(result.metrics, published_metrics(store), cfg)
@@ -69,7 +97,12 @@ def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: Arti
             export_dir,
             version,
             parents={"warehouse": warehouse.uri, "previous_model": kind.latest() or ""},
-            params=model_params(cfg, result.best_epoch, result.examples_per_second, strategy.num_replicas_in_sync if strategy is not None else 1),
+            params=model_params(
+                cfg,
+                result.best_epoch,
+                result.examples_per_second,
+                strategy.num_replicas_in_sync if strategy is not None else 1,
+            ),
             metrics=result.metrics,
             reason="promotion gate passed: " + "; ".join(decision.reasons),
             run_id=run_id,
@@ -77,11 +110,15 @@ def _train_gate_publish(cfg: EbrConfig, workdir: Path, version: str, store: Arti
     return TrainOutcome(version, result, decision, published, export_dir)
 
 
-def train_and_export(cfg: EbrConfig, workdir: Path, warehouse: Warehouse, *, verbose: int = 1, strategy: Any = None) -> tuple[TrainingResult, Path]:
+def train_and_export(
+    cfg: EbrConfig, workdir: Path, warehouse: Warehouse, *, verbose: int = 1, strategy: Any = None
+) -> tuple[TrainingResult, Path]:
     """Trains and evaluates (`models.training`), then exports both towers to workdir/export."""
     result = train_and_evaluate(cfg, workdir, warehouse, verbose=verbose, strategy=strategy)
     content_dim = int(result.model.story_tower.content_dim)
-    return result, export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, workdir / "export")
+    return result, export_towers(
+        result.model, result.vocabularies, cfg, content_dim, result.metrics, workdir / "export"
+    )
 
 
 def model_params(cfg: EbrConfig, best_epoch: int, examples_per_second: float, workers: int = 1) -> dict[str, Any]:

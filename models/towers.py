@@ -42,7 +42,11 @@ class IdEmbedding(tf.keras.layers.Layer):
         super().__init__(**kwargs)
         vocabulary = [v for v in vocabulary if v != PAD]
         # StringLookup refuses an empty vocabulary ("Cannot set an empty vocabulary").
-        self.lookup = tf.keras.layers.StringLookup(vocabulary=vocabulary, mask_token=PAD, num_oov_indices=1) if vocabulary else None
+        self.lookup = (
+            tf.keras.layers.StringLookup(vocabulary=vocabulary, mask_token=PAD, num_oov_indices=1)
+            if vocabulary
+            else None
+        )
         self.embedding = tf.keras.layers.Embedding(len(vocabulary) + 2, dim)
 
     def index(self, ids: tf.Tensor) -> tf.Tensor:
@@ -72,7 +76,9 @@ def mean_over_valid(values: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     """Average of values [batch, n, dim] over positions where valid [batch, n] is true;
     zeros for a row with none. Invalid positions contribute nothing, whatever they hold."""
     mask = tf.cast(valid, values.dtype)[:, :, tf.newaxis]
-    return tf.reduce_sum(tf.where(mask > 0, values, tf.zeros_like(values)), axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+    return tf.reduce_sum(tf.where(mask > 0, values, tf.zeros_like(values)), axis=1) / tf.maximum(
+        tf.reduce_sum(mask, axis=1), 1.0
+    )
 
 
 class HistoryTransformer(tf.keras.layers.Layer):
@@ -95,21 +101,30 @@ class HistoryTransformer(tf.keras.layers.Layer):
         length, dim = int(input_shape[1]), int(input_shape[2])
         cfg = self.cfg
         self.positions = (
-            self.add_weight(name="position_embedding", shape=(length, dim), initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02))
-            if cfg.transformer_positions else None
-        )  # fmt: skip
+            self.add_weight(
+                name="position_embedding",
+                shape=(length, dim),
+                initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+            )
+            if cfg.transformer_positions
+            else None
+        )
         for i in range(cfg.transformer_layers):
-            self.blocks.append((
-                tf.keras.layers.LayerNormalization(name=f"attention_norm_{i}"),
-                tf.keras.layers.MultiHeadAttention(
-                    num_heads=cfg.transformer_heads, key_dim=max(dim // cfg.transformer_heads, 1),
-                    dropout=cfg.transformer_dropout, name=f"attention_{i}",
-                ),
-                tf.keras.layers.LayerNormalization(name=f"feed_forward_norm_{i}"),
-                tf.keras.layers.Dense(cfg.transformer_ff_dim, activation="relu", name=f"feed_forward_{i}"),
-                tf.keras.layers.Dense(dim, name=f"feed_forward_output_{i}"),
-                tf.keras.layers.Dropout(cfg.transformer_dropout),
-            ))  # fmt: skip
+            self.blocks.append(
+                (
+                    tf.keras.layers.LayerNormalization(name=f"attention_norm_{i}"),
+                    tf.keras.layers.MultiHeadAttention(
+                        num_heads=cfg.transformer_heads,
+                        key_dim=max(dim // cfg.transformer_heads, 1),
+                        dropout=cfg.transformer_dropout,
+                        name=f"attention_{i}",
+                    ),
+                    tf.keras.layers.LayerNormalization(name=f"feed_forward_norm_{i}"),
+                    tf.keras.layers.Dense(cfg.transformer_ff_dim, activation="relu", name=f"feed_forward_{i}"),
+                    tf.keras.layers.Dense(dim, name=f"feed_forward_output_{i}"),
+                    tf.keras.layers.Dropout(cfg.transformer_dropout),
+                )
+            )
         self.output_norm = tf.keras.layers.LayerNormalization(name="output_norm")
         super().build(input_shape)
 
@@ -172,7 +187,9 @@ class SharedEmbeddings(tf.keras.layers.Layer):
 class UserTower(tf.keras.Model):
     """user_id, country, language, age_bucket, user_stats, history_* -> [batch, output_dim]."""
 
-    def __init__(self, vocabularies: dict[str, list[str]], shared: SharedEmbeddings, stats_dim: int, cfg: ModelConfig, **kwargs):
+    def __init__(
+        self, vocabularies: dict[str, list[str]], shared: SharedEmbeddings, stats_dim: int, cfg: ModelConfig, **kwargs
+    ):
         super().__init__(**kwargs)
         self.shared = shared
         self.user_id = IdEmbedding(vocabularies["user_id"], cfg.id_embedding_dim, name="user_id_embedding")
@@ -180,7 +197,9 @@ class UserTower(tf.keras.Model):
         self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="user_stats_normalization")
         self.stats_norm.build((None, stats_dim))
         self.representation = Representation(cfg, name="user_representation")
-        self.history_encoder = HistoryTransformer(cfg, name="history_transformer") if cfg.sequence_encoder == "transformer" else None
+        self.history_encoder = (
+            HistoryTransformer(cfg, name="history_transformer") if cfg.sequence_encoder == "transformer" else None
+        )
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         s = self.shared
@@ -188,7 +207,11 @@ class UserTower(tf.keras.Model):
         if self.history_encoder is None:
             history = [masked_mean(s.story(story_ids), story_ids), masked_mean(s.creator(creator_ids), creator_ids)]
         else:  # a position is padding when its story is
-            history = [self.history_encoder(s.story(story_ids) + s.creator(creator_ids), tf.not_equal(story_ids, PAD), training=training)]
+            history = [
+                self.history_encoder(
+                    s.story(story_ids) + s.creator(creator_ids), tf.not_equal(story_ids, PAD), training=training
+                )
+            ]
         parts = [
             self.user_id(inputs["user_id"]),
             s.country(inputs["country"]),

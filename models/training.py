@@ -132,14 +132,22 @@ def choose_test_window(days_newest_first: Iterable[tuple[Any, int, set]], n_days
     """
     limit = int(n_days * cfg.max_holdout_fraction)
     if n_days < 2 or limit < min(cfg.holdout_days, n_days - 1):
-        raise ValueError(f"a time split needs more days of events: {n_days} day(s), holdout_days={cfg.holdout_days}, max_holdout_fraction={cfg.max_holdout_fraction}")
+        raise ValueError(
+            f"a time split needs more days of events: {n_days} day(s), holdout_days={cfg.holdout_days}, max_holdout_fraction={cfg.max_holdout_fraction}"
+        )
     positives, users, taken = 0, set(), 0
     for day, day_positives, day_users in days_newest_first:
         if taken >= max(limit, 1):
             break
         positives, users, taken = positives + day_positives, users | day_users, taken + 1
         if taken >= cfg.holdout_days and len(users) >= cfg.min_test_users and positives >= cfg.min_test_positives:
-            log.info("time split: the last %d day(s) from %s are the test set (%d users with a positive, %d positives)", taken, day, len(users), positives)
+            log.info(
+                "time split: the last %d day(s) from %s are the test set (%d users with a positive, %d positives)",
+                taken,
+                day,
+                len(users),
+                positives,
+            )
             return day
     raise ValueError(
         f"a time split cannot reach train.min_test_users={cfg.min_test_users} and train.min_test_positives={cfg.min_test_positives}: "
@@ -155,7 +163,9 @@ def random_split(events: pa.Table, cfg: TrainConfig) -> Split:
     return Split(lambda: [train], test, int(pc.max(train["ts"]).as_py()) + 1, "random")
 
 
-def build_vocabularies(catalog: Catalog, history: EventHistory, rows: np.ndarray, min_count: int) -> dict[str, list[str]]:
+def build_vocabularies(
+    catalog: Catalog, history: EventHistory, rows: np.ndarray, min_count: int
+) -> dict[str, list[str]]:
     """Every story, creator and hashtag the warehouse knows; users with training examples.
 
     Stories not yet engaged with are in the vocabulary too (the export is complete); their
@@ -214,8 +224,18 @@ class ExampleSource:
     "corpus_unigram_log_q" ([N], the stories' in-batch log q, as "log_q").
     """
 
-    def __init__(self, history: EventHistory, rows: np.ndarray, features: FeatureConfig, split: Split, timing: str = "event",
-                 *, corpus: np.ndarray | None = None, corpus_negatives: int = 0, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        history: EventHistory,
+        rows: np.ndarray,
+        features: FeatureConfig,
+        split: Split,
+        timing: str = "event",
+        *,
+        corpus: np.ndarray | None = None,
+        corpus_negatives: int = 0,
+        seed: int = 0,
+    ):
         self.history = history
         self.rows = rows
         self.split = split
@@ -223,7 +243,9 @@ class ExampleSource:
         counts = np.bincount(history.story[rows], minlength=len(history.catalog.story_ids))
         self.log_q = np.log(np.maximum(counts, 1) / max(len(rows), 1)).astype(np.float32)
         # Positives weigh their (capped) label score; non-engaged impressions weigh 1.
-        self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(np.float32)
+        self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(
+            np.float32
+        )
         # Snapshot timing: each user's as-of time, computed once (it scans the whole log).
         all_users = np.arange(len(history.catalog.user_ids))
         self.user_snapshot = split.user_as_of(history, all_users) if timing == "snapshot" else None
@@ -306,8 +328,15 @@ class TrainingResult:
 COMPARED = ("recall@10", "recall@100", "recall@500", "ndcg@10")
 
 
-def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | None = None, *, baselines: bool = True, verbose: int = 1,
-                       strategy: tf.distribute.Strategy | None = None) -> TrainingResult:  # fmt: skip
+def train_and_evaluate(
+    cfg: EbrConfig,
+    workdir: Path,
+    warehouse: Warehouse | None = None,
+    *,
+    baselines: bool = True,
+    verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
+) -> TrainingResult:
     """Trains on the warehouse of `cfg` (or `warehouse`), evaluates, writes logs to `workdir`.
 
     `strategy`: a `tf.distribute.MultiWorkerMirroredStrategy` when this process is one
@@ -326,35 +355,63 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     fcfg, tcfg = cfg.features, cfg.train
     ks = evaluation_ks(cfg)
 
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg
+    )
     split = load_split(warehouse, tcfg, fcfg)
     history = EventHistory.from_tables(split.train_parts(), catalog, fcfg)
     positives = np.flatnonzero(history.positive)
     if len(positives) < 2:
-        raise ValueError(f"the training events hold {len(positives)} positive(s) under features.label_weights={dict(fcfg.label_weights)}: nothing to train on")
+        raise ValueError(
+            f"the training events hold {len(positives)} positive(s) under features.label_weights={dict(fcfg.label_weights)}: nothing to train on"
+        )
     rng = np.random.default_rng(tcfg.seed)
     validation = rng.choice(positives, size=max(1, int(len(positives) * tcfg.validation_fraction)), replace=False)
     # In-batch negatives train on positives only; impression negatives on every impression.
     pool = positives if cfg.model.negatives == "in_batch" else np.arange(len(history.ts))
     train_rows = np.setdiff1d(pool, validation)
     source = ExampleSource(
-        history, train_rows, fcfg, split, tcfg.example_features,
-        corpus=np.unique(history.story), corpus_negatives=cfg.model.corpus_negatives, seed=tcfg.seed,
-    )  # fmt: skip
+        history,
+        train_rows,
+        fcfg,
+        split,
+        tcfg.example_features,
+        corpus=np.unique(history.story),
+        corpus_negatives=cfg.model.corpus_negatives,
+        seed=tcfg.seed,
+    )
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
-    log.info("split %s: %d train events (%d examples), %d test events", split.kind, len(history.ts), len(train_rows), len(split.test))
+    log.info(
+        "split %s: %d train events (%d examples), %d test events",
+        split.kind,
+        len(history.ts),
+        len(train_rows),
+        len(split.test),
+    )
 
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if tcfg.batch_size % replicas:
-        raise ValueError(f"train.batch_size = {tcfg.batch_size} does not split evenly over {replicas} workers: make it a multiple of {replicas}")
+        raise ValueError(
+            f"train.batch_size = {tcfg.batch_size} does not split evenly over {replicas} workers: make it a multiple of {replicas}"
+        )
     if replicas > 1 and cfg.model.corpus_negatives:
-        raise ValueError(f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {replicas} workers yet: set it to 0")
+        raise ValueError(
+            f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {replicas} workers yet: set it to 0"
+        )
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = TwoTowerModel(vocabularies, len(user_stat_names(fcfg)), len(story_stat_names(fcfg)), catalog.story_content.shape[1], cfg.model)
+        model = TwoTowerModel(
+            vocabularies,
+            len(user_stat_names(fcfg)),
+            len(story_stat_names(fcfg)),
+            catalog.story_content.shape[1],
+            cfg.model,
+        )
         sample = source.batch(rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False))
         adapt_normalization(model.user_tower.stats_norm, sample["user"]["user_stats"])
         adapt_normalization(model.story_tower.stats_norm, sample["story"]["story_stats"])
-        schedule = WarmupCosine(tcfg.learning_rate, tcfg.decay_steps, tcfg.warmup_steps, floor=tcfg.min_learning_rate_ratio)
+        schedule = WarmupCosine(
+            tcfg.learning_rate, tcfg.decay_steps, tcfg.warmup_steps, floor=tcfg.min_learning_rate_ratio
+        )
         model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate=schedule))
     steps_per_epoch = max(len(train_rows) // tcfg.batch_size, 1)
 
@@ -370,17 +427,31 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
     else:  # each worker's slice of the same global batches (see models.distributed)
         from models.distributed import worker_dataset
 
-        dataset = tf.keras.utils.experimental.DatasetCreator(lambda context: worker_dataset(source, tcfg, signature, context))
+        dataset = tf.keras.utils.experimental.DatasetCreator(
+            lambda context: worker_dataset(source, tcfg, signature, context)
+        )
         fit_options["steps_per_epoch"] = steps_per_epoch
 
-    validator = _Validator(model, source, validation, candidates.sets["catalogue"], split.as_of, tcfg, workdir / "tensorboard", steps_per_epoch,
-                           strategy=strategy)  # fmt: skip
+    validator = _Validator(
+        model,
+        source,
+        validation,
+        candidates.sets["catalogue"],
+        split.as_of,
+        tcfg,
+        workdir / "tensorboard",
+        steps_per_epoch,
+        strategy=strategy,
+    )
     started = time.perf_counter()
     model.fit(
         dataset,
         epochs=tcfg.epochs,
         verbose=verbose,
-        callbacks=[validator, tf.keras.callbacks.TensorBoard(log_dir=str(workdir / "tensorboard"), update_freq="epoch")],
+        callbacks=[
+            validator,
+            tf.keras.callbacks.TensorBoard(log_dir=str(workdir / "tensorboard"), update_freq="epoch"),
+        ],
         **fit_options,
     )
     seconds = time.perf_counter() - started
@@ -414,11 +485,24 @@ def train_and_evaluate(cfg: EbrConfig, workdir: Path, warehouse: Warehouse | Non
         vocabularies=vocabularies,
         comparisons=comparisons,
         baseline_choices=choices,
-        split={"kind": split.kind, "as_of": split.as_of, "test_events": len(split.test), "train_events": len(history.ts),
-               "candidates": {name: len(c) for name, c in candidates.sets.items()}, "cold_candidates": int(candidates.cold.sum())},
-    )  # fmt: skip
-    written = {"metrics": metrics, "comparisons": comparisons, "history": result.history, "best_epoch": result.best_epoch,
-               "examples_per_second": result.examples_per_second, "split": result.split, "baseline_choices": choices}  # fmt: skip
+        split={
+            "kind": split.kind,
+            "as_of": split.as_of,
+            "test_events": len(split.test),
+            "train_events": len(history.ts),
+            "candidates": {name: len(c) for name, c in candidates.sets.items()},
+            "cold_candidates": int(candidates.cold.sum()),
+        },
+    )
+    written = {
+        "metrics": metrics,
+        "comparisons": comparisons,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "examples_per_second": result.examples_per_second,
+        "split": result.split,
+        "baseline_choices": choices,
+    }
     if strategy is not None:  # every worker must end with the same weights: say which
         from models.distributed import weights_digest
 
@@ -473,7 +557,14 @@ class CandidateSets:
         return np.maximum(self.as_of, self.created_ts[stories] + 1)
 
 
-def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, candidates: CandidateSets, tcfg: TrainConfig, warehouse: Warehouse) -> dict[str, EvaluationSet]:
+def _evaluation_sets(
+    catalog: Catalog,
+    history: EventHistory,
+    split: Split,
+    candidates: CandidateSets,
+    tcfg: TrainConfig,
+    warehouse: Warehouse,
+) -> dict[str, EvaluationSet]:
     """One EvaluationSet per candidate set, over the same test positives and users."""
     test_user = catalog.user_index(split.test["user_id"].to_pylist())
     test_story = catalog.story_index(split.test["story_id"].to_pylist())
@@ -489,7 +580,9 @@ def _evaluation_sets(catalog: Catalog, history: EventHistory, split: Split, cand
         keep = positive & (position[test_story] >= 0)
         users = np.unique(test_user[keep])
         if len(users) > tcfg.max_eval_users:
-            users = np.sort(np.random.default_rng(tcfg.effective_split_seed).choice(users, tcfg.max_eval_users, replace=False))
+            users = np.sort(
+                np.random.default_rng(tcfg.effective_split_seed).choice(users, tcfg.max_eval_users, replace=False)
+            )
         test_by_user = rows_by_key(test_user[keep], n_users, position[test_story[keep]])
         seen_pos = position[history.story]
         seen_by_user = rows_by_key(history.user[seen_pos >= 0], n_users, seen_pos[seen_pos >= 0])
@@ -533,7 +626,9 @@ def _oracle(truth, catalog: Catalog, candidates: np.ndarray):
     return scores
 
 
-def _measure_all(scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet], candidates: CandidateSets, ks, tcfg: TrainConfig):
+def _measure_all(
+    scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet], candidates: CandidateSets, ks, tcfg: TrainConfig
+):
     """Every scorer on every candidate set; intervals; model-vs-baseline paired differences.
 
     Scorers score every story row ([U, n_stories]); each candidate set takes its rows as
@@ -544,7 +639,10 @@ def _measure_all(scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet
     for set_name, data in evaluation.items():
         columns = candidates.sets[set_name]
         prefix = "" if set_name == "eligible" else f"{set_name}_"
-        measured = {name: measure(lambda u, s=scorer, c=columns: np.asarray(s(u))[:, c], data, ks) for name, scorer in scorers.items()}
+        measured = {
+            name: measure(lambda u, s=scorer, c=columns: np.asarray(s(u))[:, c], data, ks)
+            for name, scorer in scorers.items()
+        }
         for name, m in measured.items():
             metrics[name].update({prefix + k: v for k, v in summarize(m, tcfg.bootstrap_samples, tcfg.seed).items()})
         if set_name == "eligible":
@@ -552,12 +650,15 @@ def _measure_all(scorers: dict[str, Scorer], evaluation: dict[str, EvaluationSet
                 if name != "model":
                     comparisons[name] = {
                         metric: paired_difference(measured["model"], m, metric, tcfg.bootstrap_samples, tcfg.seed)
-                        for metric in COMPARED if metric in m.per_user
+                        for metric in COMPARED
+                        if metric in m.per_user
                     }
     return metrics, comparisons
 
 
-def fit_baselines(history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig) -> dict[str, tuple[Scorer, dict[str, Any]]]:
+def fit_baselines(
+    history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig
+) -> dict[str, tuple[Scorer, dict[str, Any]]]:
     """Popularity, recent popularity, implicit ALS and EASE (item-kNN past `EASE_MAX_ITEMS`
     engaged stories), fitted on the positive training events over the whole catalogue.
 
@@ -587,24 +688,43 @@ def fit_baselines(history: EventHistory, split: Split, catalog: Catalog, cfg: Eb
         # Users without a training positive get recent popularity (its chosen window).
         warm = np.zeros(n_users, dtype=bool)
         warm[fit.users] = True
-        return universe.wrap(WithColdUserFallback(model.fit(fit.users, universe.local(fit.stories), n_users, len(universe.items)), warm, recent(fit, chosen["recent_popularity"]["params"])))
+        return universe.wrap(
+            WithColdUserFallback(
+                model.fit(fit.users, universe.local(fit.stories), n_users, len(universe.items)),
+                warm,
+                recent(fit, chosen["recent_popularity"]["params"]),
+            )
+        )
 
     factories: dict[str, tuple[Sequence[dict[str, Any]], Callable[..., Scorer]]] = {
         "recent_popularity": (window_grid, lambda fit, p: universe.wrap(recent(fit, p))),
         "als": (als_grid, lambda fit, p: personalised(ImplicitALS(**p, seed=tcfg.seed), fit)),
         "ease": (EASE_GRID, lambda fit, p: personalised(EASE(**p, max_items=EASE_MAX_ITEMS), fit)),
         "item_knn": (ITEM_KNN_GRID, lambda fit, p: personalised(ItemKNN(**p), fit)),
-    }  # fmt: skip
+    }
     factories = {name: f for name, f in factories.items() if name in ("recent_popularity", "als", item_model)}
     everything = _Positives(users, stories, ts, split.as_of)
     chosen.update({name: {"params": dict(grid[0]), "trials": []} for name, (grid, _) in factories.items()})
     if tcfg.tune_baselines:
         fit_part, validation = _validation_split(history, split, catalog, cfg)
         for name, (grid, make) in factories.items():
-            choice = choose_by_validation(grid, lambda p, make=make: make(fit_part, p), validation, metric=BASELINE_METRIC, name=name)
-            chosen[name] = {"params": choice.params, "trials": [{**t, "metrics": {k: v for k, v in t["metrics"].items() if k.startswith(("recall@", "ndcg"))}} for t in choice.trials]}  # fmt: skip
+            choice = choose_by_validation(
+                grid, lambda p, make=make: make(fit_part, p), validation, metric=BASELINE_METRIC, name=name
+            )
+            chosen[name] = {
+                "params": choice.params,
+                "trials": [
+                    {**t, "metrics": {k: v for k, v in t["metrics"].items() if k.startswith(("recall@", "ndcg"))}}
+                    for t in choice.trials
+                ],
+            }
             del choice
-    out: dict[str, tuple[Scorer, dict[str, Any]]] = {"popularity": (universe.wrap(Popularity(universe.local(stories), len(universe.items))), {"params": {}, "trials": []})}
+    out: dict[str, tuple[Scorer, dict[str, Any]]] = {
+        "popularity": (
+            universe.wrap(Popularity(universe.local(stories), len(universe.items))),
+            {"params": {}, "trials": []},
+        )
+    }
     for name, (_, make) in factories.items():
         out[name] = (make(everything, chosen[name]["params"]), chosen[name])
     return out
@@ -647,7 +767,9 @@ class _ItemUniverse:
         return catalogue_scores
 
 
-def _validation_split(history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig) -> tuple[_Positives, EvaluationSet]:
+def _validation_split(
+    history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig
+) -> tuple[_Positives, EvaluationSet]:
     """The training positives split again the way the log was split: (fit part, validation).
 
     Validation ranks the whole catalogue (the scorers' columns): stories created after the
@@ -669,13 +791,19 @@ def _validation_split(history: EventHistory, split: Split, catalog: Catalog, cfg
         held = history.ts[positive] >= cutoff
     else:
         held = np.zeros(len(positive), dtype=bool)
-        held[np.random.default_rng(tcfg.effective_split_seed + 1).choice(len(positive), size=max(1, int(len(positive) * tcfg.test_fraction)), replace=False)] = True
+        held[
+            np.random.default_rng(tcfg.effective_split_seed + 1).choice(
+                len(positive), size=max(1, int(len(positive) * tcfg.test_fraction)), replace=False
+            )
+        ] = True
         cutoff = split.as_of
     fit_rows, val_rows = positive[~held], positive[held]
     n_users = len(catalog.user_ids)
     val_users = np.unique(history.user[val_rows])
     if len(val_users) > tcfg.max_eval_users:
-        val_users = np.sort(np.random.default_rng(tcfg.effective_split_seed).choice(val_users, tcfg.max_eval_users, replace=False))
+        val_users = np.sort(
+            np.random.default_rng(tcfg.effective_split_seed).choice(val_users, tcfg.max_eval_users, replace=False)
+        )
     test_by_user = rows_by_key(history.user[val_rows], n_users, history.story[val_rows])
     seen_by_user = rows_by_key(history.user[fit_rows], n_users, history.story[fit_rows])
     data = EvaluationSet(
@@ -689,7 +817,10 @@ def _validation_split(history: EventHistory, split: Split, catalog: Catalog, cfg
 
 def _embed(tower, features: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
     n = len(next(iter(features.values())))
-    parts = [tower({k: v[i : i + batch_size] for k, v in features.items()}, training=False).numpy() for i in range(0, n, batch_size)]
+    parts = [
+        tower({k: v[i : i + batch_size] for k, v in features.items()}, training=False).numpy()
+        for i in range(0, n, batch_size)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
 
 
@@ -720,12 +851,22 @@ class _Validator(tf.keras.callbacks.Callback):
     If training stops before the warm-up ends, the last weights stay.
     """
 
-    def __init__(self, model, source: ExampleSource, rows, candidates, as_of, tcfg: TrainConfig, logdir: Path, steps_per_epoch: int,
-                 strategy: tf.distribute.Strategy | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        source: ExampleSource,
+        rows,
+        candidates,
+        as_of,
+        tcfg: TrainConfig,
+        logdir: Path,
+        steps_per_epoch: int,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
         super().__init__()
         self._model = model
         self.strategy = strategy
-        self.rows = rows[: 5000]
+        self.rows = rows[:5000]
         self.source = source
         history = source.history
         self.patience = tcfg.patience
@@ -754,7 +895,9 @@ class _Validator(tf.keras.callbacks.Callback):
             from models.distributed import mean_over_workers
 
             accuracy = mean_over_workers(self.strategy, accuracy)
-        self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), "val_top_100_accuracy": accuracy})
+        self.history.append(
+            {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), "val_top_100_accuracy": accuracy}
+        )
         with self.writer.as_default():
             tf.summary.scalar("top_100_accuracy", accuracy, step=epoch + 1)
         log.info("epoch %d: validation top-100 accuracy %.4f", epoch + 1, accuracy)

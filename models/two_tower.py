@@ -46,7 +46,14 @@ class TwoTowerModel(tfrs.models.Model):
     positive is masked in that row.
     """
 
-    def __init__(self, vocabularies: dict[str, list[str]], user_stats_dim: int, story_stats_dim: int, content_dim: int, cfg: ModelConfig):
+    def __init__(
+        self,
+        vocabularies: dict[str, list[str]],
+        user_stats_dim: int,
+        story_stats_dim: int,
+        content_dim: int,
+        cfg: ModelConfig,
+    ):
         super().__init__()
         self.cfg = cfg
         shared = SharedEmbeddings(vocabularies, cfg)
@@ -61,13 +68,22 @@ class TwoTowerModel(tfrs.models.Model):
         replicas = _replica_context()
         # Across replicas each returns its share of the global batch's mean (the optimizer
         # sums the replicas' gradients): the denominator is the global weight sum.
-        weight_total = None if replicas is None else replicas.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(tf.reduce_sum(inputs["weight"])))
+        weight_total = (
+            None
+            if replicas is None
+            else replicas.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(tf.reduce_sum(inputs["weight"])))
+        )
         if self.cfg.negatives == "impressions":
             candidate = self.story_tower(inputs["story"], training=training)
             return pointwise_loss(
-                query, candidate, inputs["label"], temperature=self.cfg.temperature,
-                bias=self.sigmoid_bias, sample_weight=inputs["weight"], weight_total=weight_total,
-            )  # fmt: skip
+                query,
+                candidate,
+                inputs["label"],
+                temperature=self.cfg.temperature,
+                bias=self.sigmoid_bias,
+                sample_weight=inputs["weight"],
+                weight_total=weight_total,
+            )
         corpus = inputs.get("corpus_story")
         if self.cfg.corpus_negatives and corpus is None:
             raise KeyError(
@@ -75,7 +91,9 @@ class TwoTowerModel(tfrs.models.Model):
                 "the example source must add the corpus samples (keys in TwoTowerModel's docstring)"
             )
         if corpus is not None and replicas is not None:
-            raise ValueError("model.corpus_negatives is not supported in distributed training (train.workers > 1) yet: set it to 0")
+            raise ValueError(
+                "model.corpus_negatives is not supported in distributed training (train.workers > 1) yet: set it to 0"
+            )
         log_q, extra, extra_ids, extra_log_q = inputs["log_q"], None, None, None
         ids = inputs["story"]["story_id"]
         if corpus is None:
@@ -90,7 +108,9 @@ class TwoTowerModel(tfrs.models.Model):
             extra_ids = corpus["story_id"]
             if self.cfg.logq_strength:
                 if "corpus_unigram_log_q" not in inputs:
-                    raise KeyError("the batch has 'corpus_story' but no 'corpus_unigram_log_q', which the logQ correction needs (logq_strength > 0)")
+                    raise KeyError(
+                        "the batch has 'corpus_story' but no 'corpus_unigram_log_q', which the logQ correction needs (logq_strength > 0)"
+                    )
                 log_q, extra_log_q = mixed_log_q(log_q, inputs["corpus_log_q"], inputs["corpus_unigram_log_q"])
         return in_batch_loss(
             query,
@@ -117,7 +137,9 @@ def _replica_context() -> tf.distribute.ReplicaContext | None:
     return context
 
 
-def _other_replicas_candidates(replicas: tf.distribute.ReplicaContext, candidate: tf.Tensor, ids: tf.Tensor, log_q: tf.Tensor):
+def _other_replicas_candidates(
+    replicas: tf.distribute.ReplicaContext, candidate: tf.Tensor, ids: tf.Tensor, log_q: tf.Tensor
+):
     """In-batch negatives across the global batch: the other replicas' stories.
 
     Every replica gathers all replicas' story embeddings, ids and log q and keeps the
@@ -133,7 +155,9 @@ def _other_replicas_candidates(replicas: tf.distribute.ReplicaContext, candidate
     # One gather per value (a batched gather packs them into one tensor: one dtype), in
     # the same order on every replica. tf.identity gives each value a device, which the
     # collective needs as its destination ("destinations can not be empty" otherwise).
-    gathered, gathered_ids, gathered_log_q = (replicas.all_gather(tf.identity(v), axis=0) for v in (candidate, hashed, tf.cast(log_q, tf.float32)))
+    gathered, gathered_ids, gathered_log_q = (
+        replicas.all_gather(tf.identity(v), axis=0) for v in (candidate, hashed, tf.cast(log_q, tf.float32))
+    )
     n = tf.shape(candidate)[0]
     start = tf.cast(replicas.replica_id_in_sync_group, tf.int32) * n
 
@@ -162,4 +186,9 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
         return tf.where(step < self.warmup_steps, warm, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "floor": self.floor}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "floor": self.floor,
+        }

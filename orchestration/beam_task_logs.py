@@ -33,16 +33,33 @@ GLOG_LEVELS = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
 
 # (logger or None for TensorFlow's C++ lines, message pattern, why it is harmless here)
 KNOWN_NOISE: tuple[tuple[str | None, re.Pattern[str], str], ...] = (
-    ("apache_beam.typehints.native_type_compatibility", re.compile(r"^Converting string literal type hint to Any"),
-     "one INFO line per `from __future__ import annotations` hint of a DoFn; Beam then checks nothing, as intended"),
-    (None, re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),
-     "absl's notice that TensorFlow logs before it is configured, printed at every TensorFlow import"),
-    (None, re.compile(r"^oneDNN custom operations are on"), "TensorFlow's CPU kernels; numerics within float round-off"),
+    (
+        "apache_beam.typehints.native_type_compatibility",
+        re.compile(r"^Converting string literal type hint to Any"),
+        "one INFO line per `from __future__ import annotations` hint of a DoFn; Beam then checks nothing, as intended",
+    ),
+    (
+        None,
+        re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"),
+        "absl's notice that TensorFlow logs before it is configured, printed at every TensorFlow import",
+    ),
+    (
+        None,
+        re.compile(r"^oneDNN custom operations are on"),
+        "TensorFlow's CPU kernels; numerics within float round-off",
+    ),
     (None, re.compile(r"^Could not find cuda drivers on your machine"), "no GPU here: the towers run on the CPU"),
-    (None, re.compile(r"^failed call to cuInit"), "the same, as an ERROR line: CUDA is installed with TensorFlow, no GPU is"),
-    (None, re.compile(r"^This TensorFlow binary is optimized to use available CPU instructions"),
-     "a build hint (its second line, 'To enable the following instructions', goes with it)"),
-)  # fmt: skip
+    (
+        None,
+        re.compile(r"^failed call to cuInit"),
+        "the same, as an ERROR line: CUDA is installed with TensorFlow, no GPU is",
+    ),
+    (
+        None,
+        re.compile(r"^This TensorFlow binary is optimized to use available CPU instructions"),
+        "a build hint (its second line, 'To enable the following instructions', goes with it)",
+    ),
+)
 
 
 def is_known_noise(logger: str | None, message: str) -> bool:
@@ -98,13 +115,24 @@ class BeamJobLog:
 class LeveledBeamHook(BeamHook):
     """BeamHook whose job output goes through `BeamJobLog`."""
 
-    def _start_pipeline(self, variables: dict, command_prefix: list[str], process_line_callback=None,
-                        working_directory: str | None = None, is_dataflow_job_id_exist_callback=None) -> None:  # fmt: skip
+    def _start_pipeline(
+        self,
+        variables: dict,
+        command_prefix: list[str],
+        process_line_callback=None,
+        working_directory: str | None = None,
+        is_dataflow_job_id_exist_callback=None,
+    ) -> None:
         cmd = [*command_prefix, f"--runner={self.runner}"]
         if variables:
             cmd.extend(beam_options_to_args(variables))
-        run_beam_command(cmd=cmd, process_line_callback=process_line_callback, working_directory=working_directory,
-                         log=BeamJobLog(self.log), is_dataflow_job_id_exist_callback=is_dataflow_job_id_exist_callback)  # fmt: skip
+        run_beam_command(
+            cmd=cmd,
+            process_line_callback=process_line_callback,
+            working_directory=working_directory,
+            log=BeamJobLog(self.log),
+            is_dataflow_job_id_exist_callback=is_dataflow_job_id_exist_callback,
+        )
 
 
 class BeamJobOperator(BeamRunPythonPipelineOperator):
@@ -123,4 +151,3 @@ class BeamJobOperator(BeamRunPythonPipelineOperator):
         self.dataflow_config = self.dataflow_config or DataflowConfiguration()
         self.dataflow_config.job_name = self.dataflow_config.job_name or self.task_id
         return None
-

@@ -56,7 +56,10 @@ def postgres_bin_dir() -> Path:
     found = shutil.which("initdb")
     if found:
         return Path(found).resolve().parent
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    versions = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     if versions:
         return Path(versions[-1]).parent
     raise ServiceUnavailableError("PostgreSQL is not installed (no initdb): apt-get install -y postgresql")
@@ -84,13 +87,24 @@ def ensure_debian_packages(timeout_s: float = 600) -> None:
         return
     except ServiceUnavailableError as missing:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise ServiceUnavailableError(f"{missing}; as root: apt-get update && apt-get install -y {' '.join(DEBIAN_PACKAGES)}") from None
+            raise ServiceUnavailableError(
+                f"{missing}; as root: apt-get update && apt-get install -y {' '.join(DEBIAN_PACKAGES)}"
+            ) from None
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lock_wait = ["-o", "DPkg::Lock::Timeout=120"]
     deadline, last = time.monotonic() + timeout_s, ""
     while time.monotonic() < deadline:
         update = subprocess.run(["apt-get", *lock_wait, "update", "-qq"], env=env, capture_output=True, text=True)
-        install = subprocess.run(["apt-get", *lock_wait, "install", "-y", "-qq", *DEBIAN_PACKAGES], env=env, capture_output=True, text=True) if update.returncode == 0 else update
+        install = (
+            subprocess.run(
+                ["apt-get", *lock_wait, "install", "-y", "-qq", *DEBIAN_PACKAGES],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if update.returncode == 0
+            else update
+        )
         if install.returncode == 0:
             postgres_bin_dir(), redis_server()
             return
@@ -121,7 +135,9 @@ class LocalPostgres:
         command = [*(("runuser", "-u", self.user, "--") if self.user else ()), *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{' '.join(args[:2])} failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
         return done
 
     def start(self) -> None:
@@ -135,9 +151,33 @@ class LocalPostgres:
         else:
             fresh = False
         options = f"-p {self.port} -k {self.data_dir} -c listen_addresses=127.0.0.1"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.data_dir / "server.log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data_dir),
+            "-o",
+            options,
+            "-l",
+            str(self.data_dir / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         if fresh:
-            self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "airflow", "-d", "postgres", "-c", "CREATE DATABASE airflow")
+            self._run(
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "airflow",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE airflow",
+            )
 
     def stop(self) -> None:
         if (self.data_dir / "postmaster.pid").exists():
@@ -159,13 +199,29 @@ class LocalRedis:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         log = (self.work_dir / "redis.log").open("ab")
         self.process = subprocess.Popen(
-            [redis_server(), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self.work_dir)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                redis_server(),
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.work_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {(self.work_dir / 'redis.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"redis-server exited with {self.process.returncode}: {(self.work_dir / 'redis.log').read_text()[-2000:]}"
+                )
             try:
                 import redis
 
@@ -202,22 +258,38 @@ class CeleryAirflow(LocalAirflow):
       extra_env: more variables for every process (EBR_ROOT, ...).
     """
 
-    COMPONENTS = (*LocalAirflow.COMPONENTS, ("celery", "worker", "--skip-serve-logs", "--without-gossip", "--without-mingle"))
+    COMPONENTS = (
+        *LocalAirflow.COMPONENTS,
+        ("celery", "worker", "--skip-serve-logs", "--without-gossip", "--without-mingle"),
+    )
 
-    def __init__(self, home: Path, port: int, *, postgres_port: int = 5432, redis_port: int = 6379, postgres_dir: Path | None = None,
-                 concurrency: int = 2, extra_env: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        home: Path,
+        port: int,
+        *,
+        postgres_port: int = 5432,
+        redis_port: int = 6379,
+        postgres_dir: Path | None = None,
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+    ):
         home = Path(home).resolve()
         self.postgres = LocalPostgres(postgres_dir or home / "postgres", postgres_port)
         self.redis = LocalRedis(home / "redis", redis_port)
-        super().__init__(home, port, {
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
-            "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.postgres.url}",
-            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
-            "AIRFLOW__CORE__PARALLELISM": str(max(concurrency, 2)),
-            **(extra_env or {}),
-        })  # fmt: skip
+        super().__init__(
+            home,
+            port,
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url,
+                "AIRFLOW__CELERY__BROKER_URL": self.redis.url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.postgres.url}",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+                "AIRFLOW__CORE__PARALLELISM": str(max(concurrency, 2)),
+                **(extra_env or {}),
+            },
+        )
 
     def start(self) -> None:
         self.postgres.start()
@@ -236,8 +308,13 @@ class CeleryAirflow(LocalAirflow):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", default=str(REPO_DIR / "var" / "airflow-celery"), help="AIRFLOW_HOME (logs, password, Redis)")
-    parser.add_argument("--postgres-dir", help="PostgreSQL data folder (default: <home>/postgres; as root: under /tmp, owned by postgres)")
+    parser.add_argument(
+        "--home", default=str(REPO_DIR / "var" / "airflow-celery"), help="AIRFLOW_HOME (logs, password, Redis)"
+    )
+    parser.add_argument(
+        "--postgres-dir",
+        help="PostgreSQL data folder (default: <home>/postgres; as root: under /tmp, owned by postgres)",
+    )
     parser.add_argument("--port", type=int, default=8080, help="API server / UI port on 127.0.0.1")
     parser.add_argument("--postgres-port", type=int, default=5432)
     parser.add_argument("--redis-port", type=int, default=6379)
@@ -245,25 +322,49 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ensure_debian_packages()
     home = Path(args.home)
-    postgres_dir = Path(args.postgres_dir) if args.postgres_dir else (Path(tempfile.gettempdir()) / f"ebr-airflow-postgres-{args.postgres_port}" if os.geteuid() == 0 else home / "postgres")
-    airflow = CeleryAirflow(home, args.port, postgres_port=args.postgres_port, redis_port=args.redis_port, postgres_dir=postgres_dir, concurrency=args.concurrency)
+    postgres_dir = (
+        Path(args.postgres_dir)
+        if args.postgres_dir
+        else (
+            Path(tempfile.gettempdir()) / f"ebr-airflow-postgres-{args.postgres_port}"
+            if os.geteuid() == 0
+            else home / "postgres"
+        )
+    )
+    airflow = CeleryAirflow(
+        home,
+        args.port,
+        postgres_port=args.postgres_port,
+        redis_port=args.redis_port,
+        postgres_dir=postgres_dir,
+        concurrency=args.concurrency,
+    )
     stopping = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.append(True))
-    print(f"starting Postgres ({postgres_dir}, 127.0.0.1:{args.postgres_port}), Redis (127.0.0.1:{args.redis_port}) and Airflow "
-          f"with CeleryExecutor in {airflow.home}", flush=True)  # fmt: skip
+    print(
+        f"starting Postgres ({postgres_dir}, 127.0.0.1:{args.postgres_port}), Redis (127.0.0.1:{args.redis_port}) and Airflow "
+        f"with CeleryExecutor in {airflow.home}",
+        flush=True,
+    )
     try:
         airflow.start()
         airflow.wait_until_up()
-        print(f"\nAirflow (CeleryExecutor) is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
-              f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
-              f"  broker {airflow.redis.url}, metadata and results {airflow.postgres.url}\n"
-              f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor,celery}}.log\n"
-              "  Ctrl-C stops Airflow, the Celery worker, Redis and Postgres.", flush=True)  # fmt: skip
+        print(
+            f"\nAirflow (CeleryExecutor) is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
+            f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
+            f"  broker {airflow.redis.url}, metadata and results {airflow.postgres.url}\n"
+            f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor,celery}}.log\n"
+            "  Ctrl-C stops Airflow, the Celery worker, Redis and Postgres.",
+            flush=True,
+        )
         while not stopping:
             for proc, component in zip(airflow.processes, airflow.COMPONENTS, strict=True):
                 if proc.poll() is not None:
-                    print(f"airflow {' '.join(component[:2])} exited with {proc.returncode}:\n{airflow.logs()}", file=sys.stderr)
+                    print(
+                        f"airflow {' '.join(component[:2])} exited with {proc.returncode}:\n{airflow.logs()}",
+                        file=sys.stderr,
+                    )
                     return 1
             time.sleep(1)
     finally:

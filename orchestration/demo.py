@@ -62,7 +62,11 @@ DEMO_SETTINGS = {
 # test set (~1,900 positives) is too small to decide at every depth, so the gate reads
 # recall@100 only, as the tests' tiny pipeline does (tests/airflow_support.py).
 SIZE_SETTINGS = {
-    "tiny": {"EBR_TRAIN__WARMUP_STEPS": "10", "EBR_GATE__METRICS": '["recall@100"]', "EBR_GATE__MIN_EVAL_POSITIVES": "100"},
+    "tiny": {
+        "EBR_TRAIN__WARMUP_STEPS": "10",
+        "EBR_GATE__METRICS": '["recall@100"]',
+        "EBR_GATE__MIN_EVAL_POSITIVES": "100",
+    },
 }
 
 
@@ -80,7 +84,11 @@ def demo_runs(start: datetime, days: int) -> list[tuple[str, datetime]]:
 
 def demo_airflow_home(root: str) -> Path:
     """The demo's Airflow home: beside a local root (`<root>-airflow`), else under var/."""
-    return Path(root.removeprefix("file://") + "-airflow") if root.startswith("file://") else REPO_DIR / "var" / "demo-airflow"
+    return (
+        Path(root.removeprefix("file://") + "-airflow")
+        if root.startswith("file://")
+        else REPO_DIR / "var" / "demo-airflow"
+    )
 
 
 def demo_settings(root: str, airflow_home: Path, size: str = "small") -> dict[str, str]:
@@ -88,8 +96,14 @@ def demo_settings(root: str, airflow_home: Path, size: str = "small") -> dict[st
     size's, then the caller's own `EBR_*`, which win (the tests make training tiny so); then
     its root and world size."""
     mine = {k: v for k, v in os.environ.items() if k.startswith("EBR_") and k not in ("EBR_ROOT", "EBR_CONFIG")}
-    return {"EBR_ORCHESTRATION__WORKDIR": str(airflow_home / "work"), **DEMO_SETTINGS, **SIZE_SETTINGS.get(size, {}),
-            **mine, "EBR_ROOT": root, "EBR_WORLD__SIZE": size}  # fmt: skip
+    return {
+        "EBR_ORCHESTRATION__WORKDIR": str(airflow_home / "work"),
+        **DEMO_SETTINGS,
+        **SIZE_SETTINGS.get(size, {}),
+        **mine,
+        "EBR_ROOT": root,
+        "EBR_WORLD__SIZE": size,
+    }
 
 
 SETTINGS_FILE = "ebr-settings.json"  # in the demo's Airflow home: what `make airflow` gives the DAGs there
@@ -97,14 +111,16 @@ SETTINGS_FILE = "ebr-settings.json"  # in the demo's Airflow home: what `make ai
 
 def demo_environment(root: str, airflow_home: Path, size: str = "small") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "EBR_"))}
-    env.update({
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_DIR / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
-        "TF_USE_LEGACY_KERAS": "1",
-        **demo_settings(root, airflow_home, size),
-    })  # fmt: skip
+    env.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_DIR / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+            "TF_USE_LEGACY_KERAS": "1",
+            **demo_settings(root, airflow_home, size),
+        }
+    )
     return env
 
 
@@ -115,7 +131,9 @@ def run_logged(args: list[str], env: dict[str, str], log: Path) -> int:
 
 # One line of `airflow dags test` output (structlog's console format):
 #   2026-12-01T10:47:43.188978Z [info     ] indexes/stories/...: full build, recall@10 0.9994 [orchestration.indexes] loc=indexes.py:41
-LOG_LINE = re.compile(r"^(?P<when>\d{4}-\d\d-\d\dT[\d:.]+)Z \[(?P<level>\w+)\s*\] (?P<message>.*?) \[(?P<logger>[\w.]+)\](?P<rest>.*)$")
+LOG_LINE = re.compile(
+    r"^(?P<when>\d{4}-\d\d-\d\dT[\d:.]+)Z \[(?P<level>\w+)\s*\] (?P<message>.*?) \[(?P<logger>[\w.]+)\](?P<rest>.*)$"
+)
 TASK_STARTS = re.compile(r"^\[DAG TEST\] starting task_id=(?P<task>\S+)")
 TASK_ENDS = re.compile(r"^\[DAG TEST\] end task task_id=(?P<task>\S+)")
 NEW_STATE = re.compile(r"\bnew_state=(?P<state>\w+)")
@@ -129,7 +147,13 @@ KERAS_EPOCH = re.compile(r"^\s*\d+/\d+ - (?P<seconds>\d+)s - loss: (?P<loss>[\d.
 # Version names carry their run id (70+ characters); the console shows up to the DAG's name.
 LONG_VERSION = re.compile(r"(\d{8}T\d{6}Z-[A-Za-z_]+)-[0-9A-Za-z._+-]*__[0-9A-Za-z._+-]+")
 PROJECT_LOGGERS = ("orchestration.", "models.")  # the task logic: every line is progress
-QUIET_PROJECT_LOGGERS = ("artifacts.", "beam_jobs.", "index_builder.", "warehouse.", "serving.")  # warnings and errors only
+QUIET_PROJECT_LOGGERS = (
+    "artifacts.",
+    "beam_jobs.",
+    "index_builder.",
+    "warehouse.",
+    "serving.",
+)  # warnings and errors only
 LOUD_LEVELS = {"warning", "error", "critical", "exception"}
 WIDTH = 160
 
@@ -201,7 +225,11 @@ class DagProgress:
                 self.failed_tasks.append(task)
             out = [self._at(f"{task} {state} ({took:.0f} s)")]
             if state == "up_for_retry":
-                out.append(self._at("Airflow retries it after the task's retry delay (5 min); the error is above and in the log", 4))
+                out.append(
+                    self._at(
+                        "Airflow retries it after the task's retry delay (5 min); the error is above and in the log", 4
+                    )
+                )
             if task.startswith("embed_") and self.describe_snapshot:
                 out += [self._at(self.describe_snapshot(kind, snapshot), 4) for kind, snapshot in self.snapshots]
                 self.snapshots.clear()
@@ -234,15 +262,28 @@ def snapshot_counts(store, kind: str, snapshot: str) -> str:
     return f"{kind}: {int(metrics.get('count', 0)):,} embeddings from rows read {read}; dead letters: {dead_text}"
 
 
-def run_dag(dag_id: str, when: datetime, env: dict[str, str], logs: Path, describe_snapshot: Callable[[str, str], str] | None = None) -> None:
+def run_dag(
+    dag_id: str,
+    when: datetime,
+    env: dict[str, str],
+    logs: Path,
+    describe_snapshot: Callable[[str, str], str] | None = None,
+) -> None:
     """`airflow dags test` of one DAG: its whole output to `logs/<dag_id>-<date>.log`, its progress to the console."""
     log = logs / f"{dag_id}-{when:%Y%m%dT%H%M}.log"
     print(f"\n  {dag_id}, logical date {when:%Y-%m-%d %H:%M}Z  (whole log: {log})", flush=True)
     progress = DagProgress(describe_snapshot)
     started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen([str(BIN / "airflow"), "dags", "test", dag_id, when.isoformat()], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)  # fmt: skip
+        process = subprocess.Popen(
+            [str(BIN / "airflow"), "dags", "test", dag_id, when.isoformat()],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+        )
         seen_success = False
         try:
             for line in process.stdout:
@@ -295,9 +336,16 @@ def show_answers(cfg, url: str, n_users: int, k: int) -> tuple[str, str]:
 
     warehouse = Warehouse.from_config(cfg)
     users = warehouse.read_table("users").to_pylist()
-    stories = {s["story_id"]: s for s in warehouse.read_table("stories", ["story_id", "creator_id", "language", "country", "hashtags"]).to_pylist()}
+    stories = {
+        s["story_id"]: s
+        for s in warehouse.read_table(
+            "stories", ["story_id", "creator_id", "language", "country", "hashtags"]
+        ).to_pylist()
+    }
     last_day = warehouse.event_days()[-1]
-    events = warehouse.read_events(start=last_day - timedelta(days=6), columns=["user_id", "story_id", "long_view", "favorite", "share"])
+    events = warehouse.read_events(
+        start=last_day - timedelta(days=6), columns=["user_id", "story_id", "long_view", "favorite", "share"]
+    )
     engaged = events.filter(pc.or_(pc.or_(events["long_view"], events["favorite"]), events["share"]))
     step = max(len(users) // n_users, 1)
     first: tuple[str, str] | None = None
@@ -305,17 +353,23 @@ def show_answers(cfg, url: str, n_users: int, k: int) -> tuple[str, str]:
         for user in users[::step][:n_users]:
             mine = engaged.filter(pc.equal(engaged["user_id"], user["user_id"]))["story_id"].to_pylist()
             tags = Counter(t for sid in mine for t in stories[sid]["hashtags"])
-            print(f"\nuser {user['user_id']} ({user['country']}, speaks {user['language']}); "
-                  f"engaged last week with {len(mine)} stories, mostly {', '.join(t for t, _ in tags.most_common(5)) or '-'}")  # fmt: skip
+            print(
+                f"\nuser {user['user_id']} ({user['country']}, speaks {user['language']}); "
+                f"engaged last week with {len(mine)} stories, mostly {', '.join(t for t, _ in tags.most_common(5)) or '-'}"
+            )
             answer = client.retrieve("stories", user_id=user["user_id"], k=k)
             for rank, hit in enumerate(answer["items"], 1):
                 story = stories.get(hit["id"], {})
-                print(f"  {rank:>2}. {hit['id']:<12} {hit['score']:7.4f}  {story.get('language', '?')}/{story.get('country', '?')}  "
-                      f"by {story.get('creator_id', '?'):<10} {' '.join(story.get('hashtags') or [])}")  # fmt: skip
+                print(
+                    f"  {rank:>2}. {hit['id']:<12} {hit['score']:7.4f}  {story.get('language', '?')}/{story.get('country', '?')}  "
+                    f"by {story.get('creator_id', '?'):<10} {' '.join(story.get('hashtags') or [])}"
+                )
             if first is None and answer["items"] and mine:  # a user with a history, for the next steps
                 first = (user["user_id"], answer["items"][0]["id"])
             served = answer["served"]
-            print(f"      served from index {served['index_version']}, user embeddings {served['user_embeddings_version']}")
+            print(
+                f"      served from index {served['index_version']}, user embeddings {served['user_embeddings_version']}"
+            )
         print("\nversions served:")
         print(format_versions(client.versions()))
     return first or (users[0]["user_id"], next(iter(stories)))
@@ -364,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     (airflow_home / SETTINGS_FILE).write_text(json.dumps(demo_settings(args.root, airflow_home, args.size), indent=1))
 
     print(f"1. a fresh synthetic world ({args.size}) at {args.root}", flush=True)
-    subprocess.run([str(BIN / "ebr"), "data", "generate", "--size", args.size, "--overwrite", "--no-progress"], env=env, check=True)
+    subprocess.run(
+        [str(BIN / "ebr"), "data", "generate", "--size", args.size, "--overwrite", "--no-progress"], env=env, check=True
+    )
     from artifacts import ArtifactStore
     from config import load_config
 
@@ -378,8 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     for dag_id, when in demo_runs(start, cfg.world.count("days")):
         run_dag(dag_id, when, env, airflow_home / "logs", lambda kind, snapshot: snapshot_counts(store, kind, snapshot))
         if dag_id == "ebr_train" and store.kind("models/two_tower").latest() is None:
-            raise SystemExit("the gate refused the model (its line is above), and no earlier model is published: "
-                             "nothing to embed with. `make bench` and the README's Model section say how to train longer.")  # fmt: skip
+            raise SystemExit(
+                "the gate refused the model (its line is above), and no earlier model is published: "
+                "nothing to embed with. `make bench` and the README's Model section say how to train longer."
+            )
     print(flush=True)
     subprocess.run([str(BIN / "ebr"), "artifacts", "list"], env=env, check=True)
 
@@ -388,7 +446,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n3. the retrieval service on {url}", flush=True)
     service_log = airflow_home / "logs" / "serve.log"
     with service_log.open("wb") as out:
-        service = subprocess.Popen([str(BIN / "ebr"), "serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        service = subprocess.Popen(
+            [str(BIN / "ebr"), "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_ready(url, service)
         user_id, story_id = show_answers(cfg, url, args.users, args.k)

@@ -105,7 +105,10 @@ def resolve_as_of(warehouse: Warehouse, logical_date: datetime) -> tuple[datetim
             f"{warehouse.uri}: trigger the run with a logical date inside the data"
         )
     if logical_date > data_end:
-        return data_end, f"the newest event partition ends at {data_end.isoformat()}, before the logical date {logical_date.isoformat()}"
+        return (
+            data_end,
+            f"the newest event partition ends at {data_end.isoformat()}, before the logical date {logical_date.isoformat()}",
+        )
     return logical_date, "the run's logical date"
 
 
@@ -134,7 +137,15 @@ def plan_embedding_job(cfg: EbrConfig, run: RunIdentity, entity: str) -> dict[st
         "snapshot": snapshot,
         "run_id": run.run_id,
     }
-    log.info("%s: model %s, as of %s (%s), snapshot %s, runner %s", entity, model_version, as_of.isoformat(), why, snapshot, cfg.embed.runner)
+    log.info(
+        "%s: model %s, as of %s (%s), snapshot %s, runner %s",
+        entity,
+        model_version,
+        as_of.isoformat(),
+        why,
+        snapshot,
+        cfg.embed.runner,
+    )
     return {
         "runner": cfg.embed.runner,
         "pipeline_options": options,
@@ -164,7 +175,9 @@ def check_snapshots(cfg: EbrConfig, entity: str, plan: dict[str, Any]) -> dict[s
             )
         count = int(manifest.metrics.get("count", 0))
         if count <= 0:
-            raise RuntimeError(f"{kind_name}/{plan['snapshot']} is empty: nothing to index (is as-of {plan['as_of']} inside the data?)")
+            raise RuntimeError(
+                f"{kind_name}/{plan['snapshot']} is empty: nothing to index (is as-of {plan['as_of']} inside the data?)"
+            )
         found[kind_name] = {"snapshot": plan["snapshot"], "count": count, "latest": kind.latest()}
         log.info("%s/%s: %d vectors (LATEST %s)", kind_name, plan["snapshot"], count, found[kind_name]["latest"])
     return found

@@ -38,8 +38,17 @@ def build_index(cfg: EbrConfig, run: RunIdentity, collection: str, snapshot: str
     """Builds and validates the run's index version of `collection` (LATEST stays)."""
     from index_builder.publish import build_and_publish_index
 
-    outcome = build_and_publish_index(cfg, collection, snapshot=snapshot, version=run.version, run_id=run.run_id, publish=False)
-    log.info("indexes/%s/%s: %s build, recall@10 %.4f: %s", collection, outcome.version, outcome.mode, outcome.recall_at_10, outcome.detail)
+    outcome = build_and_publish_index(
+        cfg, collection, snapshot=snapshot, version=run.version, run_id=run.run_id, publish=False
+    )
+    log.info(
+        "indexes/%s/%s: %s build, recall@10 %.4f: %s",
+        collection,
+        outcome.version,
+        outcome.mode,
+        outcome.recall_at_10,
+        outcome.detail,
+    )
     return {
         "collection": collection,
         "version": outcome.version,
@@ -71,7 +80,14 @@ def validate_index(cfg: EbrConfig, built: dict[str, Any]) -> dict[str, Any]:
             f"{kind.name}/{built['version']} was built from snapshot {parent!r}, not this run's "
             f"{built['snapshot']!r}: clear the whole DAG run"
         )
-    log.info("%s/%s verified: %d files, recall@10 %.4f >= %.4f", kind.name, built["version"], len(manifest.files), recall, threshold)
+    log.info(
+        "%s/%s verified: %d files, recall@10 %.4f >= %.4f",
+        kind.name,
+        built["version"],
+        len(manifest.files),
+        recall,
+        threshold,
+    )
     return {**built, "files": len(manifest.files), "model_version": manifest.parents.get("model_version")}
 
 
@@ -88,4 +104,10 @@ def publish_index(cfg: EbrConfig, run: RunIdentity, validated: dict[str, Any]) -
     result = kind.publish(version, reason=reason, run_id=run.run_id)
     latest = kind.latest()
     log.info("indexes/%s: %s (LATEST %s)", collection, result.detail, latest)
-    return {"collection": collection, "version": version, "published": result.moved, "latest": latest, "detail": result.detail}
+    return {
+        "collection": collection,
+        "version": version,
+        "published": result.moved,
+        "latest": latest,
+        "detail": result.detail,
+    }

@@ -76,7 +76,9 @@ class LocalAirflow:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         passwords = self.home / PASSWORDS_FILE
-        self.password = json.loads(_kept_secret(passwords, lambda: json.dumps({"admin": secrets.token_urlsafe(12)})))["admin"]
+        self.password = json.loads(_kept_secret(passwords, lambda: json.dumps({"admin": secrets.token_urlsafe(12)})))[
+            "admin"
+        ]
         jwt_secret = _kept_secret(self.home / ".jwt_secret", lambda: secrets.token_hex(32))
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         self.env = {
@@ -105,10 +107,15 @@ class LocalAirflow:
         migrate(self.home, self.env)
         for args in self.COMPONENTS:
             log = (self.home / f"{args[0]}.log").open("ab")
-            self.processes.append(subprocess.Popen(
-                [str(BIN / "airflow"), *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() ends it with its children
-            ))  # fmt: skip
+            self.processes.append(
+                subprocess.Popen(
+                    [str(BIN / "airflow"), *args],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stop() ends it with its children
+                )
+            )
 
     def stop(self) -> None:
         for proc in self.processes:
@@ -183,8 +190,12 @@ def demo_airflow(root: str, port: int) -> LocalAirflow:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--home", default=str(REPO_DIR / "var" / "airflow"), help="AIRFLOW_HOME (SQLite, logs, password)")
-    where.add_argument("--demo-root", metavar="URI", help="the Airflow home and settings `make demo` used for this root")
+    where.add_argument(
+        "--home", default=str(REPO_DIR / "var" / "airflow"), help="AIRFLOW_HOME (SQLite, logs, password)"
+    )
+    where.add_argument(
+        "--demo-root", metavar="URI", help="the Airflow home and settings `make demo` used for this root"
+    )
     parser.add_argument("--port", type=int, default=8080, help="API server / UI port on 127.0.0.1")
     args = parser.parse_args(argv)
 
@@ -192,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         airflow = demo_airflow(args.demo_root, args.port)
         home = airflow.home
         if not (home / "airflow.db").exists():
-            print(f"no demo has run for {args.demo_root} yet ({home} has no airflow.db): `make demo` first, "
-                  "or the DAGs will find nothing to work on", flush=True)  # fmt: skip
+            print(
+                f"no demo has run for {args.demo_root} yet ({home} has no airflow.db): `make demo` first, "
+                "or the DAGs will find nothing to work on",
+                flush=True,
+            )
     else:
         airflow = LocalAirflow(Path(args.home), args.port)
     stopping = False
@@ -209,13 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     airflow.start()
     try:
         airflow.wait_until_up()
-        print(f"\nAirflow is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
-              f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
-              f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor}}.log; task logs: {airflow.home}/logs/\n"
-              "  DAGs start paused: switch one on, or press 'Trigger' (ebr_rollback asks for its parameters).\n"
-              "  Trigger on a scheduled DAG: untick 'Unpause ... on trigger', or its schedule starts at once and\n"
-              "  the manual run queues behind that run (ebr_rollback has no schedule: leave it ticked).\n"
-              "  Ctrl-C stops Airflow.", flush=True)  # fmt: skip
+        print(
+            f"\nAirflow is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
+            f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
+            f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor}}.log; task logs: {airflow.home}/logs/\n"
+            "  DAGs start paused: switch one on, or press 'Trigger' (ebr_rollback asks for its parameters).\n"
+            "  Trigger on a scheduled DAG: untick 'Unpause ... on trigger', or its schedule starts at once and\n"
+            "  the manual run queues behind that run (ebr_rollback has no schedule: leave it ticked).\n"
+            "  Ctrl-C stops Airflow.",
+            flush=True,
+        )
         while not stopping:
             for proc, component in zip(airflow.processes, airflow.COMPONENTS, strict=True):
                 if proc.poll() is not None:

@@ -43,7 +43,13 @@ def check_rollback_request(cfg: EbrConfig, collection: str, version: str, reason
         raise RollbackRequestError(f"cannot roll {kind.name} back to {version!r}: {err}") from None
     version = target
     current = kind.latest()
-    log.info("%s: LATEST %s; target %s is complete and intact (model %s)", kind.name, current, version, manifest.parents.get("model_version"))
+    log.info(
+        "%s: LATEST %s; target %s is complete and intact (model %s)",
+        kind.name,
+        current,
+        version,
+        manifest.parents.get("model_version"),
+    )
     return {
         "collection": collection,
         "version": version,
@@ -105,7 +111,9 @@ def rollback_form(root: str) -> dict[str, Any]:
             if name == latest:
                 labels[name] += f" (LATEST of {collection})"
         if versions:
-            described.append(f"{collection}: " + ", ".join(v + (" (LATEST)" if v == latest else "") for v in versions[:2]))
+            described.append(
+                f"{collection}: " + ", ".join(v + (" (LATEST)" if v == latest else "") for v in versions[:2])
+            )
     recent = ("Newest when the DAG file was parsed: " + "; ".join(described) + ". ") if described else ""
     params["version"] = Param(
         PREVIOUS,
@@ -115,7 +123,8 @@ def rollback_form(root: str) -> dict[str, Any]:
         maxLength=128,
         title="Version",
         description=f"`{PREVIOUS}` (the version of indexes/<collection> published before the one LATEST names), "
-        "a complete version's name, or a unique prefix of it (e.g. 20261015T00). " + recent
+        "a complete version's name, or a unique prefix of it (e.g. 20261015T00). "
+        + recent
         + "`ebr index list --collection <collection>` lists them all. The first task checks the version exists and is intact.",
         examples=suggestions,
         values_display=labels,
@@ -131,6 +140,14 @@ def roll_back(cfg: EbrConfig, run: RunIdentity, request: dict[str, Any], *, forc
     from index_builder.publish import rollback_index
 
     reason = f"{request['reason']} (ebr_rollback {run.run_id})"
-    result = rollback_index(cfg, request["collection"], request["version"], reason=reason, force=force, run_id=run.run_id)
+    result = rollback_index(
+        cfg, request["collection"], request["version"], reason=reason, force=force, run_id=run.run_id
+    )
     log.info("indexes/%s: %s", request["collection"], result.detail)
-    return {"collection": request["collection"], "from": request["current"], "to": result.latest, "moved": result.moved, "detail": result.detail}
+    return {
+        "collection": request["collection"],
+        "from": request["current"],
+        "to": result.latest,
+        "moved": result.moved,
+        "detail": result.detail,
+    }

@@ -27,6 +27,7 @@ from warehouse import Warehouse, WarehouseMissingError
 
 log = logging.getLogger(__name__)
 
+
 def check_warehouse(cfg: EbrConfig) -> dict[str, Any]:
     """Row counts and event days of the warehouse training reads; fails if it has no events."""
     warehouse = Warehouse.from_config(cfg)
@@ -38,7 +39,9 @@ def check_warehouse(cfg: EbrConfig) -> dict[str, Any]:
     summary = warehouse.summary()
     if not summary["days"] or not summary["rows"]["events"]:
         raise WarehouseMissingError(f"the warehouse at {warehouse.uri} has no event partitions to train on")
-    log.info("warehouse %s: %s, events %s .. %s", summary["uri"], summary["rows"], summary["first_day"], summary["last_day"])
+    log.info(
+        "warehouse %s: %s, events %s .. %s", summary["uri"], summary["rows"], summary["first_day"], summary["last_day"]
+    )
     return {key: summary[key] for key in ("uri", "rows", "first_day", "last_day", "days")}
 
 
@@ -59,7 +62,12 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
     kind = ArtifactStore.from_config(cfg).kind(MODELS)
     if kind.is_complete(version):
         log.info("%s/%s is complete already: reusing it", MODELS, version)
-        return {"version": version, "reused": True, "staged": None, "metrics": {"model": kind.manifest(version).metrics}}
+        return {
+            "version": version,
+            "reused": True,
+            "staged": None,
+            "metrics": {"model": kind.manifest(version).metrics},
+        }
 
     workdir = run_workdir(cfg, run)
     if cfg.train.workers > 1:
@@ -70,8 +78,15 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
     params = model_params(cfg, best_epoch, examples_per_second, cfg.train.workers)
     params["dag_run"] = {"dag_id": run.dag_id, "run_id": run.run_id, "logical_date": run.logical_date.isoformat()}
     parents = {"warehouse": Warehouse.from_config(cfg).uri, "previous_model": kind.latest() or ""}
-    staged = stage_model(ArtifactStore.from_config(cfg), Path(export_dir), version, parents=parents, params=params, metrics=metrics)
-    log.info("trained %s: %s; staged as attempt %s", version, {k: round(v, 4) for k, v in metrics["model"].items() if "@" in k}, staged["attempt"])
+    staged = stage_model(
+        ArtifactStore.from_config(cfg), Path(export_dir), version, parents=parents, params=params, metrics=metrics
+    )
+    log.info(
+        "trained %s: %s; staged as attempt %s",
+        version,
+        {k: round(v, 4) for k, v in metrics["model"].items() if "@" in k},
+        staged["attempt"],
+    )
     return {"version": version, "reused": False, "staged": staged, "metrics": metrics}
 
 
@@ -84,7 +99,9 @@ def _train_on_workers(cfg: EbrConfig, run: RunIdentity, workdir: Path) -> tuple[
     log.info("training %s with %d worker processes (workers 1.. log to %s)", run.version, cfg.train.workers, workdir)
     code = run_workers(command, cfg.train.workers, workdir)
     if code:
-        raise RuntimeError(f"distributed training of {run.version} failed: a worker exited with {code} (logs in {workdir})")
+        raise RuntimeError(
+            f"distributed training of {run.version} failed: a worker exited with {code} (logs in {workdir})"
+        )
     chief = json.loads((workdir / "metrics.json").read_text())
     return chief["metrics"], chief["best_epoch"], chief["examples_per_second"], workdir / "export"
 
@@ -92,7 +109,10 @@ def _train_on_workers(cfg: EbrConfig, run: RunIdentity, workdir: Path) -> tuple[
 def gate_model(cfg: EbrConfig, trained: dict[str, Any]) -> dict[str, Any]:
     """The promotion gate against the model LATEST names now: {"promote", "reasons"}."""
     if trained["reused"]:
-        return {"promote": True, "reasons": [f"{trained['version']} was gated and stored by an earlier try of this run"]}
+        return {
+            "promote": True,
+            "reasons": [f"{trained['version']} was gated and stored by an earlier try of this run"],
+        }
     from models.export import promotion_gate, published_metrics
 
     decision = promotion_gate(trained["metrics"], published_metrics(ArtifactStore.from_config(cfg)), cfg)
@@ -100,7 +120,9 @@ def gate_model(cfg: EbrConfig, trained: dict[str, Any]) -> dict[str, Any]:
     return {"promote": decision.promote, "reasons": decision.reasons}
 
 
-def publish_trained_model(cfg: EbrConfig, run: RunIdentity, trained: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
+def publish_trained_model(
+    cfg: EbrConfig, run: RunIdentity, trained: dict[str, Any], gate: dict[str, Any]
+) -> dict[str, Any]:
     """Commits the model the training task staged (unless complete already) and moves
     LATEST to it.
 

@@ -82,7 +82,9 @@ class ComponentInfo(BaseModel):
     dim: int
     memory_bytes: int
     ef: int | None = None
-    searcher_pid: int | None = Field(None, description="the child process holding this index (serving.searcher=process)")
+    searcher_pid: int | None = Field(
+        None, description="the child process holding this index (serving.searcher=process)"
+    )
     searcher_rss_bytes: int | None = None
 
 
@@ -121,5 +123,7 @@ class VersionsResponse(BaseModel):
     last_reload: dict[str, str]
     refused: list[RefusalInfo]
     load_failures: list[LoadFailureInfo]
-    pointer_errors: dict[str, str] = Field(description="kind -> why its LATEST cannot be read (that kind stays as served)")
+    pointer_errors: dict[str, str] = Field(
+        description="kind -> why its LATEST cannot be read (that kind stays as served)"
+    )
     retired_states_alive: int

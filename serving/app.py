@@ -105,7 +105,9 @@ _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 4
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "body_too_large"}
 
 
-def add_error_handlers(app: FastAPI, *, validation_details: bool = True, http_codes: Mapping[int, str] = HTTP_ERROR_CODES) -> None:
+def add_error_handlers(
+    app: FastAPI, *, validation_details: bool = True, http_codes: Mapping[int, str] = HTTP_ERROR_CODES
+) -> None:
     """JSON error bodies ({"error": {"code", "message"[, "details"]}}) for ApiError, invalid
     request bodies (with pydantic's problems as `details` when `validation_details`) and
     Starlette's own HTTP errors (coded by `http_codes`, else "http_error"). The service,
@@ -124,7 +126,9 @@ def add_error_handlers(app: FastAPI, *, validation_details: bool = True, http_co
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, err: StarletteHTTPException) -> Response:
-        return error_response(err.status_code, http_codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers)
+        return error_response(
+            err.status_code, http_codes.get(err.status_code, "http_error"), str(err.detail), headers=err.headers
+        )
 
 
 def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool = True) -> FastAPI:
@@ -176,34 +180,51 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
     async def healthz() -> Response:
         return json_response({"status": "ok"})
 
-    @app.get("/readyz", summary="200 only while a consistent (index, user embeddings) pair is served and answers",
-             response_model=Readiness, responses={503: {"model": Readiness}})  # fmt: skip
+    @app.get(
+        "/readyz",
+        summary="200 only while a consistent (index, user embeddings) pair is served and answers",
+        response_model=Readiness,
+        responses={503: {"model": Readiness}},
+    )
     async def readyz() -> Response:
         state = reloader.state
         if state is None:
             return json_response({"ready": False, "reason": reloader.last_outcome.detail}, 503)
         stories = state.components[STORY_INDEX]
         if not getattr(stories.value, "alive", True):  # what is answerable, not what was loaded
-            return json_response({"ready": False, "generation": state.generation, "model_version": state.model_version,
-                                  "reason": f"the {STORY_INDEX}/{stories.version} index process died; the reloader "
-                                  "restarts it from the local cache at its next poll"}, 503)  # fmt: skip
+            return json_response(
+                {
+                    "ready": False,
+                    "generation": state.generation,
+                    "model_version": state.model_version,
+                    "reason": f"the {STORY_INDEX}/{stories.version} index process died; the reloader "
+                    "restarts it from the local cache at its next poll",
+                },
+                503,
+            )
         return json_response({"ready": True, "generation": state.generation, "model_version": state.model_version})
 
-    @app.get("/v1/versions", summary="what is served, since when, from which model; refused versions",
-             response_model=VersionsResponse, responses=_ERRORS)  # fmt: skip
+    @app.get(
+        "/v1/versions",
+        summary="what is served, since when, from which model; refused versions",
+        response_model=VersionsResponse,
+        responses=_ERRORS,
+    )
     async def versions() -> Response:
         state = reloader.state
-        return json_response({
-            "ready": state is not None,
-            "served": state.describe() if state else None,
-            "last_poll_at": reloader.last_poll_at,
-            "seconds_since_last_successful_poll": metrics.seconds_since_last_poll(),
-            "last_reload": {"action": reloader.last_outcome.action, "detail": reloader.last_outcome.detail},
-            "refused": [vars(r) for r in reloader.refused.values()],
-            "load_failures": [f.describe() for f in reloader.load_failures.values()],
-            "pointer_errors": dict(reloader.pointer_errors),
-            "retired_states_alive": reloader.retired_alive,
-        })  # fmt: skip
+        return json_response(
+            {
+                "ready": state is not None,
+                "served": state.describe() if state else None,
+                "last_poll_at": reloader.last_poll_at,
+                "seconds_since_last_successful_poll": metrics.seconds_since_last_poll(),
+                "last_reload": {"action": reloader.last_outcome.action, "detail": reloader.last_outcome.detail},
+                "refused": [vars(r) for r in reloader.refused.values()],
+                "load_failures": [f.describe() for f in reloader.load_failures.values()],
+                "pointer_errors": dict(reloader.pointer_errors),
+                "retired_states_alive": reloader.retired_alive,
+            }
+        )
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus() -> Response:
@@ -211,8 +232,12 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
 
     # -- retrieval ------------------------------------------------------------------------
 
-    @app.post("/v1/retrieve/{collection}", response_model=RetrieveResponse, responses=_ERRORS,
-              summary="top-K of a collection (stories, creators, users) for a user id or an embedding")  # fmt: skip
+    @app.post(
+        "/v1/retrieve/{collection}",
+        response_model=RetrieveResponse,
+        responses=_ERRORS,
+        summary="top-K of a collection (stories, creators, users) for a user id or an embedding",
+    )
     async def retrieve(collection: str, body: RetrieveRequest) -> Response:
         state = _served(reloader)
         index = _index_of(state, collection)
@@ -222,15 +247,23 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
         if body.user_id is not None:
             query = state.users.vector(body.user_id)
             if query is None:
-                raise ApiError(404, "unknown_user", f"user {body.user_id!r} is not in the served user embeddings "
-                               f"({state.users.version}, model {state.model_version})")  # fmt: skip
+                raise ApiError(
+                    404,
+                    "unknown_user",
+                    f"user {body.user_id!r} is not in the served user embeddings "
+                    f"({state.users.version}, model {state.model_version})",
+                )
         else:
             query = _checked_embedding(body.embedding, state.dim)
         hits = (await searcher.search(index, query, k, body.exclude))[0]
         return _answer(state, collection, k, hits)
 
-    @app.post("/v1/similar/{collection}", response_model=RetrieveResponse, responses=_ERRORS,
-              summary="items of a collection closest to one of its items (the item itself excluded)")  # fmt: skip
+    @app.post(
+        "/v1/similar/{collection}",
+        response_model=RetrieveResponse,
+        responses=_ERRORS,
+        summary="items of a collection closest to one of its items (the item itself excluded)",
+    )
     async def similar(collection: str, body: SimilarRequest) -> Response:
         state = _served(reloader)
         index = _index_of(state, collection)
@@ -249,7 +282,11 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
 # Swagger UI's files as the swagger-ui-py package ships them (Swagger UI 5: OpenAPI 3.1,
 # which FastAPI writes); found without importing the package, which we do not use.
 SWAGGER_UI_PACKAGE = "swagger_ui"
-SWAGGER_UI_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+SWAGGER_UI_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+    "favicon-32x32.png": "image/png",
+}
 DOCS_ASSETS = "/docs/assets"
 
 
@@ -269,19 +306,27 @@ def add_offline_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:
         if folder is None:
-            return error_response(503, "docs_unavailable", f"Swagger UI's files are not installed (package "
-                                  f"swagger-ui-py, see requirements.lock); the schema is at {app.openapi_url}")  # fmt: skip
+            return error_response(
+                503,
+                "docs_unavailable",
+                f"Swagger UI's files are not installed (package "
+                f"swagger-ui-py, see requirements.lock); the schema is at {app.openapi_url}",
+            )
         return get_swagger_ui_html(
-            openapi_url=app.openapi_url, title=f"{app.title} - API docs",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
-        )  # fmt: skip
+        )
 
     @app.get(DOCS_ASSETS + "/{name}", include_in_schema=False)
     async def docs_asset(name: str) -> Response:
         if folder is None or name not in SWAGGER_UI_FILES:
             raise ApiError(404, "not_found", f"no docs asset {name!r}")
-        return FileResponse(folder / name, media_type=SWAGGER_UI_FILES[name], headers={"Cache-Control": "max-age=86400"})
+        return FileResponse(
+            folder / name, media_type=SWAGGER_UI_FILES[name], headers={"Cache-Control": "max-age=86400"}
+        )
 
 
 def _served(reloader: Reloader) -> ServedState:
@@ -293,14 +338,17 @@ def _served(reloader: Reloader) -> ServedState:
 
 def _index_of(state: ServedState, collection: str):
     if collection not in INDEX_KINDS:
-        raise ApiError(404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}")
+        raise ApiError(
+            404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}"
+        )
     index = state.index(collection)
     if index is None:
         raise ApiError(
-            503, "collection_not_served",
+            503,
+            "collection_not_served",
             f"no {collection} index from model {state.model_version} is served (none published, or its newest "
             f"version is from another model or was refused; see /v1/versions)",
-        )  # fmt: skip
+        )
     return index
 
 
@@ -313,34 +361,43 @@ def _checked_k(k: int | None, cfg: ServingConfig) -> int:
 
 def _checked_embedding(embedding: list[float], dim: int) -> np.ndarray:
     if len(embedding) != dim:
-        raise ApiError(422, "invalid_embedding", f"embedding has {len(embedding)} values; the served model's "
-                       f"vectors have {dim}")  # fmt: skip
+        raise ApiError(
+            422, "invalid_embedding", f"embedding has {len(embedding)} values; the served model's vectors have {dim}"
+        )
     with np.errstate(over="ignore"):
         query = np.asarray(embedding, dtype=np.float32)
     if not np.isfinite(query).all():
         # Checked after the float32 cast: 1e39 is a finite Python float but inf in float32.
         bad = np.flatnonzero(~np.isfinite(query))[:10].tolist()
-        raise ApiError(422, "invalid_embedding", f"embedding has NaN or infinite (in float32) values at positions {bad}")
+        raise ApiError(
+            422, "invalid_embedding", f"embedding has NaN or infinite (in float32) values at positions {bad}"
+        )
     norm = float(np.linalg.norm(np.asarray(embedding, dtype=np.float64)))  # float64: 3e38 squared is finite
     if norm > MAX_EMBEDDING_NORM:
-        raise ApiError(422, "invalid_embedding", f"embedding has L2 norm {norm:.3g}, above {MAX_EMBEDDING_NORM:.0e}: "
-                       "its scores would overflow float32; send the L2-normalised vector")  # fmt: skip
+        raise ApiError(
+            422,
+            "invalid_embedding",
+            f"embedding has L2 norm {norm:.3g}, above {MAX_EMBEDDING_NORM:.0e}: "
+            "its scores would overflow float32; send the L2-normalised vector",
+        )
     return query
 
 
 def _answer(state: ServedState, collection: str, k: int, hits: list[tuple[str, float]]) -> Response:
     index = state.index(collection)
-    return json_response({
-        "collection": collection,
-        "k": k,
-        "items": [{"id": item_id, "score": score} for item_id, score in hits],
-        "served": {
-            "generation": state.generation,
-            "model_version": state.model_version,
-            "index_version": index.version,
-            "user_embeddings_version": state.users.version,
-        },
-    })  # fmt: skip
+    return json_response(
+        {
+            "collection": collection,
+            "k": k,
+            "items": [{"id": item_id, "score": score} for item_id, score in hits],
+            "served": {
+                "generation": state.generation,
+                "model_version": state.model_version,
+                "index_version": index.version,
+                "user_embeddings_version": state.users.version,
+            },
+        }
+    )
 
 
 def _finite_or_str(value: float) -> float | str:
@@ -398,8 +455,12 @@ class Gatekeeper:
         if self.token is not None and scope["path"].startswith("/v1/"):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.token):
-                return error_response(401, "unauthorized", "send the header 'Authorization: Bearer <serving.token>'",
-                                      headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+                return error_response(
+                    401,
+                    "unauthorized",
+                    "send the header 'Authorization: Bearer <serving.token>'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
         length = headers.get(b"content-length")
         if length is not None:
             try:
@@ -407,8 +468,11 @@ class Gatekeeper:
             except ValueError:
                 return error_response(400, "invalid_request", f"Content-Length {length!r} is not a number")
             if too_big:
-                return error_response(413, "body_too_large", f"request body of {int(length)} bytes exceeds "
-                                      f"serving.max_body_bytes={self.max_body}")  # fmt: skip
+                return error_response(
+                    413,
+                    "body_too_large",
+                    f"request body of {int(length)} bytes exceeds serving.max_body_bytes={self.max_body}",
+                )
         return None
 
     def _limited(self, receive, started: float):
@@ -427,8 +491,11 @@ class Gatekeeper:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.perf_counter()))
             except TimeoutError:
-                raise _BodyTimeout(408, f"the request body did not arrive within serving.request_read_timeout_s="
-                                   f"{self.read_timeout_s:g} s", headers={"Connection": "close"}) from None  # fmt: skip
+                raise _BodyTimeout(
+                    408,
+                    f"the request body did not arrive within serving.request_read_timeout_s={self.read_timeout_s:g} s",
+                    headers={"Connection": "close"},
+                ) from None
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -39,8 +39,15 @@ class RetrievalClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def retrieve(self, collection: str, *, user_id: str | None = None, embedding: list[float] | None = None,
-                 k: int | None = None, exclude: list[str] = ()) -> dict[str, Any]:  # fmt: skip
+    def retrieve(
+        self,
+        collection: str,
+        *,
+        user_id: str | None = None,
+        embedding: list[float] | None = None,
+        k: int | None = None,
+        exclude: list[str] = (),
+    ) -> dict[str, Any]:
         """POST /v1/retrieve/<collection>: the top-k of stories, creators or users for a
         user id or an embedding, never an id in `exclude`. For `users` and a user id the
         user itself is excluded too (it is always its own nearest neighbour)."""
@@ -55,7 +62,9 @@ class RetrievalClient:
             body["k"] = k
         return self._call("POST", f"/v1/retrieve/{collection}", body)
 
-    def similar(self, collection: str, item_id: str, *, k: int | None = None, exclude: list[str] = ()) -> dict[str, Any]:
+    def similar(
+        self, collection: str, item_id: str, *, k: int | None = None, exclude: list[str] = ()
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"id": item_id, "exclude": list(exclude)}
         if k is not None:
             body["k"] = k
@@ -70,12 +79,15 @@ class RetrievalClient:
         try:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as err:
-            raise ServingClientError(f"cannot reach the retrieval service at {self.url} ({err}); "
-                                     "is `ebr serve` running, and is --url right?") from None  # fmt: skip
+            raise ServingClientError(
+                f"cannot reach the retrieval service at {self.url} ({err}); is `ebr serve` running, and is --url right?"
+            ) from None
         try:
             payload = response.json()
         except ValueError:
-            raise ServingClientError(f"{method} {path}: HTTP {response.status_code}, not JSON: {response.text[:200]}") from None
+            raise ServingClientError(
+                f"{method} {path}: HTTP {response.status_code}, not JSON: {response.text[:200]}"
+            ) from None
         if response.status_code != 200:
             error = payload.get("error", {}) if isinstance(payload, dict) else {}
             raise ServingClientError(

@@ -33,8 +33,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # Retrieval answers in well under a millisecond to tens of milliseconds; the default
 # buckets (5 ms .. 10 s) would put nearly everything into the first one.
 LATENCY_BUCKETS = (
-    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)  # fmt: skip
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 
 class ServingMetrics:
@@ -43,44 +58,61 @@ class ServingMetrics:
         r = self.registry
         self.requests = Counter("ebr_serving_requests", "Requests answered", ["endpoint", "status"], registry=r)
         self.latency = Histogram(
-            "ebr_serving_request_seconds", "Request latency inside the server", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "ebr_serving_request_seconds",
+            "Request latency inside the server",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ready = Gauge("ebr_serving_ready", "1 when a consistent version set is served", registry=r)
         self.served_version = Gauge(
-            "ebr_serving_served_version_info", "The versions served now (value 1)",
-            ["kind", "version", "model_version"], registry=r,
-        )  # fmt: skip
+            "ebr_serving_served_version_info",
+            "The versions served now (value 1)",
+            ["kind", "version", "model_version"],
+            registry=r,
+        )
         self.served_items = Gauge("ebr_serving_served_items", "Rows in each served collection", ["kind"], registry=r)
-        self.served_bytes = Gauge("ebr_serving_served_bytes", "Bytes held by each served collection", ["kind"], registry=r)
+        self.served_bytes = Gauge(
+            "ebr_serving_served_bytes", "Bytes held by each served collection", ["kind"], registry=r
+        )
         self.reloads = Counter("ebr_serving_reloads", "Loads of a new version", ["kind", "result"], registry=r)
         self.swaps = Counter("ebr_serving_swaps", "Swaps of the served state", registry=r)
         self.polls = Counter("ebr_serving_polls", "Polls of the LATEST pointers", ["result"], registry=r)
         self.waiting_for_pair = Gauge(
             "ebr_serving_waiting_for_consistent_pair",
-            "1 while the newest story index and user embeddings come from different models", registry=r,
-        )  # fmt: skip
+            "1 while the newest story index and user embeddings come from different models",
+            registry=r,
+        )
         self.retired_states = Gauge(
             "ebr_serving_retired_states", "Swapped-out states not yet freed (requests still in flight)", registry=r
         )
         self.last_reload_seconds = Gauge(
-            "ebr_serving_last_reload_seconds", "Download + verify + load + warm-up time of the last new version",
-            ["kind"], registry=r,
-        )  # fmt: skip
+            "ebr_serving_last_reload_seconds",
+            "Download + verify + load + warm-up time of the last new version",
+            ["kind"],
+            registry=r,
+        )
         self.load_failures = Counter(
-            "ebr_serving_load_failures", "Failed loads not refused at once (crash: counted toward max_load_crashes; store: I/O)",
-            ["kind", "cause"], registry=r,
-        )  # fmt: skip
-        self.refused_versions = Gauge("ebr_serving_refused_versions", "Versions refused, per kind", ["kind"], registry=r)
+            "ebr_serving_load_failures",
+            "Failed loads not refused at once (crash: counted toward max_load_crashes; store: I/O)",
+            ["kind", "cause"],
+            registry=r,
+        )
+        self.refused_versions = Gauge(
+            "ebr_serving_refused_versions", "Versions refused, per kind", ["kind"], registry=r
+        )
         self.searcher_restarts = Counter(
             "ebr_serving_searcher_restarts", "Dead index processes restarted from the local cache", ["kind"], registry=r
         )
-        self.pointer_errors = Gauge("ebr_serving_pointer_errors", "1 while the kind's LATEST cannot be read", ["kind"], registry=r)
+        self.pointer_errors = Gauge(
+            "ebr_serving_pointer_errors", "1 while the kind's LATEST cannot be read", ["kind"], registry=r
+        )
         self._last_poll_ok: float | None = None
         since = Gauge(
             "ebr_serving_seconds_since_last_successful_poll",
-            "Seconds since LATEST was last read successfully (-1: never)", registry=r,
-        )  # fmt: skip
+            "Seconds since LATEST was last read successfully (-1: never)",
+            registry=r,
+        )
         since.set_function(self.seconds_since_last_poll)
         for result in ("success", "failure"):
             for kind in ("indexes/stories", "embeddings/users"):

@@ -53,10 +53,15 @@ def load_snapshot(client, snapshot: EmbeddingSnapshot, *, prefix: str, batch: in
         for user_id, vector in zip(snapshot.ids[start : start + batch], vectors[start : start + batch], strict=True):
             pipe.set(vector_key(prefix, version, str(user_id)), vector.tobytes())
         pipe.execute()
-    client.hset(meta_key(prefix, version), mapping={
-        "model_version": snapshot.model_version, "dim": snapshot.dim, "count": len(snapshot),
-        "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })  # fmt: skip
+    client.hset(
+        meta_key(prefix, version),
+        mapping={
+            "model_version": snapshot.model_version,
+            "dim": snapshot.dim,
+            "count": len(snapshot),
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
     return len(snapshot)
 
 
@@ -65,7 +70,9 @@ def snapshot_meta(client, version: str, *, prefix: str) -> dict | None:
     raw = client.hgetall(meta_key(prefix, version))
     if not raw:
         return None
-    meta = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+    meta = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+    }
     return {**meta, "dim": int(meta["dim"]), "count": int(meta["count"])}
 
 
@@ -105,5 +112,7 @@ class RedisUsers:
             return None
         vector = np.frombuffer(raw, dtype="<f4")
         if vector.shape != (self.dim,):
-            raise ValueError(f"{vector_key(self.prefix, self.version, user_id)} holds {len(raw)} bytes, not {self.dim} float32")
+            raise ValueError(
+                f"{vector_key(self.prefix, self.version, user_id)} holds {len(raw)} bytes, not {self.dim} float32"
+            )
         return vector.astype(np.float32)

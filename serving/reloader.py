@@ -108,8 +108,13 @@ class LoadFailures:
     next_attempt_at: float  # time.monotonic()
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "version": self.version, "failures": self.failures, "last_error": self.last_error,
-                "next_attempt_in_s": round(max(0.0, self.next_attempt_at - time.monotonic()), 2)}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "version": self.version,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "next_attempt_in_s": round(max(0.0, self.next_attempt_at - time.monotonic()), 2),
+        }
 
 
 @dataclass(frozen=True)
@@ -215,12 +220,17 @@ class Reloader:
         if latest is None:
             self.metrics.polls.labels("error").inc()
             errors = "; ".join(f"{k}: {e}" for k, e in sorted(self.pointer_errors.items()))
-            return self._outcome("failed", f"cannot read any LATEST pointer ({errors}); serving the current state",
-                                 level=logging.WARNING)  # fmt: skip
+            return self._outcome(
+                "failed", f"cannot read any LATEST pointer ({errors}); serving the current state", level=logging.WARNING
+            )
         self.metrics.poll_succeeded()
         self.last_poll_at = now_iso()
         decided = (latest, frozenset(self.pointer_errors))
-        if not restarted and decided == self._settled and all(_alive(c) for c in (self._state.components.values() if self._state else ())):
+        if (
+            not restarted
+            and decided == self._settled
+            and all(_alive(c) for c in (self._state.components.values() if self._state else ()))
+        ):
             # Nothing moved since the last decision, which stays the one /v1/versions shows.
             return PollOutcome("unchanged", self.last_outcome.detail)
         self._retry = False
@@ -248,7 +258,9 @@ class Reloader:
                 latest[kind] = served.version if served else None
         for kind in ALL_KINDS:
             if kind in errors and self.pointer_errors.get(kind) != errors[kind]:
-                log.warning("cannot read %s/LATEST (%s); %s stays as served until it is readable", kind, errors[kind], kind)
+                log.warning(
+                    "cannot read %s/LATEST (%s); %s stays as served until it is readable", kind, errors[kind], kind
+                )
             elif kind not in errors and kind in self.pointer_errors:
                 log.info("%s/LATEST is readable again", kind)
             self.metrics.pointer_errors.labels(kind).set(1 if kind in errors else 0)
@@ -275,7 +287,9 @@ class Reloader:
             failures = self.load_failures.get(key)
             if key in self.refused or (failures is not None and time.monotonic() < failures.next_attempt_at):
                 continue  # its restarts crashed: refused, or backing off like any load
-            log.warning("the %s/%s index process died; restarting it from the local cache", component.kind, component.version)
+            log.warning(
+                "the %s/%s index process died; restarting it from the local cache", component.kind, component.version
+            )
             self.metrics.searcher_restarts.labels(component.kind).inc()
             started = time.perf_counter()
             try:
@@ -288,8 +302,9 @@ class Reloader:
                 continue
             self.metrics.last_reload_seconds.labels(component.kind).set(time.perf_counter() - started)
             self.load_failures.pop((component.kind, component.version), None)
-            components[component.kind] = Component(component.kind, component.version, component.model_version,
-                                                   component.served_since, value)  # fmt: skip
+            components[component.kind] = Component(
+                component.kind, component.version, component.model_version, component.served_since, value
+            )
         if all(components[c.kind] is c for c in dead):
             return False
         self._swap(components, restamp=False)
@@ -299,8 +314,12 @@ class Reloader:
         current = self._state
         missing = [kind for kind in REQUIRED_KINDS if latest[kind] is None]
         if missing:
-            why = "; ".join(f"{k}/LATEST unreadable: {self.pointer_errors[k]}" for k in missing if k in self.pointer_errors)
-            return self._outcome("empty", f"nothing published yet for {', '.join(missing)}" + (f" ({why})" if why else ""))
+            why = "; ".join(
+                f"{k}/LATEST unreadable: {self.pointer_errors[k]}" for k in missing if k in self.pointer_errors
+            )
+            return self._outcome(
+                "empty", f"nothing published yet for {', '.join(missing)}" + (f" ({why})" if why else "")
+            )
 
         # Decide on the model version from the manifests alone, before loading anything big.
         try:
@@ -315,9 +334,11 @@ class Reloader:
         model = models[STORY_INDEX]
         if models[STORY_INDEX] != models[USER_EMBEDDINGS]:
             self.metrics.waiting_for_pair.set(1)
-            waiting = (f"newest story index {latest[STORY_INDEX]} is from model {models[STORY_INDEX]!r} but newest "
-                       f"user embeddings {latest[USER_EMBEDDINGS]} are from {models[USER_EMBEDDINGS]!r}; "
-                       "serving the previous pair until both sides match")  # fmt: skip
+            waiting = (
+                f"newest story index {latest[STORY_INDEX]} is from model {models[STORY_INDEX]!r} but newest "
+                f"user embeddings {latest[USER_EMBEDDINGS]} are from {models[USER_EMBEDDINGS]!r}; "
+                "serving the previous pair until both sides match"
+            )
             if current is not None:
                 # Keep the served pair; its model's optional indexes still follow their LATEST.
                 pair, model = {kind: current.components[kind].version for kind in REQUIRED_KINDS}, current.model_version
@@ -326,7 +347,9 @@ class Reloader:
                 if found is None:
                     return self._outcome("waiting", waiting + " (no consistent pair in HISTORY.jsonl either)")
                 pair, model = found
-                waiting += f"; started during the rollout: serving the newest consistent pair in HISTORY.jsonl, model {model}"
+                waiting += (
+                    f"; started during the rollout: serving the newest consistent pair in HISTORY.jsonl, model {model}"
+                )
         else:
             self.metrics.waiting_for_pair.set(0)
         action = "waiting" if waiting else "swapped"
@@ -338,7 +361,9 @@ class Reloader:
             if isinstance(component, str):
                 old = current.components.get(kind) if current else None
                 if old is None or old.model_version != model:
-                    return self._outcome("waiting" if waiting else "failed", "; ".join([*notes, component]), level=logging.ERROR)
+                    return self._outcome(
+                        "waiting" if waiting else "failed", "; ".join([*notes, component]), level=logging.ERROR
+                    )
                 # The served version of this side is still consistent with the other side's
                 # newest one (same model): keep it, so a bad user snapshot does not hold
                 # back a good index refresh (or the reverse).
@@ -348,8 +373,10 @@ class Reloader:
         stories, users = components[STORY_INDEX], components[USER_EMBEDDINGS]
         if stories.value.dim != users.value.dim:
             # Blame whichever side is new (both, if both are): the served side was fine.
-            reason = (f"dimension mismatch: {STORY_INDEX}/{stories.version} has {stories.value.dim}-d vectors, "
-                      f"{USER_EMBEDDINGS}/{users.version} {users.value.dim}-d")  # fmt: skip
+            reason = (
+                f"dimension mismatch: {STORY_INDEX}/{stories.version} has {stories.value.dim}-d vectors, "
+                f"{USER_EMBEDDINGS}/{users.version} {users.value.dim}-d"
+            )
             for component in (stories, users):
                 if current is None or current.components.get(component.kind) is not component:
                     self._reject(component.kind, component.version, reason)
@@ -371,14 +398,19 @@ class Reloader:
             components[kind] = component
         check_consistent(components)  # guaranteed by the checks above; a bug if not
 
-        if current is not None and components.keys() == current.components.keys() and all(
-            c is current.components[k] for k, c in components.items()
+        if (
+            current is not None
+            and components.keys() == current.components.keys()
+            and all(c is current.components[k] for k, c in components.items())
         ):
-            return self._outcome(action if waiting else "unchanged", "; ".join(notes) or "serving the newest consistent set")
+            return self._outcome(
+                action if waiting else "unchanged", "; ".join(notes) or "serving the newest consistent set"
+            )
         self._swap(components)  # logs the versions and their counts
         detail = f"serving model {model}: " + ", ".join(f"{k}/{c.version}" for k, c in sorted(components.items()))
-        return self._outcome(action, detail + ("; " + "; ".join(notes) if notes else ""),
-                             level=logging.INFO if notes else logging.DEBUG)  # fmt: skip
+        return self._outcome(
+            action, detail + ("; " + "; ".join(notes) if notes else ""), level=logging.INFO if notes else logging.DEBUG
+        )
 
     def _newest_consistent_pair(self) -> tuple[dict[str, str], str] | None:
         """The newest (story index, user embeddings) pair of one model that LATEST has named.
@@ -438,14 +470,18 @@ class Reloader:
         failures = self.load_failures.get((kind, version))
         if failures is not None and time.monotonic() < failures.next_attempt_at:
             self._retry = True
-            return (f"{kind}/{version} failed to load {failures.failures} time(s), last: {failures.last_error}; "
-                    f"next attempt in {failures.next_attempt_at - time.monotonic():.1f} s")  # fmt: skip
+            return (
+                f"{kind}/{version} failed to load {failures.failures} time(s), last: {failures.last_error}; "
+                f"next attempt in {failures.next_attempt_at - time.monotonic():.1f} s"
+            )
         try:
             model_of_version = self._model_of(kind, version)
             if model_of_version != model:
                 # Not an error of the version: its collection has not caught up with the pair.
-                return (f"{kind}/{version} is from model {model_of_version!r}, the served pair from "
-                        f"{model!r}; not served until a matching version is published")  # fmt: skip
+                return (
+                    f"{kind}/{version} is from model {model_of_version!r}, the served pair from "
+                    f"{model!r}; not served until a matching version is published"
+                )
             started = time.perf_counter()
             value = self._load(kind, version)
             if value.model_version != model:
@@ -481,15 +517,24 @@ class Reloader:
         error = f"{type(err).__name__}: {err}"
         if count >= self.max_load_crashes:
             self.load_failures.pop((kind, version), None)
-            reason = (f"its load crashed {count} times (serving.max_load_crashes={self.max_load_crashes}), last: {error}; "
-                      "not tried again until the service restarts: publish a rebuilt version or roll back")  # fmt: skip
+            reason = (
+                f"its load crashed {count} times (serving.max_load_crashes={self.max_load_crashes}), last: {error}; "
+                "not tried again until the service restarts: publish a rebuilt version or roll back"
+            )
             self._refuse(kind, version, reason, cause="crashes", attempts=count)
             return f"{kind}/{version} refused: {reason}"
         delay = min(self.load_retry_backoff_max_s, self.load_retry_backoff_s * 2 ** (count - 1))
         self.load_failures[(kind, version)] = LoadFailures(kind, version, count, error, time.monotonic() + delay)
         self._retry = True
-        log.warning("loading %s/%s failed (%d of %d crashes allowed: %s); next attempt in %.1f s",
-                    kind, version, count, self.max_load_crashes, error, delay)  # fmt: skip
+        log.warning(
+            "loading %s/%s failed (%d of %d crashes allowed: %s); next attempt in %.1f s",
+            kind,
+            version,
+            count,
+            self.max_load_crashes,
+            error,
+            delay,
+        )
         return f"{kind}/{version} failed to load ({error}); attempt {count} of {self.max_load_crashes}, next in {delay:.1f} s"
 
     def _model_of(self, kind: str, version: str) -> str:
@@ -521,7 +566,9 @@ class Reloader:
         # Nothing served yet: no request to protect, so no reason to load at a lower priority.
         return self._open(kind, directory, load_nice=0 if self._state is None else None)
 
-    def _open(self, kind: str, directory: Path, load_nice: int | None = None) -> LoadedIndex | IndexProcess | UserEmbeddings:
+    def _open(
+        self, kind: str, directory: Path, load_nice: int | None = None
+    ) -> LoadedIndex | IndexProcess | UserEmbeddings:
         if kind == USER_EMBEDDINGS:
             return load_user_embeddings(directory)
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
@@ -550,10 +597,11 @@ class Reloader:
         old = self._state
         since = now_iso()
         stamped = {
-            kind: c if (not restamp or (old is not None and old.components.get(kind) is c))
+            kind: c
+            if (not restamp or (old is not None and old.components.get(kind) is c))
             else Component(c.kind, c.version, c.model_version, since, c.value)
             for kind, c in components.items()
-        }  # fmt: skip
+        }
         for kind, c in stamped.items():
             if c is not components[kind]:  # newly stamped: a version this swap brings in
                 self.metrics.reloads.labels(kind, "success").inc()
@@ -562,8 +610,13 @@ class Reloader:
         self._state = new  # the swap: one reference assignment, atomic under the GIL
         if restamp:
             served = ", ".join(f"{kind}/{c.version} ({c.count:,})" for kind, c in sorted(stamped.items()))
-            log.info("%s state %d, model %s: %s", "ready: serving" if old is None else "swapped in",
-                     new.generation, new.model_version, served)  # fmt: skip
+            log.info(
+                "%s state %d, model %s: %s",
+                "ready: serving" if old is None else "swapped in",
+                new.generation,
+                new.model_version,
+                served,
+            )
         self.metrics.swaps.inc()
         self.metrics.ready.set(1)
         self.metrics.show_served({k: (c.version, c.model_version, c.count, c.memory_bytes) for k, c in stamped.items()})

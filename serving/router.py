@@ -67,31 +67,51 @@ KEEP_USER_SNAPSHOTS = 2
 class RouterMetrics:
     """Prometheus metrics of the router, in a registry of its own.
 
-        ebr_router_requests_total{endpoint,status}, ebr_router_request_seconds{endpoint}
-        ebr_router_shard_attempts_total{shard,result}   ok / error / timeout / wrong_version
-        ebr_router_hedges_total{shard}                  attempts started because one was slow
-        ebr_router_coverage                             histogram of the answers' coverage
-        ebr_router_fanout_overhead_seconds              fan-out + merge minus the slowest shard
-        ebr_router_pinned_info{collection,version,model_version}
-        ebr_router_replica_healthy{shard,replica}
-        ebr_router_switches_total{collection}
+    ebr_router_requests_total{endpoint,status}, ebr_router_request_seconds{endpoint}
+    ebr_router_shard_attempts_total{shard,result}   ok / error / timeout / wrong_version
+    ebr_router_hedges_total{shard}                  attempts started because one was slow
+    ebr_router_coverage                             histogram of the answers' coverage
+    ebr_router_fanout_overhead_seconds              fan-out + merge minus the slowest shard
+    ebr_router_pinned_info{collection,version,model_version}
+    ebr_router_replica_healthy{shard,replica}
+    ebr_router_switches_total{collection}
     """
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("ebr_router_requests", "Requests answered", ["endpoint", "status"], registry=r)
-        self.latency = Histogram("ebr_router_request_seconds", "Request latency inside the router", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.attempts = Counter("ebr_router_shard_attempts", "Requests to shard replicas", ["shard", "result"], registry=r)
+        self.latency = Histogram(
+            "ebr_router_request_seconds",
+            "Request latency inside the router",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "ebr_router_shard_attempts", "Requests to shard replicas", ["shard", "result"], registry=r
+        )
         self.hedges = Counter("ebr_router_hedges", "Hedged attempts (a replica was slow)", ["shard"], registry=r)
-        self.coverage = Histogram("ebr_router_coverage", "Share of shards in an answer", buckets=(0.25, 0.5, 0.75, 0.99, 1.0),
-                                  registry=r)  # fmt: skip
-        self.overhead = Histogram("ebr_router_fanout_overhead_seconds", "Fan-out and merge time beyond the slowest shard",
-                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.pinned = Gauge("ebr_router_pinned_info", "The pinned shard-set versions (value 1)",
-                            ["collection", "version", "model_version"], registry=r)  # fmt: skip
-        self.healthy = Gauge("ebr_router_replica_healthy", "1 while the replica passes its health check",
-                             ["shard", "replica"], registry=r)  # fmt: skip
+        self.coverage = Histogram(
+            "ebr_router_coverage", "Share of shards in an answer", buckets=(0.25, 0.5, 0.75, 0.99, 1.0), registry=r
+        )
+        self.overhead = Histogram(
+            "ebr_router_fanout_overhead_seconds",
+            "Fan-out and merge time beyond the slowest shard",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pinned = Gauge(
+            "ebr_router_pinned_info",
+            "The pinned shard-set versions (value 1)",
+            ["collection", "version", "model_version"],
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "ebr_router_replica_healthy",
+            "1 while the replica passes its health check",
+            ["shard", "replica"],
+            registry=r,
+        )
         self.switches = Counter("ebr_router_switches", "Moves of a pinned version", ["collection"], registry=r)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -120,9 +140,15 @@ class Replica:
         return self.healthy and version in self.held.get(collection, ())
 
     def describe(self) -> dict:
-        return {"url": self.url, "shard": self.shard, "healthy": self.healthy, "reason": self.reason,
-                "held": {c: sorted(v) for c, v in self.held.items()}, "current": dict(self.current),
-                "checked_at": self.checked_at}  # fmt: skip
+        return {
+            "url": self.url,
+            "shard": self.shard,
+            "healthy": self.healthy,
+            "reason": self.reason,
+            "held": {c: sorted(v) for c, v in self.held.items()},
+            "current": dict(self.current),
+            "checked_at": self.checked_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -158,14 +184,22 @@ class ShardAnswer:
 class Router:
     """Holds the replica health, the pins and the user snapshots; fans requests out."""
 
-    def __init__(self, cfg: EbrConfig, metrics: RouterMetrics | None = None, *, poll_interval_s: float | None = None,
-                 name: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: EbrConfig,
+        metrics: RouterMetrics | None = None,
+        *,
+        poll_interval_s: float | None = None,
+        name: str | None = None,
+    ):
         self.cfg = cfg
         self.name = name or cfg.router.model_name
         self.rcfg = cfg.router
         if not self.rcfg.replicas:
-            raise ValueError("router.replicas is empty: give one list of shard-server URLs per shard, e.g. "
-                             "--set 'router.replicas=[[\"http://127.0.0.1:8101\"],[\"http://127.0.0.1:8102\"]]'")  # fmt: skip
+            raise ValueError(
+                "router.replicas is empty: give one list of shard-server URLs per shard, e.g. "
+                '--set \'router.replicas=[["http://127.0.0.1:8101"],["http://127.0.0.1:8102"]]\''
+            )
         self.shards = len(self.rcfg.replicas)
         self.metrics = metrics or RouterMetrics()
         self.store = ArtifactStore.from_config(cfg)
@@ -198,8 +232,10 @@ class Router:
     async def start(self) -> None:
         import httpx
 
-        limits = httpx.Limits(max_connections=self.rcfg.max_connections * sum(map(len, self.replicas)),
-                              max_keepalive_connections=self.rcfg.max_connections * sum(map(len, self.replicas)))  # fmt: skip
+        limits = httpx.Limits(
+            max_connections=self.rcfg.max_connections * sum(map(len, self.replicas)),
+            max_keepalive_connections=self.rcfg.max_connections * sum(map(len, self.replicas)),
+        )
         headers = {"content-type": "application/json"}
         if self.cfg.serving.token:
             headers["authorization"] = f"Bearer {self.cfg.serving.token}"
@@ -210,8 +246,10 @@ class Router:
 
             self._redis = redis.asyncio.Redis.from_url(self.rcfg.redis_url, socket_timeout=self.rcfg.deadline_ms / 1000)
             self._redis_sync = redis.Redis.from_url(self.rcfg.redis_url, socket_timeout=self.rcfg.health_timeout_s)
-        self._tasks = [asyncio.create_task(self._health_loop(), name="ebr-router-health"),
-                       asyncio.create_task(self._store_loop(), name="ebr-router-store")]  # fmt: skip
+        self._tasks = [
+            asyncio.create_task(self._health_loop(), name="ebr-router-health"),
+            asyncio.create_task(self._store_loop(), name="ebr-router-store"),
+        ]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -255,16 +293,30 @@ class Router:
             if body is None:
                 raise RuntimeError(f"HTTP {response.status_code}")
             if (body.get("shard"), body.get("shards")) != (replica.shard, self.shards):
-                raise RuntimeError(f"it serves shard {body.get('shard')} of {body.get('shards')}, but router.replicas "
-                                   f"lists it under shard {replica.shard} of {self.shards}")  # fmt: skip
+                raise RuntimeError(
+                    f"it serves shard {body.get('shard')} of {body.get('shards')}, but router.replicas "
+                    f"lists it under shard {replica.shard} of {self.shards}"
+                )
             collections = body.get("collections", {})
-            replica.held = {c: frozenset(v["version"] for v in info["versions"] if v.get("alive", True))
-                            for c, info in collections.items()}  # fmt: skip
+            replica.held = {
+                c: frozenset(v["version"] for v in info["versions"] if v.get("alive", True))
+                for c, info in collections.items()
+            }
             replica.current = {c: info["current"] for c, info in collections.items()}
-            replica.versions = {c: {v["version"]: (int(v.get("sequence", 0)), v.get("model_version", ""), int(v.get("dim", 0)),
-                                                   int(v.get("count", 0)), int(v.get("memory_bytes", 0)))
-                                    for v in info["versions"] if v.get("alive", True)}
-                                for c, info in collections.items()}  # fmt: skip
+            replica.versions = {
+                c: {
+                    v["version"]: (
+                        int(v.get("sequence", 0)),
+                        v.get("model_version", ""),
+                        int(v.get("dim", 0)),
+                        int(v.get("count", 0)),
+                        int(v.get("memory_bytes", 0)),
+                    )
+                    for v in info["versions"]
+                    if v.get("alive", True)
+                }
+                for c, info in collections.items()
+            }
             replica.healthy, replica.reason = True, "ok"
         except Exception as err:  # noqa: BLE001 - any failure makes the replica unhealthy
             if replica.healthy:
@@ -283,10 +335,15 @@ class Router:
                 continue
             manifest = kind.manifest(version)
             # Replaced, never mutated: decide() reads these on the event loop meanwhile.
-            self.latest = {**self.latest, collection: {
-                "version": version, "model_version": manifest.parents.get("model_version", ""),
-                "shards": shard_count(manifest), "dim": int(manifest.params.get("dim", 0)),
-            }}  # fmt: skip
+            self.latest = {
+                **self.latest,
+                collection: {
+                    "version": version,
+                    "model_version": manifest.parents.get("model_version", ""),
+                    "shards": shard_count(manifest),
+                    "dim": int(manifest.params.get("dim", 0)),
+                },
+            }
         users_kind = self.store.kind(USER_EMBEDDINGS)
         version = users_kind.latest()
         if version is not None and version not in self.users:
@@ -304,15 +361,21 @@ class Router:
         """Uses a user snapshot from Redis once its meta (written last) is there."""
         meta = snapshot_meta(self._redis_sync, version, prefix=self.rcfg.redis_prefix)
         if meta is None:
-            self.users_note = (f"embeddings/users/{version} is not in the Redis profile store {self.rcfg.redis_url} yet "
-                               f"(no {meta_key(self.rcfg.redis_prefix, version)}); load it with `ebr profiles load`")  # fmt: skip
+            self.users_note = (
+                f"embeddings/users/{version} is not in the Redis profile store {self.rcfg.redis_url} yet "
+                f"(no {meta_key(self.rcfg.redis_prefix, version)}); load it with `ebr profiles load`"
+            )
             return
         if meta["model_version"] != model:
-            self.users_note = (f"Redis holds embeddings/users/{version} of model {meta['model_version']!r}, its manifest "
-                               f"says {model!r}: not used; load it again")  # fmt: skip
+            self.users_note = (
+                f"Redis holds embeddings/users/{version} of model {meta['model_version']!r}, its manifest "
+                f"says {model!r}: not used; load it again"
+            )
             return
-        self.users = {**self.users, version: RedisUsers(version, model, meta["dim"], meta["count"],
-                                                        self.rcfg.redis_prefix, self._redis)}  # fmt: skip
+        self.users = {
+            **self.users,
+            version: RedisUsers(version, model, meta["dim"], meta["count"], self.rcfg.redis_prefix, self._redis),
+        }
         log.info("router: user embeddings %s in Redis (%d users)", version, meta["count"])
 
     def decide(self) -> None:
@@ -327,29 +390,43 @@ class Router:
                 self.notes.pop(collection, None)
                 continue
             if latest["shards"] != self.shards:
-                self.notes[collection] = (f"indexes/{collection}/{version} is a set of {latest['shards']} shard(s), but "
-                                          f"router.replicas lists {self.shards}: not served; publish a set built with "
-                                          f"index.shards={self.shards} or change router.replicas")  # fmt: skip
+                self.notes[collection] = (
+                    f"indexes/{collection}/{version} is a set of {latest['shards']} shard(s), but "
+                    f"router.replicas lists {self.shards}: not served; publish a set built with "
+                    f"index.shards={self.shards} or change router.replicas"
+                )
                 if (collection, version) not in self.refused:
                     log.error("router: %s", self.notes[collection])
                     self.refused[(collection, version)] = self.notes[collection]
                 continue
             lagging = [s for s in range(self.shards) if not any(r.holds(collection, version) for r in self.replicas[s])]
             if lagging:
-                fallback = None if pinned is not None and self._covered(collection, pinned.version) else self._common_set(collection)
+                fallback = (
+                    None
+                    if pinned is not None and self._covered(collection, pinned.version)
+                    else self._common_set(collection)
+                )
                 if fallback is not None and (pinned is None or fallback.version != pinned.version):
                     # Nothing pinned yet (a router started during a rollout), or the pinned set is
                     # no longer held by every shard: the newest set every shard still holds.
                     pins[collection] = fallback
                     self.metrics.switches.labels(collection).inc()
-                    log.info("router: %s answers from %s, the newest set every shard holds, until %s is", collection,
-                             fallback.version, version)  # fmt: skip
+                    log.info(
+                        "router: %s answers from %s, the newest set every shard holds, until %s is",
+                        collection,
+                        fallback.version,
+                        version,
+                    )
                     pinned = fallback
-                self.notes[collection] = (f"indexes/{collection}/{version} is not yet held by a healthy replica of shard(s) "
-                                          f"{lagging}; answering from {pinned.version if pinned else 'nothing'}")  # fmt: skip
+                self.notes[collection] = (
+                    f"indexes/{collection}/{version} is not yet held by a healthy replica of shard(s) "
+                    f"{lagging}; answering from {pinned.version if pinned else 'nothing'}"
+                )
                 continue
             if collection == "stories" and self._users_for(model) is None:
-                self.notes[collection] = f"no user embeddings of model {model!r} loaded yet for indexes/stories/{version}"
+                self.notes[collection] = (
+                    f"no user embeddings of model {model!r} loaded yet for indexes/stories/{version}"
+                )
                 continue
             pins[collection] = Pin(collection, version, model, latest["dim"], now_iso())
             self.notes.pop(collection, None)
@@ -434,7 +511,9 @@ class Router:
                     replica = pending.pop(task)
                     result = task.result()
                     if isinstance(result, tuple):
-                        return ShardAnswer(shard, result[0], result[1], replica.url, tried, time.perf_counter() - started)
+                        return ShardAnswer(
+                            shard, result[0], result[1], replica.url, tried, time.perf_counter() - started
+                        )
                     self.metrics.attempts.labels(str(shard), result).inc()
                 if not pending and tried < len(candidates):
                     launch()
@@ -450,8 +529,9 @@ class Router:
         import httpx
 
         try:
-            response = await self._http.post(f"{replica.url}{path}", content=payload,
-                                             timeout=max(0.001, deadline - time.monotonic()))  # fmt: skip
+            response = await self._http.post(
+                f"{replica.url}{path}", content=payload, timeout=max(0.001, deadline - time.monotonic())
+            )
         except httpx.TimeoutException:
             return "timeout"
         except httpx.HTTPError as err:
@@ -476,7 +556,9 @@ class Router:
         body = {"embedding": query.tolist(), "k": k, "exclude": exclude, "version": pin.version}
         path = f"/v1/search/{pin.collection}"
         started = time.perf_counter()
-        answers = await asyncio.gather(*(self.ask_shard(s, path, body, pin.version, deadline) for s in range(self.shards)))
+        answers = await asyncio.gather(
+            *(self.ask_shard(s, path, body, pin.version, deadline) for s in range(self.shards))
+        )
         got = [a for a in answers if a is not None]
         merged = merge_top_k([[(i, s) for i, s in a.payload["items"]] for a in got], k)
         if got:
@@ -486,18 +568,25 @@ class Router:
         return {
             "items": [{"id": item_id, "score": score} for item_id, score in merged],
             "coverage": coverage,
-            "shards": [{"shard": a.shard, "version": a.payload["version"], "replica": a.replica, "attempts": a.attempts}
-                       for a in got],
+            "shards": [
+                {"shard": a.shard, "version": a.payload["version"], "replica": a.replica, "attempts": a.attempts}
+                for a in got
+            ],
             "missing_shards": [s for s, a in enumerate(answers) if a is None],
-        }  # fmt: skip
+        }
 
     async def stored_vector(self, pin: Pin, item_id: str, deadline: float) -> np.ndarray | None:
         shard = shard_of(item_id, self.shards)
-        answer = await self.ask_shard(shard, f"/v1/vector/{pin.collection}", {"id": item_id, "version": pin.version},
-                                      pin.version, deadline)  # fmt: skip
+        answer = await self.ask_shard(
+            shard, f"/v1/vector/{pin.collection}", {"id": item_id, "version": pin.version}, pin.version, deadline
+        )
         if answer is None:
-            raise ApiError(503, "shard_unavailable", f"shard {shard} (which holds {item_id!r}) did not answer within "
-                           f"router.deadline_ms={self.rcfg.deadline_ms:g}")  # fmt: skip
+            raise ApiError(
+                503,
+                "shard_unavailable",
+                f"shard {shard} (which holds {item_id!r}) did not answer within "
+                f"router.deadline_ms={self.rcfg.deadline_ms:g}",
+            )
         if answer.status == 404:
             return None
         return np.asarray(answer.payload["vector"], dtype=np.float32)
@@ -511,25 +600,35 @@ class Router:
             "shards": self.shards,
             "generation": state.generation,
             "pinned": {c: vars(p) for c, p in state.pins.items()},
-            "user_embeddings": None if state.users is None else {"version": state.users.version,
-                                                                 "model_version": state.users.model_version,
-                                                                 "count": state.users.count},
+            "user_embeddings": None
+            if state.users is None
+            else {
+                "version": state.users.version,
+                "model_version": state.users.model_version,
+                "count": state.users.count,
+            },
             "latest": dict(self.latest),
             "user_embeddings_latest": self.users_latest,
             "user_store": self.rcfg.user_store,
             "user_embeddings_note": self.users_note,
             "waiting": dict(self.notes),
-            "refused": [{"kind": INDEX_KINDS[c], "collection": c, "version": v, "reason": r, "at": None}
-                        for (c, v), r in self.refused.items()],
+            "refused": [
+                {"kind": INDEX_KINDS[c], "collection": c, "version": v, "reason": r, "at": None}
+                for (c, v), r in self.refused.items()
+            ],
             # The single service's fields, so its clients (`ebr query versions`) read a router too.
             "served": self._served(state),
             "last_poll_at": self.last_poll_at,
-            "seconds_since_last_successful_poll": -1.0 if self._last_poll_ok is None else time.monotonic() - self._last_poll_ok,
-            "last_reload": {"action": "waiting" if self.notes else ("swapped" if state.pins else "empty"),
-                            "detail": "; ".join(self.notes.values()) or (self.ready_reason() or "serving the newest sets")},
+            "seconds_since_last_successful_poll": -1.0
+            if self._last_poll_ok is None
+            else time.monotonic() - self._last_poll_ok,
+            "last_reload": {
+                "action": "waiting" if self.notes else ("swapped" if state.pins else "empty"),
+                "detail": "; ".join(self.notes.values()) or (self.ready_reason() or "serving the newest sets"),
+            },
             "store_error": self.store_error,
             "replicas": [[r.describe() for r in replicas] for replicas in self.replicas],
-        }  # fmt: skip
+        }
 
     def _served(self, state: RouterState) -> dict | None:
         """The pinned sets and user embeddings in the shape of the single service's `served`."""
@@ -540,20 +639,42 @@ class Router:
         for collection, pin in state.pins.items():
             count = memory = 0
             for replicas in self.replicas:  # one healthy replica per shard reports its part
-                held = next((r.versions[collection][pin.version] for r in replicas
-                             if r.healthy and pin.version in r.versions.get(collection, {})), None)  # fmt: skip
+                held = next(
+                    (
+                        r.versions[collection][pin.version]
+                        for r in replicas
+                        if r.healthy and pin.version in r.versions.get(collection, {})
+                    ),
+                    None,
+                )
                 if held is not None:
                     count, memory = count + held[3], memory + held[4]
-            components[INDEX_KINDS[collection]] = {"version": pin.version, "model_version": pin.model_version,
-                                                   "served_since": pin.since, "count": count, "dim": pin.dim,
-                                                   "memory_bytes": memory, "shards": self.shards}  # fmt: skip
+            components[INDEX_KINDS[collection]] = {
+                "version": pin.version,
+                "model_version": pin.model_version,
+                "served_since": pin.since,
+                "count": count,
+                "dim": pin.dim,
+                "memory_bytes": memory,
+                "shards": self.shards,
+            }
         users = state.users
         if users is not None:
-            components[USER_EMBEDDINGS] = {"version": users.version, "model_version": users.model_version,
-                                           "served_since": stories.since, "count": int(users.count), "dim": int(users.dim),
-                                           "memory_bytes": int(getattr(users, "memory_bytes", 0))}  # fmt: skip
-        return {"generation": state.generation, "model_version": stories.model_version, "dim": stories.dim,
-                "since": stories.since, "components": components}
+            components[USER_EMBEDDINGS] = {
+                "version": users.version,
+                "model_version": users.model_version,
+                "served_since": stories.since,
+                "count": int(users.count),
+                "dim": int(users.dim),
+                "memory_bytes": int(getattr(users, "memory_bytes", 0)),
+            }
+        return {
+            "generation": state.generation,
+            "model_version": stories.model_version,
+            "dim": stories.dim,
+            "since": stories.since,
+            "components": components,
+        }
 
     def ready_reason(self) -> str | None:
         """Why the router cannot answer /v1/retrieve/stories now (None: it can)."""
@@ -562,11 +683,15 @@ class Router:
         if pin is None:
             return self.notes.get("stories") or "no story shard set is held by a healthy replica of every shard yet"
         if state.users is None:
-            return f"no user embeddings of model {pin.model_version!r} loaded" + (f" ({self.users_note})" if self.users_note else "")
+            return f"no user embeddings of model {pin.model_version!r} loaded" + (
+                f" ({self.users_note})" if self.users_note else ""
+            )
         up = sum(1 for replicas in self.replicas if any(r.holds("stories", pin.version) for r in replicas))
         if up / self.shards < self.cfg.serving.min_coverage:
-            return (f"only {up} of {self.shards} shards have a healthy replica holding {pin.version} "
-                    f"(serving.min_coverage={self.cfg.serving.min_coverage:g})")  # fmt: skip
+            return (
+                f"only {up} of {self.shards} shards have a healthy replica holding {pin.version} "
+                f"(serving.min_coverage={self.cfg.serving.min_coverage:g})"
+            )
         return None
 
 
@@ -597,9 +722,13 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
             for router in routers.values():
                 await router.close()
 
-    app = FastAPI(title="EBR retrieval router", version="1", lifespan=lifespan,
-                  description="The retrieval API over shard servers: one shard-set generation per answer, merged "
-                  "top-K, `coverage` = the share of shards that answered.")  # fmt: skip
+    app = FastAPI(
+        title="EBR retrieval router",
+        version="1",
+        lifespan=lifespan,
+        description="The retrieval API over shard servers: one shard-set generation per answer, merged "
+        "top-K, `coverage` = the share of shards that answered.",
+    )
     app.state.request_read_timeout_s = serving.request_read_timeout_s
 
     add_error_handlers(app, validation_details=False)
@@ -614,22 +743,31 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
         reason = router.ready_reason()
         state = router.state
         pin = state.pins.get("stories")
-        body = {"ready": reason is None, "model": router.name, "generation": state.generation,
-                "model_version": pin.model_version if pin else None}  # fmt: skip
+        body = {
+            "ready": reason is None,
+            "model": router.name,
+            "generation": state.generation,
+            "model_version": pin.model_version if pin else None,
+        }
         if reason is not None:
             body["reason"] = reason
         return json_response(body, 200 if reason is None else 503)
 
     @app.get("/v1/versions", summary="pinned shard sets, LATEST, user embeddings, replica health")
     async def versions(model: str | None = None) -> Response:
-        return json_response({**router_of(model).describe(), "models": {name: r.describe() for name, r in routers.items()}})
+        return json_response(
+            {**router_of(model).describe(), "models": {name: r.describe() for name, r in routers.items()}}
+        )
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/retrieve/{collection}", response_model=RetrieveResponse,
-              summary="top-K of a collection for a user id or an embedding, merged over every shard")  # fmt: skip
+    @app.post(
+        "/v1/retrieve/{collection}",
+        response_model=RetrieveResponse,
+        summary="top-K of a collection for a user id or an embedding, merged over every shard",
+    )
     async def retrieve(collection: str, body: RetrieveRequest, model: str | None = None) -> Response:
         router = router_of(model)
         deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
@@ -641,19 +779,29 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
         users = state.users
         if body.user_id is not None:
             if users is None or users.model_version != pin.model_version:
-                raise ApiError(503, "not_ready", f"no user embeddings of model {pin.model_version!r} are loaded for "
-                               f"{collection} {pin.version}")  # fmt: skip
+                raise ApiError(
+                    503,
+                    "not_ready",
+                    f"no user embeddings of model {pin.model_version!r} are loaded for {collection} {pin.version}",
+                )
             query = await _user_vector(users, body.user_id)
             if query is None:
-                raise ApiError(404, "unknown_user", f"user {body.user_id!r} is not in the served user embeddings "
-                               f"({users.version}, model {users.model_version})")  # fmt: skip
+                raise ApiError(
+                    404,
+                    "unknown_user",
+                    f"user {body.user_id!r} is not in the served user embeddings "
+                    f"({users.version}, model {users.model_version})",
+                )
         else:
             query = _checked_embedding(body.embedding, pin.dim)
         answer = await router.search(pin, query, k, body.exclude, deadline)
         return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
 
-    @app.post("/v1/similar/{collection}", response_model=RetrieveResponse,
-              summary="items closest to one item (the item itself excluded), merged over every shard")  # fmt: skip
+    @app.post(
+        "/v1/similar/{collection}",
+        response_model=RetrieveResponse,
+        summary="items closest to one item (the item itself excluded), merged over every shard",
+    )
     async def similar(collection: str, body: SimilarRequest, model: str | None = None) -> Response:
         router = router_of(model)
         deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
@@ -678,13 +826,18 @@ async def _user_vector(users: UserEmbeddings | RedisUsers, user_id: str) -> np.n
     try:
         return await users.lookup(user_id)
     except RedisError as err:
-        raise ApiError(503, "user_store_unavailable", f"the Redis profile store did not answer ({type(err).__name__}: "
-                       f"{err}); retry shortly") from None  # fmt: skip
+        raise ApiError(
+            503,
+            "user_store_unavailable",
+            f"the Redis profile store did not answer ({type(err).__name__}: {err}); retry shortly",
+        ) from None
 
 
 def _pin_of(state: RouterState, collection: str, router: Router) -> Pin:
     if collection not in INDEX_KINDS:
-        raise ApiError(404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}")
+        raise ApiError(
+            404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}"
+        )
     pin = state.pins.get(collection)
     if pin is None:
         why = router.notes.get(collection) or f"no {collection} shard set is published or held by every shard yet"
@@ -692,20 +845,35 @@ def _pin_of(state: RouterState, collection: str, router: Router) -> Pin:
     return pin
 
 
-def _respond(router: Router, state: RouterState, pin: Pin, collection: str, k: int, answer: dict,
-             min_coverage: float) -> Response:  # fmt: skip
+def _respond(
+    router: Router, state: RouterState, pin: Pin, collection: str, k: int, answer: dict, min_coverage: float
+) -> Response:
     if answer["coverage"] < min_coverage or not answer["shards"]:
-        raise ApiError(503, "insufficient_coverage",
-                       f"{len(answer['shards'])} of {len(answer['shards']) + len(answer['missing_shards'])} shards answered "
-                       f"(shards {answer['missing_shards']} did not, within the deadline), below serving.min_coverage="
-                       f"{min_coverage:g}")  # fmt: skip
+        raise ApiError(
+            503,
+            "insufficient_coverage",
+            f"{len(answer['shards'])} of {len(answer['shards']) + len(answer['missing_shards'])} shards answered "
+            f"(shards {answer['missing_shards']} did not, within the deadline), below serving.min_coverage="
+            f"{min_coverage:g}",
+        )
     users = state.users
-    return json_response({
-        "collection": collection, "k": k, "model": router.name, "items": answer["items"], "coverage": answer["coverage"],
-        "served": {"generation": state.generation, "model_version": pin.model_version, "index_version": pin.version,
-                   "user_embeddings_version": users.version if users is not None else None},
-        "shards": answer["shards"], "missing_shards": answer["missing_shards"],
-    })  # fmt: skip
+    return json_response(
+        {
+            "collection": collection,
+            "k": k,
+            "model": router.name,
+            "items": answer["items"],
+            "coverage": answer["coverage"],
+            "served": {
+                "generation": state.generation,
+                "model_version": pin.model_version,
+                "index_version": pin.version,
+                "user_embeddings_version": users.version if users is not None else None,
+            },
+            "shards": answer["shards"],
+            "missing_shards": answer["missing_shards"],
+        }
+    )
 
 
 def build_router(cfg: EbrConfig, *, poll_interval_s: float | None = None) -> tuple[FastAPI, Router]:
@@ -717,8 +885,12 @@ def build_router(cfg: EbrConfig, *, poll_interval_s: float | None = None) -> tup
     metrics = RouterMetrics()
     routers = {cfg.router.model_name: Router(cfg, metrics, poll_interval_s=poll_interval_s)}
     for name, model in cfg.router.models.items():
-        own = cfg.model_copy(update={"root": model.root,
-                                     "router": cfg.router.model_copy(update={"replicas": model.replicas, "models": {}})})
+        own = cfg.model_copy(
+            update={
+                "root": model.root,
+                "router": cfg.router.model_copy(update={"replicas": model.replicas, "models": {}}),
+            }
+        )
         routers[name] = Router(own, metrics, poll_interval_s=poll_interval_s, name=name)
     app = create_router_app(cfg, routers)
     app.state.routers = routers

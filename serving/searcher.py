@@ -65,7 +65,10 @@ class IndexProcess:
     def __init__(self, directory: Path, collection: str, *, load_nice: int = 0):
         ours, theirs = _context().Pipe()
         self._process = _context().Process(
-            target=_serve_child, args=(theirs, str(directory), collection, load_nice), name=f"ebr-index-{collection}", daemon=True
+            target=_serve_child,
+            args=(theirs, str(directory), collection, load_nice),
+            name=f"ebr-index-{collection}",
+            daemon=True,
         )
         self._process.start()
         theirs.close()
@@ -81,7 +84,9 @@ class IndexProcess:
             code = self._process.exitcode
             self.close()
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            raise SearcherLoadError(f"{directory}: the index process crashed while loading ({how}; see its stderr)") from None
+            raise SearcherLoadError(
+                f"{directory}: the index process crashed while loading ({how}; see its stderr)"
+            ) from None
         if status != "ready":
             self.close()
             if payload["permanent"]:  # the version itself is bad: the same bytes fail the same way
@@ -106,7 +111,9 @@ class IndexProcess:
 
     def search(self, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:
         """As `LoadedIndex.search`: per query, up to k (id, inner product) pairs, best first."""
-        return _answer(self._channel.call(("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude))))
+        return _answer(
+            self._channel.call(("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude)))
+        )
 
     def vector(self, item_id: str) -> np.ndarray | None:
         return _answer(self._channel.call(("vector", item_id)))
@@ -114,7 +121,9 @@ class IndexProcess:
     def __contains__(self, item_id: str) -> bool:
         return _answer(self._channel.call(("contains", item_id)))
 
-    async def search_async(self, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:
+    async def search_async(
+        self, queries: np.ndarray, k: int, exclude: Collection[str] = ()
+    ) -> list[list[tuple[str, float]]]:
         """`search`, pipelined on the pipe from the running event loop."""
         request = ("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude))
         return _answer(await self._channel.call_async(request))
@@ -259,7 +268,9 @@ def _context():
         if _CONTEXT is None:
             context = multiprocessing.get_context("forkserver")
             # Everything the child imports, so a fork starts with it loaded.
-            context.set_forkserver_preload(["serving.searcher", "index_builder.loaded_index", "hnswlib", "pyarrow.parquet", "psutil"])
+            context.set_forkserver_preload(
+                ["serving.searcher", "index_builder.loaded_index", "hnswlib", "pyarrow.parquet", "psutil"]
+            )
             _CONTEXT = context
         return _CONTEXT
 
@@ -322,13 +333,28 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
         # A check that failed on the version's bytes is permanent; a MemoryError or a bug is
         # not the version's fault and is retried (counted, with backoff) by the reloader.
         permanent = isinstance(err, (CorruptArtifactError, ValueError))
-        connection.send(("error", {"permanent": permanent, "message": f"{type(err).__name__}: {err}" if not permanent else str(err)}))
+        connection.send(
+            (
+                "error",
+                {"permanent": permanent, "message": f"{type(err).__name__}: {err}" if not permanent else str(err)},
+            )
+        )
         return 1
-    connection.send(("ready", {
-        "collection": index.collection, "version": index.version, "model_version": index.model_version,
-        "dim": index.dim, "count": index.count, "ef": index.ef,
-        "memory_bytes": index.memory_bytes, "process_rss_bytes": psutil.Process().memory_info().rss,
-    }))  # fmt: skip
+    connection.send(
+        (
+            "ready",
+            {
+                "collection": index.collection,
+                "version": index.version,
+                "model_version": index.model_version,
+                "dim": index.dim,
+                "count": index.count,
+                "ef": index.ef,
+                "memory_bytes": index.memory_bytes,
+                "process_rss_bytes": psutil.Process().memory_info().rss,
+            },
+        )
+    )
     handlers = {
         "search": lambda queries, k, exclude: index.search(queries, k, exclude),
         "vector": index.vector,
@@ -348,4 +374,3 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
         except Exception as err:  # a bad request must not kill the index
             reply = ("error", f"{type(err).__name__}: {err}")
         connection.send(reply)
-

@@ -99,9 +99,13 @@ def header_timeout_protocol(read_timeout_s: float):
             self._header_timer = None
             if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
                 return
-            message = f"request headers not received within serving.request_read_timeout_s={read_timeout_s:g} s".encode()
-            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message))  # fmt: skip
+            message = (
+                f"request headers not received within serving.request_read_timeout_s={read_timeout_s:g} s".encode()
+            )
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(message), message)
+            )
             self.transport.close()
 
     return HeaderTimeoutProtocol
@@ -111,13 +115,21 @@ def uvicorn_config(app: FastAPI, host: str, port: int, read_timeout_s: float = 1
     import uvicorn
 
     return uvicorn.Config(
-        app, host=host, port=port, lifespan="on", access_log=False, log_level="warning",
-        loop="uvloop", http=header_timeout_protocol(read_timeout_s),  # httptools: the fastest parser uvicorn offers
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        loop="uvloop",
+        http=header_timeout_protocol(read_timeout_s),  # httptools: the fastest parser uvicorn offers
         timeout_graceful_shutdown=10,
-    )  # fmt: skip
+    )
 
 
-def serve(cfg: EbrConfig, *, host: str | None = None, port: int | None = None, poll_interval_s: float | None = None) -> None:
+def serve(
+    cfg: EbrConfig, *, host: str | None = None, port: int | None = None, poll_interval_s: float | None = None
+) -> None:
     """Runs the service in the foreground until interrupted (SIGINT/SIGTERM stop it cleanly)."""
     import uvicorn
 
@@ -137,8 +149,8 @@ def serve(cfg: EbrConfig, *, host: str | None = None, port: int | None = None, p
 class ServerThread:
     """The app served by uvicorn on 127.0.0.1:<free port> in a background thread.
 
-        with ServerThread(service.app) as server:
-            httpx.get(f"{server.url}/healthz")
+    with ServerThread(service.app) as server:
+        httpx.get(f"{server.url}/healthz")
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1"):

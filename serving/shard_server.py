@@ -89,9 +89,17 @@ class HeldVersion:
         return getattr(self.value, "alive", True)
 
     def describe(self) -> dict:
-        return {"version": self.version, "model_version": self.model_version, "sequence": self.sequence,
-                "served_since": self.served_since, "count": int(self.value.count), "dim": int(self.value.dim),
-                "ef": int(self.value.ef), "memory_bytes": int(self.value.memory_bytes), "alive": self.alive}  # fmt: skip
+        return {
+            "version": self.version,
+            "model_version": self.model_version,
+            "sequence": self.sequence,
+            "served_since": self.served_since,
+            "count": int(self.value.count),
+            "dim": int(self.value.dim),
+            "ef": int(self.value.ef),
+            "memory_bytes": int(self.value.memory_bytes),
+            "alive": self.alive,
+        }
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,11 +184,19 @@ class ShardHolder:
             kind = self.store.kind(INDEX_KINDS[collection])
             for version, one in list(held.get(collection, {}).items()):
                 if not one.alive:  # its index process died: load it again from the cache
-                    log.warning("the shard %d index process of %s/%s died; restarting it", self.shard, collection, version)
+                    log.warning(
+                        "the shard %d index process of %s/%s died; restarting it", self.shard, collection, version
+                    )
                     self.metrics.searcher_restarts.labels(kind.name).inc()
                     try:
-                        held[collection][version] = HeldVersion(one.version, one.model_version, one.sequence, one.served_since,
-                                                                one.directory, self._open(one.directory, collection))  # fmt: skip
+                        held[collection][version] = HeldVersion(
+                            one.version,
+                            one.model_version,
+                            one.sequence,
+                            one.served_since,
+                            one.directory,
+                            self._open(one.directory, collection),
+                        )
                     except Exception as err:  # noqa: BLE001 - dropped; LATEST brings it back if it is current
                         log.error("restarting %s/%s shard %d failed: %s", collection, version, self.shard, err)
                         del held[collection][version]
@@ -207,7 +223,9 @@ class ShardHolder:
             except (ArtifactError, OSError, SearcherDiedError, SearcherLoadError) as err:  # retried at the next poll
                 self.errors[collection] = f"{type(err).__name__}: {err}"
                 self.metrics.reloads.labels(kind.name, "failure").inc()
-                log.warning("loading %s/%s shard %d failed (%s); retried at the next poll", kind.name, latest, self.shard, err)
+                log.warning(
+                    "loading %s/%s shard %d failed (%s); retried at the next poll", kind.name, latest, self.shard, err
+                )
                 continue
             self.errors.pop(collection, None)
             self.metrics.reloads.labels(kind.name, "success").inc()
@@ -215,18 +233,34 @@ class ShardHolder:
             for stale in list(versions)[self.keep_versions :]:
                 del versions[stale]  # its index process exits when the last request on it ends
             held[collection], current[collection], changed = versions, latest, True
-            log.info("shard %d/%d: serving %s/%s (model %s)", self.shard, self.shards, kind.name, latest, loaded.model_version)
+            log.info(
+                "shard %d/%d: serving %s/%s (model %s)",
+                self.shard,
+                self.shards,
+                kind.name,
+                latest,
+                loaded.model_version,
+            )
         self.last_poll_at = now_iso()
         self.metrics.poll_succeeded()
         if changed:
             self._state = ShardState(
-                state.generation + 1, MappingProxyType(current),
+                state.generation + 1,
+                MappingProxyType(current),
                 MappingProxyType({c: MappingProxyType(v) for c, v in held.items()}),
-            )  # fmt: skip
+            )
             self.metrics.swaps.inc()
-            self.metrics.show_served({INDEX_KINDS[c]: (current[c], held[c][current[c]].model_version,
-                                                       int(held[c][current[c]].value.count), int(held[c][current[c]].value.memory_bytes))
-                                      for c in current})  # fmt: skip
+            self.metrics.show_served(
+                {
+                    INDEX_KINDS[c]: (
+                        current[c],
+                        held[c][current[c]].model_version,
+                        int(held[c][current[c]].value.count),
+                        int(held[c][current[c]].value.memory_bytes),
+                    )
+                    for c in current
+                }
+            )
             self._prune_cache()
         self.metrics.ready.set(1 if self.ready else 0)
         return changed
@@ -241,7 +275,9 @@ class ShardHolder:
             )
         directory = download_shard(kind, version, self.shard, self.shards, self._cache_of(collection))
         value = self._open(directory, collection)
-        return HeldVersion(version, manifest.parents.get("model_version", ""), manifest.sequence, now_iso(), directory, value)
+        return HeldVersion(
+            version, manifest.parents.get("model_version", ""), manifest.sequence, now_iso(), directory, value
+        )
 
     def _open(self, directory: Path, collection: str) -> LoadedIndex | IndexProcess:
         if self.searcher == "process":
@@ -263,12 +299,18 @@ class ShardHolder:
     def describe(self) -> dict:
         state = self._state
         return {
-            "ready": self.ready, "shard": self.shard, "shards": self.shards, "generation": state.generation,
-            "collections": {c: {"current": state.current[c], "versions": [h.describe() for h in state.held[c].values()]}
-                            for c in state.current},
+            "ready": self.ready,
+            "shard": self.shard,
+            "shards": self.shards,
+            "generation": state.generation,
+            "collections": {
+                c: {"current": state.current[c], "versions": [h.describe() for h in state.held[c].values()]}
+                for c in state.current
+            },
             "refused": [{"collection": c, "version": v, "reason": r} for (c, v), r in self.refused.items()],
-            "errors": dict(self.errors), "last_poll_at": self.last_poll_at,
-        }  # fmt: skip
+            "errors": dict(self.errors),
+            "last_poll_at": self.last_poll_at,
+        }
 
 
 def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader: bool = True) -> FastAPI:
@@ -285,8 +327,12 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
             if start_reloader:
                 holder.close()
 
-    app = FastAPI(title=f"EBR shard server (shard {holder.shard} of {holder.shards})", version="1", lifespan=lifespan,
-                  description="One shard of every shard-set index version, searched by vector; see serving.router.")  # fmt: skip
+    app = FastAPI(
+        title=f"EBR shard server (shard {holder.shard} of {holder.shards})",
+        version="1",
+        lifespan=lifespan,
+        description="One shard of every shard-set index version, searched by vector; see serving.router.",
+    )
     app.state.request_read_timeout_s = cfg.request_read_timeout_s
 
     add_error_handlers(app, validation_details=False, http_codes={})
@@ -303,8 +349,15 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
     async def readyz() -> Response:
         if holder.ready:
             return json_response({"ready": True, "shard": holder.shard, "shards": holder.shards})
-        return json_response({"ready": False, "shard": holder.shard, "shards": holder.shards,
-                              "reason": "no stories shard loaded yet (see /v1/shard)"}, 503)  # fmt: skip
+        return json_response(
+            {
+                "ready": False,
+                "shard": holder.shard,
+                "shards": holder.shards,
+                "reason": "no stories shard loaded yet (see /v1/shard)",
+            },
+            503,
+        )
 
     @app.get("/v1/shard", summary="which shard this is and every version it holds (the router's health check)")
     async def shard_status() -> Response:
@@ -325,16 +378,25 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
         k = _checked_k(body.k, cfg)
         query = _checked_embedding(body.embedding, int(held.value.dim))
         hits = (await searcher.search(held.value, query, k, body.exclude))[0]
-        return json_response({"collection": collection, "shard": holder.shard, "shards": holder.shards,
-                              "version": held.version, "model_version": held.model_version,
-                              "items": [[item_id, score] for item_id, score in hits]})  # fmt: skip
+        return json_response(
+            {
+                "collection": collection,
+                "shard": holder.shard,
+                "shards": holder.shards,
+                "version": held.version,
+                "model_version": held.model_version,
+                "items": [[item_id, score] for item_id, score in hits],
+            }
+        )
 
     @app.post("/v1/vector/{collection}", summary="a stored vector of this shard, from the version named")
     async def stored_vector(collection: str, body: ShardVectorRequest) -> Response:
         held = _held(holder.state, collection, body.version)
         found = await searcher.vector(held.value, body.id)
         if found is None:
-            raise ApiError(404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {body.id!r}")
+            raise ApiError(
+                404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {body.id!r}"
+            )
         return json_response({"version": held.version, "model_version": held.model_version, "vector": found.tolist()})
 
     app.add_middleware(Gatekeeper, cfg=cfg, metrics=holder.metrics)
@@ -343,9 +405,13 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
 
 def _held(state: ShardState, collection: str, version: str | None) -> HeldVersion:
     if collection not in INDEX_KINDS:
-        raise ApiError(404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}")
+        raise ApiError(
+            404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}"
+        )
     if collection not in state.current:
-        raise ApiError(503, "collection_not_served", f"no {collection} shard is loaded (none published yet, or refused)")
+        raise ApiError(
+            503, "collection_not_served", f"no {collection} shard is loaded (none published yet, or refused)"
+        )
     held = state.version(collection, version)
     if held is None:
         have = ", ".join(state.held[collection])
@@ -353,19 +419,28 @@ def _held(state: ShardState, collection: str, version: str | None) -> HeldVersio
     return held
 
 
-def build_shard_server(cfg: EbrConfig, shard: int, shards: int, *, poll_interval_s: float | None = None,
-                       start_reloader: bool = True) -> tuple[FastAPI, ShardHolder]:  # fmt: skip
+def build_shard_server(
+    cfg: EbrConfig, shard: int, shards: int, *, poll_interval_s: float | None = None, start_reloader: bool = True
+) -> tuple[FastAPI, ShardHolder]:
     from serving.server import cache_dir_of
 
     holder = ShardHolder(
-        ArtifactStore.from_config(cfg), cache_dir_of(cfg), ServingMetrics(), shard, shards,
-        poll_interval_s=poll_interval_s or cfg.serving.poll_interval_s, keep_versions=cfg.serving.shard_keep_versions,
-        searcher=cfg.serving.searcher, reload_nice=cfg.serving.reload_nice,
-    )  # fmt: skip
+        ArtifactStore.from_config(cfg),
+        cache_dir_of(cfg),
+        ServingMetrics(),
+        shard,
+        shards,
+        poll_interval_s=poll_interval_s or cfg.serving.poll_interval_s,
+        keep_versions=cfg.serving.shard_keep_versions,
+        searcher=cfg.serving.searcher,
+        reload_nice=cfg.serving.reload_nice,
+    )
     return create_shard_app(cfg.serving, holder, start_reloader=start_reloader), holder
 
 
-def serve_shard(cfg: EbrConfig, shard: int, shards: int, *, host: str, port: int, poll_interval_s: float | None = None) -> None:
+def serve_shard(
+    cfg: EbrConfig, shard: int, shards: int, *, host: str, port: int, poll_interval_s: float | None = None
+) -> None:
     """`ebr serve --shard I/S` in the foreground until interrupted."""
     import sys
 
@@ -376,4 +451,3 @@ def serve_shard(cfg: EbrConfig, shard: int, shards: int, *, host: str, port: int
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app, _ = build_shard_server(cfg, shard, shards, poll_interval_s=poll_interval_s)
     uvicorn.Server(uvicorn_config(app, host, port, cfg.serving.request_read_timeout_s)).run()
-

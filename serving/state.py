@@ -104,9 +104,13 @@ class Component:
 
     def describe(self) -> dict:
         out = {
-            "version": self.version, "model_version": self.model_version, "served_since": self.served_since,
-            "count": self.count, "dim": int(self.value.dim), "memory_bytes": self.memory_bytes,
-        }  # fmt: skip
+            "version": self.version,
+            "model_version": self.model_version,
+            "served_since": self.served_since,
+            "count": self.count,
+            "dim": int(self.value.dim),
+            "memory_bytes": self.memory_bytes,
+        }
         if not isinstance(self.value, UserEmbeddings):
             out["ef"] = int(self.value.ef)
         if isinstance(self.value, IndexProcess):

@@ -42,11 +42,22 @@ class EmulatorProcess:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "--in-memory", "--default-bucket", bucket],
+            [
+                sys.executable,
+                "-m",
+                "gcp_storage_emulator",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--in-memory",
+                "--default-bucket",
+                bucket,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -117,10 +128,20 @@ class GenerationGate:
                 bucket = _bucket(url.path)
                 current = self._generation(bucket, name)
                 if int(wanted[0]) != current:
-                    self._reply(handler, 412, json.dumps({"error": {
-                        "code": 412, "message": "Precondition Failed",
-                        "errors": [{"reason": "conditionNotMet", "message": "Precondition Failed"}],
-                    }}).encode(), {"Content-Type": "application/json"})  # fmt: skip
+                    self._reply(
+                        handler,
+                        412,
+                        json.dumps(
+                            {
+                                "error": {
+                                    "code": 412,
+                                    "message": "Precondition Failed",
+                                    "errors": [{"reason": "conditionNotMet", "message": "Precondition Failed"}],
+                                }
+                            }
+                        ).encode(),
+                        {"Content-Type": "application/json"},
+                    )
                     self.requests.append(RecordedRequest(handler.command, url.path, query, name, 412))
                     return
             status, headers, payload = self._forward(handler, body)
@@ -144,8 +165,11 @@ class GenerationGate:
             conn.request(handler.command, handler.path, body=body or None, headers=headers)
             response = conn.getresponse()
             payload = response.read()
-            keep = {k: v for k, v in response.getheaders()
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length")}  # fmt: skip
+            keep = {
+                k: v
+                for k, v in response.getheaders()
+                if k.lower() not in ("transfer-encoding", "connection", "content-length")
+            }
             return response.status, keep, payload
         finally:
             conn.close()

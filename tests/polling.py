@@ -7,8 +7,14 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(condition: Callable[[], Any], what: str = "condition", timeout: float = 10.0, *,
-             interval: float = 0.02, details: Callable[[], str] | None = None) -> Any:  # fmt: skip
+def wait_for(
+    condition: Callable[[], Any],
+    what: str = "condition",
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.02,
+    details: Callable[[], str] | None = None,
+) -> Any:
     """Polls `condition` every `interval` s until it returns something truthy; returns that.
 
     After `timeout` s, fails with an AssertionError naming `what`, followed by `details()`

@@ -22,6 +22,7 @@ from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """indexes/stories with two complete versions, LATEST on the newer one."""
@@ -38,9 +39,14 @@ def airflow(tmp_path_factory, store):
     postgres_parent = Path(tempfile.mkdtemp(prefix="ebr-celery-postgres-"))
     postgres_parent.chmod(0o755)
     processes = CeleryAirflow(
-        tmp_path_factory.mktemp("airflow-celery-home"), free_port(), postgres_port=free_port(), redis_port=free_port(),
-        postgres_dir=postgres_parent / "data", concurrency=1, extra_env={"EBR_ROOT": store.uri},
-    )  # fmt: skip
+        tmp_path_factory.mktemp("airflow-celery-home"),
+        free_port(),
+        postgres_port=free_port(),
+        redis_port=free_port(),
+        postgres_dir=postgres_parent / "data",
+        concurrency=1,
+        extra_env={"EBR_ROOT": store.uri},
+    )
     try:
         processes.start()
         processes.wait_until_up()
@@ -54,12 +60,19 @@ def airflow(tmp_path_factory, store):
 
 def test_a_dag_run_goes_through_the_celery_worker(airflow, store):
     token = airflow.token()
-    wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
-             "the dag-processor did not register ebr_rollback", 180, interval=1, details=airflow.logs)  # fmt: skip
+    wait_for(
+        lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
+        "the dag-processor did not register ebr_rollback",
+        180,
+        interval=1,
+        details=airflow.logs,
+    )
     status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
     assert status == 200, body
     conf = {"collection": "stories", "version": OLDER, "reason": "Celery test"}
-    status, run = airflow.request("POST", "/api/v2/dags/ebr_rollback/dagRuns", {"logical_date": None, "conf": conf}, token)
+    status, run = airflow.request(
+        "POST", "/api/v2/dags/ebr_rollback/dagRuns", {"logical_date": None, "conf": conf}, token
+    )
     assert status == 200, run
     url = f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}"
 
@@ -74,8 +87,14 @@ def test_a_dag_run_goes_through_the_celery_worker(airflow, store):
     assert {t["task_id"] for t in instances} == {"check_request", "roll_back"}
     assert {(t["state"], t["queue"]) for t in instances} == {("success", "default")}  # Celery's default queue
     # The Celery worker ran each task (its log names each workload it executed) ...
-    executed = [line for line in (airflow.home / "celery.log").read_text(errors="replace").splitlines() if "Executing workload in Celery" in line]
+    executed = [
+        line
+        for line in (airflow.home / "celery.log").read_text(errors="replace").splitlines()
+        if "Executing workload in Celery" in line
+    ]
     for task_id in ("check_request", "roll_back"):
-        assert any(f"dag_id=ebr_rollback/run_id={run['dag_run_id']}/task_id={task_id}/" in line for line in executed), executed
+        assert any(f"dag_id=ebr_rollback/run_id={run['dag_run_id']}/task_id={task_id}/" in line for line in executed), (
+            executed
+        )
     # ... and the second task found what the first handed it (XCom, in Postgres).
     assert store.kind("indexes/stories").latest() == OLDER

@@ -63,10 +63,7 @@ def test_concurrent_publishers_keep_one_linear_history(tmp_path):
     root, per_process = f"file://{tmp_path}", 15
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(PROCESSES), ctx.Queue()
-    procs = [
-        ctx.Process(target=_publish_many, args=(root, i, per_process, barrier, results))
-        for i in range(PROCESSES)
-    ]
+    procs = [ctx.Process(target=_publish_many, args=(root, i, per_process, barrier, results)) for i in range(PROCESSES)]
     _run_all(procs)
     outcomes = [results.get(timeout=120) for _ in range(PROCESSES * per_process)]
     _join_all(procs)

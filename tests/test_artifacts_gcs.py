@@ -38,8 +38,11 @@ def test_versions_publish_rollback_and_retention_on_gcs(gcs_emulator, tmp_path):
     assert kind.rollback_to("v001", reason="bad model").moved
     assert kind.latest() == "v001"
     assert [(m.action, m.to_version) for m in kind.history()] == [
-        ("publish", "v001"), ("publish", "v002"), ("publish", "v003"), ("rollback", "v001"),
-    ]  # fmt: skip
+        ("publish", "v001"),
+        ("publish", "v002"),
+        ("publish", "v003"),
+        ("rollback", "v001"),
+    ]
     assert kind.retain(1).deleted == ["v002"]
     assert kind.complete_versions() == ["v001", "v003"]
     with pytest.raises(UnknownVersionError):
@@ -112,7 +115,11 @@ def test_every_pointer_and_manifest_write_carries_a_precondition(generation_gate
     kind = gcs_store(generation_gate.endpoint, prefix).kind("indexes/stories")
     make_version(kind, "v001")
     kind.publish("v001", reason="build")
-    uploads = [r for r in generation_gate.requests if r.method == "POST" and r.path.startswith("/upload/") and prefix in (r.object_name or "")]
+    uploads = [
+        r
+        for r in generation_gate.requests
+        if r.method == "POST" and r.path.startswith("/upload/") and prefix in (r.object_name or "")
+    ]
     by_name = {r.object_name.split("/", 1)[1]: r for r in uploads}
     assert by_name["indexes/stories/LATEST"].query["ifGenerationMatch"] == ["0"]
     assert by_name["indexes/stories/v001/MANIFEST.json"].query["ifGenerationMatch"] == ["0"]

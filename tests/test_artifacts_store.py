@@ -93,8 +93,11 @@ def test_rollback_moves_back_and_is_recorded(local_store):
     assert result.moved and kind.latest() == "v001"
     last = kind.history()[-1]
     assert (last.action, last.from_version, last.to_version, last.reason) == (
-        "rollback", "v002", "v001", "recall dropped",
-    )  # fmt: skip
+        "rollback",
+        "v002",
+        "v001",
+        "recall dropped",
+    )
 
 
 def test_rollback_refuses_unknown_and_incomplete_versions(local_store):
@@ -207,7 +210,9 @@ def test_version_names_sort_by_time_and_say_what_made_them():
     from datetime import UTC, datetime
 
     early = version_name("ebr_story_index scheduled__2026-11-23T10:00:00+00:00", datetime(2026, 11, 23, 10, tzinfo=UTC))
-    late = version_name("ebr_story_index scheduled__2026-11-23T10:30:00+00:00", datetime(2026, 11, 23, 10, 30, tzinfo=UTC))
+    late = version_name(
+        "ebr_story_index scheduled__2026-11-23T10:30:00+00:00", datetime(2026, 11, 23, 10, 30, tzinfo=UTC)
+    )
     assert early == "20261123T100000Z-ebr_story_index-scheduled__2026-11-23T10-00-00+00-00"
     assert early < late
     assert version_name("x", datetime(2026, 1, 1, tzinfo=UTC)) == version_name("x", datetime(2026, 1, 1, tzinfo=UTC))

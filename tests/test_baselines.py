@@ -63,7 +63,9 @@ def test_item_knn_cosine_with_shrink_worked_by_hand():
     #   s01 = 2 / (√(3·3) + 1) = 1/2,  s02 = 1 / (√6 + 1) ≈ 0.290,  s12 = 2 / (√6 + 1) ≈ 0.580.
     s01, s02, s12 = 0.5, 1 / (math.sqrt(6) + 1), 2 / (math.sqrt(6) + 1)
     every = ItemKNN(neighbors=10, shrink=1.0).fit(USERS, ITEMS, N_USERS, N_ITEMS)
-    np.testing.assert_allclose(every.similarity.toarray()[:3, :3], [[0, s01, s02], [s01, 0, s12], [s02, s12, 0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        every.similarity.toarray()[:3, :3], [[0, s01, s02], [s01, 0, s12], [s02, s12, 0]], rtol=1e-6
+    )
     # One neighbour per target item (column): 0 keeps 1 (1/2 > 0.29), 1 keeps 2, 2 keeps 1.
     one = ItemKNN(neighbors=1, shrink=1.0).fit(USERS, ITEMS, N_USERS, N_ITEMS)
     np.testing.assert_allclose(one.similarity.toarray()[:3, :3], [[0, 0, 0], [s01, 0, s12], [0, s12, 0]], rtol=1e-6)
@@ -72,7 +74,9 @@ def test_item_knn_cosine_with_shrink_worked_by_hand():
     np.testing.assert_allclose(scores[:, :3], [[s01, 0, s12], [0, 0, 0]], rtol=1e-6)
     assert scores[:, 3].tolist() == [COLD_ITEM_SCORE, COLD_ITEM_SCORE]
     # Without shrinkage: plain cosine, s01 = 2/3.
-    assert ItemKNN(neighbors=10, shrink=0.0).fit(USERS, ITEMS, N_USERS, N_ITEMS).similarity[0, 1] == pytest.approx(2 / 3)
+    assert ItemKNN(neighbors=10, shrink=0.0).fit(USERS, ITEMS, N_USERS, N_ITEMS).similarity[0, 1] == pytest.approx(
+        2 / 3
+    )
 
 
 def test_item_knn_in_blocks_of_one_item_equals_one_block():
@@ -150,7 +154,9 @@ def test_als_equals_the_reference_implementation():
 def test_choose_by_validation_keeps_the_truly_better_params_and_every_trial():
     # Both validation users' only test story is 2; nothing is seen. A scorer whose favourite
     # is 2 has recall@1 = 1, every other favourite 0.
-    validation = EvaluationSet(users=np.array([0, 1]), test_events=[np.array([2]), np.array([2])], seen=[np.array([], int)] * 2, n_candidates=4)
+    validation = EvaluationSet(
+        users=np.array([0, 1]), test_events=[np.array([2]), np.array([2])], seen=[np.array([], int)] * 2, n_candidates=4
+    )
 
     def fit(params):
         return lambda users: np.tile(np.eye(4)[params["favourite"]], (len(users), 1))

@@ -67,17 +67,24 @@ def test_key_buckets_are_crc32_modulo_and_stable():
 
 
 def _stories_table():
-    return pa.table({
-        "story_id": ["s1", None, "s3", "s4", "s5"],
-        "content_embedding": pa.array([[0.1, 0.2], [0.3, 0.4], [0.5], [float("nan"), 1.0], [1.0, 0.0]], pa.list_(pa.float32())),
-        "duration_s": pa.array([1.0, 2.0, None, 4.0, None], pa.float32()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "story_id": ["s1", None, "s3", "s4", "s5"],
+            "content_embedding": pa.array(
+                [[0.1, 0.2], [0.3, 0.4], [0.5], [float("nan"), 1.0], [1.0, 0.0]], pa.list_(pa.float32())
+            ),
+            "duration_s": pa.array([1.0, 2.0, None, 4.0, None], pa.float32()),
+        }
+    )
 
 
 STORY_RULES = RowRules(
-    "stories", "story_id", {"story_id": pa.string(), "content_embedding": pa.list_(pa.float32()), "duration_s": pa.float32()},
-    row_checks=(list_size_check("content_embedding", 2),), nullable=frozenset({"duration_s"}),
-)  # fmt: skip
+    "stories",
+    "story_id",
+    {"story_id": pa.string(), "content_embedding": pa.list_(pa.float32()), "duration_s": pa.float32()},
+    row_checks=(list_size_check("content_embedding", 2),),
+    nullable=frozenset({"duration_s"}),
+)
 
 
 def test_validate_rows_gives_each_bad_row_its_reason():
@@ -92,7 +99,13 @@ def test_validate_rows_gives_each_bad_row_its_reason():
 
 
 def test_a_column_of_the_wrong_type_dead_letters_the_whole_batch():
-    table = pa.table({"story_id": pa.array([1, 2]), "content_embedding": pa.array([[0.0, 1.0]] * 2, pa.list_(pa.float32())), "duration_s": pa.array([1.0, 2.0], pa.float32())})
+    table = pa.table(
+        {
+            "story_id": pa.array([1, 2]),
+            "content_embedding": pa.array([[0.0, 1.0]] * 2, pa.list_(pa.float32())),
+            "duration_s": pa.array([1.0, 2.0], pa.float32()),
+        }
+    )
     good, letters = validate_rows(table, STORY_RULES)
     assert len(good) == 0
     assert {d.reason for d in letters} == {"column 'story_id' has type int64, expected string"}
@@ -107,14 +120,26 @@ def test_error_rates_per_source():
 
 def test_validate_and_bucket_routes_dead_letters_and_keys_rows_by_bucket():
     with BeamTestPipeline() as p:
-        out = p | beam.Create([_stories_table()]) | beam.ParDo(_ValidateAndBucket(STORY_RULES, 4, "story_id", None)).with_outputs(DEAD_LETTER, "rows_read", main="rows")
+        out = (
+            p
+            | beam.Create([_stories_table()])
+            | beam.ParDo(_ValidateAndBucket(STORY_RULES, 4, "story_id", None)).with_outputs(
+                DEAD_LETTER, "rows_read", main="rows"
+            )
+        )
         keyed = out.rows | beam.FlatMap(lambda kv: [(kv[0], s) for s in kv[1]["story_id"].to_pylist()])
         assert_that(keyed, equal_to([(zlib.crc32(b"s1") % 4, "s1"), (zlib.crc32(b"s5") % 4, "s5")]), label="rows")
-        assert_that(out[DEAD_LETTER] | beam.Map(lambda d: (d.source, d.id, d.reason)), equal_to([
-            ("stories", None, "story_id is missing"),
-            ("stories", "s3", "content_embedding must hold 2 finite numbers"),
-            ("stories", "s4", "content_embedding must hold 2 finite numbers"),
-        ]), label="dead letters")  # fmt: skip
+        assert_that(
+            out[DEAD_LETTER] | beam.Map(lambda d: (d.source, d.id, d.reason)),
+            equal_to(
+                [
+                    ("stories", None, "story_id is missing"),
+                    ("stories", "s3", "content_embedding must hold 2 finite numbers"),
+                    ("stories", "s4", "content_embedding must hold 2 finite numbers"),
+                ]
+            ),
+            label="dead letters",
+        )
         assert_that(out.rows_read, equal_to([("stories", 5)]), label="rows read")
 
 
@@ -122,15 +147,22 @@ def test_creator_vectors_are_the_normalised_mean_of_their_stories():
     # Creator a has (1,0) in one batch and (0,1) in another: the sum (1,1) normalised is
     # (0.7071, 0.7071). Creator b has one story, (0,1), which is its own direction.
     batches = [
-        EmbeddingBatch(np.array(["s1", "s3"], object), np.array([[1, 0], [0, 1]], np.float32), np.array(["a", "b"], object)),
+        EmbeddingBatch(
+            np.array(["s1", "s3"], object), np.array([[1, 0], [0, 1]], np.float32), np.array(["a", "b"], object)
+        ),
         EmbeddingBatch(np.array(["s2"], object), np.array([[0, 1]], np.float32), np.array(["a"], object)),
     ]
     with BeamTestPipeline() as p:
         vectors = (
-            p | beam.Create(batches)
-            | beam.FlatMap(creator_partial_sums, 3) | beam.GroupByKey() | beam.Map(creator_embeddings)
-            | beam.FlatMap(lambda b: [(c, tuple(round(float(x), 4) for x in v)) for c, v in zip(b.ids, b.vectors, strict=True)])
-        )  # fmt: skip
+            p
+            | beam.Create(batches)
+            | beam.FlatMap(creator_partial_sums, 3)
+            | beam.GroupByKey()
+            | beam.Map(creator_embeddings)
+            | beam.FlatMap(
+                lambda b: [(c, tuple(round(float(x), 4) for x in v)) for c, v in zip(b.ids, b.vectors, strict=True)]
+            )
+        )
         assert_that(vectors, equal_to([("a", (0.7071, 0.7071)), ("b", (0.0, 1.0))]))
 
 
@@ -138,7 +170,13 @@ def test_creator_vectors_are_the_normalised_mean_of_their_stories():
 def test_the_read_step_fails_naming_a_damaged_file(tmp_path, how):
     # The read step itself (as a worker runs it), without the driver's check of the inputs.
     path = tmp_path / "part-00000.parquet"
-    users = {"user_id": ["u1", "u2"], "country": ["US"] * 2, "language": ["en"] * 2, "age_bucket": ["18-24"] * 2, "account_created_ts": [0, 0]}
+    users = {
+        "user_id": ["u1", "u2"],
+        "country": ["US"] * 2,
+        "language": ["en"] * 2,
+        "age_bucket": ["18-24"] * 2,
+        "account_created_ts": [0, 0],
+    }
     pq.write_table(pa.table(users), path)
     problem = damage_parquet(path, how)
     with pytest.raises(WarehouseSchemaError) as err:
@@ -172,7 +210,9 @@ def _expected(root: Path, snapshot, entity: str) -> np.ndarray:
     features = json.loads(store.kind(MODELS).read_file(model_version, "features.json"))
     fcfg = FeatureConfig.model_validate(features["features"])
     warehouse = Warehouse.open(f"file://{root}")
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), fcfg
+    )
     history = EventHistory.from_events(warehouse.read_events(), catalog, fcfg)
     as_of = np.full(len(snapshot), snapshot.manifest.params["as_of"])
     if entity == "users":
@@ -200,7 +240,9 @@ def test_user_job_embeds_every_user_exactly_as_the_tower_does(world, user_run):
     assert snapshot.manifest.version == outcome.snapshot and outcome.published
     assert len(snapshot) == 300 == outcome.count and snapshot.dim == 128
     assert snapshot.model_version == "20261001T000000Z-train-test"
-    assert outcome.snapshot == "20261015T000000Z-users-model_20261001T000000Z-test-run"  # as of the end of the last partition
+    assert (
+        outcome.snapshot == "20261015T000000Z-users-model_20261001T000000Z-test-run"
+    )  # as of the end of the last partition
     assert outcome.counters["users_read"] == 300 and outcome.counters["users_embedded"] == 300
     np.testing.assert_allclose(snapshot.vectors, _expected(world, snapshot, "users"), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(snapshot.vectors, axis=1), 1.0, atol=1e-5)
@@ -226,7 +268,10 @@ def test_story_job_embeds_eligible_stories_and_their_creators(world, story_run):
     for creator, vector in zip(creators.ids[:10], creators.vectors[:10], strict=True):
         mean = stories.vectors[owners == creator].mean(axis=0)
         np.testing.assert_allclose(vector, mean / np.linalg.norm(mean), atol=1e-5)
-    assert creators.manifest.parents == {"model_version": stories.model_version, "story_snapshot": stories.manifest.version}
+    assert creators.manifest.parents == {
+        "model_version": stories.model_version,
+        "story_snapshot": stories.manifest.version,
+    }
     assert stories_outcome.published and creators_outcome.published
 
 
@@ -240,7 +285,15 @@ def test_a_rerun_of_the_same_run_reuses_the_snapshot(world, user_run):
 
 @pytest.mark.slow
 def test_multi_process_mode_gives_the_same_snapshot(world, user_run):
-    (outcome,) = user_embeddings.run(_job_args(world, "--snapshot=multi-process", "--no_publish", "--direct_running_mode=multi_processing", "--direct_num_workers=2"))
+    (outcome,) = user_embeddings.run(
+        _job_args(
+            world,
+            "--snapshot=multi-process",
+            "--no_publish",
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        )
+    )
     assert not outcome.published
     kind = ArtifactStore.open(f"file://{world}").kind(USER_EMBEDDINGS)
     single, multi = read_snapshot(kind, user_run[0].snapshot), read_snapshot(kind, "multi-process")
@@ -263,8 +316,14 @@ def damaged_world(world, tmp_path_factory):
     content[1] = content[1][:-1]
     creator = stories["creator_id"].to_pylist()
     creator[2] = None
-    stories = stories.set_column(stories.schema.get_field_index("content_embedding"), "content_embedding", pa.array(content, pa.list_(pa.float32())))
-    stories = stories.set_column(stories.schema.get_field_index("creator_id"), "creator_id", pa.array(creator, pa.string()))
+    stories = stories.set_column(
+        stories.schema.get_field_index("content_embedding"),
+        "content_embedding",
+        pa.array(content, pa.list_(pa.float32())),
+    )
+    stories = stories.set_column(
+        stories.schema.get_field_index("creator_id"), "creator_id", pa.array(creator, pa.string())
+    )
     pq.write_table(stories, path)
     return root, stories["story_id"].to_pylist()[:3]
 
@@ -277,12 +336,16 @@ def test_bad_records_are_dead_lettered_with_reasons(damaged_world):
     manifest = kind.manifest(outcomes[0].snapshot)
     assert manifest.metrics["dead_letters"] == {"stories": 3}
     assert manifest.metrics["error_rates"]["stories"] == pytest.approx(3 / 2000)
-    letters = [json.loads(line) for line in kind.read_file(outcomes[0].snapshot, "dead_letter.jsonl").decode().splitlines()]
-    assert sorted((d["id"], d["reason"]) for d in letters) == sorted([
-        (bad_ids[0], "content_embedding must hold 32 finite numbers"),
-        (bad_ids[1], "content_embedding must hold 32 finite numbers"),
-        (bad_ids[2], "creator_id is missing"),
-    ])  # fmt: skip
+    letters = [
+        json.loads(line) for line in kind.read_file(outcomes[0].snapshot, "dead_letter.jsonl").decode().splitlines()
+    ]
+    assert sorted((d["id"], d["reason"]) for d in letters) == sorted(
+        [
+            (bad_ids[0], "content_embedding must hold 32 finite numbers"),
+            (bad_ids[1], "content_embedding must hold 32 finite numbers"),
+            (bad_ids[2], "creator_id is missing"),
+        ]
+    )
     assert not set(bad_ids) & set(read_snapshot(kind, outcomes[0].snapshot).ids)
 
 
@@ -291,8 +354,14 @@ def test_the_job_fails_and_publishes_nothing_above_the_error_rate(damaged_world)
     root, _ = damaged_world
     kind = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS)
     before = kind.latest()
-    with pytest.raises(ErrorRateExceededError, match=r"stories: 3 of 2000 records dead-lettered \(0.15% > embed.max_error_rate 0.10%\)"):
-        story_embeddings.run(_job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=too-many-errors", "--set=embed.max_error_rate=0.001"))
+    with pytest.raises(
+        ErrorRateExceededError, match=r"stories: 3 of 2000 records dead-lettered \(0.15% > embed.max_error_rate 0.10%\)"
+    ):
+        story_embeddings.run(
+            _job_args(
+                root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=too-many-errors", "--set=embed.max_error_rate=0.001"
+            )
+        )
     assert kind.latest() == before
     assert "too-many-errors" not in kind.complete_versions()
 
@@ -301,7 +370,18 @@ def test_the_job_fails_and_publishes_nothing_above_the_error_rate(damaged_world)
 def test_ebr_embed_prints_counters_and_the_snapshot(world, capsys):
     from cli.main import main
 
-    code = main(["--root", f"file://{world}", *(a for s in SMALL_MODEL for a in ("--set", s)), "embed", "users", "--snapshot", "from-cli", "--no-publish"])
+    code = main(
+        [
+            "--root",
+            f"file://{world}",
+            *(a for s in SMALL_MODEL for a in ("--set", s)),
+            "embed",
+            "users",
+            "--snapshot",
+            "from-cli",
+            "--no-publish",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "users_embedded        300" in out
@@ -321,10 +401,17 @@ def test_ebr_embed_names_a_damaged_warehouse_file_in_one_error_line(world, tmp_p
     root = _copy_world(world, tmp_path / "root")
     path = root / "warehouse" / "events" / "dt=2026-10-05" / "part-00000.parquet"
     damage_parquet(path, "truncated")
-    code = main(["--root", f"file://{root}", *(a for s in SMALL_MODEL for a in ("--set", s)), "embed", "users", "--no-publish"])
+    code = main(
+        ["--root", f"file://{root}", *(a for s in SMALL_MODEL for a in ("--set", s)), "embed", "users", "--no-publish"]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 1
-    assert len(err) == 1 and err[0].startswith("error: ") and str(path) in err[0] and "is not a readable Parquet file" in err[0], err
+    assert (
+        len(err) == 1
+        and err[0].startswith("error: ")
+        and str(path) in err[0]
+        and "is not a readable Parquet file" in err[0]
+    ), err
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +439,18 @@ def test_the_counters_count_the_dead_letters_of_the_features_step(features_step_
 
     root = features_step_dead_letters
     reason = "event of a user missing from the users table"
-    code = main(["--root", f"file://{root}", *(a for s in SMALL_MODEL for a in ("--set", s)), "embed", "users", "--snapshot", "ghosts", "--no-publish"])
+    code = main(
+        [
+            "--root",
+            f"file://{root}",
+            *(a for s in SMALL_MODEL for a in ("--set", s)),
+            "embed",
+            "users",
+            "--snapshot",
+            "ghosts",
+            "--no-publish",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     metrics = ArtifactStore.open(f"file://{root}").kind(USER_EMBEDDINGS).manifest("ghosts").metrics
@@ -362,9 +460,14 @@ def test_the_counters_count_the_dead_letters_of_the_features_step(features_step_
     assert re.search(rf"^events_dead_letters: {reason} +100$", out, re.M), out
     assert metrics["dead_letter_reasons"] == {"events": {reason: 100}}
 
-    stories, creators = story_embeddings.run(_job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=duplicates", "--no_publish"))
+    stories, creators = story_embeddings.run(
+        _job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=duplicates", "--no_publish")
+    )
     manifest = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS).manifest("duplicates")
     assert manifest.metrics["dead_letters"] == {"stories": 5}
-    assert stories.counters["stories_dead_letters"] == 5 and stories.counters["stories_dead_letters: duplicate story_id"] == 5
+    assert (
+        stories.counters["stories_dead_letters"] == 5
+        and stories.counters["stories_dead_letters: duplicate story_id"] == 5
+    )
     assert manifest.metrics["dead_letter_reasons"] == {"stories": {"duplicate story_id": 5}}
     assert stories.counters.get("events_dead_letters", 0) == 0

@@ -36,8 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "var" / "browser"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
 if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("headless Chromium is not installed: `make chromium` (apt-get install chromium chromium-driver) "
-                "needs root and a package source", allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        "headless Chromium is not installed: `make chromium` (apt-get install chromium chromium-driver) "
+        "needs root and a package source",
+        allow_module_level=True,
+    )
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -68,8 +71,13 @@ def airflow(tmp_path_factory, store):
 def service(store, airflow):
     port = free_port()
     env = {**os.environ, "EBR_ROOT": store.uri, "TF_USE_LEGACY_KERAS": "1"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "ebr"), "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ebr"), "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
 
     def answers():
@@ -112,7 +120,9 @@ def test_the_report_shows_its_plots_on_the_first_screen_beside_the_targets(brows
     browser.get(out.as_uri())
     plots = browser.find_elements(By.CSS_SELECTOR, ".plots figure img")
     assert len(plots) >= 3
-    assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in plots)
+    assert all(
+        browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in plots
+    )
     first, targets = plots[0].rect, browser.find_element(By.CSS_SELECTOR, ".targets table").rect
     assert first["y"] < browser.execute_script("return window.innerHeight")  # on the first screen
     assert first["x"] > targets["x"] + targets["width"] - 1  # beside the targets, not under them
@@ -140,7 +150,12 @@ def test_login_dag_list_and_a_rollback_to_previous_from_the_trigger_form(browser
     wait.until(lambda b: "/auth/login" not in b.current_url)
 
     browser.get(f"{airflow.base_url}/dags")  # the dag-processor registers the DAGs a few seconds after start
-    wait_for(lambda: "ebr_rollback" in browser.page_source or browser.refresh(), "ebr_rollback in the DAG list", 120, interval=3)
+    wait_for(
+        lambda: "ebr_rollback" in browser.page_source or browser.refresh(),
+        "ebr_rollback in the DAG list",
+        120,
+        interval=3,
+    )
     assert all(dag in browser.page_source for dag in ("ebr_train", "ebr_story_index", "ebr_user_embeddings"))
     shoot(browser, "airflow-dags")
 
@@ -165,7 +180,13 @@ def test_login_dag_list_and_a_rollback_to_previous_from_the_trigger_form(browser
         runs = body.get("dag_runs", []) if isinstance(body, dict) else []
         return next((run for run in runs if run["state"] in ("success", "failed")), None)
 
-    run = wait_for(finished_run, "the ebr_rollback run triggered from the form did not finish", 180, interval=2, details=airflow.logs)
+    run = wait_for(
+        finished_run,
+        "the ebr_rollback run triggered from the form did not finish",
+        180,
+        interval=2,
+        details=airflow.logs,
+    )
     assert run["state"] == "success", airflow.logs()
     assert run["conf"]["version"] == "previous"
     kind = store.kind("indexes/stories")

@@ -52,10 +52,18 @@ def start_service(world):
     running: list[ServerThread] = []
 
     def start(*overrides: str, poll_s: float = POLL_S):
-        cfg = load_config(overrides=[
-            f"root={world.root}", f"serving.cache_dir={world.tmp}/cache", f"serving.poll_interval_s={poll_s}",
-            "serving.searcher=process", "serving.max_k=50", "serving.default_k=10", *overrides,
-        ], environ={})  # fmt: skip
+        cfg = load_config(
+            overrides=[
+                f"root={world.root}",
+                f"serving.cache_dir={world.tmp}/cache",
+                f"serving.poll_interval_s={poll_s}",
+                "serving.searcher=process",
+                "serving.max_k=50",
+                "serving.default_k=10",
+                *overrides,
+            ],
+            environ={},
+        )
         service = build_service(cfg)
         server = ServerThread(service.app).start()
         running.append(server)
@@ -172,8 +180,10 @@ def test_retention_deleting_the_served_version_leaves_it_restartable_from_the_ca
     service, _, client = start_service()
     wait_for(lambda: served_index(client) == "s1", what="s1", timeout=STARTUP_S)
     world.index("stories", "s2-altered", "m1", seed=3, corrupt=flip_byte)  # LATEST names a refused version
-    wait_for(lambda: any(r["version"] == "s2-altered" for r in client.get("/v1/versions").json()["refused"]),
-             what="s2-altered to be refused")  # fmt: skip
+    wait_for(
+        lambda: any(r["version"] == "s2-altered" for r in client.get("/v1/versions").json()["refused"]),
+        what="s2-altered to be refused",
+    )
     report = world.store.kind("indexes/stories").retain(keep=1)
     assert report.deleted == ["s1"]  # the served version is gone from the store; its cached copy is not
     load_s = load_seconds(client)
@@ -271,8 +281,10 @@ def test_optional_indexes_of_the_served_model_load_while_waiting_for_a_pair(worl
     world.users("u2", "m2", seed=3)
     wait_for(lambda: client.get("/v1/versions").json()["last_reload"]["action"] == "waiting", what="waiting")
     world.index("creators", "c1", "m1", seed=4, n=300)
-    wait_for(lambda: client.post("/v1/retrieve/creators", json={"user_id": "u1"}).status_code == 200,
-             what="the m1 creators index to be served while waiting")  # fmt: skip
+    wait_for(
+        lambda: client.post("/v1/retrieve/creators", json={"user_id": "u1"}).status_code == 200,
+        what="the m1 creators index to be served while waiting",
+    )
     body = client.post("/v1/retrieve/creators", json={"user_id": "u1"}).json()
     assert body["served"]["index_version"] == "c1" and body["served"]["model_version"] == "m1"
 
@@ -310,7 +322,9 @@ def test_huge_embeddings_and_loose_types_are_refused(world, start_service):
     for k in (2.0, "5", True):
         assert error_code(retrieve(client, user_id="u1", k=k)) == (422, "invalid_request"), k
     for element in ("0.1", True):
-        assert error_code(retrieve(client, embedding=[element] + [0.1] * (DIM - 1))) == (422, "invalid_request"), element
+        assert error_code(retrieve(client, embedding=[element] + [0.1] * (DIM - 1))) == (422, "invalid_request"), (
+            element
+        )
     assert error_code(retrieve(client, user_id=7)) == (422, "invalid_request")
     assert error_code(client.post("/v1/similar/stories", json={"id": "s1", "k": "3"})) == (422, "invalid_request")
     # What stays valid: integers as embedding elements, a modest un-normalised vector.
@@ -342,8 +356,10 @@ def test_slow_clients_get_a_read_timeout(world, start_service):
     answer, closed_after = _raw_request_outcome(server.port, half_headers, wait_s=5)
     assert closed_after < 3, "a client that never finishes its headers holds the connection"
     assert answer.startswith(b"HTTP/1.1 408"), answer
-    half_body = b"POST /v1/retrieve/stories HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" \
-                b"Content-Length: 100\r\n\r\n{\"user_id\": "  # fmt: skip
+    half_body = (
+        b"POST /v1/retrieve/stories HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"user_id": '
+    )
     answer, closed_after = _raw_request_outcome(server.port, half_body, wait_s=5)
     assert closed_after < 3, "a client that never finishes its body holds the connection"
     assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
@@ -362,4 +378,9 @@ def test_one_failure_cause_logs_a_rate_limited_line_not_one_per_request(world, s
     assert statuses == [503] * 200
     lines = [r for r in caplog.records if r.name.startswith("serving") and r.levelno >= logging.WARNING]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
-    assert metric(client.get("/metrics").text, 'ebr_serving_requests_total{endpoint="/v1/retrieve/{collection}",status="503"}') == 200
+    assert (
+        metric(
+            client.get("/metrics").text, 'ebr_serving_requests_total{endpoint="/v1/retrieve/{collection}",status="503"}'
+        )
+        == 200
+    )

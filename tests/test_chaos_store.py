@@ -256,8 +256,9 @@ def test_listing_survives_in_progress_and_crashed_writes(tmp_path, leftover):
     elif leftover == "staging without manifest":
         kind.new_version("20261123T010000Z-crashed").add_bytes("index.hnsw", b"half")
     assert [(v.name, v.complete) for v in kind.versions()] == [
-        ("20261123T000000Z-good", True), ("20261123T010000Z-crashed", False),
-    ]  # fmt: skip
+        ("20261123T000000Z-good", True),
+        ("20261123T010000Z-crashed", False),
+    ]
     with pytest.raises(artifacts.UnknownVersionError, match="newest complete: 20261123T000000Z-good"):
         kind.manifest("nope")
     assert kind.retain(5).deleted == []  # young: may still be being written

@@ -41,7 +41,9 @@ def test_artifact_commands_list_rollback_and_retain(tmp_path, capsys):
     assert code == 0 and "indexes/stories" in out and "v003" in out
     code, out, _ = ebr(capsys, root, "artifacts", "list", "indexes/stories")
     assert "* v003" in out and "model_version=m7" in out
-    code, out, _ = ebr(capsys, root, "artifacts", "rollback", "indexes/stories", "--to", "v001", "--reason", "bad recall")
+    code, out, _ = ebr(
+        capsys, root, "artifacts", "rollback", "indexes/stories", "--to", "v001", "--reason", "bad recall"
+    )
     assert code == 0 and "from v003 to v001" in out
     code, out, _ = ebr(capsys, root, "artifacts", "history", "indexes/stories")
     assert "rollback" in out and "bad recall" in out
@@ -86,7 +88,16 @@ def test_train_publishes_a_model_and_a_rerun_reuses_it(tmp_path, capsys):
     root = f"file://{tmp_path}/root"
     settings = [arg for setting in [*TINY_TRAINING, "train.epochs=3"] for arg in ("--set", setting)]
     assert main(["--root", root, *settings, "data", "generate", "--no-progress"]) == 0
-    run = ["--root", root, *settings, "train", "--version", "20261123T000000Z-train-test", "--workdir", str(tmp_path / "work")]
+    run = [
+        "--root",
+        root,
+        *settings,
+        "train",
+        "--version",
+        "20261123T000000Z-train-test",
+        "--workdir",
+        str(tmp_path / "work"),
+    ]
     code = main(run)
     out, _ = capsys.readouterr()
     assert "recall@100" in out and "popularity" in out and "als" in out
@@ -121,24 +132,33 @@ def _broken_root(tmp_path, case):
     return f"file://{root}"
 
 
-@pytest.mark.parametrize("case, args", [
-    ("root is a file", ["artifacts", "list", "indexes/stories"]),
-    ("root is a symlink loop", ["artifacts", "list"]),
-    ("LATEST is a folder", ["artifacts", "show", "indexes/stories"]),
-    ("LATEST is binary", ["artifacts", "verify", "indexes/stories"]),
-    ("garbage lock file", ["artifacts", "rollback", "indexes/stories", "--to", "v001", "--reason", "x"]),
-    ("healthy", ["artifacts", "retain", "indexes/stories", "--keep", "-3"]),
-    ("healthy", ["artifacts", "retain", "indexes/stories", "--keep", "0"]),
-    ("healthy", ["index", "retain", "--collection", "stories", "--keep", "0"]),
-    ("healthy", ["artifacts", "rollback", "indexes/stories", "--to", "v999", "--reason", "typo"]),
-    ("gs:// without credentials", ["artifacts", "list"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case, args",
+    [
+        ("root is a file", ["artifacts", "list", "indexes/stories"]),
+        ("root is a symlink loop", ["artifacts", "list"]),
+        ("LATEST is a folder", ["artifacts", "show", "indexes/stories"]),
+        ("LATEST is binary", ["artifacts", "verify", "indexes/stories"]),
+        ("garbage lock file", ["artifacts", "rollback", "indexes/stories", "--to", "v001", "--reason", "x"]),
+        ("healthy", ["artifacts", "retain", "indexes/stories", "--keep", "-3"]),
+        ("healthy", ["artifacts", "retain", "indexes/stories", "--keep", "0"]),
+        ("healthy", ["index", "retain", "--collection", "stories", "--keep", "0"]),
+        ("healthy", ["artifacts", "rollback", "indexes/stories", "--to", "v999", "--reason", "typo"]),
+        ("gs:// without credentials", ["artifacts", "list"]),
+    ],
+)
 def test_every_store_failure_is_one_error_line_and_a_non_zero_exit(tmp_path, case, args):
     root = "gs://ebr-no-such-bucket/x" if case.startswith("gs://") else _broken_root(tmp_path, case)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "CLOUDSDK_", "EBR_"))}
     env.update(HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="True")
-    done = subprocess.run([sys.executable, "-m", "cli.main", "--root", root, *args], capture_output=True, text=True,
-                          env=env, cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--root", root, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0, done.stdout
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr

@@ -20,9 +20,11 @@ from cli.quiet import is_native_noise
 from tests.polling import wait_for
 from tests.test_serving import searcher, start_service, world  # noqa: F401 - fixtures
 
-INDEX_VERSIONS = ("20261015T000000Z-ebr_story_index-scheduled__2026-10-15T00-00-00-00-00",
-                  "20261015T003000Z-ebr_story_index-scheduled__2026-10-15T00-30-00-00-00",
-                  "20261016T000000Z-ebr_story_index-manual__2026-12-01T10-47-08.959219+00-00")  # fmt: skip
+INDEX_VERSIONS = (
+    "20261015T000000Z-ebr_story_index-scheduled__2026-10-15T00-00-00-00-00",
+    "20261015T003000Z-ebr_story_index-scheduled__2026-10-15T00-30-00-00-00",
+    "20261016T000000Z-ebr_story_index-manual__2026-12-01T10-47-08.959219+00-00",
+)
 MODEL = "20261014T000000Z-ebr_train-scheduled__2026-10-14T00-00-00-00-00"
 EBR = str(Path(sys.executable).with_name("ebr"))
 
@@ -31,7 +33,9 @@ def populate(root: str) -> None:
     """Three published story index versions with DAG-style (70-character) names."""
     kind = ArtifactStore.open(root).kind("indexes/stories")
     for name in INDEX_VERSIONS:
-        with kind.new_version(name, parents={"model_version": MODEL, "embedding_snapshot": name}, params={"mode": "full"}) as v:
+        with kind.new_version(
+            name, parents={"model_version": MODEL, "embedding_snapshot": name}, params={"mode": "full"}
+        ) as v:
             v.add_bytes("index.hnsw", name.encode())
         kind.publish(name, reason=f"index of embeddings/stories/{name} (full)", run_id=f"scheduled__{name[:16]}")
 
@@ -50,10 +54,17 @@ def tree(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 READ_ONLY = [
-    ["artifacts", "list"], ["artifacts", "list", "indexes/stories"], ["artifacts", "history", "indexes/stories"],
-    ["artifacts", "show", "indexes/stories"], ["artifacts", "verify", "indexes/stories"],
-    ["index", "list"], ["index", "list", "--collection", "users"], ["index", "show"], ["data", "show"], ["config", "show"],
-]  # fmt: skip
+    ["artifacts", "list"],
+    ["artifacts", "list", "indexes/stories"],
+    ["artifacts", "history", "indexes/stories"],
+    ["artifacts", "show", "indexes/stories"],
+    ["artifacts", "verify", "indexes/stories"],
+    ["index", "list"],
+    ["index", "list", "--collection", "users"],
+    ["index", "show"],
+    ["data", "show"],
+    ["config", "show"],
+]
 
 
 @pytest.mark.parametrize("state", ["missing root", "empty root", "populated root"])
@@ -88,8 +99,12 @@ def test_an_empty_root_beside_the_demo_s_says_where_the_demo_s_artifacts_are(tmp
 def test_tables_fit_120_columns_and_wide_shows_every_name_whole(tmp_path, capsys):
     root = f"file://{tmp_path}/root"
     populate(root)
-    for args in (["index", "list"], ["artifacts", "list"], ["artifacts", "list", "indexes/stories"],
-                 ["artifacts", "history", "indexes/stories"]):  # fmt: skip
+    for args in (
+        ["index", "list"],
+        ["artifacts", "list"],
+        ["artifacts", "list", "indexes/stories"],
+        ["artifacts", "history", "indexes/stories"],
+    ):
         code, out, _ = ebr(capsys, root, *args)
         assert code == 0 and max(len(line) for line in out.splitlines()) <= WIDTH, (args, out)
         for position in (["--wide", *args], [*args, "--wide"]):
@@ -107,9 +122,13 @@ def test_versions_are_named_by_unique_prefix_or_previous_and_mistakes_are_one_sh
     populate(root)
     code, out, _ = ebr(capsys, root, "artifacts", "show", "indexes/stories", "20261015T0030")
     assert code == 0 and INDEX_VERSIONS[1] in out
-    code, out, _ = ebr(capsys, root, "index", "rollback", "--collection", "stories", "--to", "previous", "--reason", "bad")
+    code, out, _ = ebr(
+        capsys, root, "index", "rollback", "--collection", "stories", "--to", "previous", "--reason", "bad"
+    )
     assert code == 0 and f"from {INDEX_VERSIONS[2]} to {INDEX_VERSIONS[1]}" in out
-    code, out, _ = ebr(capsys, root, "artifacts", "rollback", "indexes/stories", "--to", "previous", "--reason", "worse")
+    code, out, _ = ebr(
+        capsys, root, "artifacts", "rollback", "indexes/stories", "--to", "previous", "--reason", "worse"
+    )
     assert code == 0 and f"to {INDEX_VERSIONS[0]}" in out
     code, out, _ = ebr(capsys, root, "artifacts", "verify", "indexes/stories", "20261016")
     assert code == 0 and "all checksums match" in out
@@ -118,14 +137,21 @@ def test_versions_are_named_by_unique_prefix_or_previous_and_mistakes_are_one_sh
         (["artifacts", "show", "indexes/stories", "2026101"], "'2026101' matches 3 versions"),
         (["index", "rollback", "--collection", "stories", "--to", "2026", "--reason", "x"], "matches 3 versions"),
         (["index", "rollback", "--collection", "stories", "--to", "previous", "--reason", "x"], "no previous one"),
-        (["artifacts", "rollback", "indexes/stories", "--to", "20261231", "--reason", "x"], "newest complete: " + INDEX_VERSIONS[2]),
+        (
+            ["artifacts", "rollback", "indexes/stories", "--to", "20261231", "--reason", "x"],
+            "newest complete: " + INDEX_VERSIONS[2],
+        ),
         (["index", "show", "nope"], "has no version 'nope'"),
-    ):  # fmt: skip
+    ):
         code, out, err = ebr(capsys, root, *args)
         assert code == 1 and err.startswith("error: ") and message in err, (args, err)
         assert len(err.splitlines()) == 1 and len(err) < 320 and "Traceback" not in err, err
     newest_first = ebr(capsys, root, "artifacts", "show", "indexes/stories", "2026101")[2]
-    assert newest_first.index(INDEX_VERSIONS[2]) < newest_first.index(INDEX_VERSIONS[1]) < newest_first.index(INDEX_VERSIONS[0])
+    assert (
+        newest_first.index(INDEX_VERSIONS[2])
+        < newest_first.index(INDEX_VERSIONS[1])
+        < newest_first.index(INDEX_VERSIONS[0])
+    )
 
 
 def test_query_user_takes_comma_lists_of_exclusions_and_never_swallows_the_user_id():
@@ -143,8 +169,10 @@ def test_query_for_similar_users_leaves_the_user_out_and_exclusions_reach_the_se
     assert main(["--root", world.root, "index", "build", "--collection", "users"]) == 0  # from the user embeddings
     capsys.readouterr()
     _, server, client = start_service()
-    wait_for(lambda: client.get("/readyz").status_code == 200 and "indexes/users" in client.get("/v1/versions").text,
-             what="readiness with the users index")  # fmt: skip
+    wait_for(
+        lambda: client.get("/readyz").status_code == 200 and "indexes/users" in client.get("/v1/versions").text,
+        what="readiness with the users index",
+    )
     query = ["--root", world.root, "query", "--url", server.url, "user"]
 
     raw = client.post("/v1/retrieve/users", json={"user_id": "u3", "k": 3}).json()["items"]
@@ -168,8 +196,12 @@ def test_the_native_noise_filter_drops_tensorflow_s_lines_and_nothing_else():
         b"E0000 00:00:1796125647.664176   20233 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n",
         b"To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.\n",
     ]
-    kept = [b"error: the warehouse is missing\n", b"F0000 00:00:1796125647.664176   20233 x.cc:1] fatal\n",
-            b"\r 50%|#####     | 5/10\r", b"Traceback (most recent call last):\n"]  # fmt: skip
+    kept = [
+        b"error: the warehouse is missing\n",
+        b"F0000 00:00:1796125647.664176   20233 x.cc:1] fatal\n",
+        b"\r 50%|#####     | 5/10\r",
+        b"Traceback (most recent call last):\n",
+    ]
     assert all(is_native_noise(line) for line in noise)
     assert not any(is_native_noise(line) for line in kept)
 
@@ -193,7 +225,9 @@ def test_the_console_script_loads_tensorflow_with_keras_2_and_keeps_its_noise_ou
     assert "Traceback" not in quiet.stderr and "Keras" not in quiet.stderr
     assert not [line for line in quiet.stderr.splitlines() if is_native_noise(line.encode())], quiet.stderr
 
-    plain = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env, timeout=600)
+    plain = subprocess.run(
+        [sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env, timeout=600
+    )
     printed = [line for line in plain.stderr.splitlines() if is_native_noise(line.encode())]
     verbose = subprocess.run([EBR, "-v", *train], capture_output=True, text=True, env=env, timeout=600)
     assert verbose.returncode == 1 and "Traceback" not in verbose.stderr
@@ -208,7 +242,9 @@ def test_the_training_table_of_the_model_and_four_baselines_fits_120_columns_unl
     metrics = {"recall@10": 0.2437, "recall@10_lo": 0.2009, "recall@10_hi": 0.2887, "coverage@100": 0.8756}
     columns = ["model", "popularity", "recent_popularity", "als", "ease"]  # what `ebr train` printed here
     for wide, cell in ((False, "0.244 [.201,.289]"), (True, "0.2437 [0.2009, 0.2887]")):
-        rows = [(name, *(metric_cell(metrics, "recall@10", wide) for _ in columns)) for name in ("catalogue_recall@100",)]
+        rows = [
+            (name, *(metric_cell(metrics, "recall@10", wide) for _ in columns)) for name in ("catalogue_recall@100",)
+        ]
         assert rows[0][1] == cell
         widest = max(len(line) for line in table(["metric", *columns], rows, wide=wide).splitlines())
         assert (widest <= WIDTH) is not wide, widest

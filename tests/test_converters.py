@@ -56,8 +56,10 @@ def test_movielens_1m_format(tmp_path, warehouse):
     assert stories["20"]["created_ts"] == 725846400  # 1993-01-01T00:00:00Z
     events = warehouse.read_events().to_pylist()
     assert [(e["user_id"], e["story_id"], e["favorite"], e["long_view"], e["skip"]) for e in events] == [
-        ("1", "10", True, True, False), ("2", "10", False, True, False), ("1", "20", False, False, False),
-    ]  # fmt: skip
+        ("1", "10", True, True, False),
+        ("2", "10", False, True, False),
+        ("1", "20", False, False, False),
+    ]
 
 
 def test_movielens_errors_name_the_file(tmp_path, warehouse):

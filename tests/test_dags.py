@@ -17,7 +17,17 @@ from artifacts import InvalidNameError
 from artifacts.names import validate_version
 from tests.airflow_support import DAG_IDS, DAGS_FOLDER, REPO, load_dags, process_airflow_home
 
-HEAVY_MODULES = ("tensorflow", "apache_beam", "numpy", "pyarrow", "pandas", "hnswlib", "models", "warehouse", "index_builder.publish")
+HEAVY_MODULES = (
+    "tensorflow",
+    "apache_beam",
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "hnswlib",
+    "models",
+    "warehouse",
+    "index_builder.publish",
+)
 
 # Runs in a fresh interpreter: for each DAG file, import what the file imports first (the
 # DAG processor does the same: [dag_processor] parsing_pre_import_modules), then time the
@@ -120,7 +130,10 @@ def test_beam_jobs_start_through_the_beam_operator_with_the_planned_runner(dags)
 
     from orchestration.embeddings import job_file
 
-    jobs = (("ebr_user_embeddings", "embed_users", "users", "user_embeddings.py"), ("ebr_story_index", "embed_stories", "stories", "story_embeddings.py"))
+    jobs = (
+        ("ebr_user_embeddings", "embed_users", "users", "user_embeddings.py"),
+        ("ebr_story_index", "embed_stories", "stories", "story_embeddings.py"),
+    )
     for dag_id, task_id, entity, script in jobs:
         embed = dags[dag_id].task_dict[task_id]
         assert isinstance(embed, BeamRunPythonPipelineOperator)
@@ -166,16 +179,41 @@ def test_ebr_rollback_is_manual_with_a_validated_form(dags):
         params.update(values)
         return params.validate()
 
-    good = {"collection": "users", "version": "20261014T220000Z-ebr_story_index-manual__x", "reason": "bad", "force": False}
+    good = {
+        "collection": "users",
+        "version": "20261014T220000Z-ebr_story_index-manual__x",
+        "reason": "bad",
+        "force": False,
+    }
     assert form(good) == good
     assert form({k: v for k, v in good.items() if k != "version"})["version"] == "previous"  # the default
-    for bad, field in (({"collection": "movies"}, "collection"), ({"version": "../x"}, "version"), ({"version": "a" * 129}, "version"),
-                       ({"reason": ""}, "reason"), ({"force": "yes"}, "force")):  # fmt: skip
+    for bad, field in (
+        ({"collection": "movies"}, "collection"),
+        ({"version": "../x"}, "version"),
+        ({"version": "a" * 129}, "version"),
+        ({"reason": ""}, "reason"),
+        ({"force": "yes"}, "force"),
+    ):
         with pytest.raises(ParamValidationError, match=field):
             form({**good, **bad})
 
 
-@pytest.mark.parametrize("name", ["20261014T220000Z-ebr_story_index-manual__2026-11-24T06-05-26.084870+00-00", "v1", "a.b_c+d-e", "../x", "a..b", ".hidden", "a/b", "", "x" * 129, "with space", "ü"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20261014T220000Z-ebr_story_index-manual__2026-11-24T06-05-26.084870+00-00",
+        "v1",
+        "a.b_c+d-e",
+        "../x",
+        "a..b",
+        ".hidden",
+        "a/b",
+        "",
+        "x" * 129,
+        "with space",
+        "ü",
+    ],
+)
 def test_the_form_pattern_for_versions_accepts_exactly_what_the_store_accepts(name):
     import re
 
@@ -197,7 +235,15 @@ def test_ebr_retention_maps_over_every_kind(dags):
     retain = dag.task_dict["retain"]
     assert type(retain).__name__ == "DecoratedMappedOperator"
     assert retain.op_kwargs_expand_input.value["kind"] == list(RETAINED_KINDS)
-    assert set(RETAINED_KINDS) == {"models/two_tower", "embeddings/users", "embeddings/stories", "embeddings/creators", "indexes/stories", "indexes/creators", "indexes/users"}
+    assert set(RETAINED_KINDS) == {
+        "models/two_tower",
+        "embeddings/users",
+        "embeddings/stories",
+        "embeddings/creators",
+        "indexes/stories",
+        "indexes/creators",
+        "indexes/users",
+    }
 
 
 def test_schedules_and_the_asset_root_are_configuration(dags, monkeypatch, tmp_path):
@@ -240,7 +286,9 @@ def test_runs_without_a_logical_date_are_named_after_run_after():
     from orchestration.runs import RunIdentity
 
     due = datetime(2026, 10, 14, 3, 7, tzinfo=UTC)
-    dag_run = SimpleNamespace(dag_id="ebr_user_embeddings", run_id="asset_triggered__x", logical_date=None, run_after=due)
+    dag_run = SimpleNamespace(
+        dag_id="ebr_user_embeddings", run_id="asset_triggered__x", logical_date=None, run_after=due
+    )
     run = RunIdentity.from_context({"dag_run": dag_run, "logical_date": None})
     assert run.logical_date == due and run.version.startswith("20261014T030700Z-ebr_user_embeddings-asset_triggered__x")
 
@@ -248,10 +296,19 @@ def test_runs_without_a_logical_date_are_named_after_run_after():
 def test_pipeline_options_from_config_become_the_operators_dict():
     from orchestration.embeddings import pipeline_options_dict
 
-    options = ["--project=p", "--region=europe-west4", "--experiments=use_runner_v2", "--experiments=a", "--save_main_session"]
+    options = [
+        "--project=p",
+        "--region=europe-west4",
+        "--experiments=use_runner_v2",
+        "--experiments=a",
+        "--save_main_session",
+    ]
     assert pipeline_options_dict(options) == {
-        "project": "p", "region": "europe-west4", "experiments": ["use_runner_v2", "a"], "save_main_session": True,
-    }  # fmt: skip
+        "project": "p",
+        "region": "europe-west4",
+        "experiments": ["use_runner_v2", "a"],
+        "save_main_session": True,
+    }
     with pytest.raises(ValueError, match="--key=value"):
         pipeline_options_dict(["project=p"])
 
@@ -299,7 +356,14 @@ def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch)
     from orchestration.embeddings import NoPublishedModelError, plan_embedding_job
     from orchestration.runs import RunIdentity
 
-    cfg = load_config(overrides=[f"root=file://{tmp_path}", "embed.runner=DataflowRunner", 'embed.pipeline_options=["--project=p","--region=europe-west4","--experiments=a","--experiments=b"]'], environ={})
+    cfg = load_config(
+        overrides=[
+            f"root=file://{tmp_path}",
+            "embed.runner=DataflowRunner",
+            'embed.pipeline_options=["--project=p","--region=europe-west4","--experiments=a","--experiments=b"]',
+        ],
+        environ={},
+    )
     run = RunIdentity("ebr_story_index", "manual__1", datetime(2026, 10, 14, 22, tzinfo=UTC))
     with pytest.raises(NoPublishedModelError, match="run the ebr_train DAG"):
         plan_embedding_job(cfg, run, "stories")
@@ -307,7 +371,11 @@ def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch)
     with models.new_version("20261015T000000Z-m") as writer:
         writer.add_bytes("features.json", b"{}")
     models.publish("20261015T000000Z-m", reason="test")
-    monkeypatch.setattr(warehouse.Warehouse, "from_config", classmethod(lambda cls, c: FakeWarehouse([date(2026, 10, 1), date(2026, 10, 14)])))
+    monkeypatch.setattr(
+        warehouse.Warehouse,
+        "from_config",
+        classmethod(lambda cls, c: FakeWarehouse([date(2026, 10, 1), date(2026, 10, 14)])),
+    )
 
     plan = plan_embedding_job(cfg, run, "stories")
     assert plan["runner"] == "DataflowRunner" and plan["snapshot"] == run.version

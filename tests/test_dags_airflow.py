@@ -16,6 +16,7 @@ from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
 
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """indexes/stories with two complete versions, LATEST on the newer one."""
@@ -37,8 +38,13 @@ def airflow(tmp_path_factory, store):
 @pytest.fixture(scope="module")
 def token(airflow):
     token = airflow.token()
-    wait_for(lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
-             "the dag-processor did not register ebr_rollback", 180, interval=1, details=airflow.logs)  # fmt: skip
+    wait_for(
+        lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
+        "the dag-processor did not register ebr_rollback",
+        180,
+        interval=1,
+        details=airflow.logs,
+    )
     status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
     assert status == 200 and body["is_paused"] is False, body
     return token
@@ -70,16 +76,28 @@ def test_rollback_triggered_through_the_rest_api_moves_latest(airflow, token, st
     print(f"rollback run finished in {time.monotonic() - started:.1f} s")
     assert kind.latest() == OLDER
     move = kind.history()[-1]
-    assert (move.action, move.from_version, move.to_version, move.run_id) == ("rollback", NEWER, OLDER, run["dag_run_id"])
+    assert (move.action, move.from_version, move.to_version, move.run_id) == (
+        "rollback",
+        NEWER,
+        OLDER,
+        run["dag_run_id"],
+    )
     assert "REST API test" in move.reason
-    _, tasks = airflow.request("GET", f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}/taskInstances", token=token)
-    assert {t["task_id"]: t["state"] for t in tasks["task_instances"]} == {"check_request": "success", "roll_back": "success"}
+    _, tasks = airflow.request(
+        "GET", f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}/taskInstances", token=token
+    )
+    assert {t["task_id"]: t["state"] for t in tasks["task_instances"]} == {
+        "check_request": "success",
+        "roll_back": "success",
+    }
 
 
 def test_a_bad_parameter_is_refused_before_a_run_exists(airflow, token, store):
     _, before = airflow.request("GET", "/api/v2/dags/ebr_rollback/dagRuns", token=token)
-    for conf, field in (({"collection": "movies", "version": OLDER, "reason": "x" * 5}, "collection"),
-                        ({"collection": "stories", "version": "../../LATEST", "reason": "x" * 5}, "version")):  # fmt: skip
+    for conf, field in (
+        ({"collection": "movies", "version": OLDER, "reason": "x" * 5}, "collection"),
+        ({"collection": "stories", "version": "../../LATEST", "reason": "x" * 5}, "version"),
+    ):
         status, body = trigger(airflow, token, conf)
         assert status == 400, body
         assert field in str(body), body
@@ -92,13 +110,21 @@ def test_a_published_model_triggers_both_embedding_dags(airflow, token):
     ebr_train's publish_model emits) creates an asset-triggered run of each embedding DAG."""
     consumers = ("ebr_user_embeddings", "ebr_story_index")
     for dag_id in consumers:
-        wait_for(lambda d=dag_id: airflow.request("GET", f"/api/v2/dags/{d}", token=token)[0] == 200, f"{dag_id} registered", 180, interval=1, details=airflow.logs)
+        wait_for(
+            lambda d=dag_id: airflow.request("GET", f"/api/v2/dags/{d}", token=token)[0] == 200,
+            f"{dag_id} registered",
+            180,
+            interval=1,
+            details=airflow.logs,
+        )
         status, body = airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
         assert status == 200, body
     _, assets = airflow.request("GET", "/api/v2/assets?name_pattern=models/two_tower", token=token)
     (model,) = [a for a in assets["assets"] if a["name"] == "ebr/models/two_tower"]
     assert sorted(d["dag_id"] for d in model["scheduled_dags"]) == sorted(consumers)
-    status, event = airflow.request("POST", "/api/v2/assets/events", {"asset_id": model["id"], "extra": {"version": "test"}}, token)
+    status, event = airflow.request(
+        "POST", "/api/v2/assets/events", {"asset_id": model["id"], "extra": {"version": "test"}}, token
+    )
     assert status == 200, event
 
     def triggered(dag_id):
@@ -114,7 +140,9 @@ def test_a_published_model_triggers_both_embedding_dags(airflow, token):
         return [run for run in runs["dag_runs"] if run["run_type"] == "asset_triggered"]
 
     for dag_id in consumers:
-        (run,) = wait_for(lambda d=dag_id: triggered(d), f"no asset-triggered run of {dag_id}", 120, interval=1, details=airflow.logs)
+        (run,) = wait_for(
+            lambda d=dag_id: triggered(d), f"no asset-triggered run of {dag_id}", 120, interval=1, details=airflow.logs
+        )
         assert run["run_type"] == "asset_triggered"
     for dag_id in consumers:  # no model is published in this store: let the runs stop here
         airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": True}, token)

@@ -25,7 +25,10 @@ STORY_DATES = (datetime(2026, 10, 14, 22, tzinfo=UTC), datetime(2026, 10, 14, 22
 
 
 def task_states(dag_run) -> dict[str, str]:
-    return {ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dag_run.get_task_instances()}
+    return {
+        ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]": str(ti.state)
+        for ti in dag_run.get_task_instances()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,11 @@ def pipeline(tmp_path_factory):
     with pytest.MonkeyPatch.context() as env:
         for name in [n for n in os.environ if n.startswith("EBR_")]:
             env.delenv(name)
-        for name, value in {**TINY_PIPELINE, "EBR_ROOT": f"file://{root}", "EBR_ORCHESTRATION__WORKDIR": str(root / "work")}.items():
+        for name, value in {
+            **TINY_PIPELINE,
+            "EBR_ROOT": f"file://{root}",
+            "EBR_ORCHESTRATION__WORKDIR": str(root / "work"),
+        }.items():
             env.setenv(name, value)
         from config import load_config
         from warehouse import Warehouse
@@ -143,7 +150,11 @@ def test_a_rerun_of_the_same_run_reuses_its_versions_and_publishes_nothing_twice
     identity = RunIdentity(run.dag_id, run.run_id, STORY_DATES[-1])
     index = pipeline.store.kind("indexes/stories")
     history_before = index.history()
-    check_snapshots(pipeline.cfg, "stories", {"snapshot": identity.version, "model_version": pipeline.store.kind(MODELS).latest(), "as_of": ""})
+    check_snapshots(
+        pipeline.cfg,
+        "stories",
+        {"snapshot": identity.version, "model_version": pipeline.store.kind(MODELS).latest(), "as_of": ""},
+    )
     built = build_index(pipeline.cfg, identity, "stories", identity.version)
     assert built["version"] == identity.version == index.latest()
     assert built["mode"] == "reused"
@@ -156,7 +167,9 @@ def test_ebr_rollback_moves_latest_back_and_records_the_reason(pipeline, stories
     index = pipeline.store.kind("indexes/creators")
     older, newer = index.complete_versions()
     assert index.latest() == newer
-    run = pipeline.dags["ebr_rollback"].test(run_conf={"collection": "creators", "version": older, "reason": "bad creator ranking"})
+    run = pipeline.dags["ebr_rollback"].test(
+        run_conf={"collection": "creators", "version": older, "reason": "bad creator ranking"}
+    )
     assert str(run.state) == "success", task_states(run)
     assert index.latest() == older
     move = index.history()[-1]
@@ -169,7 +182,9 @@ def test_ebr_rollback_moves_latest_back_and_records_the_reason(pipeline, stories
 def test_ebr_rollback_to_a_version_that_does_not_exist_fails_in_its_first_task(pipeline, stories_indexed):
     index = pipeline.store.kind("indexes/stories")
     latest = index.latest()
-    run = pipeline.dags["ebr_rollback"].test(run_conf={"collection": "stories", "version": "20261001T000000Z-no-such-run", "reason": "typo"})
+    run = pipeline.dags["ebr_rollback"].test(
+        run_conf={"collection": "stories", "version": "20261001T000000Z-no-such-run", "reason": "typo"}
+    )
     states = task_states(run)
     assert str(run.state) == "failed"
     assert states == {"check_request": "failed", "roll_back": "upstream_failed"}
@@ -180,9 +195,13 @@ def test_ebr_rollback_refuses_a_malformed_version_before_any_task_runs(pipeline)
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError, match="version"):
-        pipeline.dags["ebr_rollback"].test(run_conf={"collection": "stories", "version": "../LATEST", "reason": "sneaky"})
+        pipeline.dags["ebr_rollback"].test(
+            run_conf={"collection": "stories", "version": "../LATEST", "reason": "sneaky"}
+        )
     with pytest.raises(ParamValidationError, match="collection"):
-        pipeline.dags["ebr_rollback"].test(run_conf={"collection": "movies", "version": "v1", "reason": "no such collection"})
+        pipeline.dags["ebr_rollback"].test(
+            run_conf={"collection": "movies", "version": "v1", "reason": "no such collection"}
+        )
 
 
 def test_ebr_retention_keeps_the_newest_and_whatever_latest_names(pipeline, stories_indexed):

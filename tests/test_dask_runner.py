@@ -47,11 +47,23 @@ def cluster():
 
 def on_both_runners(shipped_bug: str):
     """Runs the test on this project's runner, and on Beam's shipped one expecting `shipped_bug`."""
-    return pytest.mark.parametrize("runner", [RUNNER, pytest.param(SHIPPED, marks=pytest.mark.xfail(strict=True, reason=f"Beam 2.77's DaskRunner: {shipped_bug}"))])
+    return pytest.mark.parametrize(
+        "runner",
+        [
+            RUNNER,
+            pytest.param(
+                SHIPPED, marks=pytest.mark.xfail(strict=True, reason=f"Beam 2.77's DaskRunner: {shipped_bug}")
+            ),
+        ],
+    )
 
 
 def _pipeline(runner: str, address: str, npartitions: int = 4) -> beam.Pipeline:
-    return beam.Pipeline(options=PipelineOptions([f"--runner={runner}", f"--dask_client_address={address}", f"--dask_npartitions={npartitions}"]))
+    return beam.Pipeline(
+        options=PipelineOptions(
+            [f"--runner={runner}", f"--dask_client_address={address}", f"--dask_npartitions={npartitions}"]
+        )
+    )
 
 
 def _run(pipeline: beam.Pipeline):
@@ -81,8 +93,16 @@ def _recorded(path) -> list:
 def test_every_sink_runs(cluster, tmp_path, runner):
     p = _pipeline(runner, cluster)
     numbers = p | beam.Create(range(6))
-    _ = numbers | "Doubles" >> beam.Map(lambda x: x * 2) | "WriteDoubles" >> beam.Map(_record, str(tmp_path / "doubles"))
-    _ = numbers | "Squares" >> beam.Map(lambda x: x * x) | "WriteSquares" >> beam.Map(_record, str(tmp_path / "squares"))
+    _ = (
+        numbers
+        | "Doubles" >> beam.Map(lambda x: x * 2)
+        | "WriteDoubles" >> beam.Map(_record, str(tmp_path / "doubles"))
+    )
+    _ = (
+        numbers
+        | "Squares" >> beam.Map(lambda x: x * x)
+        | "WriteSquares" >> beam.Map(_record, str(tmp_path / "squares"))
+    )
     _run(p)
     assert sorted(_recorded(tmp_path / "doubles")) == [0, 2, 4, 6, 8, 10]
     assert sorted(_recorded(tmp_path / "squares")) == [0, 1, 4, 9, 16, 25]
@@ -124,7 +144,11 @@ def _stamp_side(x, path: str):
 def test_a_side_input_is_computed_once_before_the_tasks_that_read_it(cluster, tmp_path, runner):
     p = _pipeline(runner, cluster, npartitions=4)
     side = p | "Side" >> beam.Create([1, 2, 3]) | "ComputeSide" >> beam.Map(_stamp_side, str(tmp_path / "side_calls"))
-    main = p | "Main" >> beam.Create(range(8)) | "AddSide" >> beam.ParDo(_StampBundles(str(tmp_path / "bundles")), AsList(side))
+    main = (
+        p
+        | "Main" >> beam.Create(range(8))
+        | "AddSide" >> beam.ParDo(_StampBundles(str(tmp_path / "bundles")), AsList(side))
+    )
     _ = main | "Write" >> beam.Map(_record, str(tmp_path / "out"))
     _run(p)
     assert sorted(_recorded(tmp_path / "out")) == [x + 6 for x in range(8)]
@@ -169,7 +193,12 @@ class _SetUpOnce(beam.DoFn):
 @on_both_runners("setup() runs for every partition")
 def test_setup_runs_once_per_worker_not_per_bundle(cluster, tmp_path, runner):
     p = _pipeline(runner, cluster, npartitions=8)
-    _ = p | beam.Create(range(8)) | "Work" >> beam.ParDo(_SetUpOnce(str(tmp_path / "setups"))) | "Write" >> beam.Map(_record, str(tmp_path / "out"))
+    _ = (
+        p
+        | beam.Create(range(8))
+        | "Work" >> beam.ParDo(_SetUpOnce(str(tmp_path / "setups")))
+        | "Write" >> beam.Map(_record, str(tmp_path / "out"))
+    )
     _run(p)
     assert sorted(_recorded(tmp_path / "out")) == list(range(8))  # 8 bundles
     setups = _recorded(tmp_path / "setups")
@@ -214,11 +243,12 @@ class _CountBundles(beam.DoFn):
 def test_a_group_by_key_shuffles_into_npartitions(cluster, tmp_path, runner):
     p = _pipeline(runner, cluster, npartitions=8)
     grouped = (
-        p | beam.Create(["file-a", "file-b"])  # two "files" of 32 rows each
+        p
+        | beam.Create(["file-a", "file-b"])  # two "files" of 32 rows each
         | "Rows" >> beam.FlatMap(lambda f: [(i % 16, f) for i in range(32)])
         | beam.GroupByKey()
         | "PerBucket" >> beam.ParDo(_CountBundles(str(tmp_path / "bundles")))
-    )  # fmt: skip
+    )
     _ = grouped | "Write" >> beam.Map(lambda kv: _record([kv[0], len(kv[1])], str(tmp_path / "out")))
     _run(p)
     assert sorted(_recorded(tmp_path / "out")) == [[k, 4] for k in range(16)]
@@ -245,7 +275,9 @@ def test_finish_bundle_outputs_are_kept(cluster, tmp_path, runner):
 
 
 def test_the_dask_runner_gets_buckets_as_partitions_and_the_configured_scheduler():
-    cfg = load_config(overrides=[f"embed.runner={RUNNER}", "embed.buckets=12", "embed.dask_address=tcp://10.0.0.5:8786"], environ={})
+    cfg = load_config(
+        overrides=[f"embed.runner={RUNNER}", "embed.buckets=12", "embed.dask_address=tcp://10.0.0.5:8786"], environ={}
+    )
     options = with_configured_runner([], cfg).get_all_options()
     assert (options["npartitions"], options["address"]) == (12, "tcp://10.0.0.5:8786")
     # A flag on the command line still wins; other runners get no dask flags.
@@ -275,7 +307,6 @@ def world(tmp_path_factory):
     outcome = train_and_publish(cfg, root.parent / "work", "20261001T000000Z-train-test", verbose=0)
     assert outcome.published is not None and outcome.published.moved, outcome.gate
     return root
-
 
 
 # Each GroupByKey is an all-to-all task shuffle of buckets² small tasks on Dask (and the
@@ -321,7 +352,9 @@ def _assert_same_snapshot(direct, dask) -> None:
 @pytest.mark.slow
 def test_dead_letters_are_routed_on_dask(damaged_world, cluster):
     root, bad_ids = damaged_world
-    (stories, _creators) = story_embeddings.run(_job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=dask-damaged", *_dask_args(cluster)))
+    (stories, _creators) = story_embeddings.run(
+        _job_args(root, "--as_of=2026-10-14T12:00:00Z", "--snapshot=dask-damaged", *_dask_args(cluster))
+    )
     kind = ArtifactStore.open(f"file://{root}").kind(STORY_EMBEDDINGS)
     assert kind.manifest("dask-damaged").metrics["dead_letters"] == {"stories": 3}
     letters = [json.loads(line) for line in kind.read_file("dask-damaged", "dead_letter.jsonl").decode().splitlines()]
@@ -341,7 +374,10 @@ def test_the_readmes_dataflow_command_line_builds_a_dataflow_job(world):
     block = README.read_text().split("**On Dataflow**", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     words = block.replace("\\\n", " ").split()
     assert words[:3] == ["python", "-m", "beam_jobs.user_embeddings"], words
-    flags = [w.replace("PROJECT", "my-project").replace("REGION", "europe-west4").replace("BUCKET", "my-bucket") for w in words[3:]]
+    flags = [
+        w.replace("PROJECT", "my-project").replace("REGION", "europe-west4").replace("BUCKET", "my-bucket")
+        for w in words[3:]
+    ]
     assert {f.split("=")[0] for f in flags} >= {"--runner", "--project", "--region", "--temp_location", "--setup_file"}
     argv = [*flags, f"--root=file://{world}", *(f"--set={s}" for s in SMALL_MODEL), "--dry_run=True"]
     cfg = job_config(PipelineOptions(argv))

@@ -60,7 +60,11 @@ def feed(progress: DagProgress, text: str) -> list[str]:
 def test_the_demo_runs_each_dag_at_a_logical_date_inside_the_world():
     start = datetime(2026, 10, 1, tzinfo=UTC)
     runs = demo_runs(start, 21)
-    assert [dag for dag, _ in runs] == list(DAG_ORDER) == ["ebr_train", "ebr_user_embeddings", "ebr_story_index", "ebr_story_index"]
+    assert (
+        [dag for dag, _ in runs]
+        == list(DAG_ORDER)
+        == ["ebr_train", "ebr_user_embeddings", "ebr_story_index", "ebr_story_index"]
+    )
     dates = [when for _, when in runs]
     assert dates[0] == datetime(2026, 10, 22, tzinfo=UTC)  # the daily run after the last event day
     assert all(start < when < dates[0] for when in dates[1:])  # inside the data: fresh stories exist
@@ -132,13 +136,26 @@ def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(t
     # The demo's own training settings, made tiny the way the DAG tests make them (the
     # demo's environment lets EBR_* through to the Airflow processes).
     env.update({k: v for k, v in TINY_PIPELINE.items() if k != "EBR_WORLD__SIZE"}, TF_USE_LEGACY_KERAS="1")
-    done = subprocess.run([sys.executable, "-m", "orchestration.demo", "--root", root, "--size", "tiny", "--users", "1"],
-                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestration.demo", "--root", root, "--size", "tiny", "--users", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     out = done.stdout
     assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
-    for expected in ("train_and_evaluate started", "epoch 1: validation", "gate: promote", "embed_users success",
-                     "dead letters:", "recall@10", "index_stories.publish success", "Next steps",
-                     "index rollback --collection stories --to previous"):  # fmt: skip
+    for expected in (
+        "train_and_evaluate started",
+        "epoch 1: validation",
+        "gate: promote",
+        "embed_users success",
+        "dead letters:",
+        "recall@10",
+        "index_stories.publish success",
+        "Next steps",
+        "index rollback --collection stories --to previous",
+    ):
         assert expected in out, f"{expected!r} not in:\n{out}"
     assert out.count("ebr_story_index: success") == 2, out
     assert (tmp_path / "demo-airflow" / "airflow.db").exists()  # the home `make airflow DEMO_ROOT=...` opens

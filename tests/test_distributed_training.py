@@ -24,21 +24,39 @@ from warehouse.synthetic import generate_world
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = [
-    "world.size=tiny", "world.n_users=300", "world.n_events=12000",
-    "train.epochs=2", "train.batch_size=128", "train.learning_rate=0.005", "train.warmup_steps=10",
-    "train.holdout_days=2", "train.eval_ks=[10,100]", "train.tune_baselines=false",
-    "gate.metrics=[\"recall@100\"]", "gate.min_eval_positives=100",
-    "model.mlp_width=32", "model.id_embedding_dim=16", "model.cross_projection_dim=8", "model.cross_layers=1",
-    "model.dropout=0.0", "model.id_dropout=0.0",
-]  # fmt: skip
+    "world.size=tiny",
+    "world.n_users=300",
+    "world.n_events=12000",
+    "train.epochs=2",
+    "train.batch_size=128",
+    "train.learning_rate=0.005",
+    "train.warmup_steps=10",
+    "train.holdout_days=2",
+    "train.eval_ks=[10,100]",
+    "train.tune_baselines=false",
+    'gate.metrics=["recall@100"]',
+    "gate.min_eval_positives=100",
+    "model.mlp_width=32",
+    "model.id_embedding_dim=16",
+    "model.cross_projection_dim=8",
+    "model.cross_layers=1",
+    "model.dropout=0.0",
+    "model.id_dropout=0.0",
+]
 
 
 def ebr(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     sets = [a for s in TINY for a in ("--set", s)]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     env.pop("TF_CONFIG", None)
-    return subprocess.run([sys.executable, "-m", "cli.main", "--root", f"file://{root}", *sets, *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", "--root", f"file://{root}", *sets, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +93,9 @@ def test_two_workers_train_one_model_that_the_chief_publishes(world, tmp_path):
     assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
     one = json.loads((single / "metrics.json").read_text())
     assert [h["loss"] for h in chief["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-3)
-    assert [h["val_top_100_accuracy"] for h in chief["history"]] == pytest.approx([h["val_top_100_accuracy"] for h in one["history"]], abs=0.02)
+    assert [h["val_top_100_accuracy"] for h in chief["history"]] == pytest.approx(
+        [h["val_top_100_accuracy"] for h in one["history"]], abs=0.02
+    )
     assert chief["metrics"]["model"]["recall@100"] == pytest.approx(one["metrics"]["model"]["recall@100"], abs=0.03)
 
 
@@ -115,7 +135,9 @@ def test_the_training_dag_task_trains_on_workers_and_hands_the_chief_export_to_t
     from orchestration.training import gate_model, publish_trained_model, train_model
 
     workdir = tmp_path / "work"
-    cfg = load_config(overrides=[f"root=file://{world}", *TINY, "train.workers=2", f"orchestration.workdir={workdir}"], environ={})
+    cfg = load_config(
+        overrides=[f"root=file://{world}", *TINY, "train.workers=2", f"orchestration.workdir={workdir}"], environ={}
+    )
     run = RunIdentity("ebr_train", "manual__workers", datetime(2026, 12, 1, tzinfo=UTC))
     trained = train_model(cfg, run)
     assert not trained["reused"] and trained["staged"]["params"]["workers"] == 2

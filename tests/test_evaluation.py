@@ -47,9 +47,12 @@ def test_metrics_on_a_hand_worked_case():
 
 def test_oracle_recall_compares_with_the_oracles_top_k():
     data = EvaluationSet(
-        users=np.array([0]), test_events=[np.array([1])], seen=[np.array([], dtype=int)], n_candidates=4,
+        users=np.array([0]),
+        test_events=[np.array([1])],
+        seen=[np.array([], dtype=int)],
+        n_candidates=4,
         oracle=lambda users: np.array([[3.0, 2.0, 1.0, 0.0]])[np.zeros(len(users), int)],
-    )  # fmt: skip
+    )
     # Model top 2 = {3, 2}, oracle top 2 = {0, 1}: no overlap; top 4 = everything.
     m = evaluate(scorer, data, ks=[2, 4])
     assert m["oracle_recall@2"] == 0.0 and m["oracle_recall@4"] == 1.0
@@ -73,9 +76,12 @@ def test_cold_start_recall_counts_only_stories_without_training_events():
     # relevant {2, 0}: cold relevant {2}, found at rank 1. User 1 (ranking 0,1,2,3) has
     # relevant {3}: cold, at rank 4.
     data = EvaluationSet(
-        users=np.array([0, 1]), test_events=[np.array([2, 0]), np.array([3])], seen=[np.array([3]), np.array([], dtype=int)],
-        n_candidates=4, cold=np.array([False, False, True, True]),
-    )  # fmt: skip
+        users=np.array([0, 1]),
+        test_events=[np.array([2, 0]), np.array([3])],
+        seen=[np.array([3]), np.array([], dtype=int)],
+        n_candidates=4,
+        cold=np.array([False, False, True, True]),
+    )
     m = evaluate(scorer, data, ks=[1, 4])
     assert m["cold_recall@1"] == pytest.approx((1 + 0) / 2) and m["cold_recall@4"] == 1.0
     assert m["cold_eval_users"] == 2.0 and m["cold_eval_positives"] == 2.0
@@ -86,9 +92,12 @@ def test_new_and_returning_users_are_measured_apart():
     # Same rankings as above. User 0 (returning) finds relevant {2, 0} at ranks 1 and 3;
     # user 1 (new: no training event) finds {3} at rank 4.
     data = EvaluationSet(
-        users=np.array([0, 1]), test_events=[np.array([2, 0]), np.array([3])], seen=[np.array([3]), np.array([], dtype=int)],
-        n_candidates=4, new_users=np.array([False, True]),
-    )  # fmt: skip
+        users=np.array([0, 1]),
+        test_events=[np.array([2, 0]), np.array([3])],
+        seen=[np.array([3]), np.array([], dtype=int)],
+        n_candidates=4,
+        new_users=np.array([False, True]),
+    )
     m = evaluate(scorer, data, ks=[1, 4])
     assert m["new_user_eval_users"] == 1.0 and m["returning_user_eval_users"] == 1.0
     assert m["returning_user_recall@1"] == pytest.approx(0.5) and m["new_user_recall@1"] == 0.0
@@ -116,7 +125,12 @@ def test_intervals_and_paired_differences_say_whether_a_win_is_more_than_chance(
 
 
 def test_evaluate_adds_bootstrap_intervals_and_sizes_next_to_every_per_user_metric():
-    data = EvaluationSet(users=np.array([0, 1]), test_events=[np.array([2, 0]), np.array([3])], seen=[np.array([3]), np.array([], dtype=int)], n_candidates=4)
+    data = EvaluationSet(
+        users=np.array([0, 1]),
+        test_events=[np.array([2, 0]), np.array([3])],
+        seen=[np.array([3]), np.array([], dtype=int)],
+        n_candidates=4,
+    )
     m = evaluate(scorer, data, ks=[1, 2], bootstrap=200)
     for name in ("recall@1", "recall@2", "ndcg@10"):
         assert m[f"{name}_lo"] <= m[name] <= m[f"{name}_hi"]

@@ -23,39 +23,68 @@ CFG = FeatureConfig(history_length=3, hashtag_history_stories=2, story_hashtags=
 
 
 def _catalog():
-    users = pa.table({"user_id": ["alice", "bob"], "country": ["US", "FR"], "language": ["en", "fr"],
-                      "age_bucket": ["18-24", "25-34"], "account_created_ts": [T0 - 10 * DAY, T0 - DAY]})
-    stories = pa.table({
-        "story_id": ["s1", "s2", "s3", "s4"], "creator_id": ["c1", "c1", "c2", "c2"],
-        "created_ts": [T0 - 5 * DAY, T0 - 2 * DAY, T0 - DAY, T0],
-        "country": ["US"] * 4, "language": ["en"] * 4,
-        "duration_s": pa.array([10.0, None, 30.0, 5.0], pa.float32()),
-        "hashtags": [["pets", "cats"], ["food"], ["pets"], []],
-        "description": ["a", "b", "c", "d"],
-        "content_embedding": pa.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], pa.list_(pa.float32())),
-    })
-    creators = pa.table({"creator_id": ["c1", "c2"], "country": ["US", "US"], "language": ["en", "en"],
-                         "created_ts": [0, 0], "follower_count": [99, 0]})  # fmt: skip
+    users = pa.table(
+        {
+            "user_id": ["alice", "bob"],
+            "country": ["US", "FR"],
+            "language": ["en", "fr"],
+            "age_bucket": ["18-24", "25-34"],
+            "account_created_ts": [T0 - 10 * DAY, T0 - DAY],
+        }
+    )
+    stories = pa.table(
+        {
+            "story_id": ["s1", "s2", "s3", "s4"],
+            "creator_id": ["c1", "c1", "c2", "c2"],
+            "created_ts": [T0 - 5 * DAY, T0 - 2 * DAY, T0 - DAY, T0],
+            "country": ["US"] * 4,
+            "language": ["en"] * 4,
+            "duration_s": pa.array([10.0, None, 30.0, 5.0], pa.float32()),
+            "hashtags": [["pets", "cats"], ["food"], ["pets"], []],
+            "description": ["a", "b", "c", "d"],
+            "content_embedding": pa.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], pa.list_(pa.float32())),
+        }
+    )
+    creators = pa.table(
+        {
+            "creator_id": ["c1", "c2"],
+            "country": ["US", "US"],
+            "language": ["en", "en"],
+            "created_ts": [0, 0],
+            "follower_count": [99, 0],
+        }
+    )
     return Catalog.from_tables(users, stories, creators, CFG)
 
 
 def _events(rows):
     """rows: (user, story, ts, long_view)."""
     n = len(rows)
-    return pa.table({
-        "user_id": [r[0] for r in rows], "story_id": [r[1] for r in rows], "ts": [r[2] for r in rows],
-        "view": [True] * n, "long_view": [r[3] for r in rows], "boost": [False] * n, "favorite": [False] * n,
-        "share": [False] * n, "skip": [False] * n, "watch_ratio": pa.array([0.5] * n, pa.float32()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "story_id": [r[1] for r in rows],
+            "ts": [r[2] for r in rows],
+            "view": [True] * n,
+            "long_view": [r[3] for r in rows],
+            "boost": [False] * n,
+            "favorite": [False] * n,
+            "share": [False] * n,
+            "skip": [False] * n,
+            "watch_ratio": pa.array([0.5] * n, pa.float32()),
+        }
+    )
 
 
-EVENTS = _events([
-    ("alice", "s1", T0 + 100, True),
-    ("alice", "s2", T0 + 200, False),
-    ("alice", "s3", T0 + 300, True),
-    ("alice", "s4", T0 + 2 * DAY, True),
-    ("bob", "s1", T0 + 150, True),
-])  # fmt: skip
+EVENTS = _events(
+    [
+        ("alice", "s1", T0 + 100, True),
+        ("alice", "s2", T0 + 200, False),
+        ("alice", "s3", T0 + 300, True),
+        ("alice", "s4", T0 + 2 * DAY, True),
+        ("bob", "s1", T0 + 150, True),
+    ]
+)
 
 
 def test_user_history_stops_strictly_before_as_of():
@@ -106,7 +135,9 @@ def test_no_feature_sees_the_future(tmp_path):
     warehouse = Warehouse.open(f"file://{tmp_path}")
     generate_world(WorldConfig(size="tiny", seed=3), warehouse, progress=False)
     cfg = FeatureConfig()
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg
+    )
     events = warehouse.read_events()
     cut = int(np.median(events["ts"].to_numpy()))
     full = EventHistory.from_events(events, catalog, cfg)
@@ -120,7 +151,9 @@ def test_no_feature_sees_the_future(tmp_path):
 
 
 def test_positive_label_combines_weighted_signals():
-    events = EVENTS.set_column(EVENTS.column_names.index("favorite"), "favorite", pa.array([True, True, False, False, False]))
+    events = EVENTS.set_column(
+        EVENTS.column_names.index("favorite"), "favorite", pa.array([True, True, False, False, False])
+    )
     cfg = FeatureConfig(label_weights={"long_view": 1.0, "favorite": 0.5}, label_threshold=1.0)
     assert positive_scores(events, cfg).tolist() == [1.5, 0.5, 1.0, 1.0, 1.0]
     with pytest.raises(KeyError, match="label signal 'likes'"):

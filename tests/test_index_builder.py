@@ -47,8 +47,16 @@ def store_of(cfg) -> ArtifactStore:
 
 
 def put_snapshot(cfg, name: str, ids, vectors, *, model: str = "m1", collection: str = "stories", **kwargs) -> str:
-    publish_snapshot(store_of(cfg).kind(f"embeddings/{collection}"), name, np.asarray(ids, dtype=object), vectors,
-                     model_version=model, as_of=0, reason="test", **kwargs)  # fmt: skip
+    publish_snapshot(
+        store_of(cfg).kind(f"embeddings/{collection}"),
+        name,
+        np.asarray(ids, dtype=object),
+        vectors,
+        model_version=model,
+        as_of=0,
+        reason="test",
+        **kwargs,
+    )
     return name
 
 
@@ -74,7 +82,15 @@ def test_build_publishes_a_validated_version_the_loader_serves(cfg, tmp_path):
     assert kind.latest() == outcome.version
     m = outcome.manifest
     assert m.parents == {"model_version": "m1", "embedding_snapshot": "20261124T000000Z-a"}
-    assert m.params == {"space": "ip", "dim": DIM, "M": 16, "ef_construction": 100, "ef_search": 64, "count": N, "mode": "full"}
+    assert m.params == {
+        "space": "ip",
+        "dim": DIM,
+        "M": 16,
+        "ef_construction": 100,
+        "ef_search": 64,
+        "count": N,
+        "mode": "full",
+    }
     assert set(m.files) == {INDEX_FILE, IDS_FILE}
     assert m.metrics["recall_at_10"] >= 0.98 and m.metrics["validation_queries"] == 1000
     assert m.metrics["vectors_per_second"] > 0 and m.metrics["bytes_per_vector"] > DIM * 4
@@ -169,11 +185,21 @@ def test_snapshot_disagreeing_with_its_manifest_is_refused():
     ids, vectors = base_world()
 
     def snapshot(**fields) -> EmbeddingSnapshot:
-        body = {"kind": "embeddings/stories", "version": "v", "files": {}, "created_at": "", "created_by": "",
-                "parents": {"model_version": "m1"}, "params": {"dim": DIM}, "metrics": {"count": N}}
+        body = {
+            "kind": "embeddings/stories",
+            "version": "v",
+            "files": {},
+            "created_at": "",
+            "created_by": "",
+            "parents": {"model_version": "m1"},
+            "params": {"dim": DIM},
+            "metrics": {"count": N},
+        }
         for key, value in fields.items():
             body[key].update(value)
-        return EmbeddingSnapshot(ids, vectors, Manifest.from_json(json.dumps(body | {"schema_version": 1}).encode(), "test"))
+        return EmbeddingSnapshot(
+            ids, vectors, Manifest.from_json(json.dumps(body | {"schema_version": 1}).encode(), "test")
+        )
 
     check_snapshot(snapshot())  # the consistent one passes
     with pytest.raises(IndexValidationError, match="dimension 32, manifest says params.dim=64"):
@@ -193,24 +219,37 @@ def test_story_index_is_validated_on_same_model_user_embeddings_when_there_are_s
     # 300 users of the same model: the queries the story index will really answer.
     users = clustered_vectors(300, DIM, clusters=20, seed=5)
     put_snapshot(cfg, "20261124T010000Z-u", [f"u{i}" for i in range(300)], users, collection="users")
-    second = build_and_publish_index(cfg, "stories", snapshot=put_snapshot(cfg, "20261124T020000Z-b", ids, vectors), full=True)
+    second = build_and_publish_index(
+        cfg, "stories", snapshot=put_snapshot(cfg, "20261124T020000Z-b", ids, vectors), full=True
+    )
     assert second.manifest.metrics["validation_query_source"] == "user embeddings 20261124T010000Z-u"
     assert second.manifest.metrics["validation_queries"] == 300
 
     # Users of another model are not this index's queries.
     put_snapshot(cfg, "20261124T030000Z-u", [f"u{i}" for i in range(300)], users, collection="users", model="m2")
-    third = build_and_publish_index(cfg, "stories", snapshot=put_snapshot(cfg, "20261124T040000Z-c", ids, vectors), full=True)
+    third = build_and_publish_index(
+        cfg, "stories", snapshot=put_snapshot(cfg, "20261124T040000Z-c", ids, vectors), full=True
+    )
     assert third.manifest.metrics["validation_query_source"] == "perturbed stored vectors"
 
 
 def test_recall_below_threshold_publishes_nothing_and_says_why(tmp_path):
-    cfg = config_for(tmp_path, "index.m=2", "index.ef_construction=2", "index.ef_search=1", "index.max_ef_search=4",
-                     "index.min_recall_at_10=0.995")  # fmt: skip
+    cfg = config_for(
+        tmp_path,
+        "index.m=2",
+        "index.ef_construction=2",
+        "index.ef_search=1",
+        "index.max_ef_search=4",
+        "index.min_recall_at_10=0.995",
+    )
     ids, vectors = base_world()
     put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
 
-    with pytest.raises(IndexValidationError, match=r"recall@10 0\.\d+ on 1000 held-aside queries is below "
-                                                   r"index.min_recall_at_10=0.995 \(tried .* at ef=1, .* at ef=2, .* at ef=4\)"):
+    with pytest.raises(
+        IndexValidationError,
+        match=r"recall@10 0\.\d+ on 1000 held-aside queries is below "
+        r"index.min_recall_at_10=0.995 \(tried .* at ef=1, .* at ef=2, .* at ef=4\)",
+    ):
         build_and_publish_index(cfg, "stories")
 
     kind = store_of(cfg).kind("indexes/stories")
@@ -265,8 +304,11 @@ def test_index_file_of_another_dimension_is_refused_after_load(cfg, tmp_path):
     graph.save_index(str(work / INDEX_FILE))
     write_ids(work / IDS_FILE, ids)
     kind = store_of(cfg).kind("indexes/stories")
-    with kind.new_version("20261124T000000Z-wrongdim", parents={"model_version": "m1"},
-                          params={"space": "ip", "dim": DIM, "count": N, "ef_search": 64}) as writer:  # fmt: skip
+    with kind.new_version(
+        "20261124T000000Z-wrongdim",
+        parents={"model_version": "m1"},
+        params={"space": "ip", "dim": DIM, "count": N, "ef_search": 64},
+    ) as writer:
         writer.add_file(INDEX_FILE, work / INDEX_FILE)
         writer.add_file(IDS_FILE, work / IDS_FILE)
 
@@ -403,10 +445,12 @@ def test_reusing_deleted_slots_keeps_the_graph_size_and_still_answers_like_a_ful
     inc = load_index(download(cfg, incremental.version, tmp_path / "cache"))
     ref = load_index(download(cfg, full.version, tmp_path / "cache"))
     queries = hnsw.held_aside_queries(vectors_b, 300, seed=7)
-    agreement = np.mean([
-        len({i for i, _ in a} & {i for i, _ in b}) / 10
-        for a, b in zip(inc.search(queries, k=10), ref.search(queries, k=10), strict=True)
-    ])  # fmt: skip
+    agreement = np.mean(
+        [
+            len({i for i, _ in a} & {i for i, _ in b}) / 10
+            for a, b in zip(inc.search(queries, k=10), ref.search(queries, k=10), strict=True)
+        ]
+    )
     assert agreement >= 0.95
 
 

@@ -17,8 +17,15 @@ def root(tmp_path) -> str:
     uri = f"file://{tmp_path}/root"
     store = ArtifactStore.open(uri)
     for name, model in (("20261124T000000Z-a", "m1"), ("20261124T003000Z-b", "m1")):
-        publish_snapshot(store.kind("embeddings/stories"), name, story_ids(0, 1500), clustered_vectors(1500, 16, clusters=10),
-                         model_version=model, as_of=0, reason="test")  # fmt: skip
+        publish_snapshot(
+            store.kind("embeddings/stories"),
+            name,
+            story_ids(0, 1500),
+            clustered_vectors(1500, 16, clusters=10),
+            model_version=model,
+            as_of=0,
+            reason="test",
+        )
     return uri
 
 
@@ -42,7 +49,10 @@ def test_index_commands_build_list_show_rollback_retain(root, capsys):
     assert manifest["version"] == "20261124T003000Z-b" and manifest["params"]["mode"] == "incremental"
     assert manifest["parents"]["previous_index"] == "20261124T000000Z-a"
 
-    assert ebr(root, "index", "rollback", "--collection", "stories", "--to", "20261124T000000Z-a", "--reason", "smoke") == 0
+    assert (
+        ebr(root, "index", "rollback", "--collection", "stories", "--to", "20261124T000000Z-a", "--reason", "smoke")
+        == 0
+    )
     assert "LATEST moved from 20261124T003000Z-b to 20261124T000000Z-a" in capsys.readouterr().out
 
     assert ebr(root, "index", "retain", "--collection", "stories", "--keep", "1", "--dry-run") == 0
@@ -53,8 +63,19 @@ def test_index_commands_build_list_show_rollback_retain(root, capsys):
 
 
 def test_index_build_refused_by_validation_exits_3_and_publishes_nothing(root, capsys):
-    code = ebr(root, "--set", "index.m=2", "--set", "index.ef_construction=2", "--set", "index.ef_search=1",
-               "--set", "index.min_recall_at_10=0.999", "index", "build")  # fmt: skip
+    code = ebr(
+        root,
+        "--set",
+        "index.m=2",
+        "--set",
+        "index.ef_construction=2",
+        "--set",
+        "index.ef_search=1",
+        "--set",
+        "index.min_recall_at_10=0.999",
+        "index",
+        "build",
+    )
 
     assert code == 3
     assert "refused: " in capsys.readouterr().out

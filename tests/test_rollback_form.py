@@ -16,9 +16,11 @@ from config import load_config
 from orchestration.rollback import RollbackRequestError, check_rollback_request, recent_versions, rollback_form
 from tests.airflow_support import load_dags, process_airflow_home
 
-VERSIONS = ("20261015T000000Z-ebr_story_index-scheduled__2026-10-15T00-00-00-00-00",
-            "20261015T003000Z-ebr_story_index-scheduled__2026-10-15T00-30-00-00-00",
-            "20261016T000000Z-ebr_story_index-manual__2026-12-01T10-47-08.959219+00-00")  # fmt: skip
+VERSIONS = (
+    "20261015T000000Z-ebr_story_index-scheduled__2026-10-15T00-00-00-00-00",
+    "20261015T003000Z-ebr_story_index-scheduled__2026-10-15T00-30-00-00-00",
+    "20261016T000000Z-ebr_story_index-manual__2026-12-01T10-47-08.959219+00-00",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,7 +55,11 @@ def test_the_form_defaults_to_previous_and_suggests_the_recent_versions(tmp_path
     populate(root, "users", names=("20261016T010000Z-ebr_user_embeddings-manual__x",))
     version = rollback_form(root)["version"]
     assert version.value == "previous"
-    assert version.schema["examples"] == ["previous", *reversed(VERSIONS[-4:]), "20261016T010000Z-ebr_user_embeddings-manual__x"]
+    assert version.schema["examples"] == [
+        "previous",
+        *reversed(VERSIONS[-4:]),
+        "20261016T010000Z-ebr_user_embeddings-manual__x",
+    ]
     assert version.schema["values_display"][VERSIONS[2]] == f"{VERSIONS[2]} (LATEST of stories)"
     assert "previous" in version.description and "unique prefix" in version.description
     assert f"stories: {VERSIONS[2]} (LATEST), {VERSIONS[1]}" in version.description
@@ -69,7 +75,11 @@ def test_the_form_defaults_to_previous_and_suggests_the_recent_versions(tmp_path
 
 @pytest.mark.parametrize("where", ["populated", "missing", "remote"])
 def test_the_rollback_dag_parses_on_any_root_and_its_form_accepts_previous_and_prefixes(tmp_path, monkeypatch, where):
-    root = {"populated": f"file://{tmp_path}/root", "missing": f"file://{tmp_path}/missing", "remote": "gs://no-such-bucket/x"}[where]
+    root = {
+        "populated": f"file://{tmp_path}/root",
+        "missing": f"file://{tmp_path}/missing",
+        "remote": "gs://no-such-bucket/x",
+    }[where]
     if where == "populated":
         populate(root)
     monkeypatch.setenv("EBR_ROOT", root)
@@ -94,7 +104,10 @@ def test_the_check_task_resolves_previous_and_prefixes_and_refuses_in_one_short_
     assert (request["version"], request["current"]) == (VERSIONS[1], VERSIONS[2])
     assert check_rollback_request(cfg, "stories", "20261015T0000", "x y z")["version"] == VERSIONS[0]
 
-    for version, message in (("2026101", "matches 3 versions"), ("20261001T000000Z-no-such-run", "newest complete: " + VERSIONS[2])):
+    for version, message in (
+        ("2026101", "matches 3 versions"),
+        ("20261001T000000Z-no-such-run", "newest complete: " + VERSIONS[2]),
+    ):
         with pytest.raises(RollbackRequestError) as err:
             check_rollback_request(cfg, "stories", version, "typo")
         text = str(err.value)
@@ -113,8 +126,15 @@ def test_the_first_publish_of_an_index_dag_run_is_not_labelled_a_rerun(tmp_path)
 
     root = f"file://{tmp_path}/root"
     store = ArtifactStore.open(root)
-    publish_snapshot(store.kind("embeddings/stories"), "snap1", story_ids(0, 500), clustered_vectors(500, 16, clusters=5),
-                     model_version="m1", as_of=0, reason="test")  # fmt: skip
+    publish_snapshot(
+        store.kind("embeddings/stories"),
+        "snap1",
+        story_ids(0, 500),
+        clustered_vectors(500, 16, clusters=5),
+        model_version="m1",
+        as_of=0,
+        reason="test",
+    )
     cfg = load_config(overrides=[f"root={root}", "index.ef_construction=64"], environ={})
     run = RunIdentity("ebr_story_index", "scheduled__2026-10-15T00:00:00+00:00", datetime(2026, 10, 15, tzinfo=UTC))
     validated = validate_index(cfg, build_index(cfg, run, "stories", "snap1"))

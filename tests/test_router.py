@@ -62,21 +62,36 @@ class Sets:
         return self.store.uri
 
     def cfg(self, *overrides: str):
-        return load_config(overrides=[f"root={self.root}", "index.shards=2", "index.ef_construction=100",
-                                      "index.ef_search=200", "index.threads=1", *overrides], environ={})  # fmt: skip
+        return load_config(
+            overrides=[
+                f"root={self.root}",
+                "index.shards=2",
+                "index.ef_construction=100",
+                "index.ef_search=200",
+                "index.threads=1",
+                *overrides,
+            ],
+            environ={},
+        )
 
     def publish_users(self, version: str, model: str = "m1", seed: int = 1) -> None:
         ids = np.asarray([f"u{i}" for i in range(N_USERS)], dtype=object)
         vectors = clustered_vectors(N_USERS, DIM, clusters=5, seed=seed)
-        publish_snapshot(self.store.kind("embeddings/users"), version, ids, vectors, model_version=model, as_of=0, reason="test")
+        publish_snapshot(
+            self.store.kind("embeddings/users"), version, ids, vectors, model_version=model, as_of=0, reason="test"
+        )
         self.users[version] = dict(zip(ids, vectors, strict=True))
 
-    def build_stories(self, version: str, *, prefix: str = "s", seed: int = 2, model: str = "m1", publish: bool = True) -> str:
+    def build_stories(
+        self, version: str, *, prefix: str = "s", seed: int = 2, model: str = "m1", publish: bool = True
+    ) -> str:
         """A story snapshot and its shard set (the real builder); `prefix` makes each set's ids
         its own, so an answer mixing two sets cannot go unnoticed."""
         ids = np.asarray([f"{prefix}{i}" for i in range(N_STORIES)], dtype=object)
         vectors = clustered_vectors(N_STORIES, DIM, clusters=10, seed=seed)
-        publish_snapshot(self.store.kind("embeddings/stories"), version, ids, vectors, model_version=model, as_of=0, reason="test")
+        publish_snapshot(
+            self.store.kind("embeddings/stories"), version, ids, vectors, model_version=model, as_of=0, reason="test"
+        )
         outcome = build_and_publish_index(self.cfg(), "stories", snapshot=version, publish=publish)
         assert outcome.manifest.params["shards"] == 2
         self.stories[outcome.version] = dict(zip(ids, vectors, strict=True))
@@ -101,17 +116,43 @@ class Sets:
 class ShardProcess:
     """`ebr serve --shard I/S` in a process of its own on a free loopback port."""
 
-    def __init__(self, sets: Sets, shard: int, shards: int = 2, *, poll_s: float = POLL_S, spec: str | None = None,
-                 searcher: str = "inline"):  # fmt: skip
+    def __init__(
+        self,
+        sets: Sets,
+        shard: int,
+        shards: int = 2,
+        *,
+        poll_s: float = POLL_S,
+        spec: str | None = None,
+        searcher: str = "inline",
+    ):
         self.shard, self.port = shard, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = sets.tmp / f"shard-{shard}-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
         env["TF_USE_LEGACY_KERAS"] = "1"
-        command = [sys.executable, "-m", "cli.main", "--root", sets.root,
-                   "--set", f"serving.cache_dir={sets.tmp}/cache-{self.port}", "--set", f"serving.poll_interval_s={poll_s}",
-                   "--set", f"serving.searcher={searcher}", "--set", "serving.max_k=50", "--set", "serving.default_k=10",
-                   "serve", "--shard", spec or f"{shard}/{shards}", "--port", str(self.port)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--root",
+            sets.root,
+            "--set",
+            f"serving.cache_dir={sets.tmp}/cache-{self.port}",
+            "--set",
+            f"serving.poll_interval_s={poll_s}",
+            "--set",
+            f"serving.searcher={searcher}",
+            "--set",
+            "serving.max_k=50",
+            "--set",
+            "serving.default_k=10",
+            "serve",
+            "--shard",
+            spec or f"{shard}/{shards}",
+            "--port",
+            str(self.port),
+        ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -168,8 +209,13 @@ def cluster(sets):
     started: list[ShardProcess] = []
 
     def start(replicas: int = 2, *, poll_s: Callable[[int], float] = lambda shard: POLL_S) -> list[list[ShardProcess]]:
-        grid = [[ShardProcess(sets, shard, poll_s=poll_s(shard), searcher=("inline", "process")[r % 2]) for r in range(replicas)]
-                for shard in range(2)]  # fmt: skip
+        grid = [
+            [
+                ShardProcess(sets, shard, poll_s=poll_s(shard), searcher=("inline", "process")[r % 2])
+                for r in range(replicas)
+            ]
+            for shard in range(2)
+        ]
         started.extend(p for row in grid for p in row)
         for row in grid:
             for process in row:
@@ -187,15 +233,27 @@ def start_router(sets):
 
     def start(grid: list[list[ShardProcess]], *overrides: str):
         replicas = "[" + ",".join("[" + ",".join(f'"{p.url}"' for p in row) + "]" for row in grid) + "]"
-        cfg = sets.cfg(f"serving.cache_dir={sets.tmp}/router-cache-{len(running)}", f"serving.poll_interval_s={POLL_S}",
-                       f"router.replicas={replicas}", "router.health_interval_s=0.1", "router.deadline_ms=3000",
-                       "router.hedge_after_ms=200", "serving.max_k=50", "serving.default_k=10", *overrides)  # fmt: skip
+        cfg = sets.cfg(
+            f"serving.cache_dir={sets.tmp}/router-cache-{len(running)}",
+            f"serving.poll_interval_s={POLL_S}",
+            f"router.replicas={replicas}",
+            "router.health_interval_s=0.1",
+            "router.deadline_ms=3000",
+            "router.hedge_after_ms=200",
+            "serving.max_k=50",
+            "serving.default_k=10",
+            *overrides,
+        )
         app, router = build_router(cfg)
         server = ServerThread(app).start()
         running.append(server)
         client = httpx.Client(base_url=server.url, timeout=10)
-        wait_for(lambda: client.get("/readyz").status_code == 200, what="router ready", timeout=20,
-                 details=lambda: client.get("/v1/versions").text)  # fmt: skip
+        wait_for(
+            lambda: client.get("/readyz").status_code == 200,
+            what="router ready",
+            timeout=20,
+            details=lambda: client.get("/v1/versions").text,
+        )
         return router, client
 
     yield start
@@ -211,8 +269,22 @@ def redis_url(tmp_path):
     import redis
 
     port = free_port()
-    process = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
 
     def answers():
@@ -273,8 +345,13 @@ class Load:
 
 
 def test_a_bad_shard_spec_is_one_error_line(sets):
-    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "serve", "--shard", "3/2"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--root", sets.root, "serve", "--shard", "3/2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "error: --shard '3/2': shards of a set of 2 are numbered 0 to 1" in result.stderr
 
 
@@ -295,8 +372,12 @@ def test_a_shard_server_answers_from_the_version_named_and_refuses_a_set_of_anot
             status = wrong.status()
             return status and status["refused"]
 
-        reasons = wait_for(refused, what="the 0/3 server to refuse the 2-shard set", timeout=STARTUP_S, details=wrong.logs)
-        assert "is a set of 2 shard(s); this server serves shard 0 of 3: start it with --shard I/2" in reasons[0]["reason"]
+        reasons = wait_for(
+            refused, what="the 0/3 server to refuse the 2-shard set", timeout=STARTUP_S, details=wrong.logs
+        )
+        assert (
+            "is a set of 2 shard(s); this server serves shard 0 of 3: start it with --shard I/2" in reasons[0]["reason"]
+        )
         assert httpx.get(f"{wrong.url}/readyz").status_code == 503
     finally:
         wrong.stop()
@@ -318,7 +399,9 @@ def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster
         assert [h["id"] for h in body["items"]] == sets.exact(v1, sets.users["u1"][user], 10)
         sets.check(body, user)
     query = sets.stories[v1]["s7"]
-    body = client.post("/v1/retrieve/stories", json={"embedding": query.tolist(), "k": 8, "exclude": ["s7", "s8"]}).json()
+    body = client.post(
+        "/v1/retrieve/stories", json={"embedding": query.tolist(), "k": 8, "exclude": ["s7", "s8"]}
+    ).json()
     assert [h["id"] for h in body["items"]] == sets.exact(v1, query, 8, exclude=("s7", "s8"))
     body = client.post("/v1/similar/stories", json={"id": "s11", "k": 10}).json()
     assert [h["id"] for h in body["items"]] == sets.exact(v1, sets.stories[v1]["s11"], 10, exclude=("s11",))
@@ -327,7 +410,10 @@ def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster
     assert client.post("/v1/retrieve/stories", json={"user_id": "nobody"}).json()["error"]["code"] == "unknown_user"
     assert client.post("/v1/similar/stories", json={"id": "nothing"}).json()["error"]["code"] == "unknown_id"
     assert client.post("/v1/retrieve/stories", json={"user_id": "u1", "k": 51}).status_code == 422
-    assert client.post("/v1/retrieve/stories", json={"embedding": [0.1] * 3}).json()["error"]["code"] == "invalid_embedding"
+    assert (
+        client.post("/v1/retrieve/stories", json={"embedding": [0.1] * 3}).json()["error"]["code"]
+        == "invalid_embedding"
+    )
     assert client.post("/v1/retrieve/films", json={"user_id": "u1"}).status_code == 404
     versions = client.get("/v1/versions").json()
     assert versions["pinned"]["stories"]["version"] == v1 and versions["user_embeddings"]["version"] == "u1"
@@ -342,20 +428,39 @@ def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster
     assert v1 in format_versions(versions)
 
     # A set of another size than router.replicas is never pinned, and /v1/versions says why.
-    publish_snapshot(sets.store.kind("embeddings/stories"), "v3", np.asarray(list(sets.stories[v1]), dtype=object),
-                     np.stack(list(sets.stories[v1].values())), model_version="m1", as_of=0, reason="test")  # fmt: skip
+    publish_snapshot(
+        sets.store.kind("embeddings/stories"),
+        "v3",
+        np.asarray(list(sets.stories[v1]), dtype=object),
+        np.stack(list(sets.stories[v1].values())),
+        model_version="m1",
+        as_of=0,
+        reason="test",
+    )
     build_and_publish_index(sets.cfg("index.shards=3"), "stories", snapshot="v3")
-    waiting = wait_for(lambda: client.get("/v1/versions").json()["waiting"].get("stories"), what="the 3-shard set noticed")
+    waiting = wait_for(
+        lambda: client.get("/v1/versions").json()["waiting"].get("stories"), what="the 3-shard set noticed"
+    )
     assert "is a set of 3 shard(s), but router.replicas lists 2" in waiting
     assert pinned(client) == v1 and client.post("/v1/retrieve/stories", json={"user_id": "u1"}).status_code == 200
 
 
 def test_ebr_route_without_replicas_is_one_error_line(sets):
-    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "route"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--root", sets.root, "route"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "error: no shard replicas" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "route", "--replicas", '[["ftp://x"]]'],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "--root", sets.root, "route", "--replicas", '[["ftp://x"]]'],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "must be an http:// or https:// URL" in result.stderr
 
 
@@ -445,7 +550,9 @@ def test_a_lagging_shard_keeps_the_router_on_the_old_set_until_it_catches_up(set
     body = client.post("/v1/retrieve/stories", json={"user_id": "u2", "k": 10}).json()
     assert body["served"]["index_version"] == v1 and body["coverage"] == 1.0  # shard 0 answered from v1, still held
     sets.check(body, "u2")
-    assert "not yet held by a healthy replica of shard(s) [1]" in client.get("/v1/versions").json()["waiting"]["stories"]
+    assert (
+        "not yet held by a healthy replica of shard(s) [1]" in client.get("/v1/versions").json()["waiting"]["stories"]
+    )
     # A router started now (nothing pinned yet) serves the newest set every shard holds.
     _, late = start_router(grid)
     assert pinned(late) == v1 and time.monotonic() - published < lag_s
@@ -468,9 +575,26 @@ def test_the_router_reads_users_from_redis_keyed_by_snapshot_version(sets, clust
 
     sets.publish_users("u1")
     v1 = sets.build_stories("v1")
-    result = subprocess.run([sys.executable, "-m", "cli.main", "--root", sets.root, "--set", f"router.redis_url={redis_url}",
-                             "profiles", "load"], cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 0 and f"loaded {N_USERS} user vectors of embeddings/users/u1" in result.stdout, result.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--root",
+            sets.root,
+            "--set",
+            f"router.redis_url={redis_url}",
+            "profiles",
+            "load",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and f"loaded {N_USERS} user vectors of embeddings/users/u1" in result.stdout, (
+        result.stderr
+    )
     grid = cluster(replicas=1)
     _, client = start_router(grid, "router.user_store=redis", f"router.redis_url={redis_url}")
 
@@ -520,21 +644,35 @@ def test_two_models_are_served_side_by_side_each_from_its_own_consistent_pair(se
             process.wait_ready()
         models = {"candidate": {"root": other.root, "replicas": [[p.url] for p in theirs]}}
         _, client = start_router(grid, f"router.models={json.dumps(models)}")
-        wait_for(lambda: client.get("/readyz", params={"model": "candidate"}).status_code == 200, what="candidate ready")
+        wait_for(
+            lambda: client.get("/readyz", params={"model": "candidate"}).status_code == 200, what="candidate ready"
+        )
 
         mine = client.post("/v1/retrieve/stories", json={"user_id": "u3", "k": 10}).json()
-        assert (mine["model"], mine["served"]["model_version"], mine["served"]["index_version"]) == ("default", "m1", v1)
+        assert (mine["model"], mine["served"]["model_version"], mine["served"]["index_version"]) == (
+            "default",
+            "m1",
+            v1,
+        )
         assert [h["id"] for h in mine["items"]] == sets.exact(v1, sets.users["u1"]["u3"], 10)
         sets.check(mine, "u3")
-        cand = client.post("/v1/retrieve/stories", params={"model": "candidate"}, json={"user_id": "u3", "k": 10}).json()
-        assert (cand["model"], cand["served"]["model_version"], cand["served"]["index_version"]) == ("candidate", "m2", w1)
+        cand = client.post(
+            "/v1/retrieve/stories", params={"model": "candidate"}, json={"user_id": "u3", "k": 10}
+        ).json()
+        assert (cand["model"], cand["served"]["model_version"], cand["served"]["index_version"]) == (
+            "candidate",
+            "m2",
+            w1,
+        )
         assert cand["served"]["user_embeddings_version"] == "c1"
         assert [h["id"] for h in cand["items"]] == other.exact(w1, other.users["c1"]["u3"], 10)
         other.check(cand, "u3")
 
         versions = client.get("/v1/versions").json()
         assert {name: m["pinned"]["stories"]["version"] for name, m in versions["models"].items()} == {
-            "default": v1, "candidate": w1}  # fmt: skip
+            "default": v1,
+            "candidate": w1,
+        }
         unknown = client.post("/v1/retrieve/stories", params={"model": "nope"}, json={"user_id": "u3"})
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_model"
     finally:
@@ -542,12 +680,18 @@ def test_two_models_are_served_side_by_side_each_from_its_own_consistent_pair(se
             process.stop()
 
 
-@pytest.mark.parametrize("override, message", [
-    ('router.models={"Bad Name": {"root": "file:///x", "replicas": [["http://h:1"]]}}', "must be lower-case"),
-    ('router.models={"default": {"root": "file:///x", "replicas": [["http://h:1"]]}}', "differ from router.model_name"),
-    ('router.models={"b": {"root": "s3://x", "replicas": [["http://h:1"]]}}', "file:///absolute/path"),
-    ('router.replicas=[[]]', "shard 0 has no replica"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('router.models={"Bad Name": {"root": "file:///x", "replicas": [["http://h:1"]]}}', "must be lower-case"),
+        (
+            'router.models={"default": {"root": "file:///x", "replicas": [["http://h:1"]]}}',
+            "differ from router.model_name",
+        ),
+        ('router.models={"b": {"root": "s3://x", "replicas": [["http://h:1"]]}}', "file:///absolute/path"),
+        ("router.replicas=[[]]", "shard 0 has no replica"),
+    ],
+)
 def test_bad_router_settings_are_refused_with_the_key(override, message):
     from config import ConfigError
 

@@ -54,12 +54,24 @@ class World:
     def users(self, version: str, model: str, seed: int, n: int = N_USERS, dim: int = DIM) -> None:
         ids = np.asarray([f"u{i}" for i in range(n)], dtype=object)
         vecs = clustered_vectors(n, dim, clusters=10, seed=seed)
-        publish_snapshot(self.store.kind("embeddings/users"), version, ids, vecs, model_version=model, as_of=0, reason="test")
+        publish_snapshot(
+            self.store.kind("embeddings/users"), version, ids, vecs, model_version=model, as_of=0, reason="test"
+        )
         self._remember("embeddings/users", version, model, ids, vecs)
 
-    def index(self, collection: str, version: str, model: str, seed: int, *, n: int = N_STORIES, dim: int = DIM,
-              corrupt: Callable[[Path], None] | None = None, manifest_dim: int | None = None,
-              damage: Callable[[Path], None] | None = None) -> None:  # fmt: skip
+    def index(
+        self,
+        collection: str,
+        version: str,
+        model: str,
+        seed: int,
+        *,
+        n: int = N_STORIES,
+        dim: int = DIM,
+        corrupt: Callable[[Path], None] | None = None,
+        manifest_dim: int | None = None,
+        damage: Callable[[Path], None] | None = None,
+    ) -> None:
         """Writes and publishes an index version; `corrupt` alters its stored files first (the
         checksum then disagrees), `damage` alters the graph file before it is hashed (a version
         that verifies but is bad inside)."""
@@ -98,7 +110,10 @@ class World:
     def check_answer(self, body: dict, user_id: str) -> None:
         """The answer came from one consistent pair, and its scores are that pair's dot products."""
         served = body["served"]
-        index_key, users_key = ("indexes/stories", served["index_version"]), ("embeddings/users", served["user_embeddings_version"])
+        index_key, users_key = (
+            ("indexes/stories", served["index_version"]),
+            ("embeddings/users", served["user_embeddings_version"]),
+        )
         assert self.models[index_key] == self.models[users_key] == served["model_version"], served
         user = self.vectors[users_key][user_id]
         for hit in body["items"]:
@@ -126,11 +141,19 @@ def start_service(world, searcher):
     running: list[ServerThread] = []
 
     def start(*overrides: str):
-        cfg = load_config(overrides=[
-            f"root={world.root}", f"serving.cache_dir={world.tmp}/cache", f"serving.poll_interval_s={POLL_S}",
-            f"serving.searcher={searcher}",
-            "serving.max_k=50", "serving.default_k=10", "serving.max_body_bytes=4096", *overrides,
-        ], environ={})  # fmt: skip
+        cfg = load_config(
+            overrides=[
+                f"root={world.root}",
+                f"serving.cache_dir={world.tmp}/cache",
+                f"serving.poll_interval_s={POLL_S}",
+                f"serving.searcher={searcher}",
+                "serving.max_k=50",
+                "serving.default_k=10",
+                "serving.max_body_bytes=4096",
+                *overrides,
+            ],
+            environ={},
+        )
         service = build_service(cfg)
         server = ServerThread(service.app).start()
         running.append(server)
@@ -216,7 +239,9 @@ def test_serves_an_index_from_the_real_builder(world, start_service):
     world.users("u1", "m1", seed=1)
     ids = np.asarray([f"s{i}" for i in range(3_000)], dtype=object)
     vecs = clustered_vectors(3_000, DIM, clusters=20, seed=5)
-    publish_snapshot(world.store.kind("embeddings/stories"), "st1", ids, vecs, model_version="m1", as_of=0, reason="test")
+    publish_snapshot(
+        world.store.kind("embeddings/stories"), "st1", ids, vecs, model_version="m1", as_of=0, reason="test"
+    )
     cfg = load_config(overrides=[f"root={world.root}", "index.validation_queries=200", "index.threads=1"], environ={})
     outcome = build_and_publish_index(cfg, "stories")
     assert outcome.published
@@ -250,10 +275,14 @@ def test_bad_input_gets_a_clear_json_error_never_a_500(world, start_service):
     error(retrieve(client, user_id="u1", k=-3), 422, "invalid_k")
     assert "has 3 values" in error(retrieve(client, embedding=[0.1, 0.2, 0.3]), 422, "invalid_embedding")
     nan_body = b'{"embedding": [NaN' + b", 0.25" * (DIM - 1) + b"]}"  # Python's JSON dialect allows NaN
-    assert "positions [0]" in error(client.post("/v1/retrieve/stories", content=nan_body, headers=json_headers), 422, "invalid_embedding")
+    assert "positions [0]" in error(
+        client.post("/v1/retrieve/stories", content=nan_body, headers=json_headers), 422, "invalid_embedding"
+    )
     inf_body = b'{"embedding": [0.1' + b", 1e999" * (DIM - 1) + b"]}"
     error(client.post("/v1/retrieve/stories", content=inf_body, headers=json_headers), 422, "invalid_embedding")
-    assert "positions [1]" in error(retrieve(client, embedding=[0.1, 1e39] + [0.1] * (DIM - 2)), 422, "invalid_embedding")
+    assert "positions [1]" in error(
+        retrieve(client, embedding=[0.1, 1e39] + [0.1] * (DIM - 2)), 422, "invalid_embedding"
+    )
     error(retrieve(client, user_id="u1", embedding=[0.0] * DIM), 422, "invalid_request")
     error(retrieve(client), 422, "invalid_request")
     error(retrieve(client, user_id="u1", k="ten"), 422, "invalid_request")
@@ -409,8 +438,10 @@ def test_corrupt_truncated_and_wrong_dimension_versions_are_refused_while_the_ol
     }
     for failures, (version, spec) in enumerate(bad_versions.items(), 1):
         world.index("stories", version, "m1", seed=3, **spec)
-        wait_for(lambda v=version: any(r["version"] == v for r in client.get("/v1/versions").json()["refused"]),
-                 what=f"{version} to be refused")  # fmt: skip
+        wait_for(
+            lambda v=version: any(r["version"] == v for r in client.get("/v1/versions").json()["refused"]),
+            what=f"{version} to be refused",
+        )
         body = retrieve(client, user_id="u5").json()
         assert body["served"]["index_version"] == "s1"
         world.check_answer(body, "u5")
@@ -427,7 +458,9 @@ def test_corrupt_truncated_and_wrong_dimension_versions_are_refused_while_the_ol
     ids = np.asarray([f"u{i}" for i in range(N_USERS)], dtype=object)
     vecs = clustered_vectors(N_USERS, DIM, seed=9)
     vecs[3, 0] = np.nan
-    publish_snapshot(world.store.kind("embeddings/users"), "u2-nan", ids, vecs, model_version="m1", as_of=0, reason="test")
+    publish_snapshot(
+        world.store.kind("embeddings/users"), "u2-nan", ids, vecs, model_version="m1", as_of=0, reason="test"
+    )
     world.index("stories", "s6", "m1", seed=4)
     wait_for(lambda: served_index(client) == "s6", what="the good version")
     versions = client.get("/v1/versions").json()
@@ -465,10 +498,12 @@ def test_a_dead_index_process_is_replaced_and_never_answers_500(world, start_ser
     old = service.reloader.state.stories
     os.kill(old.pid, signal.SIGKILL)
     statuses = set()
+
     def replaced():
         response = retrieve(client, user_id="u1")
         statuses.add(response.status_code)
         return response.status_code == 200 and service.reloader.state.stories is not old
+
     wait_for(replaced, what="a new index process")
     assert statuses <= {200, 503}
     world.check_answer(retrieve(client, user_id="u1").json(), "u1")
@@ -491,7 +526,9 @@ def test_index_processes_exit_when_their_state_is_freed(world, start_service, se
 
 
 @pytest.mark.parametrize("searcher", ["process"], indirect=True)
-def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_normal_priority(world, start_service, searcher):
+def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_normal_priority(
+    world, start_service, searcher
+):
     """Many requests in flight on one index process's pipe: each answer is its own user's
     (scores are that user's dot products). The reloader thread runs at a lower priority
     (serving.reload_nice); the index processes it starts do not inherit it."""
@@ -506,7 +543,9 @@ def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_nor
     async def ask_all() -> list[tuple[str, dict]]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             users = [f"u{i % N_USERS}" for i in range(200)]
-            answers = await asyncio.gather(*(client.post("/v1/retrieve/stories", json={"user_id": u, "k": 5}) for u in users))
+            answers = await asyncio.gather(
+                *(client.post("/v1/retrieve/stories", json={"user_id": u, "k": 5}) for u in users)
+            )
             return [(u, a.json()) for u, a in zip(users, answers, strict=True)]
 
     for user, body in asyncio.run(ask_all()):

@@ -54,8 +54,20 @@ class ServeProcess:
 
     def __init__(self, root: str, cache: Path):
         self.port = _free_port()
-        args = [EBR, "--root", root, "--set", f"serving.cache_dir={cache}", "--set", "serving.searcher=inline",
-                "serve", "--port", str(self.port), "--poll-interval", "0.2"]  # fmt: skip
+        args = [
+            EBR,
+            "--root",
+            root,
+            "--set",
+            f"serving.cache_dir={cache}",
+            "--set",
+            "serving.searcher=inline",
+            "serve",
+            "--port",
+            str(self.port),
+            "--poll-interval",
+            "0.2",
+        ]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []

@@ -37,10 +37,17 @@ def test_the_partition_is_crc32_of_the_utf8_id_modulo_s():
     assert counts.sum() == N and counts.min() > N / 4 * 0.85  # even enough for ids that differ in digits
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("3/2", "numbered 0 to 1"), ("2/2", "numbered 0 to 1"), ("0/0", "at least 1 shard"),
-    ("1", "must look like I/S"), ("a/b", "must look like I/S"), ("-1/2", "must look like I/S"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("3/2", "numbered 0 to 1"),
+        ("2/2", "numbered 0 to 1"),
+        ("0/0", "at least 1 shard"),
+        ("1", "must look like I/S"),
+        ("a/b", "must look like I/S"),
+        ("-1/2", "must look like I/S"),
+    ],
+)
 def test_a_bad_shard_spec_is_refused_with_what_to_give(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_shard_spec(spec)
@@ -161,8 +168,13 @@ def test_the_single_service_refuses_a_shard_set_and_keeps_serving_what_it_served
 
     ids, vectors = base_world()
     users = clustered_vectors(50, DIM, clusters=5, seed=3)
-    put_snapshot(config_for(tmp_path), "20261124T000000Z-u", np.asarray([f"u{i}" for i in range(50)], dtype=object), users,
-                 collection="users")  # fmt: skip
+    put_snapshot(
+        config_for(tmp_path),
+        "20261124T000000Z-u",
+        np.asarray([f"u{i}" for i in range(50)], dtype=object),
+        users,
+        collection="users",
+    )
     put_snapshot(config_for(tmp_path), "20261124T000000Z-a", ids, vectors)
     single = build_and_publish_index(config_for(tmp_path), "stories", snapshot="20261124T000000Z-a")
     reloader = Reloader(store_of(config_for(tmp_path)), tmp_path / "cache", ServingMetrics(), searcher="inline")

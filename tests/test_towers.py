@@ -105,7 +105,12 @@ def test_a_dataset_without_hashtags_trains_and_exports(tmp_path):
     vocabularies = {**VOCABULARIES, "hashtag": []}
     model = build_model(cfg, vocabularies)
     users = user_inputs(cfg, HISTORIES)
-    batch = {"user": users, "story": story_inputs(cfg), "log_q": np.log(np.full(3, 1 / 3, np.float32)), "weight": np.ones(3, np.float32)}
+    batch = {
+        "user": users,
+        "story": story_inputs(cfg),
+        "log_q": np.log(np.full(3, 1 / 3, np.float32)),
+        "weight": np.ones(3, np.float32),
+    }
     with tf.GradientTape() as tape:
         loss = model.compute_loss(batch, training=True)
     hashtags = model.user_tower.shared.hashtag.embedding.embeddings
@@ -113,7 +118,9 @@ def test_a_dataset_without_hashtags_trains_and_exports(tmp_path):
     gradient = tf.convert_to_tensor(tape.gradient(loss, hashtags)).numpy()
     assert np.isfinite(float(loss))
     assert np.abs(gradient[OOV_INDEX]).sum() > 0 and np.abs(gradient[0]).sum() == 0  # padding never contributes
-    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(model, cfg, vocabularies, tmp_path / "export")
+    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(
+        model, cfg, vocabularies, tmp_path / "export"
+    )
     np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
     np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)
 
@@ -140,8 +147,14 @@ def test_id_dropout_one_sends_every_story_lookup_to_the_oov_row_in_training_only
     touched = set(np.flatnonzero(np.abs(grad).sum(axis=1)))
     assert touched == {OOV_INDEX}  # every lookup hit the OOV row, and it is trained
     # ... so in training the stories look like stories nobody has seen (dropout is 0 here).
-    unseen = {**known, "story_id": np.array(["x", "y", "z"], dtype=object), "creator_id": np.array(["cx"] * 3, dtype=object)}
-    np.testing.assert_allclose(model.story_tower(known, training=True), model.story_tower(unseen, training=False), atol=1e-6)
+    unseen = {
+        **known,
+        "story_id": np.array(["x", "y", "z"], dtype=object),
+        "creator_id": np.array(["cx"] * 3, dtype=object),
+    }
+    np.testing.assert_allclose(
+        model.story_tower(known, training=True), model.story_tower(unseen, training=False), atol=1e-6
+    )
 
     grad = story_id_gradient(model, known, training=False)
     touched = set(np.flatnonzero(np.abs(grad).sum(axis=1)))
@@ -190,7 +203,9 @@ def test_order_matters_with_position_embeddings_and_not_without(tmp_path):
     with_positions = transformer(tmp_path)
     with_positions(TOKENS, VALID)
     with_positions.positions.assign(tf.random.stateless_normal(with_positions.positions.shape, seed=(5, 6)))
-    assert not np.allclose(with_positions(swapped, VALID).numpy()[:2], with_positions(TOKENS, VALID).numpy()[:2], atol=1e-4)
+    assert not np.allclose(
+        with_positions(swapped, VALID).numpy()[:2], with_positions(TOKENS, VALID).numpy()[:2], atol=1e-4
+    )
     order_blind = transformer(tmp_path, "model.transformer_positions=false")
     np.testing.assert_allclose(order_blind(swapped, VALID).numpy(), order_blind(TOKENS, VALID).numpy(), atol=1e-5)
 
@@ -207,12 +222,19 @@ def test_the_transformer_user_tower_ignores_padding_ids_and_exports(tmp_path):
         table.embedding.embeddings[0].assign(tf.fill(table.embedding.embeddings.shape[1:], 7.0))
     np.testing.assert_allclose(model.user_tower(users, training=False).numpy(), before, atol=1e-6)
 
-    batch = {"user": users, "story": story_inputs(cfg), "log_q": np.log(np.full(3, 1 / 3, np.float32)), "weight": np.ones(3, np.float32)}
+    batch = {
+        "user": users,
+        "story": story_inputs(cfg),
+        "log_q": np.log(np.full(3, 1 / 3, np.float32)),
+        "weight": np.ones(3, np.float32),
+    }
     with tf.GradientTape() as tape:
         loss = model.compute_loss(batch, training=True)
     encoder_variables = model.user_tower.history_encoder.trainable_variables
     assert all(g is not None for g in tape.gradient(loss, encoder_variables))
-    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(model, cfg, VOCABULARIES, tmp_path / "export")
+    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(
+        model, cfg, VOCABULARIES, tmp_path / "export"
+    )
     np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
     np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)
 
@@ -231,8 +253,12 @@ def in_batch(cfg, log_q=(0.5, 0.25, 0.25)):
 
 def with_corpus(batch, cfg):
     corpus = story_inputs(cfg, ("s0", "s3"))  # s0 is user 0's positive: masked in row 0
-    return {**batch, "corpus_story": corpus, "corpus_log_q": np.log(np.full(2, 1 / 5, np.float32)),
-            "corpus_unigram_log_q": np.log(np.array([0.5, 0.01], np.float32))}  # fmt: skip
+    return {
+        **batch,
+        "corpus_story": corpus,
+        "corpus_log_q": np.log(np.full(2, 1 / 5, np.float32)),
+        "corpus_unigram_log_q": np.log(np.array([0.5, 0.01], np.float32)),
+    }
 
 
 def test_compute_loss_uses_the_corpus_negatives_with_the_mixed_log_q(tmp_path):
@@ -246,10 +272,17 @@ def test_compute_loss_uses_the_corpus_negatives_with_the_mixed_log_q(tmp_path):
     stories, corpus = model.story_tower(batch["story"]), model.story_tower(batch["corpus_story"])
     log_q, corpus_log_q = mixed_log_q(batch["log_q"], batch["corpus_log_q"], batch["corpus_unigram_log_q"])
     expected = in_batch_loss(
-        users, stories, batch["story"]["story_id"], temperature=cfg.model.temperature, loss=cfg.model.loss,
-        candidate_log_q=log_q, sample_weight=batch["weight"], extra_candidate_embeddings=corpus,
-        extra_candidate_ids=batch["corpus_story"]["story_id"], extra_candidate_log_q=corpus_log_q,
-    )  # fmt: skip
+        users,
+        stories,
+        batch["story"]["story_id"],
+        temperature=cfg.model.temperature,
+        loss=cfg.model.loss,
+        candidate_log_q=log_q,
+        sample_weight=batch["weight"],
+        extra_candidate_embeddings=corpus,
+        extra_candidate_ids=batch["corpus_story"]["story_id"],
+        extra_candidate_log_q=corpus_log_q,
+    )
     assert got == pytest.approx(float(expected), abs=1e-6)
     with pytest.raises(KeyError, match="no 'corpus_story'"):
         model.compute_loss(in_batch(cfg), training=False)
@@ -265,7 +298,9 @@ def test_logq_strength_zero_is_no_correction(tmp_path):
     flat = float(model.compute_loss(in_batch(cfg, log_q=(1.0, 1.0, 1.0)), training=False))  # log q = 0
     assert skewed == pytest.approx(flat, abs=1e-6)
     model.cfg = cfg.model.model_copy(update={"logq_strength": 1.0})
-    assert float(model.compute_loss(in_batch(cfg, log_q=(0.9, 0.01, 0.09)), training=False)) != pytest.approx(flat, abs=1e-4)
+    assert float(model.compute_loss(in_batch(cfg, log_q=(0.9, 0.01, 0.09)), training=False)) != pytest.approx(
+        flat, abs=1e-4
+    )
 
 
 def test_corpus_negatives_are_refused_with_impression_negatives(tmp_path):

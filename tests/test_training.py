@@ -60,7 +60,9 @@ def test_export_and_reload_give_the_same_embeddings(trained, tmp_path):
     cfg, warehouse, result, _ = trained
     from models.features import Catalog, EventHistory
 
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features
+    )
     history = EventHistory.from_events(warehouse.read_events(), catalog, cfg.features)
     content_dim = catalog.story_content.shape[1]
     export_dir = export_towers(result.model, result.vocabularies, cfg, content_dim, result.metrics, tmp_path / "export")
@@ -84,8 +86,15 @@ def test_export_and_reload_give_the_same_embeddings(trained, tmp_path):
     assert np.isfinite(TowerRunner(export_dir / "user_tower")(user_inputs)).all()
 
     store = ArtifactStore.open(cfg.root)
-    published = publish_model(store, export_dir, "20261123T000000Z-test", parents={"warehouse": warehouse.uri},
-                              params={"model": cfg.model.model_dump()}, metrics=result.metrics, reason="test")  # fmt: skip
+    published = publish_model(
+        store,
+        export_dir,
+        "20261123T000000Z-test",
+        parents={"warehouse": warehouse.uri},
+        params={"model": cfg.model.model_dump()},
+        metrics=result.metrics,
+        reason="test",
+    )
     assert published.moved
     manifest = store.kind(MODELS).verify("20261123T000000Z-test")
     assert "user_tower/saved_model.pb" in manifest.files and "story_tower/saved_model.pb" in manifest.files
@@ -105,7 +114,9 @@ def test_the_same_seed_trains_the_same_model(tmp_path):
     # dropout and the full vocabulary). The figures are equal but for the rare story whose
     # score ties another's at the top-K boundary (stories sharing the OOV row), so they are
     # compared to 1e-3.
-    weight_gap = max(float(np.abs(a - b).max()) for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True))
+    weight_gap = max(
+        float(np.abs(a - b).max()) for a, b in zip(first.model.get_weights(), second.model.get_weights(), strict=True)
+    )
     assert weight_gap < 1e-5
     assert first.metrics["model"] == pytest.approx(second.metrics["model"], rel=1e-3, abs=1e-6)
     assert [h["val_top_100_accuracy"] for h in first.history] == [h["val_top_100_accuracy"] for h in second.history]
@@ -133,8 +144,12 @@ def test_the_gate_refuses_a_model_worse_than_popularity_or_the_published_one():
     worse = promotion_gate(gate_metrics({**GOOD, "recall@100": 0.30}, POPULAR), None, cfg)
     assert not worse.promote and worse.reasons == ["recall@100 0.3000 is below popularity's 0.4000 (floor 0.4000)"]
     regressed = promotion_gate(gate_metrics(GOOD, POPULAR), {"model": {**GOOD, "recall@100": 0.60}}, cfg)
-    assert not regressed.promote and regressed.reasons == ["recall@100 0.5000 is more than 10% below the published model's 0.6000"]
-    assert promotion_gate(gate_metrics(GOOD, POPULAR), {"model": {**GOOD, "recall@100": 0.54}}, cfg).promote  # within tolerance
+    assert not regressed.promote and regressed.reasons == [
+        "recall@100 0.5000 is more than 10% below the published model's 0.6000"
+    ]
+    assert promotion_gate(
+        gate_metrics(GOOD, POPULAR), {"model": {**GOOD, "recall@100": 0.54}}, cfg
+    ).promote  # within tolerance
 
 
 def test_the_gate_refuses_a_model_whose_top_10_collapsed_even_if_recall_at_100_is_fine():
@@ -155,7 +170,9 @@ def test_the_gate_does_not_decide_on_a_test_set_too_small_to_mean_anything():
     metrics["model"].update(eval_users=12.0, eval_positives=43.0)
     decision = promotion_gate(metrics, None, cfg)
     assert not decision.promote
-    assert decision.reasons[0].startswith("the test set is too small to decide: 12 users and 43 positives (gate.min_eval_users=100")
+    assert decision.reasons[0].startswith(
+        "the test set is too small to decide: 12 users and 43 positives (gate.min_eval_users=100"
+    )
     assert "train.min_test_users" in decision.reasons[0]
     unmeasured = promotion_gate(gate_metrics({k: v for k, v in GOOD.items() if k != "recall@500"}, POPULAR), None, cfg)
     assert not unmeasured.promote and unmeasured.reasons[0].startswith("recall@500 was not measured")
@@ -166,9 +183,17 @@ def day(n: int, positives: int, users: range):
 
 
 def test_the_time_split_grows_its_window_until_the_test_set_is_big_enough():
-    cfg = load_config(overrides=["train.holdout_days=2", "train.min_test_users=30", "train.min_test_positives=100"], environ={}).train
+    cfg = load_config(
+        overrides=["train.holdout_days=2", "train.min_test_users=30", "train.min_test_positives=100"], environ={}
+    ).train
     # Newest first: three quiet days (10 users each, 20 positives), then busy ones.
-    newest_first = [day(9, 20, range(0, 10)), day(8, 20, range(5, 15)), day(7, 20, range(10, 20)), day(6, 60, range(20, 40)), day(5, 500, range(100))]
+    newest_first = [
+        day(9, 20, range(0, 10)),
+        day(8, 20, range(5, 15)),
+        day(7, 20, range(10, 20)),
+        day(6, 60, range(20, 40)),
+        day(5, 500, range(100)),
+    ]
     # After 2 days: 15 users, 40 positives; 3: 20, 60; 4: 40 users, 120 positives -> reached.
     assert choose_test_window(iter(newest_first), 10, cfg) == "day-6"
     # The minimum days hold even when the first day alone is big enough.
@@ -181,7 +206,11 @@ def test_the_time_split_fails_clearly_when_half_the_log_cannot_reach_the_minimum
     with pytest.raises(ValueError) as error:
         choose_test_window(quiet, 20, cfg)
     message = str(error.value)
-    assert "cannot reach train.min_test_users=1000" in message and "the last 10 day(s)" in message and "100 users and 500 positives" in message
+    assert (
+        "cannot reach train.min_test_users=1000" in message
+        and "the last 10 day(s)" in message
+        and "100 users and 500 positives" in message
+    )
 
 
 def test_evaluation_candidates_are_what_the_index_would_hold_and_cold_stories_are_marked():
@@ -218,7 +247,14 @@ def test_the_learning_rate_schedule_is_counted_in_steps():
 def test_early_stopping_never_keeps_an_epoch_that_ended_inside_the_warm_up(tmp_path):
     # Every epoch of this run ends inside the warm-up: none may be chosen as "best", none
     # counts against patience, and the run ends with its last weights.
-    overrides = [f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=3", "train.patience=1", "train.warmup_steps=1000000"]
+    overrides = [
+        f"root=file://{tmp_path}",
+        *TINY_TRAINING,
+        "world.n_events=12000",
+        "train.epochs=3",
+        "train.patience=1",
+        "train.warmup_steps=1000000",
+    ]
     cfg = load_config(overrides=overrides, environ={})
     warehouse = Warehouse.from_config(cfg)
     generate_world(cfg.world, warehouse, progress=False)
@@ -232,12 +268,18 @@ def test_stories_without_a_training_positive_share_the_trained_oov_row(trained):
     cfg, warehouse, result, _ = trained
     table = result.model.user_tower.shared.story
     values = table.embedding.embeddings.numpy()
-    assert set(result.vocabularies["story_id"]) == set(warehouse.read_table("stories")["story_id"].to_pylist())  # every story known
+    assert set(result.vocabularies["story_id"]) == set(
+        warehouse.read_table("stories")["story_id"].to_pylist()
+    )  # every story known
     from models.features import Catalog, EventHistory
     from models.training import load_split
 
-    catalog = Catalog.from_tables(warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features)
-    history = EventHistory.from_tables(load_split(warehouse, cfg.train, cfg.features).train_parts(), catalog, cfg.features)
+    catalog = Catalog.from_tables(
+        warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features
+    )
+    history = EventHistory.from_tables(
+        load_split(warehouse, cfg.train, cfg.features).train_parts(), catalog, cfg.features
+    )
     engaged = set(catalog.story_ids[history.story[history.positive]].tolist())
     never = [s for s in result.vocabularies["story_id"] if s not in engaged][:20]
     some = sorted(engaged)[:20]
@@ -253,7 +295,9 @@ def test_a_dataset_without_hashtags_trains(tmp_path):
     # vocabulary used to crash training ("Cannot set an empty vocabulary").
     import pyarrow as pa
 
-    cfg = load_config(overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=1"], environ={})
+    cfg = load_config(
+        overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=1"], environ={}
+    )
     warehouse = Warehouse.from_config(cfg)
     generate_world(cfg.world, warehouse, progress=False)
     stories = warehouse.read_table("stories")
@@ -271,9 +315,15 @@ def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
     from models.evaluation import EvaluationSet
     from models.training import _measure_all
 
-    candidates = CandidateSets({"eligible": np.array([1, 2]), "catalogue": np.array([1, 2])}, trained=np.array([True, True, True]),
-                               created_ts=np.array([9, 0, 0]), as_of=5)  # fmt: skip
-    data = EvaluationSet(users=np.array([0]), test_events=[np.array([0])], seen=[np.array([], dtype=int)], n_candidates=2)
+    candidates = CandidateSets(
+        {"eligible": np.array([1, 2]), "catalogue": np.array([1, 2])},
+        trained=np.array([True, True, True]),
+        created_ts=np.array([9, 0, 0]),
+        as_of=5,
+    )
+    data = EvaluationSet(
+        users=np.array([0]), test_events=[np.array([0])], seen=[np.array([], dtype=int)], n_candidates=2
+    )
     by_row = lambda users: np.array([[0.0, 5.0, 1.0]])[np.zeros(len(users), int)]  # noqa: E731
     tcfg = load_config(overrides=["train.bootstrap_samples=10"], environ={}).train
     metrics, _ = _measure_all({"model": by_row}, {"eligible": data, "catalogue": data}, candidates, [1], tcfg)

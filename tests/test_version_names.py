@@ -7,9 +7,11 @@ import pytest
 
 from artifacts import AmbiguousVersionError, ArtifactStore, InvalidNameError, UnknownVersionError
 
-NAMES = ("20261015T000000Z-ebr_story_index-scheduled__2026-10-15T00-00-00-00-00",
-         "20261015T003000Z-ebr_story_index-scheduled__2026-10-15T00-30-00-00-00",
-         "20261016T000000Z-ebr_story_index-manual__2026-12-01T10-47-08.959219+00-00")  # fmt: skip
+NAMES = (
+    "20261015T000000Z-ebr_story_index-scheduled__2026-10-15T00-00-00-00-00",
+    "20261015T003000Z-ebr_story_index-scheduled__2026-10-15T00-30-00-00-00",
+    "20261016T000000Z-ebr_story_index-manual__2026-12-01T10-47-08.959219+00-00",
+)
 
 
 def write(kind, name: str, *, publish: bool = True) -> None:
@@ -54,8 +56,10 @@ def test_an_unknown_name_lists_the_three_newest_complete_versions_newest_first(k
     for name in ("20261017T000000Z-a", "20261018T000000Z-b"):
         write(kind, name)
     message = str(pytest.raises(UnknownVersionError, kind.resolve, "nope").value)
-    assert message == ("indexes/stories has no version 'nope' (newest complete: 20261018T000000Z-b, 20261017T000000Z-a, "
-                       f"{NAMES[2]} (and 2 older))")  # fmt: skip
+    assert message == (
+        "indexes/stories has no version 'nope' (newest complete: 20261018T000000Z-b, 20261017T000000Z-a, "
+        f"{NAMES[2]} (and 2 older))"
+    )
     assert "newest complete: 20261018T000000Z-b" in str(pytest.raises(UnknownVersionError, kind.manifest, "nope").value)
     with pytest.raises(InvalidNameError):
         kind.resolve("../LATEST")

@@ -25,10 +25,17 @@ def tiny_world(tmp_path_factory):
 
 def _events(n=3, **overrides):
     columns = {
-        "user_id": ["u1"] * n, "story_id": ["s1"] * n, "ts": [1_790_000_000] * n,
-        "view": [True] * n, "long_view": [False] * n, "boost": [False] * n, "favorite": [False] * n,
-        "share": [False] * n, "skip": [False] * n, "watch_ratio": [0.5] * n,
-    }  # fmt: skip
+        "user_id": ["u1"] * n,
+        "story_id": ["s1"] * n,
+        "ts": [1_790_000_000] * n,
+        "view": [True] * n,
+        "long_view": [False] * n,
+        "boost": [False] * n,
+        "favorite": [False] * n,
+        "share": [False] * n,
+        "skip": [False] * n,
+        "watch_ratio": [0.5] * n,
+    }
     columns.update(overrides)
     return pa.table(columns)
 
@@ -47,8 +54,15 @@ class TestSchemaValidation:
             validate_table("events", _events(user_id=["u1", None, "u3"]))
 
     def test_duplicate_ids_in_an_entity_table(self):
-        users = pa.table({"user_id": ["a", "b", "a"], "country": ["US"] * 3, "language": ["en"] * 3,
-                          "age_bucket": ["18-24"] * 3, "account_created_ts": [0, 0, 0]})  # fmt: skip
+        users = pa.table(
+            {
+                "user_id": ["a", "b", "a"],
+                "country": ["US"] * 3,
+                "language": ["en"] * 3,
+                "age_bucket": ["18-24"] * 3,
+                "account_created_ts": [0, 0, 0],
+            }
+        )
         with pytest.raises(WarehouseSchemaError, match=r"'users', column 'user_id'.*1 duplicate id\(s\), e.g. 'a'"):
             validate_table("users", users)
 
@@ -61,9 +75,10 @@ class TestSchemaValidation:
     def test_embeddings_of_different_lengths_are_refused(self, tiny_world):
         stories = tiny_world.read_table("stories").slice(0, 2)
         ragged = stories.set_column(
-            stories.column_names.index("content_embedding"), "content_embedding",
+            stories.column_names.index("content_embedding"),
+            "content_embedding",
             pa.array([[0.1, 0.2], [0.3]], pa.list_(pa.float32())),
-        )  # fmt: skip
+        )
         with pytest.raises(WarehouseSchemaError, match=r"content_embedding.*different lengths \(1..2\)"):
             validate_table("stories", ragged)
 
@@ -90,18 +105,46 @@ class TestSchemaValidation:
 def _small_warehouse(root: Path) -> Warehouse:
     """Every table, two rows of users and events on two days: enough for every reader."""
     warehouse = Warehouse.open(f"file://{root}")
-    warehouse.write_table("users", pa.table({
-        "user_id": ["u1", "u2"], "country": ["US"] * 2, "language": ["en"] * 2,
-        "age_bucket": ["18-24"] * 2, "account_created_ts": [0, 0],
-    }))  # fmt: skip
-    warehouse.write_table("creators", pa.table({
-        "creator_id": ["c1"], "country": ["US"], "language": ["en"], "created_ts": [0], "follower_count": [3],
-    }))  # fmt: skip
-    warehouse.write_table("stories", pa.table({
-        "story_id": ["s1"], "creator_id": ["c1"], "created_ts": [0], "country": ["US"], "language": ["en"],
-        "duration_s": pa.array([10.0], pa.float32()), "hashtags": [["cats"]], "description": ["a cat"],
-        "content_embedding": pa.array([[0.1, 0.2]], pa.list_(pa.float32())),
-    }))  # fmt: skip
+    warehouse.write_table(
+        "users",
+        pa.table(
+            {
+                "user_id": ["u1", "u2"],
+                "country": ["US"] * 2,
+                "language": ["en"] * 2,
+                "age_bucket": ["18-24"] * 2,
+                "account_created_ts": [0, 0],
+            }
+        ),
+    )
+    warehouse.write_table(
+        "creators",
+        pa.table(
+            {
+                "creator_id": ["c1"],
+                "country": ["US"],
+                "language": ["en"],
+                "created_ts": [0],
+                "follower_count": [3],
+            }
+        ),
+    )
+    warehouse.write_table(
+        "stories",
+        pa.table(
+            {
+                "story_id": ["s1"],
+                "creator_id": ["c1"],
+                "created_ts": [0],
+                "country": ["US"],
+                "language": ["en"],
+                "duration_s": pa.array([10.0], pa.float32()),
+                "hashtags": [["cats"]],
+                "description": ["a cat"],
+                "content_embedding": pa.array([[0.1, 0.2]], pa.list_(pa.float32())),
+            }
+        ),
+    )
     warehouse.write_events(_events(2, ts=[1_790_000_000, 1_790_000_000 + 86_400]))
     return warehouse
 
@@ -115,7 +158,11 @@ class TestCorruptParquet:
         path = tmp_path / "warehouse" / "users" / "part-00000.parquet"
         problem = damage_parquet(path, how)
         # summary() reads footers only: pages that do not decode are found by readers of rows.
-        for read in (lambda: warehouse.read_table("users"), lambda: warehouse.read_table("users", ["user_id"]), *([warehouse.summary] if how != "corrupt pages" else [])):
+        for read in (
+            lambda: warehouse.read_table("users"),
+            lambda: warehouse.read_table("users", ["user_id"]),
+            *([warehouse.summary] if how != "corrupt pages" else []),
+        ):
             with pytest.raises(WarehouseSchemaError) as err:
                 read()
             assert f"file://{path}" in str(err.value) and re.search(problem, str(err.value)), str(err.value)
@@ -126,7 +173,11 @@ class TestCorruptParquet:
         assert len(warehouse.event_days()) == 2
         path = tmp_path / "warehouse" / "events" / "dt=2026-09-22" / "part-00000.parquet"
         problem = damage_parquet(path, how)
-        readers = [warehouse.read_events, lambda: list(warehouse.iter_events()), lambda: warehouse.read_events(columns=["ts"])]
+        readers = [
+            warehouse.read_events,
+            lambda: list(warehouse.iter_events()),
+            lambda: warehouse.read_events(columns=["ts"]),
+        ]
         for read in readers + ([warehouse.summary] if how != "corrupt pages" else []):
             with pytest.raises(WarehouseSchemaError) as err:
                 read()
@@ -136,7 +187,9 @@ class TestCorruptParquet:
     def test_a_partition_that_is_not_a_date(self, tmp_path):
         warehouse = _small_warehouse(tmp_path)
         (tmp_path / "warehouse" / "events" / "dt=2026-02-30").mkdir()
-        with pytest.raises(WarehouseSchemaError, match=r"warehouse/events/dt=2026-02-30 is not a day partition: day is out of range"):
+        with pytest.raises(
+            WarehouseSchemaError, match=r"warehouse/events/dt=2026-02-30 is not a day partition: day is out of range"
+        ):
             warehouse.event_days()
 
     @pytest.mark.parametrize("how", ["truncated", "wrong schema"])
@@ -176,7 +229,9 @@ class TestSyntheticWorld:
         assert age.min() >= 0
         assert age.max() <= TINY.story_lifetime_days * 86_400
         for day, part in tiny_world.iter_events():
-            days = {d.date() for d in pc.cast(pc.multiply(part["ts"], 1_000_000), pa.timestamp("us", "UTC")).to_pylist()}
+            days = {
+                d.date() for d in pc.cast(pc.multiply(part["ts"], 1_000_000), pa.timestamp("us", "UTC")).to_pylist()
+            }
             assert days == {day}
 
     def test_popularity_has_a_zipf_like_head(self, tiny_world):
@@ -203,8 +258,12 @@ class TestSyntheticWorld:
         truth = GroundTruth.load(tiny_world)
         user_language = dict(zip(truth.user_ids, truth.user_language, strict=True))
         story_language = dict(zip(truth.story_ids, truth.story_language, strict=True))
-        same = np.array([user_language[a] == story_language[b] for a, b in
-                         zip(events["user_id"].to_pylist(), events["story_id"].to_pylist(), strict=True)])  # fmt: skip
+        same = np.array(
+            [
+                user_language[a] == story_language[b]
+                for a, b in zip(events["user_id"].to_pylist(), events["story_id"].to_pylist(), strict=True)
+            ]
+        )
         long_view = events["long_view"].to_numpy(zero_copy_only=False)
         assert same[long_view].mean() > 0.8
         assert same[long_view].mean() > same.mean()  # engagement is more local than exposure

@@ -46,15 +46,38 @@ from warehouse.source_files import SourceFileError, min_by_key, read_delimited, 
 from warehouse.tables import SECONDS_PER_DAY, Warehouse
 
 LOG_COLUMNS = [
-    "user_id", "video_id", "date", "hourmin", "time_ms", "is_click", "is_like", "is_follow",
-    "is_comment", "is_forward", "is_hate", "long_view", "play_time_ms", "duration_ms",
-    "profile_stay_time", "comment_stay_time", "is_profile_enter", "is_rand", "tab",
-]  # fmt: skip
+    "user_id",
+    "video_id",
+    "date",
+    "hourmin",
+    "time_ms",
+    "is_click",
+    "is_like",
+    "is_follow",
+    "is_comment",
+    "is_forward",
+    "is_hate",
+    "long_view",
+    "play_time_ms",
+    "duration_ms",
+    "profile_stay_time",
+    "comment_stay_time",
+    "is_profile_enter",
+    "is_rand",
+    "tab",
+]
 USER_COLUMNS = [
-    "user_id", "user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author",
-    "follow_user_num_range", "fans_user_num_range", "friend_user_num_range", "register_days_range",
+    "user_id",
+    "user_active_degree",
+    "is_lowactive_period",
+    "is_live_streamer",
+    "is_video_author",
+    "follow_user_num_range",
+    "fans_user_num_range",
+    "friend_user_num_range",
+    "register_days_range",
     *[f"onehot_feat{i}" for i in range(18)],
-]  # fmt: skip
+]
 VIDEO_COLUMNS = ["video_id", "author_id", "video_type", "upload_dt", "video_duration", "tag"]
 _INT_LOG_COLUMNS = [c for c in LOG_COLUMNS if c not in ("tab",)]
 
@@ -65,23 +88,35 @@ def convert_kuairand(source: Path, warehouse: Warehouse, include_random: bool = 
     log_files = require_glob(source, "log_standard_*.csv", "KuaiRand standard logs")
     if include_random:
         log_files += require_glob(source, "log_random_*.csv", "KuaiRand random-exposure logs")
-    logs = pa.concat_tables([
-        read_delimited(f, LOG_COLUMNS, delimiter=",", header=True, types={c: pa.int64() for c in _INT_LOG_COLUMNS}).select(LOG_COLUMNS)
-        for f in log_files
-    ])  # fmt: skip
+    logs = pa.concat_tables(
+        [
+            read_delimited(
+                f, LOG_COLUMNS, delimiter=",", header=True, types={c: pa.int64() for c in _INT_LOG_COLUMNS}
+            ).select(LOG_COLUMNS)
+            for f in log_files
+        ]
+    )
     user_file = require_glob(source, "user_features_*.csv", "KuaiRand user features")[0]
     user_features = read_delimited(user_file, USER_COLUMNS, delimiter=",", header=True, types={"user_id": pa.int64()})
     video_files = sorted(source.glob("video_features_basic_*.csv"))
     videos = (
-        read_delimited(video_files[0], VIDEO_COLUMNS, delimiter=",", header=True,
-                       types={"video_id": pa.int64(), "author_id": pa.int64(), "tag": pa.string(), "upload_dt": pa.string()})
-        if video_files else None
-    )  # fmt: skip
+        read_delimited(
+            video_files[0],
+            VIDEO_COLUMNS,
+            delimiter=",",
+            header=True,
+            types={"video_id": pa.int64(), "author_id": pa.int64(), "tag": pa.string(), "upload_dt": pa.string()},
+        )
+        if video_files
+        else None
+    )
 
     ts = (logs["time_ms"].to_numpy() // 1000).astype(np.int64)
     play = logs["play_time_ms"].to_numpy().astype(np.float64)
     duration = logs["duration_ms"].to_numpy().astype(np.float64)
-    flag = {c: logs[c].to_numpy() == 1 for c in ("is_click", "is_like", "is_follow", "is_forward", "is_hate", "long_view")}
+    flag = {
+        c: logs[c].to_numpy() == 1 for c in ("is_click", "is_like", "is_follow", "is_forward", "is_hate", "long_view")
+    }
     view = flag["is_click"] | (play > 0)
     watch_ratio = np.clip(np.divide(play, duration, out=np.zeros_like(play), where=duration > 0), 0, 10)
     user_ids = pc.cast(logs["user_id"], pa.string())
@@ -94,26 +129,36 @@ def convert_kuairand(source: Path, warehouse: Warehouse, include_random: bool = 
     warehouse.write_table("users", users)
     warehouse.write_table("stories", stories)
     warehouse.write_table("creators", creators)
-    days = warehouse.write_events(pa.table({
-        "user_id": user_ids,
-        "story_id": video_ids,
-        "ts": pa.array(ts),
-        "view": view,
-        "long_view": flag["long_view"],
-        "boost": flag["is_follow"],
-        "favorite": flag["is_like"],
-        "share": flag["is_forward"],
-        "skip": flag["is_hate"] | ~view,
-        "watch_ratio": watch_ratio.astype(np.float32),
-    }))  # fmt: skip
+    days = warehouse.write_events(
+        pa.table(
+            {
+                "user_id": user_ids,
+                "story_id": video_ids,
+                "ts": pa.array(ts),
+                "view": view,
+                "long_view": flag["long_view"],
+                "boost": flag["is_follow"],
+                "favorite": flag["is_like"],
+                "share": flag["is_forward"],
+                "skip": flag["is_hate"] | ~view,
+                "watch_ratio": watch_ratio.astype(np.float32),
+            }
+        )
+    )
     summary = {
         "source": "kuairand",
         "path": str(source),
         "files": [f.name for f in log_files] + [user_file.name] + [f.name for f in video_files[:1]],
         "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "counts": {"users": len(users), "stories": len(stories), "creators": len(creators), "events": len(ts), "days": len(days)},
+        "counts": {
+            "users": len(users),
+            "stories": len(stories),
+            "creators": len(creators),
+            "events": len(ts),
+            "days": len(days),
+        },
         "mapping": "see warehouse/kuairand.py",
-    }  # fmt: skip
+    }
     warehouse.write_json("_SOURCE.json", summary)
     return summary
 
@@ -130,13 +175,15 @@ def _users(features: pa.Table, log_users: np.ndarray, ts: np.ndarray) -> pa.Tabl
         days = _range_lower_bound(register[row_of[u]]) if u in row_of else 0
         created.append(max(first_event.get(u, default_ts) - days * SECONDS_PER_DAY, 0))
     n = len(all_ids)
-    table = pa.table({
-        "user_id": pc.cast(pa.array(all_ids), pa.string()),
-        "country": pa.array(["CN"] * n),
-        "language": pa.array(["zh"] * n),
-        "age_bucket": pa.array(["unknown"] * n),
-        "account_created_ts": pa.array(created, pa.int64()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "user_id": pc.cast(pa.array(all_ids), pa.string()),
+            "country": pa.array(["CN"] * n),
+            "language": pa.array(["zh"] * n),
+            "age_bucket": pa.array(["unknown"] * n),
+            "account_created_ts": pa.array(created, pa.int64()),
+        }
+    )
     take = pa.array([row_of.get(u) for u in all_ids.tolist()], pa.int64())  # null where unknown
     for column in USER_COLUMNS[1:]:
         table = table.append_column(column, pc.cast(features[column], pa.string()).take(take))
@@ -160,13 +207,15 @@ def _stories_and_creators(logs: pa.Table, ts: np.ndarray, videos: pa.Table | Non
             if i is None:  # in the log but not in the video file
                 rows.append((f"v{v}", first_seen[v], None, [], ""))
                 continue
-            rows.append((
-                str(authors[i]),
-                _parse_upload(uploads[i], video_file) or first_seen.get(v, int(ts.min())),
-                float(durations[i]) / 1000.0 if durations[i] not in (None, "") else None,
-                [f"tag_{t}" for t in re.split(r"[,;\s]+", tags[i] or "") if t],
-                str(types[i] or ""),
-            ))  # fmt: skip
+            rows.append(
+                (
+                    str(authors[i]),
+                    _parse_upload(uploads[i], video_file) or first_seen.get(v, int(ts.min())),
+                    float(durations[i]) / 1000.0 if durations[i] not in (None, "") else None,
+                    [f"tag_{t}" for t in re.split(r"[,;\s]+", tags[i] or "") if t],
+                    str(types[i] or ""),
+                )
+            )
         creator, created, duration, hashtags, description = (list(c) for c in zip(*rows, strict=True))
     else:
         ids = np.unique(log_videos)
@@ -177,28 +226,32 @@ def _stories_and_creators(logs: pa.Table, ts: np.ndarray, videos: pa.Table | Non
         hashtags = [[] for _ in ids]
         description = [""] * len(ids)
     n = len(ids)
-    stories = pa.table({
-        "story_id": pc.cast(pa.array(ids), pa.string()),
-        "creator_id": pa.array(creator),
-        "created_ts": pa.array(created, pa.int64()),
-        "country": pa.array(["CN"] * n),
-        "language": pa.array(["zh"] * n),
-        "duration_s": pa.array(duration, pa.float32()),
-        "hashtags": pa.array(hashtags, pa.list_(pa.string())),
-        "description": pa.array(description),
-        "content_embedding": pa.array([[] for _ in range(n)], pa.list_(pa.float32())),
-    })  # fmt: skip
+    stories = pa.table(
+        {
+            "story_id": pc.cast(pa.array(ids), pa.string()),
+            "creator_id": pa.array(creator),
+            "created_ts": pa.array(created, pa.int64()),
+            "country": pa.array(["CN"] * n),
+            "language": pa.array(["zh"] * n),
+            "duration_s": pa.array(duration, pa.float32()),
+            "hashtags": pa.array(hashtags, pa.list_(pa.string())),
+            "description": pa.array(description),
+            "content_embedding": pa.array([[] for _ in range(n)], pa.list_(pa.float32())),
+        }
+    )
     creator_first = {}
     for c, t in zip(creator, created, strict=True):
         creator_first[c] = min(t, creator_first.get(c, t))
     m = len(creator_first)
-    creators = pa.table({
-        "creator_id": pa.array(list(creator_first)),
-        "country": pa.array(["CN"] * m),
-        "language": pa.array(["zh"] * m),
-        "created_ts": pa.array(list(creator_first.values()), pa.int64()),
-        "follower_count": pa.array(np.zeros(m, dtype=np.int64)),
-    })  # fmt: skip
+    creators = pa.table(
+        {
+            "creator_id": pa.array(list(creator_first)),
+            "country": pa.array(["CN"] * m),
+            "language": pa.array(["zh"] * m),
+            "created_ts": pa.array(list(creator_first.values()), pa.int64()),
+            "follower_count": pa.array(np.zeros(m, dtype=np.int64)),
+        }
+    )
     return stories, creators
 
 

@@ -41,10 +41,26 @@ from warehouse.source_files import SourceFileError, min_by_key, read_delimited, 
 from warehouse.tables import Warehouse
 
 GENRES_100K = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 GENRES_1M = GENRES_100K[1:]
 AGE_GROUPS_1M = {1: "<18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+"}
 
@@ -72,9 +88,7 @@ def convert_movielens(source: Path, warehouse: Warehouse) -> dict[str, Any]:
 def _read_ratings(path: Path, delimiter: str) -> pa.Table:
     """user, movie, rating, ts: the same four integer columns in both formats."""
     columns = ["user", "movie", "rating", "ts"]
-    return read_delimited(
-        path, columns, delimiter=delimiter, header=False, types={c: pa.int64() for c in columns}
-    )
+    return read_delimited(path, columns, delimiter=delimiter, header=False, types={c: pa.int64() for c in columns})
 
 
 def _read_100k(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -98,12 +112,14 @@ def _read_100k(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
     )
     flags = np.column_stack([items[f"g{i}"].to_numpy() for i in range(len(GENRES_100K))]).astype(bool)
     released = [_parse_release(text) for text in items["release"].to_pylist()]
-    movies = pa.table({
-        "movie": items["movie"],
-        "title": items["title"],
-        "released_ts": pa.array(released, pa.int64()),
-        "genres": [list(np.array(GENRES_100K)[row]) for row in flags],
-    })  # fmt: skip
+    movies = pa.table(
+        {
+            "movie": items["movie"],
+            "title": items["title"],
+            "released_ts": pa.array(released, pa.int64()),
+            "genres": [list(np.array(GENRES_100K)[row]) for row in flags],
+        }
+    )
     return ratings, users, movies
 
 
@@ -119,13 +135,15 @@ def _read_1m(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
     unknown_ages = set(raw_users["age"].to_pylist()) - set(AGE_GROUPS_1M)
     if unknown_ages:
         raise SourceFileError(f"{source / 'users.dat'}: unknown age code(s) {sorted(unknown_ages)}")
-    users = pa.table({
-        "user": raw_users["user"],
-        "age_bucket": [AGE_GROUPS_1M[a] for a in raw_users["age"].to_pylist()],
-        "gender": raw_users["gender"],
-        "occupation": raw_users["occupation"],
-        "zip_code": raw_users["zip_code"],
-    })  # fmt: skip
+    users = pa.table(
+        {
+            "user": raw_users["user"],
+            "age_bucket": [AGE_GROUPS_1M[a] for a in raw_users["age"].to_pylist()],
+            "gender": raw_users["gender"],
+            "occupation": raw_users["occupation"],
+            "zip_code": raw_users["zip_code"],
+        }
+    )
     raw_movies = read_delimited(
         require_file(source, "movies.dat", "MovieLens 1M movies"),
         ["movie", "title", "genres"],
@@ -135,14 +153,14 @@ def _read_1m(source: Path) -> tuple[pa.Table, pa.Table, pa.Table]:
         types={"movie": pa.int64()},
     )
     years = [re.search(r"\((\d{4})\)\s*$", t) for t in raw_movies["title"].to_pylist()]
-    movies = pa.table({
-        "movie": raw_movies["movie"],
-        "title": raw_movies["title"],
-        "released_ts": [
-            int(datetime(int(m.group(1)), 1, 1, tzinfo=UTC).timestamp()) if m else None for m in years
-        ],
-        "genres": [g.split("|") if g else [] for g in raw_movies["genres"].to_pylist()],
-    })  # fmt: skip
+    movies = pa.table(
+        {
+            "movie": raw_movies["movie"],
+            "title": raw_movies["title"],
+            "released_ts": [int(datetime(int(m.group(1)), 1, 1, tzinfo=UTC).timestamp()) if m else None for m in years],
+            "genres": [g.split("|") if g else [] for g in raw_movies["genres"].to_pylist()],
+        }
+    )
     bad = sorted({g for gs in movies["genres"].to_pylist() for g in gs} - set(GENRES_1M))
     if bad:
         raise SourceFileError(f"{source / 'movies.dat'}: unknown genre(s) {bad}")
@@ -172,61 +190,91 @@ def write_ratings_world(
     norms = np.linalg.norm(multi_hot, axis=1, keepdims=True)
     content = multi_hot / np.where(norms > 0, norms, 1.0)
     movie_ids = movies["movie"].to_numpy()
-    created = np.array([
-        released if released is not None else first_seen.get(m, int(ts.min()))
-        for m, released in zip(movie_ids, movies["released_ts"].to_pylist(), strict=True)
-    ], dtype=np.int64)  # fmt: skip
+    created = np.array(
+        [
+            released if released is not None else first_seen.get(m, int(ts.min()))
+            for m, released in zip(movie_ids, movies["released_ts"].to_pylist(), strict=True)
+        ],
+        dtype=np.int64,
+    )
     story_ids = pc.cast(movies["movie"], pa.string())
     creator_ids = pc.binary_join_element_wise("c", story_ids, "")
     n_movies, n_users = len(movies), len(users)
 
     warehouse.clear()
-    warehouse.write_table("users", pa.table({
-        "user_id": pc.cast(users["user"], pa.string()),
-        "country": pa.array(["US"] * n_users),
-        "language": pa.array(["en"] * n_users),
-        "age_bucket": users["age_bucket"],
-        "account_created_ts": pa.array([first_rating.get(u, int(ts.min())) for u in users["user"].to_pylist()], pa.int64()),
-        "gender": users["gender"],
-        "occupation": users["occupation"],
-        "zip_code": users["zip_code"],
-    }))  # fmt: skip
-    warehouse.write_table("stories", pa.table({
-        "story_id": story_ids,
-        "creator_id": creator_ids,
-        "created_ts": pa.array(created),
-        "country": pa.array(["US"] * n_movies),
-        "language": pa.array(["en"] * n_movies),
-        "duration_s": pa.nulls(n_movies, pa.float32()),
-        "hashtags": [[_hashtag(g) for g in row] for row in movies["genres"].to_pylist()],
-        "description": movies["title"],
-        "content_embedding": pa.array(list(content), pa.list_(pa.float32())),
-    }))  # fmt: skip
-    warehouse.write_table("creators", pa.table({
-        "creator_id": creator_ids,
-        "country": pa.array(["US"] * n_movies),
-        "language": pa.array(["en"] * n_movies),
-        "created_ts": pa.array(created),
-        "follower_count": pa.array(np.zeros(n_movies, dtype=np.int64)),
-    }))  # fmt: skip
+    warehouse.write_table(
+        "users",
+        pa.table(
+            {
+                "user_id": pc.cast(users["user"], pa.string()),
+                "country": pa.array(["US"] * n_users),
+                "language": pa.array(["en"] * n_users),
+                "age_bucket": users["age_bucket"],
+                "account_created_ts": pa.array(
+                    [first_rating.get(u, int(ts.min())) for u in users["user"].to_pylist()], pa.int64()
+                ),
+                "gender": users["gender"],
+                "occupation": users["occupation"],
+                "zip_code": users["zip_code"],
+            }
+        ),
+    )
+    warehouse.write_table(
+        "stories",
+        pa.table(
+            {
+                "story_id": story_ids,
+                "creator_id": creator_ids,
+                "created_ts": pa.array(created),
+                "country": pa.array(["US"] * n_movies),
+                "language": pa.array(["en"] * n_movies),
+                "duration_s": pa.nulls(n_movies, pa.float32()),
+                "hashtags": [[_hashtag(g) for g in row] for row in movies["genres"].to_pylist()],
+                "description": movies["title"],
+                "content_embedding": pa.array(list(content), pa.list_(pa.float32())),
+            }
+        ),
+    )
+    warehouse.write_table(
+        "creators",
+        pa.table(
+            {
+                "creator_id": creator_ids,
+                "country": pa.array(["US"] * n_movies),
+                "language": pa.array(["en"] * n_movies),
+                "created_ts": pa.array(created),
+                "follower_count": pa.array(np.zeros(n_movies, dtype=np.int64)),
+            }
+        ),
+    )
     falses = np.zeros(len(rating), dtype=bool)
-    days = warehouse.write_events(pa.table({
-        "user_id": user_str,
-        "story_id": movie_str,
-        "ts": ratings["ts"],
-        "view": np.ones(len(rating), dtype=bool),
-        "long_view": rating >= 4,
-        "boost": falses,
-        "favorite": rating == 5,
-        "share": falses,
-        "skip": rating <= 2,
-        "watch_ratio": (rating / 5.0).astype(np.float32),
-    }))  # fmt: skip
+    days = warehouse.write_events(
+        pa.table(
+            {
+                "user_id": user_str,
+                "story_id": movie_str,
+                "ts": ratings["ts"],
+                "view": np.ones(len(rating), dtype=bool),
+                "long_view": rating >= 4,
+                "boost": falses,
+                "favorite": rating == 5,
+                "share": falses,
+                "skip": rating <= 2,
+                "watch_ratio": (rating / 5.0).astype(np.float32),
+            }
+        )
+    )
     summary = {
         "source": name,
         "path": str(source),
         "converted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "counts": {"users": n_users, "stories": n_movies, "creators": n_movies, "events": len(rating), "days": len(days)},
+        "counts": {
+            "users": n_users,
+            "stories": n_movies,
+            "creators": n_movies,
+            "events": len(rating),
+            "days": len(days),
+        },
         "mapping": "see warehouse/movielens.py",
     }
     warehouse.write_json("_SOURCE.json", summary)

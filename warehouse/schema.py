@@ -122,9 +122,7 @@ def _columns(table: str) -> tuple[Column, ...]:
     try:
         return SCHEMAS[table]
     except KeyError:
-        raise WarehouseSchemaError(
-            f"unknown warehouse table {table!r}; tables are {', '.join(SCHEMAS)}"
-        ) from None
+        raise WarehouseSchemaError(f"unknown warehouse table {table!r}; tables are {', '.join(SCHEMAS)}") from None
 
 
 def _safe_cast(array: pa.ChunkedArray, target: pa.DataType, fail) -> pa.ChunkedArray:

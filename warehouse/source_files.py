@@ -42,9 +42,7 @@ def read_delimited(
     With `header=False` the file must have exactly len(columns) fields per line; with
     `header=True` it must have at least `columns` (extra columns are kept).
     """
-    read_options = pacsv.ReadOptions(
-        column_names=None if header else columns, encoding=encoding, block_size=64 << 20
-    )
+    read_options = pacsv.ReadOptions(column_names=None if header else columns, encoding=encoding, block_size=64 << 20)
     convert_options = pacsv.ConvertOptions(column_types=types or {}, strings_can_be_null=False)
     try:
         if len(delimiter) == 1:
@@ -56,9 +54,7 @@ def read_delimited(
         raise SourceFileError(f"{path} is malformed: {err}") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise SourceFileError(
-            f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(table.column_names)}"
-        )
+        raise SourceFileError(f"{path} lacks column(s) {', '.join(missing)}; it has {', '.join(table.column_names)}")
     return table
 
 
@@ -78,9 +74,7 @@ def _read_multichar(path, columns, delimiter, encoding, types) -> pa.Table:
             rows.append(fields)
     table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
     for name, dtype in types.items():
-        table = table.set_column(
-            table.column_names.index(name), name, table[name].cast(dtype)
-        )
+        table = table.set_column(table.column_names.index(name), name, table[name].cast(dtype))
     return table
 
 

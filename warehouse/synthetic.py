@@ -56,11 +56,39 @@ ENGLISH_SECOND_LANGUAGE = 0.1
 AGE_BUCKETS = ("13-17", "18-24", "25-34", "35-44", "45-54", "55+")
 AGE_SHARES = (0.12, 0.34, 0.27, 0.14, 0.08, 0.05)
 TOPIC_WORDS = (
-    "comedy", "dance", "pets", "food", "sports", "music", "fashion", "gaming", "travel",
-    "diy", "beauty", "science", "cars", "art", "fitness", "memes", "news", "education",
-    "nature", "movies", "tech", "family", "pranks", "asmr", "anime", "skate", "football",
-    "basketball", "cooking", "magic", "history", "photography",
-)  # fmt: skip
+    "comedy",
+    "dance",
+    "pets",
+    "food",
+    "sports",
+    "music",
+    "fashion",
+    "gaming",
+    "travel",
+    "diy",
+    "beauty",
+    "science",
+    "cars",
+    "art",
+    "fitness",
+    "memes",
+    "news",
+    "education",
+    "nature",
+    "movies",
+    "tech",
+    "family",
+    "pranks",
+    "asmr",
+    "anime",
+    "skate",
+    "football",
+    "basketball",
+    "cooking",
+    "magic",
+    "history",
+    "photography",
+)
 GENERIC_TAGS = ("fyp", "viral", "spotlight", "trending")
 ADJECTIVES = ("funny", "epic", "cute", "quick", "daily", "best", "wild", "new", "crazy", "easy")
 NOUNS = ("moment", "clip", "challenge", "tutorial", "story", "vibes", "fail", "hack", "recap")
@@ -142,9 +170,7 @@ class _StoryPicker:
         return out
 
 
-def generate_world(
-    cfg: WorldConfig, warehouse: Warehouse, *, progress: bool = True
-) -> dict[str, Any]:
+def generate_world(cfg: WorldConfig, warehouse: Warehouse, *, progress: bool = True) -> dict[str, Any]:
     """Generates the world described by `cfg` into `warehouse`; returns its summary.
 
     Deterministic: the same `cfg` (seed included) writes the same tables.
@@ -200,7 +226,9 @@ def generate_world(
     followers = rng_creators.lognormal(6.0, 2.0, size=counts.creators).astype(np.int64)
     creator_reach = np.sqrt(followers + 10.0)
     productivity = rng_creators.permutation(1.0 / np.arange(1, counts.creators + 1))
-    creator_created = start_ts - rng_creators.integers(30 * SECONDS_PER_DAY, 5 * 365 * SECONDS_PER_DAY, size=counts.creators)
+    creator_created = start_ts - rng_creators.integers(
+        30 * SECONDS_PER_DAY, 5 * 365 * SECONDS_PER_DAY, size=counts.creators
+    )
 
     # Stories.
     n = counts.stories
@@ -215,9 +243,14 @@ def generate_world(
     hashtags, hashtag_counts = _hashtags(rng_stories, story_topic, topic_names, cfg.hashtags_per_topic)
     descriptions = np.char.add(
         np.char.add(np.array(ADJECTIVES)[rng_stories.integers(len(ADJECTIVES), size=n)], " "),
-        np.char.add(np.char.add(np.array(topic_names)[story_topic], " "), np.array(NOUNS)[rng_stories.integers(len(NOUNS), size=n)]),
+        np.char.add(
+            np.char.add(np.array(topic_names)[story_topic], " "),
+            np.array(NOUNS)[rng_stories.integers(len(NOUNS), size=n)],
+        ),
     )
-    content = centroids[story_topic] + rng_stories.normal(scale=0.8 / np.sqrt(cfg.content_dim), size=(n, cfg.content_dim))
+    content = centroids[story_topic] + rng_stories.normal(
+        scale=0.8 / np.sqrt(cfg.content_dim), size=(n, cfg.content_dim)
+    )
     content = (content / np.linalg.norm(content, axis=1, keepdims=True)).astype(np.float32)
 
     user_ids = _zero_padded("u", counts.users)
@@ -227,31 +260,46 @@ def generate_world(
     languages = pa.array(LANGUAGES)
 
     warehouse.clear()
-    warehouse.write_table("users", pa.table({
-        "user_id": user_ids,
-        "country": country_codes.take(user_country),
-        "language": languages.take(user_language),
-        "age_bucket": pa.array(AGE_BUCKETS).take(user_age),
-        "account_created_ts": pa.array(user_created, pa.int64()),
-    }))  # fmt: skip
-    warehouse.write_table("creators", pa.table({
-        "creator_id": creator_ids,
-        "country": country_codes.take(creator_country),
-        "language": languages.take(creator_language),
-        "created_ts": pa.array(creator_created, pa.int64()),
-        "follower_count": pa.array(followers, pa.int64()),
-    }))  # fmt: skip
-    warehouse.write_table("stories", pa.table({
-        "story_id": story_ids,
-        "creator_id": creator_ids.take(story_creator),
-        "created_ts": pa.array(story_created, pa.int64()),
-        "country": country_codes.take(creator_country[story_creator]),
-        "language": languages.take(story_language),
-        "duration_s": pa.array(duration),
-        "hashtags": _list_array(hashtags, hashtag_counts),
-        "description": pa.array(descriptions),
-        "content_embedding": _list_array(pa.array(content.ravel()), np.full(n, cfg.content_dim)),
-    }))  # fmt: skip
+    warehouse.write_table(
+        "users",
+        pa.table(
+            {
+                "user_id": user_ids,
+                "country": country_codes.take(user_country),
+                "language": languages.take(user_language),
+                "age_bucket": pa.array(AGE_BUCKETS).take(user_age),
+                "account_created_ts": pa.array(user_created, pa.int64()),
+            }
+        ),
+    )
+    warehouse.write_table(
+        "creators",
+        pa.table(
+            {
+                "creator_id": creator_ids,
+                "country": country_codes.take(creator_country),
+                "language": languages.take(creator_language),
+                "created_ts": pa.array(creator_created, pa.int64()),
+                "follower_count": pa.array(followers, pa.int64()),
+            }
+        ),
+    )
+    warehouse.write_table(
+        "stories",
+        pa.table(
+            {
+                "story_id": story_ids,
+                "creator_id": creator_ids.take(story_creator),
+                "created_ts": pa.array(story_created, pa.int64()),
+                "country": country_codes.take(creator_country[story_creator]),
+                "language": languages.take(story_language),
+                "duration_s": pa.array(duration),
+                "hashtags": _list_array(hashtags, hashtag_counts),
+                "description": pa.array(descriptions),
+                "content_embedding": _list_array(pa.array(content.ravel()), np.full(n, cfg.content_dim)),
+            }
+        ),
+    )
 
     # Exposure groups: (language, topic) and (any language = -1, topic).
     groups: dict[Any, np.ndarray] = {}
@@ -265,7 +313,9 @@ def generate_world(
     picker = _StoryPicker(story_created.astype(np.float64), story_weight, groups, lifetime_s)
 
     # Events, one UTC day at a time.
-    day_weights = np.array([(1 + 0.01 * d) * (1.15 if (start + timedelta(days=d)).weekday() >= 5 else 1.0) for d in range(counts.days)])
+    day_weights = np.array(
+        [(1 + 0.01 * d) * (1.15 if (start + timedelta(days=d)).weekday() >= 5 else 1.0) for d in range(counts.days)]
+    )
     per_day = rng_days.multinomial(counts.events, day_weights / day_weights.sum())
     activity = user_activity / user_activity.sum()
     written = 0
@@ -291,38 +341,65 @@ def generate_world(
             story[missing] = picker.pick(rng, "everything", ts[missing].astype(np.float64))
         keep = story >= 0
         user, ts, story = user[keep], ts[keep], story[keep]
-        signals = _engagement(rng, user_interests, user_language, story_topic, story_language, story_quality, user, story)
-        warehouse.write_events(pa.table({
-            "user_id": user_ids.take(user),
-            "story_id": story_ids.take(story),
-            "ts": pa.array(ts, pa.int64()),
-            **{name: pa.array(values) for name, values in signals.items()},
-        }))  # fmt: skip
+        signals = _engagement(
+            rng, user_interests, user_language, story_topic, story_language, story_quality, user, story
+        )
+        warehouse.write_events(
+            pa.table(
+                {
+                    "user_id": user_ids.take(user),
+                    "story_id": story_ids.take(story),
+                    "ts": pa.array(ts, pa.int64()),
+                    **{name: pa.array(values) for name, values in signals.items()},
+                }
+            )
+        )
         written += len(user)
 
-    warehouse.write_parquet("_truth/users.parquet", pa.table({
-        "user_id": user_ids,
-        "language": languages.take(user_language),
-        "interests": _list_array(pa.array(user_interests.astype(np.float32).ravel()), np.full(counts.users, n_topics)),
-    }))  # fmt: skip
-    warehouse.write_parquet("_truth/stories.parquet", pa.table({
-        "story_id": story_ids,
-        "topic": pa.array(story_topic.astype(np.int32)),
-        "language": languages.take(story_language),
-        "quality": pa.array(story_quality.astype(np.float32)),
-        "exposure_weight": pa.array(story_weight.astype(np.float32)),
-    }))  # fmt: skip
-    warehouse.write_json("_truth/world.json", {
-        "topics": topic_names,
-        "topic_popularity": topic_popularity.round(6).tolist(),
-        "engagement": ENGAGEMENT,
-        "n_topics": n_topics,
-    })  # fmt: skip
+    warehouse.write_parquet(
+        "_truth/users.parquet",
+        pa.table(
+            {
+                "user_id": user_ids,
+                "language": languages.take(user_language),
+                "interests": _list_array(
+                    pa.array(user_interests.astype(np.float32).ravel()), np.full(counts.users, n_topics)
+                ),
+            }
+        ),
+    )
+    warehouse.write_parquet(
+        "_truth/stories.parquet",
+        pa.table(
+            {
+                "story_id": story_ids,
+                "topic": pa.array(story_topic.astype(np.int32)),
+                "language": languages.take(story_language),
+                "quality": pa.array(story_quality.astype(np.float32)),
+                "exposure_weight": pa.array(story_weight.astype(np.float32)),
+            }
+        ),
+    )
+    warehouse.write_json(
+        "_truth/world.json",
+        {
+            "topics": topic_names,
+            "topic_popularity": topic_popularity.round(6).tolist(),
+            "engagement": ENGAGEMENT,
+            "n_topics": n_topics,
+        },
+    )
     summary = {
         "source": "synthetic",
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": cfg.model_dump(mode="json"),
-        "counts": {"users": counts.users, "creators": counts.creators, "stories": n, "events": written, "days": counts.days},
+        "counts": {
+            "users": counts.users,
+            "creators": counts.creators,
+            "stories": n,
+            "events": written,
+            "days": counts.days,
+        },
         "seconds": round(time.perf_counter() - started, 2),
     }
     warehouse.write_json("_SOURCE.json", summary)
@@ -343,7 +420,9 @@ def _split_by(order: np.ndarray, *sorted_keys: np.ndarray):
         yield tuple(k[s] for k in sorted_keys), order[s:e]
 
 
-def _hashtags(rng: np.random.Generator, topic: np.ndarray, topic_names: list[str], per_topic: int) -> tuple[pa.Array, np.ndarray]:
+def _hashtags(
+    rng: np.random.Generator, topic: np.ndarray, topic_names: list[str], per_topic: int
+) -> tuple[pa.Array, np.ndarray]:
     """1-3 distinct tags of the story's topic (Zipf within the topic), sometimes a generic
     tag and sometimes an off-topic one: signal with noise, as on a real platform."""
     n, n_topics = len(topic), len(topic_names)
@@ -364,7 +443,9 @@ def _hashtags(rng: np.random.Generator, topic: np.ndarray, topic_names: list[str
     return pa.array(vocabulary[table[mask]]), mask.sum(axis=1)
 
 
-def _engagement(rng, user_interests, user_language, story_topic, story_language, story_quality, user, story) -> dict[str, np.ndarray]:
+def _engagement(
+    rng, user_interests, user_language, story_topic, story_language, story_quality, user, story
+) -> dict[str, np.ndarray]:
     z = latent_score(user_interests, user_language, story_topic, story_language, story_quality, user, story)
     z = z + rng.normal(scale=ENGAGEMENT["noise_sd"], size=len(z))
     p = _sigmoid(z)
@@ -416,7 +497,9 @@ class GroundTruth:
         return cls(
             user_ids=users["user_id"].to_numpy(zero_copy_only=False),
             user_language=np.array([languages[x] for x in users["language"].to_pylist()]),
-            user_interests=np.asarray(users["interests"].combine_chunks().flatten(), dtype=np.float32).reshape(-1, n_topics),
+            user_interests=np.asarray(users["interests"].combine_chunks().flatten(), dtype=np.float32).reshape(
+                -1, n_topics
+            ),
             story_ids=stories["story_id"].to_numpy(zero_copy_only=False),
             story_topic=stories["topic"].to_numpy(),
             story_language=np.array([languages[x] for x in stories["language"].to_pylist()]),
@@ -426,5 +509,11 @@ class GroundTruth:
     def oracle_scores(self, user: np.ndarray, story: np.ndarray) -> np.ndarray:
         """Noiseless engagement scores for (user index, story index) pairs; higher is better."""
         return latent_score(
-            self.user_interests, self.user_language, self.story_topic, self.story_language, self.story_quality, user, story
+            self.user_interests,
+            self.user_language,
+            self.story_topic,
+            self.story_language,
+            self.story_quality,
+            user,
+            story,
         )

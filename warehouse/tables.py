@@ -141,10 +141,7 @@ class Warehouse:
 
     def event_files(self, start: date | None = None, end: date | None = None) -> list[str]:
         """URIs of the event partitions with start <= day < end (for Beam's ParquetIO)."""
-        return [
-            f"{self.uri}/events/dt={day.isoformat()}/part-00000.parquet"
-            for day in self._days_between(start, end)
-        ]
+        return [f"{self.uri}/events/dt={day.isoformat()}/part-00000.parquet" for day in self._days_between(start, end)]
 
     def iter_events(
         self, start: date | None = None, end: date | None = None, columns: list[str] | None = None
@@ -242,4 +239,12 @@ def check_parquet_schema(table: str, metadata: pq.FileMetaData, where: str) -> N
     validate_table(table, metadata.schema.to_arrow_schema().empty_table(), where)
 
 
-__all__ = ["TABLES", "Warehouse", "WarehouseMissingError", "check_parquet_schema", "day_of", "day_start_ts", "parse_parquet"]
+__all__ = [
+    "TABLES",
+    "Warehouse",
+    "WarehouseMissingError",
+    "check_parquet_schema",
+    "day_of",
+    "day_start_ts",
+    "parse_parquet",
+]
