@@ -12,6 +12,8 @@ import asyncio
 import inspect
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -36,6 +38,7 @@ DIM = 16
 N_STORIES = 2_000
 N_USERS = 100
 POLL_S = 0.1
+EBR = str(Path(sys.executable).with_name("ebr"))  # the console script
 
 
 @dataclass
@@ -317,9 +320,42 @@ def test_bearer_token_guards_the_api_but_not_the_probes(world, start_service):
     assert good.status_code == 200
 
 
-def test_binds_loopback_by_default():
+def test_binds_loopback_by_default(tmp_path):
+    """`ebr serve` with the default settings (no token) answers on 127.0.0.1 only: a
+    connection to another address of this machine is refused, so nothing off the machine
+    can query it."""
+    import psutil
+
     cfg = load_config(overrides=["root=file:///tmp/x"], environ={})
     assert cfg.serving.host == "127.0.0.1" and cfg.serving.token == ""
+    outside = sorted(
+        address.address
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family == socket.AF_INET and not address.address.startswith("127.")
+    )
+    if not outside:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect to the service from")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("EBR_")}  # the defaults
+    command = [EBR, "--root", f"file://{tmp_path}/root", "--set", f"serving.cache_dir={tmp_path}/cache"]
+    process = subprocess.Popen(
+        [*command, "serve", "--port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+
+        def listening() -> list:
+            assert process.poll() is None, process.stdout.read().decode()
+            return [c.laddr for c in psutil.Process(process.pid).net_connections("tcp") if c.status == "LISTEN"]
+
+        (host, port), *others = wait_for(listening, what="`ebr serve` to listen", timeout=60)
+        assert host == "127.0.0.1" and not others
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json() == {"status": "ok"}
+        for address in outside:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://{address}:{port}/healthz", timeout=10)
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 # -- hot reload ------------------------------------------------------------------------------
