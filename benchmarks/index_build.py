@@ -52,7 +52,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 
 from artifacts.embedding_snapshots import EmbeddingSnapshot  # noqa: E402
 from artifacts.manifest import Manifest  # noqa: E402

@@ -22,11 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli.report_commands import load_benchmark_script
-
 BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+# As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
+
+from benchmarks import plots  # noqa: E402
+
 DEFAULT_RESULTS = BENCH_DIR / "results.json"
-DEFAULT_OUT = BENCH_DIR.parent / "var" / "report.html"
+DEFAULT_OUT = REPO / "var" / "report.html"
 
 PLOT_CAPTIONS = {
     "training_history": "Training loss and validation top-100 accuracy per epoch; the dashed line is the epoch chosen on the validation split.",
@@ -81,7 +85,7 @@ def write_report(results_path: Path, out: Path | None = None) -> Path:
     results = load_results(results_path)
     out = Path(out) if out is not None else DEFAULT_OUT
     with tempfile.TemporaryDirectory(prefix="ebr-report-") as tmp:
-        pngs = load_benchmark_script("plots").write_all(results, Path(tmp))
+        pngs = plots.write_all(results, Path(tmp))
         images = {name: base64.b64encode(path.read_bytes()).decode("ascii") for name, path in pngs.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_html(results, images, source=str(results_path)))

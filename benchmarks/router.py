@@ -33,7 +33,6 @@ router.md (or --out).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -51,20 +50,14 @@ import numpy as np
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
+
+# benchmarks/serving.py: its load generator, summaries and helpers.
+from benchmarks import serving as SB  # noqa: E402
+
 MODEL = "bench-model-1"
 K = 10
-
-
-def _serving_bench():
-    """benchmarks/serving.py as a module: its load generator, summaries and helpers."""
-    spec = importlib.util.spec_from_file_location("serving_bench", REPO / "benchmarks" / "serving.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SB = _serving_bench()
 
 
 def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: int) -> dict:

@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cli.report_commands import load_benchmark_script
-
 REPO = Path(__file__).resolve().parents[1]
+# As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 BENCH_DIR = REPO / "benchmarks"
 DEFAULT_RUN_DIR = BENCH_DIR / "results" / "make_bench"  # apart from the scripts' own default outputs
 RESULTS_JSON = BENCH_DIR / "results.json"
@@ -1014,7 +1014,9 @@ def _quality_markdown(benchmarks: dict) -> list[str]:
     mq = _results(benchmarks, "model_quality")
     if not mq:
         return []
-    tables = load_benchmark_script("model_quality").markdown(mq["rows"])
+    from benchmarks import model_quality
+
+    tables = model_quality.markdown(mq["rows"])
     return ["", f"### Model quality (`{mq.get('command', '')}`)", *tables.splitlines()]
 
 
@@ -1240,7 +1242,9 @@ def resummarize(results_path: Path, *, plots: bool = True, notes: list[str] = ()
 def _make_plots(results: dict, figures_dir: Path, relative_to: Path) -> dict[str, str]:
     """Writes the PNGs; returns {name: path relative to the results file}. Never fails the run."""
     try:
-        written = load_benchmark_script("plots").write_all(results, figures_dir)
+        from benchmarks import plots
+
+        written = plots.write_all(results, figures_dir)
         return {name: os.path.relpath(path, relative_to) for name, path in written.items()}
     except Exception as exc:  # noqa: BLE001 - a plotting bug must not lose an hour of measurements
         results.setdefault("notes", []).append(f"plots failed: {type(exc).__name__}: {exc}")
@@ -1249,7 +1253,9 @@ def _make_plots(results: dict, figures_dir: Path, relative_to: Path) -> dict[str
 
 def _render_report(results_path: Path, out: Path) -> Path | None:
     try:
-        return load_benchmark_script("report").write_report(results_path, out)
+        from benchmarks import report
+
+        return report.write_report(results_path, out)
     except Exception as exc:  # noqa: BLE001 - the JSON and the table are written already
         print(f"the HTML report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return None

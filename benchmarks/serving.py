@@ -59,9 +59,9 @@ import numpy as np
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder is sys.path[0], where "serving" would mean this file
-# rather than the package; the packages come from the editable install.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# As a script, benchmarks/ is sys.path[0], where "serving" would mean this file rather than
+# the package: the checkout replaces it (benchmarks/__init__.py).
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 MODEL = "bench-model-1"
 K = 10
 

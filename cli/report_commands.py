@@ -1,22 +1,25 @@
 """`ebr report`: one self-contained HTML page from the latest benchmark run.
 
-A thin launcher of benchmarks/report.py (`write_report`), which lives beside the
-benchmark scripts in the repository: benchmarks/ is a folder of scripts, not an
-installed package, so it is loaded from the checkout this package comes from.
+A thin launcher of `benchmarks.report.write_report`. The benchmarks are a package of
+the repository checkout, not of the installed distribution (a wheel has none), so the
+command imports it from the checkout this package was installed from (`pip install -e`,
+which `make` does) and says so plainly where there is no such checkout. Nothing in
+benchmarks/ imports the CLI: the dependency goes one way.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from argparse import Namespace
 from pathlib import Path
 
 from config import EbrConfig
 
-BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+CHECKOUT = Path(__file__).resolve().parents[1]
+BENCHMARKS_DIR = CHECKOUT / "benchmarks"
 # var/, not beside the results: benchmarks/report.html is the committed page of `make bench`.
-DEFAULT_OUT = BENCHMARKS_DIR.parent / "var" / "report.html"
+DEFAULT_OUT = CHECKOUT / "var" / "report.html"
 
 
 class ReportError(Exception):
@@ -48,30 +51,23 @@ def add_parser(commands) -> None:
     report.set_defaults(handler=render_report, action="render")
 
 
-def load_benchmark_script(name: str):
-    """benchmarks/NAME.py of this checkout as a module, loaded once per process.
-
-    The one loader of the benchmark scripts (`ebr report`, run_all.py, report.py and the
-    tests use it), so each is loaded under one module name: benchmarks/ is a folder of
-    scripts, not a package, and putting it on sys.path would let benchmarks/serving.py
-    shadow the `serving` package.
-    """
-    path = BENCHMARKS_DIR / f"{name}.py"
-    if not path.is_file():
+def benchmark_report_module():
+    """`benchmarks.report` of the checkout this package comes from; ReportError without one."""
+    if not (BENCHMARKS_DIR / "report.py").is_file():
         raise ReportError(
-            f"{path} is missing: it needs the repository checkout (an editable install), not an installed wheel"
+            f"{BENCHMARKS_DIR / 'report.py'} is missing: `ebr report` needs the repository checkout "
+            "(its editable install, `make venv`), not an installed wheel; in a checkout, "
+            "`python benchmarks/report.py` renders the same page"
         )
-    module_name = f"ebr_benchmark_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    if str(CHECKOUT) not in sys.path:
+        # Appended, so nothing already on the path is shadowed; the checkout's other packages
+        # are the ones the editable install maps anyway.
+        sys.path.append(str(CHECKOUT))
+    return importlib.import_module("benchmarks.report")
 
 
 def render_report(cfg: EbrConfig, args: Namespace) -> int:
-    report = load_benchmark_script("report")
+    report = benchmark_report_module()
     try:
         out = report.write_report(args.results, args.out)
     except (FileNotFoundError, ValueError) as exc:

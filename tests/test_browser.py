@@ -114,9 +114,9 @@ def shoot(browser, name: str) -> None:
 
 
 def test_the_report_shows_its_plots_on_the_first_screen_beside_the_targets(browser, tmp_path, airflow):
-    from cli.report_commands import load_benchmark_script
+    from benchmarks import report
 
-    out = load_benchmark_script("report").write_report(REPO / "benchmarks" / "results.json", tmp_path / "report.html")
+    out = report.write_report(REPO / "benchmarks" / "results.json", tmp_path / "report.html")
     browser.get(out.as_uri())
     plots = browser.find_elements(By.CSS_SELECTOR, ".plots figure img")
     assert len(plots) >= 3
