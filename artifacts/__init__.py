@@ -1,6 +1,7 @@
 """Versioned artifacts with manifests and a compare-and-swap LATEST pointer.
 
 Local directories and Google Cloud Storage behind one interface; see `artifacts.store`.
+The kinds and collections every stage names are defined once, in `artifacts.kinds`.
 """
 
 from artifacts.errors import (
@@ -15,22 +16,28 @@ from artifacts.errors import (
     UnknownVersionError,
     VersionExistsError,
 )
+from artifacts.kinds import (
+    COLLECTIONS,
+    CREATOR_EMBEDDINGS,
+    CREATOR_INDEX,
+    INDEX_KINDS,
+    MODELS,
+    STORY_EMBEDDINGS,
+    STORY_INDEX,
+    USER_EMBEDDINGS,
+    USER_INDEX,
+    index_kind,
+    snapshot_kind,
+)
 from artifacts.manifest import Manifest
 from artifacts.names import version_name
 from artifacts.store import PREVIOUS, ArtifactKind, ArtifactStore, PointerMove, PublishResult
 
-# The kinds the pipeline's stages exchange (DESIGN.md, "Artifact store layout").
-MODELS = "models/two_tower"
-USER_EMBEDDINGS = "embeddings/users"
-STORY_EMBEDDINGS = "embeddings/stories"
-CREATOR_EMBEDDINGS = "embeddings/creators"
-STORY_INDEX = "indexes/stories"
-CREATOR_INDEX = "indexes/creators"
-USER_INDEX = "indexes/users"
-
 __all__ = [
+    "COLLECTIONS",
     "CREATOR_EMBEDDINGS",
     "CREATOR_INDEX",
+    "INDEX_KINDS",
     "MODELS",
     "PREVIOUS",
     "STORY_EMBEDDINGS",
@@ -52,5 +59,7 @@ __all__ = [
     "PublishResult",
     "UnknownVersionError",
     "VersionExistsError",
+    "index_kind",
+    "snapshot_kind",
     "version_name",
 ]

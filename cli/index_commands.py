@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from argparse import Namespace
 
+from artifacts.kinds import COLLECTIONS, index_kind, snapshot_kind
 from cli.arguments import VERSION_HELP, add_wide_flag
 from cli.hints import print_demo_root_hint
 from cli.output import human_bytes, short_time, table
 from config import EbrConfig
 from index_builder.errors import IndexRollbackRefusedError, IndexValidationError  # light: no hnswlib
-
-COLLECTIONS = ("stories", "creators", "users")  # index_builder.publish.COLLECTIONS, without importing it
 
 
 def add_parser(commands) -> None:
@@ -91,7 +90,7 @@ def _collection(parser, *, required: bool = False) -> None:
 
 def build_index(cfg: EbrConfig, args: Namespace) -> int:
     from artifacts import ArtifactStore
-    from index_builder.publish import build_and_publish_index, snapshot_kind
+    from index_builder.publish import build_and_publish_index
 
     snapshot = args.snapshot and ArtifactStore.from_config(cfg).kind(snapshot_kind(args.collection)).resolve(
         args.snapshot
@@ -162,7 +161,6 @@ def list_indexes(cfg: EbrConfig, args: Namespace) -> None:
 def show_index(cfg: EbrConfig, args: Namespace) -> None:
     from artifacts import ArtifactStore
     from cli.artifact_commands import named_version
-    from index_builder.publish import index_kind
 
     kind = ArtifactStore.from_config(cfg).kind(index_kind(args.collection))
     print(kind.manifest(named_version(kind, args.version)).to_json().decode(), end="")
@@ -172,7 +170,7 @@ def rollback_index(cfg: EbrConfig, args: Namespace) -> None:
     from artifacts import ArtifactStore
     from index_builder import publish
 
-    target = ArtifactStore.from_config(cfg).kind(publish.index_kind(args.collection)).resolve(args.to)
+    target = ArtifactStore.from_config(cfg).kind(index_kind(args.collection)).resolve(args.to)
     result = publish.rollback_index(
         cfg, args.collection, target, reason=args.reason, force=args.force, run_id=args.run_id
     )

@@ -81,7 +81,7 @@ def run_router(cfg: EbrConfig, args: Namespace) -> int:
 def run_profiles(cfg: EbrConfig, args: Namespace) -> int:
     import redis
 
-    from artifacts import ArtifactStore
+    from artifacts import USER_EMBEDDINGS, ArtifactStore
     from artifacts.embedding_snapshots import read_snapshot
     from serving import profile_store
 
@@ -91,7 +91,7 @@ def run_profiles(cfg: EbrConfig, args: Namespace) -> int:
             deleted = profile_store.delete_snapshot(client, args.snapshot, prefix=cfg.router.redis_prefix)
             print(f"deleted {deleted} user vectors of {args.snapshot} from {cfg.router.redis_url}")
             return 0
-        snapshot = read_snapshot(ArtifactStore.from_config(cfg).kind("embeddings/users"), args.snapshot)
+        snapshot = read_snapshot(ArtifactStore.from_config(cfg).kind(USER_EMBEDDINGS), args.snapshot)
         count = profile_store.load_snapshot(client, snapshot, prefix=cfg.router.redis_prefix)
         print(
             f"loaded {count} user vectors of embeddings/users/{snapshot.manifest.version} "

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from artifacts.errors import CorruptArtifactError
+from artifacts.kinds import INDEX_PREFIX
 from artifacts.manifest import Manifest, check_entry, sha256_stream
 from artifacts.names import MANIFEST
 
@@ -36,7 +37,6 @@ INDEX_FILE = "index.hnsw"
 IDS_FILE = "ids.parquet"
 SPACE = "ip"
 ID_COLUMN = "id"
-KIND_PREFIX = "indexes/"
 
 # Self-check after load: this many stored vectors must come back as their own best match.
 _SELF_CHECK_PROBES = 16
@@ -279,9 +279,9 @@ def load_index(directory: Path, collection: str | None = None, *, verify: bool =
     if not manifest_path.is_file():
         raise CorruptArtifactError(f"{directory} has no {MANIFEST}: not a complete version; download it again")
     manifest = Manifest.from_json(manifest_path.read_bytes(), str(manifest_path))
-    if not manifest.kind.startswith(KIND_PREFIX):
+    if not manifest.kind.startswith(INDEX_PREFIX):
         raise CorruptArtifactError(f"{directory} holds a version of {manifest.kind}, not of indexes/<collection>")
-    found_collection = manifest.kind[len(KIND_PREFIX) :]
+    found_collection = manifest.kind[len(INDEX_PREFIX) :]
     if collection is not None and found_collection != collection:
         raise CorruptArtifactError(f"{directory} is an index of {found_collection!r}, expected {collection!r}")
     verify_files(directory, manifest, checksums=verify)

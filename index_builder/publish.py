@@ -19,6 +19,8 @@ from pathlib import Path
 from artifacts import ArtifactKind, ArtifactStore, Manifest, PublishResult
 from artifacts.embedding_snapshots import EmbeddingSnapshot, read_snapshot
 from artifacts.errors import ArtifactError, UnknownVersionError, VersionExistsError
+from artifacts.kinds import COLLECTIONS as COLLECTIONS  # re-exported: the DAG tests read it from here
+from artifacts.kinds import USER_EMBEDDINGS, index_kind, snapshot_kind
 from artifacts.store import RetentionReport
 from config import EbrConfig, IndexConfig
 from index_builder import validation
@@ -35,24 +37,6 @@ from index_builder.errors import IndexRollbackRefusedError, IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, SPACE, read_header, read_ids, verify_files, write_ids
 
 log = logging.getLogger(__name__)
-
-COLLECTIONS = ("stories", "creators", "users")
-USER_EMBEDDINGS = "embeddings/users"
-
-
-def index_kind(collection: str) -> str:
-    _check_collection(collection)
-    return f"indexes/{collection}"
-
-
-def snapshot_kind(collection: str) -> str:
-    _check_collection(collection)
-    return f"embeddings/{collection}"
-
-
-def _check_collection(collection: str) -> None:
-    if collection not in COLLECTIONS:
-        raise ValueError(f"unknown collection {collection!r}; choose one of {', '.join(COLLECTIONS)}")
 
 
 def index_version_name(snapshot: str) -> str:

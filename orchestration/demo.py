@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         [str(BIN / "ebr"), "data", "generate", "--size", args.size, "--overwrite", "--no-progress"], env=env, check=True
     )
-    from artifacts import ArtifactStore
+    from artifacts import MODELS, ArtifactStore
     from config import load_config
 
     cfg = load_config(environ=env)
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"airflow db migrate failed; see {airflow_home / 'logs' / 'db-migrate.log'}")
     for dag_id, when in demo_runs(start, cfg.world.count("days")):
         run_dag(dag_id, when, env, airflow_home / "logs", lambda kind, snapshot: snapshot_counts(store, kind, snapshot))
-        if dag_id == "ebr_train" and store.kind("models/two_tower").latest() is None:
+        if dag_id == "ebr_train" and store.kind(MODELS).latest() is None:
             raise SystemExit(
                 "the gate refused the model (its line is above), and no earlier model is published: "
                 "nothing to embed with. `make bench` and the README's Model section say how to train longer."

@@ -15,23 +15,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from artifacts import ArtifactStore
+from artifacts import COLLECTIONS as COLLECTIONS  # re-exported: the DAG modules import it from here
+from artifacts import ArtifactStore, index_kind
 from config import EbrConfig
 from orchestration.runs import RunIdentity
 
 log = logging.getLogger(__name__)
 
-COLLECTIONS = ("stories", "creators", "users")  # index_builder.publish.COLLECTIONS (a test keeps them equal)
-
 
 class IndexCheckError(RuntimeError):
     """A stored index version is not fit to publish; the message says why."""
-
-
-def index_kind(collection: str) -> str:
-    if collection not in COLLECTIONS:
-        raise ValueError(f"unknown collection {collection!r}: choose one of {', '.join(COLLECTIONS)}")
-    return f"indexes/{collection}"
 
 
 def build_index(cfg: EbrConfig, run: RunIdentity, collection: str, snapshot: str) -> dict[str, Any]:

@@ -30,6 +30,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from artifacts.kinds import STORY_INDEX, USER_EMBEDDINGS
+
 # Retrieval answers in well under a millisecond to tens of milliseconds; the default
 # buckets (5 ms .. 10 s) would put nearly everything into the first one.
 LATENCY_BUCKETS = (
@@ -115,7 +117,7 @@ class ServingMetrics:
         )
         since.set_function(self.seconds_since_last_poll)
         for result in ("success", "failure"):
-            for kind in ("indexes/stories", "embeddings/users"):
+            for kind in (STORY_INDEX, USER_EMBEDDINGS):
                 self.reloads.labels(kind, result)  # show zeros before the first reload
 
     def poll_succeeded(self) -> None:

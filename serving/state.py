@@ -19,18 +19,16 @@ from types import MappingProxyType
 
 import numpy as np
 
-from artifacts import CorruptArtifactError
+from artifacts import COLLECTIONS as COLLECTIONS  # re-exported: app, router and shard server read it here
+from artifacts import INDEX_KINDS, STORY_INDEX, USER_EMBEDDINGS, CorruptArtifactError
 from artifacts.embedding_snapshots import EmbeddingSnapshot, read_local_snapshot
 from index_builder.loaded_index import LoadedIndex
 from serving.searcher import IndexProcess
 
-# Kinds the service reads. The story index and the user embeddings are required (they
-# make the consistent pair); the other two indexes are served when published.
-STORY_INDEX = "indexes/stories"
-USER_EMBEDDINGS = "embeddings/users"
-OPTIONAL_INDEXES = {"creators": "indexes/creators", "users": "indexes/users"}
-INDEX_KINDS = {"stories": STORY_INDEX, **OPTIONAL_INDEXES}
-COLLECTIONS = tuple(INDEX_KINDS)
+# Kinds the service reads (named in artifacts.kinds). The story index and the user
+# embeddings are required (they make the consistent pair); the other two indexes are
+# served when published.
+OPTIONAL_INDEXES = {c: kind for c, kind in INDEX_KINDS.items() if kind != STORY_INDEX}
 
 
 class InconsistentVersionsError(CorruptArtifactError):
