@@ -215,14 +215,14 @@ def drop_duplicate_ids(table: pa.Table, column: str, source: str) -> tuple[pa.Ta
 
 
 def load_tower(plan: JobPlan):
-    """The plan's tower as a `models.export.TowerRunner`, from the store (verified).
+    """The plan's tower as a `models.tower_runner.TowerRunner`, from the store (verified).
 
     Runs in a worker's `setup()`: once per worker (per DoFn instance), never per element.
     """
     # TFRS and our SavedModels need Keras 2; this must precede the first TensorFlow import
     # in this (worker) process.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from models.export import TowerRunner
+    from models.tower_runner import TowerRunner
 
     if plan.model_local_dir and Path(plan.model_local_dir, plan.tower).is_dir():
         return TowerRunner(Path(plan.model_local_dir) / plan.tower)

@@ -113,8 +113,8 @@ def run(argv: list[str] | None = None) -> dict:
 def _train_small_model(root: Path) -> Path:
     from artifacts import ArtifactStore
     from config import load_config
-    from models.export import publish_model
     from models.pipeline import train_and_publish
+    from models.publish import publish_model
     from warehouse import Warehouse
     from warehouse.synthetic import generate_world
 
@@ -192,8 +192,8 @@ def _raw_tower(root: Path, entity: str, days: int):
 
     from artifacts import MODELS, ArtifactStore
     from config import FeatureConfig
-    from models.export import TowerRunner
     from models.features import Catalog, EventHistory, story_features, user_features
+    from models.tower_runner import TowerRunner
     from warehouse import Warehouse
     from warehouse.tables import day_start_ts
 
@@ -383,7 +383,7 @@ _PROFILE_PARTS = (
     ("collecting stage outputs (Beam data plane)", "apache_beam/runners/worker/data_plane.py", "close"),
     ("reading + validating rows (ours)", "beam_jobs/transforms.py", "process@_ValidateAndBucket"),
     ("features per bucket (models.features)", "beam_jobs/story_embeddings.py", "process"),
-    ("tower calls (TensorFlow)", "models/export.py", "__call__"),
+    ("tower calls (TensorFlow)", "models/tower_runner.py", "__call__"),
     ("shard writes (ours)", "beam_jobs/transforms.py", "process@_WriteShard"),
 )
 

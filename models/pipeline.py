@@ -10,7 +10,9 @@ from typing import Any
 from artifacts import MODELS, ArtifactStore, PublishResult
 from config import EbrConfig
 from models.distributed import is_chief, wait_for_every_worker
-from models.export import GateDecision, export_towers, promotion_gate, publish_model, published_metrics
+from models.export import export_towers
+from models.gate import GateDecision, promotion_gate
+from models.publish import publish_model, published_metrics
 from models.training import TrainingResult, train_and_evaluate
 from warehouse import Warehouse
 

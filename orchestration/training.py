@@ -4,7 +4,7 @@ Training builds its examples batch by batch while it fits (`models.training`: fe
 as of each event, never all in memory), so there is no separate example table to hand
 from one task to the next; the first task checks that the warehouse the examples come
 from is there and says what it holds. The training task exports the model and uploads
-it into an uncommitted write attempt of its version (`models.export.stage_model`); the
+it into an uncommitted write attempt of its version (`models.publish.stage_model`); the
 gate decides on the metrics it returns; the publish task commits that attempt and moves
 LATEST. Tasks hand each other only XCom messages and the store's objects, never a local
 folder, so each may run on a different worker. A refused model stays an uncommitted
@@ -51,12 +51,12 @@ def train_model(cfg: EbrConfig, run: RunIdentity, *, verbose: int = 2) -> dict[s
 
     Returns {"version", "reused", "staged", "metrics"}: metrics are the model's test
     metrics (and the baselines'), `staged` what the publish task commits
-    (`models.export.stage_model`); `reused` is True (and `staged` None) when the version is
+    (`models.publish.stage_model`); `reused` is True (and `staged` None) when the version is
     complete in the store already, i.e. this is a rerun of a run that got as far as
     publishing.
     """
-    from models.export import stage_model
     from models.pipeline import model_params, train_and_export
+    from models.publish import stage_model
 
     version = run.version
     kind = ArtifactStore.from_config(cfg).kind(MODELS)
@@ -113,7 +113,8 @@ def gate_model(cfg: EbrConfig, trained: dict[str, Any]) -> dict[str, Any]:
             "promote": True,
             "reasons": [f"{trained['version']} was gated and stored by an earlier try of this run"],
         }
-    from models.export import promotion_gate, published_metrics
+    from models.gate import promotion_gate
+    from models.publish import published_metrics
 
     decision = promotion_gate(trained["metrics"], published_metrics(ArtifactStore.from_config(cfg)), cfg)
     log.info("gate: %s: %s", "promote" if decision.promote else "refuse", "; ".join(decision.reasons))
@@ -131,7 +132,7 @@ def publish_trained_model(
     i.e. whether downstream DAGs should hear of a new model.
     """
     from artifacts import VersionExistsError
-    from models.export import commit_staged_model
+    from models.publish import commit_staged_model
 
     store = ArtifactStore.from_config(cfg)
     kind = store.kind(MODELS)

@@ -34,9 +34,9 @@ from beam_jobs.transforms import (
     error_rates,
 )
 from config import FeatureConfig, load_config
-from models.export import TowerRunner
 from models.features import Catalog, EventHistory, story_features, user_features
 from models.pipeline import train_and_publish
+from models.tower_runner import TowerRunner
 from tests.parquet_support import damage_parquet
 from warehouse import Warehouse, WarehouseSchemaError
 from warehouse.synthetic import generate_world

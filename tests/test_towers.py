@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 
 from config import load_config
-from models.export import TowerRunner, export_towers
+from models.export import export_towers
 from models.features import story_stat_names, user_stat_names
+from models.tower_runner import TowerRunner
 from models.towers import OOV_INDEX, IdEmbedding
 from models.two_tower import TwoTowerModel
 

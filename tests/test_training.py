@@ -9,8 +9,11 @@ import pytest
 
 from artifacts import MODELS, ArtifactStore
 from config import load_config
-from models.export import TowerRunner, export_towers, promotion_gate, publish_model, published_metrics
+from models.export import export_towers
 from models.features import story_features, user_features
+from models.gate import promotion_gate
+from models.publish import publish_model, published_metrics
+from models.tower_runner import TowerRunner
 from models.training import CandidateSets, Split, choose_test_window, train_and_evaluate
 from models.two_tower import WarmupCosine
 from warehouse import Warehouse
