@@ -468,22 +468,12 @@ class RouterConfig(_Section):
 
 
 class OrchestrationConfig(_Section):
-    """Airflow DAG settings (see `dags/` and `orchestration/`).
+    """What the Airflow tasks need (see `dags/` and `orchestration/`).
 
-    Schedules are cron expressions (or presets such as "@daily"), evaluated in UTC by a
-    `CronTriggerTimetable`; they are read when a DAG file is parsed.
+    The DAGs' schedules, start date and shape are Airflow settings, section `[ebr]`
+    (`orchestration.dag_support.DagSettings`): a DAG file reads no configuration when parsed.
     """
 
-    train_schedule: str = "@daily"
-    user_embeddings_schedule: str = "0 */4 * * *"
-    story_index_schedule: str = "*/30 * * * *"
-    retention_schedule: str = "@daily"
-    # The first date the schedules may run for (catch-up is off: only the newest
-    # interval runs when a DAG is switched on).
-    start_date: date = date(2026, 1, 1)
-    # Whether ebr_user_embeddings also builds and publishes the `users` index (for
-    # similar-user queries); the story and creator indexes are ebr_story_index's.
-    build_user_index: bool = True
     # Local folder for task working files (training logs, exports); empty means <repo>/var/work.
     workdir: str = ""
 

@@ -3,6 +3,9 @@
 One mapped task per kind (models, embeddings, indexes) keeps the newest
 `store.keep_versions` complete versions and whatever LATEST names. Logic:
 `orchestration.retention`.
+
+Schedule: Airflow's `[ebr] retention_schedule` (default `@daily`); parsing this file
+reads no pipeline configuration (`orchestration.dag_support`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from orchestration.retention import RETAINED_KINDS
 
 @dag(
     dag_id="ebr_retention",
-    schedule=ds.cron(ds.settings().orchestration.retention_schedule),
+    schedule=ds.cron(ds.dag_settings().retention_schedule),
     start_date=ds.start_date(),
     catchup=False,
     max_active_runs=1,

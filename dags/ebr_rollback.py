@@ -8,6 +8,9 @@ refuses a collection outside the list, a malformed version name and an empty rea
 check_request then refuses a version that does not exist, is ambiguous, incomplete or
 fails its checksums, naming the newest that can be used; roll_back moves LATEST and
 records the reason in HISTORY.jsonl. The service picks the move up at its next poll.
+
+The form lists the versions under Airflow's `[ebr] root` (`orchestration.dag_support`);
+parsing this file reads no pipeline configuration: the tasks call `load_config()`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from orchestration.rollback import rollback_form
     catchup=False,
     max_active_runs=1,
     default_args=ds.default_args(retries=0),
-    params=rollback_form(ds.settings().root),  # lists the root's recent versions (local roots; cheap)
+    params=rollback_form(ds.dag_settings().root),  # lists the root's recent versions (local roots; cheap)
     tags=ds.TAGS,
     doc_md=__doc__,
 )

@@ -5,6 +5,9 @@ be served, and creators in the same space) -> check_snapshots, then for `stories
 `creators` each: build -> validate -> publish. The index builder validates recall before
 it writes a version; validate re-checks the stored files; publish moves LATEST.
 Logic: `orchestration.embeddings`, `orchestration.indexes`.
+
+Schedule: Airflow's `[ebr] story_index_schedule` (default `*/30 * * * *`) or a new
+model; parsing this file reads no pipeline configuration (`orchestration.dag_support`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ INDEXED = ("stories", "creators")
 
 @dag(
     dag_id="ebr_story_index",
-    schedule=ds.cron_or_new_model(ds.settings().orchestration.story_index_schedule),
+    schedule=ds.cron_or_new_model(ds.dag_settings().story_index_schedule),
     start_date=ds.start_date(),
     catchup=False,
     max_active_runs=1,

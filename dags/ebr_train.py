@@ -4,6 +4,9 @@ check_warehouse -> train_and_evaluate -> gate -> publish_model. The gate short-c
 (publish is skipped) when the model is worse than popularity or clearly worse than the
 published one; a published model is an event of the `ebr/models/two_tower` asset, which
 starts ebr_user_embeddings and ebr_story_index. The logic is in `orchestration.training`.
+
+Schedule: Airflow's `[ebr] train_schedule` (default `@daily`); parsing this file reads
+no pipeline configuration (`orchestration.dag_support`): the tasks call `load_config()`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from orchestration import dag_support as ds
 
 @dag(
     dag_id="ebr_train",
-    schedule=ds.cron(ds.settings().orchestration.train_schedule),
+    schedule=ds.cron(ds.dag_settings().train_schedule),
     start_date=ds.start_date(),
     catchup=False,
     max_active_runs=1,

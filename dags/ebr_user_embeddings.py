@@ -3,7 +3,12 @@
 plan -> embed_users (Beam, `beam_jobs/user_embeddings.py`) -> check_snapshot, then the
 `users` index (for similar-user queries): build -> validate -> publish. The runner and
 its options come from `embed.runner` / `embed.pipeline_options` (DirectRunner here,
-Dataflow by configuration). Logic: `orchestration.embeddings`, `orchestration.indexes`.
+Dataflow by configuration, read by the plan task when it runs). Logic:
+`orchestration.embeddings`, `orchestration.indexes`.
+
+Schedule: Airflow's `[ebr] user_embeddings_schedule` (default `0 */4 * * *`) or a new
+model; `[ebr] build_user_index` (default true) leaves the index tasks out when false.
+Parsing this file reads no pipeline configuration (`orchestration.dag_support`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ ENTITY = "users"
 
 @dag(
     dag_id="ebr_user_embeddings",
-    schedule=ds.cron_or_new_model(ds.settings().orchestration.user_embeddings_schedule),
+    schedule=ds.cron_or_new_model(ds.dag_settings().user_embeddings_schedule),
     start_date=ds.start_date(),
     catchup=False,
     max_active_runs=1,
@@ -59,7 +64,7 @@ def ebr_user_embeddings():
     checked = check_snapshot(planned["snapshot"], planned["model_version"], planned["as_of"])
     embed >> checked
 
-    if ds.settings().orchestration.build_user_index:
+    if ds.dag_settings().build_user_index:
 
         @task
         def build_index(snapshot: str, **context) -> dict:

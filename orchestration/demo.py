@@ -117,6 +117,7 @@ def demo_environment(root: str, airflow_home: Path, size: str = "small") -> dict
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_DIR / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+            "AIRFLOW__EBR__ROOT": root,  # the DAGs' [ebr] root: parsing reads no EBR_* (orchestration.dag_support)
             "TF_USE_LEGACY_KERAS": "1",
             **demo_settings(root, airflow_home, size),
         }

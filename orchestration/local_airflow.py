@@ -15,6 +15,9 @@ Ctrl-C (or SIGTERM) stops every component.
 `--demo-root ROOT` opens the Airflow home `make demo` wrote for that root (its DAG runs
 and their logs) with the demo's settings, so the DAGs there work on the demo's root;
 `--home` opens any other home with the configured root (`EBR_ROOT` / `EBR_CONFIG`).
+Either way the DAG processor is given that root as the DAGs' `[ebr] root` Airflow
+setting (`dag_settings_environment`); other `[ebr]` settings (schedules, ...) pass
+through from the caller's `AIRFLOW__EBR__*` variables.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,21 @@ def airflow_environment(home: Path, **extra: str) -> dict[str, str]:
         "TF_USE_LEGACY_KERAS": "1",
         **extra,
     }
+
+
+def dag_settings_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The `[ebr]` Airflow settings a launcher gives every Airflow process it starts.
+
+    The DAG files read no pipeline configuration when they are parsed
+    (`orchestration.dag_support`), so the root their assets and the rollback form name is
+    an Airflow setting: `AIRFLOW__EBR__ROOT`, here the root the tasks' `load_config()`
+    finds in `env` (`EBR_ROOT` / `EBR_CONFIG`), unless `env` sets it already.
+    """
+    from config import load_config
+
+    if "AIRFLOW__EBR__ROOT" in env:
+        return {}
+    return {"AIRFLOW__EBR__ROOT": load_config(environ=env).root}
 
 
 def migrate(home: Path, env: dict[str, str]) -> None:
@@ -80,7 +99,10 @@ class LocalAirflow:
             "admin"
         ]
         jwt_secret = _kept_secret(self.home / ".jwt_secret", lambda: secrets.token_hex(32))
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        # The caller's own Airflow settings would point the components elsewhere, except the DAGs' [ebr] ones.
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") or k.startswith("AIRFLOW__EBR__")
+        }
         self.env = {
             **inherited,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -101,6 +123,7 @@ class LocalAirflow:
             ),
             **(extra_env or {}),
         }
+        self.env.update(dag_settings_environment(self.env))
         self.processes: list[subprocess.Popen] = []
 
     def start(self) -> None:

@@ -4,7 +4,8 @@ Airflow reads its configuration when it is first imported, so a test process get
 Airflow home (`process_airflow_home`), created on first use and migrated by the real
 `airflow db migrate` command; the tests import Airflow only after that. The pipeline
 configuration travels the way it does in production, through `EBR_*` variables in the
-environment of whatever runs the tasks (and of the Beam job processes they start).
+environment of whatever runs the tasks (and of the Beam job processes they start); the
+DAG files, when parsed, see only Airflow's `[ebr]` settings (`load_dags`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestration.local_airflow import airflow_environment, migrate
+from orchestration.local_airflow import airflow_environment, dag_settings_environment, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
@@ -66,14 +67,36 @@ def process_airflow_home() -> Path:
     return _HOME
 
 
-def load_dags() -> dict[str, Any]:
-    """Every DAG of dags/, parsed the way the DAG processor does; fails on import errors."""
+def load_dags(dag_settings: dict[str, str] | None = None) -> dict[str, Any]:
+    """Every DAG of dags/, parsed the way the DAG processor does; fails on import errors.
+
+    The parse sees the `[ebr]` Airflow settings `dag_settings` names ({"root": ...},
+    as `AIRFLOW__EBR__<KEY>`), or, by default, those a launcher gives the DAG processor
+    (`local_airflow.dag_settings_environment`: the root of the current `EBR_*`
+    environment), and it must not build the pipeline's configuration: `load_config`
+    raises while the files are parsed.
+    """
+    from unittest import mock
+
     from airflow.dag_processing.dagbag import DagBag
 
-    from orchestration import dag_support
+    import config
+    import config.settings
 
-    dag_support.settings.cache_clear()  # parse against the current EBR_* environment
-    bag = DagBag(dag_folder=str(DAGS_FOLDER))
+    if dag_settings is None:
+        variables = dag_settings_environment(os.environ)
+    else:
+        variables = {f"AIRFLOW__EBR__{key.upper()}": value for key, value in dag_settings.items()}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a DAG file built the pipeline configuration (load_config) while it was parsed")
+
+    with (
+        mock.patch.dict(os.environ, variables),
+        mock.patch.object(config, "load_config", refuse),
+        mock.patch.object(config.settings, "load_config", refuse),
+    ):
+        bag = DagBag(dag_folder=str(DAGS_FOLDER))
     if bag.import_errors:
         raise AssertionError(f"DAG import errors: {bag.import_errors}")
     return bag.dags

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, date, datetime
@@ -246,18 +247,80 @@ def test_ebr_retention_maps_over_every_kind(dags):
     }
 
 
-def test_schedules_and_the_asset_root_are_configuration(dags, monkeypatch, tmp_path):
-    monkeypatch.setenv("EBR_ORCHESTRATION__STORY_INDEX_SCHEDULE", "*/10 * * * *")
-    monkeypatch.setenv("EBR_ORCHESTRATION__BUILD_USER_INDEX", "false")
-    monkeypatch.setenv("EBR_ROOT", f"file://{tmp_path}")
-    try:
-        reparsed = load_dags()
-        assert reparsed["ebr_story_index"].timetable.timetable.expression == "*/10 * * * *"
-        assert reparsed["ebr_story_index"].timetable.asset_condition.uri == f"file://{tmp_path}/models/two_tower"
-        assert sorted(reparsed["ebr_user_embeddings"].task_dict) == ["check_snapshot", "embed_users", "plan"]
-    finally:
-        monkeypatch.undo()
-        load_dags()  # leave the parse-time settings as the environment says
+def test_schedules_the_dag_shape_and_the_asset_root_are_airflow_settings(dags, tmp_path):
+    # [ebr] story_index_schedule, build_user_index and root, as AIRFLOW__EBR__* (Airflow's
+    # configuration: airflow.cfg or its variables), the only settings a parse reads.
+    reparsed = load_dags(
+        {"story_index_schedule": "*/10 * * * *", "build_user_index": "false", "root": f"file://{tmp_path}"}
+    )
+    assert reparsed["ebr_story_index"].timetable.timetable.expression == "*/10 * * * *"
+    assert reparsed["ebr_story_index"].timetable.asset_condition.uri == f"file://{tmp_path}/models/two_tower"
+    assert sorted(reparsed["ebr_user_embeddings"].task_dict) == ["check_snapshot", "embed_users", "plan"]
+
+
+def serialized(dags) -> dict[str, dict]:
+    """Each DAG as the DAG processor hands it to the scheduler (JSON), file paths aside."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    return {dag_id: json.loads(json.dumps(DagSerialization.to_dict(dag), default=str)) for dag_id, dag in dags.items()}
+
+
+def test_parsing_reads_no_pipeline_environment_or_configuration_file(dags, monkeypatch, tmp_path):
+    """The README's promise: the DAG files read no environment and no configuration file
+    when parsed, so every Airflow process parses the same DAGs whatever its `EBR_*`
+    variables say. load_dags makes `load_config` raise during every parse here."""
+    from airflow.sdk import CronTriggerTimetable
+
+    from orchestration.dag_support import DagSettings
+
+    for name in [n for n in os.environ if n.startswith(("EBR_", "AIRFLOW__EBR__"))]:
+        monkeypatch.delenv(name)
+    unset = serialized(load_dags({}))
+
+    monkeypatch.setenv("EBR_ROOT", f"file://{tmp_path}/elsewhere")
+    monkeypatch.setenv("EBR_CONFIG", str(tmp_path / "no-such-file.toml"))  # load_config() would fail on it
+    monkeypatch.setenv("EBR_ORCHESTRATION__TRAIN_SCHEDULE", "*/5 * * * *")  # once a setting; now refused
+    monkeypatch.setenv("EBR_STORE__KEEP_VERSIONS", "2")
+    changed = load_dags({})
+    assert serialized(changed) == unset
+    timetable = changed["ebr_train"].timetable
+    assert isinstance(timetable, CronTriggerTimetable) and timetable.expression == "0 0 * * *"
+    assert changed["ebr_train"].task_dict["publish_model"].outlets[0].uri == f"{DagSettings().root}/models/two_tower"
+
+
+def test_the_dags_default_root_is_the_pipelines_default_root():
+    from config import load_config
+    from orchestration.dag_support import DagSettings
+
+    assert DagSettings().root == load_config(environ={}).root
+
+
+def test_the_launchers_give_the_dag_processor_the_tasks_root(tmp_path, monkeypatch):
+    from orchestration.local_airflow import LocalAirflow
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "SequentialExecutor")  # the caller's Airflow settings stay out
+    airflow = LocalAirflow(tmp_path / "home", 18080, {"EBR_ROOT": f"file://{tmp_path}/root"})
+    assert airflow.env["AIRFLOW__EBR__ROOT"] == airflow.env["EBR_ROOT"] == f"file://{tmp_path}/root"
+    assert airflow.env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    monkeypatch.setenv("AIRFLOW__EBR__STORY_INDEX_SCHEDULE", "*/10 * * * *")  # the DAGs' own settings pass through
+    monkeypatch.setenv("AIRFLOW__EBR__ROOT", "gs://b/ebr")
+    airflow = LocalAirflow(tmp_path / "home", 18080, {"EBR_ROOT": "gs://b/ebr"})
+    assert airflow.env["AIRFLOW__EBR__STORY_INDEX_SCHEDULE"] == "*/10 * * * *"
+    assert airflow.env["AIRFLOW__EBR__ROOT"] == "gs://b/ebr"
+
+
+def test_a_malformed_dag_setting_is_refused_with_its_name(monkeypatch):
+    from orchestration.dag_support import dag_settings
+
+    monkeypatch.setenv("AIRFLOW__EBR__BUILD_USER_INDEX", "maybe")
+    with pytest.raises(ValueError, match=r"\[ebr\] build_user_index = 'maybe' is invalid"):
+        dag_settings()
+    monkeypatch.setenv("AIRFLOW__EBR__BUILD_USER_INDEX", "False")
+    monkeypatch.setenv("AIRFLOW__EBR__START_DATE", "2026-13-01")
+    with pytest.raises(ValueError, match=r"\[ebr\] start_date = '2026-13-01' is invalid"):
+        dag_settings()
+    monkeypatch.setenv("AIRFLOW__EBR__START_DATE", "2026-02-03")
+    assert dag_settings().start_date == date(2026, 2, 3) and dag_settings().build_user_index is False
 
 
 # -- the functions behind the tasks ------------------------------------------------------

@@ -178,3 +178,12 @@ def test_make_airflow_opens_the_demos_home_with_its_saved_settings(tmp_path):
     assert airflow.env["EBR_ROOT"] == root and airflow.env["AIRFLOW_HOME"] == str(home)
     assert airflow.env["EBR_WORLD__SIZE"] == "tiny" and airflow.env["EBR_GATE__METRICS"] == '["recall@100"]'
     assert airflow.env["EBR_TRAIN__EPOCHS"] == "4"  # the demo's shorter training
+    assert airflow.env["AIRFLOW__EBR__ROOT"] == root  # the DAGs' [ebr] root: their parse reads no EBR_*
+
+
+def test_the_demos_airflow_gets_its_root_as_the_dags_airflow_setting(tmp_path):
+    from orchestration.demo import demo_environment
+
+    root = f"file://{tmp_path}/demo"
+    env = demo_environment(root, demo_airflow_home(root), "tiny")
+    assert env["AIRFLOW__EBR__ROOT"] == env["EBR_ROOT"] == root  # what the DAGs' assets name, what the tasks use
