@@ -3,7 +3,7 @@ faiss-cpu HNSW, plus an incremental update against a full rebuild.
 
     python benchmarks/index_build.py [--n 1000000] [--dim 128] [--m 16] [--ef-construction 200]
 
-On clustered synthetic vectors (`index_builder.synthetic`: Zipf-sized clusters, each
+On clustered synthetic vectors (`benchmarks.synthetic_vectors`: Zipf-sized clusters, each
 spread over a 16-d subspace; not uniform random vectors, a worst case that tower outputs
 do not resemble). Query sets, each of `--queries` vectors with exact top-10 as truth:
 
@@ -57,10 +57,10 @@ sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not 
 
 from artifacts.embedding_snapshots import EmbeddingSnapshot  # noqa: E402
 from artifacts.manifest import Manifest  # noqa: E402
+from benchmarks.synthetic_vectors import clustered_vectors, story_ids  # noqa: E402
 from config import IndexConfig  # noqa: E402
 from index_builder import hnsw  # noqa: E402
 from index_builder.builder import PreviousIndex, apply_update, build_full, plan_update  # noqa: E402
-from index_builder.synthetic import clustered_vectors, story_ids  # noqa: E402
 
 K = 10
 HELD_OUT = "held-out"
@@ -300,7 +300,7 @@ def run(argv: list[str] | None = None) -> dict:
             "dim": args.dim,
             "clusters": clusters,
             "intrinsic_dim": args.intrinsic_dim,
-            "generator": "index_builder.synthetic.clustered_vectors",
+            "generator": "benchmarks.synthetic_vectors.clustered_vectors",
             "queries_per_set": args.queries,
             "query_sets": list(query_sets),
             "query_kind": {

@@ -63,9 +63,9 @@ K = 10
 def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: int) -> dict:
     from artifacts import ArtifactStore
     from artifacts.embedding_snapshots import publish_snapshot
+    from benchmarks.synthetic_vectors import clustered_vectors, story_ids
     from config import load_config
     from index_builder.publish import build_and_publish_index
-    from index_builder.synthetic import clustered_vectors, story_ids
 
     stories = clustered_vectors(n, dim, seed=1)
     rng = np.random.default_rng(2)

@@ -3,7 +3,7 @@ same index, latency while a new version is hot-reloaded, and memory per loaded v
 
     python benchmarks/serving.py [--n 1000000] [--dim 128] [--users 100000] [--duration 10]
 
-1. Clustered story vectors (index_builder.synthetic) and user vectors near them are
+1. Clustered story vectors (benchmarks.synthetic_vectors) and user vectors near them are
    published as embedding snapshots of one model; `build_and_publish_index` builds and
    publishes the story index (config defaults: M=16, ef_construction=200, ef_search=64).
 2. Raw hnswlib: the same index file loaded with hnswlib in this process, single-thread
@@ -242,9 +242,9 @@ def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | N
     """
     from artifacts import ArtifactStore
     from artifacts.embedding_snapshots import publish_snapshot, read_snapshot
+    from benchmarks.synthetic_vectors import clustered_vectors, story_ids
     from config import load_config
     from index_builder.publish import build_and_publish_index
-    from index_builder.synthetic import clustered_vectors, story_ids
 
     store = ArtifactStore.open(root)
     indexes = store.kind("indexes/stories")

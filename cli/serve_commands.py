@@ -8,9 +8,10 @@ from argparse import Namespace
 
 from cli.arguments import add_wide_flag
 from cli.hints import print_demo_root_hint
-from cli.output import human_bytes, short_time, table
+from cli.output import table
 from config import EbrConfig
 from serving.client import RetrievalClient, ServingClientError
+from serving.text import format_versions
 
 
 def add_parser(commands) -> None:
@@ -130,29 +131,6 @@ def format_answer(title: str, answer: dict, *, wide: bool = False) -> str:
             f"model {served['model_version']} (state {served['generation']})",
         ]
     )
-
-
-def format_versions(versions: dict, *, wide: bool = False) -> str:
-    lines = []
-    served = versions.get("served")
-    if served is None:
-        lines.append(f"not ready: {versions['last_reload']['detail']}")
-    else:
-        lines.append(
-            f"model {served['model_version']}, dim {served['dim']}, state {served['generation']} since {served['since']}"
-        )
-        rows = [
-            (kind, c["version"], short_time(c["served_since"], wide), c["count"], human_bytes(c["memory_bytes"]))
-            for kind, c in served["components"].items()
-        ]
-        lines.append(table(["kind", "version", "served since (UTC)", "items", "memory"], rows, cut=(1,), wide=wide))
-    lines.append(
-        f"last poll {versions['last_poll_at']} ({versions['seconds_since_last_successful_poll']:.1f} s ago): "
-        f"{versions['last_reload']['action']}"
-    )
-    for refusal in versions.get("refused", []):
-        lines.append(f"refused {refusal['kind']}/{refusal['version']} at {refusal['at']}: {refusal['reason']}")
-    return "\n".join(lines)
 
 
 EXPECTED_ERRORS = (ServingClientError,)

@@ -7,6 +7,8 @@ Modules:
   validation    the checks a snapshot and a graph pass before anything is published;
   loaded_index  the published format and its verified, read-only loader (`load_index`),
                 what the retrieval service swaps in;
-  hnsw          pure build and measurement functions (exact search, held-aside queries, recall);
-  synthetic     clustered synthetic vectors for tests and benchmarks.
+  hnsw          pure build and measurement functions (exact search, held-aside queries, recall).
+
+The clustered synthetic vectors the tests and benchmarks build indexes from are
+`benchmarks.synthetic_vectors` (benchmark data, not part of the package).
 """

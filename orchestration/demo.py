@@ -331,8 +331,8 @@ def show_answers(cfg, url: str, n_users: int, k: int) -> tuple[str, str]:
     """
     import pyarrow.compute as pc
 
-    from cli.serve_commands import format_versions
     from serving.client import RetrievalClient
+    from serving.text import format_versions
     from warehouse import Warehouse
 
     warehouse = Warehouse.from_config(cfg)

@@ -17,12 +17,12 @@ import pytest
 from artifacts import ArtifactStore, CorruptArtifactError, IncompleteVersionError, UnknownVersionError
 from artifacts.embedding_snapshots import EmbeddingSnapshot, publish_snapshot
 from artifacts.manifest import Manifest
+from benchmarks.synthetic_vectors import clustered_vectors, story_ids
 from config import load_config
 from index_builder import hnsw, validation
 from index_builder.errors import IndexRollbackRefusedError, IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, load_index, write_ids
 from index_builder.publish import build_and_publish_index, retain_indexes, rollback_index
-from index_builder.synthetic import clustered_vectors, story_ids
 from index_builder.validation import check_snapshot
 
 N, DIM = 2000, 32

@@ -8,8 +8,8 @@ import pytest
 
 from artifacts import ArtifactStore
 from artifacts.embedding_snapshots import publish_snapshot
+from benchmarks.synthetic_vectors import clustered_vectors, story_ids
 from cli.main import main
-from index_builder.synthetic import clustered_vectors, story_ids
 
 
 @pytest.fixture

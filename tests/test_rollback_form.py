@@ -120,7 +120,7 @@ def test_the_check_task_resolves_previous_and_prefixes_and_refuses_in_one_short_
 
 def test_the_first_publish_of_an_index_dag_run_is_not_labelled_a_rerun(tmp_path):
     from artifacts.embedding_snapshots import publish_snapshot
-    from index_builder.synthetic import clustered_vectors, story_ids
+    from benchmarks.synthetic_vectors import clustered_vectors, story_ids
     from orchestration.indexes import build_index, publish_index, validate_index
     from orchestration.runs import RunIdentity
 

@@ -32,11 +32,11 @@ import pytest
 
 from artifacts import ArtifactStore
 from artifacts.embedding_snapshots import publish_snapshot
+from benchmarks.synthetic_vectors import clustered_vectors
 from config import load_config
 from index_builder import hnsw
 from index_builder.publish import build_and_publish_index
 from index_builder.sharding import shard_of
-from index_builder.synthetic import clustered_vectors
 from serving.router import build_router
 from serving.server import ServerThread
 from tests.gcs_support import free_port

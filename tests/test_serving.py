@@ -27,10 +27,10 @@ import pytest
 
 from artifacts import ArtifactStore
 from artifacts.embedding_snapshots import publish_snapshot
+from benchmarks.synthetic_vectors import clustered_vectors
 from cli.main import main as ebr_main
 from config import load_config
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, write_ids
-from index_builder.synthetic import clustered_vectors
 from serving.server import ServerThread, build_service
 from tests.polling import wait_for
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from artifacts import CorruptArtifactError
+from benchmarks.synthetic_vectors import clustered_vectors
 from index_builder import hnsw
 from index_builder.errors import IndexValidationError
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE, load_index
@@ -22,7 +23,6 @@ from index_builder.sharding import (
     shard_of,
     shard_rows,
 )
-from index_builder.synthetic import clustered_vectors
 from tests.test_index_builder import DIM, N, base_world, config_for, next_world, put_snapshot, store_of
 
 

@@ -1,4 +1,4 @@
-"""Clustered synthetic embeddings for tests and benchmarks.
+"""Clustered synthetic embeddings for the benchmarks and the tests (not installed: benchmark data).
 
 Uniform random unit vectors are a worst case for HNSW (no neighbourhood structure, every
 point nearly orthogonal to every other), and so are isotropic blobs around centres: in
