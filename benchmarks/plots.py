@@ -26,6 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+# As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
+sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
+
+from benchmarks.shapes import serving_modes, sweep_sets  # noqa: E402
+
 DPI = 110
 COLORS = {
     "model": "#1f77b4",
@@ -175,13 +181,6 @@ def recall_at_k(results: dict, path: Path) -> Path | None:
 # -- index --------------------------------------------------------------------------------
 
 
-def _sweep_sets(sweep: list[dict]) -> dict:
-    sets: dict = {}
-    for row in sweep:
-        sets.setdefault(row.get("query_set"), []).append(row)
-    return sets
-
-
 def recall_qps(results: dict, path: Path) -> Path | None:
     """QPS (log) against recall@10 for each ef: hnswlib, faiss HNSW, and exact search.
 
@@ -229,7 +228,7 @@ def _draw_sweeps(ax, ib: dict, exact: float, label_ef, legend: bool) -> None:
         if lib not in ib:
             continue
         b = ib[lib]["build"]
-        for i, (query_set, rows) in enumerate(_sweep_sets(ib[lib]["sweep"]).items()):
+        for i, (query_set, rows) in enumerate(sweep_sets(ib[lib]["sweep"]).items()):
             rows = sorted(rows, key=lambda r: r["ef"])
             label = f"{lib} HNSW" + (f", {query_set} queries" if query_set is not None else "")
             if i == 0:
@@ -270,12 +269,6 @@ def _draw_sweeps(ax, ib: dict, exact: float, label_ef, legend: bool) -> None:
 # -- serving ------------------------------------------------------------------------------
 
 
-def _serving_modes(serving: dict) -> dict[str, dict]:
-    if "searchers" in serving:
-        return dict(serving["searchers"])
-    return {"default": serving["served"]}
-
-
 def serving_latency(results: dict, path: Path) -> Path | None:
     """Latency CDF steady vs during a reload (left); the reload phase over time (right).
 
@@ -288,7 +281,7 @@ def serving_latency(results: dict, path: Path) -> Path | None:
     if not sv:
         return None
     extract = results["benchmarks"]["serving"].get("latency") or None
-    modes = _serving_modes(sv)
+    modes = serving_modes(sv)
     d = sv["data"]
     rate = next(iter(modes.values()))["steady_fixed_rate"]["offered_rate"]
     fig, (cdf_ax, time_ax) = plt.subplots(1, 2, figsize=(14.5, 6.6), gridspec_kw={"width_ratios": [1.15, 1]})

@@ -1,4 +1,4 @@
-"""One self-contained HTML page from a benchmark run: figures, targets, plots, provenance.
+"""A benchmark run rendered: one self-contained HTML page, and the Markdown of results.md.
 
     python benchmarks/report.py [--results benchmarks/results.json] [--out var/report.html]
     ebr report [--results ...] [--out ...]            (the same, through the CLI)
@@ -10,6 +10,9 @@ the tables of figures, every model-quality metric, the run's provenance and the
 benchmarks run follow. Wide tables scroll inside their box and long cells wrap. Both
 commands write to var/ unless given --out: `make bench` writes benchmarks/report.html,
 the copy that is committed with its results.
+
+`markdown(results)` renders the same run as the Markdown tables of benchmarks/results.md,
+which benchmarks/run_all.py writes beside results.json.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ REPO = BENCH_DIR.parent
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 
 from benchmarks import plots  # noqa: E402
+from benchmarks.shapes import results_of, sweep_sets  # noqa: E402
 
 DEFAULT_RESULTS = BENCH_DIR / "results.json"
 DEFAULT_OUT = REPO / "var" / "report.html"
@@ -233,6 +237,81 @@ def _quality_table(results: dict) -> str:
             f"<td>{r.get('best_epoch', '')}</td><td>{r.get('examples_per_second', '')}</td></tr>"
         )
     return "\n".join(rows) + "</table>"
+
+
+# -- Markdown (results.md) ----------------------------------------------------------------
+
+
+def markdown(results: dict) -> str:
+    """results.json as Markdown: figures, targets, benchmarks run, machine."""
+    m = results["machine"]
+    lines = [
+        f"# Benchmarks ({results['mode']} run, {results['started_at']})",
+        "",
+        f"Machine: {m['cpus']} cores, {m['memory_gib']} GiB, Python {m['python']}; load average at start "
+        f"{m['load_average_at_start'][0]}, at end {m.get('load_average_at_end', ['?'])[0]}. "
+        f"Commit `{(results['git'].get('commit') or '?')[:12]}`. Command: `{results['command']}`, "
+        f"{results['wall_seconds'] / 60:.1f} min wall.",
+        "",
+    ]
+    lines += [f"> {note}" for note in results.get("notes", [])]
+    lines += ["", "## Figures", "", "| area | measurement | figure | measured on |", "|---|---|---|---|"]
+    for f in results["figures"]:
+        lines.append(f"| {f['area']} | {f['measurement']} | {f['text']} | {f['size']} |")
+    for section in (_quality_markdown, _sweep_markdown):
+        try:
+            lines += section(results["benchmarks"])
+        except (KeyError, TypeError, ValueError):
+            pass  # the figures table above says what could not be read
+    lines += ["", "## Targets", "", "| issue | target | measured | met | at target size |", "|---|---|---|---|---|"]
+    for t in results["targets"]:
+        verdict = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        at_size = {True: "yes", False: f"no ({t['size']})", None: ""}[t["at_target_size"]]
+        lines.append(f"| #{t['issue']} | {t['target']} | {t['measured']} | {verdict} | {at_size} |")
+    lines += ["", "## Benchmarks run", "", "| benchmark | command | wall s | status |", "|---|---|---|---|"]
+    for b in results["benchmarks"].values():
+        status = "skipped" if b.get("skipped") else ("ok" if b["ok"] else "FAILED: " + b["error"].splitlines()[0])
+        lines.append(f"| {b['name']} | `{b.get('command', '')}` | {b.get('wall_seconds', '')} | {status} |")
+    if results.get("versions"):
+        lines += ["", "## Versions the figures came from", "", "| what | version |", "|---|---|"]
+        lines += [f"| {what} | `{version}` |" for what, version in results["versions"].items()]
+    plots = results.get("plots") or {}
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{name}]({path})" for name, path in plots.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_markdown(benchmarks: dict) -> list[str]:
+    mq = results_of(benchmarks, "model_quality")
+    if not mq:
+        return []
+    from benchmarks import model_quality  # here: it sets TF_USE_LEGACY_KERAS at import
+
+    tables = model_quality.markdown(mq["rows"])
+    return ["", f"### Model quality (`{mq.get('command', '')}`)", *tables.splitlines()]
+
+
+def _sweep_markdown(benchmarks: dict) -> list[str]:
+    ib = results_of(benchmarks, "index_build")
+    if not ib:
+        return []
+    exact = ib["exact"]["qps_single_query"]
+    lines = [
+        "",
+        f"### Recall vs QPS ({ib['data']['n']:,} x {ib['data']['dim']}, 1 thread, 1 query at a time; exact numpy {exact:,.0f} QPS)",
+        "",
+        "| library | queries | ef | recall@10 | QPS | x exact |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lib in ("hnswlib", "faiss"):
+        for query_set, rows in sweep_sets(ib.get(lib, {}).get("sweep", [])).items():
+            for r in rows:
+                lines.append(
+                    f"| {lib} | {query_set or ''} | {r['ef']} | {r['recall_at_10']:.4f} | "
+                    f"{r['qps']:,.0f} | {r['qps'] / exact:.1f} |"
+                )
+    return lines
 
 
 def _row(label: str, value: str) -> str:
