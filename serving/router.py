@@ -42,10 +42,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Annotated
 
 import numpy as np
 import orjson
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -53,9 +54,12 @@ from artifacts import ArtifactStore
 from config import EbrConfig
 from index_builder.sharding import merge_top_k, shard_count, shard_of
 from serving.api import RetrieveRequest, RetrieveResponse, SimilarRequest
-from serving.app import ApiError, Gatekeeper, _checked_embedding, _checked_k, add_error_handlers, json_response
+from serving.deps import ServingConfigDep, api_dependencies
+from serving.gatekeeper import Gatekeeper
 from serving.metrics import LATENCY_BUCKETS
 from serving.profile_store import RedisUsers, meta_key, snapshot_meta
+from serving.query_checks import checked_embedding, checked_k
+from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response
 from serving.state import COLLECTIONS, INDEX_KINDS, USER_EMBEDDINGS, UserEmbeddings, load_user_embeddings, now_iso
 
 log = logging.getLogger(__name__)
@@ -702,15 +706,6 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
     embeddings: one consistent pair per model); a request picks one with `?model=NAME`,
     default `router.model_name`.
     """
-    serving = cfg.serving
-    default = cfg.router.model_name
-    metrics = routers[default].metrics
-
-    def router_of(model: str | None) -> Router:
-        router = routers.get(model or default)
-        if router is None:
-            raise ApiError(404, "unknown_model", f"unknown model {model!r}; this router serves {', '.join(routers)}")
-        return router
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -729,93 +724,134 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
         description="The retrieval API over shard servers: one shard-set generation per answer, merged "
         "top-K, `coverage` = the share of shards that answered.",
     )
-    app.state.request_read_timeout_s = serving.request_read_timeout_s
+    app.state.serving_config = cfg.serving  # serving.deps.ServingConfigDep
+    app.state.model_routers = ModelRouters(routers, cfg.router.model_name)  # ModelRoutersDep
+    app.state.request_read_timeout_s = cfg.serving.request_read_timeout_s
 
     add_error_handlers(app, validation_details=False)
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz")
-    async def readyz(model: str | None = None) -> Response:
-        router = router_of(model)
-        reason = router.ready_reason()
-        state = router.state
-        pin = state.pins.get("stories")
-        body = {
-            "ready": reason is None,
-            "model": router.name,
-            "generation": state.generation,
-            "model_version": pin.model_version if pin else None,
-        }
-        if reason is not None:
-            body["reason"] = reason
-        return json_response(body, 200 if reason is None else 503)
-
-    @app.get("/v1/versions", summary="pinned shard sets, LATEST, user embeddings, replica health")
-    async def versions(model: str | None = None) -> Response:
-        return json_response(
-            {**router_of(model).describe(), "models": {name: r.describe() for name, r in routers.items()}}
-        )
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.post(
-        "/v1/retrieve/{collection}",
-        response_model=RetrieveResponse,
-        summary="top-K of a collection for a user id or an embedding, merged over every shard",
-    )
-    async def retrieve(collection: str, body: RetrieveRequest, model: str | None = None) -> Response:
-        router = router_of(model)
-        deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
-        state = router.state  # read once: one generation for the whole request
-        pin = _pin_of(state, collection, router)
-        k = _checked_k(body.k, serving)
-        if (body.user_id is None) == (body.embedding is None):
-            raise ApiError(422, "invalid_request", "give exactly one of user_id or embedding")
-        users = state.users
-        if body.user_id is not None:
-            if users is None or users.model_version != pin.model_version:
-                raise ApiError(
-                    503,
-                    "not_ready",
-                    f"no user embeddings of model {pin.model_version!r} are loaded for {collection} {pin.version}",
-                )
-            query = await _user_vector(users, body.user_id)
-            if query is None:
-                raise ApiError(
-                    404,
-                    "unknown_user",
-                    f"user {body.user_id!r} is not in the served user embeddings "
-                    f"({users.version}, model {users.model_version})",
-                )
-        else:
-            query = _checked_embedding(body.embedding, pin.dim)
-        answer = await router.search(pin, query, k, body.exclude, deadline)
-        return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
-
-    @app.post(
-        "/v1/similar/{collection}",
-        response_model=RetrieveResponse,
-        summary="items closest to one item (the item itself excluded), merged over every shard",
-    )
-    async def similar(collection: str, body: SimilarRequest, model: str | None = None) -> Response:
-        router = router_of(model)
-        deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
-        state = router.state
-        pin = _pin_of(state, collection, router)
-        k = _checked_k(body.k, serving)
-        query = await router.stored_vector(pin, body.id, deadline)
-        if query is None:
-            raise ApiError(404, "unknown_id", f"{collection} index {pin.version} holds no id {body.id!r}")
-        answer = await router.search(pin, query, k, [body.id, *body.exclude], deadline)
-        return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
-
-    app.add_middleware(Gatekeeper, cfg=serving, metrics=metrics)
+    app.include_router(router_probes)
+    app.include_router(router_api, dependencies=api_dependencies(cfg.serving))
+    app.add_middleware(Gatekeeper, cfg=cfg.serving, metrics=routers[cfg.router.model_name].metrics)
     return app
+
+
+@dataclass(frozen=True)
+class ModelRouters:
+    """The app's Router per model name; `pick(None)` is the default model's."""
+
+    routers: dict[str, Router]
+    default: str
+
+    def pick(self, model: str | None) -> Router:
+        router = self.routers.get(model or self.default)
+        if router is None:
+            raise ApiError(
+                404, "unknown_model", f"unknown model {model!r}; this router serves {', '.join(self.routers)}"
+            )
+        return router
+
+
+def model_routers(request: Request) -> ModelRouters:
+    return request.app.state.model_routers
+
+
+# The routers, not one of them: a handler picks its model's after its body has been
+# validated (a dependency that raised unknown_model would answer before a 422).
+ModelRoutersDep = Annotated[ModelRouters, Depends(model_routers)]
+
+router_probes = APIRouter()
+router_api = APIRouter(prefix="/v1")
+
+
+@router_probes.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router_probes.get("/readyz")
+async def readyz(models: ModelRoutersDep, model: str | None = None) -> Response:
+    router = models.pick(model)
+    reason = router.ready_reason()
+    state = router.state
+    pin = state.pins.get("stories")
+    body = {
+        "ready": reason is None,
+        "model": router.name,
+        "generation": state.generation,
+        "model_version": pin.model_version if pin else None,
+    }
+    if reason is not None:
+        body["reason"] = reason
+    return json_response(body, 200 if reason is None else 503)
+
+
+@router_probes.get("/metrics")
+async def prometheus(models: ModelRoutersDep) -> Response:
+    return Response(models.pick(None).metrics.exposition(), media_type=PROMETHEUS_TEXT)
+
+
+@router_api.get("/versions", summary="pinned shard sets, LATEST, user embeddings, replica health")
+async def versions(models: ModelRoutersDep, model: str | None = None) -> Response:
+    return json_response(
+        {**models.pick(model).describe(), "models": {name: r.describe() for name, r in models.routers.items()}}
+    )
+
+
+@router_api.post(
+    "/retrieve/{collection}",
+    response_model=RetrieveResponse,
+    summary="top-K of a collection for a user id or an embedding, merged over every shard",
+)
+async def retrieve(
+    collection: str, body: RetrieveRequest, models: ModelRoutersDep, serving: ServingConfigDep, model: str | None = None
+) -> Response:
+    router = models.pick(model)
+    deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
+    state = router.state  # read once: one generation for the whole request
+    pin = _pin_of(state, collection, router)
+    k = checked_k(body.k, serving)
+    if (body.user_id is None) == (body.embedding is None):
+        raise ApiError(422, "invalid_request", "give exactly one of user_id or embedding")
+    users = state.users
+    if body.user_id is not None:
+        if users is None or users.model_version != pin.model_version:
+            raise ApiError(
+                503,
+                "not_ready",
+                f"no user embeddings of model {pin.model_version!r} are loaded for {collection} {pin.version}",
+            )
+        query = await _user_vector(users, body.user_id)
+        if query is None:
+            raise ApiError(
+                404,
+                "unknown_user",
+                f"user {body.user_id!r} is not in the served user embeddings "
+                f"({users.version}, model {users.model_version})",
+            )
+    else:
+        query = checked_embedding(body.embedding, pin.dim)
+    answer = await router.search(pin, query, k, body.exclude, deadline)
+    return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
+
+
+@router_api.post(
+    "/similar/{collection}",
+    response_model=RetrieveResponse,
+    summary="items closest to one item (the item itself excluded), merged over every shard",
+)
+async def similar(
+    collection: str, body: SimilarRequest, models: ModelRoutersDep, serving: ServingConfigDep, model: str | None = None
+) -> Response:
+    router = models.pick(model)
+    deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
+    state = router.state
+    pin = _pin_of(state, collection, router)
+    k = checked_k(body.k, serving)
+    query = await router.stored_vector(pin, body.id, deadline)
+    if query is None:
+        raise ApiError(404, "unknown_id", f"{collection} index {pin.version} holds no id {body.id!r}")
+    answer = await router.search(pin, query, k, [body.id, *body.exclude], deadline)
+    return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
 
 
 async def _user_vector(users: UserEmbeddings | RedisUsers, user_id: str) -> np.ndarray | None:

@@ -28,11 +28,13 @@ import logging
 import shutil
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Annotated
 
-from fastapi import FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field
 
@@ -42,17 +44,12 @@ from index_builder.loaded_index import LoadedIndex, load_index
 from index_builder.sharding import ShardMismatchError, download_shard, shard_count
 from serving import searcher
 from serving.api import _Body
-from serving.app import (
-    ApiError,
-    Gatekeeper,
-    _checked_embedding,
-    _checked_k,
-    add_error_handlers,
-    error_response,
-    json_response,
-)
+from serving.deps import ServingConfigDep, api_dependencies
+from serving.gatekeeper import Gatekeeper
 from serving.metrics import ServingMetrics
+from serving.query_checks import checked_embedding, checked_k
 from serving.reloader import PERMANENT_ERRORS
+from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, error_response, json_response
 from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, lower_thread_priority, start_forkserver
 from serving.state import COLLECTIONS, INDEX_KINDS, now_iso
 
@@ -315,7 +312,6 @@ class ShardHolder:
 
 def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader: bool = True) -> FastAPI:
     """The shard server's ASGI app (the lifespan starts and stops the holder's poller)."""
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -333,6 +329,8 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
         lifespan=lifespan,
         description="One shard of every shard-set index version, searched by vector; see serving.router.",
     )
+    app.state.serving_config = cfg  # serving.deps.ServingConfigDep
+    app.state.holder = holder  # HolderDep
     app.state.request_read_timeout_s = cfg.request_read_timeout_s
 
     add_error_handlers(app, validation_details=False, http_codes={})
@@ -341,66 +339,85 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
     async def _died(_request, err: SearcherDiedError) -> Response:
         return error_response(503, "index_unavailable", f"{err}; it is being loaded again, retry on another replica")
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return json_response({"status": "ok"})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if holder.ready:
-            return json_response({"ready": True, "shard": holder.shard, "shards": holder.shards})
-        return json_response(
-            {
-                "ready": False,
-                "shard": holder.shard,
-                "shards": holder.shards,
-                "reason": "no stories shard loaded yet (see /v1/shard)",
-            },
-            503,
-        )
-
-    @app.get("/v1/shard", summary="which shard this is and every version it holds (the router's health check)")
-    async def shard_status() -> Response:
-        return json_response(holder.describe())
-
-    @app.get("/v1/versions", summary="the same as /v1/shard")
-    async def versions() -> Response:
-        return json_response(holder.describe())
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(holder.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.post("/v1/search/{collection}", summary="this shard's top-k for a vector, from the version named")
-    async def search(collection: str, body: ShardSearchRequest) -> Response:
-        state = holder.state  # read once: this request answers from this state to the end
-        held = _held(state, collection, body.version)
-        k = _checked_k(body.k, cfg)
-        query = _checked_embedding(body.embedding, int(held.value.dim))
-        hits = (await searcher.search(held.value, query, k, body.exclude))[0]
-        return json_response(
-            {
-                "collection": collection,
-                "shard": holder.shard,
-                "shards": holder.shards,
-                "version": held.version,
-                "model_version": held.model_version,
-                "items": [[item_id, score] for item_id, score in hits],
-            }
-        )
-
-    @app.post("/v1/vector/{collection}", summary="a stored vector of this shard, from the version named")
-    async def stored_vector(collection: str, body: ShardVectorRequest) -> Response:
-        held = _held(holder.state, collection, body.version)
-        found = await searcher.vector(held.value, body.id)
-        if found is None:
-            raise ApiError(
-                404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {body.id!r}"
-            )
-        return json_response({"version": held.version, "model_version": held.model_version, "vector": found.tolist()})
-
+    app.include_router(shard_probes)
+    app.include_router(shard_api, dependencies=api_dependencies(cfg))
     app.add_middleware(Gatekeeper, cfg=cfg, metrics=holder.metrics)
     return app
+
+
+def shard_holder(request: Request) -> ShardHolder:
+    return request.app.state.holder
+
+
+HolderDep = Annotated[ShardHolder, Depends(shard_holder)]
+
+shard_probes = APIRouter()
+shard_api = APIRouter(prefix="/v1")
+
+
+@shard_probes.get("/healthz")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@shard_probes.get("/readyz")
+async def readyz(holder: HolderDep) -> Response:
+    if holder.ready:
+        return json_response({"ready": True, "shard": holder.shard, "shards": holder.shards})
+    return json_response(
+        {
+            "ready": False,
+            "shard": holder.shard,
+            "shards": holder.shards,
+            "reason": "no stories shard loaded yet (see /v1/shard)",
+        },
+        503,
+    )
+
+
+@shard_probes.get("/metrics")
+async def prometheus(holder: HolderDep) -> Response:
+    return Response(holder.metrics.exposition(), media_type=PROMETHEUS_TEXT)
+
+
+@shard_api.get("/shard", summary="which shard this is and every version it holds (the router's health check)")
+async def shard_status(holder: HolderDep) -> Response:
+    return json_response(holder.describe())
+
+
+@shard_api.get("/versions", summary="the same as /v1/shard")
+async def versions(holder: HolderDep) -> Response:
+    return json_response(holder.describe())
+
+
+@shard_api.post("/search/{collection}", summary="this shard's top-k for a vector, from the version named")
+async def search(collection: str, body: ShardSearchRequest, holder: HolderDep, cfg: ServingConfigDep) -> Response:
+    state = holder.state  # read once: this request answers from this state to the end
+    held = _held(state, collection, body.version)
+    k = checked_k(body.k, cfg)
+    query = checked_embedding(body.embedding, int(held.value.dim))
+    hits = (await searcher.search(held.value, query, k, body.exclude))[0]
+    return json_response(
+        {
+            "collection": collection,
+            "shard": holder.shard,
+            "shards": holder.shards,
+            "version": held.version,
+            "model_version": held.model_version,
+            "items": [[item_id, score] for item_id, score in hits],
+        }
+    )
+
+
+@shard_api.post("/vector/{collection}", summary="a stored vector of this shard, from the version named")
+async def stored_vector(collection: str, body: ShardVectorRequest, holder: HolderDep) -> Response:
+    held = _held(holder.state, collection, body.version)
+    found = await searcher.vector(held.value, body.id)
+    if found is None:
+        raise ApiError(
+            404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {body.id!r}"
+        )
+    return json_response({"version": held.version, "model_version": held.model_version, "vector": found.tolist()})
 
 
 def _held(state: ShardState, collection: str, version: str | None) -> HeldVersion:

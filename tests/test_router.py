@@ -125,8 +125,10 @@ class ShardProcess:
         poll_s: float = POLL_S,
         spec: str | None = None,
         searcher: str = "inline",
+        token: str = "",
     ):
         self.shard, self.port = shard, free_port()
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = sets.tmp / f"shard-{shard}-{self.port}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
@@ -147,6 +149,8 @@ class ShardProcess:
             "serving.max_k=50",
             "--set",
             "serving.default_k=10",
+            "--set",
+            f"serving.token={token}",
             "serve",
             "--shard",
             spec or f"{shard}/{shards}",
@@ -161,7 +165,7 @@ class ShardProcess:
 
     def status(self) -> dict | None:
         try:
-            return httpx.get(f"{self.url}/v1/shard", timeout=2).json()
+            return httpx.get(f"{self.url}/v1/shard", headers=self.headers, timeout=2).json()
         except httpx.HTTPError:
             return None
 
@@ -381,6 +385,39 @@ def test_a_shard_server_answers_from_the_version_named_and_refuses_a_set_of_anot
         assert httpx.get(f"{wrong.url}/readyz").status_code == 503
     finally:
         wrong.stop()
+
+
+def test_serving_token_guards_the_shard_servers_and_the_router_but_not_their_probes(sets, start_router):
+    """With serving.token set, the router's health checks and fan-out carry it to the shard
+    servers; a client without it gets 401 from both, while probes and metrics stay open."""
+    sets.publish_users("u1")
+    sets.build_stories("v1")
+    grid = [[ShardProcess(sets, shard, token="s3cret")] for shard in range(2)]
+    try:
+        for row in grid:
+            row[0].wait_ready()
+        shard0 = grid[0][0]
+        query = clustered_vectors(1, DIM, seed=9)[0].tolist()
+        for response in (
+            httpx.get(f"{shard0.url}/v1/shard"),
+            httpx.post(f"{shard0.url}/v1/search/stories", json={"embedding": query, "k": 5}),
+            httpx.post(f"{shard0.url}/v1/search/stories", json={"embedding": query}, headers={"Authorization": "x"}),
+        ):
+            assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+            assert response.headers["www-authenticate"] == "Bearer"
+        for probe in ("/healthz", "/readyz", "/metrics"):
+            assert httpx.get(f"{shard0.url}{probe}").status_code == 200, probe
+
+        _, client = start_router(grid, "serving.token=s3cret")  # ready: its health checks got through
+        denied = client.post("/v1/retrieve/stories", json={"user_id": "u1"})
+        assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
+        assert client.get("/v1/versions").status_code == 401
+        good = client.post("/v1/retrieve/stories", json={"user_id": "u1", "k": 5}, headers=shard0.headers)
+        assert good.status_code == 200 and good.json()["coverage"] == 1.0 and len(good.json()["items"]) == 5
+        assert client.get("/metrics").status_code == 200
+    finally:
+        for row in grid:
+            row[0].stop()
 
 
 # -- the router ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.app import DOCS_ASSETS, SWAGGER_UI_FILES, swagger_ui_dir
+from serving.docs import DOCS_ASSETS, SWAGGER_UI_FILES, swagger_ui_dir
 from tests.test_serving import searcher, start_service, world  # noqa: F401 - fixtures
 
 EBR = str(Path(sys.executable).with_name("ebr"))
