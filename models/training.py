@@ -604,7 +604,7 @@ def _evaluation_sets(
 
 def _ground_truth(warehouse: Warehouse):
     """The synthetic world's oracle, or None for real data."""
-    from warehouse.synthetic import GroundTruth
+    from warehouse.ground_truth import GroundTruth
 
     try:
         return GroundTruth.load(warehouse)

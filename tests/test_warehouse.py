@@ -11,7 +11,9 @@ import pytest
 from config import WorldConfig
 from tests.parquet_support import DAMAGES, damage_parquet
 from warehouse import Warehouse, WarehouseMissingError, WarehouseSchemaError, validate_table
-from warehouse.synthetic import LANGUAGES, GroundTruth, generate_world
+from warehouse.ground_truth import GroundTruth
+from warehouse.synthetic import generate_world
+from warehouse.synthetic_world import LANGUAGES
 
 TINY = WorldConfig(size="tiny", seed=7)
 
