@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 
 # benchmarks/serving.py: its load generator, summaries and helpers.
+from benchmarks import loadgen  # noqa: E402
 from benchmarks import serving as SB  # noqa: E402
 from benchmarks.targets import steady_p99_met  # noqa: E402
 
@@ -192,10 +193,12 @@ def _wait(url: str, path: str = "/readyz", timeout: float = 900) -> None:
 
 def _phases(port: int, args, workdir: Path, seed: int) -> dict:
     common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
-    saturation = SB.summarize(
-        SB.run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=seed, **common)
+    saturation = loadgen.summarize(
+        loadgen.run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=seed, **common)
     )
-    steady = SB.summarize(SB.run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=seed + 1, **common))
+    steady = loadgen.summarize(
+        loadgen.run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=seed + 1, **common)
+    )
     return {"saturation_closed_loop": saturation, "steady_fixed_rate": {"offered_rate": args.rate, **steady}}
 
 
@@ -376,7 +379,7 @@ def run(argv: list[str] | None = None) -> dict:
             swap_seconds = args.duration + 8.0 * args.swaps
             publisher = threading.Thread(target=publish_all)
             publisher.start()
-            rows = SB.run_loadgen(
+            rows = loadgen.run_loadgen(
                 router_port,
                 "rate",
                 duration=swap_seconds,
@@ -394,7 +397,7 @@ def run(argv: list[str] | None = None) -> dict:
                 "published": len(published),
                 "seconds_to_switch": switched,
                 "offered_rate": round(swap_rate, 1),
-                "whole_phase": SB.summarize(rows),
+                "whole_phase": loadgen.summarize(rows),
                 "statuses": statuses,
                 "answers_per_set_version": answered_by,
                 "sets_answered_from": len([v for v in answered_by if v in (base, *copies)]),
@@ -491,7 +494,4 @@ def to_markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
-        SB.loadgen_main(sys.argv[2:])
-    else:
-        run()
+    run()

@@ -11,8 +11,9 @@ same index, latency while a new version is hot-reloaded, and memory per loaded v
 3. `ebr serve` in its own process (uvicorn, one worker), polling every second, once per
    `serving.searcher` mode: "process" (each index version in a child process) and
    "inline" (in the serving process); both start from the built version.
-4. A load generator in a second process: asyncio + raw HTTP/1.1 keep-alive connections
-   (16 by default) on 127.0.0.1, each request a random known user, k=10. Phases:
+4. A load generator in a second process (benchmarks/loadgen.py): asyncio + raw HTTP/1.1
+   keep-alive connections (16 by default) on 127.0.0.1, each request a random known
+   user, k=10. Phases:
    - saturation: closed loop, every connection sends its next request on the answer;
    - steady: fixed rate (--rate, default 1000/s) spread over the connections; latency is
      measured from each request's *scheduled* send time, so a stall counts in full for
@@ -34,18 +35,21 @@ reload costs the requests served meanwhile (`--cache-dir var/...` measures that)
 
 The machine may be shared; the JSON records the CPU count and load average at the start.
 Prints a Markdown table; writes benchmarks/results/serving.json and serving.md.
+
+One file of about 520 lines: the phases of `measure_searcher` share one server process,
+its arguments and its arrays, and the pieces router.py and soak.py reuse (build_store,
+copy_version, wait_ready) stay with the one benchmark that uses them all; the load
+generator, which all three run, is benchmarks/loadgen.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,164 +66,15 @@ REPO = Path(__file__).resolve().parents[1]
 # As a script, benchmarks/ is sys.path[0], where "serving" would mean this file rather than
 # the package: the checkout replaces it (benchmarks/__init__.py).
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
+from benchmarks.loadgen import run_loadgen, summarize  # noqa: E402
 from benchmarks.targets import failed_requests, reload_met, served_over_raw_met, steady_p99_met  # noqa: E402
+from config.loopback import free_port as _free_port  # noqa: E402 (benchmarks/router.py and soak.py call it too)
 
 MODEL = "bench-model-1"
 K = 10
 
 
-# -- the load generator (runs in its own process: `serving.py loadgen ...`) --------------------
-
-
-def _request_bytes(user_ids: list[str], k: int) -> list[bytes]:
-    out = []
-    for user_id in user_ids:
-        body = json.dumps({"user_id": user_id, "k": k}).encode()
-        out.append(
-            b"POST /v1/retrieve/stories HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-    return out
-
-
-async def _connection(
-    port: int,
-    requests: list[bytes],
-    schedule: np.ndarray | None,
-    stop_at: float,
-    out: list[tuple[float, float, int, bytes]],
-) -> None:
-    """One keep-alive connection: sends its requests in order, at `schedule` times if given.
-
-    Records (scheduled or actual send time, latency from that time, status, index version).
-    """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    loop = asyncio.get_running_loop()
-    try:
-        for i, request in enumerate(requests):
-            now = time.monotonic()
-            if now >= stop_at:
-                break
-            if schedule is not None:
-                start = schedule[i]
-                if start > now:
-                    await asyncio.sleep(start - now)
-            else:
-                start = now
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            at = head.lower().find(b"content-length:")
-            length = int(head[at + 15 : head.find(b"\r\n", at)])
-            body = await reader.readexactly(length)
-            latency = time.monotonic() - start
-            at = body.find(b'"index_version":"')
-            version = body[at + 17 : body.find(b'"', at + 17)] if at >= 0 else b""
-            out.append((start, latency, status, version))
-    finally:
-        writer.close()
-        del loop
-
-
-async def _generate(port: int, mode: str, rate: float, duration: float, concurrency: int, n_users: int, seed: int):
-    rng = np.random.default_rng(seed)
-    cap = int(rate * duration) if mode == "rate" else 400_000  # bounded in count and in time
-    users = [f"u{i}" for i in rng.integers(0, n_users, size=cap)]
-    requests = _request_bytes(users, K)
-    t0 = time.monotonic() + 0.2
-    stop_at = t0 + duration
-    out: list[tuple[float, float, int, bytes]] = []
-    tasks = []
-    for c in range(concurrency):
-        mine = requests[c::concurrency]
-        schedule = t0 + np.arange(c, cap, concurrency) / rate if mode == "rate" else None
-        tasks.append(_connection(port, mine, schedule, stop_at + (5.0 if mode == "rate" else 0.0), out))
-    await asyncio.gather(*tasks)
-    return out
-
-
-def loadgen_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="serving.py loadgen")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=["closed", "rate"], required=True)
-    parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--users", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    rows = asyncio.run(
-        _generate(args.port, args.mode, args.rate, args.duration, args.concurrency, args.users, args.seed)
-    )
-    versions = sorted({r[3] for r in rows})
-    code = {v: i for i, v in enumerate(versions)}
-    np.savez(
-        args.out,
-        start=np.array([r[0] for r in rows]),
-        latency=np.array([r[1] for r in rows]),
-        status=np.array([r[2] for r in rows]),
-        version=np.array([code[r[3]] for r in rows]),
-        names=np.array([v.decode() for v in versions]),
-    )
-
-
-def run_loadgen(
-    port: int, mode: str, *, duration: float, rate: float, concurrency: int, users: int, workdir: Path, seed: int
-) -> dict:
-    """Starts the load generator process and waits for it; returns its per-request arrays."""
-    out = workdir / f"loadgen-{mode}-{seed}.npz"
-    cmd = [
-        sys.executable,
-        __file__,
-        "loadgen",
-        f"--port={port}",
-        f"--mode={mode}",
-        f"--rate={rate}",
-        f"--duration={duration}",
-        f"--concurrency={concurrency}",
-        f"--users={users}",
-        f"--seed={seed}",
-        f"--out={out}",
-    ]
-    subprocess.run(cmd, check=True, timeout=duration + 120)
-    data = np.load(out)
-    return {key: data[key] for key in data.files}
-
-
-def summarize(rows: dict, mask: np.ndarray | None = None) -> dict:
-    start, latency, status = rows["start"], rows["latency"], rows["status"]
-    if mask is not None:
-        start, latency, status = start[mask], latency[mask], status[mask]
-    if not len(latency):
-        return {"requests": 0}
-    span = max(float(start.max() - start.min()), 1e-9)
-    ms = latency * 1000
-    return {
-        "requests": int(len(latency)),
-        "failed": int((status != 200).sum()),
-        "qps": round(len(latency) / span, 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "p999_ms": round(float(np.percentile(ms, 99.9)), 3),
-        "max_ms": round(float(ms.max()), 3),
-    }
-
-
 # -- the benchmark -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss(pid: int) -> int:
@@ -662,7 +517,4 @@ def _yes(met: bool) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
-        loadgen_main(sys.argv[2:])
-    else:
-        run()
+    run()
