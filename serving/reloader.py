@@ -25,6 +25,10 @@ and the version is refused after `serving.max_load_crashes` crashes. Store and I
 are retried at the next poll. A rollback is just `LATEST` naming another version and is
 picked up the same way.
 
+The parts: which versions may be served together is `serving.pairing` (pure functions);
+downloading, opening and warming a version is `serving.loading`; the refusals and crashed
+loads are kept by `serving.refusals`; this module decides and swaps.
+
 Whatever else the poll decides, it first restarts any served index process that died,
 from the verified copy in the local cache (the store may have deleted the version since:
 retention keeps only the newest N, and LATEST may name a newer, refused one), so a dead
@@ -38,7 +42,6 @@ the newest consistent pair it finds in HISTORY.jsonl.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 import weakref
@@ -47,74 +50,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-import numpy as np
-
-from artifacts import ArtifactError, ArtifactStore, CorruptArtifactError, IncompleteVersionError, UnknownVersionError
-from artifacts.manifest import Manifest
-from artifacts.names import MANIFEST as MANIFEST_FILE
-from index_builder.loaded_index import LoadedIndex, load_index, verify_files
+from artifacts import ArtifactError, ArtifactStore
+from serving.loading import VersionLoader
 from serving.metrics import ServingMetrics
-from serving.searcher import IndexProcess, lower_thread_priority, start_forkserver
+from serving.pairing import REQUIRED_KINDS, choose_pair, may_keep_served, newest_consistent_pair
+from serving.refusals import PERMANENT_ERRORS, LoadFailures, Refusal, RefusalBook
+from serving.searcher import lower_thread_priority, start_forkserver
 from serving.state import (
-    INDEX_KINDS,
     OPTIONAL_INDEXES,
     STORY_INDEX,
     USER_EMBEDDINGS,
     Component,
     InconsistentVersionsError,
     ServedState,
-    UserEmbeddings,
     check_consistent,
-    load_user_embeddings,
     now_iso,
 )
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KINDS = (STORY_INDEX, USER_EMBEDDINGS)
 ALL_KINDS = (STORY_INDEX, USER_EMBEDDINGS, *OPTIONAL_INDEXES.values())
-# Searches run on a freshly loaded index before it is swapped in: the first queries pay
-# for lazily initialised structures (hnswlib's visited-list pool) and cold pages.
-WARMUP_QUERIES = 64
-# Errors that say the version itself is bad; versions are immutable, so retrying is pointless.
-PERMANENT_ERRORS = (CorruptArtifactError, IncompleteVersionError, UnknownVersionError, ValueError)
-
-
 # Versions of a kind looked at in HISTORY.jsonl for a consistent pair (newest first).
 HISTORY_DEPTH = 50
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A version that is not loaded again: `cause` is "verification" (its bytes are bad) or
-    "crashes" (its load crashed `attempts` times)."""
-
-    kind: str
-    version: str
-    reason: str
-    at: str
-    cause: str = "verification"
-    attempts: int = 0
-
-
-@dataclass
-class LoadFailures:
-    """Failed loads of one version that did not prove it bad (crashes, MemoryError, bugs)."""
-
-    kind: str
-    version: str
-    failures: int
-    last_error: str
-    next_attempt_at: float  # time.monotonic()
-
-    def describe(self) -> dict:
-        return {
-            "kind": self.kind,
-            "version": self.version,
-            "failures": self.failures,
-            "last_error": self.last_error,
-            "next_attempt_in_s": round(max(0.0, self.next_attempt_at - time.monotonic()), 2),
-        }
 
 
 @dataclass(frozen=True)
@@ -145,20 +102,23 @@ class Reloader:
         on_swap: Callable[[ServedState | None, ServedState], None] | None = None,
     ):
         self.store = store
-        self.cache_dir = Path(cache_dir)
         self.metrics = metrics
         self.poll_interval_s = poll_interval_s
-        self.keep_cached_versions = keep_cached_versions
         self.searcher = searcher
         self.reload_nice = reload_nice
-        self.max_load_crashes = max_load_crashes
-        self.load_retry_backoff_s = load_retry_backoff_s
-        self.load_retry_backoff_max_s = load_retry_backoff_max_s
         self.on_swap = on_swap
-        self.refused: dict[tuple[str, str], Refusal] = {}
-        self.load_failures: dict[tuple[str, str], LoadFailures] = {}
+        self.loader = VersionLoader(
+            store, cache_dir, searcher=searcher, reload_nice=reload_nice, keep_cached_versions=keep_cached_versions
+        )
+        self.book = RefusalBook(
+            metrics,
+            max_load_crashes=max_load_crashes,
+            load_retry_backoff_s=load_retry_backoff_s,
+            load_retry_backoff_max_s=load_retry_backoff_max_s,
+        )
+        self.refused: dict[tuple[str, str], Refusal] = self.book.refused  # the same dicts, for /v1/versions
+        self.load_failures: dict[tuple[str, str], LoadFailures] = self.book.load_failures
         self.pointer_errors: dict[str, str] = {}  # kind -> why its LATEST could not be read
-        self._models: dict[tuple[str, str], str] = {}  # (kind, version) -> model; manifests are immutable
         self.last_poll_at: str | None = None
         self.last_outcome = PollOutcome("empty", "not polled yet")
         self._state: ServedState | None = None
@@ -284,8 +244,7 @@ class Reloader:
         components = dict(current.components)
         for component in dead:
             key = (component.kind, component.version)
-            failures = self.load_failures.get(key)
-            if key in self.refused or (failures is not None and time.monotonic() < failures.next_attempt_at):
+            if key in self.refused or self.book.backing_off(*key) is not None:
                 continue  # its restarts crashed: refused, or backing off like any load
             log.warning(
                 "the %s/%s index process died; restarting it from the local cache", component.kind, component.version
@@ -293,15 +252,15 @@ class Reloader:
             self.metrics.searcher_restarts.labels(component.kind).inc()
             started = time.perf_counter()
             try:
-                value = self._load_cached(component.kind, component.version)
+                value = self.loader.load_cached(component.kind, component.version, serving=True)
             except PERMANENT_ERRORS as err:
-                self._reject(component.kind, component.version, f"restarting it from the cache: {err}")
+                self.book.reject(component.kind, component.version, f"restarting it from the cache: {err}")
                 continue  # left dead: /readyz says so; the next poll may bring another version
             except Exception as err:  # noqa: BLE001 - counted as a failed load; retried with backoff
-                self._note_load_failure(component.kind, component.version, err)
+                self._note_crash(component.kind, component.version, err)
                 continue
             self.metrics.last_reload_seconds.labels(component.kind).set(time.perf_counter() - started)
-            self.load_failures.pop((component.kind, component.version), None)
+            self.book.loaded(component.kind, component.version)
             components[component.kind] = Component(
                 component.kind, component.version, component.model_version, component.served_since, value
             )
@@ -311,6 +270,7 @@ class Reloader:
         return True
 
     def _reconcile(self, latest: dict[str, str | None]) -> PollOutcome:
+        """Decides the pair (`serving.pairing`), loads what changed, and swaps if anything did."""
         current = self._state
         missing = [kind for kind in REQUIRED_KINDS if latest[kind] is None]
         if missing:
@@ -323,50 +283,61 @@ class Reloader:
 
         # Decide on the model version from the manifests alone, before loading anything big.
         try:
-            models = {kind: self._model_of(kind, latest[kind]) for kind in REQUIRED_KINDS}
+            models = {kind: self.loader.model_of(kind, latest[kind]) for kind in REQUIRED_KINDS}
         except PERMANENT_ERRORS as err:
             return self._fail_required(latest, err)
         except (ArtifactError, OSError) as err:
             self._retry = True
             return self._outcome("failed", f"cannot read manifests: {err}", level=logging.WARNING)
-        waiting = ""
-        pair = {kind: latest[kind] for kind in REQUIRED_KINDS}
-        model = models[STORY_INDEX]
-        if models[STORY_INDEX] != models[USER_EMBEDDINGS]:
-            self.metrics.waiting_for_pair.set(1)
-            waiting = (
-                f"newest story index {latest[STORY_INDEX]} is from model {models[STORY_INDEX]!r} but newest "
-                f"user embeddings {latest[USER_EMBEDDINGS]} are from {models[USER_EMBEDDINGS]!r}; "
-                "serving the previous pair until both sides match"
+        served = None
+        if current is not None:
+            served = {kind: current.components[kind].version for kind in REQUIRED_KINDS}, current.model_version
+        choice = choose_pair(latest, models, served, self._newest_consistent_pair)
+        self.metrics.waiting_for_pair.set(1 if choice.waiting else 0)
+        if choice.pair is None:
+            return self._outcome("waiting", choice.waiting)
+        waiting, model = choice.waiting, choice.model
+        notes = [waiting] if waiting else []
+        components = self._load_set(choice.pair, model, latest, current, notes)
+        if isinstance(components, PollOutcome):
+            return components
+        if (
+            current is not None
+            and components.keys() == current.components.keys()
+            and all(c is current.components[k] for k, c in components.items())
+        ):
+            return self._outcome(
+                "waiting" if waiting else "unchanged", "; ".join(notes) or "serving the newest consistent set"
             )
-            if current is not None:
-                # Keep the served pair; its model's optional indexes still follow their LATEST.
-                pair, model = {kind: current.components[kind].version for kind in REQUIRED_KINDS}, current.model_version
-            else:
-                found = self._newest_consistent_pair()
-                if found is None:
-                    return self._outcome("waiting", waiting + " (no consistent pair in HISTORY.jsonl either)")
-                pair, model = found
-                waiting += (
-                    f"; started during the rollout: serving the newest consistent pair in HISTORY.jsonl, model {model}"
-                )
-        else:
-            self.metrics.waiting_for_pair.set(0)
-        action = "waiting" if waiting else "swapped"
+        self._swap(components)  # logs the versions and their counts
+        detail = f"serving model {model}: " + ", ".join(f"{k}/{c.version}" for k, c in sorted(components.items()))
+        return self._outcome(
+            "waiting" if waiting else "swapped",
+            detail + ("; " + "; ".join(notes) if notes else ""),
+            level=logging.INFO if notes else logging.DEBUG,
+        )
 
+    def _load_set(
+        self,
+        pair: dict[str, str],
+        model: str,
+        latest: dict[str, str | None],
+        current: ServedState | None,
+        notes: list[str],
+    ) -> dict[str, Component] | PollOutcome:
+        """The components of the set to serve: the pair, then the optional indexes of its
+        model, each reused if served, else loaded; `notes` gathers what was not served and why.
+        A PollOutcome instead when the pair cannot be served (the old state stays)."""
+        waiting = bool(notes)  # notes start with why the newest pair is not the one served
         components: dict[str, Component] = {}
-        notes: list[str] = [waiting] if waiting else []
         for kind in REQUIRED_KINDS:
             component = self._component(kind, pair[kind], model, current)
             if isinstance(component, str):
                 old = current.components.get(kind) if current else None
-                if old is None or old.model_version != model:
+                if old is None or not may_keep_served(old.model_version, model):
                     return self._outcome(
                         "waiting" if waiting else "failed", "; ".join([*notes, component]), level=logging.ERROR
                     )
-                # The served version of this side is still consistent with the other side's
-                # newest one (same model): keep it, so a bad user snapshot does not hold
-                # back a good index refresh (or the reverse).
                 notes.append(component)
                 component = old
             components[kind] = component
@@ -379,7 +350,7 @@ class Reloader:
             )
             for component in (stories, users):
                 if current is None or current.components.get(component.kind) is not component:
-                    self._reject(component.kind, component.version, reason)
+                    self.book.reject(component.kind, component.version, reason)
             return self._outcome("failed", reason, level=logging.ERROR)
         for kind in OPTIONAL_INDEXES.values():
             if latest[kind] is None:
@@ -387,69 +358,30 @@ class Reloader:
             component = self._component(kind, latest[kind], model, current)
             if isinstance(component, Component) and component.value.dim != stories.value.dim:
                 reason = f"dimension mismatch: {kind}/{component.version} has {component.value.dim}-d vectors, the pair {stories.value.dim}-d"
-                self._reject(kind, component.version, reason)
+                self.book.reject(kind, component.version, reason)
                 component = reason
             if isinstance(component, str):
                 notes.append(component)
                 old = current.components.get(kind) if current else None
-                if old is not None and old.model_version == model:
+                if old is not None and may_keep_served(old.model_version, model):
                     components[kind] = old  # keep serving the previous version of this collection
                 continue
             components[kind] = component
         check_consistent(components)  # guaranteed by the checks above; a bug if not
-
-        if (
-            current is not None
-            and components.keys() == current.components.keys()
-            and all(c is current.components[k] for k, c in components.items())
-        ):
-            return self._outcome(
-                action if waiting else "unchanged", "; ".join(notes) or "serving the newest consistent set"
-            )
-        self._swap(components)  # logs the versions and their counts
-        detail = f"serving model {model}: " + ", ".join(f"{k}/{c.version}" for k, c in sorted(components.items()))
-        return self._outcome(
-            action, detail + ("; " + "; ".join(notes) if notes else ""), level=logging.INFO if notes else logging.DEBUG
-        )
+        return components
 
     def _newest_consistent_pair(self) -> tuple[dict[str, str], str] | None:
-        """The newest (story index, user embeddings) pair of one model that LATEST has named.
-
-        For each model, the newest version of each side published with it (and still
-        complete, not refused); among the models present on both sides, the one whose pair
-        became complete last (the later of its two pointer moves), ties by the earlier one.
-        """
-        newest: dict[str, dict[str, tuple[str, str]]] = {}  # kind -> model -> (moved at, version)
+        """The newest consistent pair LATEST has named (`pairing.newest_consistent_pair`),
+        among the last HISTORY_DEPTH versions of each side that may still be served."""
+        candidates = {}
         for kind in REQUIRED_KINDS:
             try:
                 moves = self.store.kind(kind).history()
             except Exception as err:  # noqa: BLE001 - no history, no fallback
                 log.warning("cannot read %s/HISTORY.jsonl (%s)", kind, err)
                 return None
-            by_model: dict[str, tuple[str, str]] = {}
-            seen: set[str] = set()
-            for move in reversed(moves):
-                if move.to_version in seen or len(seen) >= HISTORY_DEPTH:
-                    continue
-                seen.add(move.to_version)
-                if (kind, move.to_version) in self.refused:
-                    continue
-                try:
-                    model = self._model_of(kind, move.to_version)
-                except Exception:  # noqa: BLE001 - deleted by retention, incomplete: not a candidate
-                    continue
-                by_model.setdefault(model, (move.at, move.to_version))
-            newest[kind] = by_model
-        both = set(newest[STORY_INDEX]) & set(newest[USER_EMBEDDINGS])
-        if not both:
-            return None
-
-        def became_consistent(model: str) -> tuple[str, str]:
-            times = (newest[STORY_INDEX][model][0], newest[USER_EMBEDDINGS][model][0])
-            return max(times), min(times)
-
-        model = max(both, key=became_consistent)
-        return {kind: newest[kind][model][1] for kind in REQUIRED_KINDS}, model
+            candidates[kind] = self.loader.servable_moves(kind, moves, HISTORY_DEPTH, skip=self.refused)
+        return newest_consistent_pair(candidates)
 
     def _component(self, kind: str, version: str, model: str, current: ServedState | None) -> Component | str:
         """The served component for `kind` at `version`: reused if served, else loaded.
@@ -467,15 +399,15 @@ class Reloader:
         refusal = self.refused.get((kind, version))
         if refusal:
             return f"{kind}/{version} was refused: {refusal.reason}"
-        failures = self.load_failures.get((kind, version))
-        if failures is not None and time.monotonic() < failures.next_attempt_at:
+        failures = self.book.backing_off(kind, version)
+        if failures is not None:
             self._retry = True
             return (
                 f"{kind}/{version} failed to load {failures.failures} time(s), last: {failures.last_error}; "
                 f"next attempt in {failures.next_attempt_at - time.monotonic():.1f} s"
             )
         try:
-            model_of_version = self._model_of(kind, version)
+            model_of_version = self.loader.model_of(kind, version)
             if model_of_version != model:
                 # Not an error of the version: its collection has not caught up with the pair.
                 return (
@@ -483,16 +415,15 @@ class Reloader:
                     f"{model!r}; not served until a matching version is published"
                 )
             started = time.perf_counter()
-            value = self._load(kind, version)
+            value = self.loader.load(kind, version, serving=self._state is not None)
             if value.model_version != model:
                 raise InconsistentVersionsError(
                     f"{kind}/{version} loaded with model {value.model_version!r}, its manifest said {model!r}"
                 )
-            self._warm_up(value, current)
+            self.loader.warm_up(value, current)
             seconds = time.perf_counter() - started
         except PERMANENT_ERRORS as err:
-            self._refuse(kind, version, str(err))
-            self.metrics.reloads.labels(kind, "failure").inc()
+            self.book.reject(kind, version, str(err))
             return f"{kind}/{version} refused: {err}"
         except (ArtifactError, OSError) as err:
             # The store or the disk, not the version: tried again at the next poll, never refused.
@@ -502,94 +433,18 @@ class Reloader:
             log.warning("loading %s/%s failed (%s); will retry at the next poll", kind, version, err)
             return f"{kind}/{version} could not be loaded (retried at the next poll): {err}"
         except Exception as err:  # noqa: BLE001 - a crash, MemoryError or bug: counted, backed off
-            return self._note_load_failure(kind, version, err)
-        self.load_failures.pop((kind, version), None)
+            return self._note_crash(kind, version, err)
+        self.book.loaded(kind, version)
         self.metrics.last_reload_seconds.labels(kind).set(seconds)
         log.info("loaded %s/%s (model %s) in %.2f s", kind, version, model, seconds)
         return Component(kind, version, model, "", value)
 
-    def _note_load_failure(self, kind: str, version: str, err: Exception) -> str:
-        """A load that crashed: counted; retried after a doubling backoff; refused after N."""
-        self.metrics.reloads.labels(kind, "failure").inc()
-        self.metrics.load_failures.labels(kind, "crash").inc()
-        failures = self.load_failures.get((kind, version))
-        count = failures.failures + 1 if failures else 1
-        error = f"{type(err).__name__}: {err}"
-        if count >= self.max_load_crashes:
-            self.load_failures.pop((kind, version), None)
-            reason = (
-                f"its load crashed {count} times (serving.max_load_crashes={self.max_load_crashes}), last: {error}; "
-                "not tried again until the service restarts: publish a rebuilt version or roll back"
-            )
-            self._refuse(kind, version, reason, cause="crashes", attempts=count)
-            return f"{kind}/{version} refused: {reason}"
-        delay = min(self.load_retry_backoff_max_s, self.load_retry_backoff_s * 2 ** (count - 1))
-        self.load_failures[(kind, version)] = LoadFailures(kind, version, count, error, time.monotonic() + delay)
-        self._retry = True
-        log.warning(
-            "loading %s/%s failed (%d of %d crashes allowed: %s); next attempt in %.1f s",
-            kind,
-            version,
-            count,
-            self.max_load_crashes,
-            error,
-            delay,
-        )
-        return f"{kind}/{version} failed to load ({error}); attempt {count} of {self.max_load_crashes}, next in {delay:.1f} s"
-
-    def _model_of(self, kind: str, version: str) -> str:
-        key = (kind, version)
-        if key not in self._models:  # a complete version's manifest never changes
-            self._models[key] = self.store.kind(kind).manifest(version).parents.get("model_version", "")
-        return self._models[key]
-
-    def _load_cached(self, kind: str, version: str) -> LoadedIndex | IndexProcess | UserEmbeddings:
-        """Loads a served version again from the local cache, where `download` put it with
-        every sha256 checked (the manifest last); from the store only if the cache lost it."""
-        directory = self._cache_of(kind) / version
-        manifest_path = directory / MANIFEST_FILE
-        if not manifest_path.is_file() or kind == USER_EMBEDDINGS:  # (user embeddings live in this process)
-            return self._load(kind, version)
-        try:
-            verify_files(directory, Manifest.from_json(manifest_path.read_bytes(), str(manifest_path)), checksums=False)
-        except CorruptArtifactError as err:  # the cache was damaged: download replaces what does not verify
-            log.warning("the cached %s/%s is damaged (%s); downloading it again", kind, version, err)
-            return self._load(kind, version)
-        # At normal priority: while it loads, this index answers nothing, so the load is
-        # the most urgent work of the process (serving.reload_nice is for loads beside a
-        # served version; on a busy machine a niced restart took seconds longer).
-        return self._open(kind, directory, load_nice=0)
-
-    def _load(self, kind: str, version: str) -> LoadedIndex | IndexProcess | UserEmbeddings:
-        """Downloads (checksums verified) and loads one version into a new object."""
-        directory = self.store.kind(kind).download(version, self._cache_of(kind))
-        # Nothing served yet: no request to protect, so no reason to load at a lower priority.
-        return self._open(kind, directory, load_nice=0 if self._state is None else None)
-
-    def _open(
-        self, kind: str, directory: Path, load_nice: int | None = None
-    ) -> LoadedIndex | IndexProcess | UserEmbeddings:
-        if kind == USER_EMBEDDINGS:
-            return load_user_embeddings(directory)
-        collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
-        if self.searcher == "process":
-            # Loaded, checked and warmed in the child, its loading thread at our priority.
-            return IndexProcess(directory, collection, load_nice=self.reload_nice if load_nice is None else load_nice)
-        # download() has just checked every file's sha256; the loader still checks sizes,
-        # dimension, count and that stored vectors come back as their own neighbours.
-        return load_index(directory, collection, verify=False)
-
-    def _warm_up(self, value: LoadedIndex | IndexProcess | UserEmbeddings, current: ServedState | None) -> None:
-        if not isinstance(value, LoadedIndex) or value.count == 0:  # an IndexProcess warms itself
-            return
-        queries = None
-        if current is not None and current.dim == value.dim:
-            queries = current.users.vectors[:WARMUP_QUERIES]
-        if queries is None or not len(queries):
-            queries = np.random.default_rng(0).standard_normal((WARMUP_QUERIES, value.dim)).astype(np.float32)
-            queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        for query in queries:  # one at a time, as requests arrive
-            value.search(query, 10)
+    def _note_crash(self, kind: str, version: str, err: Exception) -> str:
+        """A crashed load, in the book; the poll is tried again unless the version is now refused."""
+        message = self.book.note_crash(kind, version, err)
+        if (kind, version) not in self.refused:
+            self._retry = True
+        return message
 
     def _swap(self, components: dict[str, Component], *, restamp: bool = True) -> None:
         """Makes `components` the served state. With `restamp=False` (a restarted process of
@@ -624,7 +479,7 @@ class Reloader:
             self._track_retired(old)
         if self.on_swap is not None:
             self.on_swap(old, new)
-        self._prune_cache(new)
+        self.loader.prune_cache(new, ALL_KINDS)
 
     def _track_retired(self, old: ServedState) -> None:
         """Counts the old state until Python frees it (after its last in-flight request)."""
@@ -649,21 +504,10 @@ class Reloader:
         """A required version's manifest is unreadable: refuse whichever one it is."""
         for kind in REQUIRED_KINDS:
             try:
-                self._model_of(kind, latest[kind])
+                self.loader.model_of(kind, latest[kind])
             except PERMANENT_ERRORS as own:
-                self._refuse(kind, latest[kind], str(own))
-                self.metrics.reloads.labels(kind, "failure").inc()
+                self.book.reject(kind, latest[kind], str(own))
         return self._outcome("failed", f"cannot read a manifest: {err}", level=logging.ERROR)
-
-    def _reject(self, kind: str, version: str, reason: str) -> None:
-        """A loaded version that cannot join the set: refused and counted as a failed reload."""
-        self._refuse(kind, version, reason)
-        self.metrics.reloads.labels(kind, "failure").inc()
-
-    def _refuse(self, kind: str, version: str, reason: str, *, cause: str = "verification", attempts: int = 0) -> None:
-        self.refused[(kind, version)] = Refusal(kind, version, reason, now_iso(), cause, attempts)
-        self.metrics.refused_versions.labels(kind).set(sum(1 for r in self.refused.values() if r.kind == kind))
-        log.error("refused %s/%s: %s; the current state keeps serving", kind, version, reason)
 
     def _outcome(self, action: str, detail: str, *, level: int = logging.INFO) -> PollOutcome:
         outcome = PollOutcome(action, detail)
@@ -671,22 +515,6 @@ class Reloader:
             log.log(level, "reload %s: %s", action, detail)
         self.last_outcome = outcome
         return outcome
-
-    # -- the local cache -----------------------------------------------------------------
-
-    def _cache_of(self, kind: str) -> Path:
-        return self.cache_dir / kind.replace("/", "__")
-
-    def _prune_cache(self, state: ServedState) -> None:
-        """Keeps the served versions and the newest `keep_cached_versions` others per kind."""
-        for kind in ALL_KINDS:
-            folder = self._cache_of(kind)
-            if not folder.is_dir():
-                continue
-            served = state.components.get(kind)
-            others = sorted(p for p in folder.iterdir() if p.is_dir() and (served is None or p.name != served.version))
-            for stale in others[: max(0, len(others) - self.keep_cached_versions)]:
-                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _alive(component: Component) -> bool:

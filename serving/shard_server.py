@@ -48,7 +48,7 @@ from serving.deps import ServingConfigDep, api_dependencies
 from serving.gatekeeper import Gatekeeper
 from serving.metrics import ServingMetrics
 from serving.query_checks import checked_embedding, checked_k
-from serving.reloader import PERMANENT_ERRORS
+from serving.refusals import PERMANENT_ERRORS
 from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, error_response, json_response
 from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, lower_thread_priority, start_forkserver
 from serving.state import COLLECTIONS, INDEX_KINDS, now_iso
