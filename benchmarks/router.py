@@ -53,29 +53,19 @@ REPO = Path(__file__).resolve().parents[1]
 # As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 
-# benchmarks/serving.py: its load generator, summaries and helpers.
 from benchmarks import loadgen  # noqa: E402
-from benchmarks import serving as SB  # noqa: E402
+from benchmarks import serving as SB  # noqa: E402 - its store set-up, wait_ready, copy_version
 from benchmarks.targets import steady_p99_met  # noqa: E402
 
-MODEL = "bench-model-1"
 K = 10
 
 
 def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: int) -> dict:
     from artifacts import ArtifactStore
-    from artifacts.embedding_snapshots import publish_snapshot
-    from benchmarks.synthetic_vectors import clustered_vectors, story_ids
     from config import load_config
     from index_builder.publish import build_and_publish_index
 
-    stories = clustered_vectors(n, dim, seed=1)
-    rng = np.random.default_rng(2)
-    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(
-        scale=0.5 / np.sqrt(dim), size=(n_users, dim)
-    ).astype(np.float32)
-    users /= np.linalg.norm(users, axis=1, keepdims=True)
-    user_ids = np.asarray([f"u{i}" for i in range(n_users)], dtype=object)
+    stories, user_ids, users = SB.bench_vectors(n, dim, n_users)
     out = {"stories": stories, "users": users}
     for root, shards in ((single_root, 1), (sharded_root, 2)):
         store = ArtifactStore.open(root)
@@ -91,25 +81,7 @@ def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: 
             }
             print(f"reusing {root}: {built[0].name}", flush=True)  # same seeds, same vectors: the index is this data's
             continue
-        publish_snapshot(
-            store.kind("embeddings/stories"),
-            "20261201T000000Z-bench",
-            story_ids(0, n),
-            stories,
-            model_version=MODEL,
-            as_of=0,
-            shards=8,
-            reason="router benchmark",
-        )
-        publish_snapshot(
-            store.kind("embeddings/users"),
-            "20261201T000000Z-bench",
-            user_ids,
-            users,
-            model_version=MODEL,
-            as_of=0,
-            reason="router benchmark",
-        )
+        SB.publish_vectors(store, "20261201T000000Z-bench", stories, user_ids, users, reason="router benchmark")
         cfg = load_config(overrides=[f"root={root}", f"index.shards={shards}"], environ={})
         started = time.perf_counter()
         outcome = build_and_publish_index(cfg, "stories")

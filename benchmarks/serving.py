@@ -36,7 +36,7 @@ reload costs the requests served meanwhile (`--cache-dir var/...` measures that)
 The machine may be shared; the JSON records the CPU count and load average at the start.
 Prints a Markdown table; writes benchmarks/results/serving.json and serving.md.
 
-One file of about 520 lines: the phases of `measure_searcher` share one server process,
+One file of about 530 lines: the phases of `measure_searcher` share one server process,
 its arguments and its arrays, and the pieces router.py and soak.py reuse (build_store,
 copy_version, wait_ready) stay with the one benchmark that uses them all; the load
 generator, which all three run, is benchmarks/loadgen.py.
@@ -91,6 +91,40 @@ def _rss(pid: int) -> int:
     return total
 
 
+def bench_vectors(n: int, dim: int, n_users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(story vectors, user ids, user vectors): N clustered stories (the index benchmark's
+    data shape) and N_USERS users near random stories, the same every run (seeds 1 and 2)."""
+    from benchmarks.synthetic_vectors import clustered_vectors
+
+    stories = clustered_vectors(n, dim, seed=1)
+    rng = np.random.default_rng(2)
+    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(
+        scale=0.5 / np.sqrt(dim), size=(n_users, dim)
+    ).astype(np.float32)
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    return stories, np.asarray([f"u{i}" for i in range(n_users)], dtype=object), users
+
+
+def publish_vectors(store, version: str, stories, user_ids, users, *, reason: str) -> None:
+    """Publishes the story and user snapshots of bench_vectors as VERSION of one model (MODEL)."""
+    from artifacts.embedding_snapshots import publish_snapshot
+    from benchmarks.synthetic_vectors import story_ids
+
+    publish_snapshot(
+        store.kind("embeddings/stories"),
+        version,
+        story_ids(0, len(stories)),
+        stories,
+        model_version=MODEL,
+        as_of=0,
+        shards=8,
+        reason=reason,
+    )
+    publish_snapshot(
+        store.kind("embeddings/users"), version, user_ids, users, model_version=MODEL, as_of=0, reason=reason
+    )
+
+
 def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | None = None):
     """Publishes story and user snapshots of one model and builds the story index.
 
@@ -98,8 +132,7 @@ def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | N
     store left in --workdir by an earlier run with the same sizes is reused as it is.
     """
     from artifacts import ArtifactStore
-    from artifacts.embedding_snapshots import publish_snapshot, read_snapshot
-    from benchmarks.synthetic_vectors import clustered_vectors, story_ids
+    from artifacts.embedding_snapshots import read_snapshot
     from config import load_config
     from index_builder.publish import build_and_publish_index
 
@@ -111,32 +144,8 @@ def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | N
         if len(users) == n_users:
             print(f"reusing the index {built[0].name} in {root}", flush=True)
             return store, built[0].name, None, users.vectors
-    stories = clustered_vectors(n, dim, seed=1)  # the index benchmark's data shape
-    rng = np.random.default_rng(2)
-    users = stories[rng.integers(0, n, size=n_users)] + rng.normal(
-        scale=0.5 / np.sqrt(dim), size=(n_users, dim)
-    ).astype(np.float32)
-    users /= np.linalg.norm(users, axis=1, keepdims=True)
-    user_ids = np.asarray([f"u{i}" for i in range(n_users)], dtype=object)
-    publish_snapshot(
-        store.kind("embeddings/stories"),
-        "20261124T000000Z-bench",
-        story_ids(0, n),
-        stories,
-        model_version=MODEL,
-        as_of=0,
-        shards=8,
-        reason="serving benchmark",
-    )
-    publish_snapshot(
-        store.kind("embeddings/users"),
-        "20261124T000000Z-bench",
-        user_ids,
-        users,
-        model_version=MODEL,
-        as_of=0,
-        reason="serving benchmark",
-    )
+    stories, user_ids, users = bench_vectors(n, dim, n_users)
+    publish_vectors(store, "20261124T000000Z-bench", stories, user_ids, users, reason="serving benchmark")
     overrides = [f"root={root}"] + ([f"index.min_recall_at_10={min_recall}"] if min_recall is not None else [])
     cfg = load_config(overrides=overrides, environ={})
     started = time.perf_counter()
