@@ -1,6 +1,8 @@
 """Versioned artifacts with manifests and a compare-and-swap LATEST pointer.
 
-Local directories and Google Cloud Storage behind one interface; see `artifacts.store`.
+Local directories and Google Cloud Storage behind one interface; see `artifacts.store`
+(reading versions), `artifacts.writer` (writing one), `artifacts.pointer` (LATEST and its
+history) and `artifacts.retention`.
 The kinds and collections every stage names are defined once, in `artifacts.kinds`.
 """
 
@@ -31,7 +33,8 @@ from artifacts.kinds import (
 )
 from artifacts.manifest import Manifest
 from artifacts.names import version_name
-from artifacts.store import PREVIOUS, ArtifactKind, ArtifactStore, PointerMove, PublishResult
+from artifacts.pointer import PointerMove, PublishResult
+from artifacts.store import PREVIOUS, ArtifactKind, ArtifactStore
 
 __all__ = [
     "COLLECTIONS",

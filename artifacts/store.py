@@ -21,6 +21,10 @@ that crashes at any point leaves LATEST on the complete version it named before.
 "Newer" is the store's own commit order: every manifest records a `sequence` taken from
 a counter beside LATEST at commit time, never inferred from the free-form version name.
 
+This module reads versions (`ArtifactStore`, `ArtifactKind`); writing one is
+`artifacts.writer`, moving LATEST and its history `artifacts.pointer`, retention
+`artifacts.retention` (the last two are methods of `ArtifactKind`, kept in their own modules).
+
 Typical use:
 
     store = ArtifactStore.from_config(cfg)
@@ -33,27 +37,17 @@ Typical use:
 
 from __future__ import annotations
 
-import getpass
 import json
-import logging
 import os
-import random
-import socket
-import time
-import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifacts.backend import Backend, open_backend
 from artifacts.errors import (
     AmbiguousVersionError,
-    ArtifactError,
     CorruptArtifactError,
     IncompleteVersionError,
-    InvalidNameError,
-    PointerConflictError,
     UnknownVersionError,
     VersionExistsError,
 )
@@ -61,27 +55,26 @@ from artifacts.manifest import (
     FileEntry,
     Manifest,
     check_entry,
-    now_iso,
     sha256_bytes,
     sha256_stream,
 )
 from artifacts.names import (
     ATTEMPTS,
-    HISTORY,
     LATEST,
     MANIFEST,
     REFUSED,
-    SEQUENCE,
     validate_file_name,
     validate_kind,
     validate_version,
 )
+from artifacts.pointer import LatestPointer, actor
+from artifacts.retention import Retention
+from artifacts.writer import VersionWriter, check_attempt, new_attempt_id
 from config import StoreConfig
 
 if TYPE_CHECKING:
     from config import EbrConfig
 
-log = logging.getLogger(__name__)
 
 # Top-level folders that hold versioned kinds (two levels: "<group>/<name>").
 VERSIONED_GROUPS = ("models", "embeddings", "indexes")
@@ -91,67 +84,12 @@ PREVIOUS = "previous"
 LISTED_VERSIONS = 3
 
 
-def actor() -> str:
-    """Who is acting, for the history log: user@host and process id."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}:{os.getpid()}"
-
-
 @dataclass(frozen=True)
 class VersionInfo:
     name: str
     complete: bool
     manifest: Manifest | None = None
     problem: str | None = None  # why a manifest that exists cannot be read
-
-
-@dataclass(frozen=True)
-class PointerMove:
-    """One line of HISTORY.jsonl."""
-
-    at: str
-    kind: str
-    action: str  # "publish" or "rollback"
-    from_version: str | None
-    to_version: str
-    reason: str
-    by: str
-    run_id: str | None = None
-    generation: int | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, line: str) -> PointerMove:
-        return cls(**json.loads(line))
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    """What a publish or rollback did.
-
-    `skipped` says why LATEST did not move: "already" (it names the version) or "older"
-    (it names a version committed after this one: a late or backfilled run). Callers
-    should say so; an "older" skip is never silent.
-    """
-
-    moved: bool
-    latest: str | None
-    detail: str
-    move: PointerMove | None = None
-    skipped: str | None = None
-
-
-@dataclass(frozen=True)
-class RetentionReport:
-    kept: list[str]
-    deleted: list[str]
-    dry_run: bool
-    stale_attempts: list[str] = field(default_factory=list)  # "<version>/<attempt>" staging removed
 
 
 class ArtifactStore:
@@ -181,8 +119,12 @@ class ArtifactStore:
         return [f"{group}/{name}" for group in VERSIONED_GROUPS for name in self.backend.list_children(group)]
 
 
-class ArtifactKind:
-    """The versions of one kind of artifact (`models/two_tower`, `indexes/stories`, ...)."""
+class ArtifactKind(LatestPointer, Retention):
+    """The versions of one kind of artifact (`models/two_tower`, `indexes/stories`, ...).
+
+    Reading and writing versions are here; `publish`, `rollback_to` and `history` come
+    from `artifacts.pointer`, `retain` and `discard_incomplete` from `artifacts.retention`.
+    """
 
     def __init__(self, store: ArtifactStore, name: str):
         self.store = store
@@ -423,24 +365,6 @@ class ArtifactKind:
         (target / MANIFEST).write_bytes(manifest.to_json())
         return target
 
-    def history(self) -> list[PointerMove]:
-        key = self._key(HISTORY)
-        try:
-            data = self.backend.read_bytes(key)
-        except FileNotFoundError:
-            return []
-        moves = []
-        for number, line in enumerate(data.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                moves.append(PointerMove.from_json(line.decode("utf-8")))
-            except (ValueError, TypeError) as err:
-                raise CorruptArtifactError(
-                    f"{self.backend.uri}/{key} line {number} is not a pointer move: {err}"
-                ) from None
-        return moves
-
     # -- writing ------------------------------------------------------------------------
 
     def new_version(
@@ -469,16 +393,16 @@ class ArtifactKind:
                 f"{self.name}/{version} is complete already and versions are immutable; "
                 "reuse it or choose a new version name"
             )
-        attempt = _check_attempt(attempt) if attempt else new_attempt_id()
+        attempt = check_attempt(attempt) if attempt else new_attempt_id()
         return VersionWriter(self, version, parents or {}, params or {}, created_by or actor(), attempt=attempt)
 
     def staging_key(self, version: str, attempt: str) -> str:
         """The key prefix one write attempt stages its files under."""
-        return self._key(validate_version(version), ATTEMPTS, _check_attempt(attempt))
+        return self._key(validate_version(version), ATTEMPTS, check_attempt(attempt))
 
     def refusal(self, version: str, attempt: str) -> dict[str, Any] | None:
         """What `VersionWriter.refuse` recorded for this attempt (None: it did not refuse)."""
-        key = self._key(validate_version(version), ATTEMPTS, _check_attempt(attempt), REFUSED)
+        key = self._key(validate_version(version), ATTEMPTS, check_attempt(attempt), REFUSED)
         try:
             return json.loads(self.backend.read_bytes(key))
         except FileNotFoundError:
@@ -486,296 +410,7 @@ class ArtifactKind:
         except ValueError as err:
             raise CorruptArtifactError(f"{self.backend.uri}/{key} is unreadable: {err}") from None
 
-    def publish(self, version: str, *, reason: str, run_id: str | None = None, verify: bool = True) -> PublishResult:
-        """Moves LATEST to `version` by compare-and-swap, after checking every file of it
-        against its manifest (`verify=False` skips the checksums, never the manifest).
-
-        Idempotent: publishing the version LATEST already names changes nothing. A
-        version committed before the one LATEST names (the store's commit order, not the
-        names) is not published either: a slow or backfilled run never moves LATEST
-        backwards; that is what `rollback_to` is for. Both come back with `skipped` set.
-        """
-        manifest = self.verify(version) if verify else self.manifest(version)
-
-        def decide(current: str | None) -> tuple[str, str] | None:
-            if current == version:
-                return "already", f"LATEST already names {version}"
-            newer = self._manifest_or_none(current) if current is not None else None
-            if newer is not None and newer.order > manifest.order:
-                return "older", (
-                    f"LATEST names the newer {current} (committed after {version}); {version} is not "
-                    "published over it (use rollback to move LATEST back)"
-                )
-            return None
-
-        return self._move_latest(version, "publish", reason, run_id, decide)
-
-    def rollback_to(
-        self, version: str, *, reason: str, run_id: str | None = None, verify: bool = True
-    ) -> PublishResult:
-        """Moves LATEST to an earlier complete version (checksums verified first).
-
-        `version` is anything `resolve` takes: a full name, a unique prefix, `previous`.
-        """
-        version = self.resolve(version)
-        if verify:
-            self.verify(version)
-        else:
-            self.manifest(version)
-
-        def decide(current: str | None) -> tuple[str, str] | None:
-            return ("already", f"LATEST already names {version}") if current == version else None
-
-        return self._move_latest(version, "rollback", reason, run_id, decide)
-
-    def _manifest_or_none(self, version: str) -> Manifest | None:
-        """The manifest of the version LATEST names, or None if it cannot be read (then
-        it is no reason to keep LATEST where it is)."""
-        try:
-            return self.manifest(version)
-        except ArtifactError as err:
-            log.warning("%s: LATEST names %r, which cannot be read (%s)", self.name, version, err)
-            return None
-
-    def _move_latest(
-        self,
-        version: str,
-        action: str,
-        reason: str,
-        run_id: str | None,
-        decide: Callable[[str | None], tuple[str, str] | None],
-    ) -> PublishResult:
-        """The compare-and-swap loop behind publish and rollback.
-
-        `decide(current)` returns (why, detail) not to move (LATEST stays), or None to
-        move. It is asked again after every lost race, against the value that won. The
-        HISTORY.jsonl line is written by the swap itself, in the pointer's order.
-        """
-        key = self._key(LATEST)
-        retries = self.store.config.cas_retries
-        for attempt in range(retries):
-            current, generation = self.backend.read_pointer(key)
-            refusal = decide(current)
-            if refusal:
-                skipped, detail = refusal
-                (log.warning if skipped == "older" else log.info)("%s: %s", self.name, detail)
-                return PublishResult(False, current, detail, skipped=skipped)
-            move = PointerMove(
-                at=now_iso(),
-                kind=self.name,
-                action=action,
-                from_version=current,
-                to_version=version,
-                reason=reason,
-                by=actor(),
-                run_id=run_id,
-            )
-            try:
-                new_generation = self.backend.swap_pointer(
-                    key,
-                    version,
-                    generation,
-                    log=(self._key(HISTORY), lambda g, move=move: replace(move, generation=g).to_json()),
-                )
-            except PointerConflictError:
-                time.sleep(random.uniform(0, 0.01 * (attempt + 1)))  # back off, then re-read
-                continue
-            move = replace(move, generation=new_generation)
-            log.info("%s: LATEST %s -> %s (%s)", self.name, current, version, action)
-            return PublishResult(True, version, f"LATEST moved from {current} to {version}", move)
-        raise PointerConflictError(
-            f"{self.name}: LATEST kept changing; gave up after {retries} attempts "
-            "(raise store.cas_retries if many publishers race)"
-        )
-
-    def _next_sequence(self) -> int:
-        """A number larger than any this kind handed out before: the generation of the
-        `.SEQUENCE` counter after a compare-and-swap bump (it never goes down)."""
-        key = self._key(SEQUENCE)
-        for attempt in range(max(self.store.config.cas_retries, 20) * 5):
-            _, generation = self.backend.read_pointer(key)
-            try:
-                return self.backend.swap_pointer(key, str(generation + 1), generation)
-            except PointerConflictError:
-                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-        raise PointerConflictError(f"{self.name}: the commit sequence kept changing; raise store.cas_retries")
-
     # -- retention ----------------------------------------------------------------------
-
-    def retain(self, keep: int, *, dry_run: bool = False) -> RetentionReport:
-        """Deletes all but the newest `keep` complete versions, and abandoned incomplete ones.
-
-        "Newest" is the store's commit order. Never deletes the version LATEST names
-        (re-read before each deletion, so a concurrent rollback is respected). Incomplete
-        versions (no manifest: empty folders, temporary files, a dead writer's files) and
-        the staging folders of attempts that lost, are removed once nothing in them has
-        changed for `store.incomplete_grace_hours` (younger ones may still be written).
-        A version whose manifest exists but is unreadable is never deleted.
-        """
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a whole number of at least 1, got {keep!r}")
-        latest = self._latest_or_none()
-        infos = self.versions()
-        complete = [v.name for v in infos if v.complete]
-        protected = set(complete[-keep:]) | ({latest} if latest else set())
-        grace_s = self.store.config.incomplete_grace_hours * 3600
-        doomed = [v for v in complete if v not in protected]
-        for info in infos:
-            if not info.complete and info.problem is None and self._age_s(self._key(info.name)) > grace_s:
-                doomed.append(info.name)
-        deleted = []
-        for version in sorted(doomed):
-            if dry_run:
-                deleted.append(version)
-                continue
-            if version == self._latest_or_none():
-                continue
-            self._delete_version(version)
-            deleted.append(version)
-        stale = []
-        for info in infos:
-            if info.complete and info.name not in deleted:
-                for attempt in self.backend.list_children(self._key(info.name, ATTEMPTS)):
-                    prefix = self._key(info.name, ATTEMPTS, attempt)
-                    if attempt != info.manifest.attempt and self._age_s(prefix) > grace_s:
-                        if not dry_run:
-                            self.backend.delete_prefix(prefix)
-                        stale.append(f"{info.name}/{attempt}")
-        kept = [v.name for v in infos if v.name not in deleted]
-        return RetentionReport(kept=kept, deleted=deleted, dry_run=dry_run, stale_attempts=stale)
-
-    def _latest_or_none(self) -> str | None:
-        try:
-            return self.latest()
-        except CorruptArtifactError as err:
-            raise CorruptArtifactError(f"{err} (retention needs to know what LATEST names)") from None
-
-    def discard_incomplete(self, version: str, attempt: str | None = None) -> None:
-        """Removes the staging of one unfinished attempt at `version`, or (no `attempt`)
-        everything of an incomplete version, e.g. by an operator who knows no writer is
-        running. Refuses a complete version: those are immutable."""
-        validate_version(version)
-        if self.is_complete(version):
-            raise VersionExistsError(f"{self.name}/{version} is complete; versions are immutable")
-        if attempt is not None:
-            self.backend.delete_prefix(self._key(version, ATTEMPTS, _check_attempt(attempt)))
-        else:
-            self._delete_version(version)
-
-    def _age_s(self, prefix: str) -> float:
-        newest = self.backend.last_modified(prefix)
-        return float("inf") if newest is None else time.time() - newest
-
-    def _delete_version(self, version: str) -> None:
-        # The manifest goes first: from that moment the version is incomplete and unread.
-        self.backend.delete(self._key(version, MANIFEST))
-        self.backend.delete_prefix(self._key(version))
-
-
-@dataclass
-class VersionWriter:
-    """Stages a version's files in its attempt's own folder, then writes the manifest
-    last (see `new_version`).
-
-    Files written by other processes into the same attempt (`new_version(..., attempt=)`
-    in each) are added to the committing writer with `register`.
-    """
-
-    kind: ArtifactKind
-    version: str
-    parents: dict[str, str]
-    params: dict[str, Any]
-    created_by: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, FileEntry] = field(default_factory=dict)
-    manifest: Manifest | None = None
-    attempt: str = field(default_factory=lambda: new_attempt_id())
-
-    @property
-    def staging(self) -> str:
-        """The key prefix this attempt writes under: no other attempt writes there."""
-        return self.kind._key(self.version, ATTEMPTS, self.attempt)
-
-    def _key(self, name: str) -> str:
-        return self.kind.backend.join(self.staging, validate_file_name(name))
-
-    def add_bytes(self, name: str, data: bytes) -> FileEntry:
-        self.kind.backend.write_bytes(self._key(name), data)
-        entry = self.files[name] = FileEntry(len(data), sha256_bytes(data))
-        return entry
-
-    def add_file(self, name: str, path: Path) -> FileEntry:
-        with open(path, "rb") as f:
-            size, digest = sha256_stream(f)
-        self.kind.backend.upload_file(self._key(name), Path(path))
-        entry = self.files[name] = FileEntry(size, digest)
-        return entry
-
-    def add_directory(self, name: str, path: Path) -> None:
-        """Adds every file under `path` as `name/<relative path>` (e.g. a SavedModel)."""
-        for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-            self.add_file(f"{name}/{file.relative_to(path).as_posix()}", file)
-
-    def register(self, name: str, entry: FileEntry) -> None:
-        """Adds a file another process of this attempt wrote with `add_bytes` (its size
-        and sha256 as that process computed them); `commit` checks it is there."""
-        validate_file_name(name)
-        self.files[name] = entry
-
-    def refuse(self, body: dict[str, Any]) -> None:
-        """Records why this attempt will not commit (read back with `ArtifactKind.refusal`);
-        the version stays incomplete and retention removes it after the grace period."""
-        self.kind.backend.write_bytes(
-            self.kind.backend.join(self.staging, REFUSED), json.dumps(body, indent=2).encode()
-        )
-
-    def commit(self) -> Manifest:
-        if not self.files:
-            raise ValueError(f"{self.kind.name}/{self.version}: a version needs at least one file")
-        backend = self.kind.backend
-        staged = {o.key: o.size for o in backend.list_objects(self.staging)}
-        for name, entry in self.files.items():
-            if staged.get(self._key(name)) != entry.size:
-                raise CorruptArtifactError(
-                    f"{backend.uri}/{self._key(name)}: {staged.get(self._key(name), 'no')} bytes staged, "
-                    f"{entry.size} registered; the attempt's files changed after they were hashed"
-                )
-        manifest = Manifest(
-            kind=self.kind.name,
-            version=self.version,
-            files=dict(self.files),
-            created_at=now_iso(),
-            created_by=self.created_by,
-            parents=dict(self.parents),
-            params=dict(self.params),
-            metrics=dict(self.metrics),
-            attempt=self.attempt,
-            sequence=self.kind._next_sequence(),
-        )
-        manifest_key = self.kind._key(self.version, MANIFEST)
-        if not backend.create_bytes(manifest_key, manifest.to_json()):
-            backend.delete_prefix(self.staging)  # lost: nothing will ever read these files
-            raise VersionExistsError(f"{self.kind.name}/{self.version} was completed by another writer meanwhile")
-        self.manifest = manifest
-        return manifest
-
-    def __enter__(self) -> VersionWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        # On error the attempt stays incomplete: no manifest, so nothing reads it.
-
-
-def new_attempt_id() -> str:
-    return uuid.uuid4().hex
-
-
-def _check_attempt(attempt: str) -> str:
-    if not isinstance(attempt, str) or not all(c in "0123456789abcdef" for c in attempt) or not 8 <= len(attempt) <= 64:
-        raise InvalidNameError(f"attempt id {attempt!r} must be 8 to 64 lower-case hex digits (see new_attempt_id)")
-    return attempt
 
 
 def _manifest_entry(manifest: Manifest, name: str) -> FileEntry:

@@ -10,6 +10,10 @@ from four layers, each overriding the one before:
 
 Nothing here reads the environment at import time: `load_config()` takes the environment
 as an argument (defaulting to `os.environ` when called), so tests pass their own.
+
+The module is longer than most on purpose: its sections, every field with the comment
+that says what it does, are the settings reference (README, "Configuration") and read
+best in one file; the loader is the last hundred lines.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from artifacts.embedding_snapshots import EmbeddingSnapshot, read_snapshot
 from artifacts.errors import ArtifactError, UnknownVersionError, VersionExistsError
 from artifacts.kinds import COLLECTIONS as COLLECTIONS  # re-exported: the DAG tests read it from here
 from artifacts.kinds import USER_EMBEDDINGS, index_kind, snapshot_kind
-from artifacts.store import RetentionReport
+from artifacts.retention import RetentionReport
 from config import EbrConfig, IndexConfig
 from index_builder import validation
 from index_builder.builder import (
