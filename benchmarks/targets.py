@@ -3,7 +3,7 @@
 A target is the issue's sentence, the benchmark JSON it reads, its threshold (the
 constants below) and its judgement (one function). benchmarks/run_all.py's table of
 targets (`evaluate_targets`, results.json and results.md) and the scripts' own
-summaries (index_build.py's and serving.py's `targets`, router.py's p99 target) call
+summaries (index_build.py's and serving.py's `targets`, router.py's "targets") call
 the same functions, so a script and the combined run cannot disagree on a verdict.
 
   issue 4, embedding_jobs: a job's embeddings/s >= 0.5 x the raw tower loop, at 200,000 stories;
@@ -13,7 +13,12 @@ the same functions, so a script and the combined run cannot disagree on a verdic
   issue 6, serving:        p99 <= 10 ms at >= 1,000 requests/s; served QPS >= 30% of raw
                            hnswlib; reload p99 <= 2 x steady p99; zero failed requests; at
                            1,000,000 stories and concurrency 16;
-  issue 12, model_quality: the default model against the best baseline on each dataset.
+  issue 12, model_quality: the default model against the best baseline on each dataset;
+  issue 14, router:        merged recall@10 of 2 shards within 0.005 of unsharded; router
+                           p99 <= 10 ms at >= 1,000 requests/s (issue 6's judgement);
+                           router QPS >= half the single service's; zero failed requests
+                           over >= 5 shard-set swaps. router.py's own summary only: run_all
+                           does not table the router.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ SERVED_OVER_RAW = 0.3
 RELOAD_P99_OVER_STEADY = 2
 SERVING_TARGET_STORIES = 1_000_000
 SERVING_TARGET_CONCURRENCY = 16
+# Issue 14: the router.
+MERGED_RECALL_TOLERANCE = 0.005
+ROUTER_QPS_OVER_SINGLE = 0.5
+SWAPS = 5
 # Issue 12: model quality.
 ML1M_RECALL_AT_100 = 0.40
 TFRS_TOP_100_ACCURACY = 0.40
@@ -95,6 +104,21 @@ def reload_met(reload: dict, steady: dict) -> bool:
 def failed_requests(saturation: dict, steady: dict, reload: dict) -> int:
     """Issue 6's zero-failures target counts the saturation, steady and whole reload phases."""
     return sum(p.get("failed", 0) for p in (saturation, steady, reload["whole_phase"]))
+
+
+def merged_recall_met(merged: float, unsharded: float) -> bool:
+    """Issue 14: the merged shard set's recall@10 within 0.005 of the unsharded index's (or above it)."""
+    return abs(merged - unsharded) <= MERGED_RECALL_TOLERANCE or merged >= unsharded
+
+
+def router_qps_met(ratio: float) -> bool:
+    """Issue 14: the router's closed-loop QPS >= half the single service's."""
+    return ratio >= ROUTER_QPS_OVER_SINGLE
+
+
+def swaps_met(failed: int, swaps: int) -> bool:
+    """Issue 14: zero failed requests while at least 5 shard sets are swapped in under load."""
+    return failed == 0 and swaps >= SWAPS
 
 
 # -- the table of targets (results.json, results.md, the report) ------------------------------

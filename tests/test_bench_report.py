@@ -297,3 +297,13 @@ def test_the_scripts_own_summaries_judge_as_the_table_of_targets():
     mode["steady_fixed_rate"]["offered_rate"] = 500.0
     assert serving.targets(mode, raw)["p99_le_10ms_at_1000qps"]["met"] is False
     assert find_target({"targets": evaluate_targets(results["benchmarks"])}, "p99 <= 10 ms")["met"] is False
+
+
+def test_the_router_targets_of_issue_14():
+    from benchmarks.targets import merged_recall_met, router_qps_met, swaps_met
+
+    assert merged_recall_met(0.962, 0.966)  # 0.004 under the unsharded recall: within 0.005
+    assert not merged_recall_met(0.960, 0.966)  # 0.006 under
+    assert merged_recall_met(0.990, 0.966)  # above it by any margin
+    assert router_qps_met(0.5) and not router_qps_met(0.49)
+    assert swaps_met(0, 5) and not swaps_met(0, 4) and not swaps_met(1, 5)
