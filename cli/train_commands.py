@@ -43,19 +43,15 @@ def metric_cell(metrics: dict[str, float], name: str, wide: bool = True) -> str:
 
 
 def train(cfg: EbrConfig, args: Namespace) -> int:
-    from models.distributed import run_workers, train_command, worker_role
+    from models.distributed import check_workers, run_workers, train_command, worker_role
 
     workers = args.workers if args.workers is not None else cfg.train.workers
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {workers}")
-    if cfg.train.batch_size % workers:
-        raise ConfigError(
-            f"train.batch_size = {cfg.train.batch_size} does not split evenly over {workers} workers: make it a multiple of {workers}"
-        )
-    if workers > 1 and cfg.model.corpus_negatives:
-        raise ConfigError(
-            f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {workers} workers yet: set it to 0"
-        )
+    try:
+        check_workers(cfg, workers)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     version = args.version or version_name(f"train-{args.run_id or 'manual'}")
     workdir = Path(args.workdir) if args.workdir else REPO_DIR / "var" / "work" / "train" / version
     role = worker_role()

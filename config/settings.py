@@ -236,12 +236,17 @@ class TrainConfig(_Section):
     def effective_split_seed(self) -> int:
         return self.seed if self.split_seed is None else self.split_seed
 
+    def check_splits_over(self, workers: int) -> None:
+        """Raises ValueError unless the global batch splits evenly over `workers` training
+        processes (each takes batch_size / workers rows of every batch: models.distributed)."""
+        if self.batch_size % workers:
+            raise ValueError(
+                f"train.batch_size = {self.batch_size} does not split evenly over {workers} workers: make it a multiple of {workers}"
+            )
+
     @model_validator(mode="after")
     def _batch_splits_over_workers(self) -> TrainConfig:
-        if self.batch_size % self.workers:
-            raise ValueError(
-                f"train.batch_size = {self.batch_size} does not split evenly over train.workers = {self.workers}"
-            )
+        self.check_splits_over(self.workers)
         return self
 
     @model_validator(mode="after")

@@ -167,6 +167,19 @@ def strategy_from_environment():
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
+def check_workers(cfg, workers: int) -> None:
+    """Raises ValueError unless `cfg` trains on `workers` worker processes: the global batch
+    splits evenly between them, and mixed negatives are off (not supported across workers yet).
+
+    The launcher checks before any worker starts (`ebr train --workers`), each worker again
+    against its strategy's replicas (`models.training`)."""
+    cfg.train.check_splits_over(workers)
+    if workers > 1 and cfg.model.corpus_negatives:
+        raise ValueError(
+            f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {workers} workers yet: set it to 0"
+        )
+
+
 def is_chief(strategy) -> bool:
     return strategy is None or strategy.cluster_resolver.task_id == 0
 

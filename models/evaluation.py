@@ -142,15 +142,18 @@ def measure(scorer: Scorer, data: EvaluationSet, ks: Sequence[int], batch_size: 
         rows = slice(start, start + batch_size)
         scores = np.asarray(scorer(data.users[rows]), dtype=np.float32)
         top_all = _top_k(scores, k_max)
-        top_unseen = _top_k(_masked(scores, data.seen[rows]), k_max)
+        seen = data.seen[rows]
+        # Nothing seen in the batch (as in training's validation): the same ranking twice.
+        top_unseen = _top_k(_masked(scores, seen), k_max) if any(len(s) for s in seen) else top_all
         oracle_top = _top_k(_masked(data.oracle(data.users[rows]), data.seen[rows]), k_max) if data.oracle else None
 
         for i, test in enumerate(data.test_events[rows]):
             u = start + i
             if len(test) == 0:
                 continue
-            rank = {c: r for r, c in enumerate(top_all[i])}
-            test_ranks = np.array([rank.get(c, k_max) for c in test])
+            # Each test event's rank in the top k_max (k_max where it is not in it).
+            found = top_all[i][None, :] == np.asarray(test)[:, None]
+            test_ranks = np.where(found.any(axis=1), found.argmax(axis=1), k_max)
             relevant = np.setdiff1d(np.unique(test), data.seen[u])
             cold = relevant[data.cold[relevant]] if data.cold is not None else relevant[:0]
             n_test_events += len(test)
@@ -211,6 +214,16 @@ def rows_by_key(keys: np.ndarray, n: int, *columns: np.ndarray) -> list[tuple[np
     bounds = np.searchsorted(keys[order], np.arange(n + 1))
     sorted_columns = [c[order] for c in columns]
     return [tuple(c[bounds[i] : bounds[i + 1]] for c in sorted_columns) for i in range(n)]
+
+
+def positions(rows: np.ndarray, n: int) -> np.ndarray:
+    """[n]: for each of n catalogue rows its position in `rows`, -1 where it is not there.
+
+    How candidate sets and user sets number their members (an EvaluationSet's candidate
+    positions, a scorer's user rows)."""
+    position = np.full(n, -1)
+    position[rows] = np.arange(len(rows))
+    return position
 
 
 def _masked(scores: np.ndarray, seen: Sequence[np.ndarray]) -> np.ndarray:

@@ -28,10 +28,10 @@ def publish_model(
 ) -> PublishResult:
     """Uploads an exported model as a version of models/two_tower and moves LATEST."""
     kind = store.kind(MODELS)
-    if not kind.is_complete(version):
-        with kind.new_version(version, parents=parents, params=params) as writer:
-            _add_export(writer, Path(export_dir))
-            writer.metrics.update({k: v for k, v in metrics.get("model", {}).items()})
+    if not kind.is_complete(version):  # the two steps the DAG's tasks take, in one process
+        commit_staged_model(
+            store, stage_model(store, export_dir, version, parents=parents, params=params, metrics=metrics)
+        )
     return kind.publish(version, reason=reason, run_id=run_id)
 
 

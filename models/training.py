@@ -53,7 +53,17 @@ from models.baselines import (
     WithColdUserFallback,
     choose_by_validation,
 )
-from models.evaluation import EvaluationSet, Scorer, measure, paired_difference, rows_by_key, summarize
+from models.distributed import check_workers
+from models.evaluation import (
+    EvaluationSet,
+    Scorer,
+    evaluate,
+    measure,
+    paired_difference,
+    positions,
+    rows_by_key,
+    summarize,
+)
 from models.features import (
     SECONDS_PER_DAY,
     STORY_INPUTS,
@@ -66,6 +76,7 @@ from models.features import (
     user_features,
     user_stat_names,
 )
+from models.tower_runner import embed_in_batches
 from models.towers import OOV_INDEX, PAD_INDEX, adapt_normalization
 from models.two_tower import TwoTowerModel, WarmupCosine
 from warehouse import Warehouse
@@ -390,14 +401,7 @@ def train_and_evaluate(
     )
 
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    if tcfg.batch_size % replicas:
-        raise ValueError(
-            f"train.batch_size = {tcfg.batch_size} does not split evenly over {replicas} workers: make it a multiple of {replicas}"
-        )
-    if replicas > 1 and cfg.model.corpus_negatives:
-        raise ValueError(
-            f"model.corpus_negatives = {cfg.model.corpus_negatives} is not supported with {replicas} workers yet: set it to 0"
-        )
+    check_workers(cfg, replicas)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = TwoTowerModel(
             vocabularies,
@@ -465,8 +469,7 @@ def train_and_evaluate(
     scorers: dict[str, Scorer] = {}
     users = np.unique(np.concatenate([e.users for e in evaluation.values()]))
     user_emb = _embed(model.user_tower, user_features(history, users, split.user_as_of(history, users)))
-    user_pos = np.full(len(catalog.user_ids), -1)
-    user_pos[users] = np.arange(len(users))
+    user_pos = positions(users, len(catalog.user_ids))
     scorers["model"] = lambda u: user_emb[user_pos[u]] @ story_emb.T
     choices: dict[str, dict[str, Any]] = {}
     if baselines:
@@ -575,8 +578,7 @@ def _evaluation_sets(
     has_history[history.user] = True
     sets = {}
     for name, rows in candidates.sets.items():
-        position = np.full(len(catalog.story_ids), -1)
-        position[rows] = np.arange(len(rows))
+        position = positions(rows, len(catalog.story_ids))
         keep = positive & (position[test_story] >= 0)
         users = np.unique(test_user[keep])
         if len(users) > tcfg.max_eval_users:
@@ -751,8 +753,7 @@ class _ItemUniverse:
 
     def __init__(self, items: np.ndarray, n_stories: int):
         self.items = items
-        self.local_of = np.full(n_stories, -1)
-        self.local_of[items] = np.arange(len(items))
+        self.local_of = positions(items, n_stories)
 
     def local(self, stories: np.ndarray) -> np.ndarray:
         return self.local_of[stories]
@@ -815,13 +816,9 @@ def _validation_split(
     return _Positives(history.user[fit_rows], history.story[fit_rows], history.ts[fit_rows], cutoff), data
 
 
-def _embed(tower, features: dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
-    n = len(next(iter(features.values())))
-    parts = [
-        tower({k: v[i : i + batch_size] for k, v in features.items()}, training=False).numpy()
-        for i in range(0, n, batch_size)
-    ]
-    return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+def _embed(tower, features: dict[str, np.ndarray]) -> np.ndarray:
+    """A tower of the model being trained over `features`, as `TowerRunner` runs an exported one."""
+    return embed_in_batches(lambda batch: tower(batch, training=False).numpy(), features)
 
 
 def _output_signature(sample: dict[str, Any]):
@@ -875,9 +872,17 @@ class _Validator(tf.keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         self.seconds = 0.0  # spent validating
         self.writer = tf.summary.create_file_writer(str(logdir / "validation"))
-        position = np.full(len(history.catalog.story_ids), -1)
-        position[candidates] = np.arange(len(candidates))
-        self.targets = position[history.story[self.rows]]
+        # Each validation example is one "user" of an EvaluationSet whose one test event is
+        # its story (-1, a miss, if that is not a candidate); nothing is excluded as seen.
+        targets = positions(candidates, len(history.catalog.story_ids))[history.story[self.rows]]
+        self.data = EvaluationSet(
+            users=np.arange(len(self.rows)),
+            test_events=[np.array([t]) for t in targets],
+            seen=[np.zeros(0, dtype=np.int64)] * len(self.rows),
+            n_candidates=len(candidates),
+        )
+        # Top-100 accuracy; below 100 candidates every candidate is in the top n_candidates.
+        self.k = min(100, len(candidates))
         # The candidates' features are fixed for the run; only the towers change per epoch.
         self.candidate_features = story_features(history, candidates, np.full(len(candidates), as_of))
 
@@ -885,10 +890,9 @@ class _Validator(tf.keras.callbacks.Callback):
         started = time.perf_counter()
         users = _embed(self._model.user_tower, self.source.batch(self.rows, corpus=False)["user"])
         stories = _embed(self._model.story_tower, self.candidate_features)
-        scores = users @ stories.T
-        target_scores = scores[np.arange(len(self.rows)), self.targets]
-        ranks = (scores > target_scores[:, None]).sum(axis=1)
-        accuracy = float(np.mean((ranks < 100) & (self.targets >= 0)))
+        accuracy = evaluate(lambda examples: users[examples] @ stories.T, self.data, [self.k])[
+            f"top_k_accuracy@{self.k}"
+        ]
         if self.strategy is not None:
             # Every worker must take the same decision (keep, stop) or the collectives of
             # the next epoch wait forever: decide on the workers' mean.
