@@ -334,9 +334,9 @@ class IndexConfig(_Section):
     # an in-place update costs about as much as an insertion, so a full build is as cheap.
     max_changed_fraction: float = Field(0.3, ge=0, le=1)
     # New items take over deleted slots (hnswlib replace_deleted) instead of growing the
-    # graph. Off by default: a reused slot keeps the stale in-links of the item it held
-    # and gains none from its new neighbourhood, so a few new items become unreachable
-    # (nmslib/hnswlib#522; measured in tests/test_index_builder.py). On bounds memory.
+    # graph. On bounds memory; off by default because a reused slot is rewired in place
+    # (nmslib/hnswlib#522) and a few new items are then not found by their own vector:
+    # 2 of 400 in tests/test_index_incremental.py, none with fresh labels.
     reuse_deleted_slots: bool = False
     # Shards of a version: S > 1 partitions the snapshot by crc32(id) % S and builds one
     # graph per shard, all listed in one manifest and moved by one LATEST (a shard set,

@@ -9,10 +9,11 @@ same HNSW parameters) and touches only what changed:
     fresh label, like new items (see below for why not an in-place update);
   * new items get fresh labels and are inserted normally, which links them both ways
     to their neighbours. With `index.reuse_deleted_slots` they take over deleted slots
-    instead (`replace_deleted=True`), which bounds memory but reuses the slot's stale
-    in-links (nmslib/hnswlib#522): in the tests about one new item in a hundred was
-    then not found by its own vector at ef=200. hnswlib's in-place update of a moved
-    item has the same weakness.
+    instead (`replace_deleted=True`), which bounds memory but rewires the reused slot in
+    place (nmslib/hnswlib#522): a few new items are then not found by their own vector
+    (tests/test_index_incremental.py: 2 of 400 in their own top 10 at ef 64; none with
+    fresh labels). hnswlib updates a moved item's vector in place the same way, which is
+    why moved items take fresh labels too.
 
 Labels are never reused: row i of `ids.parquet` stays label i, and dead labels are null
 rows. `deleted_fraction` (dead labels over all labels: the deleted slots, or with slot

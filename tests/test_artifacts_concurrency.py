@@ -17,12 +17,12 @@ KIND = "embeddings/users"
 PROCESSES = 4
 
 
-def _increment(root: str, times: int, barrier) -> None:
-    """Read-modify-write increments of a counter kept in a pointer, retried on conflict."""
+def _increment(root: str, times: int, barrier, conflicts) -> None:
+    """Read-modify-write increments of a counter kept in a pointer, retried on conflict;
+    puts how many swaps this process lost to another on `conflicts`."""
     backend = ArtifactStore.open(root).backend
     barrier.wait()
-    for _ in range(times):
-        increment(backend, "counters/LATEST")
+    conflicts.put(sum(increment(backend, "counters/LATEST") for _ in range(times)))
 
 
 def _publish_many(root: str, worker: int, count: int, barrier, results) -> None:
@@ -48,15 +48,17 @@ def _join_all(procs) -> None:
 
 
 def test_compare_and_swap_loses_no_increment_across_processes(tmp_path):
-    root, per_process = f"file://{tmp_path}", 50
+    root, per_process = f"file://{tmp_path}", 150  # enough for the processes to collide (asserted below)
     ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(PROCESSES)  # all start incrementing at the same moment
-    procs = [ctx.Process(target=_increment, args=(root, per_process, barrier)) for _ in range(PROCESSES)]
+    barrier, conflicts = ctx.Barrier(PROCESSES), ctx.Queue()  # all start incrementing at the same moment
+    procs = [ctx.Process(target=_increment, args=(root, per_process, barrier, conflicts)) for _ in range(PROCESSES)]
     _run_all(procs)
+    lost = [conflicts.get(timeout=120) for _ in range(PROCESSES)]
     _join_all(procs)
     value, generation = ArtifactStore.open(root).backend.read_pointer("counters/LATEST")
     assert int(value) == PROCESSES * per_process
     assert generation == PROCESSES * per_process
+    assert sum(lost) > 0, "the processes never collided, so this test proved nothing; raise the counts"
 
 
 def test_concurrent_publishers_keep_one_linear_history(tmp_path):

@@ -1,15 +1,41 @@
 import pytest
 
+from artifacts import ArtifactStore
 from config import ConfigError, load_config
 from config.settings import REPO_DIR
 
 
-def test_defaults_put_the_root_under_the_repository():
+def test_with_no_settings_every_folder_uses_the_store_under_the_repository(tmp_path, monkeypatch):
+    """`ebr` run from anywhere, with nothing set, reads and writes the checkout's var/ebr
+    (the defaults' `{repo}` is the repository, not the working directory)."""
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(environ={})
     assert cfg.root == f"file://{REPO_DIR}/var/ebr"
     assert cfg.warehouse_uri == f"file://{REPO_DIR}/var/ebr/warehouse"
-    assert cfg.store.keep_versions == 5
+    store = ArtifactStore.from_config(cfg)
+    assert store.backend.local_path("indexes/stories/LATEST") == REPO_DIR / "var/ebr/indexes/stories/LATEST"
     assert cfg.world.size == "small" and cfg.world.count("n_events") == 400_000
+
+
+def test_the_default_retention_keeps_the_five_newest_versions_and_latest(tmp_path):
+    cfg = load_config(overrides=[f"root=file://{tmp_path}"], environ={})
+    assert cfg.store.keep_versions == 5
+    kind = ArtifactStore.from_config(cfg).kind("embeddings/users")
+    names = [f"2026112{i}T000000Z-v" for i in range(8)]
+    for name in names:
+        with kind.new_version(name) as version:
+            version.add_bytes("part-00000.parquet", name.encode())
+    kind.publish(names[0], reason="the oldest is the one served")
+
+    report = kind.retain(cfg.store.keep_versions)  # what ebr_retention runs with the default
+
+    assert report.deleted == names[1:3]
+    assert kind.complete_versions() == [names[0], *names[3:]]
+
+
+def test_a_bad_value_from_the_environment_names_the_key_and_the_layer():
+    with pytest.raises(ConfigError, match=r"store\.keep_versions: .*'many'.*layers read: .*environment"):
+        load_config(environ={"EBR_STORE__KEEP_VERSIONS": "many"})
 
 
 def test_layers_override_in_order(tmp_path):
