@@ -39,7 +39,7 @@ from serving import docs, routes
 from serving.deps import api_dependencies
 from serving.gatekeeper import Gatekeeper
 from serving.reloader import Reloader
-from serving.responses import RateLimitedLog, add_error_handlers, error_response
+from serving.responses import RateLimitedLog, add_error_handlers, error_response, liveness
 from serving.searcher import SearcherDiedError
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
     add_error_handlers(app)
     add_failure_handlers(app)
     app.include_router(docs.router)
+    app.include_router(liveness)
     app.include_router(routes.probes)
     app.include_router(routes.api, dependencies=api_dependencies(cfg))
     # Outermost: sees every request (also 401/413 and unknown paths) for the metrics.

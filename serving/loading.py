@@ -8,13 +8,11 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from artifacts import ArtifactStore, CorruptArtifactError
 from artifacts.manifest import Manifest
 from artifacts.names import MANIFEST as MANIFEST_FILE
 from index_builder.loaded_index import LoadedIndex, load_index, verify_files
-from serving.searcher import WARMUP_QUERIES, IndexProcess
+from serving.searcher import IndexProcess, warm_up, warmup_queries
 from serving.state import INDEX_KINDS, USER_EMBEDDINGS, ServedState, UserEmbeddings, load_user_embeddings
 
 log = logging.getLogger("serving.reloader")  # the reloader's lines, as before the split
@@ -109,19 +107,13 @@ class VersionLoader:
 
     @staticmethod
     def warm_up(value: Loaded, current: ServedState | None) -> None:
-        """A few searches on a freshly loaded index before it is swapped in: the first queries
-        pay for lazily initialised structures (hnswlib's visited-list pool) and cold pages.
-        The served users' vectors when their dimension matches, else random unit vectors."""
-        if not isinstance(value, LoadedIndex) or value.count == 0:  # an IndexProcess warms itself
+        """Warms an index loaded in this process (`searcher.warm_up`) with the served users'
+        vectors when their dimension matches, else random unit vectors; an IndexProcess has
+        warmed itself in its child."""
+        if not isinstance(value, LoadedIndex) or value.count == 0:
             return
-        queries = None
-        if current is not None and current.dim == value.dim:
-            queries = current.users.vectors[:WARMUP_QUERIES]
-        if queries is None or not len(queries):
-            queries = np.random.default_rng(0).standard_normal((WARMUP_QUERIES, value.dim)).astype(np.float32)
-            queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-        for query in queries:  # one at a time, as requests arrive
-            value.search(query, 10)
+        users = current.users.vectors if current is not None and current.dim == value.dim else None
+        warm_up(value, warmup_queries(value.dim, users))
 
     def cache_of(self, kind: str) -> Path:
         return self.cache_dir / kind.replace("/", "__")

@@ -54,8 +54,8 @@ from artifacts import ArtifactError, ArtifactStore
 from serving.loading import VersionLoader
 from serving.metrics import ServingMetrics
 from serving.pairing import REQUIRED_KINDS, choose_pair, may_keep_served, newest_consistent_pair
+from serving.poller import Poller
 from serving.refusals import PERMANENT_ERRORS, LoadFailures, Refusal, RefusalBook
-from serving.searcher import lower_thread_priority, start_forkserver
 from serving.state import (
     OPTIONAL_INDEXES,
     STORY_INDEX,
@@ -127,8 +127,7 @@ class Reloader:
         self._retry = False  # set by a poll that hit a transient error
         self._retired = 0
         self._retired_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Poller | None = None
 
     # -- the one reference ---------------------------------------------------------------
 
@@ -142,16 +141,20 @@ class Reloader:
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stop.clear()
-        if self.searcher == "process":
-            start_forkserver()  # from this thread, before the reloader lowers its priority
-        self._thread = threading.Thread(target=self._run, name="ebr-reloader", daemon=True)
-        self._thread.start()
+        self._thread = Poller.begin(
+            self.poll_once,
+            self.poll_interval_s,
+            searcher=self.searcher,
+            reload_nice=self.reload_nice,
+            name="ebr-reloader",
+            logger=log,
+            crash_message="reload poll crashed; the served state is unchanged",
+            on_crash=self.metrics.polls.labels("error").inc,
+        )
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.stop(timeout)
             self._thread = None
 
     def close(self) -> None:
@@ -159,18 +162,6 @@ class Reloader:
         self.stop()
         self._state = None
         self.metrics.ready.set(0)
-
-    def _run(self) -> None:
-        if self.searcher == "process":  # inline, a slower load would hold the GIL longer
-            lower_thread_priority(self.reload_nice)
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.poll_once()
-            except Exception:  # the poller must outlive any bug in one poll
-                log.exception("reload poll crashed; the served state is unchanged")
-                self.metrics.polls.labels("error").inc()
-            self._stop.wait(max(0.0, self.poll_interval_s - (time.monotonic() - started)))
 
     # -- one poll ------------------------------------------------------------------------
 

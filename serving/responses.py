@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -100,3 +100,12 @@ class RateLimitedLog:
         if held:
             message += f" ({held} more like it in the last {now - last:.0f} s)"
         self.logger.log(level, "%s", message, exc_info=exc_info)
+
+
+# GET /healthz, the same in the service, the router and the shard servers.
+liveness = APIRouter()
+
+
+@liveness.get("/healthz", summary="the process is up (always 200)")
+async def healthz() -> Response:
+    return json_response({"status": "ok"})

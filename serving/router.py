@@ -59,7 +59,7 @@ from serving.gatekeeper import Gatekeeper
 from serving.metrics import LATENCY_BUCKETS
 from serving.profile_store import RedisUsers, meta_key, snapshot_meta
 from serving.query_checks import checked_embedding, checked_k
-from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response
+from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response, liveness
 from serving.state import COLLECTIONS, INDEX_KINDS, USER_EMBEDDINGS, UserEmbeddings, load_user_embeddings, now_iso
 
 log = logging.getLogger(__name__)
@@ -729,6 +729,7 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
     app.state.request_read_timeout_s = cfg.serving.request_read_timeout_s
 
     add_error_handlers(app, validation_details=False)
+    app.include_router(liveness)
     app.include_router(router_probes)
     app.include_router(router_api, dependencies=api_dependencies(cfg.serving))
     app.add_middleware(Gatekeeper, cfg=cfg.serving, metrics=routers[cfg.router.model_name].metrics)
@@ -761,11 +762,6 @@ ModelRoutersDep = Annotated[ModelRouters, Depends(model_routers)]
 
 router_probes = APIRouter()
 router_api = APIRouter(prefix="/v1")
-
-
-@router_probes.get("/healthz")
-async def healthz() -> Response:
-    return json_response({"status": "ok"})
 
 
 @router_probes.get("/readyz")

@@ -1,4 +1,5 @@
-"""The retrieval service's routes: probes and metrics (open), and the /v1/ API.
+"""The retrieval service's routes: /readyz and /metrics (open), and the /v1/ API
+(/healthz is `serving.responses.liveness`, the same in all three apps).
 
 Every retrieval handler reads the reloader's state reference once and answers from that
 object only, and names the versions it used in `served`, so a client can always tell which
@@ -41,11 +42,6 @@ api = APIRouter(prefix="/v1")
 
 
 # -- probes and metrics -------------------------------------------------------------------
-
-
-@probes.get("/healthz", summary="the process is up (always 200)")
-async def healthz() -> Response:
-    return json_response({"status": "ok"})
 
 
 @probes.get(

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a child may take to load and self-check a version (1M x 128 loads in ~1-5 s).
 START_TIMEOUT_S = 600.0
+# Searches run on a freshly loaded index before it is swapped in: the first queries pay
+# for lazily initialised structures (hnswlib's visited-list pool) and cold pages.
 WARMUP_QUERIES = 64
 
 
@@ -311,6 +313,22 @@ def _load_in_low_priority_thread(directory: str, collection: str, nice: int):
     return outcome["index"]
 
 
+def warmup_queries(dim: int, vectors: np.ndarray | None = None) -> np.ndarray:
+    """[<= WARMUP_QUERIES, dim] float32 queries to warm a freshly loaded index: the first
+    rows of `vectors` (e.g. the served users', real queries) when there are any, else
+    WARMUP_QUERIES random unit vectors (seed 0, the same every time)."""
+    if vectors is not None and len(vectors):
+        return vectors[:WARMUP_QUERIES]
+    queries = np.random.default_rng(0).standard_normal((WARMUP_QUERIES, dim)).astype(np.float32)
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True)
+
+
+def warm_up(index, queries: np.ndarray) -> None:
+    """Searches `index` (a LoadedIndex) for each query, one at a time, as requests arrive."""
+    for query in queries:
+        index.search(query, 10)
+
+
 def start_forkserver() -> None:
     """Starts the forkserver now, from the calling thread, whose priority every index
     process inherits: call it from a normal-priority thread (the reloader lowers its own)."""
@@ -326,9 +344,7 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
 
     try:
         index = _load_in_low_priority_thread(directory, collection, load_nice)
-        queries = np.random.default_rng(0).standard_normal((WARMUP_QUERIES, index.dim)).astype(np.float32)
-        for query in queries / np.linalg.norm(queries, axis=1, keepdims=True):
-            index.search(query, 10)
+        warm_up(index, warmup_queries(index.dim))
     except Exception as err:  # reported to the parent, which decides on a retry or a refusal
         # A check that failed on the version's bytes is permanent; a MemoryError or a bug is
         # not the version's fault and is retried (counted, with backoff) by the reloader.

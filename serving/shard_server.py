@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +45,11 @@ from serving.api import _Body
 from serving.deps import ServingConfigDep, api_dependencies
 from serving.gatekeeper import Gatekeeper
 from serving.metrics import ServingMetrics
+from serving.poller import Poller
 from serving.query_checks import checked_embedding, checked_k
 from serving.refusals import PERMANENT_ERRORS
-from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, error_response, json_response
-from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, lower_thread_priority, start_forkserver
+from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, error_response, json_response, liveness
+from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError
 from serving.state import COLLECTIONS, INDEX_KINDS, now_iso
 
 log = logging.getLogger(__name__)
@@ -133,8 +132,7 @@ class ShardHolder:
 
     def __post_init__(self) -> None:
         self._state = ShardState(0, MappingProxyType({}), MappingProxyType({}))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: Poller | None = None
 
     @property
     def state(self) -> ShardState:
@@ -147,30 +145,22 @@ class ShardHolder:
 
     def start(self) -> None:
         if self._thread is None:
-            if self.searcher == "process":
-                start_forkserver()
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="ebr-shard-reloader", daemon=True)
-            self._thread.start()
+            self._thread = Poller.begin(
+                self.poll_once,
+                self.poll_interval_s,
+                searcher=self.searcher,
+                reload_nice=self.reload_nice,
+                name="ebr-shard-reloader",
+                logger=log,
+                crash_message="shard poll crashed; the served state is unchanged",
+            )
 
     def close(self) -> None:
-        self._stop.set()
         if self._thread is not None:
-            self._thread.join(30)
+            self._thread.stop(30)
             self._thread = None
         self._state = ShardState(self._state.generation + 1, MappingProxyType({}), MappingProxyType({}))
         self.metrics.ready.set(0)
-
-    def _run(self) -> None:
-        if self.searcher == "process":
-            lower_thread_priority(self.reload_nice)
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.poll_once()
-            except Exception:  # the poller must outlive any bug in one poll
-                log.exception("shard poll crashed; the served state is unchanged")
-            self._stop.wait(max(0.0, self.poll_interval_s - (time.monotonic() - started)))
 
     def poll_once(self) -> bool:
         """One pass over every collection; True if the state changed."""
@@ -339,6 +329,7 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
     async def _died(_request, err: SearcherDiedError) -> Response:
         return error_response(503, "index_unavailable", f"{err}; it is being loaded again, retry on another replica")
 
+    app.include_router(liveness)
     app.include_router(shard_probes)
     app.include_router(shard_api, dependencies=api_dependencies(cfg))
     app.add_middleware(Gatekeeper, cfg=cfg, metrics=holder.metrics)
@@ -353,11 +344,6 @@ HolderDep = Annotated[ShardHolder, Depends(shard_holder)]
 
 shard_probes = APIRouter()
 shard_api = APIRouter(prefix="/v1")
-
-
-@shard_probes.get("/healthz")
-async def healthz() -> Response:
-    return json_response({"status": "ok"})
 
 
 @shard_probes.get("/readyz")
