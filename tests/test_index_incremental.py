@@ -18,12 +18,19 @@ from index_builder.publish import build_and_publish_index
 from tests.test_index_builder import N, base_world, cfg, config_for, download, next_world, put_snapshot  # noqa: F401 - cfg: a fixture
 
 
-def test_incremental_build_answers_like_a_full_build(cfg, tmp_path):
+def published_then_next(cfg, **change) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Publishes an index of the base world, then puts the next snapshot (`next_world(**change)`)
+    beside it, unbuilt; returns both worlds' ids and vectors."""
     ids, vectors = base_world()
     put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
     build_and_publish_index(cfg, "stories")
-    ids_b, vectors_b = next_world(ids, vectors, expire=100, add=120, move=30)
+    ids_b, vectors_b = next_world(ids, vectors, **change)
     put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+    return ids, vectors, ids_b, vectors_b
+
+
+def test_incremental_build_answers_like_a_full_build(cfg, tmp_path):
+    ids, vectors, ids_b, vectors_b = published_then_next(cfg, expire=100, add=120, move=30)
 
     incremental = build_and_publish_index(cfg, "stories")
     full = build_and_publish_index(cfg, "stories", version="20261124T003000Z-b-full", full=True, publish=False)
@@ -61,11 +68,7 @@ def moved_rows(old_vectors: np.ndarray, new_ids: np.ndarray, new_vectors: np.nda
 
 def test_reusing_deleted_slots_keeps_the_graph_size_and_still_answers_like_a_full_build(tmp_path):
     cfg = config_for(tmp_path, "index.reuse_deleted_slots=true")
-    ids, vectors = base_world()
-    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
-    build_and_publish_index(cfg, "stories")
-    ids_b, vectors_b = next_world(ids, vectors, expire=100, add=100, move=0)
-    put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+    _, _, ids_b, vectors_b = published_then_next(cfg, expire=100, add=100, move=0)
 
     incremental = build_and_publish_index(cfg, "stories")
     full = build_and_publish_index(cfg, "stories", version="20261124T003000Z-b-full", full=True, publish=False)
@@ -89,9 +92,6 @@ def test_reused_slots_bound_the_graph_but_lose_a_few_new_items(tmp_path):
     test): with fresh labels every new item is found by its own vector and the graph grows
     by the deleted slots; with reused slots it does not grow, and a few new items are not
     in their own top 10 at the served ef. One thread, so both graphs are reproducible."""
-    ids, vectors = base_world()
-    ids_b, vectors_b = next_world(ids, vectors, expire=400, add=400, move=0, seed=0)
-    new = np.arange(len(ids_b) - 400, len(ids_b))
     missed, slots = {}, {}
     for reuse in ("false", "true"):
         cfg = config_for(
@@ -101,9 +101,8 @@ def test_reused_slots_bound_the_graph_but_lose_a_few_new_items(tmp_path):
             "index.max_changed_fraction=1.0",
             "index.max_deleted_fraction=0.5",
         )
-        put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
-        build_and_publish_index(cfg, "stories")
-        put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+        _, _, ids_b, vectors_b = published_then_next(cfg, expire=400, add=400, move=0, seed=0)
+        new = np.arange(len(ids_b) - 400, len(ids_b))
         built = build_and_publish_index(cfg, "stories")
         assert built.mode == "incremental"
         index = load_index(download(cfg, built.version, tmp_path / reuse / "cache"))
@@ -117,11 +116,7 @@ def test_reused_slots_bound_the_graph_but_lose_a_few_new_items(tmp_path):
 
 
 def test_incremental_graph_failing_validation_is_rebuilt_from_scratch(cfg, monkeypatch):
-    ids, vectors = base_world()
-    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
-    build_and_publish_index(cfg, "stories")
-    ids_b, vectors_b = next_world(ids, vectors, expire=20, add=20, move=0)
-    put_snapshot(cfg, "20261124T003000Z-b", ids_b, vectors_b)
+    published_then_next(cfg, expire=20, add=20, move=0)
     real = validation.measure_recall
     calls = []
 

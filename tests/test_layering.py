@@ -58,14 +58,20 @@ def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
     return found
 
 
+def module_trees(folder: str):
+    """(path relative to the repository, ast) of every module under `folder`, recorded
+    benchmark results and figures aside."""
+    for path in sorted((REPO / folder).rglob("*.py")):
+        relative = path.relative_to(REPO)
+        if not {"results", "figures"} & set(relative.parts):
+            yield relative, ast.parse(path.read_text(), str(relative))
+
+
 def layering_violations(package: str) -> list[str]:
     level = LAYER_OF[package]
     wrong = []
-    for path in sorted((REPO / package).rglob("*.py")):
-        relative = path.relative_to(REPO)
-        if {"results", "figures"} & set(relative.parts):
-            continue
-        for line, name in imported_modules(ast.parse(path.read_text(), str(relative))):
+    for relative, tree in module_trees(package):
+        for line, name in imported_modules(tree):
             top = name.split(".")[0]
             if top in LAYER_OF and top != package and LAYER_OF[top] >= level:
                 wrong.append(f"{relative}:{line} imports {name} ({top} is not below {package})")

@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from tests.test_layering import LAYER_OF, imported_modules
+from tests.test_layering import LAYER_OF, imported_modules, module_trees
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKED_ONLY_WITH_TEST_EXTRA = ("tests", "benchmarks", "dags")
@@ -51,11 +51,8 @@ def pins(requirements: list[str]) -> dict[str, str]:
 def third_party_imports(folder: str) -> dict[str, set[str]]:
     """Top-level module -> the files importing it, for the third-party imports under `folder`."""
     found: dict[str, set[str]] = {}
-    for path in sorted((REPO / folder).rglob("*.py")):
-        relative = path.relative_to(REPO)
-        if {"results", "figures"} & set(relative.parts):
-            continue
-        for _, name in imported_modules(ast.parse(path.read_text(), str(relative))):
+    for relative, tree in module_trees(folder):
+        for _, name in imported_modules(tree):
             top = name.split(".")[0]
             if top in LAYER_OF or top in ("tests", "__future__") or top in sys.stdlib_module_names:
                 continue
