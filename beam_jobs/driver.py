@@ -90,6 +90,16 @@ def run_pipeline(
     return outcomes
 
 
+def main(run: Callable[[list[str]], list[JobOutcome]], argv: list[str]) -> None:
+    """A job's `__main__`: logs at INFO in the basic format and prints one line per snapshot.
+
+    `orchestration.beam_task_logs` reads that log format, `orchestration.demo` the line.
+    """
+    logging.basicConfig(level=logging.INFO)
+    for outcome in run(argv):
+        print(f"{outcome.kind}/{outcome.snapshot}: {outcome.count} embeddings; {outcome.published_detail}")
+
+
 def _refusal(store: ArtifactStore, kind_name: str, plan: JobPlan) -> EmbeddingJobError:
     kind = store.kind(kind_name)
     body = kind.refusal(plan.snapshot, plan.attempt)

@@ -24,7 +24,6 @@ creator with no eligible story gets no vector: they have nothing fresh to recomm
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import apache_beam as beam
@@ -36,22 +35,21 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from artifacts import CREATOR_EMBEDDINGS, STORY_EMBEDDINGS
-from beam_jobs.driver import JobOutcome, run_pipeline
+from beam_jobs.driver import JobOutcome, main, run_pipeline
 from beam_jobs.options import StoryEmbeddingOptions
 from beam_jobs.plan import JobPlan, job_config, resolve_plan, with_configured_runner
 from beam_jobs.records import RowRules, list_size_check
 from beam_jobs.transforms import (
     DEAD_LETTER,
     METRICS_NAMESPACE,
-    EmbedBatches,
     ReadRows,
     WriteSnapshot,
     concat_or_empty,
     creator_embeddings,
     creator_partial_sums,
     drop_duplicate_ids,
+    embed_per_bucket,
     feature_batches,
-    gather_bookkeeping,
     read_side_table,
 )
 from beam_jobs.user_embeddings import EVENT_COLUMNS, EVENT_RULES, EVENTS_SCHEMA, before
@@ -152,26 +150,21 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan, max_age_days: float) 
         pipeline, "Creators", plan.files["creators"], CREATOR_RULES, CREATORS_SCHEMA
     )
 
-    features = (
-        {"stories": stories.rows, "events": events.rows}
-        | "GroupPerStory" >> beam.CoGroupByKey()
-        | "StoryFeatures"
-        >> beam.ParDo(StoryFeaturesForBucket(plan), creators=AsSingleton(creator_table)).with_outputs(
-            DEAD_LETTER, main="batches"
-        )
+    embeddings, dead_letters, rows_read = embed_per_bucket(
+        "Story",
+        plan,
+        (stories, events, creators),
+        StoryFeaturesForBucket(plan),
+        "stories",
+        creators=AsSingleton(creator_table),
     )
-    embedded = features.batches | "StoryTower" >> beam.ParDo(EmbedBatches(plan, "stories")).with_outputs(
-        DEAD_LETTER, main="embeddings"
-    )
-
-    dead_letters, rows_read = gather_bookkeeping((stories, events, creators), (features, embedded))
     params = {"story_max_age_days": max_age_days}
-    _ = embedded.embeddings | "WriteStorySnapshot" >> WriteSnapshot(
+    _ = embeddings | "WriteStorySnapshot" >> WriteSnapshot(
         plan, STORY_EMBEDDINGS, rows_read, dead_letters, params=params
     )
 
     creator_vectors = (
-        embedded.embeddings
+        embeddings
         | "CreatorSums" >> beam.FlatMap(creator_partial_sums, buckets)
         | "GroupPerCreator" >> beam.GroupByKey()
         | "CreatorVectors" >> beam.Map(creator_embeddings)
@@ -200,6 +193,4 @@ def run(argv: list[str] | None = None) -> list[JobOutcome]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    for outcome in run(sys.argv[1:]):
-        print(f"{outcome.kind}/{outcome.snapshot}: {outcome.count} embeddings; {outcome.published_detail}")
+    main(run, sys.argv[1:])

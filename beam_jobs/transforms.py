@@ -258,6 +258,27 @@ class EmbedBatches(beam.DoFn):
             )
 
 
+def embed_per_bucket(label: str, plan: JobPlan, reads: tuple, features: beam.DoFn, tower: str, **side_inputs):
+    """The middle of both jobs: group per bucket, build features, embed, gather bookkeeping.
+
+    `reads[0]` (the entity's rows) and `reads[1]` (events), keyed by bucket, are grouped as
+    `{tower: ..., "events": ...}` (step `GroupPer<label>`); `features` (a DoFn, with
+    `side_inputs`) turns each bucket into FeatureBatches (`<label>Features`), the `tower`'s
+    model embeds them (`<label>Tower`). Returns (embeddings, every dead letter of `reads`
+    and both steps, counted; the rows read per source) as PCollections.
+    """
+    featured = (
+        {tower: reads[0].rows, "events": reads[1].rows}
+        | f"GroupPer{label}" >> beam.CoGroupByKey()
+        | f"{label}Features" >> beam.ParDo(features, **side_inputs).with_outputs(DEAD_LETTER, main="batches")
+    )
+    embedded = featured.batches | f"{label}Tower" >> beam.ParDo(EmbedBatches(plan, tower)).with_outputs(
+        DEAD_LETTER, main="embeddings"
+    )
+    dead_letters, rows_read = gather_bookkeeping(reads, (featured, embedded))
+    return embedded.embeddings, dead_letters, rows_read
+
+
 def feature_batches(
     ids: np.ndarray,
     build: Callable[[np.ndarray], dict[str, np.ndarray]],

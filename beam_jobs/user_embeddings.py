@@ -19,7 +19,6 @@ batch: no training/serving skew. Run it locally or on a distributed runner by fl
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 import apache_beam as beam
@@ -31,20 +30,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from artifacts import USER_EMBEDDINGS
-from beam_jobs.driver import JobOutcome, run_pipeline
+from beam_jobs.driver import JobOutcome, main, run_pipeline
 from beam_jobs.options import UserEmbeddingOptions
 from beam_jobs.plan import JobPlan, job_config, resolve_plan, with_configured_runner
 from beam_jobs.records import DeadLetter, RowRules
 from beam_jobs.transforms import (
     DEAD_LETTER,
     METRICS_NAMESPACE,
-    EmbedBatches,
     ReadRows,
     WriteSnapshot,
     concat_or_empty,
     drop_duplicate_ids,
+    embed_per_bucket,
     feature_batches,
-    gather_bookkeeping,
     read_side_table,
 )
 from models.features import Catalog, EventHistory, user_features
@@ -151,20 +149,10 @@ def build_pipeline(pipeline: beam.Pipeline, plan: JobPlan) -> None:
         pipeline, "Stories", plan.files["stories"], STORY_REFERENCE_RULES, STORY_REFERENCE_SCHEMA
     )
 
-    features = (
-        {"users": users.rows, "events": events.rows}
-        | "GroupPerUser" >> beam.CoGroupByKey()
-        | "UserFeatures"
-        >> beam.ParDo(UserFeaturesForBucket(plan), stories=AsSingleton(story_table)).with_outputs(
-            DEAD_LETTER, main="batches"
-        )
+    embeddings, dead_letters, rows_read = embed_per_bucket(
+        "User", plan, (users, events, stories), UserFeaturesForBucket(plan), "users", stories=AsSingleton(story_table)
     )
-    embedded = features.batches | "UserTower" >> beam.ParDo(EmbedBatches(plan, "users")).with_outputs(
-        DEAD_LETTER, main="embeddings"
-    )
-
-    dead_letters, rows_read = gather_bookkeeping((users, events, stories), (features, embedded))
-    _ = embedded.embeddings | "WriteUserSnapshot" >> WriteSnapshot(plan, USER_EMBEDDINGS, rows_read, dead_letters)
+    _ = embeddings | "WriteUserSnapshot" >> WriteSnapshot(plan, USER_EMBEDDINGS, rows_read, dead_letters)
 
 
 def run(argv: list[str] | None = None) -> list[JobOutcome]:
@@ -177,6 +165,4 @@ def run(argv: list[str] | None = None) -> list[JobOutcome]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    for outcome in run(sys.argv[1:]):
-        print(f"{outcome.kind}/{outcome.snapshot}: {outcome.count} embeddings; {outcome.published_detail}")
+    main(run, sys.argv[1:])

@@ -10,22 +10,13 @@ reads no pipeline configuration (`orchestration.dag_support`).
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import task
 
 from orchestration import dag_support as ds
 from orchestration.retention import RETAINED_KINDS
 
 
-@dag(
-    dag_id="ebr_retention",
-    schedule=ds.cron(ds.dag_settings().retention_schedule),
-    start_date=ds.start_date(),
-    catchup=False,
-    max_active_runs=1,
-    default_args=ds.default_args(),
-    tags=ds.TAGS,
-    doc_md=__doc__,
-)
+@ds.ebr_dag("ebr_retention", ds.cron(ds.dag_settings().retention_schedule), __doc__)
 def ebr_retention():
     @task
     def retain(kind: str) -> dict:

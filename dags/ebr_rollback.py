@@ -15,22 +15,18 @@ parsing this file reads no pipeline configuration: the tasks call `load_config()
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import task
 
 from orchestration import dag_support as ds
 from orchestration.rollback import rollback_form
 
 
-@dag(
-    dag_id="ebr_rollback",
-    schedule=None,
-    start_date=ds.start_date(),
-    catchup=False,
-    max_active_runs=1,
-    default_args=ds.default_args(retries=0),
+@ds.ebr_dag(
+    "ebr_rollback",
+    None,
+    __doc__,
+    retries=0,
     params=rollback_form(ds.dag_settings().root),  # lists the root's recent versions (local roots; cheap)
-    tags=ds.TAGS,
-    doc_md=__doc__,
 )
 def ebr_rollback():
     @task

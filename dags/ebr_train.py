@@ -11,21 +11,12 @@ no pipeline configuration (`orchestration.dag_support`): the tasks call `load_co
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import task
 
 from orchestration import dag_support as ds
 
 
-@dag(
-    dag_id="ebr_train",
-    schedule=ds.cron(ds.dag_settings().train_schedule),
-    start_date=ds.start_date(),
-    catchup=False,
-    max_active_runs=1,
-    default_args=ds.default_args(),
-    tags=ds.TAGS,
-    doc_md=__doc__,
-)
+@ds.ebr_dag("ebr_train", ds.cron(ds.dag_settings().train_schedule), __doc__)
 def ebr_train():
     @task
     def check_warehouse() -> dict:

@@ -24,13 +24,14 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from config.loopback import free_ports
 
 TF_CONFIG = "TF_CONFIG"
 
@@ -120,18 +121,6 @@ def run_workers(command: list[str], workers: int, logdir: Path, *, host: str = "
 def cluster_config(ports: list[int], index: int, host: str = "127.0.0.1") -> dict[str, Any]:
     """The TF_CONFIG of worker `index` of a cluster of len(ports) workers on `host`."""
     return {"cluster": {"worker": [f"{host}:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """n ports free on `host` now (held open together so that they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind((host, 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def worker_role(environ: dict[str, str] | None = None) -> tuple[int, int] | None:

@@ -3,7 +3,7 @@
 The Beam provider's hook reads the job process's output and logs every stderr line as
 WARNING and every stdout line as INFO (`process_fd`). Python logging writes to stderr,
 so a successful job showed ~90 WARNING lines. The jobs log in the standard library's
-basic format (`LEVEL:logger:message`, `logging.basicConfig` in each job's `__main__`);
+basic format (`LEVEL:logger:message`, `logging.basicConfig` in `beam_jobs.driver.main`);
 TensorFlow's C++ code writes glog lines (`I0000 00:00:... file.cc:12] message`). Both
 carry a level, which `BeamJobLog` reads and logs with; a line without one continues the
 record before it (a multi-line message or traceback) and takes its level.

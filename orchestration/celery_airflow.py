@@ -339,38 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         postgres_dir=postgres_dir,
         concurrency=args.concurrency,
     )
-    stopping = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.append(True))
     print(
         f"starting Postgres ({postgres_dir}, 127.0.0.1:{args.postgres_port}), Redis (127.0.0.1:{args.redis_port}) and Airflow "
         f"with CeleryExecutor in {airflow.home}",
         flush=True,
     )
-    try:
-        airflow.start()
-        airflow.wait_until_up()
-        print(
-            f"\nAirflow (CeleryExecutor) is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
-            f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
-            f"  broker {airflow.redis.url}, metadata and results {airflow.postgres.url}\n"
-            f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor,celery}}.log\n"
-            "  Ctrl-C stops Airflow, the Celery worker, Redis and Postgres.",
-            flush=True,
-        )
-        while not stopping:
-            for proc, component in zip(airflow.processes, airflow.COMPONENTS, strict=True):
-                if proc.poll() is not None:
-                    print(
-                        f"airflow {' '.join(component[:2])} exited with {proc.returncode}:\n{airflow.logs()}",
-                        file=sys.stderr,
-                    )
-                    return 1
-            time.sleep(1)
-    finally:
-        print("stopping Airflow, Redis and Postgres ...", flush=True)
-        airflow.stop()
-    return 0
+    return airflow.run_until_signalled(
+        f"\nAirflow (CeleryExecutor) is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
+        f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
+        f"  broker {airflow.redis.url}, metadata and results {airflow.postgres.url}\n"
+        f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor,celery}}.log\n"
+        "  Ctrl-C stops Airflow, the Celery worker, Redis and Postgres.",
+        "stopping Airflow, Redis and Postgres ...",
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The parse-time side of the DAGs: their settings, schedules, assets, trigger-form Params.
+"""The parse-time side of the DAGs: their settings, run policy, schedules, assets, trigger-form Params.
 
 DAG files are parsed every few seconds by the DAG processor, so this module imports
 only Airflow's SDK (no TensorFlow, Beam, numpy or store I/O), and parsing reads no
@@ -25,10 +25,11 @@ root of the pipeline configuration they start Airflow with (`dag_settings_enviro
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 
 from artifacts import MODELS, USER_EMBEDDINGS
 from config.settings import REPO_DIR
@@ -114,6 +115,26 @@ def start_date() -> datetime:
 
 def default_args(retries: int = 1) -> dict[str, Any]:
     return {"owner": "ebr", "retries": retries, "retry_delay": timedelta(minutes=5)}
+
+
+def ebr_dag(dag_id: str, schedule: Any, doc: str, *, retries: int = 1, **more: Any) -> Callable:
+    """`@dag` with the run policy every EBR DAG shares.
+
+    From `[ebr] start_date`, no catch-up (a DAG switched on runs only its newest
+    interval), one active run at a time, `retries` retries five minutes apart, tagged
+    "ebr", the file's docstring as its documentation; `more` goes to `@dag` as it is.
+    """
+    return dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=start_date(),
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(retries),
+        tags=TAGS,
+        doc_md=doc,
+        **more,
+    )
 
 
 def cron(expression: str) -> CronTriggerTimetable:

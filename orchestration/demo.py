@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from config.loopback import free_port
 from config.settings import REPO_DIR, WORLD_SIZES
 
 BIN = Path(sys.executable).parent
@@ -301,12 +301,6 @@ def run_dag(
     if not succeeded:
         print("\n".join(log.read_text(errors="replace").splitlines()[-60:]))
         raise SystemExit(f"{dag_id} failed; the whole log is in {log}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, service: subprocess.Popen, timeout: float = 120) -> None:

@@ -191,6 +191,31 @@ class LocalAirflow:
             time.sleep(1)
         raise TimeoutError(f"the API server did not answer on {self.base_url} within {timeout:.0f} s:\n{self.logs()}")
 
+    def run_until_signalled(self, banner: str, stopping_message: str) -> int:
+        """What `make airflow` does: start, print `banner` once the API answers, then watch.
+
+        Returns 0 after SIGINT or SIGTERM, 1 (with the components' logs on stderr) when a
+        component exits by itself; every component is stopped either way.
+        """
+        stopping = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.append(True))
+        try:
+            self.start()
+            self.wait_until_up()
+            print(banner, flush=True)
+            while not stopping:
+                for proc, args in zip(self.processes, self.COMPONENTS, strict=True):
+                    if proc.poll() is not None:
+                        name = " ".join(a for a in args[:2] if not a.startswith("-"))  # "scheduler", "celery worker"
+                        print(f"airflow {name} exited with {proc.returncode}:\n{self.logs()}", file=sys.stderr)
+                        return 1
+                time.sleep(1)
+        finally:
+            print(stopping_message, flush=True)
+            self.stop()
+        return 0
+
     def token(self) -> str:
         """A JWT for the REST API (POST /auth/token with the admin's password)."""
         status, body = self.request("POST", "/auth/token", {"username": "admin", "password": self.password})
@@ -233,39 +258,18 @@ def main(argv: list[str] | None = None) -> int:
             )
     else:
         airflow = LocalAirflow(Path(args.home), args.port)
-    stopping = False
-
-    def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     root = airflow.env.get("EBR_ROOT") or "the configured one, config/defaults.toml"
     print(f"starting Airflow in {airflow.home} (DAGs: {REPO_DIR / 'dags'}; artifact root: {root})", flush=True)
-    airflow.start()
-    try:
-        airflow.wait_until_up()
-        print(
-            f"\nAirflow is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
-            f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
-            f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor}}.log; task logs: {airflow.home}/logs/\n"
-            "  DAGs start paused: switch one on, or press 'Trigger' (ebr_rollback asks for its parameters).\n"
-            "  Trigger on a scheduled DAG: untick 'Unpause ... on trigger', or its schedule starts at once and\n"
-            "  the manual run queues behind that run (ebr_rollback has no schedule: leave it ticked).\n"
-            "  Ctrl-C stops Airflow.",
-            flush=True,
-        )
-        while not stopping:
-            for proc, component in zip(airflow.processes, airflow.COMPONENTS, strict=True):
-                if proc.poll() is not None:
-                    print(f"airflow {component[0]} exited with {proc.returncode}:\n{airflow.logs()}", file=sys.stderr)
-                    return 1
-            time.sleep(1)
-    finally:
-        print("stopping Airflow ...", flush=True)
-        airflow.stop()
-    return 0
+    return airflow.run_until_signalled(
+        f"\nAirflow is up: open {airflow.base_url}  and log in as  admin / {airflow.password}\n"
+        f"  (the password is kept in {airflow.home / PASSWORDS_FILE})\n"
+        f"  component logs: {airflow.home}/{{api-server,scheduler,dag-processor}}.log; task logs: {airflow.home}/logs/\n"
+        "  DAGs start paused: switch one on, or press 'Trigger' (ebr_rollback asks for its parameters).\n"
+        "  Trigger on a scheduled DAG: untick 'Unpause ... on trigger', or its schedule starts at once and\n"
+        "  the manual run queues behind that run (ebr_rollback has no schedule: leave it ticked).\n"
+        "  Ctrl-C stops Airflow.",
+        "stopping Airflow ...",
+    )
 
 
 if __name__ == "__main__":

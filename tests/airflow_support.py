@@ -11,9 +11,9 @@ DAG files, when parsed, see only Airflow's `[ebr]` settings (`load_dags`).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -102,12 +102,6 @@ def load_dags(dag_settings: dict[str, str] | None = None) -> dict[str, Any]:
     return bag.dags
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Two complete story-index versions for the rollback DAG's tests, LATEST on the newer one
 # (so `previous` is the older).
 OLDER, NEWER = "20261014T220000Z-ebr_story_index-scheduled__a", "20261014T223000Z-ebr_story_index-scheduled__b"
@@ -124,3 +118,47 @@ def store_with_two_story_indexes(root: Path):
             writer.add_bytes("index.hnsw", version.encode())
         kind.publish(version, reason="test setup")
     return store
+
+
+# -- real Airflow processes (orchestration.local_airflow / celery_airflow) ----------------
+
+
+@contextlib.contextmanager
+def running(processes):
+    """`processes` (a LocalAirflow or CeleryAirflow) started and answering for the block,
+    stopped afterwards, every component checked gone."""
+    try:
+        processes.start()
+        processes.wait_until_up()
+        yield processes
+    finally:
+        processes.stop()
+    assert all(p.poll() is not None for p in processes.processes)
+
+
+def unpause(airflow, token: str, dag_id: str, timeout: float = 180) -> None:
+    """Waits until the dag-processor has registered `dag_id`, then unpauses it."""
+    from tests.polling import wait_for
+
+    wait_for(
+        lambda: airflow.request("GET", f"/api/v2/dags/{dag_id}", token=token)[0] == 200,
+        f"the dag-processor did not register {dag_id}",
+        timeout,
+        interval=1,
+        details=airflow.logs,
+    )
+    status, body = airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
+    assert status == 200 and body["is_paused"] is False, body
+
+
+def finished_run(airflow, token: str, dag_id: str, run_id: str, timeout: float, interval: float = 1) -> dict:
+    """The run's REST body once its state is success or failed."""
+    from tests.polling import wait_for
+
+    url = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+
+    def finished():
+        _, body = airflow.request("GET", url, token=token)
+        return body if body["state"] in ("success", "failed") else None
+
+    return wait_for(finished, f"the {dag_id} run did not finish", timeout, interval=interval, details=airflow.logs)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from config.loopback import free_port
 from orchestration.celery_airflow import CeleryAirflow, ServiceUnavailableError, ensure_debian_packages
-from tests.airflow_support import OLDER, free_port, store_with_two_story_indexes
-from tests.polling import wait_for
+from tests.airflow_support import OLDER, finished_run, running, store_with_two_story_indexes, unpause
 
 pytestmark = pytest.mark.slow
 
@@ -48,39 +48,23 @@ def airflow(tmp_path_factory, store):
         extra_env={"EBR_ROOT": store.uri},
     )
     try:
-        processes.start()
-        processes.wait_until_up()
-        yield processes
+        with running(processes):
+            yield processes
     finally:
-        processes.stop()
         shutil.rmtree(postgres_parent, ignore_errors=True)
-    assert all(p.poll() is not None for p in processes.processes)
     assert processes.redis.process.poll() is not None and not (processes.postgres.data_dir / "postmaster.pid").exists()
 
 
 def test_a_dag_run_goes_through_the_celery_worker(airflow, store):
     token = airflow.token()
-    wait_for(
-        lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
-        "the dag-processor did not register ebr_rollback",
-        180,
-        interval=1,
-        details=airflow.logs,
-    )
-    status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
-    assert status == 200, body
+    unpause(airflow, token, "ebr_rollback")
     conf = {"collection": "stories", "version": OLDER, "reason": "Celery test"}
     status, run = airflow.request(
         "POST", "/api/v2/dags/ebr_rollback/dagRuns", {"logical_date": None, "conf": conf}, token
     )
     assert status == 200, run
     url = f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}"
-
-    def finished():
-        _, body = airflow.request("GET", url, token=token)
-        return body if body["state"] in ("success", "failed") else None
-
-    done = wait_for(finished, "the ebr_rollback run did not finish", 240, interval=2, details=airflow.logs)
+    done = finished_run(airflow, token, "ebr_rollback", run["dag_run_id"], 240, interval=2)
     _, tasks = airflow.request("GET", f"{url}/taskInstances", token=token)
     assert done["state"] == "success", (tasks, airflow.logs())
     instances = tasks["task_instances"]

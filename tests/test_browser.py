@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from config.loopback import free_port
 from orchestration.local_airflow import LocalAirflow
-from tests.airflow_support import NEWER, OLDER, free_port, store_with_two_story_indexes
+from tests.airflow_support import NEWER, OLDER, store_with_two_story_indexes
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow

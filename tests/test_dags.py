@@ -450,3 +450,47 @@ def test_the_plan_reaches_the_beam_job_as_flags_it_parses(tmp_path, monkeypatch)
     assert options.run_id == "manual__1" and options.root == f"file://{tmp_path}"
     all_options = options.get_all_options()
     assert all_options["region"] == "europe-west4" and all_options["experiments"] == ["a", "b"]
+
+
+def test_the_launchers_watch_their_components_until_a_signal_or_an_exit(tmp_path, capsys):
+    """`make airflow` and `make airflow-celery` share LocalAirflow.run_until_signalled:
+    0 after SIGTERM, 1 with the logs when a component exits by itself; stopped either way."""
+    import signal
+    import threading
+
+    from orchestration.local_airflow import LocalAirflow
+
+    class Sleepers(LocalAirflow):
+        COMPONENTS = (("scheduler", "--skip-serve-logs"), ("celery", "worker", "--without-gossip"))
+
+        def __init__(self, home, seconds):
+            super().__init__(home, 18080, {"EBR_ROOT": f"file://{tmp_path}/root"})
+            self.seconds, self.stopped = seconds, False
+
+        def start(self):
+            self.processes = [subprocess.Popen(["sleep", str(s)], start_new_session=True) for s in self.seconds]
+
+        def wait_until_up(self, timeout=180):
+            pass
+
+        def stop(self):
+            self.stopped = True
+            super().stop()
+
+    exits = Sleepers(tmp_path / "a", (60, 0))
+    assert exits.run_until_signalled("up", "stopping") == 1 and exits.stopped
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["up", "stopping"]
+    assert "airflow celery worker exited with 0:" in out.err and "--- scheduler" in out.err
+    assert all(p.poll() is not None for p in exits.processes)
+
+    signalled = Sleepers(tmp_path / "b", (60, 60))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        assert signalled.run_until_signalled("up", "stopping") == 0 and signalled.stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert all(p.poll() is not None for p in signalled.processes)
+

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from config.loopback import free_port
 from orchestration.local_airflow import LocalAirflow
-from tests.airflow_support import NEWER, OLDER, free_port, store_with_two_story_indexes
+from tests.airflow_support import NEWER, OLDER, finished_run, running, store_with_two_story_indexes, unpause
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -25,28 +26,14 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, store):
-    processes = LocalAirflow(tmp_path_factory.mktemp("airflow-home"), free_port(), {"EBR_ROOT": store.uri})
-    try:
-        processes.start()
-        processes.wait_until_up()
-        yield processes
-    finally:
-        processes.stop()
-    assert all(p.poll() is not None for p in processes.processes)
+    with running(LocalAirflow(tmp_path_factory.mktemp("airflow-home"), free_port(), {"EBR_ROOT": store.uri})) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")
 def token(airflow):
     token = airflow.token()
-    wait_for(
-        lambda: airflow.request("GET", "/api/v2/dags/ebr_rollback", token=token)[0] == 200,
-        "the dag-processor did not register ebr_rollback",
-        180,
-        interval=1,
-        details=airflow.logs,
-    )
-    status, body = airflow.request("PATCH", "/api/v2/dags/ebr_rollback", {"is_paused": False}, token)
-    assert status == 200 and body["is_paused"] is False, body
+    unpause(airflow, token, "ebr_rollback")
     return token
 
 
@@ -66,12 +53,8 @@ def test_rollback_triggered_through_the_rest_api_moves_latest(airflow, token, st
     assert status == 200, run
     assert run["conf"]["version"] == OLDER
 
-    def finished():
-        _, body = airflow.request("GET", f"/api/v2/dags/ebr_rollback/dagRuns/{run['dag_run_id']}", token=token)
-        return body if body["state"] in ("success", "failed") else None
-
     started = time.monotonic()
-    body = wait_for(finished, "the ebr_rollback run did not finish", 300, interval=1, details=airflow.logs)
+    body = finished_run(airflow, token, "ebr_rollback", run["dag_run_id"], 300)
     assert body["state"] == "success", airflow.logs()
     print(f"rollback run finished in {time.monotonic() - started:.1f} s")
     assert kind.latest() == OLDER
@@ -110,15 +93,7 @@ def test_a_published_model_triggers_both_embedding_dags(airflow, token):
     ebr_train's publish_model emits) creates an asset-triggered run of each embedding DAG."""
     consumers = ("ebr_user_embeddings", "ebr_story_index")
     for dag_id in consumers:
-        wait_for(
-            lambda d=dag_id: airflow.request("GET", f"/api/v2/dags/{d}", token=token)[0] == 200,
-            f"{dag_id} registered",
-            180,
-            interval=1,
-            details=airflow.logs,
-        )
-        status, body = airflow.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token)
-        assert status == 200, body
+        unpause(airflow, token, dag_id)
     _, assets = airflow.request("GET", "/api/v2/assets?name_pattern=models/two_tower", token=token)
     (model,) = [a for a in assets["assets"] if a["name"] == "ebr/models/two_tower"]
     assert sorted(d["dag_id"] for d in model["scheduled_dags"]) == sorted(consumers)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from config.loopback import free_port
 from serving.docs import DOCS_ASSETS, SWAGGER_UI_FILES, swagger_ui_dir
 from tests.test_serving import searcher, start_service, world  # noqa: F401 - fixtures
 
@@ -43,17 +43,11 @@ def test_docs_render_offline_from_swagger_ui_files_the_service_serves(world, sta
     assert "/v1/retrieve/{collection}" in client.get("/openapi.json").json()["paths"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServeProcess:
     """`ebr serve` as a user starts it, its stderr read line by line."""
 
     def __init__(self, root: str, cache: Path):
-        self.port = _free_port()
+        self.port = free_port()
         args = [
             EBR,
             "--root",
