@@ -7,6 +7,7 @@ versions); they use its `versions`, `latest`, `is_complete` and `_key`.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,11 +35,12 @@ class Retention:
     store: ArtifactStore
     backend: Backend
 
-    def retain(self, keep: int, *, dry_run: bool = False) -> RetentionReport:
+    def retain(self, keep: int, *, dry_run: bool = False, pinned: Collection[str] = ()) -> RetentionReport:
         """Deletes all but the newest `keep` complete versions, and abandoned incomplete ones.
 
         "Newest" is the store's commit order. Never deletes the version LATEST names
-        (re-read before each deletion, so a concurrent rollback is respected). Incomplete
+        (re-read before each deletion, so a concurrent rollback is respected), nor those
+        in `pinned` (versions a reader still needs, e.g. `orchestration.retention`'s). Incomplete
         versions (no manifest: empty folders, temporary files, a dead writer's files) and
         the staging folders of attempts that lost, are removed once nothing in them has
         changed for `store.incomplete_grace_hours` (younger ones may still be written).
@@ -49,7 +51,7 @@ class Retention:
         latest = self._latest_or_none()
         infos = self.versions()
         complete = [v.name for v in infos if v.complete]
-        protected = set(complete[-keep:]) | ({latest} if latest else set())
+        protected = set(complete[-keep:]) | ({latest} if latest else set()) | set(pinned)
         grace_s = self.store.config.incomplete_grace_hours * 3600
         doomed = [v for v in complete if v not in protected]
         for info in infos:

@@ -1,7 +1,8 @@
 """ebr_retention: delete old versions of every artifact kind, on a schedule.
 
 One mapped task per kind (models, embeddings, indexes) keeps the newest
-`store.keep_versions` complete versions and whatever LATEST names. Logic:
+`store.keep_versions` complete versions, whatever LATEST names and, of the story index
+and the user embeddings, the pair a restarting service falls back to. Logic:
 `orchestration.retention`.
 
 Schedule: Airflow's `[ebr] retention_schedule` (default `@daily`); parsing this file

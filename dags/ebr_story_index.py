@@ -3,7 +3,8 @@
 plan -> embed_stories (Beam, `beam_jobs/story_embeddings.py`: stories young enough to
 be served, and creators in the same space) -> check_snapshots, then for `stories` and
 `creators` each: build -> validate -> publish. The index builder validates recall before
-it writes a version; validate re-checks the stored files; publish moves LATEST.
+it writes a version; validate checks the stored files and measures recall again on
+queries the builder never saw; publish moves LATEST.
 Logic: `orchestration.embeddings`, `orchestration.indexes`; the tasks, shared with
 ebr_user_embeddings: `orchestration.dag_tasks`.
 

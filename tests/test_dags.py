@@ -494,3 +494,108 @@ def test_the_launchers_watch_their_components_until_a_signal_or_an_exit(tmp_path
         signal.signal(signal.SIGINT, signal.default_int_handler)
     assert all(p.poll() is not None for p in signalled.processes)
 
+
+def index_run(tmp_path):
+    """A config on a fresh root holding one story snapshot (2,000 clustered vectors) and
+    the index version the build task made of it (LATEST not moved)."""
+    import numpy as np
+
+    from artifacts import ArtifactStore
+    from artifacts.embedding_snapshots import publish_snapshot
+    from config import load_config
+    from orchestration.indexes import build_index
+    from orchestration.runs import RunIdentity
+
+    cfg = load_config(
+        overrides=[f"root=file://{tmp_path}/root", "index.ef_construction=100", "index.threads=2"], environ={}
+    )
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 32))
+    vectors = (centres[rng.integers(0, 20, 2000)] + rng.normal(scale=0.3, size=(2000, 32))).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.asarray([f"s{i}" for i in range(2000)], dtype=object)
+    store = ArtifactStore.from_config(cfg)
+    publish_snapshot(store.kind("embeddings/stories"), "snap-1", ids, vectors, model_version="m1", as_of=0, reason="t")
+    run = RunIdentity("ebr_story_index", "manual__1", datetime(2026, 10, 14, 22, tzinfo=UTC))
+    return cfg, store, build_index(cfg, run, "stories", "snap-1")
+
+
+def test_validate_measures_recall_again_on_queries_the_builder_never_saw(tmp_path):
+    from orchestration.indexes import VALIDATE_SEED, remeasure_recall, validate_index
+
+    cfg, store, built = index_run(tmp_path)
+    validated = validate_index(cfg, built)
+    assert validated["validated_recall_at_10"] >= cfg.index.min_recall_at_10 - 0.01
+    again = remeasure_recall(cfg, store, "stories", built["version"])
+    assert again["queries"] == cfg.index.validation_queries and again["answers"] == 10 * again["queries"]
+    assert again["query_source"] == "perturbed stored vectors" and VALIDATE_SEED != 0  # the builder's seed is 0
+    manifest = store.kind("indexes/stories").manifest(built["version"])
+    assert again["ef"] == manifest.params["ef_search"]  # searched as it will be served
+    assert store.kind("indexes/stories").latest() is None  # validate publishes nothing
+
+
+def test_validate_fails_on_an_index_whose_builder_figures_pass_but_its_answers_do_not(tmp_path):
+    """A version with valid checksums and the builder's recall figure (which the old check
+    only re-read against the same threshold) whose id map is scrambled: every answer names
+    the wrong stories. Re-measuring catches it; nothing is published."""
+    import numpy as np
+
+    from index_builder.loaded_index import IDS_FILE, INDEX_FILE, read_ids, write_ids
+    from orchestration.indexes import IndexCheckError, validate_index
+
+    cfg, store, built = index_run(tmp_path)
+    kind = store.kind("indexes/stories")
+    good = kind.manifest(built["version"])
+    assert built["recall_at_10"] >= cfg.index.min_recall_at_10  # what the builder measured and stored
+    local = kind.download(built["version"], tmp_path / "copy")
+    labels_to_ids = read_ids(local / IDS_FILE)
+    write_ids(local / IDS_FILE, np.random.default_rng(1).permutation(labels_to_ids))
+    damaged = built["version"] + "-damaged"
+    with kind.new_version(damaged, parents=good.parents, params=good.params) as writer:
+        writer.add_file(INDEX_FILE, local / INDEX_FILE)
+        writer.add_file(IDS_FILE, local / IDS_FILE)
+        writer.metrics.update(good.metrics)
+    kind.verify(damaged)  # every checksum matches: only its answers are wrong
+
+    with pytest.raises(
+        IndexCheckError, match=r"recall@10 0\.\d+ on 1000 fresh queries .* below index.min_recall_at_10"
+    ):
+        validate_index(cfg, {**built, "version": damaged})
+    assert kind.latest() is None
+
+
+def test_retention_keeps_the_pair_a_restarting_service_falls_back_to(tmp_path):
+    """The story index moved on to model m2 three times while the user embeddings are still
+    m1's: a service starting now serves the newest m1 pair (i1, u1), so with
+    keep_versions=1 retention deletes i2 and i3 but keeps i1 beside LATEST's i4."""
+    from artifacts import ArtifactStore
+    from config import load_config
+    from orchestration.retention import retain_kind, serving_pins
+
+    cfg = load_config(overrides=[f"root=file://{tmp_path}", "store.keep_versions=1"], environ={})
+    store = ArtifactStore.from_config(cfg)
+    for kind_name, version, model in (
+        ("embeddings/users", "u1", "m1"),
+        ("indexes/stories", "i1", "m1"),
+        ("indexes/stories", "i2", "m2"),
+        ("indexes/stories", "i3", "m2"),
+        ("indexes/stories", "i4", "m2"),
+    ):
+        kind = store.kind(kind_name)
+        with kind.new_version(version, parents={"model_version": model}) as writer:
+            writer.add_bytes("part", version.encode())
+        kind.publish(version, reason="test")
+    assert serving_pins(store) == {"indexes/stories": "i1", "embeddings/users": "u1"}
+
+    planned = retain_kind(cfg, "indexes/stories", dry_run=True)
+    assert planned["deleted"] == ["i2", "i3"] and planned["pinned"] == "i1"
+    done = retain_kind(cfg, "indexes/stories")
+    assert done["deleted"] == ["i2", "i3"] and store.kind("indexes/stories").complete_versions() == ["i1", "i4"]
+    assert store.kind("indexes/stories").latest() == "i4"
+    assert retain_kind(cfg, "embeddings/users")["deleted"] == []
+
+    with store.kind("embeddings/users").new_version("u2", parents={"model_version": "m2"}) as writer:
+        writer.add_bytes("part", b"u2")
+    store.kind("embeddings/users").publish("u2", reason="the user dataflow caught up")
+    assert serving_pins(store) == {"indexes/stories": "i4", "embeddings/users": "u2"}
+    assert retain_kind(cfg, "indexes/stories")["deleted"] == ["i1"]  # no service needs it any more
