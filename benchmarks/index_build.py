@@ -113,15 +113,9 @@ def build_faiss(vectors: np.ndarray, m: int, ef_construction: int, threads: int,
     started = time.perf_counter()
     index.add(vectors)
     seconds = time.perf_counter() - started
-    path = workdir / "faiss.index"
-    faiss.write_index(index, str(path))
-    size = path.stat().st_size
-    path.unlink()
-    return index, {
-        "build_seconds": round(seconds, 2),
-        "vectors_per_second": round(len(vectors) / seconds, 1),
-        "bytes_per_vector": round(size / len(vectors), 1),
-    }
+    return index, build_stats(
+        len(vectors), seconds, workdir / "faiss.index", lambda path: faiss.write_index(index, path)
+    )
 
 
 def build_hnswlib(
@@ -130,14 +124,18 @@ def build_hnswlib(
     started = time.perf_counter()
     index = hnsw.build_graph(vectors, m=m, ef_construction=ef_construction, threads=threads)
     seconds = time.perf_counter() - started
-    path = workdir / "index.hnsw"
-    index.save_index(str(path))
+    return index, build_stats(len(vectors), seconds, workdir / "index.hnsw", index.save_index)
+
+
+def build_stats(count: int, seconds: float, path: Path, save) -> dict:
+    """Build speed and the saved index's bytes per vector: SAVE(str(PATH)) writes it, then it is removed."""
+    save(str(path))
     size = path.stat().st_size
     path.unlink()
-    return index, {
+    return {
         "build_seconds": round(seconds, 2),
-        "vectors_per_second": round(len(vectors) / seconds, 1),
-        "bytes_per_vector": round(size / len(vectors), 1),
+        "vectors_per_second": round(count / seconds, 1),
+        "bytes_per_vector": round(size / count, 1),
     }
 
 
