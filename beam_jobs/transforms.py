@@ -10,6 +10,8 @@
 The snapshot's manifest is written by the pipeline itself, after every shard (a
 Combine waits for all of them), so a job that dies halfway leaves an incomplete
 version that nothing reads. Moving LATEST is left to the driver, after the run.
+
+About 500 lines on purpose: every step both jobs share, read to write, in pipeline order.
 """
 
 from __future__ import annotations

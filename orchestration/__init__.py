@@ -8,7 +8,9 @@ values (version names, URIs, counts), which is what XCom carries between tasks.
 Modules: `runs` (run identity, version names, working folders), `training` (check inputs,
 train, gate, publish the model), `embeddings` (plan a Beam embedding job, check its
 snapshot), `indexes` (build, validate, publish an index), `rollback`, `retention`; and
-`dag_support`, the parse-time side (schedules, assets, Params) that the DAG files use
-(the only module that imports Airflow). Two launchers: `local_airflow` (`make airflow`)
-and `demo` (`make demo`).
+the parse-time side the DAG files use, which reads no pipeline configuration:
+`dag_support` (the `[ebr]` Airflow settings, run policy, schedules, assets, Params) and
+`dag_tasks` (the task blocks the two embedding DAGs share). Three launchers:
+`local_airflow` (`make airflow`), `celery_airflow` (`make airflow-celery`) and `demo`
+(`make demo`).
 """
