@@ -37,7 +37,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -139,16 +138,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
         )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _wait(url: str, path: str = "/readyz", timeout: float = 900) -> None:
     import httpx
 
@@ -245,7 +234,7 @@ def run(argv: list[str] | None = None) -> dict:
             print("single service: load phases ...", flush=True)
             single_result = _phases(port, args, workdir, seed=1)
             single_result["rss_bytes"] = SB._rss(single.pid)
-            _stop(single)
+            SB.stop_process(single, 30)
 
             # -- the sharded tier --
             shard_ports = [SB._free_port() for _ in range(2)]
@@ -378,7 +367,7 @@ def run(argv: list[str] | None = None) -> dict:
             overhead_all = histogram_quantiles(metrics, "ebr_router_fanout_overhead_seconds")
         finally:
             for process in processes:
-                _stop(process)
+                SB.stop_process(process, 30)
             if cache.parent == Path("/dev/shm"):
                 subprocess.run(["rm", "-rf", str(cache)], check=False)
 

@@ -38,8 +38,8 @@ Prints a Markdown table; writes benchmarks/results/serving.json and serving.md.
 
 One file of about 530 lines: the phases of `measure_searcher` share one server process,
 its arguments and its arrays, and the pieces router.py and soak.py reuse (build_store,
-copy_version, wait_ready) stay with the one benchmark that uses them all; the load
-generator, which all three run, is benchmarks/loadgen.py.
+copy_version, wait_ready, stop_process) stay with the one benchmark that uses them
+all; the load generator, which all three run, is benchmarks/loadgen.py.
 """
 
 from __future__ import annotations
@@ -75,6 +75,17 @@ K = 10
 
 
 # -- the benchmark -----------------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGINT (a server's graceful shutdown), SIGKILL if it has not exited TIMEOUT seconds later."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _rss(pid: int) -> int:
@@ -315,12 +326,7 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
             None,
         )
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, 60)
     return {
         "searcher": mode,
         "saturation_closed_loop": saturation,

@@ -45,7 +45,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -330,13 +329,8 @@ def run(argv: list[str] | None = None) -> dict:
         server_log["Traceback"] = sum(1 for line in log_lines if line.startswith("Traceback"))
     finally:
         for proc in (loadgen, server):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                serving.stop_process(proc, 60)
         if args.cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(run_dir / "root", ignore_errors=True)

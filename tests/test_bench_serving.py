@@ -27,3 +27,29 @@ def test_build_store_publishes_one_model_and_reuses_what_it_built(tmp_path):
         assert store.kind(kind).latest() == "20261124T000000Z-bench"
     again = serving.build_store(root, 300, 8, 20)
     assert again[1] == version and again[2] is None and np.array_equal(again[3], users)
+
+
+def test_stop_process_interrupts_then_kills_what_ignores_the_interrupt():
+    import subprocess
+    import sys
+    import time
+
+    ignoring = (
+        "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", ignoring], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    serving.stop_process(process, 0.5)
+    assert process.returncode == -9 and time.monotonic() - started < 10  # SIGKILL after the 0.5 s
+    process.stdout.close()
+    polite = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert polite.stdout.readline() == "ready\n"
+    serving.stop_process(polite, 30)
+    assert polite.returncode not in (None, -9)  # exited on the interrupt (KeyboardInterrupt)
+    polite.stdout.close()
+    serving.stop_process(polite, 30)  # already gone: nothing to do
