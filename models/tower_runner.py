@@ -1,4 +1,5 @@
-"""A loaded tower of an exported model version (see `models.export` for the format)."""
+"""Running a tower over features, batch by batch: a loaded one of an exported model version
+(`TowerRunner`, see `models.export` for the format) or one being trained (`embed_with_tower`)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,8 @@ def embed_in_batches(
     n = len(next(iter(features.values())))
     parts = [embed({k: v[i : i + batch_size] for k, v in features.items()}) for i in range(0, n, batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def embed_with_tower(tower, features: dict[str, np.ndarray]) -> np.ndarray:
+    """A tower of the model being trained over `features`, as `TowerRunner` runs an exported one."""
+    return embed_in_batches(lambda batch: tower(batch, training=False).numpy(), features)

@@ -12,9 +12,11 @@ from config import load_config
 from models.export import export_towers
 from models.features import story_features, user_features
 from models.gate import promotion_gate
+from models.offline_evaluation import CandidateSets
 from models.publish import publish_model, published_metrics
+from models.splits import Split, choose_test_window
 from models.tower_runner import TowerRunner
-from models.training import CandidateSets, Split, choose_test_window, train_and_evaluate
+from models.training import train_and_evaluate
 from models.two_tower import WarmupCosine
 from warehouse import Warehouse
 from warehouse.synthetic import generate_world
@@ -275,7 +277,7 @@ def test_stories_without_a_training_positive_share_the_trained_oov_row(trained):
         warehouse.read_table("stories")["story_id"].to_pylist()
     )  # every story known
     from models.features import Catalog, EventHistory
-    from models.training import load_split
+    from models.splits import load_split
 
     catalog = Catalog.from_tables(
         warehouse.read_table("users"), warehouse.read_table("stories"), warehouse.read_table("creators"), cfg.features
@@ -316,7 +318,7 @@ def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
     # candidates' positions (0, 1) are story rows (1, 2). Scores are by story row: the
     # user's test story (row 1, position 0) has the best score and must rank first.
     from models.evaluation import EvaluationSet
-    from models.training import _measure_all
+    from models.offline_evaluation import measure_all
 
     candidates = CandidateSets(
         {"eligible": np.array([1, 2]), "catalogue": np.array([1, 2])},
@@ -329,5 +331,5 @@ def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
     )
     by_row = lambda users: np.array([[0.0, 5.0, 1.0]])[np.zeros(len(users), int)]  # noqa: E731
     tcfg = load_config(overrides=["train.bootstrap_samples=10"], environ={}).train
-    metrics, _ = _measure_all({"model": by_row}, {"eligible": data, "catalogue": data}, candidates, [1], tcfg)
+    metrics, _ = measure_all({"model": by_row}, {"eligible": data, "catalogue": data}, candidates, [1], tcfg)
     assert metrics["model"]["recall@1"] == 1.0 and metrics["model"]["catalogue_recall@1"] == 1.0

@@ -1,0 +1,130 @@
+"""Training examples, built batch by batch while the model trains (never all in memory).
+
+`ExampleSource` turns example rows (events of `models.features.EventHistory`) into
+batches of tower inputs, with their sampling correction and weights; `output_signature`
+is the matching `tf.data` signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from config import FeatureConfig
+from models.features import STORY_INPUTS, USER_INPUTS, EventHistory, story_features, user_features
+from models.splits import Split
+
+
+class ExampleSource:
+    """Batches of training examples, features computed on the fly (see TrainConfig.example_features).
+
+    With `corpus_negatives` N > 0 each batch also carries N stories drawn uniformly from the
+    stories of `corpus` created before the batch's earliest example (mixed negative
+    sampling, Yang et al. 2020; the keys are TwoTowerModel's): "corpus_story" (story-tower
+    inputs, [N, ...]), "corpus_log_q" ([N], log of the uniform sampling probability) and
+    "corpus_unigram_log_q" ([N], the stories' in-batch log q, as "log_q").
+    """
+
+    def __init__(
+        self,
+        history: EventHistory,
+        rows: np.ndarray,
+        features: FeatureConfig,
+        split: Split,
+        timing: str = "event",
+        *,
+        corpus: np.ndarray | None = None,
+        corpus_negatives: int = 0,
+        seed: int = 0,
+    ):
+        self.history = history
+        self.rows = rows
+        self.split = split
+        self.timing = timing
+        counts = np.bincount(history.story[rows], minlength=len(history.catalog.story_ids))
+        self.log_q = np.log(np.maximum(counts, 1) / max(len(rows), 1)).astype(np.float32)
+        # Positives weigh their (capped) label score; non-engaged impressions weigh 1.
+        self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(
+            np.float32
+        )
+        # Snapshot timing: each user's as-of time, computed once (it scans the whole log).
+        all_users = np.arange(len(history.catalog.user_ids))
+        self.user_snapshot = split.user_as_of(history, all_users) if timing == "snapshot" else None
+        # The corpus sorted by creation time: a batch samples among the stories that
+        # existed at its earliest example.
+        corpus = np.asarray(corpus if corpus is not None else [], dtype=np.int64)
+        self.corpus = corpus[np.argsort(history.catalog.story_created_ts[corpus], kind="stable")]
+        self.corpus_created = history.catalog.story_created_ts[self.corpus]
+        self.corpus_negatives = corpus_negatives if len(self.corpus) else 0
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, rows: np.ndarray, *, corpus: bool = True) -> dict[str, Any]:
+        h = self.history
+        user, story = h.user[rows], h.story[rows]
+        if self.timing == "event":
+            users = user_features(h, user, h.ts[rows])
+            stories = story_features(h, story, h.ts[rows])
+        else:
+            users = leave_out(user_features(h, user, self.user_snapshot[user]), h.catalog.story_ids[story], h.cfg)
+            stories = story_features(h, story, np.full(len(rows), self.split.as_of))
+        batch = {
+            "user": users,
+            "story": stories,
+            "log_q": self.log_q[story],
+            "weight": self.weights[rows],
+            "label": h.positive[rows].astype(np.float32),
+        }
+        if self.corpus_negatives and corpus:
+            # As of the batch's earliest example (the snapshot time in snapshot timing), so
+            # no row's negatives come from its future.
+            as_of = self.split.as_of if self.timing == "snapshot" else int(h.ts[rows].min())
+            existing = max(int(np.searchsorted(self.corpus_created, as_of)), 1)
+            sampled = self.corpus[self.rng.integers(0, existing, self.corpus_negatives)]
+            batch["corpus_story"] = story_features(h, sampled, np.full(len(sampled), as_of))
+            batch["corpus_log_q"] = np.full(len(sampled), -np.log(existing), dtype=np.float32)
+            batch["corpus_unigram_log_q"] = self.log_q[sampled]
+        return batch
+
+    def batches(self, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
+        for rows in self.batch_rows(batch_size, seed):
+            yield self.batch(rows)
+
+    def batch_rows(self, batch_size: int, seed: int) -> Iterator[np.ndarray]:
+        """One epoch's batches as example rows: a permutation by `seed`, full batches only."""
+        order = np.random.default_rng(seed).permutation(self.rows)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def leave_out(users: dict[str, np.ndarray], story_ids: np.ndarray, cfg: FeatureConfig) -> dict[str, np.ndarray]:
+    """Removes each row's own story (and its creator and hashtag slots) from the history."""
+    hit = users["history_story_ids"] == story_ids[:, None]
+    tag_hit = np.repeat(hit[:, : cfg.hashtag_history_stories], cfg.story_hashtags, axis=1)
+    return {
+        **users,
+        "history_story_ids": np.where(hit, "", users["history_story_ids"]),
+        "history_creator_ids": np.where(hit, "", users["history_creator_ids"]),
+        "history_hashtags": np.where(tag_hit, "", users["history_hashtags"]),
+    }
+
+
+def output_signature(sample: dict[str, Any]):
+    def spec(value: np.ndarray):
+        dtype = tf.string if value.dtype == object else tf.float32
+        return tf.TensorSpec(shape=(None, *value.shape[1:]), dtype=dtype)
+
+    signature = {
+        "user": {k: spec(sample["user"][k]) for k in USER_INPUTS},
+        "story": {k: spec(sample["story"][k]) for k in STORY_INPUTS},
+        "log_q": tf.TensorSpec(shape=(None,), dtype=tf.float32),
+        "weight": tf.TensorSpec(shape=(None,), dtype=tf.float32),
+        "label": tf.TensorSpec(shape=(None,), dtype=tf.float32),
+    }
+    if "corpus_story" in sample:
+        signature["corpus_story"] = {k: spec(sample["corpus_story"][k]) for k in STORY_INPUTS}
+        signature["corpus_log_q"] = tf.TensorSpec(shape=(None,), dtype=tf.float32)
+        signature["corpus_unigram_log_q"] = tf.TensorSpec(shape=(None,), dtype=tf.float32)
+    return signature
