@@ -44,7 +44,7 @@ def run_router(cfg: EbrConfig, args: Namespace) -> int:
     import json
     import sys
 
-    from serving.router import serve_router
+    from serving.router_app import serve_router
 
     if args.replicas is not None:
         from config import ConfigError

@@ -30,129 +30,35 @@ every `router.health_interval_s` on `/v1/shard`, which says which shard the repl
 replica listed under the wrong shard, or of a set of another size, is never asked) and
 which versions it holds. README, "Running at scale", shows how a Kubernetes headless
 Service or a DNS SRV record fills the same lists.
+
+The parts: this module's `Router` follows the store and decides the pins; the replicas and
+their health checks are `serving.replicas`, the hedged fan-out and the merge
+`serving.fanout`, the metrics `serving.router_metrics`, and the HTTP app with
+`build_router` and `serve_router` (`ebr route`) `serving.router_app`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated
-
-import numpy as np
-import orjson
-from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from artifacts import ArtifactStore
 from config import EbrConfig
-from index_builder.sharding import merge_top_k, shard_count, shard_of
-from serving.api import RetrieveRequest, RetrieveResponse, SimilarRequest
-from serving.deps import ServingConfigDep, api_dependencies
-from serving.gatekeeper import Gatekeeper
-from serving.metrics import LATENCY_BUCKETS
+from index_builder.sharding import shard_count
+from serving.fanout import FanOut
 from serving.profile_store import RedisUsers, meta_key, snapshot_meta
-from serving.query_checks import checked_embedding, checked_k
-from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response, liveness
+from serving.replicas import ReplicaPool
+from serving.router_metrics import RouterMetrics
 from serving.state import COLLECTIONS, INDEX_KINDS, USER_EMBEDDINGS, UserEmbeddings, load_user_embeddings, now_iso
 
 log = logging.getLogger(__name__)
 
 # User snapshots kept in memory: the one paired with the pinned story set, and the newest.
 KEEP_USER_SNAPSHOTS = 2
-
-
-class RouterMetrics:
-    """Prometheus metrics of the router, in a registry of its own.
-
-    ebr_router_requests_total{endpoint,status}, ebr_router_request_seconds{endpoint}
-    ebr_router_shard_attempts_total{shard,result}   ok / error / timeout / wrong_version
-    ebr_router_hedges_total{shard}                  attempts started because one was slow
-    ebr_router_coverage                             histogram of the answers' coverage
-    ebr_router_fanout_overhead_seconds              fan-out + merge minus the slowest shard
-    ebr_router_pinned_info{collection,version,model_version}
-    ebr_router_replica_healthy{shard,replica}
-    ebr_router_switches_total{collection}
-    """
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("ebr_router_requests", "Requests answered", ["endpoint", "status"], registry=r)
-        self.latency = Histogram(
-            "ebr_router_request_seconds",
-            "Request latency inside the router",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.attempts = Counter(
-            "ebr_router_shard_attempts", "Requests to shard replicas", ["shard", "result"], registry=r
-        )
-        self.hedges = Counter("ebr_router_hedges", "Hedged attempts (a replica was slow)", ["shard"], registry=r)
-        self.coverage = Histogram(
-            "ebr_router_coverage", "Share of shards in an answer", buckets=(0.25, 0.5, 0.75, 0.99, 1.0), registry=r
-        )
-        self.overhead = Histogram(
-            "ebr_router_fanout_overhead_seconds",
-            "Fan-out and merge time beyond the slowest shard",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.pinned = Gauge(
-            "ebr_router_pinned_info",
-            "The pinned shard-set versions (value 1)",
-            ["collection", "version", "model_version"],
-            registry=r,
-        )
-        self.healthy = Gauge(
-            "ebr_router_replica_healthy",
-            "1 while the replica passes its health check",
-            ["shard", "replica"],
-            registry=r,
-        )
-        self.switches = Counter("ebr_router_switches", "Moves of a pinned version", ["collection"], registry=r)
-
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
-
-
-@dataclass
-class Replica:
-    """One shard server, as the health checks last saw it."""
-
-    url: str
-    shard: int
-    healthy: bool = False
-    reason: str = "not checked yet"
-    held: dict[str, frozenset[str]] = field(default_factory=dict)  # collection -> versions
-    current: dict[str, str] = field(default_factory=dict)  # collection -> the version its LATEST named
-    # collection -> version -> (commit sequence, model version, dim, items, memory bytes) of what it holds
-    versions: dict[str, dict[str, tuple[int, str, int, int, int]]] = field(default_factory=dict)
-    checked_at: str | None = None
-
-    def holds(self, collection: str, version: str) -> bool:
-        return self.healthy and version in self.held.get(collection, ())
-
-    def describe(self) -> dict:
-        return {
-            "url": self.url,
-            "shard": self.shard,
-            "healthy": self.healthy,
-            "reason": self.reason,
-            "held": {c: sorted(v) for c, v in self.held.items()},
-            "current": dict(self.current),
-            "checked_at": self.checked_at,
-        }
 
 
 @dataclass(frozen=True)
@@ -175,18 +81,9 @@ class RouterState:
     users: UserEmbeddings | RedisUsers | None  # of the story pin's model
 
 
-@dataclass(frozen=True)
-class ShardAnswer:
-    shard: int
-    status: int  # 200, or 404 (unknown id on /v1/vector)
-    payload: dict | None
-    replica: str | None
-    attempts: int
-    seconds: float
-
-
 class Router:
-    """Holds the replica health, the pins and the user snapshots; fans requests out."""
+    """Holds the pins and the user snapshots, follows the store, and owns the replica pool
+    (`pool`, its health checks) and the fan-out (`fanout`) that answer requests."""
 
     def __init__(
         self,
@@ -211,8 +108,9 @@ class Router:
         from serving.server import cache_dir_of
 
         self.cache_dir = Path(cache_dir_of(cfg)) / "router" / self.name
-        self.replicas = [[Replica(url, shard) for url in urls] for shard, urls in enumerate(self.rcfg.replicas)]
-        self._turn = [itertools.count() for _ in range(self.shards)]
+        self.pool = ReplicaPool(self.rcfg.replicas, self.metrics, self.rcfg.health_timeout_s)
+        self.replicas = self.pool.grid  # [shard][replica]
+        self.fanout = FanOut(self.pool, self.rcfg, self.metrics)
         self.latest: dict[str, dict] = {}  # collection -> {version, model_version, shards} of its LATEST
         self.refused: dict[tuple[str, str], str] = {}
         self.notes: dict[str, str] = {}  # collection -> why the pin did not move
@@ -243,7 +141,9 @@ class Router:
         headers = {"content-type": "application/json"}
         if self.cfg.serving.token:
             headers["authorization"] = f"Bearer {self.cfg.serving.token}"
-        self._http = httpx.AsyncClient(limits=limits, headers=headers, timeout=self.rcfg.health_timeout_s)
+        self._http = self.fanout.http = httpx.AsyncClient(
+            limits=limits, headers=headers, timeout=self.rcfg.health_timeout_s
+        )
         if self.rcfg.user_store == "redis":
             import redis
             import redis.asyncio
@@ -288,46 +188,7 @@ class Router:
             await asyncio.sleep(self.poll_interval_s)
 
     async def check_replicas(self) -> None:
-        await asyncio.gather(*(self._check(replica) for replicas in self.replicas for replica in replicas))
-
-    async def _check(self, replica: Replica) -> None:
-        try:
-            response = await self._http.get(f"{replica.url}/v1/shard", timeout=self.rcfg.health_timeout_s)
-            body = orjson.loads(response.content) if response.status_code == 200 else None
-            if body is None:
-                raise RuntimeError(f"HTTP {response.status_code}")
-            if (body.get("shard"), body.get("shards")) != (replica.shard, self.shards):
-                raise RuntimeError(
-                    f"it serves shard {body.get('shard')} of {body.get('shards')}, but router.replicas "
-                    f"lists it under shard {replica.shard} of {self.shards}"
-                )
-            collections = body.get("collections", {})
-            replica.held = {
-                c: frozenset(v["version"] for v in info["versions"] if v.get("alive", True))
-                for c, info in collections.items()
-            }
-            replica.current = {c: info["current"] for c, info in collections.items()}
-            replica.versions = {
-                c: {
-                    v["version"]: (
-                        int(v.get("sequence", 0)),
-                        v.get("model_version", ""),
-                        int(v.get("dim", 0)),
-                        int(v.get("count", 0)),
-                        int(v.get("memory_bytes", 0)),
-                    )
-                    for v in info["versions"]
-                    if v.get("alive", True)
-                }
-                for c, info in collections.items()
-            }
-            replica.healthy, replica.reason = True, "ok"
-        except Exception as err:  # noqa: BLE001 - any failure makes the replica unhealthy
-            if replica.healthy:
-                log.warning("router: replica %s of shard %d is unhealthy: %s", replica.url, replica.shard, err)
-            replica.healthy, replica.reason = False, f"{type(err).__name__}: {err}"
-        replica.checked_at = now_iso()
-        self.metrics.healthy.labels(str(replica.shard), replica.url).set(1 if replica.healthy else 0)
+        await self.pool.check_all(self._http)
 
     def poll_store(self) -> None:
         """LATEST of every index kind (manifest: model, shard count) and of the user
@@ -407,7 +268,7 @@ class Router:
             if lagging:
                 fallback = (
                     None
-                    if pinned is not None and self._covered(collection, pinned.version)
+                    if pinned is not None and self.pool.covered(collection, pinned.version)
                     else self._common_set(collection)
                 )
                 if fallback is not None and (pinned is None or fallback.version != pinned.version):
@@ -447,9 +308,6 @@ class Router:
             stale = [v for v in self.users if v not in keep][: max(0, len(self.users) - KEEP_USER_SNAPSHOTS)]
             self.users = {v: u for v, u in self.users.items() if v not in stale}
 
-    def _covered(self, collection: str, version: str) -> bool:
-        return all(any(r.holds(collection, version) for r in replicas) for replicas in self.replicas)
-
     def _common_set(self, collection: str) -> Pin | None:
         """The newest version (by commit order) a healthy replica of every shard holds, with
         user embeddings of its model loaded for stories; None if there is none."""
@@ -459,7 +317,9 @@ class Router:
                 if replica.healthy:
                     seen.update(replica.versions.get(collection, {}))
         for version, (_, model, dim, _, _) in sorted(seen.items(), key=lambda item: -item[1][0]):
-            if self._covered(collection, version) and (collection != "stories" or self._users_for(model) is not None):
+            if self.pool.covered(collection, version) and (
+                collection != "stories" or self._users_for(model) is not None
+            ):
                 return Pin(collection, version, model, dim, now_iso())
         return None
 
@@ -469,131 +329,6 @@ class Router:
             return self.users[self.users_latest]
         matching = [u for u in self.users.values() if u.model_version == model]
         return matching[-1] if matching else None
-
-    # -- the fan-out -------------------------------------------------------------------
-
-    def _candidates(self, shard: int, collection: str, version: str) -> list[Replica]:
-        """Replicas to try, in turn: healthy ones holding the version, rotated per request
-        (spreads the load), then the others (a health check may be stale)."""
-        replicas = self.replicas[shard]
-        start = next(self._turn[shard]) % len(replicas)
-        rotated = replicas[start:] + replicas[:start]
-        good = [r for r in rotated if r.holds(collection, version)]
-        return good + [r for r in rotated if r not in good]
-
-    async def ask_shard(self, shard: int, path: str, body: dict, version: str, deadline: float) -> ShardAnswer | None:
-        """One shard's answer for `version`: the first good answer of up to max_attempts
-        replicas (the next one started at once on an error, or after hedge_after_ms); None
-        when none answered by the deadline."""
-        collection = path.rsplit("/", 1)[1]
-        candidates = self._candidates(shard, collection, version)[: self.rcfg.max_attempts]
-        payload = orjson.dumps(body)
-        started = time.perf_counter()
-        pending: dict[asyncio.Task, Replica] = {}
-        tried = 0
-
-        def launch() -> None:
-            nonlocal tried
-            replica = candidates[tried]
-            tried += 1
-            pending[asyncio.create_task(self._attempt(replica, path, payload, version, deadline))] = replica
-
-        launch()
-        try:
-            while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                wait = min(remaining, self.rcfg.hedge_after_ms / 1000) if tried < len(candidates) else remaining
-                done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # slow: hedge on the next replica, keep waiting for both
-                    if tried < len(candidates):
-                        self.metrics.hedges.labels(str(shard)).inc()
-                        launch()
-                    continue
-                for task in done:
-                    replica = pending.pop(task)
-                    result = task.result()
-                    if isinstance(result, tuple):
-                        return ShardAnswer(
-                            shard, result[0], result[1], replica.url, tried, time.perf_counter() - started
-                        )
-                    self.metrics.attempts.labels(str(shard), result).inc()
-                if not pending and tried < len(candidates):
-                    launch()
-            for _ in pending:
-                self.metrics.attempts.labels(str(shard), "timeout").inc()
-            return None
-        finally:
-            for task in pending:
-                task.cancel()
-
-    async def _attempt(self, replica: Replica, path: str, payload: bytes, version: str, deadline: float):
-        """(status, body) of a good answer, or the name of the failure."""
-        import httpx
-
-        try:
-            response = await self._http.post(
-                f"{replica.url}{path}", content=payload, timeout=max(0.001, deadline - time.monotonic())
-            )
-        except httpx.TimeoutException:
-            return "timeout"
-        except httpx.HTTPError as err:
-            replica.healthy, replica.reason = False, f"{type(err).__name__}: {err} (until its next health check)"
-            return "error"
-        if response.status_code == 404 and path.startswith("/v1/vector/"):
-            self.metrics.attempts.labels(str(replica.shard), "ok").inc()
-            return 404, None
-        if response.status_code != 200:
-            if response.status_code in (409, 503):  # it no longer holds the version / is reloading
-                replica.healthy, replica.reason = False, f"HTTP {response.status_code} (until its next health check)"
-            return "error"
-        body = orjson.loads(response.content)
-        if body.get("version") != version:  # never merged: another generation
-            return "wrong_version"
-        self.metrics.attempts.labels(str(replica.shard), "ok").inc()
-        return 200, body
-
-    async def search(self, pin: Pin, query: np.ndarray, k: int, exclude: list[str], deadline: float) -> dict:
-        """Fans the query out to every shard for `pin.version` and merges: the answer body
-        without `served` (items, coverage, per-shard details)."""
-        body = {"embedding": query.tolist(), "k": k, "exclude": exclude, "version": pin.version}
-        path = f"/v1/search/{pin.collection}"
-        started = time.perf_counter()
-        answers = await asyncio.gather(
-            *(self.ask_shard(s, path, body, pin.version, deadline) for s in range(self.shards))
-        )
-        got = [a for a in answers if a is not None]
-        merged = merge_top_k([[(i, s) for i, s in a.payload["items"]] for a in got], k)
-        if got:
-            self.metrics.overhead.observe(max(0.0, time.perf_counter() - started - max(a.seconds for a in got)))
-        coverage = len(got) / self.shards
-        self.metrics.coverage.observe(coverage)
-        return {
-            "items": [{"id": item_id, "score": score} for item_id, score in merged],
-            "coverage": coverage,
-            "shards": [
-                {"shard": a.shard, "version": a.payload["version"], "replica": a.replica, "attempts": a.attempts}
-                for a in got
-            ],
-            "missing_shards": [s for s, a in enumerate(answers) if a is None],
-        }
-
-    async def stored_vector(self, pin: Pin, item_id: str, deadline: float) -> np.ndarray | None:
-        shard = shard_of(item_id, self.shards)
-        answer = await self.ask_shard(
-            shard, f"/v1/vector/{pin.collection}", {"id": item_id, "version": pin.version}, pin.version, deadline
-        )
-        if answer is None:
-            raise ApiError(
-                503,
-                "shard_unavailable",
-                f"shard {shard} (which holds {item_id!r}) did not answer within "
-                f"router.deadline_ms={self.rcfg.deadline_ms:g}",
-            )
-        if answer.status == 404:
-            return None
-        return np.asarray(answer.payload["vector"], dtype=np.float32)
 
     def describe(self) -> dict:
         state = self._state
@@ -697,246 +432,3 @@ class Router:
                 f"(serving.min_coverage={self.cfg.serving.min_coverage:g})"
             )
         return None
-
-
-def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
-    """The router's ASGI app: the retrieval service's routes, answered by fan-out.
-
-    `routers` maps a model name to its Router (its own root, shard servers, pins and user
-    embeddings: one consistent pair per model); a request picks one with `?model=NAME`,
-    default `router.model_name`.
-    """
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        for router in routers.values():
-            await router.start()
-        try:
-            yield
-        finally:
-            for router in routers.values():
-                await router.close()
-
-    app = FastAPI(
-        title="EBR retrieval router",
-        version="1",
-        lifespan=lifespan,
-        description="The retrieval API over shard servers: one shard-set generation per answer, merged "
-        "top-K, `coverage` = the share of shards that answered.",
-    )
-    app.state.serving_config = cfg.serving  # serving.deps.ServingConfigDep
-    app.state.model_routers = ModelRouters(routers, cfg.router.model_name)  # ModelRoutersDep
-    app.state.request_read_timeout_s = cfg.serving.request_read_timeout_s
-
-    add_error_handlers(app, validation_details=False)
-    app.include_router(liveness)
-    app.include_router(router_probes)
-    app.include_router(router_api, dependencies=api_dependencies(cfg.serving))
-    app.add_middleware(Gatekeeper, cfg=cfg.serving, metrics=routers[cfg.router.model_name].metrics)
-    return app
-
-
-@dataclass(frozen=True)
-class ModelRouters:
-    """The app's Router per model name; `pick(None)` is the default model's."""
-
-    routers: dict[str, Router]
-    default: str
-
-    def pick(self, model: str | None) -> Router:
-        router = self.routers.get(model or self.default)
-        if router is None:
-            raise ApiError(
-                404, "unknown_model", f"unknown model {model!r}; this router serves {', '.join(self.routers)}"
-            )
-        return router
-
-
-def model_routers(request: Request) -> ModelRouters:
-    return request.app.state.model_routers
-
-
-# The routers, not one of them: a handler picks its model's after its body has been
-# validated (a dependency that raised unknown_model would answer before a 422).
-ModelRoutersDep = Annotated[ModelRouters, Depends(model_routers)]
-
-router_probes = APIRouter()
-router_api = APIRouter(prefix="/v1")
-
-
-@router_probes.get("/readyz")
-async def readyz(models: ModelRoutersDep, model: str | None = None) -> Response:
-    router = models.pick(model)
-    reason = router.ready_reason()
-    state = router.state
-    pin = state.pins.get("stories")
-    body = {
-        "ready": reason is None,
-        "model": router.name,
-        "generation": state.generation,
-        "model_version": pin.model_version if pin else None,
-    }
-    if reason is not None:
-        body["reason"] = reason
-    return json_response(body, 200 if reason is None else 503)
-
-
-@router_probes.get("/metrics")
-async def prometheus(models: ModelRoutersDep) -> Response:
-    return Response(models.pick(None).metrics.exposition(), media_type=PROMETHEUS_TEXT)
-
-
-@router_api.get("/versions", summary="pinned shard sets, LATEST, user embeddings, replica health")
-async def versions(models: ModelRoutersDep, model: str | None = None) -> Response:
-    return json_response(
-        {**models.pick(model).describe(), "models": {name: r.describe() for name, r in models.routers.items()}}
-    )
-
-
-@router_api.post(
-    "/retrieve/{collection}",
-    response_model=RetrieveResponse,
-    summary="top-K of a collection for a user id or an embedding, merged over every shard",
-)
-async def retrieve(
-    collection: str, body: RetrieveRequest, models: ModelRoutersDep, serving: ServingConfigDep, model: str | None = None
-) -> Response:
-    router = models.pick(model)
-    deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
-    state = router.state  # read once: one generation for the whole request
-    pin = _pin_of(state, collection, router)
-    k = checked_k(body.k, serving)
-    if (body.user_id is None) == (body.embedding is None):
-        raise ApiError(422, "invalid_request", "give exactly one of user_id or embedding")
-    users = state.users
-    if body.user_id is not None:
-        if users is None or users.model_version != pin.model_version:
-            raise ApiError(
-                503,
-                "not_ready",
-                f"no user embeddings of model {pin.model_version!r} are loaded for {collection} {pin.version}",
-            )
-        query = await _user_vector(users, body.user_id)
-        if query is None:
-            raise ApiError(
-                404,
-                "unknown_user",
-                f"user {body.user_id!r} is not in the served user embeddings "
-                f"({users.version}, model {users.model_version})",
-            )
-    else:
-        query = checked_embedding(body.embedding, pin.dim)
-    answer = await router.search(pin, query, k, body.exclude, deadline)
-    return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
-
-
-@router_api.post(
-    "/similar/{collection}",
-    response_model=RetrieveResponse,
-    summary="items closest to one item (the item itself excluded), merged over every shard",
-)
-async def similar(
-    collection: str, body: SimilarRequest, models: ModelRoutersDep, serving: ServingConfigDep, model: str | None = None
-) -> Response:
-    router = models.pick(model)
-    deadline = time.monotonic() + router.rcfg.deadline_ms / 1000
-    state = router.state
-    pin = _pin_of(state, collection, router)
-    k = checked_k(body.k, serving)
-    query = await router.stored_vector(pin, body.id, deadline)
-    if query is None:
-        raise ApiError(404, "unknown_id", f"{collection} index {pin.version} holds no id {body.id!r}")
-    answer = await router.search(pin, query, k, [body.id, *body.exclude], deadline)
-    return _respond(router, state, pin, collection, k, answer, serving.min_coverage)
-
-
-async def _user_vector(users: UserEmbeddings | RedisUsers, user_id: str) -> np.ndarray | None:
-    if not isinstance(users, RedisUsers):
-        return users.vector(user_id)
-    from redis.exceptions import RedisError
-
-    try:
-        return await users.lookup(user_id)
-    except RedisError as err:
-        raise ApiError(
-            503,
-            "user_store_unavailable",
-            f"the Redis profile store did not answer ({type(err).__name__}: {err}); retry shortly",
-        ) from None
-
-
-def _pin_of(state: RouterState, collection: str, router: Router) -> Pin:
-    if collection not in INDEX_KINDS:
-        raise ApiError(
-            404, "unknown_collection", f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}"
-        )
-    pin = state.pins.get(collection)
-    if pin is None:
-        why = router.notes.get(collection) or f"no {collection} shard set is published or held by every shard yet"
-        raise ApiError(503, "not_ready" if collection == "stories" else "collection_not_served", why)
-    return pin
-
-
-def _respond(
-    router: Router, state: RouterState, pin: Pin, collection: str, k: int, answer: dict, min_coverage: float
-) -> Response:
-    if answer["coverage"] < min_coverage or not answer["shards"]:
-        raise ApiError(
-            503,
-            "insufficient_coverage",
-            f"{len(answer['shards'])} of {len(answer['shards']) + len(answer['missing_shards'])} shards answered "
-            f"(shards {answer['missing_shards']} did not, within the deadline), below serving.min_coverage="
-            f"{min_coverage:g}",
-        )
-    users = state.users
-    return json_response(
-        {
-            "collection": collection,
-            "k": k,
-            "model": router.name,
-            "items": answer["items"],
-            "coverage": answer["coverage"],
-            "served": {
-                "generation": state.generation,
-                "model_version": pin.model_version,
-                "index_version": pin.version,
-                "user_embeddings_version": users.version if users is not None else None,
-            },
-            "shards": answer["shards"],
-            "missing_shards": answer["missing_shards"],
-        }
-    )
-
-
-def build_router(cfg: EbrConfig, *, poll_interval_s: float | None = None) -> tuple[FastAPI, Router]:
-    """The app and the Router of the default model (`app.state.routers` has every model's).
-
-    The default model is `root` + `router.replicas`; each of `router.models` has its own
-    root and replicas (e.g. a candidate model in shadow, or the other arm of an A/B split).
-    """
-    metrics = RouterMetrics()
-    routers = {cfg.router.model_name: Router(cfg, metrics, poll_interval_s=poll_interval_s)}
-    for name, model in cfg.router.models.items():
-        own = cfg.model_copy(
-            update={
-                "root": model.root,
-                "router": cfg.router.model_copy(update={"replicas": model.replicas, "models": {}}),
-            }
-        )
-        routers[name] = Router(own, metrics, poll_interval_s=poll_interval_s, name=name)
-    app = create_router_app(cfg, routers)
-    app.state.routers = routers
-    return app, routers[cfg.router.model_name]
-
-
-def serve_router(cfg: EbrConfig, *, host: str, port: int) -> None:
-    """`ebr route` in the foreground until interrupted."""
-    import sys
-
-    import uvicorn
-
-    from serving.server import SWITCH_INTERVAL_S, uvicorn_config
-
-    sys.setswitchinterval(SWITCH_INTERVAL_S)  # the store poll thread must not hold the loop for 5 ms at a time
-    app, _ = build_router(cfg)
-    uvicorn.Server(uvicorn_config(app, host, port, cfg.serving.request_read_timeout_s)).run()

@@ -37,7 +37,7 @@ from config import load_config
 from index_builder import hnsw
 from index_builder.publish import build_and_publish_index
 from index_builder.sharding import shard_of
-from serving.router import build_router
+from serving.router_app import build_router
 from serving.server import ServerThread
 from tests.gcs_support import free_port
 from tests.polling import wait_for
