@@ -32,7 +32,7 @@ from config import load_config
 from index_builder.loaded_index import read_header
 from serving.server import ServerThread, build_service
 from tests.polling import wait_for
-from tests.test_serving import DIM, World, error_code, metric, retrieve, served_index
+from tests.serving_support import DIM, World, error_code, metric, retrieve, served_index
 
 POLL_S = 0.2
 # Slack for a shared 2-core machine on top of "one poll interval plus the load time".

@@ -17,7 +17,7 @@ import pytest
 
 from config.loopback import free_port
 from serving.docs import DOCS_ASSETS, SWAGGER_UI_FILES, swagger_ui_dir
-from tests.test_serving import searcher, start_service, world  # noqa: F401 - fixtures
+from tests.serving_support import searcher, start_service, world  # noqa: F401 - fixtures
 
 EBR = str(Path(sys.executable).with_name("ebr"))
 
