@@ -17,17 +17,14 @@ One background thread runs `Reloader.poll_once()` every `poll_interval_s`:
 
 Any failure leaves the served state as it was; it is logged, counted in
 `ebr_serving_reloads_total{result="failure"}` and listed by `/v1/versions`. A version that
-failed verification (corrupt, truncated, wrong dimension or model) is refused for good,
-since versions are immutable. A load that crashed (the index process died, e.g. SIGSEGV on
-a graph whose checksums are right; a MemoryError; a bug) is not the bytes' verdict: it is
-counted per version and retried after a backoff that doubles (`serving.load_retry_backoff_s`),
-and the version is refused after `serving.max_load_crashes` crashes. Store and I/O errors
-are retried at the next poll. A rollback is just `LATEST` naming another version and is
-picked up the same way.
+failed verification is refused for good; a load that crashed is retried with a backoff and
+refused after `serving.max_load_crashes` (`serving.refusals`); store and I/O errors are
+retried at the next poll. A rollback is just `LATEST` naming another version.
 
 The parts: which versions may be served together is `serving.pairing` (pure functions);
 downloading, opening and warming a version is `serving.loading`; the refusals and crashed
-loads are kept by `serving.refusals`; this module decides and swaps.
+loads are kept by `serving.refusals`; the poll thread is `serving.poller`; this module
+decides and swaps.
 
 Whatever else the poll decides, it first restarts any served index process that died,
 from the verified copy in the local cache (the store may have deleted the version since:
