@@ -133,27 +133,31 @@ def start_service(world, searcher):
     running: list[ServerThread] = []
 
     def start(*overrides: str):
-        cfg = load_config(
-            overrides=[
-                f"root={world.root}",
-                f"serving.cache_dir={world.tmp}/cache",
-                f"serving.poll_interval_s={POLL_S}",
-                f"serving.searcher={searcher}",
-                "serving.max_k=50",
-                "serving.default_k=10",
-                "serving.max_body_bytes=4096",
-                *overrides,
-            ],
-            environ={},
+        return started_service(
+            world,
+            running,
+            f"serving.poll_interval_s={POLL_S}",
+            f"serving.searcher={searcher}",
+            "serving.max_k=50",
+            "serving.default_k=10",
+            "serving.max_body_bytes=4096",
+            *overrides,
         )
-        service = build_service(cfg)
-        server = ServerThread(service.app).start()
-        running.append(server)
-        return service, server, httpx.Client(base_url=server.url, timeout=10)
 
     yield start
     for server in running:
         server.stop()  # the lifespan closes the reloader: index processes exit with their state
+
+
+def started_service(world: World, running: list[ServerThread], *settings: str):
+    """(service, server, client): the service over `world` with `settings` (`--set` style,
+    after its root and cache folder) on a free loopback port, added to `running`, which the
+    caller stops."""
+    cfg = load_config(overrides=[f"root={world.root}", f"serving.cache_dir={world.tmp}/cache", *settings], environ={})
+    service = build_service(cfg)
+    server = ServerThread(service.app).start()
+    running.append(server)
+    return service, server, httpx.Client(base_url=server.url, timeout=10)
 
 
 def served_index(client: httpx.Client) -> str | None:

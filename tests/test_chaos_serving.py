@@ -27,12 +27,19 @@ import httpx
 import numpy as np
 import pytest
 
-from artifacts import ArtifactStore
-from config import load_config
 from index_builder.loaded_index import read_header
-from serving.server import ServerThread, build_service
+from serving.server import ServerThread
 from tests.polling import wait_for
-from tests.serving_support import DIM, World, error_code, metric, retrieve, served_index
+from tests.serving_support import (  # noqa: F401 - world: a fixture
+    DIM,
+    World,
+    error_code,
+    metric,
+    retrieve,
+    served_index,
+    started_service,
+    world,
+)
 
 POLL_S = 0.2
 # Slack for a shared 2-core machine on top of "one poll interval plus the load time".
@@ -42,33 +49,20 @@ STARTUP_S = 30.0
 
 
 @pytest.fixture
-def world(tmp_path) -> World:
-    return World(tmp_path, ArtifactStore.open(f"file://{tmp_path}/root"))
-
-
-@pytest.fixture
 def start_service(world):
     """Starts the service (process searcher) over `world`; extra `--set` overrides allowed."""
     running: list[ServerThread] = []
 
     def start(*overrides: str, poll_s: float = POLL_S):
-        cfg = load_config(
-            overrides=[
-                f"root={world.root}",
-                f"serving.cache_dir={world.tmp}/cache",
-                f"serving.poll_interval_s={poll_s}",
-                "serving.searcher=process",
-                "serving.max_k=50",
-                "serving.default_k=10",
-                *overrides,
-            ],
-            environ={},
+        return started_service(
+            world,
+            running,
+            f"serving.poll_interval_s={poll_s}",
+            "serving.searcher=process",
+            "serving.max_k=50",
+            "serving.default_k=10",
+            *overrides,
         )
-        service = build_service(cfg)
-        server = ServerThread(service.app).start()
-        running.append(server)
-        client = httpx.Client(base_url=server.url, timeout=10)
-        return service, server, client
 
     yield start
     for server in running:
