@@ -343,16 +343,35 @@ class ArtifactKind(LatestPointer, Retention):
         cache can call this repeatedly. The manifest is copied last.
         """
         manifest = self.manifest(version)
-        prefix = self._files_prefix(manifest)
         target = dest / version
-        for name, entry in manifest.files.items():
-            path = target / name
+        self.download_files(version, target, {name: name for name in manifest.files})
+        (target / MANIFEST).write_bytes(manifest.to_json())
+        return target
+
+    def download_files(self, version: str, target: Path, names: dict[str, str]) -> None:
+        """Copies some files of a complete version into `target`, verifying each: `names`
+        maps a stored file name to the name it gets there (a shard server keeps its shard's
+        files under their unsharded names).
+
+        A file already there with the right size and checksum is kept; a download lands in
+        a `.part` file first and replaces the target only once it matches the manifest.
+
+        Raises:
+          CorruptArtifactError: a file does not match the manifest (its `.part` is removed).
+          FileNotFoundError: a name the manifest does not list.
+        """
+        manifest = self.manifest(version)
+        prefix = self._files_prefix(manifest)
+        target.mkdir(parents=True, exist_ok=True)
+        for stored, local in names.items():
+            entry = _manifest_entry(manifest, validate_file_name(stored))
+            path = target / local
             if path.is_file() and path.stat().st_size == entry.size:
                 with path.open("rb") as f:
                     if sha256_stream(f)[1] == entry.sha256:
                         continue
             tmp = path.with_name(f"{path.name}.part")
-            key = self.backend.join(prefix, name)
+            key = self.backend.join(prefix, stored)
             self.backend.download_file(key, tmp)
             with tmp.open("rb") as f:
                 size, digest = sha256_stream(f)
@@ -362,8 +381,6 @@ class ArtifactKind(LatestPointer, Retention):
                 tmp.unlink(missing_ok=True)
                 raise
             os.replace(tmp, path)
-        (target / MANIFEST).write_bytes(manifest.to_json())
-        return target
 
     # -- writing ------------------------------------------------------------------------
 

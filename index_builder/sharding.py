@@ -26,7 +26,6 @@ verified loader (`load_index`) and the index process load a shard unchanged.
 from __future__ import annotations
 
 import heapq
-import os
 import re
 import zlib
 from collections.abc import Iterable, Sequence
@@ -37,7 +36,7 @@ import numpy as np
 
 from artifacts.embedding_snapshots import EmbeddingSnapshot
 from artifacts.errors import CorruptArtifactError
-from artifacts.manifest import Manifest, check_entry, sha256_stream
+from artifacts.manifest import Manifest
 from artifacts.names import MANIFEST
 from artifacts.store import ArtifactKind
 from index_builder.loaded_index import IDS_FILE, INDEX_FILE
@@ -158,25 +157,9 @@ def download_shard(kind: ArtifactKind, version: str, shard: int, shards: int, de
         )
     own = shard_manifest(manifest, shard)
     target = Path(dest) / version / shard_prefix(shard, shards)
-    target.mkdir(parents=True, exist_ok=True)
-    for name, entry in own.files.items():
-        path = target / name
-        if path.is_file() and path.stat().st_size == entry.size:
-            with path.open("rb") as f:
-                if sha256_stream(f)[1] == entry.sha256:
-                    continue
-        stored = name if own is manifest else shard_file(shard, shards, name)
-        key = kind.file_key(version, stored)
-        tmp = path.with_name(f"{name}.part")
-        kind.backend.download_file(key, tmp)
-        with tmp.open("rb") as f:
-            size, digest = sha256_stream(f)
-        try:
-            check_entry(f"{kind.backend.uri}/{key}", entry, size, digest)
-        except CorruptArtifactError:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, path)
+    # stored name -> the unsharded name the shard server loads it by
+    names = {(name if own is manifest else shard_file(shard, shards, name)): name for name in own.files}
+    kind.download_files(version, target, names)
     (target / MANIFEST).write_bytes(own.to_json())
     return target
 
