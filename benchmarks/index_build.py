@@ -56,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 
 from artifacts.embedding_snapshots import EmbeddingSnapshot  # noqa: E402
+from artifacts.kinds import STORY_EMBEDDINGS, STORY_INDEX  # noqa: E402
 from artifacts.manifest import Manifest  # noqa: E402
 from benchmarks.synthetic_vectors import clustered_vectors, story_ids  # noqa: E402
 from benchmarks.targets import incremental_met, index_recall_speed  # noqa: E402
@@ -141,7 +142,7 @@ def build_stats(count: int, seconds: float, path: Path, save) -> dict:
 
 def snapshot(ids: np.ndarray, vectors: np.ndarray, name: str) -> EmbeddingSnapshot:
     manifest = Manifest(
-        "embeddings/stories",
+        STORY_EMBEDDINGS,
         name,
         {},
         "",
@@ -181,7 +182,7 @@ def freshness(
     new_vectors = np.concatenate([vectors[turnover:], fresh])
     after = snapshot(new_ids, new_vectors, "after")
     params = {"dim": vectors.shape[1], "M": cfg.m, "ef_construction": cfg.ef_construction}
-    manifest = Manifest("indexes/stories", "before", {}, "", "", {"model_version": "bench"}, params, {})
+    manifest = Manifest(STORY_INDEX, "before", {}, "", "", {"model_version": "bench"}, params, {})
     index_file = workdir / "previous.hnsw"
     index.save_index(str(index_file))  # what the builder downloads: the published previous version
     del index

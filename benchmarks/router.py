@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 # As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 
+from artifacts.kinds import STORY_INDEX  # noqa: E402
 from benchmarks import loadgen  # noqa: E402
 from benchmarks import serving as SB  # noqa: E402 - its store set-up, wait_ready, copy_version
 from benchmarks.targets import merged_recall_met, router_qps_met, steady_p99_met, swaps_met  # noqa: E402
@@ -68,7 +69,7 @@ def build_roots(single_root: str, sharded_root: str, n: int, dim: int, n_users: 
     out = {"stories": stories, "users": users}
     for root, shards in ((single_root, 1), (sharded_root, 2)):
         store = ArtifactStore.open(root)
-        kind = store.kind("indexes/stories")
+        kind = store.kind(STORY_INDEX)
         built = [v for v in kind.versions() if v.complete and "-swap" not in v.name]
         if built and built[0].manifest.params.get("count") == n and built[0].manifest.params.get("dim") == dim:
             kind.rollback_to(built[0].name, reason="router benchmark: start from the built version", verify=False)
@@ -107,9 +108,9 @@ def measure_recall(built: dict, n_queries: int = 1000) -> dict:
     exact_ids = [set(ids[row]) for row in exact]
     ef = int(built[1]["manifest"].params["ef_search"])
     with tempfile.TemporaryDirectory() as tmp:
-        kind1 = built[1]["store"].kind("indexes/stories")
+        kind1 = built[1]["store"].kind(STORY_INDEX)
         single = load_index(kind1.download(built[1]["version"], Path(tmp) / "single"), "stories")
-        kind2 = built[2]["store"].kind("indexes/stories")
+        kind2 = built[2]["store"].kind(STORY_INDEX)
         shards = [
             load_index(download_shard(kind2, built[2]["version"], s, 2, Path(tmp) / "set"), "stories") for s in range(2)
         ]
@@ -303,13 +304,13 @@ def run(argv: list[str] | None = None) -> dict:
             )
 
             # -- shard-set swaps under load --
-            kind = built[2]["store"].kind("indexes/stories")
+            kind = built[2]["store"].kind(STORY_INDEX)
             base = built[2]["version"]
             stamp = datetime.now(UTC).strftime("%H%M%S")
             copies = [f"{base}-swap{stamp}-{i}" for i in range(args.swaps)]
             source = kind.local_dir(base)
             for name in copies:
-                SB.copy_version(built[2]["store"], "indexes/stories", base, name, source)
+                SB.copy_version(built[2]["store"], STORY_INDEX, base, name, source)
             os.sync()
             published: list[str] = []
 

@@ -66,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 # As a script, benchmarks/ is sys.path[0], where "serving" would mean this file rather than
 # the package: the checkout replaces it (benchmarks/__init__.py).
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
+from artifacts.kinds import STORY_EMBEDDINGS, STORY_INDEX, USER_EMBEDDINGS  # noqa: E402
 from benchmarks.loadgen import run_loadgen, summarize  # noqa: E402
 from benchmarks.targets import failed_requests, reload_met, served_over_raw_met, steady_p99_met  # noqa: E402
 from config.loopback import free_port as _free_port  # noqa: E402 (benchmarks/router.py and soak.py call it too)
@@ -122,7 +123,7 @@ def publish_vectors(store, version: str, stories, user_ids, users, *, reason: st
     from benchmarks.synthetic_vectors import story_ids
 
     publish_snapshot(
-        store.kind("embeddings/stories"),
+        store.kind(STORY_EMBEDDINGS),
         version,
         story_ids(0, len(stories)),
         stories,
@@ -131,9 +132,7 @@ def publish_vectors(store, version: str, stories, user_ids, users, *, reason: st
         shards=8,
         reason=reason,
     )
-    publish_snapshot(
-        store.kind("embeddings/users"), version, user_ids, users, model_version=MODEL, as_of=0, reason=reason
-    )
+    publish_snapshot(store.kind(USER_EMBEDDINGS), version, user_ids, users, model_version=MODEL, as_of=0, reason=reason)
 
 
 def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | None = None):
@@ -148,10 +147,10 @@ def build_store(root: str, n: int, dim: int, n_users: int, min_recall: float | N
     from index_builder.publish import build_and_publish_index
 
     store = ArtifactStore.open(root)
-    indexes = store.kind("indexes/stories")
+    indexes = store.kind(STORY_INDEX)
     built = [v for v in indexes.versions() if v.complete and "copied_from" not in v.manifest.params]
     if built and built[0].manifest.params.get("count") == n and built[0].manifest.params.get("dim") == dim:
-        users = read_snapshot(store.kind("embeddings/users"))
+        users = read_snapshot(store.kind(USER_EMBEDDINGS))
         if len(users) == n_users:
             print(f"reusing the index {built[0].name} in {root}", flush=True)
             return store, built[0].name, None, users.vectors
@@ -226,7 +225,7 @@ def wait_ready(url: str, timeout: float, version: str | None = None) -> dict:
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 versions = httpx.get(f"{url}/v1/versions", timeout=5).json()
-                if version is None or versions["served"]["components"]["indexes/stories"]["version"] == version:
+                if version is None or versions["served"]["components"][STORY_INDEX]["version"] == version:
                     return versions
         except httpx.HTTPError:
             pass
@@ -238,9 +237,9 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
     """Starts `ebr serve` with serving.searcher=`mode`, runs the three load phases, stops it."""
     import httpx
 
-    kind = store.kind("indexes/stories")
+    kind = store.kind(STORY_INDEX)
     reload_version = f"{base_version}-reload-{mode}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
-    copy_version(store, "indexes/stories", base_version, reload_version, source_dir)
+    copy_version(store, STORY_INDEX, base_version, reload_version, source_dir)
     # Write the copy's dirty pages back now: left to the kernel, the writeback of ~0.7 GB
     # starts ~30 s later (vm.dirty_expire_centisecs), in the middle of the measurements.
     os.sync()
@@ -274,7 +273,7 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
         started = time.monotonic()
         versions = wait_ready(url, timeout=1800, version=base_version)
         first_load_s = time.monotonic() - started
-        component = versions["served"]["components"]["indexes/stories"]
+        component = versions["served"]["components"][STORY_INDEX]
         rss_loaded = _rss(server.pid)
 
         common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
@@ -336,7 +335,7 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
             "whole_phase": summarize(rows),
             "reload_window": summarize(rows, window),
             "window_seconds": round(swapped - publish_at[0], 2) if swapped is not None else None,
-            "served_after": after["served"]["components"]["indexes/stories"]["version"],
+            "served_after": after["served"]["components"][STORY_INDEX]["version"],
             "server_reload_seconds": reload_seconds,
         },
         "memory": {
@@ -414,11 +413,11 @@ def run(argv: list[str] | None = None) -> dict:
     try:
         print(f"building: {args.n:,} stories x {args.dim}, {args.users:,} users ...", flush=True)
         store, base_version, build_s, user_vectors = build_store(root, args.n, args.dim, args.users, args.min_recall)
-        manifest = store.kind("indexes/stories").manifest(base_version)
+        manifest = store.kind(STORY_INDEX).manifest(base_version)
         ef = int(manifest.params["ef_search"])
         # The built files where the store keeps them (its attempt folder, through the
         # manifest): the root is on this machine, so nothing is copied.
-        source_dir = store.kind("indexes/stories").local_dir(base_version)
+        source_dir = store.kind(STORY_INDEX).local_dir(base_version)
         print("raw hnswlib, single thread ...", flush=True)
         raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
         modes = [

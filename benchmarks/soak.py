@@ -61,6 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 # As a script, benchmarks/ is sys.path[0]: the checkout replaces it (benchmarks/__init__.py).
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 # The load generator runs in its own process: benchmarks/loadgen.py soak.
+from artifacts.kinds import STORY_INDEX, USER_EMBEDDINGS  # noqa: E402
 from benchmarks import loadgen as load_generator  # noqa: E402
 from benchmarks.soak_faults import Scheduler, Service, SoakStore, prepare  # noqa: E402
 
@@ -98,7 +99,7 @@ def analyse(rows: dict, soak: SoakStore, scheduler: Scheduler, t_start: float) -
         (i, u, m)
         for i, u, m in zip(rows["index_version"][ok], rows["users_version"][ok], rows["model_version"][ok], strict=True)
     }:
-        if not (models.get(("indexes/stories", index)) == models.get(("embeddings/users", users)) == model):
+        if not (models.get((STORY_INDEX, index)) == models.get((USER_EMBEDDINGS, users)) == model):
             mixed += int(((rows["index_version"] == index) & (rows["users_version"] == users) & ok).sum())
         if index in soak.bad:
             bad_served += int(((rows["index_version"] == index) & ok).sum())

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from artifacts.kinds import STORY_INDEX, USER_EMBEDDINGS
+
 # One round of the schedule: every fault at least once, in a seeded random order.
 ROUND = ("publish", "publish", "rollback", "corrupt", "crash", "rollout", "kill", "kill", "retention")
 
@@ -77,7 +79,7 @@ class SoakStore:
 
         version = self._name("users")
         publish_snapshot(
-            self.store.kind("embeddings/users"),
+            self.store.kind(USER_EMBEDDINGS),
             version,
             self.user_ids,
             self.user_vectors,
@@ -85,12 +87,12 @@ class SoakStore:
             as_of=0,
             reason="soak: user embeddings",
         )
-        self.models[("embeddings/users", version)] = model
+        self.models[(USER_EMBEDDINGS, version)] = model
         return version
 
     def new_index(self, model: str, what: str, source: Path | None = None) -> str:
         """Writes an index version (the built files, or `source`'s) under a new name; not published."""
-        kind = self.store.kind("indexes/stories")
+        kind = self.store.kind(STORY_INDEX)
         version = self._name(what)
         params = {**self.base_manifest.params, "copied_from": self.base_manifest.version}
         with kind.new_version(
@@ -99,13 +101,13 @@ class SoakStore:
             for name in self.base_manifest.files:
                 writer.add_file(name, (source or self.pristine) / name)
             writer.metrics.update(self.base_manifest.metrics)
-        self.models[("indexes/stories", version)] = model
+        self.models[(STORY_INDEX, version)] = model
         return version
 
     def publish_index(self, version: str, *, unchecked: bool = False) -> None:
         import inspect
 
-        kind = self.store.kind("indexes/stories")
+        kind = self.store.kind(STORY_INDEX)
         if unchecked and "verify" in inspect.signature(kind.publish).parameters:
             kind.publish(version, reason="soak: a bad version", verify=False)  # the service must refuse it itself
         else:
@@ -114,7 +116,7 @@ class SoakStore:
     def flip_a_byte(self, version: str) -> None:
         from index_builder.loaded_index import INDEX_FILE
 
-        kind = self.store.kind("indexes/stories")
+        kind = self.store.kind(STORY_INDEX)
         stored = kind.backend.local_path(kind.file_key(version, INDEX_FILE))  # the file its manifest names
         with open(stored, "r+b") as f:
             f.seek(stored.stat().st_size // 2)
@@ -128,9 +130,9 @@ def prepare(args, workdir: Path, run_dir: Path) -> SoakStore:
     from benchmarks import serving
 
     build, base_version, _, _ = serving.build_store(f"file://{workdir}/build", args.n, args.dim, args.users)
-    indexes = build.kind("indexes/stories")
+    indexes = build.kind(STORY_INDEX)
     pristine = indexes.download(base_version, workdir / "source")  # files already there and verified are kept
-    users = read_snapshot(build.kind("embeddings/users"))
+    users = read_snapshot(build.kind(USER_EMBEDDINGS))
     soak = SoakStore(run_dir / "root", pristine, indexes.manifest(base_version), users.ids, users.vectors)
     model = soak.model
     soak.publish_users(model)
@@ -159,7 +161,7 @@ class Service:
 
     def story_pid(self) -> int | None:
         served = self.versions()["served"]
-        return served and served["components"]["indexes/stories"].get("searcher_pid")
+        return served and served["components"][STORY_INDEX].get("searcher_pid")
 
     def load_seconds(self) -> float:
         for line in self.http.get("/metrics").text.splitlines():
@@ -234,7 +236,7 @@ class Scheduler:
             time.sleep(0.1)
 
     def _served_index(self) -> str | None:
-        return self.service.served().get("indexes/stories")
+        return self.service.served().get(STORY_INDEX)
 
     def _publish(self, event: dict) -> None:
         version = self.soak.new_index(self.soak.model, "copy")
@@ -247,20 +249,20 @@ class Scheduler:
 
     def _rollback(self, event: dict) -> None:
         served = self._served_index()
-        model = self.soak.models.get(("indexes/stories", served))
+        model = self.soak.models.get((STORY_INDEX, served))
         candidates = [
             v.name
-            for v in self.soak.store.kind("indexes/stories").versions()
+            for v in self.soak.store.kind(STORY_INDEX).versions()
             if v.complete
             and v.name != served
             and v.name not in self.soak.bad
-            and self.soak.models.get(("indexes/stories", v.name)) == model
+            and self.soak.models.get((STORY_INDEX, v.name)) == model
         ]
         if not candidates:
             event["skipped"] = "no earlier good version of the served model"
             return
         target = self.rng.choice(candidates)
-        self.soak.store.kind("indexes/stories").rollback_to(target, reason="soak: rollback")
+        self.soak.store.kind(STORY_INDEX).rollback_to(target, reason="soak: rollback")
         event["version"] = target
         self._check(
             event, f"serves {target}", lambda: self._served_index() == target, self.bound() + self._download_s()
@@ -305,7 +307,7 @@ class Scheduler:
         self._check(
             event,
             "the old pair still served",
-            lambda: self.service.served().get("embeddings/users") == served.get("embeddings/users"),
+            lambda: self.service.served().get(USER_EMBEDDINGS) == served.get(USER_EMBEDDINGS),
             1.0,
         )
         time.sleep(3 * self.args.poll_interval)
@@ -316,8 +318,8 @@ class Scheduler:
             event,
             f"serves the {model} pair",
             lambda: (
-                self.service.served().get("indexes/stories") == version
-                and self.service.served().get("embeddings/users") == users
+                self.service.served().get(STORY_INDEX) == version
+                and self.service.served().get(USER_EMBEDDINGS) == users
             ),
             self.bound() + self._download_s(),
         )
@@ -347,7 +349,7 @@ class Scheduler:
         # version's process dies. Its restart can only come from the local cache.
         self._corrupt(event)
         served = self._served_index()
-        report = self.soak.store.kind("indexes/stories").retain(keep=1)
+        report = self.soak.store.kind(STORY_INDEX).retain(keep=1)
         event["deleted"] = report.deleted
         event["checks"].append(
             {"check": "retention deleted the served version (the case set up)", "ok": served in report.deleted}

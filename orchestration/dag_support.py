@@ -31,7 +31,7 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 
-from artifacts import MODELS, USER_EMBEDDINGS
+from artifacts import MODELS, USER_EMBEDDINGS, index_kind
 from config.settings import REPO_DIR
 from orchestration.indexes import COLLECTIONS
 
@@ -160,7 +160,7 @@ def user_embeddings_asset() -> Asset:
 
 
 def index_asset(collection: str) -> Asset:
-    return kind_asset(f"indexes/{collection}")
+    return kind_asset(index_kind(collection))
 
 
 def rollback_params() -> dict[str, Param]:
