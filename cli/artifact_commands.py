@@ -109,9 +109,13 @@ def rollback(cfg: EbrConfig, args: Namespace) -> None:
 
 
 def retain(cfg: EbrConfig, args: Namespace) -> None:
+    from orchestration.retention import serving_pin
+
     keep = keep_count(args.keep, cfg)
-    kind = ArtifactStore.from_config(cfg).kind(args.kind)
-    report = kind.retain(keep, dry_run=args.dry_run)
+    store = ArtifactStore.from_config(cfg)
+    kind = store.kind(args.kind)
+    pin = serving_pin(store, args.kind)
+    report = kind.retain(keep, dry_run=args.dry_run, pinned=[pin] if pin else ())
     verb = "would delete" if report.dry_run else "deleted"
     print(
         f"{args.kind}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
@@ -121,6 +125,13 @@ def retain(cfg: EbrConfig, args: Namespace) -> None:
         print(
             f"{verb} the staging of {len(report.stale_attempts)} abandoned write attempt(s): {', '.join(report.stale_attempts)}"
         )
+    print_pin(pin, report.kept)
+
+
+def print_pin(pin: str | None, kept) -> None:
+    """Says why a version past `--keep` survived: a restarting service would serve it."""
+    if pin and pin in kept:
+        print(f"kept {pin} too: the consistent pair a restarting service serves while the LATESTs disagree by model")
 
 
 def keep_count(keep: int | None, cfg: EbrConfig) -> int:

@@ -178,15 +178,20 @@ def rollback_index(cfg: EbrConfig, args: Namespace) -> None:
 
 
 def retain_indexes(cfg: EbrConfig, args: Namespace) -> None:
-    from cli.artifact_commands import keep_count
+    from artifacts import ArtifactStore
+    from cli.artifact_commands import keep_count, print_pin
     from index_builder import publish
+    from orchestration.retention import serving_pin
 
-    report = publish.retain_indexes(cfg, args.collection, keep=keep_count(args.keep, cfg), dry_run=args.dry_run)
+    keep = keep_count(args.keep, cfg)
+    pin = serving_pin(ArtifactStore.from_config(cfg), index_kind(args.collection))
+    report = publish.retain_indexes(cfg, args.collection, keep=keep, dry_run=args.dry_run, pinned=[pin] if pin else ())
     verb = "would delete" if report.dry_run else "deleted"
     print(
-        f"indexes/{args.collection}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
+        f"{index_kind(args.collection)}: kept {len(report.kept)} ({', '.join(report.kept) or 'none'}); "
         f"{verb} {len(report.deleted)} ({', '.join(report.deleted) or 'none'})"
     )
+    print_pin(pin, report.kept)
 
 
 # Both derive from artifacts.ArtifactError (reported anyway); listed to say what to expect.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,11 +333,14 @@ def rollback_index(
     return kind.rollback_to(to_version, reason=reason, run_id=run_id)
 
 
-def retain_indexes(cfg: EbrConfig, collection: str, keep: int | None = None, dry_run: bool = False) -> RetentionReport:
+def retain_indexes(
+    cfg: EbrConfig, collection: str, keep: int | None = None, dry_run: bool = False, pinned: Collection[str] = ()
+) -> RetentionReport:
     """Deletes all but the newest `keep` (default `store.keep_versions`) complete versions,
-    never the one LATEST names."""
+    never the one LATEST names nor those in `pinned` (the CLI passes the version a
+    restarting service would serve: `orchestration.retention.serving_pin`)."""
     kind = ArtifactStore.from_config(cfg).kind(index_kind(collection))
-    return kind.retain(cfg.store.keep_versions if keep is None else keep, dry_run=dry_run)
+    return kind.retain(cfg.store.keep_versions if keep is None else keep, dry_run=dry_run, pinned=pinned)
 
 
 def describe_versions(cfg: EbrConfig, collection: str) -> list[dict]:

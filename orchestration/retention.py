@@ -48,13 +48,23 @@ def serving_pins(store: ArtifactStore) -> dict[str, str]:
     return dict(found[0]) if found else {}
 
 
+def serving_pin(store: ArtifactStore, kind_name: str) -> str | None:
+    """The version of `kind_name` that retention keeps for a restarting service
+    (`serving_pins`), or None: only the story index and the user embeddings have one.
+
+    Every retention path calls it: the ebr_retention DAG, `ebr artifacts retain` and
+    `ebr index retain`.
+    """
+    return serving_pins(store).get(kind_name) if kind_name in (STORY_INDEX, USER_EMBEDDINGS) else None
+
+
 def retain_kind(cfg: EbrConfig, kind_name: str, *, dry_run: bool = False) -> dict[str, Any]:
     """Applies retention to one kind; returns {"kind", "kept", "deleted", "latest", "pinned"}."""
     if kind_name not in RETAINED_KINDS:
         raise ValueError(f"unknown kind {kind_name!r}: one of {', '.join(RETAINED_KINDS)}")
     store = ArtifactStore.from_config(cfg)
     kind = store.kind(kind_name)
-    pin = serving_pins(store).get(kind_name) if kind_name in (STORY_INDEX, USER_EMBEDDINGS) else None
+    pin = serving_pin(store, kind_name)
     report = kind.retain(cfg.store.keep_versions, dry_run=dry_run, pinned=[pin] if pin else ())
     log.info(
         "%s: kept %d, deleted %s%s",

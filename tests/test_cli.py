@@ -56,6 +56,30 @@ def test_artifact_commands_list_rollback_and_retain(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "command", [["artifacts", "retain", "indexes/stories"], ["index", "retain", "--collection", "stories"]]
+)
+def test_retain_commands_keep_the_pair_a_restarting_service_serves(tmp_path, capsys, command):
+    """The story index moved on to model m2 while the user embeddings are still m1's: a
+    service starting now serves the m1 pair (i1, u1), so `--keep 1` deletes i2 but keeps i1
+    beside LATEST's i3, as the ebr_retention DAG does, and says why."""
+    root = f"file://{tmp_path}"
+    store = ArtifactStore.open(root)
+    for kind_name, version, model in (
+        ("embeddings/users", "u1", "m1"),
+        ("indexes/stories", "i1", "m1"),
+        ("indexes/stories", "i2", "m2"),
+        ("indexes/stories", "i3", "m2"),
+    ):
+        kind = store.kind(kind_name)
+        with kind.new_version(version, parents={"model_version": model}) as writer:
+            writer.add_bytes("part", version.encode())
+        kind.publish(version, reason="test")
+    code, out, _ = ebr(capsys, root, *command, "--keep", "1")
+    assert code == 0 and "deleted 1 (i2)" in out and "kept i1 too" in out
+    assert store.kind("indexes/stories").complete_versions() == ["i1", "i3"]
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (["artifacts", "rollback", "indexes/stories", "--to", "../../etc", "--reason", "x"], "not allowed"),
