@@ -256,7 +256,8 @@ def test_schedules_the_dag_shape_and_the_asset_root_are_airflow_settings(dags, t
     )
     assert reparsed["ebr_story_index"].timetable.timetable.expression == "*/10 * * * *"
     assert reparsed["ebr_story_index"].timetable.asset_condition.uri == f"file://{tmp_path}/models/two_tower"
-    assert sorted(reparsed["ebr_user_embeddings"].task_dict) == ["check_snapshot", "embed_users", "plan"]
+    user_tasks = sorted(reparsed["ebr_user_embeddings"].task_dict)
+    assert user_tasks == ["check_snapshot", "embed_users", "load_user_store", "plan"]
 
 
 def serialized(dags) -> dict[str, dict]:
