@@ -15,6 +15,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 DEMO_ROOT ?= file://$(CURDIR)/var/demo
 DEMO_SIZE ?= small
+DEMO_SHARDS ?= 1
 AIRFLOW_DIR ?=
 AIRFLOW_PORT ?= 8080
 
@@ -61,8 +62,10 @@ chromium:
 # and ebr_story_index, twice, on a fresh world, logical dates inside it), its progress as it
 # runs, then the retrieval service answering a few users and the next steps to paste; see
 # orchestration/demo.py. DEMO_SIZE=tiny|small|medium|large. Airflow home: $(DEMO_ROOT)-airflow.
+# DEMO_SHARDS=2: every index published as a 2-shard set, queried through `ebr route` over
+# two `ebr serve --shard I/2` (the sharded tier) instead of one `ebr serve`.
 demo: $(STAMP)
-	$(BIN)/python -m orchestration.demo --root $(DEMO_ROOT) --size $(DEMO_SIZE)
+	$(BIN)/python -m orchestration.demo --root $(DEMO_ROOT) --size $(DEMO_SIZE) --shards $(DEMO_SHARDS)
 
 # Airflow on http://127.0.0.1:$(AIRFLOW_PORT): api-server, scheduler and dag-processor, SQLite,
 # this project's dags/, no examples; it prints how to log in. By default it opens the demo's

@@ -1,6 +1,6 @@
 """`make demo`: the whole pipeline through Airflow on a fresh synthetic world, then queries.
 
-    python -m orchestration.demo --root file:///abs/var/demo --size small
+    python -m orchestration.demo --root file:///abs/var/demo --size small [--shards 2]
 
 1. writes a fresh synthetic world (`ebr data generate`);
 2. runs `airflow dags test` of ebr_train, ebr_user_embeddings and ebr_story_index (twice,
@@ -16,6 +16,13 @@
    story is (language, creator, hashtags) next to what the user engaged with, and the
    versions served; then stops the service and prints the next steps for this root
    (`next_steps`): serve, query, Airflow on the same runs, roll back.
+
+With `--shards S` (`make demo DEMO_SHARDS=2`) the DAGs publish every index as a set of S
+shards (`index.shards = S`), and step 3 is the sharded tier instead: S shard servers
+(`ebr serve --shard I/S`) and the router (`ebr route`) over them, each on a free port of
+127.0.0.1 (`orchestration.demo_tier.RetrievalTier`); the same answers come through the
+router, each with its `coverage`, and the next steps are the tier's commands. Every
+process the demo starts is stopped when it ends, fails or is interrupted.
 
 The demo trains a shorter run than the defaults (`DEMO_SETTINGS`), so the whole demo
 takes a few minutes on two cores; everything else is the configuration as shipped, and
@@ -35,14 +42,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from config.loopback import free_port
 from config.settings import REPO_DIR, WORLD_SIZES
+from orchestration.demo_tier import RetrievalTier, tier_commands
 
 BIN = Path(sys.executable).parent
 # ebr_story_index twice, half an hour apart: the second publish leaves the first to roll back to.
@@ -91,10 +97,10 @@ def demo_airflow_home(root: str) -> Path:
     )
 
 
-def demo_settings(root: str, airflow_home: Path, size: str = "small") -> dict[str, str]:
+def demo_settings(root: str, airflow_home: Path, size: str = "small", shards: int = 1) -> dict[str, str]:
     """The demo's `EBR_*` variables: a work folder in its Airflow home, `DEMO_SETTINGS` and the
     size's, then the caller's own `EBR_*`, which win (the tests make training tiny so); then
-    its root and world size."""
+    its root, world size and `index.shards` (the tier it starts serves only sets of that size)."""
     mine = {k: v for k, v in os.environ.items() if k.startswith("EBR_") and k not in ("EBR_ROOT", "EBR_CONFIG")}
     return {
         "EBR_ORCHESTRATION__WORKDIR": str(airflow_home / "work"),
@@ -103,13 +109,14 @@ def demo_settings(root: str, airflow_home: Path, size: str = "small") -> dict[st
         **mine,
         "EBR_ROOT": root,
         "EBR_WORLD__SIZE": size,
+        "EBR_INDEX__SHARDS": str(shards),  # the tier step 3 starts serves sets of this many shards only
     }
 
 
 SETTINGS_FILE = "ebr-settings.json"  # in the demo's Airflow home: what `make airflow` gives the DAGs there
 
 
-def demo_environment(root: str, airflow_home: Path, size: str = "small") -> dict[str, str]:
+def demo_environment(root: str, airflow_home: Path, size: str = "small", shards: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__", "EBR_"))}
     env.update(
         {
@@ -119,7 +126,7 @@ def demo_environment(root: str, airflow_home: Path, size: str = "small") -> dict
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
             "AIRFLOW__EBR__ROOT": root,  # the DAGs' [ebr] root: parsing reads no EBR_* (orchestration.dag_support)
             "TF_USE_LEGACY_KERAS": "1",
-            **demo_settings(root, airflow_home, size),
+            **demo_settings(root, airflow_home, size, shards),
         }
     )
     return env
@@ -303,21 +310,6 @@ def run_dag(
         raise SystemExit(f"{dag_id} failed; the whole log is in {log}")
 
 
-def wait_ready(url: str, service: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.poll() is not None:
-            raise SystemExit(f"ebr serve exited with {service.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the service at {url} was not ready within {timeout:.0f} s")
-
-
 def show_answers(cfg, url: str, n_users: int, k: int) -> tuple[str, str]:
     """A few users' top stories, each story described, beside what the user engaged with.
 
@@ -361,28 +353,66 @@ def show_answers(cfg, url: str, n_users: int, k: int) -> tuple[str, str]:
                 )
             if first is None and answer["items"] and mine:  # a user with a history, for the next steps
                 first = (user["user_id"], answer["items"][0]["id"])
-            served = answer["served"]
-            print(
-                f"      served from index {served['index_version']}, user embeddings {served['user_embeddings_version']}"
-            )
+            print(f"      {served_line(answer)}")
         print("\nversions served:")
         print(format_versions(client.versions()))
     return first or (users[0]["user_id"], next(iter(stories)))
 
 
-def next_steps(root: str, user_id: str, story_id: str, port: int = 8090) -> str:
+def serve_and_query(cfg, tier: RetrievalTier, n_users: int, k: int) -> tuple[str, str]:
+    """Starts `tier`, shows a few users' answers through it (`show_answers`), stops it.
+
+    Every process of the tier is stopped however this ends (answers shown, a failure,
+    Ctrl-C). Returns what `show_answers` returns.
+    """
+    try:
+        with tier:
+            print(tier.describe(), flush=True)
+            return show_answers(cfg, tier.url, n_users, k)
+    finally:
+        print(f"\nstopped {tier.title} (logs: {', '.join(str(p.log) for p in tier.processes)})", flush=True)
+
+
+def served_line(answer: dict) -> str:
+    """Where an answer came from: the index and user embeddings, and through a router its
+    coverage and which replica answered for each shard."""
+    served = answer["served"]
+    line = f"served from index {served['index_version']}, user embeddings {served['user_embeddings_version']}"
+    if "coverage" not in answer:  # the single service
+        return line
+    shards = answer.get("shards") or []
+    missing = answer.get("missing_shards") or []
+    where = ", ".join(f"shard {s['shard']} by {s['replica']}" for s in shards)
+    gaps = f"; shards {missing} did not answer" if missing else ""
+    return (
+        f"{line}; coverage {answer['coverage']:g} ({len(shards)} of {len(shards) + len(missing)} shards: {where}{gaps})"
+    )
+
+
+def next_steps(
+    root: str, user_id: str, story_id: str, port: int = 8090, shards: int = 1, router_port: int = 8091
+) -> str:
     """What to do after the demo, as commands to paste, every one of them on `root`."""
     default_root = root == f"file://{REPO_DIR}/var/demo"
     ebr = f".venv/bin/ebr --root {root}"
     airflow = "make airflow" if default_root else f"make airflow DEMO_ROOT={root}"
-    return f"""
-Next steps (from {REPO_DIR}; every command works on this demo's root, {root}):
-
-  serve it, and query it from a second shell:
+    if shards > 1:
+        url = f"http://127.0.0.1:{router_port}"
+        serve = f"""  serve it ({shards} shard servers and the router over them), and query the router from a second shell:
+{tier_commands(root, shards, router_port)}
+    .venv/bin/ebr query --url {url} user {user_id} -k 10     # the answer's coverage says how many shards answered
+    .venv/bin/ebr query --url {url} similar stories {story_id}
+    .venv/bin/ebr query --url {url} versions                # the pinned shard sets, the replicas' health"""
+    else:
+        serve = f"""  serve it, and query it from a second shell:
     {ebr} serve    # http://127.0.0.1:{port}, OpenAPI at /docs; Ctrl-C stops it
     .venv/bin/ebr query user {user_id} -k 10
     .venv/bin/ebr query similar stories {story_id}
-    .venv/bin/ebr query versions
+    .venv/bin/ebr query versions"""
+    return f"""
+Next steps (from {REPO_DIR}; every command works on this demo's root, {root}):
+
+{serve}
 
   look at what was published, and every move of LATEST:
     {ebr} artifacts list
@@ -391,7 +421,7 @@ Next steps (from {REPO_DIR}; every command works on this demo's root, {root}):
   the same runs in the Airflow UI (this demo's Airflow home, {demo_airflow_home(root)}; its DAGs use this root):
     {airflow}    # http://127.0.0.1:8080 (AIRFLOW_PORT=8081 make airflow for another port); it prints the login
 
-  roll the story index back to the one before (a running service swaps within its poll interval):
+  roll the story index back to the one before (a running service or router swaps within its poll interval):
     {ebr} index rollback --collection stories --to previous --reason "trying a rollback"
     or in Airflow: DAG ebr_rollback, Trigger, version "previous", a reason (keep "unpause on trigger": it has no schedule)
 """
@@ -403,16 +433,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="small", choices=sorted(WORLD_SIZES), help="synthetic world preset")
     parser.add_argument("--users", type=int, default=3, help="users to query")
     parser.add_argument("-k", type=int, default=8, help="stories per user")
+    parser.add_argument(
+        "--shards",
+        type=positive_int,
+        default=1,
+        help="index.shards: with 2 or more, publish shard sets and query them through `ebr route` over "
+        "one `ebr serve --shard I/S` per shard (default 1: one `ebr serve`)",
+    )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # `kill <demo>` stops what it started, as Ctrl-C does
 
     began = time.perf_counter()
     airflow_home = demo_airflow_home(args.root)
     shutil.rmtree(airflow_home, ignore_errors=True)
     (airflow_home / "logs").mkdir(parents=True)
-    env = demo_environment(args.root, airflow_home, args.size)
-    (airflow_home / SETTINGS_FILE).write_text(json.dumps(demo_settings(args.root, airflow_home, args.size), indent=1))
+    env = demo_environment(args.root, airflow_home, args.size, args.shards)
+    (airflow_home / SETTINGS_FILE).write_text(
+        json.dumps(demo_settings(args.root, airflow_home, args.size, args.shards), indent=1)
+    )
 
-    print(f"1. a fresh synthetic world ({args.size}) at {args.root}", flush=True)
+    shards = f", every index in {args.shards} shards" if args.shards > 1 else ""
+    print(f"1. a fresh synthetic world ({args.size}) at {args.root}{shards}", flush=True)
     subprocess.run(
         [str(BIN / "ebr"), "data", "generate", "--size", args.size, "--overwrite", "--no-progress"], env=env, check=True
     )
@@ -436,33 +477,23 @@ def main(argv: list[str] | None = None) -> int:
     print(flush=True)
     subprocess.run([str(BIN / "ebr"), "artifacts", "list"], env=env, check=True)
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    print(f"\n3. the retrieval service on {url}", flush=True)
-    service_log = airflow_home / "logs" / "serve.log"
-    with service_log.open("wb") as out:
-        service = subprocess.Popen(
-            [str(BIN / "ebr"), "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_ready(url, service)
-        user_id, story_id = show_answers(cfg, url, args.users, args.k)
-    finally:
-        if service.poll() is None:
-            os.killpg(service.pid, signal.SIGTERM)
-            try:
-                service.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(service.pid, signal.SIGKILL)
-                service.wait()
-        print(f"\nservice stopped (log: {service_log})")
+    tier = RetrievalTier(env, airflow_home / "logs", args.shards)
+    print(f"\n3. {tier.title} on 127.0.0.1", flush=True)
+    user_id, story_id = serve_and_query(cfg, tier, args.users, args.k)
     print(f"demo done in {time.perf_counter() - began:.0f} s")
-    print(next_steps(args.root, user_id, story_id, cfg.serving.port), flush=True)
+    print(next_steps(args.root, user_id, story_id, cfg.serving.port, args.shards, cfg.router.port), flush=True)
     return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

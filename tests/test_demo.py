@@ -187,3 +187,21 @@ def test_the_demos_airflow_gets_its_root_as_the_dags_airflow_setting(tmp_path):
     root = f"file://{tmp_path}/demo"
     env = demo_environment(root, demo_airflow_home(root), "tiny")
     assert env["AIRFLOW__EBR__ROOT"] == env["EBR_ROOT"] == root  # what the DAGs' assets name, what the tasks use
+
+
+def test_a_sharded_demo_publishes_shard_sets_and_saves_that_for_make_airflow(tmp_path):
+    from orchestration.demo import demo_environment, demo_settings
+
+    root = f"file://{tmp_path}/demo"
+    home = demo_airflow_home(root)
+    assert demo_environment(root, home, "tiny", shards=2)["EBR_INDEX__SHARDS"] == "2"  # what the DAGs build
+    assert demo_settings(root, home, "tiny", shards=2)["EBR_INDEX__SHARDS"] == "2"  # what `make airflow` reads
+    assert demo_settings(root, home, "tiny")["EBR_INDEX__SHARDS"] == "1"  # the default: one `ebr serve`, as shipped
+
+
+def test_the_demo_refuses_a_shard_count_below_one(capsys):
+    from orchestration.demo import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--shards", "0"])
+    assert exit_.value.code == 2 and "--shards: must be 1 or more, not 0" in capsys.readouterr().err
