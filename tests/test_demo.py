@@ -126,25 +126,29 @@ def test_the_next_steps_are_commands_on_this_root():
     assert "127.0.0.1:8090" in text
 
 
-@pytest.mark.slow
-def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(tmp_path):
-    """The whole demo, `DEMO_SIZE=tiny` with the tests' short training, on a root of its own."""
+def run_tiny_demo(root: str, *more: str) -> str:
+    """The whole demo, `DEMO_SIZE=tiny` with the tests' short training; its console."""
     from tests.airflow_support import TINY_PIPELINE
 
-    root = f"file://{tmp_path}/demo"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "EBR_"))}
     # The demo's own training settings, made tiny the way the DAG tests make them (the
     # demo's environment lets EBR_* through to the Airflow processes).
     env.update({k: v for k, v in TINY_PIPELINE.items() if k != "EBR_WORLD__SIZE"}, TF_USE_LEGACY_KERAS="1")
     done = subprocess.run(
-        [sys.executable, "-m", "orchestration.demo", "--root", root, "--size", "tiny", "--users", "1"],
+        [sys.executable, "-m", "orchestration.demo", "--root", root, "--size", "tiny", "--users", "1", *more],
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
     )
-    out = done.stdout
-    assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(tmp_path):
+    """The whole demo on a root of its own."""
+    out = run_tiny_demo(f"file://{tmp_path}/demo")
     for expected in (
         "train_and_evaluate started",
         "epoch 1: validation",
@@ -159,6 +163,38 @@ def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(t
         assert expected in out, f"{expected!r} not in:\n{out}"
     assert out.count("ebr_story_index: success") == 2, out
     assert (tmp_path / "demo-airflow" / "airflow.db").exists()  # the home `make airflow DEMO_ROOT=...` opens
+    assert "stopped the retrieval service (ebr serve)" in out and "coverage" not in out
+
+
+@pytest.mark.slow
+def test_make_demo_with_two_shards_answers_through_the_router_and_stops_the_tier(tmp_path):
+    """`make demo DEMO_SHARDS=2` on the tiny world: the DAGs publish 2-shard sets, the
+    answers come through `ebr route` over two shard servers, and nothing is left running."""
+    import re
+
+    import httpx
+
+    from artifacts import ArtifactStore
+
+    root = f"file://{tmp_path}/demo"
+    out = run_tiny_demo(root, "--shards", "2")
+    assert "1. a fresh synthetic world (tiny) at " in out and "every index in 2 shards" in out
+    store = ArtifactStore.open(root)
+    for collection in ("stories", "creators", "users"):
+        kind = store.kind(f"indexes/{collection}")
+        assert kind.manifest(kind.latest()).params["shards"] == 2, collection
+    urls = dict(re.findall(r"^  (shard-0-of-2|shard-1-of-2|route) +(http://127\.0\.0\.1:\d+)", out, re.M))
+    assert sorted(urls) == ["route", "shard-0-of-2", "shard-1-of-2"], out
+    served = re.search(r"served from index (\S+), user embeddings \S+; coverage 1 \(2 of 2 shards: (.*)\)", out)
+    assert served, out
+    assert served[2] == f"shard 0 by {urls['shard-0-of-2']}, shard 1 by {urls['shard-1-of-2']}"
+    assert store.kind("indexes/stories").latest() == served[1]  # the newest set, pinned by the router
+    assert "stopped 2 shard servers" in out
+    for url in urls.values():  # the demo stopped every process it started
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/healthz", timeout=2)
+    assert f"--root {root} serve --shard 1/2 --port 8102 &" in out
+    assert "query --url http://127.0.0.1:8091 user " in out
 
 
 def test_make_airflow_opens_the_demos_home_with_its_saved_settings(tmp_path):
