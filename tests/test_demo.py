@@ -2,13 +2,16 @@
 run, and the next steps it ends with.
 
 The progress tests feed `DagProgress` lines copied from a real `airflow dags test` log of
-the demo (ebr_train and ebr_story_index on the small world); the slow test runs the
-whole demo on the tiny world and reads its console.
+the demo (ebr_train and ebr_story_index on the small world); the slow tests run the
+whole demo on the tiny world, with one `ebr serve` and with two shard servers behind
+`ebr route` (`--shards 2`), and read its console. (The sharded tier's start and stop on
+their own: test_demo_tier.py.)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -163,15 +166,14 @@ def test_make_demo_on_the_tiny_world_streams_progress_and_ends_with_next_steps(t
         assert expected in out, f"{expected!r} not in:\n{out}"
     assert out.count("ebr_story_index: success") == 2, out
     assert (tmp_path / "demo-airflow" / "airflow.db").exists()  # the home `make airflow DEMO_ROOT=...` opens
-    assert "stopped the retrieval service (ebr serve)" in out and "coverage" not in out
+    assert "stopped the retrieval service (ebr serve)" in out
+    assert re.search(r"      served from index \S+, user embeddings \S+\n", out), out  # no router: no coverage
 
 
 @pytest.mark.slow
 def test_make_demo_with_two_shards_answers_through_the_router_and_stops_the_tier(tmp_path):
     """`make demo DEMO_SHARDS=2` on the tiny world: the DAGs publish 2-shard sets, the
     answers come through `ebr route` over two shard servers, and nothing is left running."""
-    import re
-
     import httpx
 
     from artifacts import ArtifactStore
