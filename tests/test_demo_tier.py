@@ -22,6 +22,7 @@ from benchmarks.synthetic_vectors import clustered_vectors
 from config import load_config
 from orchestration.demo import next_steps, serve_and_query, served_line
 from orchestration.demo_tier import RetrievalTier, TierError, tier_commands
+from tests.router_support import redis_url  # noqa: F401 - fixture: a real redis-server
 
 DIM = 16
 TIER_SETTINGS = {  # quick polls and health checks; the rest as the demo runs it
@@ -108,6 +109,29 @@ def test_the_demo_answers_through_the_router_over_two_shard_servers_then_stops_t
     ranked = [line.split()[1] for line in printed.splitlines()]
     assert ranked[0] == story_id
     assert len(set(ranked) & set(exact)) >= 4, (ranked, exact)  # HNSW at its validated ef, not exact
+
+
+def test_the_router_of_the_tier_reads_users_from_the_redis_store_the_user_dag_loaded(world, tmp_path, redis_url):  # noqa: F811
+    """`router.user_store = "redis"`: what ebr_user_embeddings' load_user_store task
+    writes is what the demo's router answers from."""
+    from orchestration.user_store import load_user_store
+    from serving.client import RetrievalClient
+
+    cfg, env = world
+    redis_env = {**env, "EBR_ROUTER__USER_STORE": "redis", "EBR_ROUTER__REDIS_URL": redis_url}
+    redis_cfg = load_config(overrides=[f"root={cfg.root}"], environ=redis_env)
+    assert load_user_store(redis_cfg, "v1")["count"] == cfg.world.count("n_users")
+    users = read_snapshot(ArtifactStore.from_config(cfg).kind(USER_EMBEDDINGS), "v1")
+    with RetrievalTier(redis_env, tmp_path, shards=2) as tier, RetrievalClient(tier.url) as client:
+        versions = client.versions()
+        assert versions["user_store"] == "redis" and versions["user_embeddings"]["version"] == "v1"
+        answer = client.retrieve("stories", user_id=str(users.ids[7]), k=5)
+        assert answer["coverage"] == 1 and answer["served"]["user_embeddings_version"] == "v1"
+        stories = read_snapshot(ArtifactStore.from_config(cfg).kind(STORY_EMBEDDINGS), "v1")
+        by_id = dict(zip(stories.ids, stories.vectors, strict=True))
+        for hit in answer["items"]:  # scored with the user's vector as Redis holds it
+            assert hit["score"] == pytest.approx(float(users.vectors[7] @ by_id[hit["id"]]), abs=1e-4)
+    assert gone(tier)
 
 
 def test_an_interrupt_inside_the_block_stops_every_process(world, tmp_path):
