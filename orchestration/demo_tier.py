@@ -8,8 +8,8 @@ servers (`ebr serve --shard I/S`, shard I of every shard set the DAGs published 
 `index.shards = S`) and `ebr route` over them (`--replicas`: one replica per shard).
 Every process binds a free port of 127.0.0.1, writes its log to `logs/<name>.log`, and
 runs in a session of its own, so the Ctrl-C a terminal sends the demo's process group
-reaches only the demo, which then stops them (`stop`: SIGTERM to each session, SIGKILL
-after a grace period). Entering waits until the URL answers `/readyz` with 200 (for the
+reaches only the demo, which then stops them (`stop`: SIGTERM to each server, then to
+whatever is left of its session, SIGKILL after a grace period). Entering waits until the URL answers `/readyz` with 200 (for the
 router: a shard set pinned, every shard held by a healthy replica, user embeddings of
 its model loaded); a process that exits meanwhile, or a tier not ready in time, stops
 everything started and raises `TierError` with the log to read. Whatever ends the block
