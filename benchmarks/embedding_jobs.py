@@ -1,23 +1,28 @@
-"""Embedding dataflow throughput against the raw tower, side by side in one run.
+"""Embedding dataflow throughput against the same work without Beam, side by side in one run.
 
     python benchmarks/embedding_jobs.py [--stories 200000] [--users 30000] [--events 2000000]
-                                        [--repeats 3] [--million] [--out FILE]
-                                        [--dask 4,8,16,32 [--dask-only]]
+                                        [--repeats 3] [--million [--million-only]] [--keep DIR]
+                                        [--profile FILE] [--dask 4,8,16,32 [--dask-only]] [--out FILE]
 
-For each job (stories, users) on DirectRunner: embeddings per second of the whole job
-(`run()` from call to return: pipeline construction, Parquet reads, validation, the
-per-bucket join, features, the tower, shard writes and the manifest) against the same
-SavedModel called in a plain batched Python loop over the same rows, with features
-built beforehand and not timed. Runs are interleaved (tower, job, tower, job, ...) and
-medians (of the per-repeat rates) reported, with their ratios. Also: one run in DirectRunner's multi-process mode
-(2 workers), and with --million the wall time of the story job at 1,000,000 stories.
+The target (issue 15 item 4): at 1,000,000 stories the story job on DirectRunner takes
+at most twice as long as the same work without Beam. That baseline, the "no-Beam
+loop", runs in one process: read the Parquet tables, build the as-of features with
+`models.features`, call the tower in batches of `embed.batch_size`, and write the
+snapshot shards as the job does (a row's shard from its id, sorted by id; for stories
+the creators' mean vectors too). The job is `run()` from call to return: pipeline
+construction, Parquet reads, validation, the per-bucket join, features, the tower,
+shard writes and the manifest. Runs are interleaved (loop, job, loop, job, ...) and
+medians reported, with their ratio and the 1-minute load average before each repeat.
+
+On the smaller world (default 200,000 stories), for each job (stories, users), also the
+tower alone (the SavedModel over features built beforehand, untimed) and one run in
+DirectRunner's multi-process mode (2 workers). --million adds the 1,000,000-story world
+(the story job against the no-Beam loop); with --million-only the smaller world is
+skipped, and --profile and --dask run on the 1,000,000-story world.
 With --dask, the story job on a 2-worker local dask.distributed cluster
 (`beam_jobs.dask_runner`) against DirectRunner at each given `embed.buckets`: wall time of
 each and whether the two snapshots are equal.
-
-A second baseline isolates what Beam itself costs: the same work as the job without
-Beam, in one process (read the Parquet tables, build features with `models.features`,
-call the tower in batches). The issue's target is the first ratio (job / tower alone).
+With --keep DIR, the model and worlds are built in DIR and reused by later runs.
 
 Every story of the synthetic world is eligible (the story job's max age is set 30 days
 past the world's span, which covers the stories posted before its first day), so the
@@ -33,6 +38,7 @@ vocabulary lacks share the out-of-vocabulary row, at the same cost).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -57,7 +63,22 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--events", type=int, default=2_000_000)
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--million", action="store_true", help="also time the story job at 1,000,000 stories")
+    parser.add_argument(
+        "--million",
+        action="store_true",
+        help="also run the story job at 1,000,000 stories against the same work without Beam (interleaved repeats)",
+    )
+    parser.add_argument(
+        "--million-only",
+        action="store_true",
+        help="with --million: skip the smaller world; --profile and --dask then run on the 1,000,000-story world",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="build the benchmark model and worlds in this folder and reuse them on later runs "
+        "(default: a temporary folder, removed after the run)",
+    )
     parser.add_argument("--profile", type=Path, help="also profile one story job; write its pstats here")
     parser.add_argument(
         "--dask",
@@ -66,29 +87,42 @@ def run(argv: list[str] | None = None) -> dict:
         "embed.buckets of this comma-separated list, against DirectRunner at the same buckets",
     )
     parser.add_argument(
-        "--dask-only", action="store_true", help="with --dask: skip the DirectRunner-against-tower comparisons"
+        "--dask-only",
+        action="store_true",
+        help="with --dask: skip the comparisons against the tower and the no-Beam loop",
     )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "embedding_jobs.json")
     args = parser.parse_args(argv)
 
+    if args.million_only and not args.million:
+        parser.error("--million-only needs --million")
+    load_at_start = os.getloadavg()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ebr-bench-embed-") as tmp:
-        model_root = _train_small_model(Path(tmp) / "model-world")
-        world = _world(Path(tmp) / "world", model_root, args.stories, args.users, args.creators, args.events, args.days)
-        for entity in () if args.dask_only else ("stories", "users"):
-            rows.append(_compare(world, entity, args.days, args.repeats))
-        dask_rows = _on_dask(world, args.days, [int(b) for b in args.dask.split(",")]) if args.dask else []
-        profile = _profile(world, "stories", args.days, args.profile) if args.profile else None
+    dask_rows, profile = [], None
+    with _workdir(args.keep) as tmp:
+        model_root = _cached(tmp / "model-world", _train_small_model)
+        if not args.million_only:
+            world = _world(tmp / "world", model_root, args.stories, args.users, args.creators, args.events, args.days)
+            for entity in () if args.dask_only else ("stories", "users"):
+                rows.append(_compare(world, entity, args.days, args.repeats))
         if args.million:
-            big = _world(Path(tmp) / "world-1m", model_root, 1_000_000, args.users, 20_000, 3_000_000, args.days)
-            rows.append(_job_only(big, "stories", args.days))
+            big = _world(tmp / "world-1m", model_root, 1_000_000, args.users, 20_000, 3_000_000, args.days)
+            if not (args.million_only and args.dask_only):
+                rows.append(_against_plain_loop(big, "stories", args.days, args.repeats))
+        measured = big if args.million_only else world
+        if args.dask:
+            dask_rows = _on_dask(measured, args.days, [int(b) for b in args.dask.split(",")])
+        if args.profile:
+            profile = _profile(measured, "stories", args.days, args.profile)
 
     report = {
         "benchmark": "embedding_jobs",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": "python benchmarks/embedding_jobs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "target": "job embeddings/s >= 0.5 x raw tower embeddings/s at 200,000 stories",
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "target": "story job at 1,000,000 stories on DirectRunner >= 0.5 x the same work without Beam "
+        "(read, features, tower, write; issue 15 item 4)",
         "rows": rows,
         **({"dask": dask_rows} if dask_rows else {}),
         **({"story_job_profile": profile} if profile else {}),
@@ -108,6 +142,30 @@ def run(argv: list[str] | None = None) -> dict:
         print("\n" + profile_markdown(profile))
     print(f"\nwritten to {args.out}")
     return report
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None):
+    """The folder the model and worlds are built in: `keep` (made if missing), or a temporary one."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="ebr-bench-embed-") as tmp:
+        yield Path(tmp)
+
+
+def _cached(root: Path, build, *args) -> Path:
+    """`build(root, *args)` unless `root` holds what an earlier run built with the same arguments."""
+    marker = root / ".bench-built.json"
+    key = json.dumps([build.__name__, *map(str, args)])
+    if marker.exists() and marker.read_text() == key:
+        print(f"reusing {root}", flush=True)
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    build(root, *args)
+    marker.write_text(key)
+    return root
 
 
 def _train_small_model(root: Path) -> Path:
@@ -149,6 +207,12 @@ def _train_small_model(root: Path) -> Path:
 
 
 def _world(root: Path, model_root: Path, stories: int, users: int, creators: int, events: int, days: int) -> Path:
+    return _cached(root, _generate_world, model_root, stories, users, creators, events, days)
+
+
+def _generate_world(
+    root: Path, model_root: Path, stories: int, users: int, creators: int, events: int, days: int
+) -> Path:
     from config import load_config
     from warehouse import Warehouse
     from warehouse.synthetic import generate_world
@@ -172,8 +236,17 @@ def _world(root: Path, model_root: Path, stories: int, users: int, creators: int
     return root
 
 
+# Snapshot names carry the run's start time: with --keep, a later run on the same world
+# must not find an earlier run's snapshot complete (the job would then only publish).
+_RUN = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def _snapshot(name: str) -> str:
+    return f"{name}-{_RUN}"
+
+
 def _job_argv(root: Path, entity: str, days: int, snapshot: str, extra: tuple[str, ...] = ()) -> list[str]:
-    argv = [f"--root=file://{root}", f"--snapshot={snapshot}", "--no_publish", *extra]
+    argv = [f"--root=file://{root}", f"--snapshot={_snapshot(snapshot)}", "--no_publish", *extra]
     return argv + ([f"--story_max_age_days={days + 30}"] if entity == "stories" else [])
 
 
@@ -218,11 +291,13 @@ def _raw_tower(root: Path, entity: str, days: int):
     return TowerRunner(models.local_dir(model_version) / tower), features, len(rows)
 
 
-def _plain_loop(root: Path, entity: str, runner, batch: int) -> tuple[float, int]:
-    """(seconds, rows) of the job's work without Beam: read, features, tower, in one loop."""
+def _plain_loop(root: Path, entity: str, runner, batch: int, out: Path | None = None) -> tuple[float, int]:
+    """(seconds, rows) of the job's work without Beam, in one loop: read, features, tower,
+    and (with `out`) the snapshot shards written as the job writes them (stories: and the
+    creators' mean vectors), into `out`."""
     import numpy as np
 
-    from config import FeatureConfig
+    from config import FeatureConfig, load_config
     from models.features import Catalog, EventHistory, story_features, user_features
     from warehouse import Warehouse
     from warehouse.tables import day_start_ts
@@ -238,14 +313,54 @@ def _plain_loop(root: Path, entity: str, runner, batch: int) -> tuple[float, int
     history = EventHistory.from_tables((t for _, t in warehouse.iter_events()), catalog, fcfg)
     if entity == "stories":
         rows = np.flatnonzero(catalog.story_created_ts < as_of)
-        build = story_features
+        build, ids = story_features, catalog.story_ids
     else:
         rows = np.arange(len(catalog.user_ids))
-        build = user_features
+        build, ids = user_features, catalog.user_ids
+    vectors = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        runner(build(history, part, np.full(len(part), as_of)), batch_size=batch)
+        vectors.append(runner(build(history, part, np.full(len(part), as_of)), batch_size=batch))
+    if out is not None:
+        shards = load_config(environ={}).embed.shards
+        vectors = np.concatenate(vectors)
+        _write_plain_snapshot(out / entity, np.asarray(ids)[rows], vectors, shards)
+        if entity == "stories":
+            _write_plain_snapshot(out / "creators", *_creator_means(catalog.story_creator[rows], vectors), shards)
     return time.perf_counter() - started, len(rows)
+
+
+def _write_plain_snapshot(folder: Path, ids, vectors, shards: int) -> None:
+    """The snapshot's shards as the job writes them (a row's shard from its id; sorted by id)."""
+    import numpy as np
+
+    from artifacts.embedding_snapshots import shard_name, write_shard
+    from beam_jobs.records import key_buckets
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = np.asarray(ids, dtype=object)
+    shard = key_buckets(ids.tolist(), shards)
+    for s in range(shards):
+        part = np.flatnonzero(shard == s)
+        order = part[np.argsort(ids[part].astype(str), kind="stable")]
+        (folder / shard_name(s, shards)).write_bytes(write_shard(ids[order], vectors[order]))
+
+
+def _creator_means(creators, vectors):
+    """(creator ids, L2-normalised sums of their story vectors) in float64, as the job
+    computes them; grouped by Arrow dictionary codes (sorting 1M id strings costs seconds)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(pa.array(np.asarray(creators, dtype=object), type=pa.string()))
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]])
+    sums = np.add.reduceat(np.asarray(vectors, dtype=np.float64)[order], starts, axis=0)
+    keys = np.asarray(encoded.dictionary.to_pylist(), dtype=object)[codes[order][starts]]
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return keys, np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0).astype(np.float32)
 
 
 def _compare(root: Path, entity: str, days: int, repeats: int) -> dict:
@@ -259,7 +374,8 @@ def _compare(root: Path, entity: str, days: int, repeats: int) -> dict:
         started = time.perf_counter()
         runner(features, batch_size=batch)
         raw.append(n / (time.perf_counter() - started))
-        seconds, count = _plain_loop(root, entity, runner, batch)
+        with tempfile.TemporaryDirectory(prefix="ebr-bench-plain-") as out:
+            seconds, count = _plain_loop(root, entity, runner, batch, Path(out))
         plain.append(count / seconds)
         seconds, count = _run_job(root, entity, days, f"bench-{entity}-{i}")
         if count != n:
@@ -321,7 +437,10 @@ def _on_dask(root: Path, days: int, buckets: list[int]) -> list[dict]:
                 f"bench-dask-{n}",
                 (*flags, f"--runner={RUNNER}", f"--dask_client_address={cluster.address}"),
             )
-            a, b = read_snapshot(kind, f"bench-direct-{n}"), read_snapshot(kind, f"bench-dask-{n}")
+            a, b = (
+                read_snapshot(kind, _snapshot(f"bench-direct-{n}")),
+                read_snapshot(kind, _snapshot(f"bench-dask-{n}")),
+            )
             ia, ib = np.argsort(a.ids), np.argsort(b.ids)
             same_ids = list(a.ids[ia]) == list(b.ids[ib])
             max_diff = float(np.abs(a.vectors[ia] - b.vectors[ib]).max()) if same_ids else None
@@ -358,14 +477,55 @@ def dask_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _job_only(root: Path, entity: str, days: int) -> dict:
-    seconds, count = _run_job(root, entity, days, f"bench-{entity}-1m")
-    print(f"{entity} job at {count:,} rows: {seconds:.0f} s", flush=True)
+def _against_plain_loop(root: Path, entity: str, days: int, repeats: int) -> dict:
+    """The job against the same work without Beam (read, features, tower, write), interleaved."""
+    from config import load_config
+
+    batch = load_config(environ={}).embed.batch_size
+    runner, features, n = _raw_tower(root, entity, days)
+    runner({k: v[:batch] for k, v in features.items()}, batch_size=batch)  # trace once, untimed
+    del features
+    plain, job, loads = [], [], []
+    for i in range(repeats):
+        loads.append(round(os.getloadavg()[0], 2))
+        with tempfile.TemporaryDirectory(prefix="ebr-bench-plain-") as out:
+            seconds, count = _plain_loop(root, entity, runner, batch, Path(out))
+        plain.append(seconds)
+        job_seconds, job_count = _run_job(root, entity, days, f"bench-{entity}-big-{i}")
+        if job_count != count:
+            raise SystemExit(f"the {entity} job embedded {job_count} rows, the plain loop {count}: not the same rows")
+        job.append(job_seconds)
+        print(
+            f"{entity} at {count:,} rows, repeat {i + 1}: no-Beam loop {seconds:.1f} s, job {job_seconds:.1f} s "
+            f"(ratio {seconds / job_seconds:.2f}; load {loads[-1]})",
+            flush=True,
+        )
+    plain_s, job_s = statistics.median(plain), statistics.median(job)
     return {
         "job": f"{entity}_embeddings",
-        "rows": count,
-        "job_seconds": round(seconds, 1),
-        "job_per_s": round(count / seconds, 1),
+        "rows": n,
+        "input_bytes": _input_bytes(root),
+        "batch_size": batch,
+        "repeats": repeats,
+        "plain_loop_seconds_each": [round(x, 1) for x in plain],
+        "job_seconds_each": [round(x, 1) for x in job],
+        "load_average_1m_before_each_repeat": loads,
+        "plain_loop_median_per_s": round(n / plain_s, 1),
+        "job_median_per_s": round(n / job_s, 1),
+        "job_per_s": round(n / job_s, 1),
+        "job_median_seconds": round(job_s, 1),
+        "job_seconds": round(job_s, 1),
+        "plain_loop_median_seconds": round(plain_s, 1),
+        "ratio_job_over_plain_loop": round(plain_s / job_s, 3),
+        "job_seconds_per_1m_rows": round(job_s / n * 1e6, 1),
+    }
+
+
+def _input_bytes(root: Path) -> dict[str, int]:
+    """Bytes of the warehouse tables the story job reads."""
+    return {
+        table: sum(f.stat().st_size for f in (root / "warehouse" / table).rglob("*.parquet"))
+        for table in ("stories", "creators", "events")
     }
 
 
@@ -442,7 +602,7 @@ def profile_markdown(profile: dict) -> str:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| job | rows | raw tower /s | plain loop /s (read + features + tower) | job /s | job / raw tower | job / plain loop | job wall s | multi-process (2 workers) s |",
+        "| job | rows | raw tower /s | no-Beam loop /s (read + features + tower + write) | job /s | job / raw tower | job / plain loop | job wall s | multi-process (2 workers) s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -452,7 +612,10 @@ def markdown(rows: list[dict]) -> str:
                 f"| {r['ratio_job_over_raw']:.2f} | {r['ratio_job_over_plain_loop']:.2f} | {r['job_median_seconds']} | {r['multi_process_2_workers_seconds']} |"
             )
         else:
-            lines.append(f"| {r['job']} | {r['rows']:,} |  |  | {r['job_per_s']:,.0f} |  |  | {r['job_seconds']} |  |")
+            lines.append(
+                f"| {r['job']} | {r['rows']:,} |  | {r['plain_loop_median_per_s']:,.0f} | {r['job_median_per_s']:,.0f} "
+                f"|  | {r['ratio_job_over_plain_loop']:.2f} | {r['job_median_seconds']} |  |"
+            )
     return "\n".join(lines)
 
 
