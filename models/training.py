@@ -186,15 +186,19 @@ def build_vocabularies(
     }
 
 
-def tie_untrained_rows(model: TwoTowerModel, catalog: Catalog, history: EventHistory) -> dict[str, int]:
+def tie_untrained_rows(
+    model: TwoTowerModel, catalog: Catalog, history: EventHistory, before: int | None = None
+) -> dict[str, int]:
     """Sets the embedding rows of ids no training positive touched to the OOV row.
 
     Such a row got no gradient (the in-batch loss and the history sequences only reach the
     rows of engaged stories), so it still holds its random initialisation; the OOV row is
     trained by id dropout to stand for "an id the model knows nothing about". Returns how
-    many rows of each table were tied.
+    many rows of each table were tied. `before`: only positives before this time were
+    trained on (`train.validation = "time"` holds the last days out of the examples).
     """
-    engaged = np.unique(history.story[history.positive])
+    trained_on = history.positive if before is None else history.positive & (history.ts < before)
+    engaged = np.unique(history.story[trained_on])
     trained = {
         "story": catalog.story_ids[engaged],
         "creator": catalog.story_creator[engaged],
@@ -369,6 +373,12 @@ def train_and_evaluate(
     validation = rng.choice(positives, size=max(1, int(len(positives) * tcfg.validation_fraction)), replace=False)
     # In-batch negatives train on positives only; impression negatives on every impression.
     pool = positives if cfg.model.negatives == "in_batch" else np.arange(len(history.ts))
+    window = _validation_window(history, split, catalog, cfg) if tcfg.validation == "time" else None
+    if window is not None:
+        # The window's events are no training examples; they still feed the features (as
+        # of their own times, so of no example before them).
+        validation = np.flatnonzero(history.positive & (history.ts >= window.cutoff))
+        pool = pool[history.ts[pool] < window.cutoff]
     train_rows = np.setdiff1d(pool, validation)
     source = ExampleSource(
         history,
@@ -442,6 +452,7 @@ def train_and_evaluate(
         workdir / "tensorboard",
         steps_per_epoch,
         strategy=strategy,
+        window=window,
     )
     started = time.perf_counter()
     model.fit(
@@ -456,7 +467,7 @@ def train_and_evaluate(
     )
     seconds = time.perf_counter() - started
     validator.restore_best()
-    tied = tie_untrained_rows(model, catalog, history)
+    tied = tie_untrained_rows(model, catalog, history, before=window.cutoff if window is not None else None)
     log.info("rows tied to the OOV row (no training positive): %s", tied)
 
     # Every scorer scores every story row of the catalog; each candidate set takes its rows.
@@ -843,8 +854,41 @@ def _output_signature(sample: dict[str, Any]):
     return signature
 
 
+@dataclass(frozen=True)
+class _ValidationWindow:
+    """`train.validation = "time"`: the last days of the training log, the users with a
+    positive in them, and what the epoch is chosen on (their recall@100 with the users
+    embedded as of `cutoff`, the stories as of `cutoff`, created before the window ends)."""
+
+    cutoff: int
+    data: EvaluationSet  # candidates: every catalogue story row
+    eligible: np.ndarray  # [n_stories] bool: created before the window ends
+
+
+def _validation_window(
+    history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig
+) -> _ValidationWindow | None:
+    """The time split's validation window (carved as `_validation_split` carves the
+    baselines'), or None, with a warning, when the training log cannot hold one."""
+    if split.kind != "time":
+        raise ValueError("train.validation = 'time' needs train.split = 'time': the random split has no last days")
+    try:
+        fit, data = _validation_split(history, split, catalog, cfg)
+    except ValueError as error:
+        log.warning("train.validation = 'time': %s; the epoch is chosen on random held-out positives instead", error)
+        return None
+    end = int(history.ts.max()) + 1
+    return _ValidationWindow(fit.as_of, data, catalog.story_created_ts < end)
+
+
 class _Validator(tf.keras.callbacks.Callback):
     """After each epoch: validation top-100 accuracy; keeps the best weights; early stop.
+
+    With a `window` (`train.validation = "time"`) the figure is instead the window users'
+    recall@100 over the catalogue, measured as the test is (users as of the window's start,
+    stories they engaged with before it excluded): what the time split's test asks, where
+    top-100 accuracy on random held-out positives, each with its user's history up to
+    that moment, rewards predicting the next rating of a session.
 
     An epoch that ended inside the learning-rate warm-up is recorded but never kept as the
     best (nor counted against patience): its model is an artefact of a rate still rising.
@@ -862,9 +906,11 @@ class _Validator(tf.keras.callbacks.Callback):
         logdir: Path,
         steps_per_epoch: int,
         strategy: tf.distribute.Strategy | None = None,
+        window: _ValidationWindow | None = None,
     ):
         super().__init__()
         self._model = model
+        self.window = window
         self.strategy = strategy
         self.rows = rows[:5000]
         self.source = source
@@ -881,26 +927,43 @@ class _Validator(tf.keras.callbacks.Callback):
         # The candidates' features are fixed for the run; only the towers change per epoch.
         self.candidate_features = story_features(history, candidates, np.full(len(candidates), as_of))
 
+    def _window_recall(self) -> float:
+        window, history = self.window, self.source.history
+        users = window.data.users
+        stories = np.arange(len(history.catalog.story_ids))
+        as_of = np.full(len(users), window.cutoff)
+        u = _embed(self._model.user_tower, user_features(history, users, as_of))
+        s = _embed(self._model.story_tower, story_features(history, stories, np.full(len(stories), window.cutoff)))
+        position = np.full(len(history.catalog.user_ids), -1)
+        position[users] = np.arange(len(users))
+
+        def scores(q: np.ndarray) -> np.ndarray:
+            return np.where(window.eligible[np.newaxis, :], u[position[q]] @ s.T, -np.inf)
+
+        return float(measure(scores, window.data, [100]).metrics["recall@100"])
+
     def on_epoch_end(self, epoch, logs=None):
         started = time.perf_counter()
-        users = _embed(self._model.user_tower, self.source.batch(self.rows, corpus=False)["user"])
-        stories = _embed(self._model.story_tower, self.candidate_features)
-        scores = users @ stories.T
-        target_scores = scores[np.arange(len(self.rows)), self.targets]
-        ranks = (scores > target_scores[:, None]).sum(axis=1)
-        accuracy = float(np.mean((ranks < 100) & (self.targets >= 0)))
+        if self.window is not None:
+            accuracy = self._window_recall()
+        else:
+            users = _embed(self._model.user_tower, self.source.batch(self.rows, corpus=False)["user"])
+            stories = _embed(self._model.story_tower, self.candidate_features)
+            scores = users @ stories.T
+            target_scores = scores[np.arange(len(self.rows)), self.targets]
+            ranks = (scores > target_scores[:, None]).sum(axis=1)
+            accuracy = float(np.mean((ranks < 100) & (self.targets >= 0)))
         if self.strategy is not None:
             # Every worker must take the same decision (keep, stop) or the collectives of
             # the next epoch wait forever: decide on the workers' mean.
             from models.distributed import mean_over_workers
 
             accuracy = mean_over_workers(self.strategy, accuracy)
-        self.history.append(
-            {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), "val_top_100_accuracy": accuracy}
-        )
+        name = "val_window_recall@100" if self.window is not None else "val_top_100_accuracy"
+        self.history.append({"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), name: accuracy})
         with self.writer.as_default():
-            tf.summary.scalar("top_100_accuracy", accuracy, step=epoch + 1)
-        log.info("epoch %d: validation top-100 accuracy %.4f", epoch + 1, accuracy)
+            tf.summary.scalar(name.removeprefix("val_"), accuracy, step=epoch + 1)
+        log.info("epoch %d: %s %.4f", epoch + 1, name, accuracy)
         if epoch + 1 < self.first_eligible_epoch:
             pass  # inside the warm-up
         elif accuracy > self.best:
