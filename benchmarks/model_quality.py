@@ -82,6 +82,15 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...] | None]] = {
     "temp005": ("temperature 0.05", ("model.temperature=0.05",), None),
     "temp02": ("temperature 0.2", ("model.temperature=0.2",), None),
     "no-id-dropout": ("no id dropout", ("model.id_dropout=0.0",), None),
+    "no-prior": ("without the popularity prior dimension", ("model.popularity_prior=false",), None),
+    "prior": ("with the popularity prior dimension", ("model.popularity_prior=true",), None),
+    # The MovieLens preset chooses the epoch on the training log's last days; this is the
+    # alternative (random held-out positives, top-100 accuracy).
+    "random-validation": (
+        "epoch chosen on random held-out positives",
+        ("train.validation=random",),
+        ("ml-100k", "ml-1m"),
+    ),
     # Its own test set (rating >= 4 positives) and its own baselines beside it.
     # --set merges into the preset's {view = 1}: view is zeroed explicitly.
     "label": (

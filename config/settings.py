@@ -158,6 +158,15 @@ class ModelConfig(_Section):
     # 0 = in-batch negatives only. The example source samples them; the batch keys are in
     # `models.two_tower.TwoTowerModel`.
     corpus_negatives: int = Field(0, ge=0)
+    # A popularity prior inside the two unit vectors (so serving's inner-product index
+    # ranks by it too): the last of the output_dim dimensions holds beta = tanh(linear
+    # map of the story's normalised statistics: windowed counts, age) on the story side
+    # and alpha = tanh(linear map of the user tower's input) on the user side; the other
+    # output_dim - 1 are the towers' representation, scaled by sqrt(1 - beta^2) and
+    # sqrt(1 - alpha^2) so both vectors keep unit norm. The score is then
+    # sqrt((1 - alpha^2)(1 - beta^2)) * cosine + alpha * beta: a user-dependent weight on a
+    # popularity/recency score the story tower reads straight from its counts.
+    popularity_prior: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -218,7 +227,15 @@ class TrainConfig(_Section):
     # the training ones: there, "as of the event" teaches next-in-session prediction
     # while evaluation asks for the user's held-out items.
     example_features: Literal["event", "snapshot"] = "event"
-    # Share of the training examples held out to choose the epoch (early stopping).
+    # How the epoch is chosen (early stopping). "random": a random `validation_fraction` of
+    # the training positives, each with features as of its own time, ranked for top-100
+    # accuracy. "time" (time split only): the last days of the training log, carved as the
+    # test window is carved from the log (the same minimum sizes; falls back to "random",
+    # with a warning, when the log is too short), are held out of the training examples
+    # (their events still feed the features) and the epoch with the best recall@100 of
+    # their users, embedded as of the window's start, is kept: what the test measures.
+    validation: Literal["random", "time"] = "random"
+    # Share of the training examples held out to choose the epoch ("random" validation).
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     eval_ks: tuple[int, ...] = (10, 50, 100, 500)
     max_eval_users: int = Field(5000, ge=1)

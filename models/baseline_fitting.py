@@ -82,7 +82,7 @@ def fit_baselines(
     everything = _Positives(users, stories, ts, split.as_of)
     chosen.update({name: {"params": dict(grid[0]), "trials": []} for name, (grid, _) in factories.items()})
     if tcfg.tune_baselines:
-        fit_part, validation = _validation_split(history, split, catalog, cfg)
+        fit_part, validation = validation_split(history, split, catalog, cfg)
         for name, (grid, make) in factories.items():
             choice = choose_by_validation(
                 grid, lambda p, make=make: make(fit_part, p), validation, metric=BASELINE_METRIC, name=name
@@ -142,7 +142,7 @@ class _ItemUniverse:
         return catalogue_scores
 
 
-def _validation_split(
+def validation_split(
     history: EventHistory, split: Split, catalog: Catalog, cfg: EbrConfig
 ) -> tuple[_Positives, EvaluationSet]:
     """The training positives split again the way the log was split: (fit part, validation).

@@ -143,8 +143,9 @@ class HistoryTransformer(tf.keras.layers.Layer):
 class Representation(tf.keras.layers.Layer):
     """ResNet MLP + deep cross network over the same input, summed: [batch, output_dim]."""
 
-    def __init__(self, cfg: ModelConfig, **kwargs):
+    def __init__(self, cfg: ModelConfig, output_dim: int | None = None, **kwargs):
         super().__init__(**kwargs)
+        output_dim = output_dim or cfg.output_dim
         self.input_projection = tf.keras.layers.Dense(cfg.mlp_width)
         self.blocks = [
             (
@@ -155,9 +156,9 @@ class Representation(tf.keras.layers.Layer):
             )
             for _ in range(cfg.resnet_blocks)
         ]
-        self.mlp_output = tf.keras.layers.Dense(cfg.output_dim)
+        self.mlp_output = tf.keras.layers.Dense(output_dim)
         self.crosses = [tfrs.layers.dcn.Cross(projection_dim=cfg.cross_projection_dim) for _ in range(cfg.cross_layers)]
-        self.cross_output = tf.keras.layers.Dense(cfg.output_dim)
+        self.cross_output = tf.keras.layers.Dense(output_dim)
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         h = self.input_projection(x)
@@ -167,6 +168,29 @@ class Representation(tf.keras.layers.Layer):
         for cross in self.crosses:
             crossed = cross(x, crossed)
         return self.mlp_output(h) + self.cross_output(crossed)
+
+
+class PopularityPrior(tf.keras.layers.Layer):
+    """`ModelConfig.popularity_prior`: a scalar in (-1, 1) from a linear map of the input,
+    appended to a unit vector of dim - 1 scaled by sqrt(1 - scalar^2) (the output keeps unit
+    norm, so an inner-product index ranks user . story = sqrt((1 - a^2)(1 - b^2)) cos + a b).
+    The user side starts at a = tanh(0.5), not 0: with both at 0 neither gets a gradient."""
+
+    def __init__(self, bias_init: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.linear = tf.keras.layers.Dense(
+            1, bias_initializer=tf.keras.initializers.Constant(bias_init), name="linear"
+        )
+
+    def call(self, x: tf.Tensor, unit: tf.Tensor) -> tf.Tensor:
+        # 0.999: keeps sqrt(1 - s^2) away from 0 (its gradient is infinite there).
+        scalar = 0.999 * tf.tanh(self.linear(x))
+        return tf.concat([tf.sqrt(1.0 - tf.square(scalar)) * unit, scalar], axis=1)
+
+
+def tower_output_dims(cfg: ModelConfig) -> int:
+    """The representation's size: output_dim, less the prior's dimension when it is on."""
+    return cfg.output_dim - 1 if cfg.popularity_prior else cfg.output_dim
 
 
 class SharedEmbeddings(tf.keras.layers.Layer):
@@ -196,7 +220,8 @@ class UserTower(tf.keras.Model):
         self.age_bucket = IdEmbedding(vocabularies["age_bucket"], cfg.small_embedding_dim, name="age_bucket_embedding")
         self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="user_stats_normalization")
         self.stats_norm.build((None, stats_dim))
-        self.representation = Representation(cfg, name="user_representation")
+        self.representation = Representation(cfg, tower_output_dims(cfg), name="user_representation")
+        self.prior = PopularityPrior(0.5, name="user_popularity_prior") if cfg.popularity_prior else None
         self.history_encoder = (
             HistoryTransformer(cfg, name="history_transformer") if cfg.sequence_encoder == "transformer" else None
         )
@@ -221,7 +246,9 @@ class UserTower(tf.keras.Model):
             *history,
             masked_mean(s.hashtag(inputs["history_hashtags"]), inputs["history_hashtags"]),
         ]
-        return tf.math.l2_normalize(self.representation(tf.concat(parts, axis=1), training=training), axis=1)
+        x = tf.concat(parts, axis=1)
+        unit = tf.math.l2_normalize(self.representation(x, training=training), axis=1)
+        return unit if self.prior is None else self.prior(x, unit)
 
 
 class StoryTower(tf.keras.Model):
@@ -240,7 +267,8 @@ class StoryTower(tf.keras.Model):
         self.content_dim = content_dim
         self.stats_norm = tf.keras.layers.Normalization(axis=-1, name="story_stats_normalization")
         self.stats_norm.build((None, stats_dim))
-        self.representation = Representation(cfg, name="story_representation")
+        self.representation = Representation(cfg, tower_output_dims(cfg), name="story_representation")
+        self.prior = PopularityPrior(name="story_popularity_prior") if cfg.popularity_prior else None
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
         s = self.shared
@@ -250,11 +278,15 @@ class StoryTower(tf.keras.Model):
             s.country(inputs["country"]),
             s.language(inputs["language"]),
             masked_mean(s.hashtag(inputs["hashtags"]), inputs["hashtags"]),
-            self.stats_norm(inputs["story_stats"]),
         ]
+        stats = self.stats_norm(inputs["story_stats"])
+        parts.append(stats)
         if self.content_dim:
             parts.append(tf.cast(inputs["content_embedding"], tf.float32))
-        return tf.math.l2_normalize(self.representation(tf.concat(parts, axis=1), training=training), axis=1)
+        unit = tf.math.l2_normalize(self.representation(tf.concat(parts, axis=1), training=training), axis=1)
+        # The story's prior reads its statistics only (counts, age): what a story's id or
+        # content says about it is the representation's part.
+        return unit if self.prior is None else self.prior(stats, unit)
 
 
 def adapt_normalization(layer: tf.keras.layers.Normalization, values: np.ndarray) -> None:

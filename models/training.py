@@ -7,8 +7,10 @@
 2. Index the training events (`models.features.EventHistory`); the examples are the
    positive training events, each with features as of its own timestamp, built batch by
    batch while training (never all in memory). A random `validation_fraction` of them
-   is held out to choose the epoch.
-3. Fit the two-tower model; after each epoch measure validation top-100 accuracy, keep the
+   is held out to choose the epoch, or with `train.validation = "time"` the training
+   log's last days (no training examples then; their events still feed the features).
+3. Fit the two-tower model; after each epoch measure validation top-100 accuracy (or the
+   last days' users' recall@100, as the test measures it), keep the
    best weights (never those of an epoch that ended inside the warm-up), stop after
    `patience` epochs without improvement.
 4. Evaluate the model and the baselines (`models.baselines`: popularity, recent
@@ -43,7 +45,7 @@ import tensorflow as tf
 from config import EbrConfig, TrainConfig
 from models.baseline_fitting import fit_baselines
 from models.distributed import check_workers, weights_digest, worker_dataset
-from models.early_stopping import EpochValidator
+from models.early_stopping import EpochValidator, validation_window
 from models.evaluation import EvaluationSet, Scorer, positions
 from models.examples import ExampleSource, output_signature
 from models.features import Catalog, EventHistory, story_features, story_stat_names, user_features, user_stat_names
@@ -115,6 +117,12 @@ def train_and_evaluate(
     validation = rng.choice(positives, size=max(1, int(len(positives) * tcfg.validation_fraction)), replace=False)
     # In-batch negatives train on positives only; impression negatives on every impression.
     pool = positives if cfg.model.negatives == "in_batch" else np.arange(len(history.ts))
+    window = validation_window(history, split, catalog, cfg) if tcfg.validation == "time" else None
+    if window is not None:
+        # The window's events are no training examples; they still feed the features (as
+        # of their own times, so of no example before them).
+        validation = np.flatnonzero(history.positive & (history.ts >= window.cutoff))
+        pool = pool[history.ts[pool] < window.cutoff]
     train_rows = np.setdiff1d(pool, validation)
     source = ExampleSource(
         history,
@@ -159,6 +167,7 @@ def train_and_evaluate(
         workdir / "tensorboard",
         steps_per_epoch,
         strategy=strategy,
+        window=window,
     )
     started = time.perf_counter()
     model.fit(
@@ -173,7 +182,7 @@ def train_and_evaluate(
     )
     seconds = time.perf_counter() - started
     validator.restore_best()
-    tied = tie_untrained_rows(model, catalog, history)
+    tied = tie_untrained_rows(model, catalog, history, before=window.cutoff if window is not None else None)
     log.info("rows tied to the OOV row (no training positive): %s", tied)
 
     scorers: dict[str, Scorer] = {"model": _model_scorer(model, catalog, history, split, candidates, evaluation)}
@@ -319,15 +328,19 @@ def build_vocabularies(
     }
 
 
-def tie_untrained_rows(model: TwoTowerModel, catalog: Catalog, history: EventHistory) -> dict[str, int]:
+def tie_untrained_rows(
+    model: TwoTowerModel, catalog: Catalog, history: EventHistory, before: int | None = None
+) -> dict[str, int]:
     """Sets the embedding rows of ids no training positive touched to the OOV row.
 
     Such a row got no gradient (the in-batch loss and the history sequences only reach the
     rows of engaged stories), so it still holds its random initialisation; the OOV row is
     trained by id dropout to stand for "an id the model knows nothing about". Returns how
-    many rows of each table were tied.
+    many rows of each table were tied. `before`: only positives before this time were
+    trained on (`train.validation = "time"` holds the last days out of the examples).
     """
-    engaged = np.unique(history.story[history.positive])
+    trained_on = history.positive if before is None else history.positive & (history.ts < before)
+    engaged = np.unique(history.story[trained_on])
     trained = {
         "story": catalog.story_ids[engaged],
         "creator": catalog.story_creator[engaged],

@@ -309,3 +309,29 @@ def test_corpus_negatives_are_refused_with_impression_negatives(tmp_path):
 
     with pytest.raises(ConfigError, match="corpus_negatives = 8 adds negatives to the in-batch loss"):
         config(tmp_path, "model.corpus_negatives=8", "model.negatives=impressions")
+
+
+# Popularity prior --------------------------------------------------------------------------
+
+
+def test_the_popularity_prior_keeps_unit_norm_reads_the_story_stats_and_exports(tmp_path):
+    cfg = config(tmp_path, "model.popularity_prior=true")
+    model = build_model(cfg)
+    users, stories = user_inputs(cfg, HISTORIES), story_inputs(cfg)
+    u, s = model.user_tower(users, training=False).numpy(), model.story_tower(stories, training=False).numpy()
+    assert u.shape == s.shape == (3, cfg.model.output_dim)  # the prior lives inside output_dim
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-5)  # what the index requires
+    np.testing.assert_allclose(np.linalg.norm(s, axis=1), 1.0, atol=1e-5)
+    # The last dimension is the story's prior: a function of its statistics alone.
+    more = {**stories, "story_stats": stories["story_stats"] + 1.0}
+    changed = model.story_tower(more, training=False).numpy()
+    assert not np.allclose(changed[:, -1], s[:, -1])
+    same_stats = {**more, "story_id": np.array(["s1", "s0", "s2"], dtype=object)}
+    np.testing.assert_allclose(model.story_tower(same_stats, training=False).numpy()[:, -1], changed[:, -1], atol=1e-6)
+    # The user side starts near tanh(0.5) so the story prior gets a gradient from the first step.
+    assert np.all(u[:, -1] > 0.1)
+    (direct_users, direct_stories), (users_out, stories_out) = export_and_reload(
+        model, cfg, VOCABULARIES, tmp_path / "export"
+    )
+    np.testing.assert_allclose(users_out, direct_users, atol=1e-5)
+    np.testing.assert_allclose(stories_out, direct_stories, atol=1e-5)

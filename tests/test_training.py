@@ -333,3 +333,34 @@ def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
     tcfg = load_config(overrides=["train.bootstrap_samples=10"], environ={}).train
     metrics, _ = measure_all({"model": by_row}, {"eligible": data, "catalogue": data}, candidates, [1], tcfg)
     assert metrics["model"]["recall@1"] == 1.0 and metrics["model"]["catalogue_recall@1"] == 1.0
+
+
+@pytest.mark.slow
+def test_time_validation_holds_the_last_days_out_and_chooses_on_their_recall(tmp_path):
+    overrides = [
+        f"root=file://{tmp_path}",
+        *TINY_TRAINING,
+        "world.n_events=12000",
+        "train.epochs=2",
+        "train.validation=time",
+        "train.min_test_users=20",
+        "train.min_test_positives=50",
+    ]
+    cfg = load_config(overrides=overrides, environ={})
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    result = train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
+    assert [set(h) for h in result.history] == [{"epoch", "loss", "val_window_recall@100"}] * len(result.history)
+    assert all(0.0 <= h["val_window_recall@100"] <= 1.0 for h in result.history)
+    assert result.metrics["model"]["eval_users"] > 0
+
+
+def test_time_validation_needs_the_time_split(tmp_path):
+    cfg = load_config(
+        overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "train.split=random", "train.validation=time"],
+        environ={},
+    )
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    with pytest.raises(ValueError, match="needs train.split = 'time'"):
+        train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)

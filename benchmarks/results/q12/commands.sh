@@ -1,0 +1,10 @@
+cd /work/q12
+export TF_USE_LEGACY_KERAS=1
+P="nice -n 19 /work/main/.venv/bin/python -m benchmarks.q12_probe"
+$P --dataset ml-100k --holdout test --epochs 15 --set train.validation=time --seed 42 --out benchmarks/results/q12/t_timeval_s42.json > /tmp/q12-logs/t_timeval_s42.log 2>&1
+$P --dataset ml-100k --holdout test --epochs 15 --seed 42 --out benchmarks/results/q12/t_default_s42.json > /tmp/q12-logs/t_default_s42.log 2>&1
+$P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --seed 42 --out benchmarks/results/q12/t1m_timeval_s42.json > /tmp/q12-logs/t1m_timeval_s42.log 2>&1
+$P --dataset ml-100k --holdout test --epochs 15 --set train.validation=time --seed 43 --out benchmarks/results/q12/t_timeval_s43.json > /tmp/q12-logs/t_timeval_s43.log 2>&1
+$P --dataset ml-100k --holdout test --epochs 15 --set train.validation=time --seed 44 --out benchmarks/results/q12/t_timeval_s44.json > /tmp/q12-logs/t_timeval_s44.log 2>&1
+$P --dataset ml-1m --holdout test --epochs 15 --seed 42 --out benchmarks/results/q12/t1m_default_s42.json > /tmp/q12-logs/t1m_default_s42.log 2>&1
+echo done > /tmp/q12-logs/chain.done
