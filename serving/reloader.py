@@ -24,7 +24,8 @@ retried at the next poll. A rollback is just `LATEST` naming another version.
 The parts: which versions may be served together is `serving.pairing` (pure functions);
 downloading, opening and warming a version is `serving.loading`; the refusals and crashed
 loads are kept by `serving.refusals`; the poll thread is `serving.poller`; this module
-decides and swaps.
+decides and swaps. It stays one module of about 500 lines because what remains is one
+poll's decision and the swap it ends in, read best in the order they happen.
 
 Whatever else the poll decides, it first restarts any served index process that died,
 from the verified copy in the local cache (the store may have deleted the version since:
