@@ -33,6 +33,10 @@ the JSON gets where the job's time went (Beam's own work against ours).
 The towers come from a model with the default architecture trained for one epoch on a
 tiny world: throughput does not depend on what the weights learnt (ids the tiny
 vocabulary lacks share the out-of-vocabulary row, at the same cost).
+
+One script of about 600 lines: the job, the same work written without Beam (which must
+stay step for step what the job does, so it sits beside it) and the Dask runs share the
+worlds, the model and the tables they print.
 """
 
 from __future__ import annotations
