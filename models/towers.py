@@ -174,7 +174,8 @@ class PopularityPrior(tf.keras.layers.Layer):
     """`ModelConfig.popularity_prior`: a scalar in (-1, 1) from a linear map of the input,
     appended to a unit vector of dim - 1 scaled by sqrt(1 - scalar^2) (the output keeps unit
     norm, so an inner-product index ranks user . story = sqrt((1 - a^2)(1 - b^2)) cos + a b).
-    The user side starts at a = tanh(0.5), not 0: with both at 0 neither gets a gradient."""
+    The user side's map starts with a bias of 0.5 (a around tanh(0.5), its kernel random), not
+    0: with both scalars at 0 neither would get a gradient."""
 
     def __init__(self, bias_init: float = 0.0, **kwargs):
         super().__init__(**kwargs)
