@@ -100,8 +100,10 @@ def _attempt_id(value: Any) -> str | None:
     return value
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    """The time now in UTC, ISO 8601; pointer moves keep microseconds (`artifacts.pointer`):
+    the serving pairing rule orders moves of different kinds by it, often within a second."""
+    return datetime.now(UTC).isoformat(timespec=timespec)
 
 
 def sha256_stream(stream: BinaryIO) -> tuple[int, str]:

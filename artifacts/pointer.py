@@ -181,7 +181,7 @@ class LatestPointer:
                 (log.warning if skipped == "older" else log.info)("%s: %s", self.name, detail)
                 return PublishResult(False, current, detail, skipped=skipped)
             move = PointerMove(
-                at=now_iso(),
+                at=now_iso("microseconds"),
                 kind=self.name,
                 action=action,
                 from_version=current,

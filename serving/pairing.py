@@ -92,10 +92,12 @@ def newest_consistent_pair(candidates: Mapping[str, Sequence[tuple[str, str, str
         return None
 
     def became_consistent(model: str) -> tuple[str, str]:
+        # ISO 8601 UTC times order as text: pointer moves keep microseconds (six digits), and
+        # a move recorded with whole seconds ("...:05+00:00") sorts before that second's others.
         times = (newest[STORY_INDEX][model][0], newest[USER_EMBEDDINGS][model][0])
         return max(times), min(times)
 
-    model = max(both, key=became_consistent)
+    model = max(sorted(both), key=became_consistent)  # sorted: an exact tie is decided the same way every time
     return {kind: newest[kind][model][1] for kind in REQUIRED_KINDS}, model
 
 

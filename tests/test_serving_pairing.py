@@ -54,6 +54,26 @@ def test_newest_consistent_pair_takes_the_model_whose_pair_became_complete_last(
     assert newest_consistent_pair({STORIES: [], USERS: users}) is None
 
 
+def test_moves_within_one_second_are_ordered_by_their_microseconds():
+    """Pointer moves keep microseconds: a user snapshot of m2 published 0.2 s after the m2
+    story index, both in the second of m1's pair, makes m2's the newest consistent pair
+    (with whole seconds the two models tied, and the choice was arbitrary)."""
+    stories = [("2026-12-01T16:59:01.300000+00:00", "s2", "m2"), ("2026-12-01T16:59:01.100000+00:00", "s1", "m1")]
+    users = [("2026-12-01T16:59:01.500000+00:00", "u2", "m2"), ("2026-12-01T16:59:01+00:00", "u1", "m1")]
+    assert newest_consistent_pair({STORIES: stories, USERS: users}) == ({STORIES: "s2", USERS: "u2"}, "m2")
+
+
+def test_a_pointer_move_records_its_time_to_the_microsecond(tmp_path):
+    from artifacts import ArtifactStore
+
+    kind = ArtifactStore.open(f"file://{tmp_path}").kind(USERS)
+    with kind.new_version("u1", parents={"model_version": "m1"}) as writer:
+        writer.add_bytes("part", b"u1")
+    kind.publish("u1", reason="test")
+    (move,) = kind.history()
+    assert len(move.at) == len("2026-12-01T16:59:01.500000+00:00") and move.at.endswith("+00:00")
+
+
 def test_a_side_keeps_its_served_version_only_while_that_is_of_the_pair_s_model():
     assert may_keep_served("m1", "m1")
     assert not may_keep_served("m1", "m2")
