@@ -179,3 +179,13 @@ def retrieve(client: httpx.Client, **body) -> httpx.Response:
 
 def error_code(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, response.json()["error"]["code"]
+
+
+def publish_model_versions(store: ArtifactStore, moves) -> None:
+    """Publishes a one-file version per (kind, version, model) of `moves`, in order, each
+    naming its model: the pointer history the pairing and retention rules read."""
+    for kind_name, version, model in moves:
+        kind = store.kind(kind_name)
+        with kind.new_version(version, parents={"model_version": model}) as writer:
+            writer.add_bytes("part", version.encode())
+        kind.publish(version, reason="test")

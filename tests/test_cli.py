@@ -10,6 +10,7 @@ import pytest
 
 from artifacts import ArtifactStore
 from cli.main import main
+from tests.serving_support import publish_model_versions
 
 
 def ebr(capsys, root, *args):
@@ -64,16 +65,15 @@ def test_retain_commands_keep_the_pair_a_restarting_service_serves(tmp_path, cap
     beside LATEST's i3, as the ebr_retention DAG does, and says why."""
     root = f"file://{tmp_path}"
     store = ArtifactStore.open(root)
-    for kind_name, version, model in (
-        ("embeddings/users", "u1", "m1"),
-        ("indexes/stories", "i1", "m1"),
-        ("indexes/stories", "i2", "m2"),
-        ("indexes/stories", "i3", "m2"),
-    ):
-        kind = store.kind(kind_name)
-        with kind.new_version(version, parents={"model_version": model}) as writer:
-            writer.add_bytes("part", version.encode())
-        kind.publish(version, reason="test")
+    publish_model_versions(
+        store,
+        (
+            ("embeddings/users", "u1", "m1"),
+            ("indexes/stories", "i1", "m1"),
+            ("indexes/stories", "i2", "m2"),
+            ("indexes/stories", "i3", "m2"),
+        ),
+    )
     code, out, _ = ebr(capsys, root, *command, "--keep", "1")
     assert code == 0 and "deleted 1 (i2)" in out and "kept i1 too" in out
     assert store.kind("indexes/stories").complete_versions() == ["i1", "i3"]

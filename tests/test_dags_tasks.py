@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from tests.airflow_support import process_airflow_home
+from tests.serving_support import publish_model_versions
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -223,17 +224,16 @@ def test_retention_keeps_the_pair_a_restarting_service_falls_back_to(tmp_path):
 
     cfg = load_config(overrides=[f"root=file://{tmp_path}", "store.keep_versions=1"], environ={})
     store = ArtifactStore.from_config(cfg)
-    for kind_name, version, model in (
-        ("embeddings/users", "u1", "m1"),
-        ("indexes/stories", "i1", "m1"),
-        ("indexes/stories", "i2", "m2"),
-        ("indexes/stories", "i3", "m2"),
-        ("indexes/stories", "i4", "m2"),
-    ):
-        kind = store.kind(kind_name)
-        with kind.new_version(version, parents={"model_version": model}) as writer:
-            writer.add_bytes("part", version.encode())
-        kind.publish(version, reason="test")
+    publish_model_versions(
+        store,
+        (
+            ("embeddings/users", "u1", "m1"),
+            ("indexes/stories", "i1", "m1"),
+            ("indexes/stories", "i2", "m2"),
+            ("indexes/stories", "i3", "m2"),
+            ("indexes/stories", "i4", "m2"),
+        ),
+    )
     assert serving_pins(store) == {"indexes/stories": "i1", "embeddings/users": "u1"}
 
     planned = retain_kind(cfg, "indexes/stories", dry_run=True)
