@@ -44,6 +44,8 @@ START_TIMEOUT_S = 600.0
 # Searches run on a freshly loaded index before it is swapped in: the first queries pay
 # for lazily initialised structures (hnswlib's visited-list pool) and cold pages.
 WARMUP_QUERIES = 64
+# Pipelined requests written to an index process as one message, at most (~0.6 kB each).
+MAX_BATCH = 32
 
 
 class SearcherDiedError(RuntimeError):
@@ -164,9 +166,12 @@ class _Channel:
     """The pipe to one child: blocking calls, or pipelined calls from one event loop.
 
     The child answers requests in the order it reads them, so pipelined callers queue a
-    future per request written and the loop's reader callback resolves them in order. Once
-    an event loop has used the channel, blocking calls are refused: their answers would
-    be taken for the pipelined ones.
+    future per request written and the loop's reader callback resolves them in order. The
+    requests of one turn of the event loop go as one message (a "batch" of at most
+    MAX_BATCH, answered with one message): under load each request would otherwise pay
+    its own pipe write, wake-up of the child and wake-up of this process. Once an event
+    loop has used the channel, blocking calls are refused: their answers would be taken
+    for the pipelined ones.
     """
 
     def __init__(self, connection: Connection, name: str):
@@ -174,7 +179,8 @@ class _Channel:
         self.name = name
         self.lock = threading.Lock()  # blocking calls from several threads: one at a time
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.pending: deque[asyncio.Future] = deque()
+        self.queued: list[tuple[tuple, asyncio.Future]] = []  # this turn's requests, not written yet
+        self.pending: deque[list[asyncio.Future]] = deque()  # per message written: its futures
         self.closed = False
 
     def call(self, request: tuple):
@@ -198,21 +204,39 @@ class _Channel:
         elif self.loop is not loop:
             raise RuntimeError(f"{self.name} is pipelined from another event loop")
         future = loop.create_future()
-        try:
-            self.connection.send(request)  # a few hundred bytes: the pipe buffer takes it at once
-        except OSError as err:
-            raise SearcherDiedError(f"{self.name} is gone: {err}") from None
-        self.pending.append(future)
+        if not self.queued:
+            loop.call_soon(self._write_queued)
+        self.queued.append((request, future))
         return await future
+
+    def _write_queued(self) -> None:
+        """Writes this turn's requests, MAX_BATCH a message (a few hundred bytes each: the
+        pipe buffer takes a message at once)."""
+        queued, self.queued = self.queued, []
+        for start in range(0, len(queued), MAX_BATCH):
+            part = queued[start : start + MAX_BATCH]
+            futures = [future for _, future in part]
+            try:
+                if self.closed or self.connection.closed:
+                    raise OSError("closed")
+                self.connection.send(part[0][0] if len(part) == 1 else ("batch", [r for r, _ in part]))
+            except OSError as err:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(SearcherDiedError(f"{self.name} is gone: {err}"))
+                continue
+            self.pending.append(futures)
 
     def _read_answers(self) -> None:
         """The loop's reader callback: resolves the oldest futures with the answers that arrived."""
         try:
             while self.connection.poll():
                 reply = self.connection.recv()
-                future = self.pending.popleft()
-                if not future.done():  # its request may have been cancelled (client gone)
-                    future.set_result(reply)
+                futures = self.pending.popleft()
+                replies = [reply] if len(futures) == 1 else reply[1]
+                for future, one in zip(futures, replies, strict=True):
+                    if not future.done():  # its request may have been cancelled (client gone)
+                        future.set_result(one)
         except (EOFError, OSError) as err:
             self._detach(SearcherDiedError(f"{self.name} is gone: {err or 'end of pipe'}"))
 
@@ -222,8 +246,11 @@ class _Channel:
             if self.loop is not None and not self.loop.is_closed():
                 self.loop.remove_reader(self.connection.fileno())
             self.connection.close()
-        while self.pending:
-            future = self.pending.popleft()
+        waiting = [future for futures in self.pending for future in futures]
+        waiting += [future for _, future in self.queued]
+        self.pending.clear()
+        self.queued = []
+        for future in waiting:
             if not future.done():
                 future.set_exception(failure)
 
@@ -376,17 +403,24 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
         "vector": index.vector,
         "contains": lambda item_id: item_id in index,
     }
+
+    def answer(request: tuple) -> tuple[str, object]:
+        op, *args = request
+        try:
+            return ("ok", handlers[op](*args))
+        except Exception as err:  # a bad request must not kill the index
+            return ("error", f"{type(err).__name__}: {err}")
+
     while True:
         try:
-            op, *args = connection.recv()
+            request = connection.recv()
         except (EOFError, OSError):
             # The parent closed the pipe: this version is no longer served. Exit at the
             # lowest priority: the kernel frees the index's memory (~0.7 GB per million
             # vectors) in this thread's time, which must not be taken from the new version.
             lower_thread_priority(19)
             return 0
-        try:
-            reply = ("ok", handlers[op](*args))
-        except Exception as err:  # a bad request must not kill the index
-            reply = ("error", f"{type(err).__name__}: {err}")
-        connection.send(reply)
+        if request[0] == "batch":  # _Channel: one turn's requests, answered in one message
+            connection.send(("batch", [answer(one) for one in request[1]]))
+        else:
+            connection.send(answer(request))
