@@ -9,7 +9,9 @@ module-level functions, testable without a closure around them:
     BearerToken        serving.token              401 unless the request carries it
 
 The app-specific ones (the reloader, the routers, the shard holder) sit beside their
-routes and follow the same pattern.
+routes and follow the same pattern. Every one is `async def`, also the ones that only read
+`app.state`: FastAPI runs a plain `def` dependency in its thread pool, a thread hand-off
+per dependency and request (about a tenth of the router's CPU a request, py-spy).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from config import ServingConfig
 from serving.responses import ApiError
 
 
-def serving_config(request: Request) -> ServingConfig:
+async def serving_config(request: Request) -> ServingConfig:
     return request.app.state.serving_config
 
 

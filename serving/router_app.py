@@ -83,7 +83,7 @@ class ModelRouters:
         return router
 
 
-def model_routers(request: Request) -> ModelRouters:
+async def model_routers(request: Request) -> ModelRouters:
     return request.app.state.model_routers
 
 

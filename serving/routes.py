@@ -29,7 +29,7 @@ from serving.responses import ERROR_RESPONSES, PROMETHEUS_TEXT, ApiError, json_r
 from serving.state import COLLECTIONS, INDEX_KINDS, STORY_INDEX, ServedState
 
 
-def serving_reloader(request: Request) -> Reloader:
+async def serving_reloader(request: Request) -> Reloader:
     return request.app.state.reloader
 
 
