@@ -409,6 +409,10 @@ class ServingConfig(_Section):
     # named and the ones before it), so a router pinned to the previous shard set can
     # finish its requests while the other shards catch up.
     shard_keep_versions: int = Field(2, ge=1)
+    # Shard servers also answer the router on the shard wire (`serving.wire`: framed binary
+    # over TCP, same host as HTTP) on this port, advertised on /v1/shard: 0 picks a free
+    # port, -1 turns it off (the router then asks over HTTP).
+    shard_wire_port: int = Field(0, ge=-1, le=65535)
 
 
 def _check_replica_urls(replicas: list[list[str]]) -> list[list[str]]:
@@ -462,8 +466,11 @@ class RouterConfig(_Section):
     # Replica health checks (GET /v1/shard: ready, shard I/S, versions held).
     health_interval_s: float = Field(0.5, gt=0)
     health_timeout_s: float = Field(1.0, gt=0)
-    # Connections kept open per replica.
+    # Connections kept open per replica (HTTP; the wire multiplexes one).
     max_connections: int = Field(64, ge=1)
+    # "wire": ask a shard server over the shard wire when its /v1/shard advertises a port,
+    # over HTTP otherwise; "http": always HTTP (e.g. through an HTTP-only proxy).
+    transport: Literal["wire", "http"] = "wire"
     # Where the router looks users up: "memory" (the user snapshot LATEST names, loaded
     # into the router) or "redis" (serving.profile_store: vectors keyed by snapshot
     # version, loaded by `ebr profiles load`, read per request).

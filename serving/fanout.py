@@ -6,6 +6,10 @@ at once by the next replica of its shard; one that has not answered after
 `router.hedge_after_ms` is hedged (asked on another replica too; the first good answer
 wins), up to `router.max_attempts` per shard, all within the request's deadline. An answer
 that names another version is discarded like an error, so no answer merges two generations.
+
+A replica is asked over the shard wire (`serving.wire`) when its health check advertised a
+wire port and `router.transport = "wire"` (the default), over HTTP otherwise; both carry
+the same requests and answers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from index_builder.sharding import merge_top_k, shard_of
 from serving.replicas import Replica, ReplicaPool
 from serving.responses import ApiError
 from serving.router_metrics import RouterMetrics
+from serving.wire import WireError
 
 if TYPE_CHECKING:
     from serving.router import Pin
@@ -31,28 +36,50 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class ShardAnswer:
     shard: int
-    status: int  # 200, or 404 (unknown id on /v1/vector)
+    status: int  # 200, or 404 (unknown id on vector)
     payload: dict | None
     replica: str | None
     attempts: int
     seconds: float
 
 
+@dataclass(frozen=True)
+class ShardCall:
+    """One request to a shard: `op` "search" (params k, exclude; `vector` the query) or
+    "vector" (params id), on `collection`, answered from `version` only."""
+
+    op: str
+    collection: str
+    version: str
+    params: dict
+    vector: np.ndarray | None = None
+
+    def http(self) -> tuple[str, bytes]:
+        body = {**self.params, "version": self.version}
+        if self.vector is not None:
+            body["embedding"] = self.vector.tolist()
+        return f"/v1/{self.op}/{self.collection}", orjson.dumps(body)
+
+    def wire(self) -> tuple[dict, bytes]:
+        meta = {"op": self.op, "collection": self.collection, "version": self.version, **self.params}
+        return meta, b"" if self.vector is None else self.vector.astype("<f4").tobytes()
+
+
 class FanOut:
-    """Asks the shards of `pool` with `http` (an httpx.AsyncClient, set when the router starts)."""
+    """Asks the shards of `pool`, over the shard wire (`wire`, a WireClient) or HTTP (`http`,
+    an httpx.AsyncClient); both are set when the router starts."""
 
     def __init__(self, pool: ReplicaPool, rcfg: RouterConfig, metrics: RouterMetrics):
         self.pool, self.rcfg, self.metrics = pool, rcfg, metrics
         self.shards = pool.shards
         self.http = None
+        self.wire = None
 
-    async def ask_shard(self, shard: int, path: str, body: dict, version: str, deadline: float) -> ShardAnswer | None:
-        """One shard's answer for `version`: the first good answer of up to max_attempts
+    async def ask_shard(self, shard: int, call: ShardCall, deadline: float) -> ShardAnswer | None:
+        """One shard's answer for `call.version`: the first good answer of up to max_attempts
         replicas (the next one started at once on an error, or after hedge_after_ms); None
         when none answered by the deadline."""
-        collection = path.rsplit("/", 1)[1]
-        candidates = self.pool.candidates(shard, collection, version)[: self.rcfg.max_attempts]
-        payload = orjson.dumps(body)
+        candidates = self.pool.candidates(shard, call.collection, call.version)[: self.rcfg.max_attempts]
         started = time.perf_counter()
         pending: dict[asyncio.Task, Replica] = {}
         tried = 0
@@ -61,7 +88,7 @@ class FanOut:
             nonlocal tried
             replica = candidates[tried]
             tried += 1
-            pending[asyncio.create_task(self._attempt(replica, path, payload, version, deadline))] = replica
+            pending[asyncio.create_task(self._attempt(replica, call, deadline))] = replica
 
         launch()
         try:
@@ -93,41 +120,61 @@ class FanOut:
             for task in pending:
                 task.cancel()
 
-    async def _attempt(self, replica: Replica, path: str, payload: bytes, version: str, deadline: float):
+    async def _attempt(self, replica: Replica, call: ShardCall, deadline: float):
         """(status, body) of a good answer, or the name of the failure."""
+        timeout = max(0.001, deadline - time.monotonic())
+        if replica.wire_port is not None and self.rcfg.transport == "wire":
+            answer = await self._over_wire(replica, call, timeout)
+        else:
+            answer = await self._over_http(replica, call, timeout)
+        if isinstance(answer, str):
+            return answer
+        status, body = answer
+        if status == 404 and call.op == "vector":
+            self.metrics.attempts.labels(str(replica.shard), "ok").inc()
+            return 404, None
+        if status != 200:
+            if status in (409, 503):  # it no longer holds the version / is reloading
+                replica.healthy, replica.reason = False, f"HTTP {status} (until its next health check)"
+            return "error"
+        if body.get("version") != call.version:  # never merged: another generation
+            return "wrong_version"
+        self.metrics.attempts.labels(str(replica.shard), "ok").inc()
+        return 200, body
+
+    async def _over_http(self, replica: Replica, call: ShardCall, timeout: float):
         import httpx
 
+        path, content = call.http()
         try:
-            response = await self.http.post(
-                f"{replica.url}{path}", content=payload, timeout=max(0.001, deadline - time.monotonic())
-            )
+            response = await self.http.post(f"{replica.url}{path}", content=content, timeout=timeout)
         except httpx.TimeoutException:
             return "timeout"
         except httpx.HTTPError as err:
             replica.healthy, replica.reason = False, f"{type(err).__name__}: {err} (until its next health check)"
             return "error"
-        if response.status_code == 404 and path.startswith("/v1/vector/"):
-            self.metrics.attempts.labels(str(replica.shard), "ok").inc()
-            return 404, None
-        if response.status_code != 200:
-            if response.status_code in (409, 503):  # it no longer holds the version / is reloading
-                replica.healthy, replica.reason = False, f"HTTP {response.status_code} (until its next health check)"
+        return response.status_code, orjson.loads(response.content) if response.status_code == 200 else None
+
+    async def _over_wire(self, replica: Replica, call: ShardCall, timeout: float):
+        meta, payload = call.wire()
+        try:
+            answer, data = await self.wire.request(replica.host, replica.wire_port, meta, payload, timeout=timeout)
+        except TimeoutError:
+            return "timeout"
+        except WireError as err:
+            replica.healthy, replica.reason = False, f"{err} (until its next health check)"
             return "error"
-        body = orjson.loads(response.content)
-        if body.get("version") != version:  # never merged: another generation
-            return "wrong_version"
-        self.metrics.attempts.labels(str(replica.shard), "ok").inc()
-        return 200, body
+        status = answer.pop("status", 500)
+        if status == 200 and call.op == "vector":
+            answer["vector"] = np.frombuffer(data, dtype="<f4")
+        return status, answer
 
     async def search(self, pin: Pin, query: np.ndarray, k: int, exclude: list[str], deadline: float) -> dict:
         """Fans the query out to every shard for `pin.version` and merges: the answer body
         without `served` (items, coverage, per-shard details)."""
-        body = {"embedding": query.tolist(), "k": k, "exclude": exclude, "version": pin.version}
-        path = f"/v1/search/{pin.collection}"
+        call = ShardCall("search", pin.collection, pin.version, {"k": k, "exclude": exclude}, query)
         started = time.perf_counter()
-        answers = await asyncio.gather(
-            *(self.ask_shard(s, path, body, pin.version, deadline) for s in range(self.shards))
-        )
+        answers = await asyncio.gather(*(self.ask_shard(s, call, deadline) for s in range(self.shards)))
         got = [a for a in answers if a is not None]
         merged = merge_top_k([[(i, s) for i, s in a.payload["items"]] for a in got], k)
         if got:
@@ -147,7 +194,7 @@ class FanOut:
     async def stored_vector(self, pin: Pin, item_id: str, deadline: float) -> np.ndarray | None:
         shard = shard_of(item_id, self.shards)
         answer = await self.ask_shard(
-            shard, f"/v1/vector/{pin.collection}", {"id": item_id, "version": pin.version}, pin.version, deadline
+            shard, ShardCall("vector", pin.collection, pin.version, {"id": item_id}), deadline
         )
         if answer is None:
             raise ApiError(

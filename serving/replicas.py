@@ -3,7 +3,7 @@ the last check saw it, and the order to try them in.
 
 Every `router.health_interval_s` the router checks each replica with GET /v1/shard, which
 says which shard it is (a replica listed under the wrong shard, or of a set of another
-size, is never asked) and which versions it holds. A replica that fails a request is
+size, is never asked), which versions it holds and its shard-wire port, if any. A replica that fails a request is
 marked unhealthy at once (`serving.fanout`) and stays so until its next check passes.
 """
 
@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -35,6 +36,11 @@ class Replica:
     # collection -> version -> (commit sequence, model version, dim, items, memory bytes) of what it holds
     versions: dict[str, dict[str, tuple[int, str, int, int, int]]] = field(default_factory=dict)
     checked_at: str | None = None
+    wire_port: int | None = None  # the shard wire's port its last health check advertised
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
 
     def holds(self, collection: str, version: str) -> bool:
         return self.healthy and version in self.held.get(collection, ())
@@ -48,6 +54,7 @@ class Replica:
             "held": {c: sorted(v) for c, v in self.held.items()},
             "current": dict(self.current),
             "checked_at": self.checked_at,
+            "wire_port": self.wire_port,
         }
 
 
@@ -109,6 +116,8 @@ class ReplicaPool:
                 }
                 for c, info in collections.items()
             }
+            wire = body.get("wire")
+            replica.wire_port = int(wire["port"]) if isinstance(wire, dict) and wire.get("port") else None
             replica.healthy, replica.reason = True, "ok"
         except Exception as err:  # noqa: BLE001 - any failure makes the replica unhealthy
             if replica.healthy:

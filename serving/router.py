@@ -54,6 +54,7 @@ from serving.profile_store import RedisUsers, meta_key, snapshot_meta
 from serving.replicas import ReplicaPool
 from serving.router_metrics import RouterMetrics
 from serving.state import COLLECTIONS, INDEX_KINDS, USER_EMBEDDINGS, UserEmbeddings, load_user_embeddings, now_iso
+from serving.wire import WireClient
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Router:
         self._http = self.fanout.http = httpx.AsyncClient(
             limits=limits, headers=headers, timeout=self.rcfg.health_timeout_s
         )
+        self.fanout.wire = WireClient(self.cfg.serving.token or None, connect_timeout_s=self.rcfg.health_timeout_s)
         if self.rcfg.user_store == "redis":
             import redis
             import redis.asyncio
@@ -165,6 +167,8 @@ class Router:
                 pass
         if self._http is not None:
             await self._http.aclose()
+        if self.fanout.wire is not None:
+            self.fanout.wire.close()
         if self._redis is not None:
             await self._redis.aclose()
             self._redis_sync.close()

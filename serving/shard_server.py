@@ -19,7 +19,8 @@ served. S = 1 serves unsharded versions (shard 0 of 1 is the whole index).
 
 Routes: POST /v1/search/{collection}, POST /v1/vector/{collection} (a stored vector, for
 the router's /v1/similar), GET /v1/shard, /v1/versions (the same), /healthz, /readyz,
-/metrics.
+/metrics. The router asks the same two questions over the shard wire (`serving.wire`,
+`answer_wire`) on the port `/v1/shard` advertises (`serving.shard_wire_port`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import Field
@@ -40,7 +42,7 @@ from artifacts import ArtifactError, ArtifactStore
 from config import EbrConfig, ServingConfig
 from index_builder.loaded_index import LoadedIndex, load_index
 from index_builder.sharding import ShardMismatchError, download_shard, shard_count
-from serving import searcher
+from serving import searcher, wire
 from serving.api import _Body
 from serving.deps import ServingConfigDep, api_dependencies
 from serving.gatekeeper import Gatekeeper
@@ -129,6 +131,7 @@ class ShardHolder:
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # (collection, version) -> why
     errors: dict[str, str] = field(default_factory=dict)  # collection -> last transient error
     last_poll_at: str | None = None
+    wire_port: int | None = None  # the shard wire's port once listening (serving.wire)
 
     def __post_init__(self) -> None:
         self._state = ShardState(0, MappingProxyType({}), MappingProxyType({}))
@@ -297,19 +300,36 @@ class ShardHolder:
             "refused": [{"collection": c, "version": v, "reason": r} for (c, v), r in self.refused.items()],
             "errors": dict(self.errors),
             "last_poll_at": self.last_poll_at,
+            "wire": None if self.wire_port is None else {"port": self.wire_port},
         }
 
 
-def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader: bool = True) -> FastAPI:
-    """The shard server's ASGI app (the lifespan starts and stops the holder's poller)."""
+def create_shard_app(
+    cfg: ServingConfig, holder: ShardHolder, *, start_reloader: bool = True, wire_host: str | None = None
+) -> FastAPI:
+    """The shard server's ASGI app. The lifespan starts and stops the holder's poller and,
+    given `wire_host`, the shard wire on `serving.shard_wire_port` of that host."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        wire_server = None
+        if wire_host is not None and cfg.shard_wire_port >= 0:
+            wire_server = await wire.start_server(
+                lambda meta, payload: answer_wire(holder, cfg, meta, payload),
+                wire_host,
+                cfg.shard_wire_port,
+                token=cfg.token or None,
+                observe=holder.metrics.observe_request,
+            )
+            holder.wire_port = wire_server.sockets[0].getsockname()[1]
         if start_reloader:
             holder.start()
         try:
             yield
         finally:
+            if wire_server is not None:
+                wire_server.close()
+                holder.wire_port = None
             if start_reloader:
                 holder.close()
 
@@ -336,7 +356,7 @@ def create_shard_app(cfg: ServingConfig, holder: ShardHolder, *, start_reloader:
     return app
 
 
-def shard_holder(request: Request) -> ShardHolder:
+async def shard_holder(request: Request) -> ShardHolder:
     return request.app.state.holder
 
 
@@ -378,32 +398,65 @@ async def versions(holder: HolderDep) -> Response:
 
 @shard_api.post("/search/{collection}", summary="this shard's top-k for a vector, from the version named")
 async def search(collection: str, body: ShardSearchRequest, holder: HolderDep, cfg: ServingConfigDep) -> Response:
-    state = holder.state  # read once: this request answers from this state to the end
-    held = _held(state, collection, body.version)
-    k = checked_k(body.k, cfg)
-    query = checked_embedding(body.embedding, int(held.value.dim))
-    hits = (await searcher.search(held.value, query, k, body.exclude))[0]
-    return json_response(
-        {
-            "collection": collection,
-            "shard": holder.shard,
-            "shards": holder.shards,
-            "version": held.version,
-            "model_version": held.model_version,
-            "items": [[item_id, score] for item_id, score in hits],
-        }
-    )
+    return json_response(await _search(holder, cfg, collection, body.version, body.k, body.embedding, body.exclude))
 
 
 @shard_api.post("/vector/{collection}", summary="a stored vector of this shard, from the version named")
 async def stored_vector(collection: str, body: ShardVectorRequest, holder: HolderDep) -> Response:
-    held = _held(holder.state, collection, body.version)
-    found = await searcher.vector(held.value, body.id)
+    held, found = await _stored_vector(holder, collection, body.version, body.id)
+    return json_response({"version": held.version, "model_version": held.model_version, "vector": found.tolist()})
+
+
+async def _search(holder: ShardHolder, cfg: ServingConfig, collection: str, version, k, embedding, exclude) -> dict:
+    state = holder.state  # read once: this request answers from this state to the end
+    held = _held(state, collection, version)
+    k = checked_k(k, cfg)
+    query = checked_embedding(embedding, int(held.value.dim))
+    hits = (await searcher.search(held.value, query, k, exclude))[0]
+    return {
+        "collection": collection,
+        "shard": holder.shard,
+        "shards": holder.shards,
+        "version": held.version,
+        "model_version": held.model_version,
+        "items": [[item_id, score] for item_id, score in hits],
+    }
+
+
+async def _stored_vector(holder: ShardHolder, collection: str, version, item_id: str):
+    held = _held(holder.state, collection, version)
+    found = await searcher.vector(held.value, item_id)
     if found is None:
         raise ApiError(
-            404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {body.id!r}"
+            404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {item_id!r}"
         )
-    return json_response({"version": held.version, "model_version": held.model_version, "vector": found.tolist()})
+    return held, found
+
+
+async def answer_wire(holder: ShardHolder, cfg: ServingConfig, meta: dict, payload: bytes) -> tuple[dict, bytes]:
+    """One shard-wire request (`serving.wire`): the HTTP routes' answers, the query vector
+    and a stored vector as float32 bytes."""
+    op, collection = meta.get("op"), meta.get("collection")
+    version = meta.get("version")
+    if not isinstance(collection, str) or not (version is None or isinstance(version, str)):
+        raise ApiError(400, "invalid_request", "a wire request names its collection and version as strings")
+    try:
+        if op == "search":
+            k, exclude = meta.get("k"), meta.get("exclude") or []
+            if not (k is None or type(k) is int) or not all(isinstance(e, str) for e in exclude):
+                raise ApiError(422, "invalid_request", "k must be an integer and exclude a list of ids")
+            if len(payload) % 4:
+                raise ApiError(422, "invalid_embedding", f"a float32 vector has 4 bytes a value, not {len(payload)}")
+            query = np.frombuffer(payload, dtype="<f4")
+            return await _search(holder, cfg, collection, version, k, query, exclude), b""
+        if op == "vector":
+            if not isinstance(meta.get("id"), str):
+                raise ApiError(422, "invalid_request", "a vector request names its id as a string")
+            held, found = await _stored_vector(holder, collection, version, meta["id"])
+            return {"version": held.version, "model_version": held.model_version}, found.astype("<f4").tobytes()
+    except SearcherDiedError as err:
+        raise ApiError(503, "index_unavailable", f"{err}; it is being loaded again, retry on another replica") from err
+    raise ApiError(400, "unknown_op", f"unknown wire op {op!r}; use search or vector")
 
 
 def _held(state: ShardState, collection: str, version: str | None) -> HeldVersion:
@@ -423,7 +476,13 @@ def _held(state: ShardState, collection: str, version: str | None) -> HeldVersio
 
 
 def build_shard_server(
-    cfg: EbrConfig, shard: int, shards: int, *, poll_interval_s: float | None = None, start_reloader: bool = True
+    cfg: EbrConfig,
+    shard: int,
+    shards: int,
+    *,
+    poll_interval_s: float | None = None,
+    start_reloader: bool = True,
+    wire_host: str | None = None,
 ) -> tuple[FastAPI, ShardHolder]:
     from serving.server import cache_dir_of
 
@@ -438,7 +497,7 @@ def build_shard_server(
         searcher=cfg.serving.searcher,
         reload_nice=cfg.serving.reload_nice,
     )
-    return create_shard_app(cfg.serving, holder, start_reloader=start_reloader), holder
+    return create_shard_app(cfg.serving, holder, start_reloader=start_reloader, wire_host=wire_host), holder
 
 
 def serve_shard(
@@ -452,5 +511,5 @@ def serve_shard(
     from serving.server import SWITCH_INTERVAL_S, uvicorn_config
 
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    app, _ = build_shard_server(cfg, shard, shards, poll_interval_s=poll_interval_s)
+    app, _ = build_shard_server(cfg, shard, shards, poll_interval_s=poll_interval_s, wire_host=host)
     uvicorn.Server(uvicorn_config(app, host, port, cfg.serving.request_read_timeout_s)).run()

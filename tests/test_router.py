@@ -89,6 +89,52 @@ def test_a_shard_server_answers_from_the_version_named_and_refuses_a_set_of_anot
         wrong.stop()
 
 
+def test_a_shard_server_answers_the_wire_as_its_http_routes_and_refuses_bad_frames_by_name(sets, cluster):
+    """The shard wire (serving.wire) on the port /v1/shard advertises: the same answers as
+    POST /v1/search and /v1/vector, and a clear error for every malformed request."""
+    import asyncio
+
+    from serving.wire import WireClient
+
+    sets.publish_users("u1")
+    v1 = sets.build_stories("v1")
+    shard0 = cluster(replicas=1)[0][0]
+    port = shard0.status()["wire"]["port"]
+    query = clustered_vectors(1, DIM, seed=9)[0]
+    over_http = httpx.post(
+        f"{shard0.url}/v1/search/stories", json={"embedding": query.tolist(), "k": 5, "version": v1}
+    ).json()
+
+    async def ask(meta: dict, payload: bytes = b"") -> tuple[dict, bytes]:
+        client = WireClient()
+        try:
+            return await client.request("127.0.0.1", port, meta, payload, timeout=5)
+        finally:
+            client.close()
+
+    def search(payload: bytes = query.astype("<f4").tobytes(), **meta) -> dict:
+        return asyncio.run(ask({"op": "search", "collection": "stories", "version": v1, "k": 5, **meta}, payload))[0]
+
+    assert search() == {"status": 200, **over_http}
+    stored_id = over_http["items"][0][0]
+    meta, vector = asyncio.run(ask({"op": "vector", "collection": "stories", "version": v1, "id": stored_id}))
+    assert meta["status"] == 200 and meta["version"] == v1
+    assert np.frombuffer(vector, "<f4").tolist() == pytest.approx(sets.stories[v1][stored_id].tolist(), abs=1e-6)
+
+    refusals = {
+        "version_not_held": search(version="v0"),
+        "unknown_collection": search(collection="films"),
+        "invalid_k": search(k=0),
+        "invalid_request": search(k="5"),
+        "invalid_embedding": search(payload=b"\0" * 6),
+    }
+    assert {code: answer.get("code") for code, answer in refusals.items()} == {c: c for c in refusals}
+    assert search(payload=b"\0" * 4 * (DIM - 1))["message"].startswith(f"embedding has {DIM - 1} values")
+    assert asyncio.run(ask({"op": "drop", "collection": "stories"}))[0]["code"] == "unknown_op"
+    unknown = asyncio.run(ask({"op": "vector", "collection": "stories", "version": v1, "id": "nope"}))[0]
+    assert unknown["status"] == 404 and unknown["code"] == "unknown_id"
+
+
 def test_serving_token_guards_the_shard_servers_and_the_router_but_not_their_probes(sets, start_router):
     """With serving.token set, the router's health checks and fan-out carry it to the shard
     servers; a client without it gets 401 from both, while probes and metrics stay open."""
@@ -125,11 +171,12 @@ def test_serving_token_guards_the_shard_servers_and_the_router_but_not_their_pro
 # -- the router ----------------------------------------------------------------------------
 
 
-def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster, start_router):
+@pytest.mark.parametrize("transport", ["wire", "http"])
+def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster, start_router, transport):
     sets.publish_users("u1")
     v1 = sets.build_stories("v1")
     grid = cluster()
-    _, client = start_router(grid)
+    _, client = start_router(grid, f"router.transport={transport}")
 
     for n in range(N_USERS):
         user = f"u{n}"
@@ -165,6 +212,10 @@ def test_merged_answers_equal_exact_search_over_the_whole_snapshot(sets, cluster
     assert served["indexes/stories"]["version"] == v1 and served["indexes/stories"]["count"] == N_STORIES
     assert served["embeddings/users"]["version"] == "u1" and versions["last_reload"]["action"] == "swapped"
     assert v1 in format_versions(versions)
+    # The shard servers were asked the way router.transport says (their wire is on either way).
+    assert all(r["wire_port"] for row in versions["replicas"] for r in row)
+    asked = [sum('endpoint="wire:search"' in httpx.get(f"{p.url}/metrics").text for p in row) for row in grid]
+    assert all(bool(n) == (transport == "wire") for n in asked), asked  # per shard: replicas asked on the wire
 
     # A set of another size than router.replicas is never pinned, and /v1/versions says why.
     publish_snapshot(
