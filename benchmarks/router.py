@@ -12,12 +12,15 @@
    the load generator of benchmarks/serving.py in its own process (raw HTTP/1.1 keep-alive
    connections, random known users, k=10): saturation (closed loop), then a fixed rate.
 4. The sharded tier: two `ebr serve --shard I/2` (one replica each) and `ebr route` over
-   them, each its own process; the same phases; then the fixed rate again while
+   them (asking the shards over the shard wire, `serving.wire`), each its own process; the
+   same phases; then the fixed rate again while
    `--swaps` new shard sets (byte-identical copies under new names, prepared beforehand)
    are published one after another (the next once the router answers from the last), at
    half the tier's saturated QPS (at most --rate): failed requests, every answer's set
    version, and the seconds from each publish to the router's switch.
-5. The router's own overhead: `ebr_router_fanout_overhead_seconds` (fan-out + merge
+5. The same phases again through a router asking the same shard servers over HTTP
+   (`router.transport=http`): what the wire buys.
+6. The router's own overhead: `ebr_router_fanout_overhead_seconds` (fan-out + merge
    beyond the slowest shard), p50/p99 from its histogram; memory per shard server (RSS
    of the process and its index processes; `memory_bytes` of the loaded shard).
 
@@ -261,30 +264,37 @@ def run(argv: list[str] | None = None) -> dict:
             processes.extend(shards)
             for p in shard_ports:
                 _wait(f"http://127.0.0.1:{p}")
-            router_port = SB._free_port()
             replicas = json.dumps([[f"http://127.0.0.1:{p}"] for p in shard_ports])
-            router = _start(
-                [
-                    "--root",
-                    sharded_root,
-                    "--set",
-                    f"serving.cache_dir={cache}/router",
-                    "--set",
-                    "serving.poll_interval_s=0.5",
-                    "--set",
-                    "router.health_interval_s=0.25",
-                    "--set",
-                    f"router.deadline_ms={args.deadline_ms}",
-                    "route",
-                    "--port",
-                    str(router_port),
-                    "--replicas",
-                    replicas,
-                ],
-                workdir / "router.log",
-            )
-            processes.append(router)
-            _wait(f"http://127.0.0.1:{router_port}")
+
+            def start_router(transport: str) -> tuple[subprocess.Popen, int]:
+                port = SB._free_port()
+                router = _start(
+                    [
+                        "--root",
+                        sharded_root,
+                        "--set",
+                        f"serving.cache_dir={cache}/router-{transport}",
+                        "--set",
+                        "serving.poll_interval_s=0.5",
+                        "--set",
+                        "router.health_interval_s=0.25",
+                        "--set",
+                        f"router.deadline_ms={args.deadline_ms}",
+                        "--set",
+                        f"router.transport={transport}",
+                        "route",
+                        "--port",
+                        str(port),
+                        "--replicas",
+                        replicas,
+                    ],
+                    workdir / f"router-{transport}.log",
+                )
+                processes.append(router)
+                _wait(f"http://127.0.0.1:{port}")
+                return router, port
+
+            router, router_port = start_router("wire")
             shard_memory = []
             for s, (p, process) in enumerate(zip(shard_ports, shards, strict=True)):
                 status = httpx.get(f"http://127.0.0.1:{p}/v1/shard", timeout=5).json()
@@ -366,6 +376,12 @@ def run(argv: list[str] | None = None) -> dict:
             }
             metrics = httpx.get(f"http://127.0.0.1:{router_port}/metrics").text
             overhead_all = histogram_quantiles(metrics, "ebr_router_fanout_overhead_seconds")
+            SB.stop_process(router, 30)
+
+            # -- the same tier, the router asking the shards over HTTP (router.transport=http) --
+            router, router_port = start_router("http")
+            print("router over HTTP: load phases ...", flush=True)
+            routed_http = _phases(router_port, args, workdir, seed=31)
         finally:
             for process in processes:
                 SB.stop_process(process, 30)
@@ -389,6 +405,7 @@ def run(argv: list[str] | None = None) -> dict:
         "recall": recall,
         "single_service": single_result,
         "router_2x1": {**routed, "shard_memory": shard_memory},
+        "router_2x1_http": routed_http,
         "router_overhead_steady": overhead_steady,
         "router_overhead_all_phases": overhead_all,
         "swaps": swaps,
@@ -417,17 +434,25 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def to_markdown(r: dict) -> str:
-    s, t = r["single_service"], r["router_2x1"]
+    columns = [r["single_service"], r["router_2x1"], *([r["router_2x1_http"]] if "router_2x1_http" in r else [])]
+
+    def row(label: str, cell) -> str:
+        return f"| {label} | " + " | ".join(str(cell(c)) for c in columns) + " |"
+
+    rate = r["single_service"]["steady_fixed_rate"]["offered_rate"]
     rows = [
-        "| | single service | router, 2 shards × 1 replica |",
-        "|---|---|---|",
-        f"| saturated QPS (closed loop, 16 connections) | {s['saturation_closed_loop']['qps']} | {t['saturation_closed_loop']['qps']} |",
-        f"| p50 / p99 ms at {r['single_service']['steady_fixed_rate']['offered_rate']:.0f}/s | "
-        f"{s['steady_fixed_rate']['p50_ms']} / {s['steady_fixed_rate']['p99_ms']} | {t['steady_fixed_rate']['p50_ms']} / {t['steady_fixed_rate']['p99_ms']} |",
-        f"| achieved QPS at that rate | {s['steady_fixed_rate']['qps']} | {t['steady_fixed_rate']['qps']} |",
-        f"| failed requests | {s['saturation_closed_loop']['failed'] + s['steady_fixed_rate']['failed']} | "
-        f"{t['saturation_closed_loop']['failed'] + t['steady_fixed_rate']['failed']} |",
+        "| | single service | router, 2 shards × 1 replica (shard wire) |"
+        + (" the same router over HTTP |" if len(columns) == 3 else ""),
+        "|---" * (len(columns) + 1) + "|",
+        row("saturated QPS (closed loop, 16 connections)", lambda c: c["saturation_closed_loop"]["qps"]),
+        row(
+            f"p50 / p99 ms at {rate:.0f}/s",
+            lambda c: f"{c['steady_fixed_rate']['p50_ms']} / {c['steady_fixed_rate']['p99_ms']}",
+        ),
+        row("achieved QPS at that rate", lambda c: c["steady_fixed_rate"]["qps"]),
+        row("failed requests", lambda c: c["saturation_closed_loop"]["failed"] + c["steady_fixed_rate"]["failed"]),
     ]
+    t = r["router_2x1"]
     lines = [
         f"# Router benchmark ({r['n']:,} × {r['dim']}, {r['users']:,} users, {r['cpus']} CPUs, load {r['load_average_at_start'][0]:.1f} at start)",
         "",
