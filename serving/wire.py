@@ -46,6 +46,7 @@ HEADER = struct.Struct("<III")  # length of the rest, request id, meta length
 MAX_FRAME_BYTES = 4 << 20
 # Frames being answered per connection before it stops reading (the client waits).
 MAX_IN_FLIGHT = 512
+OPS = ("search", "vector")
 
 # The handler answers one request: (meta, payload) -> (body, payload); it raises ApiError.
 Handler = Callable[[dict, bytes], Awaitable[tuple[dict, bytes]]]
@@ -130,6 +131,8 @@ class _ServerProtocol(asyncio.Protocol):
             self._refuse(0, 400, "invalid_frame", str(err))
             return
         for request_id, meta, payload in frames:
+            if self.transport.is_closing():  # refused: what follows is not read
+                return
             if not self.authenticated:
                 self._hello(request_id, meta)
                 continue
@@ -154,7 +157,7 @@ class _ServerProtocol(asyncio.Protocol):
 
     async def _answer(self, request_id: int, meta: dict, payload: bytes) -> None:
         started = time.perf_counter()
-        op = meta.get("op") if isinstance(meta.get("op"), str) else "unknown"
+        op = meta.get("op") if meta.get("op") in OPS else "unknown"  # a metrics label: a closed set
         try:
             body, out = await self.handler(meta, payload)
             answer, status = {"status": 200, **body}, 200
