@@ -68,7 +68,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(REPO), *(p for p in sys.path if Path(p or ".").resolve() not in (REPO, REPO / "benchmarks"))]
 from artifacts.kinds import STORY_EMBEDDINGS, STORY_INDEX, USER_EMBEDDINGS  # noqa: E402
 from benchmarks.loadgen import run_loadgen, summarize  # noqa: E402
-from benchmarks.targets import failed_requests, reload_met, served_over_raw_met, steady_p99_met  # noqa: E402
+from benchmarks.targets import (  # noqa: E402
+    RELOAD_P99_OVER_STEADY,
+    SERVED_OVER_RAW_EVERY_RUN,
+    failed_requests,
+    reload_met,
+    reload_p99,
+    served_over_raw_met,
+    single_service_run_met,
+    steady_p99_met,
+)
 from config.loopback import free_port as _free_port  # noqa: E402 (benchmarks/router.py and soak.py call it too)
 
 MODEL = "bench-model-1"
@@ -372,6 +381,49 @@ def targets(mode: dict, raw: dict) -> dict:
     }
 
 
+def repeat_summary(mode: dict, raw: dict) -> dict:
+    """One repeat's figures for one searcher: the ratios its targets are judged on."""
+    steady, saturation, reload = mode["steady_fixed_rate"], mode["saturation_closed_loop"], mode["reload_fixed_rate"]
+    window, swapped = reload_p99(reload)
+    window = window if swapped else None  # no reload served: the rule cannot be met
+    return {
+        "saturated_qps": saturation["qps"],
+        "served_over_raw": round(saturation["qps"] / raw["qps"], 3),
+        "steady_p99_ms": steady["p99_ms"],
+        "reload_window_p99_ms": window,
+        "reload_over_steady": None if window is None else round(window / steady["p99_ms"], 2),
+        "failed": failed_requests(saturation, steady, reload),
+    }
+
+
+def repeat_spread(repeats: list[dict]) -> dict:
+    """Per searcher: each figure's values over the repeats, median, min and max, and issue
+    #14's rule for the single service: served QPS >= 0.8 x raw and reload p99 <= 2 x steady
+    in every repeat, with no failed request."""
+    out = {}
+    for mode in repeats[0]["searchers"]:
+        rows = [r["searchers"][mode] for r in repeats]
+        figures = {}
+        for key in ("served_over_raw", "reload_over_steady", "saturated_qps", "steady_p99_ms"):
+            values = [row[key] for row in rows if row[key] is not None]
+            figures[key] = {
+                "values": values,
+                "median": float(np.median(values)) if values else None,
+                "min": min(values, default=None),
+                "max": max(values, default=None),
+            }
+        kept = [
+            single_service_run_met(row["served_over_raw"], row["reload_over_steady"], row["failed"]) for row in rows
+        ]
+        out[mode] = {
+            **figures,
+            "failed": [row["failed"] for row in rows],
+            "runs_meeting_0.8x_raw_and_2x_reload": f"{sum(kept)} of {len(kept)}",
+            "met_in_every_run": all(kept),
+        }
+    return out
+
+
 def run(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000, help="stories in the index")
@@ -398,8 +450,17 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--note", default="", help="free text stored with the results (e.g. what else ran on the machine)"
     )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="measure raw hnswlib and every searcher this many times in a row (same index); the "
+        "report gives each repeat's ratios, their median and range, and the last repeat in full",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
 
     load_at_start = os.getloadavg()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ebr-bench-serving-")).resolve()
@@ -418,12 +479,22 @@ def run(argv: list[str] | None = None) -> dict:
         # The built files where the store keeps them (its attempt folder, through the
         # manifest): the root is on this machine, so nothing is copied.
         source_dir = store.kind(STORY_INDEX).local_dir(base_version)
-        print("raw hnswlib, single thread ...", flush=True)
-        raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
-        modes = [
-            measure_searcher(mode, args, store, root, workdir, base_version, source_dir)
-            for mode in args.searchers.split(",")
-        ]
+        repeats = []
+        for repeat in range(1, args.repeats + 1):
+            print(f"raw hnswlib, single thread ... (repeat {repeat} of {args.repeats})", flush=True)
+            raw = raw_hnswlib_qps(source_dir, args.dim, ef, user_vectors[:5000], args.raw_seconds)
+            modes = [
+                measure_searcher(mode, args, store, root, workdir, base_version, source_dir)
+                for mode in args.searchers.split(",")
+            ]
+            repeats.append(
+                {
+                    "repeat": repeat,
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                    "raw_qps": raw["qps"],
+                    "searchers": {m["searcher"]: repeat_summary(m, raw) for m in modes},
+                }
+            )
     finally:
         if own_cache:
             shutil.rmtree(args.cache_dir, ignore_errors=True)
@@ -459,6 +530,8 @@ def run(argv: list[str] | None = None) -> dict:
         },
         "raw_hnswlib_single_thread": raw,
         "searchers": {m["searcher"]: {**m, "targets": targets(m, raw)} for m in modes},
+        "repeats": repeats,
+        "repeat_spread": repeat_spread(repeats),
     }
     markdown = to_markdown(report)
     print(markdown)
@@ -523,7 +596,36 @@ def to_markdown(r: dict) -> str:
             f"{t['reload_p99_le_2x_steady']['reload_window_p99_ms']} ms ({t['reload_p99_le_2x_steady']['ratio_window']}x): "
             f"{_yes(t['reload_p99_le_2x_steady']['met'])} | {t['zero_failed_requests']['failed']}: {_yes(t['zero_failed_requests']['met'])} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + _repeats_markdown(r))
+
+
+def _repeats_markdown(r: dict) -> list[str]:
+    if len(r.get("repeats", [])) < 2:
+        return []
+    lines = [
+        "",
+        f"Repeats ({len(r['repeats'])}, in a row, same index; issue #14's rule: served QPS >= "
+        f"{SERVED_OVER_RAW_EVERY_RUN} x raw and reload p99 <= {RELOAD_P99_OVER_STEADY} x steady in every run):",
+        "",
+        "| repeat | load at start | raw QPS | searcher | served QPS | served / raw | steady p99 ms | reload window p99 ms | reload / steady | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rep in r["repeats"]:
+        for mode, m in rep["searchers"].items():
+            lines.append(
+                f"| {rep['repeat']} | {rep['load_average_at_start'][0]} | {rep['raw_qps']:,.0f} | {mode} | "
+                f"{m['saturated_qps']:,.0f} | {m['served_over_raw']} | {m['steady_p99_ms']} | "
+                f"{m['reload_window_p99_ms']} | {m['reload_over_steady']} | {m['failed']} |"
+            )
+    lines += ["", "| searcher | served / raw: median (range) | reload / steady: median (range) | runs meeting both |"]
+    lines.append("|---|---|---|---|")
+    for mode, spread in r["repeat_spread"].items():
+        a, b = spread["served_over_raw"], spread["reload_over_steady"]
+        lines.append(
+            f"| {mode} | {a['median']:.3f} ({a['min']}-{a['max']}) | "
+            f"{b['median']:.2f} ({b['min']}-{b['max']}) | {spread['runs_meeting_0.8x_raw_and_2x_reload']} |"
+        )
+    return lines
 
 
 def _yes(met: bool) -> str:

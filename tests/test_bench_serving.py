@@ -53,3 +53,41 @@ def test_stop_process_interrupts_then_kills_what_ignores_the_interrupt():
     assert polite.returncode not in (None, -9)  # exited on the interrupt (KeyboardInterrupt)
     polite.stdout.close()
     serving.stop_process(polite, 30)  # already gone: nothing to do
+
+
+def _mode(qps: float, steady_p99: float, window_p99: float | None, failed: int = 0) -> dict:
+    reload = {"whole_phase": {"p99_ms": window_p99 or 1.0, "failed": 0, "requests": 10}}
+    reload["reload_window"] = {} if window_p99 is None else {"p99_ms": window_p99, "failed": 0}
+    reload["window_seconds"] = None if window_p99 is None else 1.5
+    return {
+        "saturation_closed_loop": {"qps": qps, "failed": failed, "requests": 10},
+        "steady_fixed_rate": {"p99_ms": steady_p99, "failed": 0, "requests": 10},
+        "reload_fixed_rate": reload,
+    }
+
+
+def test_repeats_are_judged_run_by_run_not_by_their_best():
+    """Issue #14's rule: >= 0.8 x raw and reload p99 <= 2 x steady in *every* repeat."""
+    raw = {"qps": 1000.0}
+    runs = [
+        _mode(900, 2.0, 3.0),  # 0.9x, 1.5x: kept
+        _mode(850, 2.0, 4.0),  # 0.85x, 2.0x: kept (at the bound)
+        _mode(790, 2.0, 2.0),  # 0.79x: under 0.8
+        _mode(950, 2.0, 4.2),  # reload 2.1x
+        _mode(950, 2.0, None),  # the reload was never served
+    ]
+    repeats = [
+        {"repeat": i + 1, "raw_qps": raw["qps"], "searchers": {"process": serving.repeat_summary(m, raw)}}
+        for i, m in enumerate(runs)
+    ]
+    spread = serving.repeat_spread(repeats)["process"]
+    assert spread["runs_meeting_0.8x_raw_and_2x_reload"] == "2 of 5" and not spread["met_in_every_run"]
+    assert spread["served_over_raw"]["values"] == [0.9, 0.85, 0.79, 0.95, 0.95]
+    assert spread["served_over_raw"]["median"] == 0.9 and spread["served_over_raw"]["min"] == 0.79
+    assert spread["reload_over_steady"]["values"] == [1.5, 2.0, 1.0, 2.1]  # the unserved reload has no ratio
+    good = serving.repeat_spread(repeats[:2])["process"]
+    assert good["met_in_every_run"] and good["runs_meeting_0.8x_raw_and_2x_reload"] == "2 of 2"
+    failed = serving.repeat_spread(
+        [{"repeat": 1, "raw_qps": 1000.0, "searchers": {"process": serving.repeat_summary(_mode(900, 2, 3, 1), raw)}}]
+    )
+    assert not failed["process"]["met_in_every_run"]
