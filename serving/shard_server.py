@@ -443,7 +443,9 @@ async def answer_wire(holder: ShardHolder, cfg: ServingConfig, meta: dict, paylo
     try:
         if op == "search":
             k, exclude = meta.get("k"), meta.get("exclude") or []
-            if not (k is None or type(k) is int) or not all(isinstance(e, str) for e in exclude):
+            if not (k is None or type(k) is int) or not (
+                isinstance(exclude, list) and all(isinstance(e, str) for e in exclude)
+            ):
                 raise ApiError(422, "invalid_request", "k must be an integer and exclude a list of ids")
             if len(payload) % 4:
                 raise ApiError(422, "invalid_embedding", f"a float32 vector has 4 bytes a value, not {len(payload)}")
