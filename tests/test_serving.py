@@ -449,6 +449,37 @@ def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_nor
         assert os.getpriority(os.PRIO_PROCESS, service.reloader._thread.native_id) == min(ours + 7, 19)
 
 
+def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_each_answered_alone(world, tmp_path):
+    """serving.searcher's batching: the searches issued in one turn of the loop are written
+    as one message and answered with one; each caller gets its own answer, and a search the
+    index refuses fails alone."""
+    from index_builder.loaded_index import load_index
+    from serving.searcher import IndexProcess
+
+    world.index("stories", "s1", "m1", seed=2)
+    directory = world.store.kind("indexes/stories").download("s1", tmp_path / "s1")
+    inline = load_index(directory, "stories")
+    index = IndexProcess(directory, "stories")
+    written = []
+    send = index._channel.connection.send
+    index._channel.connection.send = lambda message: (written.append(message), send(message))[1]
+    queries = clustered_vectors(5, DIM, seed=11)
+    try:
+
+        async def one_turn():
+            searches = [index.search_async(queries[i : i + 1], 3) for i in range(5)]
+            refused = index.search_async(np.zeros((1, DIM + 1), np.float32), 3)
+            return await asyncio.gather(*searches, refused, return_exceptions=True)
+
+        answers = asyncio.run(one_turn())
+    finally:
+        index.close()
+    assert [m[0] for m in written] == ["batch"] and len(written[0][1]) == 6
+    assert isinstance(answers[-1], ValueError)
+    for i, answer in enumerate(answers[:5]):
+        assert answer == inline.search(queries[i : i + 1], 3)
+
+
 # -- the CLI client --------------------------------------------------------------------------
 
 
