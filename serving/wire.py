@@ -2,11 +2,12 @@
 multiplexed TCP connection per replica, instead of an HTTP request per shard.
 
 Why: a routed request is one public HTTP request plus one hop per shard. Over HTTP (httpx
-in the router, uvicorn + FastAPI + pydantic in the shard server) a hop cost about 4 ms of
-router CPU per request for two shards and 1.8 ms of CPU in each shard server (measured on
-this 2-core machine, README "The sharded tier"), so the tier served a twelfth of what the
-single service does. The wire keeps the hop to a struct header, a small JSON header and
-the raw float32 vector, and parses answers in the event loop's own protocol callback.
+in the router, uvicorn + FastAPI + pydantic in the shard server) a routed request over two
+shards cost 2.5 ms of router CPU and 1.1 ms in each shard server, and the tier served about
+a twelfth of what the single service does; over the wire, 0.5 and 0.25 ms (a closed loop
+on this 2-core machine, index processes included; README "The sharded tier"). The wire
+keeps a hop to a struct header, a small JSON header and the raw float32 vector, and parses
+answers in the event loop's own protocol callback.
 
 Frame, both directions (little-endian):
 
