@@ -3,9 +3,9 @@ the last check saw it, and the order to try them in.
 
 Every `router.health_interval_s` the router checks each replica with GET /v1/shard, which
 says which shard it is (a replica listed under the wrong shard, or of a set of another
-size, is never asked), which versions it holds and its shard-wire port, if any. A replica that fails a request is
-marked unhealthy at once (`serving.fanout`) and stays so until its next check passes.
-"""
+size, is never asked), which versions it holds and its shard-wire port, if any. A replica
+that fails a request is marked unhealthy at once (`serving.fanout`) and stays so until its
+next check passes."""
 
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ class Replica:
     versions: dict[str, dict[str, tuple[int, str, int, int, int]]] = field(default_factory=dict)
     checked_at: str | None = None
     wire_port: int | None = None  # the shard wire's port its last health check advertised
+    host: str = field(init=False)  # of the URL: the shard wire listens on the same host
 
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+    def __post_init__(self) -> None:
+        self.host = urlsplit(self.url).hostname or "127.0.0.1"
 
     def holds(self, collection: str, version: str) -> bool:
         return self.healthy and version in self.held.get(collection, ())
