@@ -43,8 +43,14 @@ def test_stop_process_interrupts_then_kills_what_ignores_the_interrupt():
     serving.stop_process(process, 0.5)
     assert process.returncode == -9 and time.monotonic() - started < 10  # SIGKILL after the 0.5 s
     process.stdout.close()
+    # SIGINT's default handler set explicitly: a shell without job control starts background
+    # jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored.
+    polite_code = (
+        "import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "print('ready', flush=True); time.sleep(60)"
+    )
     polite = subprocess.Popen(
-        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", polite_code],
         stdout=subprocess.PIPE,
         text=True,
     )
