@@ -109,28 +109,46 @@ class _Frames:
         return frames
 
 
-# -- the shard server's side ---------------------------------------------------------------
+class _FramedProtocol(asyncio.Protocol):
+    """A connection that reads frames (`on_frames`) and writes them coalesced (`out`); a
+    stream that breaks the protocol goes to `on_broken`."""
 
-
-class _ServerProtocol(asyncio.Protocol):
-    def __init__(self, handler: Handler, token: str | None, observe: Callable[[str, int, float], None]):
-        self.handler, self.token, self.observe = handler, token, observe
-        self.frames = _Frames()
-        self.authenticated = not token
-        self.in_flight: set[asyncio.Task] = set()
-        self.paused = False
-        self.transport: asyncio.Transport | None = None
+    transport: asyncio.Transport | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.out = _Coalescer(transport)
+        self.frames = _Frames()
 
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.frames.feed(data)
         except (WireError, orjson.JSONDecodeError) as err:
-            self._refuse(0, 400, "invalid_frame", str(err))
+            self.on_broken(err)
             return
+        self.on_frames(frames)
+
+    def on_frames(self, frames: list[tuple[int, dict, bytes]]) -> None:
+        raise NotImplementedError
+
+    def on_broken(self, err: Exception) -> None:
+        raise NotImplementedError
+
+
+# -- the shard server's side ---------------------------------------------------------------
+
+
+class _ServerProtocol(_FramedProtocol):
+    def __init__(self, handler: Handler, token: str | None, observe: Callable[[str, int, float], None]):
+        self.handler, self.token, self.observe = handler, token, observe
+        self.authenticated = not token
+        self.in_flight: set[asyncio.Task] = set()
+        self.paused = False
+
+    def on_broken(self, err: Exception) -> None:
+        self._refuse(0, 400, "invalid_frame", str(err))
+
+    def on_frames(self, frames: list[tuple[int, dict, bytes]]) -> None:
         for request_id, meta, payload in frames:
             if self.transport.is_closing():  # refused: what follows is not read
                 return
@@ -197,25 +215,17 @@ async def start_server(
 # -- the router's side ---------------------------------------------------------------------
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocol(_FramedProtocol):
     def __init__(self, address: str):
         self.address = address
-        self.frames = _Frames()
         self.waiting: dict[int, asyncio.Future] = {}
-        self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        self.out = _Coalescer(transport)
+    def on_broken(self, err: Exception) -> None:
+        self.transport.close()
+        self._fail(WireError(f"{self.address} broke the wire protocol: {err}"))
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self.frames.feed(data)
-        except (WireError, orjson.JSONDecodeError) as err:
-            self.transport.close()
-            self._fail(WireError(f"{self.address} broke the wire protocol: {err}"))
-            return
+    def on_frames(self, frames: list[tuple[int, dict, bytes]]) -> None:
         for request_id, meta, payload in frames:
             future = self.waiting.pop(request_id, None)
             if future is not None and not future.done():  # None: its caller gave up (deadline)
