@@ -50,7 +50,7 @@ from serving.metrics import ServingMetrics
 from serving.poller import Poller
 from serving.query_checks import checked_embedding, checked_k
 from serving.refusals import PERMANENT_ERRORS
-from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, error_response, json_response, liveness
+from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response, liveness
 from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError
 from serving.state import COLLECTIONS, INDEX_KINDS, now_iso
 
@@ -345,10 +345,6 @@ def create_shard_app(
 
     add_error_handlers(app, validation_details=False, http_codes={})
 
-    @app.exception_handler(SearcherDiedError)
-    async def _died(_request, err: SearcherDiedError) -> Response:
-        return error_response(503, "index_unavailable", f"{err}; it is being loaded again, retry on another replica")
-
     app.include_router(liveness)
     app.include_router(shard_probes)
     app.include_router(shard_api, dependencies=api_dependencies(cfg))
@@ -412,7 +408,10 @@ async def _search(holder: ShardHolder, cfg: ServingConfig, collection: str, vers
     held = _held(state, collection, version)
     k = checked_k(k, cfg)
     query = checked_embedding(embedding, int(held.value.dim))
-    hits = (await searcher.search(held.value, query, k, exclude))[0]
+    try:
+        hits = (await searcher.search(held.value, query, k, exclude))[0]
+    except SearcherDiedError as err:
+        raise _index_unavailable(err) from err
     return {
         "collection": collection,
         "shard": holder.shard,
@@ -425,7 +424,10 @@ async def _search(holder: ShardHolder, cfg: ServingConfig, collection: str, vers
 
 async def _stored_vector(holder: ShardHolder, collection: str, version, item_id: str):
     held = _held(holder.state, collection, version)
-    found = await searcher.vector(held.value, item_id)
+    try:
+        found = await searcher.vector(held.value, item_id)
+    except SearcherDiedError as err:
+        raise _index_unavailable(err) from err
     if found is None:
         raise ApiError(
             404, "unknown_id", f"shard {holder.shard} of {collection} {held.version} holds no id {item_id!r}"
@@ -440,25 +442,27 @@ async def answer_wire(holder: ShardHolder, cfg: ServingConfig, meta: dict, paylo
     version = meta.get("version")
     if not isinstance(collection, str) or not (version is None or isinstance(version, str)):
         raise ApiError(400, "invalid_request", "a wire request names its collection and version as strings")
-    try:
-        if op == "search":
-            k, exclude = meta.get("k"), meta.get("exclude") or []
-            if not (k is None or type(k) is int) or not (
-                isinstance(exclude, list) and all(isinstance(e, str) for e in exclude)
-            ):
-                raise ApiError(422, "invalid_request", "k must be an integer and exclude a list of ids")
-            if len(payload) % 4:
-                raise ApiError(422, "invalid_embedding", f"a float32 vector has 4 bytes a value, not {len(payload)}")
-            query = np.frombuffer(payload, dtype="<f4")
-            return await _search(holder, cfg, collection, version, k, query, exclude), b""
-        if op == "vector":
-            if not isinstance(meta.get("id"), str):
-                raise ApiError(422, "invalid_request", "a vector request names its id as a string")
-            held, found = await _stored_vector(holder, collection, version, meta["id"])
-            return {"version": held.version, "model_version": held.model_version}, found.astype("<f4").tobytes()
-    except SearcherDiedError as err:
-        raise ApiError(503, "index_unavailable", f"{err}; it is being loaded again, retry on another replica") from err
+    if op == "search":
+        k, exclude = meta.get("k"), meta.get("exclude") or []
+        if not (k is None or type(k) is int) or not (
+            isinstance(exclude, list) and all(isinstance(e, str) for e in exclude)
+        ):
+            raise ApiError(422, "invalid_request", "k must be an integer and exclude a list of ids")
+        if len(payload) % 4:
+            raise ApiError(422, "invalid_embedding", f"a float32 vector has 4 bytes a value, not {len(payload)}")
+        query = np.frombuffer(payload, dtype="<f4")
+        return await _search(holder, cfg, collection, version, k, query, exclude), b""
+    if op == "vector":
+        if not isinstance(meta.get("id"), str):
+            raise ApiError(422, "invalid_request", "a vector request names its id as a string")
+        held, found = await _stored_vector(holder, collection, version, meta["id"])
+        return {"version": held.version, "model_version": held.model_version}, found.astype("<f4").tobytes()
     raise ApiError(400, "unknown_op", f"unknown wire op {op!r}; use search or vector")
+
+
+def _index_unavailable(err: SearcherDiedError) -> ApiError:
+    """503 for a request whose index process died: the poller loads the version again."""
+    return ApiError(503, "index_unavailable", f"{err}; it is being loaded again, retry on another replica")
 
 
 def _held(state: ShardState, collection: str, version: str | None) -> HeldVersion:

@@ -231,6 +231,10 @@ class _ClientProtocol(_FramedProtocol):
             if future is not None and not future.done():  # None: its caller gave up (deadline)
                 future.set_result((meta, payload))
 
+    @property
+    def usable(self) -> bool:
+        return self.lost is None and not self.transport.is_closing()
+
     def connection_lost(self, exc) -> None:
         self._fail(WireError(f"connection to {self.address} lost" + (f": {exc}" if exc else "")))
 
@@ -264,7 +268,7 @@ class WireClient:
         """The answer's (meta, payload); WireError if the connection fails, TimeoutError at
         `timeout` seconds (a late answer is dropped when it arrives)."""
         protocol = self._connections.get((host, port))
-        if protocol is None or protocol.lost is not None or protocol.transport.is_closing():
+        if protocol is None or not protocol.usable:
             deadline = time.monotonic() + timeout
             protocol = await asyncio.wait_for(self._connection(host, port), max(0.001, timeout))
             timeout = max(0.001, deadline - time.monotonic())
@@ -291,7 +295,7 @@ class WireClient:
     async def _connection(self, host: str, port: int) -> _ClientProtocol:
         key = (host, port)
         protocol = self._connections.get(key)
-        if protocol is not None and protocol.lost is None and not protocol.transport.is_closing():
+        if protocol is not None and protocol.usable:
             return protocol
         pending = self._connecting.get(key)
         if pending is None:  # one connect per address at a time; the others wait for it

@@ -27,6 +27,7 @@ from artifacts.embedding_snapshots import publish_snapshot
 from benchmarks.synthetic_vectors import clustered_vectors
 from cli.main import main as ebr_main
 from config import load_config
+from serving.responses import ApiError
 from tests.polling import wait_for
 from tests.serving_support import (  # noqa: F401 - searcher, start_service, world: fixtures, also for importers
     BOTH_SEARCHERS,
@@ -478,6 +479,42 @@ def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_ea
     assert isinstance(answers[-1], ValueError)
     for i, answer in enumerate(answers[:5]):
         assert answer == inline.search(queries[i : i + 1], 3)
+
+
+def test_a_shard_whose_index_process_died_answers_503_on_http_and_on_the_wire(world, tmp_path):
+    """One owner (serving.shard_server._search / _stored_vector) turns a dead index process
+    into 503 index_unavailable, for the HTTP routes and the shard wire alike."""
+    from types import MappingProxyType
+
+    from fastapi.testclient import TestClient
+
+    from serving.metrics import ServingMetrics
+    from serving.searcher import IndexProcess
+    from serving.shard_server import HeldVersion, ShardHolder, ShardState, answer_wire, create_shard_app
+
+    world.index("stories", "s1", "m1", seed=2)
+    directory = world.store.kind("indexes/stories").download("s1", tmp_path / "s1")
+    dead = IndexProcess(directory, "stories")
+    dead.close()  # as if it had exited: every call now raises SearcherDiedError
+    cfg = load_config(overrides=[f"root={world.root}"], environ={})
+    holder = ShardHolder(world.store, tmp_path / "cache", ServingMetrics(), 0, 1)
+    held = HeldVersion("s1", "m1", 1, "now", directory, dead)
+    holder._state = ShardState(
+        1, MappingProxyType({"stories": "s1"}), MappingProxyType({"stories": MappingProxyType({"s1": held})})
+    )
+    query = clustered_vectors(1, DIM, seed=3)[0]
+    with TestClient(create_shard_app(cfg.serving, holder, start_reloader=False)) as client:
+        for path, body in (("search", {"embedding": query.tolist(), "k": 3}), ("vector", {"id": "s1"})):
+            response = client.post(f"/v1/{path}/stories", json=body)
+            assert response.status_code == 503 and response.json()["error"]["code"] == "index_unavailable", path
+    for meta, payload in (
+        ({"op": "search", "collection": "stories", "k": 3}, query.astype("<f4").tobytes()),
+        ({"op": "vector", "collection": "stories", "id": "s1"}, b""),
+    ):
+        with pytest.raises(ApiError) as refused:
+            asyncio.run(answer_wire(holder, cfg.serving, meta, payload))
+        assert (refused.value.status, refused.value.code) == (503, "index_unavailable")
+        assert refused.value.message.endswith("it is being loaded again, retry on another replica")
 
 
 # -- the CLI client --------------------------------------------------------------------------
