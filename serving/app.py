@@ -5,6 +5,7 @@
     serving.docs        /docs from local Swagger UI files
     serving.responses   JSON error bodies for every error
     serving.gatekeeper  request metrics, body size and time limits (ASGI middleware)
+    serving.hot_path    the plain retrieval requests answered past FastAPI's per-request work
 
 Bad input gets a JSON error body, never a 500:
 
@@ -36,8 +37,10 @@ from fastapi.responses import Response
 
 from config import ServingConfig
 from serving import docs, routes
+from serving.api import RetrieveRequest, SimilarRequest
 from serving.deps import api_dependencies
 from serving.gatekeeper import Gatekeeper
+from serving.hot_path import HotRoute, HotRoutes
 from serving.reloader import Reloader
 from serving.responses import RateLimitedLog, add_error_handlers, error_response, liveness
 from serving.searcher import SearcherDiedError
@@ -77,6 +80,17 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
     app.include_router(liveness)
     app.include_router(routes.probes)
     app.include_router(routes.api, dependencies=api_dependencies(cfg))
+
+    async def retrieve(collection: str, body: RetrieveRequest) -> Response:
+        return await routes.retrieve(collection, body, reloader, cfg)
+
+    async def similar(collection: str, body: SimilarRequest) -> Response:
+        return await routes.similar(collection, body, reloader, cfg)
+
+    # The retrieval requests' short way past FastAPI's per-request work (serving.hot_path).
+    hot = [HotRoute("/v1/retrieve/{collection}", RetrieveRequest, retrieve)]
+    hot.append(HotRoute("/v1/similar/{collection}", SimilarRequest, similar))
+    app.add_middleware(HotRoutes, routes=hot, token=cfg.token)
     # Outermost: sees every request (also 401/413 and unknown paths) for the metrics.
     app.add_middleware(Gatekeeper, cfg=cfg, metrics=reloader.metrics)
     return app

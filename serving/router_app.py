@@ -22,6 +22,7 @@ from config import EbrConfig
 from serving.api import RetrieveRequest, RetrieveResponse, SimilarRequest
 from serving.deps import ServingConfigDep, api_dependencies
 from serving.gatekeeper import Gatekeeper
+from serving.hot_path import HotRoute, HotRoutes
 from serving.profile_store import RedisUsers
 from serving.query_checks import checked_embedding, checked_k
 from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response, liveness
@@ -63,6 +64,19 @@ def create_router_app(cfg: EbrConfig, routers: dict[str, Router]) -> FastAPI:
     app.include_router(liveness)
     app.include_router(router_probes)
     app.include_router(router_api, dependencies=api_dependencies(cfg.serving))
+
+    async def retrieve_plain(collection: str, body: RetrieveRequest, model: str | None) -> Response:
+        return await retrieve(collection, body, app.state.model_routers, cfg.serving, model)
+
+    async def similar_plain(collection: str, body: SimilarRequest, model: str | None) -> Response:
+        return await similar(collection, body, app.state.model_routers, cfg.serving, model)
+
+    # The retrieval requests' short way past FastAPI's per-request work (serving.hot_path).
+    hot = [
+        HotRoute("/v1/retrieve/{collection}", RetrieveRequest, retrieve_plain, query=("model",)),
+        HotRoute("/v1/similar/{collection}", SimilarRequest, similar_plain, query=("model",)),
+    ]
+    app.add_middleware(HotRoutes, routes=hot, token=cfg.serving.token)
     app.add_middleware(Gatekeeper, cfg=cfg.serving, metrics=routers[cfg.router.model_name].metrics)
     return app
 
