@@ -23,6 +23,9 @@
 6. The router's own overhead: `ebr_router_fanout_overhead_seconds` (fan-out + merge
    beyond the slowest shard), p50/p99 from its histogram; memory per shard server (RSS
    of the process and its index processes; `memory_bytes` of the loaded shard).
+7. Every load phase: the CPU milliseconds per answered request of each server process, of
+   its index processes and of the load generator (psutil, `os.times`), to say where a
+   request's time goes on the shared cores.
 
 Everything runs on this machine (2 cores here, shared): the load generator, the router,
 both shard servers and their index processes compete for the same cores, which is the
@@ -156,14 +159,45 @@ def _wait(url: str, path: str = "/readyz", timeout: float = 900) -> None:
     raise SystemExit(f"{url}{path} not ready within {timeout} s")
 
 
-def _phases(port: int, args, workdir: Path, seed: int) -> dict:
-    common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
-    saturation = loadgen.summarize(
-        loadgen.run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=seed, **common)
+def _cpu_seconds(servers: dict[str, subprocess.Popen]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each server process, by its descendants
+    (its index processes), and by this process's waited-for children (the load generator)."""
+    import psutil
+
+    used: dict[str, float] = {}
+    for role, process in servers.items():
+        root = psutil.Process(process.pid)
+        used[f"{role} server"] = sum(root.cpu_times()[:2])
+        used[f"{role} index processes"] = sum(sum(c.cpu_times()[:2]) for c in root.children(recursive=True))
+    times = os.times()
+    used["load generator"] = times.children_user + times.children_system
+    return used
+
+
+def _phase(port: int, mode: str, args, workdir: Path, seed: int, servers: dict[str, subprocess.Popen]) -> dict:
+    """One load phase, with the CPU milliseconds each process spent per answered request."""
+    before = _cpu_seconds(servers)
+    summary = loadgen.summarize(
+        loadgen.run_loadgen(
+            port,
+            mode,
+            duration=args.duration,
+            rate=args.rate,
+            seed=seed,
+            concurrency=args.concurrency,
+            users=args.users,
+            workdir=workdir,
+        )
     )
-    steady = loadgen.summarize(
-        loadgen.run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=seed + 1, **common)
-    )
+    after = _cpu_seconds(servers)
+    answered = max(summary["requests"] - summary.get("failed", 0), 1)
+    summary["cpu_ms_per_request"] = {role: round(1000 * (after[role] - before[role]) / answered, 3) for role in after}
+    return summary
+
+
+def _phases(port: int, args, workdir: Path, seed: int, servers: dict[str, subprocess.Popen]) -> dict:
+    saturation = _phase(port, "closed", args, workdir, seed, servers)
+    steady = _phase(port, "rate", args, workdir, seed + 1, servers)
     return {"saturation_closed_loop": saturation, "steady_fixed_rate": {"offered_rate": args.rate, **steady}}
 
 
@@ -236,7 +270,7 @@ def run(argv: list[str] | None = None) -> dict:
             processes.append(single)
             _wait(f"http://127.0.0.1:{port}")
             print("single service: load phases ...", flush=True)
-            single_result = _phases(port, args, workdir, seed=1)
+            single_result = _phases(port, args, workdir, seed=1, servers={"service": single})
             single_result["rss_bytes"] = SB._rss(single.pid)
             SB.stop_process(single, 30)
 
@@ -308,7 +342,8 @@ def run(argv: list[str] | None = None) -> dict:
                     }
                 )
             print("router: load phases ...", flush=True)
-            routed = _phases(router_port, args, workdir, seed=11)
+            tier = {"router": router, **{f"shard {s}": shard for s, shard in enumerate(shards)}}
+            routed = _phases(router_port, args, workdir, seed=11, servers=tier)
             overhead_steady = histogram_quantiles(
                 httpx.get(f"http://127.0.0.1:{router_port}/metrics").text, "ebr_router_fanout_overhead_seconds"
             )
@@ -381,7 +416,7 @@ def run(argv: list[str] | None = None) -> dict:
             # -- the same tier, the router asking the shards over HTTP (router.transport=http) --
             router, router_port = start_router("http")
             print("router over HTTP: load phases ...", flush=True)
-            routed_http = _phases(router_port, args, workdir, seed=31)
+            routed_http = _phases(router_port, args, workdir, seed=31, servers={**tier, "router": router})
         finally:
             for process in processes:
                 SB.stop_process(process, 30)
@@ -433,6 +468,14 @@ def run(argv: list[str] | None = None) -> dict:
     return result
 
 
+def _cpu_cell(phase: dict) -> str:
+    used = phase.get("cpu_ms_per_request")
+    if not used:
+        return ""
+    parts = [f"{role} {ms:.3f}" for role, ms in used.items() if ms > 0]
+    return "; ".join(parts) + f"; total {sum(used.values()):.3f}"
+
+
 def to_markdown(r: dict) -> str:
     columns = [r["single_service"], r["router_2x1"], *([r["router_2x1_http"]] if "router_2x1_http" in r else [])]
 
@@ -451,6 +494,8 @@ def to_markdown(r: dict) -> str:
         ),
         row("achieved QPS at that rate", lambda c: c["steady_fixed_rate"]["qps"]),
         row("failed requests", lambda c: c["saturation_closed_loop"]["failed"] + c["steady_fixed_rate"]["failed"]),
+        row("CPU ms per request, saturated (per process)", lambda c: _cpu_cell(c["saturation_closed_loop"])),
+        row(f"CPU ms per request at {rate:.0f}/s (per process)", lambda c: _cpu_cell(c["steady_fixed_rate"])),
     ]
     t = r["router_2x1"]
     lines = [
