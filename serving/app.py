@@ -88,8 +88,10 @@ def create_app(cfg: ServingConfig, reloader: Reloader, *, start_reloader: bool =
         return await routes.similar(collection, body, reloader, cfg)
 
     # The retrieval requests' short way past FastAPI's per-request work (serving.hot_path).
-    hot = [HotRoute("/v1/retrieve/{collection}", RetrieveRequest, retrieve)]
-    hot.append(HotRoute("/v1/similar/{collection}", SimilarRequest, similar))
+    hot = [
+        HotRoute("/v1/retrieve/{collection}", RetrieveRequest, retrieve),
+        HotRoute("/v1/similar/{collection}", SimilarRequest, similar),
+    ]
     app.add_middleware(HotRoutes, routes=hot, token=cfg.token)
     # Outermost: sees every request (also 401/413 and unknown paths) for the metrics.
     app.add_middleware(Gatekeeper, cfg=cfg, metrics=reloader.metrics)

@@ -62,24 +62,27 @@ class HotRoutes:
         self._declared: dict[str, object] = {}  # template -> the app's APIRoute (for scope["route"])
 
     async def __call__(self, scope, receive, send):
-        route = self._match(scope)
-        if route is None:
+        matched = self._match(scope)
+        if matched is None:
             return await self.app(scope, receive, send)
+        route, segment = matched
         try:
             body = await _read_body(receive)
         except Exception as err:  # the gatekeeper's 413 / 408 while the body arrives
             return await self._render(scope, receive, send, err)
-        args = self._plain_arguments(route, scope, body)
-        if args is None:
+        plain = self._plain_arguments(route, scope, body)
+        if plain is None:
             return await self.app(scope, _replay(body, receive), send)
+        parsed, query = plain
         scope["route"] = self._declared_route(scope, route)  # the metrics' endpoint label
         try:
-            response = await route.handler(*args[0], **args[1])
+            response = await route.handler(segment, parsed, **query)
         except Exception as err:
             return await self._render(scope, receive, send, err)
         await response(scope, receive, send)
 
-    def _match(self, scope) -> HotRoute | None:
+    def _match(self, scope) -> tuple[HotRoute, str] | None:
+        """The route a POST's path is the prefix of, and its one path segment."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path = scope.get("raw_path") or scope["path"].encode()
@@ -87,10 +90,10 @@ class HotRoutes:
         route = self.routes.get(path[:cut])
         if route is None or cut == len(path) or b"%" in path:
             return None  # no segment, or an escaped one: FastAPI decodes and routes it
-        return route
+        return route, path[cut:].decode()
 
-    def _plain_arguments(self, route: HotRoute, scope, body: bytes) -> tuple[tuple, dict] | None:
-        """(positional, keyword) arguments of the handler, or None unless the request is plain."""
+    def _plain_arguments(self, route: HotRoute, scope, body: bytes) -> tuple[BaseModel, dict] | None:
+        """The validated body and the query parameters, or None unless the request is plain."""
         headers = dict(scope["headers"])
         if self.expected_auth is not None and not hmac.compare_digest(
             headers.get(b"authorization", b""), self.expected_auth
@@ -105,8 +108,7 @@ class HotRoutes:
             parsed = route.body.model_validate(json.loads(body))  # FastAPI's json.loads and python-mode validation
         except (ValueError, ValidationError):  # ValidationError is a ValueError; both are FastAPI's to answer
             return None
-        segment = (scope.get("raw_path") or scope["path"].encode()).rsplit(b"/", 1)[1].decode()
-        return (segment, parsed), query
+        return parsed, query
 
     def _declared_route(self, scope, route: HotRoute):
         declared = self._declared.get(route.template)
