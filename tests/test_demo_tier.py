@@ -1,11 +1,13 @@
-"""The demo's step 3 on a sharded tier (`make demo DEMO_SHARDS=2`; orchestration/demo_tier.py):
-two real `ebr serve --shard I/2` processes and `ebr route` over them on loopback, asked
-for users' top stories the way the demo asks, and every process stopped afterwards, also
-when the block is interrupted or the tier never gets ready.
+"""The demo's step 3 (orchestration/demo_tier.py): one real `ebr serve` as `make demo`
+ships, or on a sharded tier (`make demo DEMO_SHARDS=2`) two real `ebr serve --shard I/2`
+processes and `ebr route` over them on loopback, asked for users' top stories the way the
+demo asks, and every process stopped afterwards, also when the block is interrupted or
+the tier never gets ready.
 
 The store is small and made here instead of by the DAGs (a whole demo run takes minutes):
 a tiny synthetic world (the demo's answers describe its users and stories), snapshots of
-random vectors over its ids, and a 2-shard story set from the real index builder.
+random vectors over its ids, and a 2-shard story set from the real index builder (and a
+one-shard one for the default demo's single `ebr serve`).
 """
 
 from __future__ import annotations
@@ -32,17 +34,22 @@ TIER_SETTINGS = {  # quick polls and health checks; the rest as the demo runs it
 }
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def tier_world(tmp_path_factory, shards: int):
     """(cfg, the tier's environment): a tiny world, user and story snapshots of model m1,
-    and indexes/stories published as a set of 2 shards."""
+    and indexes/stories published as a set of SHARDS shards."""
     from index_builder.publish import build_and_publish_index
     from warehouse import Warehouse
     from warehouse.synthetic import generate_world
 
-    tmp_path = tmp_path_factory.mktemp("demo-tier")
+    tmp_path = tmp_path_factory.mktemp(f"demo-tier-{shards}")
     root = f"file://{tmp_path}/root"
-    overrides = [f"root={root}", "world.size=tiny", "index.shards=2", "index.threads=1", "index.ef_construction=100"]
+    overrides = [
+        f"root={root}",
+        "world.size=tiny",
+        f"index.shards={shards}",
+        "index.threads=1",
+        "index.ef_construction=100",
+    ]
     cfg = load_config(overrides=[*overrides, f"serving.cache_dir={tmp_path}/cache"], environ={})
     warehouse = Warehouse.from_config(cfg)
     generate_world(cfg.world, warehouse, progress=False)
@@ -54,19 +61,31 @@ def world(tmp_path_factory):
         ids = np.asarray(warehouse.read_table(table, [column])[column].to_pylist(), dtype=object)
         vectors = clustered_vectors(len(ids), DIM, clusters=10, seed=seed)
         publish_snapshot(store.kind(kind), "v1", ids, vectors, model_version="m1", as_of=0, reason="test")
-    assert build_and_publish_index(cfg, "stories", snapshot="v1").manifest.params["shards"] == 2
+    assert build_and_publish_index(cfg, "stories", snapshot="v1").manifest.params.get("shards", 1) == shards
     env = {k: v for k, v in os.environ.items() if not k.startswith("EBR_")}
     env.update(
         {
             "EBR_ROOT": root,
             "EBR_WORLD__SIZE": "tiny",
-            "EBR_INDEX__SHARDS": "2",
+            "EBR_INDEX__SHARDS": str(shards),
             "EBR_SERVING__CACHE_DIR": str(tmp_path / "cache"),
             "TF_USE_LEGACY_KERAS": "1",
             **TIER_SETTINGS,
         }
     )
     return cfg, env
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The sharded demo's store: indexes/stories as a set of 2 shards."""
+    return tier_world(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="module")
+def single_world(tmp_path_factory):
+    """The default demo's store: indexes/stories in one shard, for one `ebr serve`."""
+    return tier_world(tmp_path_factory, 1)
 
 
 def gone(tier: RetrievalTier) -> bool:
@@ -80,6 +99,33 @@ def gone(tier: RetrievalTier) -> bool:
         except ProcessLookupError:
             pass
     return True
+
+
+def printed_ranks(cfg, out: str, user_id: str) -> tuple[list[str], list[str]]:
+    """(the top-5 the demo printed for USER_ID, the exact top-5 of that user's vector)."""
+    store = ArtifactStore.from_config(cfg)
+    users = read_snapshot(store.kind(USER_EMBEDDINGS), "v1")
+    stories = read_snapshot(store.kind(STORY_EMBEDDINGS), "v1")
+    user = users.vectors[list(users.ids).index(user_id)]
+    exact = [str(i) for i in stories.ids[np.argsort(-(stories.vectors @ user))[:5]]]
+    printed = re.search(rf"\nuser {user_id} .*\n((?:  +\d+\. .*\n)+)", out)[1]
+    return [line.split()[1] for line in printed.splitlines()], exact
+
+
+def test_the_default_demo_answers_from_one_retrieval_service_then_stops_it(single_world, tmp_path, capsys):
+    """`make demo`'s step 3 as shipped (index.shards = 1): one `ebr serve`, no router."""
+    cfg, env = single_world
+    tier = RetrievalTier(env, tmp_path)
+    user_id, story_id = serve_and_query(cfg, tier, 2, 5)
+    out = capsys.readouterr().out
+    assert [p.name for p in tier.processes] == ["serve"]
+    assert gone(tier), out
+    assert "stopped the retrieval service (ebr serve)" in out
+    served = re.findall(r"      served from index v1, user embeddings v1\n", out)
+    assert len(served) == 2, out  # no router: no coverage
+    ranked, exact = printed_ranks(cfg, out, user_id)
+    assert ranked[0] == story_id
+    assert len(set(ranked) & set(exact)) >= 4, (ranked, exact)  # HNSW at its validated ef, not exact
 
 
 def test_the_demo_answers_through_the_router_over_two_shard_servers_then_stops_them(world, tmp_path, capsys):
@@ -100,13 +146,7 @@ def test_the_demo_answers_through_the_router_over_two_shard_servers_then_stops_t
     assert user_id.startswith("u") and story_id.startswith("s")
 
     # The ranks the demo printed are the router's merged top-5: the stories nearest the user.
-    store = ArtifactStore.from_config(cfg)
-    users = read_snapshot(store.kind(USER_EMBEDDINGS), "v1")
-    stories = read_snapshot(store.kind(STORY_EMBEDDINGS), "v1")
-    user = users.vectors[list(users.ids).index(user_id)]
-    exact = [str(i) for i in stories.ids[np.argsort(-(stories.vectors @ user))[:5]]]
-    printed = re.search(rf"\nuser {user_id} .*\n((?:  +\d+\. .*\n)+)", out)[1]
-    ranked = [line.split()[1] for line in printed.splitlines()]
+    ranked, exact = printed_ranks(cfg, out, user_id)
     assert ranked[0] == story_id
     assert len(set(ranked) & set(exact)) >= 4, (ranked, exact)  # HNSW at its validated ef, not exact
 
