@@ -180,7 +180,7 @@ class _Channel:
         self.lock = threading.Lock()  # blocking calls from several threads: one at a time
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queued: list[tuple[tuple, asyncio.Future]] = []  # this turn's requests, not written yet
-        self.pending: deque[list[asyncio.Future]] = deque()  # per message written: its futures
+        self.pending: deque[asyncio.Future] = deque()  # written, not answered yet, oldest first
         self.closed = False
 
     def call(self, request: tuple):
@@ -225,16 +225,15 @@ class _Channel:
                     if not future.done():
                         future.set_exception(SearcherDiedError(f"{self.name} is gone: {err}"))
                 continue
-            self.pending.append(futures)
+            self.pending.extend(futures)
 
     def _read_answers(self) -> None:
         """The loop's reader callback: resolves the oldest futures with the answers that arrived."""
         try:
             while self.connection.poll():
                 reply = self.connection.recv()
-                futures = self.pending.popleft()
-                replies = [reply] if len(futures) == 1 else reply[1]
-                for future, one in zip(futures, replies, strict=True):
+                for one in reply[1] if reply[0] == "batch" else (reply,):
+                    future = self.pending.popleft()
                     if not future.done():  # its request may have been cancelled (client gone)
                         future.set_result(one)
         except (EOFError, OSError) as err:
@@ -246,7 +245,7 @@ class _Channel:
             if self.loop is not None and not self.loop.is_closed():
                 self.loop.remove_reader(self.connection.fileno())
             self.connection.close()
-        waiting = [future for futures in self.pending for future in futures]
+        waiting = list(self.pending)
         waiting += [future for _, future in self.queued]
         self.pending.clear()
         self.queued = []
@@ -411,6 +410,20 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
         except Exception as err:  # a bad request must not kill the index
             return ("error", f"{type(err).__name__}: {err}")
 
+    def answer_batch(requests: list[tuple]) -> list[tuple[str, object]]:
+        """The answers `answer` gives one by one; the searches among them go to hnswlib
+        together (`LoadedIndex.search_many`). If any of those fails, each is answered on its
+        own, so only the bad request gets an error."""
+        searches = [i for i, request in enumerate(requests) if request[0] == "search"]
+        if len(searches) < 2:
+            return [answer(request) for request in requests]
+        try:
+            found = index.search_many([requests[i][1:] for i in searches])
+        except Exception:
+            return [answer(request) for request in requests]
+        answers = dict(zip(searches, (("ok", one) for one in found), strict=True))
+        return [answers[i] if i in answers else answer(request) for i, request in enumerate(requests)]
+
     while True:
         try:
             request = connection.recv()
@@ -421,6 +434,6 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
             lower_thread_priority(19)
             return 0
         if request[0] == "batch":  # _Channel: one turn's requests, answered in one message
-            connection.send(("batch", [answer(one) for one in request[1]]))
+            connection.send(("batch", answer_batch(request[1])))
         else:
             connection.send(answer(request))

@@ -131,6 +131,35 @@ def test_concurrent_searches_answer_as_sequential_ones(cfg, tmp_path):
     assert concurrent == sequential
 
 
+def test_search_many_answers_as_one_search_each(cfg, tmp_path):
+    """`search_many` groups single queries whose fetch fits in ef into one hnswlib call; the
+    answers are those of `search`, for grouped and ungrouped searches alike."""
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    loaded = load_index(download(cfg, build_and_publish_index(cfg, "stories").version, tmp_path / "cache"))
+    queries = hnsw.held_aside_queries(vectors, 8, seed=5)
+    seen = [i for i, _ in loaded.search(queries[0], k=20)[0]][:7]
+    searches = [
+        (queries[0], 10, ()),
+        (queries[1], 3, seen),  # grouped, with exclusions: fetch 3 + those it holds
+        (queries[2], 40, ()),  # grouped too: the deepest fetch of the group (<= ef 64)
+        (queries[3], loaded.ef + 5, ()),  # deeper than ef: searched on its own
+        (queries[4:7], 5, ()),  # several rows: on its own
+        (queries[7], 10, ["s1", "not-in-index"]),
+    ]
+
+    one_by_one = [loaded.search(q, k, exclude) for q, k, exclude in searches]
+    calls = []
+    knn = loaded._knn
+    loaded._knn = lambda q, k: (calls.append(len(q)), knn(q, k))[1]
+
+    assert loaded.search_many(searches) == one_by_one
+    assert sorted(calls) == [1, 3, 4]  # searches 0, 1, 2 and 5 together; 3 and 4 alone
+    assert loaded.search_many([]) == []
+    with pytest.raises(ValueError, match="queries must be"):
+        loaded.search_many([(queries[0], 10, ()), (queries[0][:5], 10, ())])
+
+
 def test_rerun_for_the_same_snapshot_reuses_the_version(cfg):
     ids, vectors = base_world()
     put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
