@@ -39,6 +39,9 @@ TINY_PIPELINE = {
     # and decides on a small test set (tests/test_training.py tests the default gate).
     "EBR_GATE__METRICS": '["recall@100"]',
     "EBR_GATE__MIN_EVAL_POSITIVES": "100",
+    # The baselines keep their configured settings: choosing them on a validation split
+    # (tests/test_training.py's subject) would cost each training run here ~40 s.
+    "EBR_TRAIN__TUNE_BASELINES": "false",
     "EBR_MODEL__MLP_WIDTH": "32",
     "EBR_MODEL__ID_EMBEDDING_DIM": "16",
     "EBR_MODEL__CROSS_PROJECTION_DIM": "8",

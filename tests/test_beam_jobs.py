@@ -52,6 +52,7 @@ SMALL_MODEL = [
     # gate is tested in tests/test_training.py).
     'gate.metrics=["recall@100"]',
     "gate.min_eval_positives=100",
+    "train.tune_baselines=false",  # the baselines as configured: their tuning is tests/test_training.py's
     "model.mlp_width=64",
     "model.id_embedding_dim=32",
     "model.cross_projection_dim=16",

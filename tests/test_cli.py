@@ -110,7 +110,9 @@ def test_train_publishes_a_model_and_a_rerun_reuses_it(tmp_path, capsys):
     from tests.test_training import TINY_TRAINING
 
     root = f"file://{tmp_path}/root"
-    settings = [arg for setting in [*TINY_TRAINING, "train.epochs=3"] for arg in ("--set", setting)]
+    # The baselines as configured: their tuning is tests/test_training.py's (~50 s here).
+    tuning = ["train.epochs=3", "train.tune_baselines=false"]
+    settings = [arg for setting in [*TINY_TRAINING, *tuning] for arg in ("--set", setting)]
     assert main(["--root", root, *settings, "data", "generate", "--no-progress"]) == 0
     run = [
         "--root",
