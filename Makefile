@@ -19,7 +19,7 @@ DEMO_SHARDS ?= 1
 AIRFLOW_DIR ?=
 AIRFLOW_PORT ?= 8080
 
-.PHONY: venv test lint format demo airflow bench clean-demo help chromium
+.PHONY: venv test lint format demo airflow bench clean-demo help chromium wrk
 
 help:
 	@echo "make demo   build the environment if needed, then run the pipeline on a synthetic world"
@@ -38,7 +38,7 @@ $(STAMP): requirements.lock setup.py $(wildcard */__init__.py)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium wrk
 	$(BIN)/python -m pytest
 
 # ruff, configured in pyproject.toml: lint rules, import order and the format.
@@ -58,6 +58,13 @@ chromium:
 	  { $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver' \
 	    || echo "chromium/chromium-driver could not be installed: tests/test_browser.py will skip"; }
 
+# wrk (Debian's), the C load generator benchmarks/serving.py saturates the service with
+# beside its own (benchmarks/wrk_load.py); installed when absent, else that part is skipped.
+wrk:
+	@command -v wrk >/dev/null || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk' \
+	    || echo "wrk could not be installed: benchmarks/serving.py measures with loadgen.py only"; }
+
 # The whole pipeline through Airflow (`airflow dags test` of ebr_train, ebr_user_embeddings
 # and ebr_story_index, twice, on a fresh world, logical dates inside it), its progress as it
 # runs, then the retrieval service answering a few users and the next steps to paste; see
@@ -76,7 +83,7 @@ airflow: $(STAMP)
 	$(BIN)/python -m orchestration.local_airflow $(if $(AIRFLOW_DIR),--home $(AIRFLOW_DIR),--demo-root $(DEMO_ROOT)) --port $(AIRFLOW_PORT)
 
 # Benchmarks print a Markdown table and write JSON under benchmarks/results/.
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/run_all.py
 
 # A dask.distributed cluster on 127.0.0.1: a scheduler on $(DASK_PORT) and $(DASK_WORKERS)

@@ -15,6 +15,9 @@ same index, latency while a new version is hot-reloaded, and memory per loaded v
    keep-alive connections (16 by default) on 127.0.0.1, each request a random known
    user, k=10. Phases:
    - saturation: closed loop, every connection sends its next request on the answer;
+     then the same closed loop driven by wrk (benchmarks/wrk_load.py), a load generator
+     in C that takes far less of the shared cores, when `wrk` is installed (--no-wrk
+     skips it); each saturation figure carries its load generator's CPU per request;
    - steady: fixed rate (--rate, default 1000/s) spread over the connections; latency is
      measured from each request's *scheduled* send time, so a stall counts in full for
      every request it delays (no coordinated omission);
@@ -78,6 +81,7 @@ from benchmarks.targets import (  # noqa: E402
     single_service_run_met,
     steady_p99_met,
 )
+from benchmarks.wrk_load import children_cpu_s, run_wrk, wrk_path  # noqa: E402
 from config.loopback import free_port as _free_port  # noqa: E402 (benchmarks/router.py and soak.py call it too)
 
 MODEL = "bench-model-1"
@@ -287,7 +291,15 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
 
         common = dict(concurrency=args.concurrency, users=args.users, workdir=workdir)
         print(f"[{mode}] saturation (closed loop) ...", flush=True)
+        cpu_before = children_cpu_s()
         saturation = summarize(run_loadgen(port, "closed", duration=args.duration, rate=args.rate, seed=1, **common))
+        saturation["load_generator_cpu_ms_per_request"] = round(
+            1000 * (children_cpu_s() - cpu_before) / max(saturation["requests"], 1), 4
+        )
+        saturation_wrk = None
+        if args.wrk:
+            print(f"[{mode}] saturation (closed loop, wrk) ...", flush=True)
+            saturation_wrk = run_wrk(port, duration=args.duration, concurrency=args.concurrency, users=args.users)
         print(f"[{mode}] steady at {args.rate:.0f}/s ...", flush=True)
         steady = summarize(run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=2, **common))
 
@@ -338,6 +350,7 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
     return {
         "searcher": mode,
         "saturation_closed_loop": saturation,
+        "saturation_closed_loop_wrk": saturation_wrk,
         "steady_fixed_rate": {"offered_rate": args.rate, **steady},
         "reload_fixed_rate": {
             "offered_rate": args.rate,
@@ -382,42 +395,56 @@ def targets(mode: dict, raw: dict) -> dict:
 
 
 def repeat_summary(mode: dict, raw: dict) -> dict:
-    """One repeat's figures for one searcher: the ratios its targets are judged on."""
+    """One repeat's figures for one searcher: the ratios its targets are judged on. The
+    served/raw rule reads wrk's closed loop where it ran (see `repeat_spread`)."""
     steady, saturation, reload = mode["steady_fixed_rate"], mode["saturation_closed_loop"], mode["reload_fixed_rate"]
+    wrk = mode.get("saturation_closed_loop_wrk")
     window, swapped = reload_p99(reload)
     window = window if swapped else None  # no reload served: the rule cannot be met
     return {
         "saturated_qps": saturation["qps"],
         "served_over_raw": round(saturation["qps"] / raw["qps"], 3),
+        "saturated_qps_wrk": wrk["qps"] if wrk else None,
+        "served_over_raw_wrk": round(wrk["qps"] / raw["qps"], 3) if wrk else None,
         "steady_p99_ms": steady["p99_ms"],
         "reload_window_p99_ms": window,
         "reload_over_steady": None if window is None else round(window / steady["p99_ms"], 2),
-        "failed": failed_requests(saturation, steady, reload),
+        "failed": failed_requests(saturation, steady, reload) + (wrk["failed"] if wrk else 0),
     }
 
 
 def repeat_spread(repeats: list[dict]) -> dict:
     """Per searcher: each figure's values over the repeats, median, min and max, and issue
     #14's rule for the single service: served QPS >= 0.8 x raw and reload p99 <= 2 x steady
-    in every repeat, with no failed request."""
+    in every repeat, with no failed request. Served QPS is wrk's closed loop where every
+    repeat ran it (the load generator taking least of the two cores the service and raw
+    hnswlib share), else loadgen.py's; `judged_on` says which."""
     out = {}
     for mode in repeats[0]["searchers"]:
         rows = [r["searchers"][mode] for r in repeats]
         figures = {}
-        for key in ("served_over_raw", "reload_over_steady", "saturated_qps", "steady_p99_ms"):
-            values = [row[key] for row in rows if row[key] is not None]
+        for key in (
+            "served_over_raw",
+            "served_over_raw_wrk",
+            "reload_over_steady",
+            "saturated_qps",
+            "saturated_qps_wrk",
+            "steady_p99_ms",
+        ):
+            values = [row[key] for row in rows if row.get(key) is not None]
             figures[key] = {
                 "values": values,
                 "median": float(np.median(values)) if values else None,
                 "min": min(values, default=None),
                 "max": max(values, default=None),
             }
-        kept = [
-            single_service_run_met(row["served_over_raw"], row["reload_over_steady"], row["failed"]) for row in rows
-        ]
+        judged_on = "wrk" if all(row.get("served_over_raw_wrk") is not None for row in rows) else "loadgen.py"
+        served = "served_over_raw_wrk" if judged_on == "wrk" else "served_over_raw"
+        kept = [single_service_run_met(row[served], row["reload_over_steady"], row["failed"]) for row in rows]
         out[mode] = {
             **figures,
             "failed": [row["failed"] for row in rows],
+            "judged_on": judged_on,
             "runs_meeting_0.8x_raw_and_2x_reload": f"{sum(kept)} of {len(kept)}",
             "met_in_every_run": all(kept),
         }
@@ -457,8 +484,17 @@ def run(argv: list[str] | None = None) -> dict:
         help="measure raw hnswlib and every searcher this many times in a row (same index); the "
         "report gives each repeat's ratios, their median and range, and the last repeat in full",
     )
+    parser.add_argument(
+        "--no-wrk",
+        dest="wrk",
+        action="store_false",
+        help="skip the closed loop driven by wrk (run when `wrk` is installed: apt-get install wrk)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "serving.json")
     args = parser.parse_args(argv)
+    if args.wrk and wrk_path() is None:
+        print("wrk is not installed (apt-get install wrk): saturation with loadgen.py only", flush=True)
+        args.wrk = False
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
 
@@ -557,8 +593,16 @@ def to_markdown(r: dict) -> str:
     ]
     for mode, m in r["searchers"].items():
         reload = m["reload_fixed_rate"]
+        sat, wrk = m["saturation_closed_loop"], m.get("saturation_closed_loop_wrk")
+        saturations = [
+            (f"closed loop (saturation), loadgen.py {sat.get('load_generator_cpu_ms_per_request')} CPU ms/req", sat)
+        ]
+        if wrk:
+            saturations.append(
+                (f"closed loop (saturation), wrk {wrk['load_generator_cpu_ms_per_request']} CPU ms/req", wrk)
+            )
         for label, row in (
-            ("closed loop (saturation)", m["saturation_closed_loop"]),
+            *saturations,
             (f"fixed {m['steady_fixed_rate']['offered_rate']:.0f}/s, steady", m["steady_fixed_rate"]),
             ("fixed rate, whole reload phase", reload["whole_phase"]),
             (f"fixed rate, reload window ({reload['window_seconds']} s)", reload["reload_window"]),
@@ -607,23 +651,31 @@ def _repeats_markdown(r: dict) -> list[str]:
         f"Repeats ({len(r['repeats'])}, in a row, same index; issue #14's rule: served QPS >= "
         f"{SERVED_OVER_RAW_EVERY_RUN} x raw and reload p99 <= {RELOAD_P99_OVER_STEADY} x steady in every run):",
         "",
-        "| repeat | load at start | raw QPS | searcher | served QPS | served / raw | steady p99 ms | reload window p99 ms | reload / steady | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| repeat | load at start | raw QPS | searcher | served QPS (loadgen.py) | served / raw | served QPS (wrk) "
+        "| wrk / raw | steady p99 ms | reload window p99 ms | reload / steady | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rep in r["repeats"]:
         for mode, m in rep["searchers"].items():
+            wrk_qps = f"{m['saturated_qps_wrk']:,.0f}" if m.get("saturated_qps_wrk") is not None else ""
             lines.append(
                 f"| {rep['repeat']} | {rep['load_average_at_start'][0]} | {rep['raw_qps']:,.0f} | {mode} | "
-                f"{m['saturated_qps']:,.0f} | {m['served_over_raw']} | {m['steady_p99_ms']} | "
-                f"{m['reload_window_p99_ms']} | {m['reload_over_steady']} | {m['failed']} |"
+                f"{m['saturated_qps']:,.0f} | {m['served_over_raw']} | {wrk_qps} | {m.get('served_over_raw_wrk') or ''} | "
+                f"{m['steady_p99_ms']} | {m['reload_window_p99_ms']} | {m['reload_over_steady']} | {m['failed']} |"
             )
-    lines += ["", "| searcher | served / raw: median (range) | reload / steady: median (range) | runs meeting both |"]
-    lines.append("|---|---|---|---|")
+    lines += [
+        "",
+        "| searcher | served / raw, loadgen.py: median (range) | served / raw, wrk: median (range) "
+        "| reload / steady: median (range) | runs meeting both (served read from) |",
+        "|---|---|---|---|---|",
+    ]
     for mode, spread in r["repeat_spread"].items():
-        a, b = spread["served_over_raw"], spread["reload_over_steady"]
+        a, w, b = spread["served_over_raw"], spread["served_over_raw_wrk"], spread["reload_over_steady"]
+        wrk = f"{w['median']:.3f} ({w['min']}-{w['max']})" if w["values"] else "not run"
         lines.append(
-            f"| {mode} | {a['median']:.3f} ({a['min']}-{a['max']}) | "
-            f"{b['median']:.2f} ({b['min']}-{b['max']}) | {spread['runs_meeting_0.8x_raw_and_2x_reload']} |"
+            f"| {mode} | {a['median']:.3f} ({a['min']}-{a['max']}) | {wrk} | "
+            f"{b['median']:.2f} ({b['min']}-{b['max']}) | {spread['runs_meeting_0.8x_raw_and_2x_reload']} "
+            f"({spread['judged_on']}) |"
         )
     return lines
 

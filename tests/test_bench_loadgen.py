@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import loadgen
+from benchmarks import loadgen, wrk_load
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the generators expect
+    users_asked: set[str] = set()
 
     def _answer(self, payload: dict) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
@@ -36,6 +37,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - the http.server API
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         assert self.path == "/v1/retrieve/stories" and request["k"] == loadgen.K
+        assert self.headers["Content-Type"] == "application/json"
+        _Handler.users_asked.add(request["user_id"])
         served = {"index_version": "v1", "user_embeddings_version": "u1", "model_version": "m1"}
         self._answer({"index_version": "v1", "served": served, "user_id": request["user_id"]})
 
@@ -94,3 +97,19 @@ def test_the_soak_generator_records_the_pair_and_samples_readyz(port, tmp_path):
     assert set(rows["model_version"]) == {"m1"}
     # /readyz every 0.1 s over the 1 s phase (the first sample at the start).
     assert 5 <= len(rows["readyz_at"]) <= 12 and (rows["readyz_status"] == 200).all()
+
+
+@pytest.mark.skipif(wrk_load.wrk_path() is None, reason="wrk is not installed (`make wrk`; `make test` installs it)")
+def test_wrk_sends_the_same_requests_in_a_closed_loop(port):
+    _Handler.users_asked = set()
+    got = wrk_load.run_wrk(port, duration=1, concurrency=2, users=50)
+    assert got["tool"] == "wrk" and got["requests"] > 20 and got["failed"] == 0, got
+    assert got["qps"] > 20 and 0 < got["p50_ms"] <= got["p99_ms"] <= got["max_ms"]
+    assert got["load_generator_cpu_ms_per_request"] > 0
+    # random known users, as loadgen.py asks for them: "u<i>", i < users
+    assert len(_Handler.users_asked) > 10 and all(0 <= int(u[1:]) < 50 for u in _Handler.users_asked)
+
+
+def test_wrk_refuses_a_run_that_could_measure_nothing():
+    with pytest.raises(ValueError, match="must be at least 1"):
+        wrk_load.run_wrk(1, duration=8, concurrency=16, users=0)

@@ -97,3 +97,28 @@ def test_repeats_are_judged_run_by_run_not_by_their_best():
         [{"repeat": 1, "raw_qps": 1000.0, "searchers": {"process": serving.repeat_summary(_mode(900, 2, 3, 1), raw)}}]
     )
     assert not failed["process"]["met_in_every_run"]
+
+
+def test_the_repeat_rule_reads_wrks_closed_loop_where_every_repeat_ran_it():
+    """loadgen.py's own CPU comes out of the two cores the service is judged on, so the
+    rule reads the closed loop driven by wrk when each repeat has one; its failures count."""
+    raw = {"qps": 1000.0}
+
+    def with_wrk(qps: float, wrk_qps: float | None, wrk_failed: int = 0) -> dict:
+        mode = _mode(qps, 2.0, 3.0)
+        mode["saturation_closed_loop_wrk"] = None if wrk_qps is None else {"qps": wrk_qps, "failed": wrk_failed}
+        return mode
+
+    def spread(*modes):
+        repeats = [
+            {"repeat": i + 1, "raw_qps": raw["qps"], "searchers": {"process": serving.repeat_summary(m, raw)}}
+            for i, m in enumerate(modes)
+        ]
+        return serving.repeat_spread(repeats)["process"]
+
+    both = spread(with_wrk(500, 850), with_wrk(450, 810))
+    assert both["judged_on"] == "wrk" and both["runs_meeting_0.8x_raw_and_2x_reload"] == "2 of 2"
+    assert both["served_over_raw"]["values"] == [0.5, 0.45] and both["served_over_raw_wrk"]["values"] == [0.85, 0.81]
+    one_missing = spread(with_wrk(500, 850), with_wrk(450, None))
+    assert one_missing["judged_on"] == "loadgen.py" and one_missing["runs_meeting_0.8x_raw_and_2x_reload"] == "0 of 2"
+    assert spread(with_wrk(500, 850, wrk_failed=1))["runs_meeting_0.8x_raw_and_2x_reload"] == "0 of 1"
