@@ -45,7 +45,11 @@ START_TIMEOUT_S = 600.0
 # for lazily initialised structures (hnswlib's visited-list pool) and cold pages.
 WARMUP_QUERIES = 64
 # Pipelined requests written to an index process as one message, at most (~0.6 kB each).
-MAX_BATCH = 32
+# Small enough that the answers to the first message come back while the child searches
+# the next: with one message per turn the two processes took turns, each idle while the
+# other worked (200k stories, 16 connections driven by wrk: 2,300-2,700 QPS at 32, with
+# both processes about half busy; 3,700-4,250 at 8; benchmarks/results/serving_repeats_200k.md).
+MAX_BATCH = 8
 
 
 class SearcherDiedError(RuntimeError):
@@ -167,9 +171,10 @@ class _Channel:
 
     The child answers requests in the order it reads them, so pipelined callers queue a
     future per request written and the loop's reader callback resolves them in order. The
-    requests of one turn of the event loop go as one message (a "batch" of at most
-    MAX_BATCH, answered with one message): under load each request would otherwise pay
-    its own pipe write, wake-up of the child and wake-up of this process. Once an event
+    requests of one turn of the event loop go as messages of at most MAX_BATCH (a "batch",
+    answered with one message): under load each request would otherwise pay its own pipe
+    write, wake-up of the child and wake-up of this process, and a turn's requests in one
+    message would make this process wait for the child's whole batch. Once an event
     loop has used the channel, blocking calls are refused: their answers would be taken
     for the pipelined ones.
     """
