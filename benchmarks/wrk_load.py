@@ -1,8 +1,8 @@
 """Closed-loop saturation with wrk, a load generator in C, beside benchmarks/loadgen.py's.
 
-The benchmarks' own load generator (asyncio, one process) costs about 0.15 ms of CPU per
+The benchmarks' own load generator (asyncio, one process) costs 0.15-0.2 ms of CPU per
 request: as much as a search at 200k stories, taken from the same two cores the service
-is measured on. wrk (Debian's `wrk` 4.1: epoll, one thread here, the requests built once
+is measured on, and its connections, all in one event loop, tend to send in step. wrk (Debian's `wrk` 4.1: epoll, one thread here, the requests built once
 by the Lua script below) costs a fraction of that, so its closed loop shows what the
 service serves when the load generator takes little of the machine. Both run in the same
 benchmark; which one a target reads is said where the target is judged.

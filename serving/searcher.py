@@ -47,8 +47,9 @@ WARMUP_QUERIES = 64
 # Pipelined requests written to an index process as one message, at most (~0.6 kB each).
 # Small enough that the answers to the first message come back while the child searches
 # the next: with one message per turn the two processes took turns, each idle while the
-# other worked (200k stories, 16 connections driven by wrk: 2,300-2,700 QPS at 32, with
-# both processes about half busy; 3,700-4,250 at 8; benchmarks/results/serving_repeats_200k.md).
+# other worked (200k stories, 16 connections driven by wrk, 5 repeats: 2,273-2,528 QPS at
+# 32 with both processes about half busy, 3,584-3,853 at 8; benchmarks/results/
+# serving_repeats_200k_batch32.md and serving_repeats_200k.md).
 MAX_BATCH = 8
 
 
@@ -438,7 +439,7 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
             # vectors) in this thread's time, which must not be taken from the new version.
             lower_thread_priority(19)
             return 0
-        if request[0] == "batch":  # _Channel: one turn's requests, answered in one message
+        if request[0] == "batch":  # _Channel: up to MAX_BATCH requests, answered in one message
             connection.send(("batch", answer_batch(request[1])))
         else:
             connection.send(answer(request))
