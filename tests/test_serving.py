@@ -481,6 +481,43 @@ def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_ea
         assert answer == inline.search(queries[i : i + 1], 3)
 
 
+def test_a_turn_of_more_than_max_batch_searches_goes_as_several_messages_answered_in_order(world, tmp_path):
+    """Past MAX_BATCH a turn's searches are split, so the child's answers to the first
+    message come back while it searches the next; every caller still gets its own answer,
+    vectors and searches interleaved."""
+    from index_builder.loaded_index import load_index
+    from serving.searcher import MAX_BATCH, IndexProcess
+
+    world.index("stories", "s1", "m1", seed=2)
+    directory = world.store.kind("indexes/stories").download("s1", tmp_path / "s1")
+    inline = load_index(directory, "stories")
+    index = IndexProcess(directory, "stories")
+    written = []
+    send = index._channel.connection.send
+    index._channel.connection.send = lambda message: (written.append(message), send(message))[1]
+    n = 2 * MAX_BATCH + 3
+    queries = clustered_vectors(n, DIM, seed=12)
+    stored = [hit for hit, _ in inline.search(queries[0], 5)[0]]
+    try:
+
+        async def one_turn():
+            calls = [
+                index.vector_async(stored[i % 5]) if i % 7 == 3 else index.search_async(queries[i : i + 1], 4)
+                for i in range(n)
+            ]
+            return await asyncio.gather(*calls)
+
+        answers = asyncio.run(one_turn())
+    finally:
+        index.close()
+    assert [len(m[1]) for m in written] == [MAX_BATCH, MAX_BATCH, 3]
+    for i, answer in enumerate(answers):
+        if i % 7 == 3:
+            np.testing.assert_array_equal(answer, inline.vector(stored[i % 5]))
+        else:
+            assert answer == inline.search(queries[i : i + 1], 4), i
+
+
 def test_a_shard_whose_index_process_died_answers_503_on_http_and_on_the_wire(world, tmp_path):
     """One owner (serving.shard_server._search / _stored_vector) turns a dead index process
     into 503 index_unavailable, for the HTTP routes and the shard wire alike."""
