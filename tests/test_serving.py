@@ -450,20 +450,26 @@ def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_nor
         assert os.getpriority(os.PRIO_PROCESS, service.reloader._thread.native_id) == min(ours + 7, 19)
 
 
-def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_each_answered_alone(world, tmp_path):
-    """serving.searcher's batching: the searches issued in one turn of the loop are written
-    as one message and answered with one; each caller gets its own answer, and a search the
-    index refuses fails alone."""
+def _index_process_and_its_messages(world, tmp_path):
+    """(the version loaded inline, an IndexProcess on it, the list of every message written
+    to that process's pipe, filled as they are sent)."""
     from index_builder.loaded_index import load_index
     from serving.searcher import IndexProcess
 
     world.index("stories", "s1", "m1", seed=2)
     directory = world.store.kind("indexes/stories").download("s1", tmp_path / "s1")
-    inline = load_index(directory, "stories")
     index = IndexProcess(directory, "stories")
     written = []
     send = index._channel.connection.send
     index._channel.connection.send = lambda message: (written.append(message), send(message))[1]
+    return load_index(directory, "stories"), index, written
+
+
+def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_each_answered_alone(world, tmp_path):
+    """serving.searcher's batching: the searches issued in one turn of the loop are written
+    as one message and answered with one; each caller gets its own answer, and a search the
+    index refuses fails alone."""
+    inline, index, written = _index_process_and_its_messages(world, tmp_path)
     queries = clustered_vectors(5, DIM, seed=11)
     try:
 
@@ -485,16 +491,9 @@ def test_a_turn_of_more_than_max_batch_searches_goes_as_several_messages_answere
     """Past MAX_BATCH a turn's searches are split, so the child's answers to the first
     message come back while it searches the next; every caller still gets its own answer,
     vectors and searches interleaved."""
-    from index_builder.loaded_index import load_index
-    from serving.searcher import MAX_BATCH, IndexProcess
+    from serving.searcher import MAX_BATCH
 
-    world.index("stories", "s1", "m1", seed=2)
-    directory = world.store.kind("indexes/stories").download("s1", tmp_path / "s1")
-    inline = load_index(directory, "stories")
-    index = IndexProcess(directory, "stories")
-    written = []
-    send = index._channel.connection.send
-    index._channel.connection.send = lambda message: (written.append(message), send(message))[1]
+    inline, index, written = _index_process_and_its_messages(world, tmp_path)
     n = 2 * MAX_BATCH + 3
     queries = clustered_vectors(n, DIM, seed=12)
     stored = [hit for hit, _ in inline.search(queries[0], 5)[0]]
