@@ -171,8 +171,11 @@ class LoadedIndex:
         self.dim = int(index.dim)
         self.ef = int(index.ef)
         self._index = index
-        self._ids = labels_to_ids
-        self._labels = {item_id: label for label, item_id in enumerate(labels_to_ids) if item_id is not None}
+        # A list, not the object array: a search indexes it with Python ints once per hit,
+        # and a list does that ~20x faster than numpy's object getitem (~0.7 us each: 5% of
+        # an index process's time at 200k stories, py-spy under a closed loop).
+        self._ids: list[str | None] = labels_to_ids.tolist()
+        self._labels = {item_id: label for label, item_id in enumerate(self._ids) if item_id is not None}
         self.count = len(self._labels)
         self.memory_bytes = _index_memory_bytes(index) + _id_map_bytes(labels_to_ids, self._labels)
 
@@ -206,8 +209,8 @@ class LoadedIndex:
         queries, excluded, fetch = self._prepare(queries, k, exclude)
         if fetch == 0:
             return [[] for _ in range(len(queries))]
-        labels, distances = self._knn(queries, fetch)
-        return [self._hits(row, distance, k, excluded) for row, distance in zip(labels, distances, strict=True)]
+        labels, scores = self._knn_lists(queries, fetch)
+        return [self._hits(row, score, k, excluded) for row, score in zip(labels, scores, strict=True)]
 
     def search_many(
         self, searches: Sequence[tuple[np.ndarray, int, Collection[str]]]
@@ -230,9 +233,9 @@ class LoadedIndex:
         together = [i for i, (queries, _, fetch) in enumerate(prepared) if len(queries) == 1 and 0 < fetch <= self.ef]
         if len(together) > 1:
             stacked = np.concatenate([prepared[i][0] for i in together])
-            labels, distances = self._knn(stacked, max(prepared[i][2] for i in together))
+            labels, scores = self._knn_lists(stacked, max(prepared[i][2] for i in together))
             for row, i in enumerate(together):
-                answers[i] = [self._hits(labels[row], distances[row], searches[i][1], prepared[i][1])]
+                answers[i] = [self._hits(labels[row], scores[row], searches[i][1], prepared[i][1])]
         for i, answer in enumerate(answers):
             if answer is None:
                 answers[i] = self.search(*searches[i])
@@ -255,17 +258,25 @@ class LoadedIndex:
         excluded = {self._labels[i] for i in exclude if i in self._labels} if exclude else set()
         return queries, excluded, min(k + len(excluded), self.count)
 
-    def _hits(self, labels: np.ndarray, distances: np.ndarray, k: int, excluded: set) -> list[tuple[str, float]]:
+    def _hits(self, labels: list[int], scores: list[float], k: int, excluded: set) -> list[tuple[str, float]]:
         """The best k (id, inner product) of one query's fetched neighbours, excluded labels skipped."""
+        ids = self._ids
+        if not excluded and labels[-1] >= 0:  # the plain case: nothing to skip (-1 pads only the tail)
+            return [(ids[label], score) for label, score in zip(labels[:k], scores[:k], strict=True)]
         hits = []
-        # hnswlib's "ip" distance is 1 - <q, v> (float32, so the score is computed in float32)
-        for label, score in zip(labels.tolist(), (1.0 - distances).tolist(), strict=True):
+        for label, score in zip(labels, scores, strict=True):
             if label < 0 or label in excluded:
                 continue
-            hits.append((self._ids[label], score))
+            hits.append((ids[label], score))
             if len(hits) == k:
                 break
         return hits
+
+    def _knn_lists(self, queries: np.ndarray, k: int) -> tuple[list[list[int]], list[list[float]]]:
+        """`_knn` as Python lists, converted once for all rows: labels and inner products."""
+        labels, distances = self._knn(queries, k)
+        # hnswlib's "ip" distance is 1 - <q, v> (float32, so the score is computed in float32)
+        return labels.tolist(), (1.0 - distances).tolist()
 
     def _knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return knn_padded(self._index, queries, k, threads=1)
