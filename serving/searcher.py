@@ -225,7 +225,7 @@ class _Channel:
             try:
                 if self.closed or self.connection.closed:
                     raise OSError("closed")
-                self.connection.send(part[0][0] if len(part) == 1 else ("batch", [r for r, _ in part]))
+                self.connection.send(_message([request for request, _ in part]))
             except OSError as err:
                 for future in futures:
                     if not future.done():
@@ -274,6 +274,20 @@ class _Channel:
                 self.connection.close()
             except OSError:
                 pass
+
+
+def _message(requests: list[tuple]) -> tuple:
+    """What `_Channel` writes for one message of requests: a lone request as itself;
+    single-query searches of one dimension as ("searches", their queries stacked [n, dim],
+    their k, their exclusions): one array pickled instead of n, ~3.5 us less a search here
+    and ~2 us in the child (of ~0.23 ms of CPU a request at 200k stories, both processes
+    and the load generator); anything else as ("batch", requests)."""
+    if len(requests) == 1:
+        return requests[0]
+    queries = [request[1] for request in requests if request[0] == "search"]
+    if len(queries) == len(requests) and len({q.shape for q in queries}) == 1 and queries[0].shape[0] == 1:
+        return ("searches", np.concatenate(queries), [r[2] for r in requests], [r[3] for r in requests])
+    return ("batch", requests)
 
 
 def _shut_down(channel: _Channel, process) -> None:
@@ -441,5 +455,12 @@ def _serve_child(connection: Connection, directory: str, collection: str, load_n
             return 0
         if request[0] == "batch":  # _Channel: up to MAX_BATCH requests, answered in one message
             connection.send(("batch", answer_batch(request[1])))
+        elif request[0] == "searches":  # _Channel: the same for single-query searches (`_message`)
+            _, queries, ks, excludes = request
+            searches = [
+                ("search", queries[i : i + 1], k, exclude)
+                for i, (k, exclude) in enumerate(zip(ks, excludes, strict=True))
+            ]
+            connection.send(("batch", answer_batch(searches)))
         else:
             connection.send(answer(request))

@@ -487,6 +487,29 @@ def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_ea
         assert answer == inline.search(queries[i : i + 1], 3)
 
 
+def test_single_query_searches_of_one_turn_go_as_one_stacked_array_each_answered_its_own(world, tmp_path):
+    """The common message, single-query searches only, carries their queries as one
+    [n, dim] array (one array to pickle, not n); k and the exclusions stay per search."""
+    inline, index, written = _index_process_and_its_messages(world, tmp_path)
+    queries = clustered_vectors(4, DIM, seed=13)
+    seen = [hit for hit, _ in inline.search(queries[2], 2)[0]]
+    asks = [(queries[0:1], 3, []), (queries[1:2], 1, []), (queries[2:3], 4, seen), (queries[3:4], 5, [])]
+    try:
+
+        async def one_turn():
+            return await asyncio.gather(*(index.search_async(q, k, ex) for q, k, ex in asks))
+
+        answers = asyncio.run(one_turn())
+    finally:
+        index.close()
+    assert len(written) == 1 and written[0][0] == "searches"
+    np.testing.assert_array_equal(written[0][1], queries)
+    assert written[0][2] == [3, 1, 4, 5] and written[0][3] == [[], [], seen, []]
+    for (q, k, ex), answer in zip(asks, answers, strict=True):
+        assert answer == inline.search(q, k, ex)
+    assert not {hit for hit, _ in answers[2][0]} & set(seen)
+
+
 def test_a_turn_of_more_than_max_batch_searches_goes_as_several_messages_answered_in_order(world, tmp_path):
     """Past MAX_BATCH a turn's searches are split, so the child's answers to the first
     message come back while it searches the next; every caller still gets its own answer,
