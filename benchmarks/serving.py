@@ -299,7 +299,9 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
         saturation_wrk = None
         if args.wrk:
             print(f"[{mode}] saturation (closed loop, wrk) ...", flush=True)
+            cpu_before = service_cpu_s(server.pid)
             saturation_wrk = run_wrk(port, duration=args.duration, concurrency=args.concurrency, users=args.users)
+            saturation_wrk["service_cpu"] = cpu_budget(cpu_before, service_cpu_s(server.pid), saturation_wrk)
         print(f"[{mode}] steady at {args.rate:.0f}/s ...", flush=True)
         steady = summarize(run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=2, **common))
 
@@ -371,6 +373,49 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
     }
 
 
+def service_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of the server `pid` and each of its descendants
+    (index processes, the forkserver), by pid: (role, seconds)."""
+    import psutil
+
+    server = psutil.Process(pid)
+    found = {}
+    for role, process in (("server", server), *(("child", c) for c in server.children(recursive=True))):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # exited meanwhile
+            continue
+        found[process.pid] = (role, times.user + times.system)
+    return found
+
+
+def cpu_budget(before: dict, after: dict, closed_loop: dict) -> dict:
+    """Where a closed loop's CPU went, per request: the server process, its child processes
+    (the index process searches; the forkserver idles) and the load generator; how busy the
+    busiest child was (cores: one index process searches on one thread, so near 1.0 it is
+    the bottleneck); and the ceiling the machine's cores put on served QPS at that CPU per
+    request (cores / total), which bounds served/raw whatever overlaps."""
+    seconds, requests = closed_loop["duration_s"], max(closed_loop["requests"], 1)
+    spent = {pid: after[pid][1] - before.get(pid, (None, 0.0))[1] for pid in after}
+    server = sum(cpu for pid, cpu in spent.items() if after[pid][0] == "server")
+    children = {pid: cpu for pid, cpu in spent.items() if after[pid][0] == "child"}
+    per_request = {
+        "server": 1000 * server / requests,
+        "children": 1000 * sum(children.values()) / requests,
+        "load_generator": closed_loop["load_generator_cpu_ms_per_request"],
+    }
+    total = sum(per_request.values())
+    cores = os.cpu_count() or 1
+    return {
+        "ms_per_request": {name: round(ms, 4) for name, ms in per_request.items()},
+        "total_ms_per_request": round(total, 4),
+        "server_cores": round(server / seconds, 2),
+        "busiest_child_cores": round(max(children.values(), default=0.0) / seconds, 2),
+        "cores_busy": round(total * closed_loop["qps"] / 1000, 2),
+        "cpu_ceiling_qps": round(1000 * cores / total) if total else None,
+    }
+
+
 def targets(mode: dict, raw: dict) -> dict:
     """Issue 6's targets for one searcher mode, judged by benchmarks/targets.py."""
     steady, saturation, reload = mode["steady_fixed_rate"], mode["saturation_closed_loop"], mode["reload_fixed_rate"]
@@ -399,6 +444,7 @@ def repeat_summary(mode: dict, raw: dict) -> dict:
     served/raw rule reads wrk's closed loop where it ran (see `repeat_spread`)."""
     steady, saturation, reload = mode["steady_fixed_rate"], mode["saturation_closed_loop"], mode["reload_fixed_rate"]
     wrk = mode.get("saturation_closed_loop_wrk")
+    budget = (wrk or {}).get("service_cpu")
     window, swapped = reload_p99(reload)
     window = window if swapped else None  # no reload served: the rule cannot be met
     return {
@@ -410,6 +456,9 @@ def repeat_summary(mode: dict, raw: dict) -> dict:
         "reload_window_p99_ms": window,
         "reload_over_steady": None if window is None else round(window / steady["p99_ms"], 2),
         "failed": failed_requests(saturation, steady, reload) + (wrk["failed"] if wrk else 0),
+        "cpu_ms_per_request_wrk": budget["total_ms_per_request"] if budget else None,
+        "index_process_cores_wrk": budget["busiest_child_cores"] if budget else None,
+        "cpu_ceiling_over_raw_wrk": round(budget["cpu_ceiling_qps"] / raw["qps"], 3) if budget else None,
     }
 
 
@@ -611,6 +660,10 @@ def to_markdown(r: dict) -> str:
                 f"| {mode} | {label} | {row.get('requests', 0):,} | {row.get('failed', 0)} | {row.get('qps', 0):,.0f} | "
                 f"{row.get('p50_ms')} | {row.get('p99_ms')} | {row.get('p999_ms')} | {row.get('max_ms')} |"
             )
+    for mode, m in r["searchers"].items():
+        budget = (m.get("saturation_closed_loop_wrk") or {}).get("service_cpu")
+        if budget:
+            lines.append("\n" + _cpu_budget_line(mode, budget, raw["qps"]))
     lines += [
         "",
         "| searcher | LoadedIndex.memory_bytes | index process RSS | server RSS (with children) loaded / peak in reload / after | reload s | first load s |",
@@ -652,8 +705,9 @@ def _repeats_markdown(r: dict) -> list[str]:
         f"{SERVED_OVER_RAW_EVERY_RUN} x raw and reload p99 <= {RELOAD_P99_OVER_STEADY} x steady in every run):",
         "",
         "| repeat | load at start | raw QPS | searcher | served QPS (loadgen.py) | served / raw | served QPS (wrk) "
-        "| wrk / raw | steady p99 ms | reload window p99 ms | reload / steady | failed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| wrk / raw | CPU ms/req (wrk loop) | index process cores | CPU ceiling / raw "
+        "| steady p99 ms | reload window p99 ms | reload / steady | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rep in r["repeats"]:
         for mode, m in rep["searchers"].items():
@@ -661,7 +715,8 @@ def _repeats_markdown(r: dict) -> list[str]:
             lines.append(
                 f"| {rep['repeat']} | {rep['load_average_at_start'][0]} | {rep['raw_qps']:,.0f} | {mode} | "
                 f"{m['saturated_qps']:,.0f} | {m['served_over_raw']} | {wrk_qps} | {m.get('served_over_raw_wrk') or ''} | "
-                f"{m['steady_p99_ms']} | {m['reload_window_p99_ms']} | {m['reload_over_steady']} | {m['failed']} |"
+                f"{_blank(m.get('cpu_ms_per_request_wrk'))} | {_blank(m.get('index_process_cores_wrk'))} | "
+                f"{_blank(m.get('cpu_ceiling_over_raw_wrk'))} | {m['steady_p99_ms']} | {m['reload_window_p99_ms']} | {m['reload_over_steady']} | {m['failed']} |"
             )
     lines += [
         "",
@@ -678,6 +733,22 @@ def _repeats_markdown(r: dict) -> list[str]:
             f"({spread['judged_on']}) |"
         )
     return lines
+
+
+def _cpu_budget_line(mode: str, budget: dict, raw_qps: float) -> str:
+    ms = budget["ms_per_request"]
+    ceiling = budget["cpu_ceiling_qps"]
+    return (
+        f"{mode}, wrk's closed loop: CPU per request {ms['server']} ms server + {ms['children']} ms index process "
+        f"+ {ms['load_generator']} ms wrk = {budget['total_ms_per_request']} ms; {budget['cores_busy']} of "
+        f"{os.cpu_count()} cores busy, the index process {budget['busiest_child_cores']} (one search thread), "
+        f"the server {budget['server_cores']}; at that CPU per request the cores allow at most {ceiling:,} QPS "
+        f"({ceiling / raw_qps:.2f} x raw)."
+    )
+
+
+def _blank(value) -> str:
+    return "" if value is None else str(value)
 
 
 def _yes(met: bool) -> str:

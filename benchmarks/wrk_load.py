@@ -97,6 +97,7 @@ def run_wrk(port: int, *, duration: float, concurrency: int, users: int, seed: i
         "requests": requests,
         "failed": failed,
         "qps": round(requests / seconds, 1),
+        "duration_s": round(seconds, 3),
         "p50_ms": round(figures["p50_us"] / 1000, 3),
         "p99_ms": round(figures["p99_us"] / 1000, 3),
         "max_ms": round(figures["max_us"] / 1000, 3),

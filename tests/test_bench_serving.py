@@ -122,3 +122,34 @@ def test_the_repeat_rule_reads_wrks_closed_loop_where_every_repeat_ran_it():
     one_missing = spread(with_wrk(500, 850), with_wrk(450, None))
     assert one_missing["judged_on"] == "loadgen.py" and one_missing["runs_meeting_0.8x_raw_and_2x_reload"] == "0 of 2"
     assert spread(with_wrk(500, 850, wrk_failed=1))["runs_meeting_0.8x_raw_and_2x_reload"] == "0 of 1"
+
+
+def test_cpu_budget_splits_a_closed_loops_cpu_per_request_and_bounds_qps_by_the_cores(monkeypatch):
+    """2,000 requests in 1 s: the server spent 0.2 s (0.1 ms a request), one index process
+    0.3 s and the idle forkserver 0.01 s (0.155 ms together), wrk 0.025 ms: 0.28 ms a request,
+    so 2 cores allow at most 7,143 QPS; the busiest child was 0.3 of a core."""
+    monkeypatch.setattr(serving.os, "cpu_count", lambda: 2)
+    before = {10: ("server", 5.0), 11: ("child", 1.0), 12: ("child", 7.0)}
+    after = {10: ("server", 5.2), 11: ("child", 1.01), 12: ("child", 7.3)}
+    loop = {"requests": 2000, "duration_s": 1.0, "qps": 2000.0, "load_generator_cpu_ms_per_request": 0.025}
+    budget = serving.cpu_budget(before, after, loop)
+    assert budget["ms_per_request"] == {"server": 0.1, "children": 0.155, "load_generator": 0.025}
+    assert budget["total_ms_per_request"] == 0.28 and budget["cpu_ceiling_qps"] == 7143
+    assert (budget["server_cores"], budget["busiest_child_cores"], budget["cores_busy"]) == (0.2, 0.3, 0.56)
+
+
+def test_service_cpu_s_reads_the_server_and_its_descendants():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; sum(range(3_000_000)); time.sleep(30)"])
+    try:
+        time.sleep(1.0)
+        found = serving.service_cpu_s(os.getpid())
+        assert found[os.getpid()][0] == "server" and found[child.pid][0] == "child"
+        assert found[child.pid][1] > 0 and found[os.getpid()][1] > 0
+    finally:
+        child.kill()
+        child.wait()
