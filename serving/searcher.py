@@ -285,7 +285,12 @@ def _message(requests: list[tuple]) -> tuple:
     if len(requests) == 1:
         return requests[0]
     queries = [request[1] for request in requests if request[0] == "search"]
-    if len(queries) == len(requests) and len({q.shape for q in queries}) == 1 and queries[0].shape[0] == 1:
+    if (
+        len(queries) == len(requests)
+        and len({q.shape for q in queries}) == 1
+        and queries[0].ndim == 2
+        and len(queries[0]) == 1
+    ):
         return ("searches", np.concatenate(queries), [r[2] for r in requests], [r[3] for r in requests])
     return ("batch", requests)
 
