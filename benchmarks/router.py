@@ -162,13 +162,11 @@ def _wait(url: str, path: str = "/readyz", timeout: float = 900) -> None:
 def _cpu_seconds(servers: dict[str, subprocess.Popen]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by each server process, by its descendants
     (its index processes), and by this process's waited-for children (the load generator)."""
-    import psutil
-
     used: dict[str, float] = {}
     for role, process in servers.items():
-        root = psutil.Process(process.pid)
-        used[f"{role} server"] = sum(root.cpu_times()[:2])
-        used[f"{role} index processes"] = sum(sum(c.cpu_times()[:2]) for c in root.children(recursive=True))
+        server, children = SB.process_tree_cpu_s(process.pid)
+        used[f"{role} server"] = server
+        used[f"{role} index processes"] = sum(children.values())
     times = os.times()
     used["load generator"] = times.children_user + times.children_system
     return used

@@ -299,9 +299,9 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
         saturation_wrk = None
         if args.wrk:
             print(f"[{mode}] saturation (closed loop, wrk) ...", flush=True)
-            cpu_before = service_cpu_s(server.pid)
+            cpu_before = process_tree_cpu_s(server.pid)
             saturation_wrk = run_wrk(port, duration=args.duration, concurrency=args.concurrency, users=args.users)
-            saturation_wrk["service_cpu"] = cpu_budget(cpu_before, service_cpu_s(server.pid), saturation_wrk)
+            saturation_wrk["service_cpu"] = cpu_budget(cpu_before, process_tree_cpu_s(server.pid), saturation_wrk)
         print(f"[{mode}] steady at {args.rate:.0f}/s ...", flush=True)
         steady = summarize(run_loadgen(port, "rate", duration=args.duration, rate=args.rate, seed=2, **common))
 
@@ -373,32 +373,31 @@ def measure_searcher(mode: str, args, store, root: str, workdir: Path, base_vers
     }
 
 
-def service_cpu_s(pid: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system) so far of the server `pid` and each of its descendants
-    (index processes, the forkserver), by pid: (role, seconds)."""
+def process_tree_cpu_s(pid: int) -> tuple[float, dict[int, float]]:
+    """CPU seconds (user + system) so far of process `pid`, and of each of its descendants
+    by pid (a server's index processes and forkserver); one that exits meanwhile is left out.
+    router.py's per-process CPU reads it too."""
     import psutil
 
-    server = psutil.Process(pid)
-    found = {}
-    for role, process in (("server", server), *(("child", c) for c in server.children(recursive=True))):
+    root = psutil.Process(pid)
+    children = {}
+    for child in root.children(recursive=True):
         try:
-            times = process.cpu_times()
-        except psutil.Error:  # exited meanwhile
+            children[child.pid] = sum(child.cpu_times()[:2])
+        except psutil.Error:
             continue
-        found[process.pid] = (role, times.user + times.system)
-    return found
+    return sum(root.cpu_times()[:2]), children
 
 
-def cpu_budget(before: dict, after: dict, closed_loop: dict) -> dict:
+def cpu_budget(before: tuple[float, dict], after: tuple[float, dict], closed_loop: dict) -> dict:
     """Where a closed loop's CPU went, per request: the server process, its child processes
     (the index process searches; the forkserver idles) and the load generator; how busy the
     busiest child was (cores: one index process searches on one thread, so near 1.0 it is
     the bottleneck); and the ceiling the machine's cores put on served QPS at that CPU per
     request (cores / total), which bounds served/raw whatever overlaps."""
     seconds, requests = closed_loop["duration_s"], max(closed_loop["requests"], 1)
-    spent = {pid: after[pid][1] - before.get(pid, (None, 0.0))[1] for pid in after}
-    server = sum(cpu for pid, cpu in spent.items() if after[pid][0] == "server")
-    children = {pid: cpu for pid, cpu in spent.items() if after[pid][0] == "child"}
+    server = after[0] - before[0]
+    children = {pid: cpu - before[1].get(pid, 0.0) for pid, cpu in after[1].items()}
     per_request = {
         "server": 1000 * server / requests,
         "children": 1000 * sum(children.values()) / requests,

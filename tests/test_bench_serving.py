@@ -129,8 +129,8 @@ def test_cpu_budget_splits_a_closed_loops_cpu_per_request_and_bounds_qps_by_the_
     0.3 s and the idle forkserver 0.01 s (0.155 ms together), wrk 0.025 ms: 0.28 ms a request,
     so 2 cores allow at most 7,143 QPS; the busiest child was 0.3 of a core."""
     monkeypatch.setattr(serving.os, "cpu_count", lambda: 2)
-    before = {10: ("server", 5.0), 11: ("child", 1.0), 12: ("child", 7.0)}
-    after = {10: ("server", 5.2), 11: ("child", 1.01), 12: ("child", 7.3)}
+    before = (5.0, {11: 1.0, 12: 7.0})
+    after = (5.2, {11: 1.01, 12: 7.3})
     loop = {"requests": 2000, "duration_s": 1.0, "qps": 2000.0, "load_generator_cpu_ms_per_request": 0.025}
     budget = serving.cpu_budget(before, after, loop)
     assert budget["ms_per_request"] == {"server": 0.1, "children": 0.155, "load_generator": 0.025}
@@ -138,7 +138,7 @@ def test_cpu_budget_splits_a_closed_loops_cpu_per_request_and_bounds_qps_by_the_
     assert (budget["server_cores"], budget["busiest_child_cores"], budget["cores_busy"]) == (0.2, 0.3, 0.56)
 
 
-def test_service_cpu_s_reads_the_server_and_its_descendants():
+def test_process_tree_cpu_s_reads_a_process_and_each_of_its_descendants():
     import os
     import subprocess
     import sys
@@ -147,9 +147,9 @@ def test_service_cpu_s_reads_the_server_and_its_descendants():
     child = subprocess.Popen([sys.executable, "-c", "import time; sum(range(3_000_000)); time.sleep(30)"])
     try:
         time.sleep(1.0)
-        found = serving.service_cpu_s(os.getpid())
-        assert found[os.getpid()][0] == "server" and found[child.pid][0] == "child"
-        assert found[child.pid][1] > 0 and found[os.getpid()][1] > 0
+        own, children = serving.process_tree_cpu_s(os.getpid())
+        assert child.pid in children and os.getpid() not in children
+        assert children[child.pid] > 0 and own > 0
     finally:
         child.kill()
         child.wait()
