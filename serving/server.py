@@ -56,11 +56,53 @@ def build_service(cfg: EbrConfig, *, poll_interval_s: float | None = None, start
     return Service(create_app(cfg.serving, reloader, start_reloader=start_reloader), reloader)
 
 
-def header_timeout_protocol(read_timeout_s: float):
-    """uvicorn's httptools protocol, closing a connection whose request headers are not
-    complete `read_timeout_s` after it opened or after its request began (uvicorn itself
-    only times out idle keep-alive connections: a client sending a header byte every few
-    seconds would hold its connection forever). The body's deadline is the Gatekeeper's."""
+class _CoalescingTransport:
+    """A transport whose response head waits for the body's first write, so a response
+    goes to the socket in one send instead of two.
+
+    uvicorn writes a response's status line and headers when the app sends
+    `http.response.start`, and the body on `http.response.body`: two `send` calls and two
+    TCP segments for every answer, each read by the client on its own. The head (a write
+    that starts with a non-1xx status line and ends the header block) is held and written
+    with the next write; `flush` (at the end of every response, before a close) writes
+    whatever is still held, e.g. the head of a body-less answer. Interim 100 Continue
+    answers are never held: the client waits for them. Everything else is the transport's.
+    """
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._held = b""
+
+    def write(self, data: bytes) -> None:
+        if self._held:
+            data, self._held = self._held + data, b""
+        elif data[:9] == b"HTTP/1.1 " and data[9:10] != b"1" and data.endswith(b"\r\n\r\n"):
+            self._held = data
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        if self._held:
+            data, self._held = self._held, b""
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+def http_protocol(read_timeout_s: float):
+    """uvicorn's httptools protocol with two changes.
+
+    - A connection whose request headers are not complete `read_timeout_s` after it opened
+      or after its request began is closed with a 408 (uvicorn itself only times out idle
+      keep-alive connections: a client sending a header byte every few seconds would hold
+      its connection forever). The body's deadline is the Gatekeeper's.
+    - A response's head and body leave in one write (`_CoalescingTransport`).
+    """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -76,7 +118,7 @@ def header_timeout_protocol(read_timeout_s: float):
                 self._header_timer = None
 
         def connection_made(self, transport) -> None:
-            super().connection_made(transport)
+            super().connection_made(_CoalescingTransport(transport))
             self._arm_header_timer()
 
         def connection_lost(self, exc) -> None:
@@ -92,6 +134,7 @@ def header_timeout_protocol(read_timeout_s: float):
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
+            self.transport.flush()
             super().on_response_complete()
             self._disarm_header_timer()  # idle now: uvicorn's keep-alive timeout takes over
 
@@ -122,7 +165,7 @@ def uvicorn_config(app: FastAPI, host: str, port: int, read_timeout_s: float = 1
         access_log=False,
         log_level="warning",
         loop="uvloop",
-        http=header_timeout_protocol(read_timeout_s),  # httptools: the fastest parser uvicorn offers
+        http=http_protocol(read_timeout_s),  # httptools: the fastest parser uvicorn offers
         timeout_graceful_shutdown=10,
     )
 
