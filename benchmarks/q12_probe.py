@@ -1,9 +1,10 @@
-"""Issue #12 probe: one model configuration on a MovieLens time split, on the *validation*
-split (the training log with the test window removed, split again by the same rule) or
-on the test split, with optional baselines and diagnostics.
+"""Issue #12 probe: one model configuration on a time split (MovieLens, or the synthetic
+`small` world), on the *validation* split (the training log with the test window removed,
+split again by the same rule) or on the test split, with optional baselines and
+diagnostics.
 
-    python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 \
-        [--set model.temperature=0.05 ...] [--baselines] [--out FILE]
+    python -m benchmarks.q12_probe --dataset ml-100k|ml-1m|synthetic --holdout validation \
+        --epochs 15 [--set model.temperature=0.05 ...] [--baselines] [--out FILE]
 
 `--holdout validation` never reads the test window: it drops every event at or after the
 test cutoff the harness's split would choose, and the project's own time split then
@@ -41,7 +42,16 @@ def _warehouse(dataset: str, holdout: str, ml1m_users: int):
     base = ["config/presets/movielens.toml", f"root=file://{root}"]
     if dataset == "ml-1m":
         base += ["train.min_test_users=100", "train.min_test_positives=1000"]
-    if not (root / ".done").exists():
+    if dataset == "synthetic":
+        # The world benchmarks/model_quality.py measures: the default config, `small`.
+        base = [None, f"root=file://{root}", "world.size=small"]
+        if not (root / ".done").exists():
+            from warehouse.synthetic import generate_world
+
+            world = load_config(None, base[1:], environ={}).world
+            generate_world(world, Warehouse.open(f"file://{root}"), progress=False)
+            (root / ".done").write_text("ok")
+    elif not (root / ".done").exists():
         full = Warehouse.open(f"file://{root}-full")
         convert_movielens(SHARED / dataset, full)
         if dataset == "ml-1m" and ml1m_users:
@@ -57,7 +67,7 @@ def _warehouse(dataset: str, holdout: str, ml1m_users: int):
         return base, warehouse
     vroot = CACHE / f"{name}-validation"
     if not (vroot / ".done").exists():
-        cfg = load_config(REPO / base[0], base[1:], environ={})
+        cfg = load_config(REPO / base[0] if base[0] else None, base[1:], environ={})
         split = load_split(warehouse, cfg.train, cfg.features)
         target = Warehouse.open(f"file://{vroot}")
         for table in ("users", "stories", "creators"):
@@ -71,7 +81,7 @@ def _warehouse(dataset: str, holdout: str, ml1m_users: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser()
-    p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m"])
+    p.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m", "synthetic"])
     p.add_argument("--ml1m-users", type=int, default=1000)
     p.add_argument("--holdout", default="validation", choices=["validation", "test"])
     p.add_argument("--epochs", type=int, default=15)
@@ -93,7 +103,9 @@ def main(argv=None):
 
     base, warehouse = _warehouse(args.dataset, args.holdout, args.ml1m_users)
     cfg = load_config(
-        REPO / base[0], [*base[1:], f"train.epochs={args.epochs}", f"train.seed={args.seed}", *args.set], environ={}
+        REPO / base[0] if base[0] else None,
+        [*base[1:], f"train.epochs={args.epochs}", f"train.seed={args.seed}", *args.set],
+        environ={},
     )
     curve = _per_epoch_curve() if args.curve else None
     started = time.perf_counter()
