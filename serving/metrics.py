@@ -54,6 +54,29 @@ LATENCY_BUCKETS = (
 )
 
 
+class RequestObserver:
+    """Counts a request in `requests{endpoint,status}` and its seconds in
+    `latency{endpoint}`, the service's and the router's per-request metrics.
+
+    The labelled children are looked up once per (endpoint, status) and kept:
+    prometheus_client's `labels()` takes a lock and builds its key on every call (2% of
+    the service's CPU a request under saturation, py-spy). Endpoints are route templates
+    and statuses HTTP codes, so the cache stays small. Neither metric is ever cleared.
+    """
+
+    def __init__(self, requests: Counter, latency: Histogram):
+        self._requests, self._latency = requests, latency
+        self._children: dict[tuple[str, int], tuple] = {}
+
+    def __call__(self, endpoint: str, status: int, seconds: float) -> None:
+        children = self._children.get((endpoint, status))
+        if children is None:
+            children = (self._requests.labels(endpoint, str(status)), self._latency.labels(endpoint))
+            self._children[(endpoint, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -109,6 +132,8 @@ class ServingMetrics:
         self.pointer_errors = Gauge(
             "ebr_serving_pointer_errors", "1 while the kind's LATEST cannot be read", ["kind"], registry=r
         )
+        # observe_request(endpoint, status, seconds): one answered request
+        self.observe_request = RequestObserver(self.requests, self.latency)
         self._last_poll_ok: float | None = None
         since = Gauge(
             "ebr_serving_seconds_since_last_successful_poll",
@@ -126,10 +151,6 @@ class ServingMetrics:
 
     def seconds_since_last_poll(self) -> float:
         return -1.0 if self._last_poll_ok is None else time.monotonic() - self._last_poll_ok
-
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
 
     def show_served(self, components: dict[str, tuple[str, str, int, int]]) -> None:
         """components: kind -> (version, model_version, items, bytes) of the new state."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from serving.metrics import LATENCY_BUCKETS
+from serving.metrics import LATENCY_BUCKETS, RequestObserver
 
 
 class RouterMetrics:
@@ -30,6 +30,8 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # observe_request(endpoint, status, seconds): one answered request
+        self.observe_request = RequestObserver(self.requests, self.latency)
         self.attempts = Counter(
             "ebr_router_shard_attempts", "Requests to shard replicas", ["shard", "result"], registry=r
         )
@@ -56,10 +58,6 @@ class RouterMetrics:
             registry=r,
         )
         self.switches = Counter("ebr_router_switches", "Moves of a pinned version", ["collection"], registry=r)
-
-    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(endpoint, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
