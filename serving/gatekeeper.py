@@ -89,7 +89,9 @@ class Gatekeeper:
             if body_done:  # after the body: waiting for a disconnect has no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.perf_counter()))
+                # A timer on this task, not asyncio.wait_for (which starts a task per call).
+                async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+                    message = await receive()
             except TimeoutError:
                 raise _BodyTimeout(
                     408,
