@@ -5,6 +5,7 @@ body-less answer, a streamed answer's chunks) waits."""
 from __future__ import annotations
 
 import socket
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -155,3 +156,39 @@ def test_100_continue_goes_out_before_the_body_arrives():
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
         assert _read_responses(sock, 1).endswith(b"hello")
+
+
+def _answer_and_close(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_keep_alive_request_whose_headers_stop_coming_gets_a_408():
+    app = _app()
+    app.state.request_read_timeout_s = 0.5  # what create_app sets from serving.request_read_timeout_s
+    with ServerThread(app) as server, socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /json HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert _read_responses(sock, 1).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /json HTTP/1.1\r\nhost: x\r\nx-slow: ")  # the second request's headers stop
+        assert _answer_and_close(sock).startswith(b"HTTP/1.1 408")
+
+
+def test_headers_trickling_in_over_many_reads_get_a_408_from_their_first_byte():
+    app = _app()
+    app.state.request_read_timeout_s = 0.5
+    with ServerThread(app) as server, socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /json HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert _read_responses(sock, 1).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        try:
+            sock.sendall(b"GET /json HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            for _ in range(40):  # a header byte every 0.1 s: each read is partial, none completes
+                sock.sendall(b"a")
+                time.sleep(0.1)
+        except OSError:  # the server closed the connection
+            pass
+        answer = _answer_and_close(sock)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert time.monotonic() - started < 2.0
