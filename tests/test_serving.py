@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -454,14 +455,17 @@ def _index_process_and_its_messages(world, tmp_path):
     """(the version loaded inline, an IndexProcess on it, the list of every message written
     to that process's pipe, filled as they are sent)."""
     from index_builder.loaded_index import load_index
-    from serving.searcher import IndexProcess
+    from serving.searcher import IndexProcess, _decode
 
     world.index("stories", "s1", "m1", seed=2)
     directory = world.store.kind("indexes/stories").download("s1", tmp_path / "s1")
     index = IndexProcess(directory, "stories")
     written = []
-    send = index._channel.connection.send
-    index._channel.connection.send = lambda message: (written.append(message), send(message))[1]
+    connection = index._channel.connection
+    send, send_bytes = connection.send, connection.send_bytes
+    connection.send = lambda message: (written.append(message), send(message))[1]
+    # The searches message goes as bytes: recorded as the child reads it.
+    connection.send_bytes = lambda data: (written.append(_decode(bytes(data))), send_bytes(data))[1]
     return load_index(directory, "stories"), index, written
 
 
@@ -489,7 +493,7 @@ def test_one_event_loop_turns_searches_reach_the_index_process_as_one_message_ea
 
 def test_single_query_searches_of_one_turn_go_as_one_stacked_array_each_answered_its_own(world, tmp_path):
     """The common message, single-query searches only, carries their queries as one
-    [n, dim] array (one array to pickle, not n); k and the exclusions stay per search."""
+    [n, dim] array, in bytes rather than a pickle; k and the exclusions stay per search."""
     inline, index, written = _index_process_and_its_messages(world, tmp_path)
     queries = clustered_vectors(4, DIM, seed=13)
     seen = [hit for hit, _ in inline.search(queries[2], 2)[0]]
@@ -508,6 +512,28 @@ def test_single_query_searches_of_one_turn_go_as_one_stacked_array_each_answered
     for (q, k, ex), answer in zip(asks, answers, strict=True):
         assert answer == inline.search(q, k, ex)
     assert not {hit for hit, _ in answers[2][0]} & set(seen)
+
+
+def test_the_searches_message_round_trips_through_its_bytes():
+    from serving.searcher import _decode, _encode_searches
+
+    queries = clustered_vectors(3, DIM, seed=14)
+    for excludes in ([[], [], []], [[], ["s1", "é-ünïcode"], []]):
+        kind, decoded, ks, decoded_excludes = _decode(_encode_searches(queries, [3, 1, 200], excludes))
+        assert kind == "searches" and ks == [3, 1, 200] and decoded_excludes == excludes
+        np.testing.assert_array_equal(decoded, queries)
+    assert _decode(pickle.dumps(("vector", "s1"))) == ("vector", "s1")  # every other message: a pickle
+
+
+def test_a_lone_search_goes_as_a_searches_message_of_one(world, tmp_path):
+    inline, index, written = _index_process_and_its_messages(world, tmp_path)
+    query = clustered_vectors(1, DIM, seed=15)
+    try:
+        answer = asyncio.run(index.search_async(query, 4))
+    finally:
+        index.close()
+    assert [m[0] for m in written] == ["searches"] and written[0][2] == [4]
+    assert answer == inline.search(query, 4)
 
 
 def test_a_turn_of_more_than_max_batch_searches_goes_as_several_messages_answered_in_order(world, tmp_path):
