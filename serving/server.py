@@ -81,6 +81,9 @@ class _CoalescingTransport:
             return
         self._transport.write(data)
 
+    def writelines(self, chunks) -> None:
+        self.write(b"".join(chunks))
+
     def flush(self) -> None:
         if self._held:
             data, self._held = self._held, b""

@@ -42,6 +42,9 @@ def test_head_and_body_are_one_write():
     assert inner.writes == [HEAD + b"{}"]
     transport.flush()  # nothing held: nothing more written
     assert inner.writes == [HEAD + b"{}"]
+    transport.write(HEAD)
+    transport.writelines([b"{", b"}"])  # never around the held head
+    assert inner.writes[-1] == HEAD + b"{}"
 
 
 def test_a_held_head_is_flushed_at_the_end_of_a_response_and_before_a_close():
