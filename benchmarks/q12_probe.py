@@ -31,8 +31,7 @@ SHOWN = ("recall@10", "recall@100", "recall@500", "ndcg@10")
 def _warehouse(dataset: str, holdout: str, ml1m_users: int):
     import pyarrow.compute as pc
 
-    from benchmarks.model_quality import _subsample_users
-    from config import load_config
+    from benchmarks.model_quality import _config, _subsample_users
     from models.splits import load_split
     from warehouse import Warehouse
     from warehouse.movielens import convert_movielens
@@ -48,8 +47,7 @@ def _warehouse(dataset: str, holdout: str, ml1m_users: int):
         if not (root / ".done").exists():
             from warehouse.synthetic import generate_world
 
-            world = load_config(None, base[1:], environ={}).world
-            generate_world(world, Warehouse.open(f"file://{root}"), progress=False)
+            generate_world(_config(base).world, Warehouse.open(f"file://{root}"), progress=False)
             (root / ".done").write_text("ok")
     elif not (root / ".done").exists():
         full = Warehouse.open(f"file://{root}-full")
@@ -67,7 +65,7 @@ def _warehouse(dataset: str, holdout: str, ml1m_users: int):
         return base, warehouse
     vroot = CACHE / f"{name}-validation"
     if not (vroot / ".done").exists():
-        cfg = load_config(REPO / base[0] if base[0] else None, base[1:], environ={})
+        cfg = _config(base)
         split = load_split(warehouse, cfg.train, cfg.features)
         target = Warehouse.open(f"file://{vroot}")
         for table in ("users", "stories", "creators"):
@@ -98,15 +96,11 @@ def main(argv=None):
     if args.curve and args.holdout != "validation":
         p.error("--curve measures the held-out window after every epoch: only on the validation split")
 
-    from config import load_config
+    from benchmarks.model_quality import _config
     from models.training import train_and_evaluate
 
     base, warehouse = _warehouse(args.dataset, args.holdout, args.ml1m_users)
-    cfg = load_config(
-        REPO / base[0] if base[0] else None,
-        [*base[1:], f"train.epochs={args.epochs}", f"train.seed={args.seed}", *args.set],
-        environ={},
-    )
+    cfg = _config(base, (f"train.epochs={args.epochs}", f"train.seed={args.seed}", *args.set))
     curve = _per_epoch_curve() if args.curve else None
     started = time.perf_counter()
     workdir = Path("/tmp/q12-work") / f"{int(time.time())}"
