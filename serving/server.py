@@ -108,7 +108,7 @@ def http_protocol(read_timeout_s: float):
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeaderTimeoutProtocol(HttpToolsProtocol):
+    class ServiceHttpProtocol(HttpToolsProtocol):
         _header_timer = None
         _headers_pending = False  # a request's headers began and are not complete
 
@@ -165,7 +165,7 @@ def http_protocol(read_timeout_s: float):
             )
             self.transport.close()
 
-    return HeaderTimeoutProtocol
+    return ServiceHttpProtocol
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int, read_timeout_s: float = 10.0):
