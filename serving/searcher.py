@@ -123,9 +123,7 @@ class IndexProcess:
 
     def search(self, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:
         """As `LoadedIndex.search`: per query, up to k (id, inner product) pairs, best first."""
-        return _answer(
-            self._channel.call(("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude)))
-        )
+        return _answer(self._channel.call(("search", _rows(queries), k, list(exclude))))
 
     def vector(self, item_id: str) -> np.ndarray | None:
         return _answer(self._channel.call(("vector", item_id)))
@@ -137,14 +135,21 @@ class IndexProcess:
         self, queries: np.ndarray, k: int, exclude: Collection[str] = ()
     ) -> list[list[tuple[str, float]]]:
         """`search`, pipelined on the pipe from the running event loop."""
-        request = ("search", np.ascontiguousarray(queries, dtype=np.float32), k, list(exclude))
-        return _answer(await self._channel.call_async(request))
+        return _answer(await self._channel.call_async(("search", _rows(queries), k, list(exclude))))
 
     async def vector_async(self, item_id: str) -> np.ndarray | None:
         return _answer(await self._channel.call_async(("vector", item_id)))
 
     def close(self) -> None:
         self._finalizer()
+
+
+def _rows(queries: np.ndarray) -> np.ndarray:
+    """Queries as [q, dim] float32: a single [dim] vector, as `LoadedIndex.search` accepts
+    and every retrieval by user id passes, becomes [1, dim], so its search travels in the
+    searches message (`_message`) like any other single query."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    return queries[None, :] if queries.ndim == 1 else queries
 
 
 async def search(index, queries: np.ndarray, k: int, exclude: Collection[str] = ()) -> list[list[tuple[str, float]]]:

@@ -526,14 +526,20 @@ def test_the_searches_message_round_trips_through_its_bytes():
 
 
 def test_a_lone_search_goes_as_a_searches_message_of_one(world, tmp_path):
+    """Also for a single [dim] vector, as every retrieval by user id passes it (such
+    searches used to go as pickled batches: the searches message never reached them)."""
     inline, index, written = _index_process_and_its_messages(world, tmp_path)
     query = clustered_vectors(1, DIM, seed=15)
+
+    async def lone_searches():
+        return await index.search_async(query, 4), await index.search_async(query[0], 4)
+
     try:
-        answer = asyncio.run(index.search_async(query, 4))
+        as_row, as_vector = asyncio.run(lone_searches())
     finally:
         index.close()
-    assert [m[0] for m in written] == ["searches"] and written[0][2] == [4]
-    assert answer == inline.search(query, 4)
+    assert [m[0] for m in written] == ["searches", "searches"] and written[0][2] == written[1][2] == [4]
+    assert as_row == as_vector == inline.search(query, 4) == inline.search(query[0], 4)
 
 
 def test_a_turn_of_more_than_max_batch_searches_goes_as_several_messages_answered_in_order(world, tmp_path):
