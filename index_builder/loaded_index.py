@@ -241,6 +241,39 @@ class LoadedIndex:
                 answers[i] = self.search(*searches[i])
         return answers
 
+    def search_stacked(self, queries: np.ndarray, ks: Sequence[int]) -> tuple[list[int], list[str], np.ndarray] | None:
+        """The answers of `search(queries[i:i + 1], ks[i])` for every row i of a stack of
+        single queries without exclusions, flattened rather than as lists of pairs: how many
+        hits each row has, all the hits' ids (row 0's, then row 1's, ...), and their inner
+        products as one float32 array in the same order. An index process sends these on as
+        bytes (`serving.searcher`): building and pickling a list of (id, score) pairs per
+        query was a fifth of its time a request, beside the search itself.
+
+        None when the shortcut does not apply and `search_many` must answer: a wrong shape, a
+        k outside 1..ef (one deeper search stands for shallower ones only up to ef, see
+        `search_many`), an empty index, or a row that found fewer than it asked for.
+        """
+        if queries.ndim != 2 or queries.shape[1] != self.dim or len(queries) != len(ks) or not ks or not self.count:
+            return None
+        deepest = max(ks)
+        if min(ks) < 1 or deepest > self.ef:
+            return None
+        fetch = min(deepest, self.count)
+        labels, distances = self._knn(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        if labels[:, -1].min() < 0:  # -1 pads the tail of a row that found fewer than fetch
+            return None
+        scores = 1.0 - distances  # hnswlib's "ip" distance is 1 - <q, v>, float32 as in `search`
+        counts = [min(k, fetch) for k in ks]
+        if min(counts) < fetch:  # rows that asked for fewer than the deepest: their first hits
+            keep = np.arange(fetch) < np.asarray(counts)[:, None]
+            labels, scores = labels[keep], scores[keep]
+        ids = self._ids
+        return counts, [ids[label] for label in labels.ravel().tolist()], scores.ravel()
+
+    def item_ids(self) -> list[str]:
+        """Every id the index holds (in label order)."""
+        return [item_id for item_id in self._ids if item_id is not None]
+
     def _prepare(self, queries: np.ndarray, k: int, exclude: Collection[str]) -> tuple[np.ndarray, set, int]:
         """Checks a search; returns its [q, dim] float32 queries, the labels it excludes and
         how many neighbours to fetch (0: nothing to search)."""

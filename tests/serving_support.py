@@ -63,14 +63,15 @@ class World:
         corrupt: Callable[[Path], None] | None = None,
         manifest_dim: int | None = None,
         damage: Callable[[Path], None] | None = None,
+        ids: list[str] | None = None,
     ) -> None:
         """Writes and publishes an index version; `corrupt` alters its stored files first (the
         checksum then disagrees), `damage` alters the graph file before it is hashed (a version
-        that verifies but is bad inside)."""
+        that verifies but is bad inside); `ids` replaces the default ids s0, s1, ..."""
         import hnswlib
 
         prefix = {"stories": "s", "creators": "c", "users": "u"}[collection]
-        ids = np.asarray([f"{prefix}{i}" for i in range(n)], dtype=object)
+        ids = np.asarray(ids if ids is not None else [f"{prefix}{i}" for i in range(n)], dtype=object)
         vecs = clustered_vectors(n, dim, clusters=20, seed=seed)
         graph = hnswlib.Index(space="ip", dim=dim)
         graph.init_index(max_elements=n, M=8, ef_construction=64, random_seed=1)

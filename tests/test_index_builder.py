@@ -160,6 +160,34 @@ def test_search_many_answers_as_one_search_each(cfg, tmp_path):
         loaded.search_many([(queries[0], 10, ()), (queries[0][:5], 10, ())])
 
 
+def test_search_stacked_answers_as_one_search_each_flattened(cfg, tmp_path):
+    """`search_stacked`: one hnswlib call for a stack of single queries without exclusions,
+    the hits of `search` row by row, flattened; None where it cannot stand for them."""
+    ids, vectors = base_world()
+    put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)
+    loaded = load_index(download(cfg, build_and_publish_index(cfg, "stories").version, tmp_path / "cache"))
+    queries = hnsw.held_aside_queries(vectors, 4, seed=6)
+    ks = [10, 3, loaded.ef, 1]
+    calls = []
+    knn = loaded._knn
+    loaded._knn = lambda q, k: (calls.append((len(q), k)), knn(q, k))[1]
+
+    counts, hit_ids, scores = loaded.search_stacked(queries, ks)
+
+    assert calls == [(4, loaded.ef)] and counts == ks
+    assert scores.dtype == np.float32 and len(hit_ids) == len(scores) == sum(ks)
+    pairs = list(zip(hit_ids, scores.tolist(), strict=True))
+    start = 0
+    for query, k in zip(queries, ks, strict=True):
+        assert pairs[start : start + k] == loaded.search(query, k)[0]
+        start += k
+    assert loaded.search_stacked(queries[:2], [10, loaded.ef + 1]) is None  # deeper than ef
+    assert loaded.search_stacked(queries[:2], [10, 0]) is None
+    assert loaded.search_stacked(queries[:2, :5], [10, 10]) is None  # wrong dimension
+    assert loaded.search_stacked(queries[:2], [10]) is None
+    assert loaded.search_stacked(queries[:0], []) is None
+
+
 def test_rerun_for_the_same_snapshot_reuses_the_version(cfg):
     ids, vectors = base_world()
     put_snapshot(cfg, "20261124T000000Z-a", ids, vectors)

@@ -525,6 +525,86 @@ def test_the_searches_message_round_trips_through_its_bytes():
     assert _decode(pickle.dumps(("vector", "s1"))) == ("vector", "s1")  # every other message: a pickle
 
 
+def test_the_hits_message_round_trips_through_its_bytes():
+    """The child's answer to a searches message without exclusions: per search, its hits as
+    (id, score) pairs, the scores float32 as the pickled answers had them."""
+    from serving.searcher import _decode_answers, _encode_hits
+
+    ids = ["s1", "é-ünïcode", "s3", "s1", "s9", ""]
+    scores = np.asarray([0.5, 0.25, 1 / 3, -0.125, 0.0, 0.75], np.float32)
+    answers = _decode_answers(_encode_hits([2, 1, 3], ids, scores))
+    floats = scores.tolist()
+    assert answers == [
+        ("ok", [[("s1", floats[0]), ("é-ünïcode", floats[1])]]),
+        ("ok", [[("s3", floats[2])]]),
+        ("ok", [[("s1", floats[3]), ("s9", floats[4]), ("", floats[5])]]),
+    ]
+    assert _decode_answers(pickle.dumps(("batch", [("ok", 1), ("error", "x")]))) == [("ok", 1), ("error", "x")]
+    assert _decode_answers(pickle.dumps(("ok", None))) == [("ok", None)]
+
+
+def _answers_read(index) -> list[bytes]:
+    """Records every message the parent reads from `index`'s pipe."""
+    read = []
+    connection = index._channel.connection
+    recv_bytes = connection.recv_bytes
+    connection.recv_bytes = lambda: (read.append(data := recv_bytes()), data)[1]
+    return read
+
+
+def test_searches_without_exclusions_are_answered_as_bytes_the_same_answers(world, tmp_path):
+    """The child answers a searches message without exclusions with the hits message; each
+    caller gets what the index answers inline, k by k (fewer than the deepest, k = ef)."""
+    from serving.searcher import _HITS_MAGIC
+
+    inline, index, written = _index_process_and_its_messages(world, tmp_path)
+    read = _answers_read(index)
+    queries = clustered_vectors(4, DIM, seed=16)
+    ks = [10, 1, 4, inline.ef]
+    try:
+
+        async def two_turns():
+            answers = await asyncio.gather(*(index.search_async(queries[i : i + 1], k) for i, k in enumerate(ks)))
+            return answers, await index.search_async(queries[:1], 3, ["s1"])
+
+        answers, excluded = asyncio.run(two_turns())
+    finally:
+        index.close()
+    assert [m[0] for m in written] == ["searches", "searches"]
+    assert read[0][:4] == _HITS_MAGIC and read[1][:4] != _HITS_MAGIC  # with exclusions: a pickle
+    for i, (k, answer) in enumerate(zip(ks, answers, strict=True)):
+        assert answer == inline.search(queries[i : i + 1], k)
+    assert excluded == inline.search(queries[:1], 3, ["s1"])
+
+
+def test_an_index_whose_ids_hold_the_separator_answers_as_pickles(world, tmp_path):
+    """Any string can be an id; if one holds the hits message's separator (NUL), the child
+    answers every searches message as before, and the answers stay right."""
+    from index_builder.loaded_index import load_index
+    from serving.searcher import _HITS_MAGIC, IndexProcess
+
+    ids = [f"s{i}" if i != 3 else "s\x003" for i in range(N_STORIES)]
+    world.index("stories", "nul", "m1", seed=2, ids=ids)
+    directory = world.store.kind("indexes/stories").download("nul", tmp_path / "nul")
+    inline = load_index(directory, "stories")
+    index = IndexProcess(directory, "stories")
+    read = _answers_read(index)
+    queries = clustered_vectors(3, DIM, seed=17)
+    queries[1] = world.vectors[("indexes/stories", "nul")]["s\x003"]  # its nearest is the NUL id
+    try:
+
+        async def one_turn():
+            return await asyncio.gather(*(index.search_async(queries[i : i + 1], 5) for i in range(3)))
+
+        answers = asyncio.run(one_turn())
+    finally:
+        index.close()
+    assert read and all(message[:4] != _HITS_MAGIC for message in read)
+    assert answers[1][0][0][0] == "s\x003"
+    for i, answer in enumerate(answers):
+        assert answer == inline.search(queries[i : i + 1], 5)
+
+
 def test_a_lone_search_goes_as_a_searches_message_of_one(world, tmp_path):
     """Also for a single [dim] vector, as every retrieval by user id passes it (such
     searches used to go as pickled batches: the searches message never reached them)."""
