@@ -246,8 +246,7 @@ class LoadedIndex:
         single queries without exclusions, flattened rather than as lists of pairs: how many
         hits each row has, all the hits' ids (row 0's, then row 1's, ...), and their inner
         products as one float32 array in the same order. An index process sends these on as
-        bytes (`serving.searcher`): building and pickling a list of (id, score) pairs per
-        query was a fifth of its time a request, beside the search itself.
+        bytes (`serving.searcher`, where the measured cost of the pickled pairs is).
 
         None when the shortcut does not apply and `search_many` must answer: a wrong shape, a
         k outside 1..ef (one deeper search stands for shallower ones only up to ef, see
