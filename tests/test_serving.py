@@ -420,6 +420,39 @@ def test_index_processes_exit_when_their_state_is_freed(world, start_service, se
 
 
 @pytest.mark.parametrize("searcher", ["process"], indirect=True)
+def test_retrievals_by_user_id_reach_the_index_process_and_come_back_as_bytes(world, start_service, searcher):
+    """Through the real service: /v1/retrieve by user id hands the index process the user's
+    [dim] vector; its search travels in the searches message and its hits come back in the
+    hits message, not as pickles (they did until 2026-12-02: a [dim] query never qualified)."""
+    from serving.searcher import _HITS_MAGIC, _SEARCHES_MAGIC
+
+    world.users("u1", "m1", seed=1)
+    world.index("stories", "s1", "m1", seed=2)
+    service, server, client = start_service()
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
+    connection = service.reloader.state.stories._channel.connection
+    written, read = [], []
+    send, send_bytes, recv_bytes = connection.send, connection.send_bytes, connection.recv_bytes
+    connection.send = lambda message: (written.append(b"pickle"), send(message))[1]
+    connection.send_bytes = lambda data: (written.append(bytes(data[:4])), send_bytes(data))[1]
+    connection.recv_bytes = lambda: (read.append((data := recv_bytes())[:4]), data)[1]
+
+    async def ask_all() -> list[tuple[str, dict]]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            users = [f"u{i % N_USERS}" for i in range(40)]
+            answers = await asyncio.gather(
+                *(client.post("/v1/retrieve/stories", json={"user_id": u, "k": 5}) for u in users)
+            )
+            return [(u, a.json()) for u, a in zip(users, answers, strict=True)]
+
+    for user, body in asyncio.run(ask_all()):
+        assert len(body["items"]) == 5, body
+        world.check_answer(body, user)
+    assert written and set(written) == {_SEARCHES_MAGIC}
+    assert read and set(read) == {_HITS_MAGIC}
+
+
+@pytest.mark.parametrize("searcher", ["process"], indirect=True)
 def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_normal_priority(
     world, start_service, searcher
 ):
