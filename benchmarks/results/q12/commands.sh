@@ -12,3 +12,4 @@ echo done > /tmp/q12-logs/chain.done
 # 2026-12-02 evening: the transformer on the ML-1M validation window; the default's seeds 43, 44 on the ML-1M test split
 $P --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.sequence_encoder=transformer --out benchmarks/results/q12/v1m_tf.json
 for s in 43 44; do $P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --seed $s --out benchmarks/results/q12/t1m_timeval_s$s.json; done
+$P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --set model.sequence_encoder=transformer --seed 42 --out benchmarks/results/q12/t1m_tf_s42.json
