@@ -419,6 +419,15 @@ def test_index_processes_exit_when_their_state_is_freed(world, start_service, se
     wait_for(lambda: current.exitcode is not None, what="the index process to exit at shutdown")
 
 
+async def _retrieve_all(url: str, users: list[str], k: int = 5) -> list[tuple[str, dict]]:
+    """(user, answer body) of one /v1/retrieve/stories per user, all in flight at once."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answers = await asyncio.gather(
+            *(client.post("/v1/retrieve/stories", json={"user_id": u, "k": k}) for u in users)
+        )
+        return [(u, a.json()) for u, a in zip(users, answers, strict=True)]
+
+
 @pytest.mark.parametrize("searcher", ["process"], indirect=True)
 def test_retrievals_by_user_id_reach_the_index_process_and_come_back_as_bytes(world, start_service, searcher):
     """Through the real service: /v1/retrieve by user id hands the index process the user's
@@ -437,15 +446,7 @@ def test_retrievals_by_user_id_reach_the_index_process_and_come_back_as_bytes(wo
     connection.send_bytes = lambda data: (written.append(bytes(data[:4])), send_bytes(data))[1]
     connection.recv_bytes = lambda: (read.append((data := recv_bytes())[:4]), data)[1]
 
-    async def ask_all() -> list[tuple[str, dict]]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            users = [f"u{i % N_USERS}" for i in range(40)]
-            answers = await asyncio.gather(
-                *(client.post("/v1/retrieve/stories", json={"user_id": u, "k": 5}) for u in users)
-            )
-            return [(u, a.json()) for u, a in zip(users, answers, strict=True)]
-
-    for user, body in asyncio.run(ask_all()):
+    for user, body in asyncio.run(_retrieve_all(server.url, [f"u{i % N_USERS}" for i in range(40)])):
         assert len(body["items"]) == 5, body
         world.check_answer(body, user)
     assert written and set(written) == {_SEARCHES_MAGIC}
@@ -467,15 +468,7 @@ def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_nor
     with httpx.Client(base_url=server.url, timeout=10) as client:
         wait_for(lambda: client.get("/readyz").status_code == 200, what="readiness")
 
-    async def ask_all() -> list[tuple[str, dict]]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            users = [f"u{i % N_USERS}" for i in range(200)]
-            answers = await asyncio.gather(
-                *(client.post("/v1/retrieve/stories", json={"user_id": u, "k": 5}) for u in users)
-            )
-            return [(u, a.json()) for u, a in zip(users, answers, strict=True)]
-
-    for user, body in asyncio.run(ask_all()):
+    for user, body in asyncio.run(_retrieve_all(server.url, [f"u{i % N_USERS}" for i in range(200)])):
         assert len(body["items"]) == 5, body
         world.check_answer(body, user)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
