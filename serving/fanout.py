@@ -27,7 +27,7 @@ from index_builder.sharding import merge_top_k, shard_of
 from serving.replicas import Replica, ReplicaPool
 from serving.responses import ApiError
 from serving.router_metrics import RouterMetrics
-from serving.wire import WireError
+from serving.wire import WireError, answer_within
 
 if TYPE_CHECKING:
     from serving.router import Pin
@@ -65,6 +65,34 @@ class ShardCall:
         return meta, b"" if self.vector is None else self.vector.astype("<f4").tobytes()
 
 
+async def _good_answers_or_one_bad(futures: list[asyncio.Future], version: str, timeout: float) -> None:
+    """Returns once every one of `futures` (`WireClient.send`'s) has a good answer (200, from
+    `version`), as soon as one has failed or answered otherwise (to retry it at once), or
+    after `timeout` seconds: asyncio.wait's work without its task-like bookkeeping."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+    left = len(futures)
+
+    def settled(future: asyncio.Future) -> None:
+        nonlocal left
+        left -= 1
+        if waiter.done():
+            return
+        bad = future.cancelled() or future.exception() is not None
+        if left == 0 or bad or future.result()[0].get("status") != 200 or future.result()[0].get("version") != version:
+            waiter.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(settled)
+    timer = loop.call_later(timeout, lambda: waiter.done() or waiter.set_result(None))
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for future in futures:
+            future.remove_done_callback(settled)
+
+
 class FanOut:
     """Asks the shards of `pool`, over the shard wire (`wire`, a WireClient) or HTTP (`http`,
     an httpx.AsyncClient); both are set when the router starts."""
@@ -74,32 +102,109 @@ class FanOut:
         self.shards = pool.shards
         self.http = None
         self.wire = None
+        self._counted: dict[tuple[int, str], object] = {}  # (shard, result) -> its attempts counter
 
-    async def ask_shard(self, shard: int, call: ShardCall, deadline: float) -> ShardAnswer | None:
+    def _count(self, shard: int, result: str) -> None:
+        counter = self._counted.get((shard, result))
+        if counter is None:
+            counter = self._counted[(shard, result)] = self.metrics.attempts.labels(str(shard), result)
+        counter.inc()
+
+    async def ask_every_shard(self, call: ShardCall, deadline: float) -> list[ShardAnswer | None]:
+        """Every shard's answer (None where none came by the deadline), asked concurrently.
+
+        The common case costs no task per shard: one frame to the first candidate of each
+        shard on its open wire connection, then one wait until all have answered well, one
+        has answered badly (an error, or another version) or hedge_after_ms passed. A shard
+        that could not be asked that way (no connection yet, HTTP), whose first answer was
+        bad or that is still waiting goes on in `ask_shard`, which retries and hedges (a
+        first request still on its way is awaited there, beside any hedge).
+        """
+        started, sent_at = time.perf_counter(), time.monotonic()
+        over_wire = self.wire is not None and self.rcfg.transport == "wire"
+        meta, payload = call.wire() if over_wire else (None, b"")
+        sent: list[tuple[list[Replica], asyncio.Future | None]] = []
+        for shard in range(self.shards):
+            candidates = self.pool.candidates(shard, call.collection, call.version)[: self.rcfg.max_attempts]
+            first = candidates[0]
+            future = None
+            if over_wire and first.wire_port is not None:
+                future = self.wire.send(first.host, first.wire_port, meta, payload)
+            sent.append((candidates, future))
+        futures = [f for _, f in sent if f is not None]
+        try:
+            if futures:
+                wait = min(deadline, sent_at + self.rcfg.hedge_after_ms / 1000) - time.monotonic()
+                await _good_answers_or_one_bad(futures, call.version, max(0.0, wait))
+            answers: list[ShardAnswer | None] = [None] * self.shards
+            rest = {}
+            for shard, (candidates, future) in enumerate(sent):
+                if future is None:
+                    rest[shard] = self.ask_shard(shard, call, deadline, candidates, started=started)
+                elif not future.done():
+                    rest[shard] = self.ask_shard(
+                        shard, call, deadline, candidates, started=started, first=(future, sent_at)
+                    )
+                else:
+                    judged = self._judge(candidates[0], call, self._wire_answer(candidates[0], call, future))
+                    if isinstance(judged, tuple):
+                        seconds = future.result()[2] - started
+                        answers[shard] = ShardAnswer(shard, judged[0], judged[1], candidates[0].url, 1, seconds)
+                    else:
+                        self._count(shard, judged)
+                        rest[shard] = self.ask_shard(shard, call, deadline, candidates, started=started, tried=1)
+            if rest:
+                for shard, answer in zip(rest, await asyncio.gather(*rest.values()), strict=True):
+                    answers[shard] = answer
+            return answers
+        finally:
+            for future in futures:
+                future.cancel()  # a no-op for those answered; frees the slot of any given up
+
+    async def ask_shard(
+        self,
+        shard: int,
+        call: ShardCall,
+        deadline: float,
+        candidates: list[Replica] | None = None,
+        *,
+        started: float | None = None,
+        tried: int = 0,
+        first: tuple[asyncio.Future, float] | None = None,
+    ) -> ShardAnswer | None:
         """One shard's answer for `call.version`: the first good answer of up to max_attempts
         replicas (the next one started at once on an error, or after hedge_after_ms); None
-        when none answered by the deadline."""
-        candidates = self.pool.candidates(shard, call.collection, call.version)[: self.rcfg.max_attempts]
-        started = time.perf_counter()
+        when none answered by the deadline. From `ask_every_shard`: the first `tried` of
+        `candidates` answered badly already, or `first` is (the wire request to the first
+        one, still on its way; time.monotonic() when it was sent); `started` is when the
+        fan-out began."""
+        if candidates is None:
+            candidates = self.pool.candidates(shard, call.collection, call.version)[: self.rcfg.max_attempts]
+        started = time.perf_counter() if started is None else started
+        hedge_after = self.rcfg.hedge_after_ms / 1000
         pending: dict[asyncio.Task, Replica] = {}
-        tried = 0
+        hedge_at = 0.0
 
-        def launch() -> None:
-            nonlocal tried
+        def launch(sent: asyncio.Future | None = None, at: float | None = None) -> None:
+            nonlocal tried, hedge_at
             replica = candidates[tried]
             tried += 1
-            pending[asyncio.create_task(self._attempt(replica, call, deadline))] = replica
+            pending[asyncio.ensure_future(self._attempt(replica, call, deadline, sent))] = replica
+            hedge_at = (time.monotonic() if at is None else at) + hedge_after
 
-        launch()
+        if first is not None:
+            launch(*first)
+        elif tried < len(candidates):
+            launch()
         try:
             while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     break
-                wait = min(remaining, self.rcfg.hedge_after_ms / 1000) if tried < len(candidates) else remaining
-                done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                wait = min(deadline, hedge_at) - now if tried < len(candidates) else deadline - now
+                done, _ = await asyncio.wait(pending, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED)
                 if not done:  # slow: hedge on the next replica, keep waiting for both
-                    if tried < len(candidates):
+                    if tried < len(candidates) and time.monotonic() < deadline:
                         self.metrics.hedges.labels(str(shard)).inc()
                         launch()
                     continue
@@ -110,28 +215,33 @@ class FanOut:
                         return ShardAnswer(
                             shard, result[0], result[1], replica.url, tried, time.perf_counter() - started
                         )
-                    self.metrics.attempts.labels(str(shard), result).inc()
+                    self._count(shard, result)
                 if not pending and tried < len(candidates):
                     launch()
             for _ in pending:
-                self.metrics.attempts.labels(str(shard), "timeout").inc()
+                self._count(shard, "timeout")
             return None
         finally:
             for task in pending:
                 task.cancel()
 
-    async def _attempt(self, replica: Replica, call: ShardCall, deadline: float):
-        """(status, body) of a good answer, or the name of the failure."""
-        timeout = max(0.001, deadline - time.monotonic())
-        if replica.wire_port is not None and self.rcfg.transport == "wire":
-            answer = await self._over_wire(replica, call, timeout)
+    async def _attempt(self, replica: Replica, call: ShardCall, deadline: float, sent: asyncio.Future | None = None):
+        """(status, body) of a good answer, or the name of the failure. `sent`: the wire
+        request to this replica, already written."""
+        if sent is not None or (replica.wire_port is not None and self.rcfg.transport == "wire"):
+            answer = await self._over_wire(replica, call, deadline, sent)
         else:
-            answer = await self._over_http(replica, call, timeout)
+            answer = await self._over_http(replica, call, max(0.001, deadline - time.monotonic()))
+        return self._judge(replica, call, answer)
+
+    def _judge(self, replica: Replica, call: ShardCall, answer):
+        """A replica's (status, body) as the good answer it is, or the name of its failure
+        (a failure's name passes through)."""
         if isinstance(answer, str):
             return answer
         status, body = answer
         if status == 404 and call.op == "vector":
-            self.metrics.attempts.labels(str(replica.shard), "ok").inc()
+            self._count(replica.shard, "ok")
             return 404, None
         if status != 200:
             if status in (409, 503):  # it no longer holds the version / is reloading
@@ -139,7 +249,7 @@ class FanOut:
             return "error"
         if body.get("version") != call.version:  # never merged: another generation
             return "wrong_version"
-        self.metrics.attempts.labels(str(replica.shard), "ok").inc()
+        self._count(replica.shard, "ok")
         return 200, body
 
     async def _over_http(self, replica: Replica, call: ShardCall, timeout: float):
@@ -155,10 +265,25 @@ class FanOut:
             return "error"
         return response.status_code, orjson.loads(response.content) if response.status_code == 200 else None
 
-    async def _over_wire(self, replica: Replica, call: ShardCall, timeout: float):
-        meta, payload = call.wire()
+    async def _over_wire(self, replica: Replica, call: ShardCall, deadline: float, sent: asyncio.Future | None):
         try:
-            answer, data = await self.wire.request(replica.host, replica.wire_port, meta, payload, timeout=timeout)
+            if sent is None:
+                meta, payload = call.wire()
+                sent = await self.wire.submit(
+                    replica.host, replica.wire_port, meta, payload, timeout=max(0.001, deadline - time.monotonic())
+                )
+            await answer_within(sent, max(0.001, deadline - time.monotonic()))
+        except TimeoutError:
+            return "timeout"
+        except WireError as err:
+            replica.healthy, replica.reason = False, f"{err} (until its next health check)"
+            return "error"
+        return self._wire_answer(replica, call, sent)
+
+    def _wire_answer(self, replica: Replica, call: ShardCall, future: asyncio.Future):
+        """(status, body) of a settled `WireClient.send` future, or the name of its failure."""
+        try:
+            answer, data, _ = future.result()
         except TimeoutError:
             return "timeout"
         except WireError as err:
@@ -174,7 +299,7 @@ class FanOut:
         without `served` (items, coverage, per-shard details)."""
         call = ShardCall("search", pin.collection, pin.version, {"k": k, "exclude": exclude}, query)
         started = time.perf_counter()
-        answers = await asyncio.gather(*(self.ask_shard(s, call, deadline) for s in range(self.shards)))
+        answers = await self.ask_every_shard(call, deadline)
         got = [a for a in answers if a is not None]
         merged = merge_top_k([[(i, s) for i, s in a.payload["items"]] for a in got], k)
         if got:

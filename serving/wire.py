@@ -226,10 +226,11 @@ class _ClientProtocol(_FramedProtocol):
         self._fail(WireError(f"{self.address} broke the wire protocol: {err}"))
 
     def on_frames(self, frames: list[tuple[int, dict, bytes]]) -> None:
+        arrived = time.perf_counter()
         for request_id, meta, payload in frames:
             future = self.waiting.pop(request_id, None)
             if future is not None and not future.done():  # None: its caller gave up (deadline)
-                future.set_result((meta, payload))
+                future.set_result((meta, payload, arrived))
 
     @property
     def usable(self) -> bool:
@@ -251,6 +252,17 @@ def _expire(future: asyncio.Future) -> None:
         future.set_exception(TimeoutError())
 
 
+async def answer_within(future: asyncio.Future, timeout: float) -> tuple[dict, bytes, float]:
+    """What a `WireClient.send` future resolves to, or TimeoutError after `timeout` seconds.
+    A timer, not asyncio.wait_for: this runs once per shard of a routed request, and
+    wait_for costs a task-like wrapper and callbacks each time."""
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, future)
+    try:
+        return await future
+    finally:
+        timer.cancel()
+
+
 class WireClient:
     """One multiplexed connection per shard server (host, wire port), opened on first use and
     again after it is lost; `token` is sent in a hello frame first when set."""
@@ -267,30 +279,44 @@ class WireClient:
     ) -> tuple[dict, bytes]:
         """The answer's (meta, payload); WireError if the connection fails, TimeoutError at
         `timeout` seconds (a late answer is dropped when it arrives)."""
+        deadline = time.monotonic() + timeout
+        future = await self.submit(host, port, meta, payload, timeout=timeout)
+        answer, data, _ = await answer_within(future, max(0.001, deadline - time.monotonic()))
+        return answer, data
+
+    async def submit(self, host: str, port: int, meta: dict, payload: bytes = b"", *, timeout: float) -> asyncio.Future:
+        """`send`, opening the connection first when none is open: TimeoutError if that takes
+        over `timeout` seconds, WireError if it fails."""
+        future = self.send(host, port, meta, payload)
+        if future is None:
+            protocol = await asyncio.wait_for(self._connection(host, port), max(0.001, timeout))
+            if protocol.lost is not None:  # lost between the connect and now
+                raise protocol.lost
+            future = self._send(protocol, meta, payload)
+        return future
+
+    def send(self, host: str, port: int, meta: dict, payload: bytes = b"") -> asyncio.Future | None:
+        """Writes a request on the open connection to host:port, without waiting: the future
+        of its answer's (meta, payload, perf_counter() when it arrived), failed with
+        WireError if the connection fails; None if no connection is open (`submit` opens
+        one). Cancel the future, or pass it to `answer_within`, to give up on it.
+
+        The router's common case: one frame per shard and one wait for them all, without a
+        task per shard (`serving.fanout`)."""
         protocol = self._connections.get((host, port))
         if protocol is None or not protocol.usable:
-            deadline = time.monotonic() + timeout
-            protocol = await asyncio.wait_for(self._connection(host, port), max(0.001, timeout))
-            timeout = max(0.001, deadline - time.monotonic())
-        return await self._exchange(protocol, meta, payload, timeout)
+            return None
+        return self._send(protocol, meta, payload)
 
-    async def _exchange(self, protocol: _ClientProtocol, meta: dict, payload: bytes, timeout: float):
-        if protocol.lost is not None:  # lost between the connect and now
-            raise protocol.lost
+    def _send(self, protocol: _ClientProtocol, meta: dict, payload: bytes) -> asyncio.Future:
         self._ids = (self._ids + 1) & 0xFFFFFFFF
         request_id = self._ids
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
         protocol.waiting[request_id] = future
+        # Whoever gives up on it (deadline, cancel) frees its slot; an answer pops it first.
+        future.add_done_callback(lambda _f: protocol.waiting.pop(request_id, None))
         protocol.out.write(encode(request_id, meta, payload))
-        # A timer, not asyncio.wait_for: this runs twice per routed request, and wait_for
-        # costs a task-like wrapper and callbacks each time.
-        timer = loop.call_later(timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            protocol.waiting.pop(request_id, None)
+        return future
 
     async def _connection(self, host: str, port: int) -> _ClientProtocol:
         key = (host, port)
@@ -313,7 +339,8 @@ class WireClient:
         except (OSError, TimeoutError) as err:
             raise WireError(f"cannot connect to {address}: {err}") from err
         if self.token:
-            meta, _ = await self._exchange(protocol, {"op": "hello", "token": self.token}, b"", self.connect_timeout_s)
+            hello = self._send(protocol, {"op": "hello", "token": self.token}, b"")
+            meta, _, _ = await answer_within(hello, self.connect_timeout_s)
             if meta.get("status") != 200:
                 protocol.transport.close()
                 raise WireError(f"{address} refused the hello: {meta.get('message')}")
