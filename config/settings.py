@@ -153,6 +153,14 @@ class ModelConfig(_Section):
     transformer_dropout: float = Field(0.1, ge=0, lt=1)
     # False makes the encoder blind to order (then only the set of stories matters).
     transformer_positions: bool = True
+    # ReZero (Bachlechner et al. 2020): each block's attention and feed-forward branch is
+    # scaled by a learned scalar that starts at 0, so the encoder starts as the mean of its
+    # tokens (mean pooling) and departs from it only as far as training pays.
+    transformer_rezero: bool = False
+    # A LayerNorm on the encoder's outputs before their mean. It puts every history on one
+    # scale (each coordinate ~1) while a user without history gets zeros: two regimes for
+    # the layers above. False keeps the encoding on the scale of the embeddings.
+    transformer_output_norm: bool = True
     # Mixed negatives (Yang et al. 2020): this many stories sampled uniformly from the
     # candidate corpus per batch are negatives of every row, besides the in-batch ones.
     # 0 = in-batch negatives only. The example source samples them; the batch keys are in

@@ -125,7 +125,17 @@ class HistoryTransformer(tf.keras.layers.Layer):
                     tf.keras.layers.Dropout(cfg.transformer_dropout),
                 )
             )
-        self.output_norm = tf.keras.layers.LayerNormalization(name="output_norm")
+        self.gates = (
+            [
+                self.add_weight(name=f"rezero_{i}", shape=(2,), initializer="zeros")
+                for i in range(cfg.transformer_layers)
+            ]
+            if cfg.transformer_rezero
+            else None
+        )
+        self.output_norm = (
+            tf.keras.layers.LayerNormalization(name="output_norm") if cfg.transformer_output_norm else None
+        )
         super().build(input_shape)
 
     def call(self, tokens: tf.Tensor, valid: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -133,11 +143,13 @@ class HistoryTransformer(tf.keras.layers.Layer):
         # [batch, query, key]: any query may attend to the real keys only. A row with no
         # real key attends uniformly to padding (finite), and is dropped by the mean below.
         attend = tf.logical_and(valid[:, tf.newaxis, :], tf.ones_like(valid)[:, :, tf.newaxis])
-        for attention_norm, attention, ff_norm, ff, ff_output, dropout in self.blocks:
+        for i, (attention_norm, attention, ff_norm, ff, ff_output, dropout) in enumerate(self.blocks):
             h = attention_norm(x)
-            x = x + dropout(attention(h, h, attention_mask=attend, training=training), training=training)
-            x = x + dropout(ff_output(ff(ff_norm(x))), training=training)
-        return mean_over_valid(self.output_norm(x), valid)
+            update = dropout(attention(h, h, attention_mask=attend, training=training), training=training)
+            x = x + (update if self.gates is None else self.gates[i][0] * update)
+            update = dropout(ff_output(ff(ff_norm(x))), training=training)
+            x = x + (update if self.gates is None else self.gates[i][1] * update)
+        return mean_over_valid(x if self.output_norm is None else self.output_norm(x), valid)
 
 
 class Representation(tf.keras.layers.Layer):

@@ -8,7 +8,7 @@ from config import load_config
 from models.export import export_towers
 from models.features import story_stat_names, user_stat_names
 from models.tower_runner import TowerRunner
-from models.towers import OOV_INDEX, IdEmbedding
+from models.towers import OOV_INDEX, IdEmbedding, mean_over_valid
 from models.two_tower import TwoTowerModel
 
 HISTORY = 4  # features.history_length
@@ -209,6 +209,23 @@ def test_order_matters_with_position_embeddings_and_not_without(tmp_path):
     )
     order_blind = transformer(tmp_path, "model.transformer_positions=false")
     np.testing.assert_allclose(order_blind(swapped, VALID).numpy(), order_blind(TOKENS, VALID).numpy(), atol=1e-5)
+
+
+def test_with_rezero_and_no_output_norm_the_encoder_starts_as_mean_pooling_and_learns_away(tmp_path):
+    encode = transformer(tmp_path, "model.transformer_rezero=true", "model.transformer_output_norm=false")
+    first = encode(TOKENS, VALID).numpy()
+    expected = mean_over_valid(TOKENS + encode.positions[tf.newaxis, :, :], VALID).numpy()
+    np.testing.assert_allclose(first, expected, atol=1e-6)  # the gates start at 0
+    np.testing.assert_array_equal(first[2], np.zeros(8))  # all padding: zeros
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(encode(TOKENS, VALID) * tf.linspace(-1.0, 1.0, 8))
+    gates = tape.gradient(loss, encode.gates)
+    assert all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in gates)  # training moves them off 0
+    for gate in encode.gates:
+        gate.assign([0.5, 0.5])
+    assert not np.allclose(encode(TOKENS, VALID).numpy()[:2], first[:2], atol=1e-4)  # attention now counts
+    garbage = tf.where(VALID[:, :, tf.newaxis], TOKENS, 1e4 * tf.random.stateless_normal(TOKENS.shape, seed=(3, 4)))
+    np.testing.assert_allclose(encode(garbage, VALID).numpy(), encode(TOKENS, VALID).numpy(), atol=1e-5)
 
 
 def test_the_transformer_user_tower_ignores_padding_ids_and_exports(tmp_path):
