@@ -13,3 +13,6 @@ echo done > /tmp/q12-logs/chain.done
 $P --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.sequence_encoder=transformer --out benchmarks/results/q12/v1m_tf.json
 for s in 43 44; do $P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --seed $s --out benchmarks/results/q12/t1m_timeval_s$s.json; done
 $P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --set model.sequence_encoder=transformer --seed 42 --out benchmarks/results/q12/t1m_tf_s42.json
+
+# 2026-12-03: the transformer with ReZero gates and no output LayerNorm on the ML-100K validation window
+$P --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.sequence_encoder=transformer --set model.transformer_rezero=true --set model.transformer_output_norm=false --out benchmarks/results/q12/v_tf_rezero.json
