@@ -14,9 +14,11 @@ $P --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.sequen
 for s in 43 44; do $P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --seed $s --out benchmarks/results/q12/t1m_timeval_s$s.json; done
 $P --dataset ml-1m --holdout test --epochs 15 --set train.validation=time --set model.sequence_encoder=transformer --seed 42 --out benchmarks/results/q12/t1m_tf_s42.json
 
-# 2026-12-03: the transformer with ReZero gates and no output LayerNorm on the ML-100K validation window
-$P --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.sequence_encoder=transformer --set model.transformer_rezero=true --set model.transformer_output_norm=false --out benchmarks/results/q12/v_tf_rezero.json
-# the same on the synthetic window and the ML-1M sample's window (run side by side)
+# 2026-12-03: the transformer with ReZero gates and no output LayerNorm, from /work/main: the
+# ML-100K window, then the synthetic and ML-1M sample windows side by side (those two without nice)
+Q="/work/main/.venv/bin/python -m benchmarks.q12_probe"
 R="--set model.sequence_encoder=transformer --set model.transformer_rezero=true --set model.transformer_output_norm=false"
-$P --dataset synthetic --holdout validation --epochs 20 --seed 42 $R --out benchmarks/results/q12/vs_tf_rezero_s42.json
-$P --dataset ml-1m --holdout validation --epochs 15 --seed 42 $R --out benchmarks/results/q12/v1m_tf_rezero.json
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 $R --out benchmarks/results/q12/v_tf_rezero.json
+$Q --dataset synthetic --holdout validation --epochs 20 --seed 42 $R --out benchmarks/results/q12/vs_tf_rezero_s42.json &
+$Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 $R --out benchmarks/results/q12/v1m_tf_rezero.json &
+wait
