@@ -208,6 +208,9 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(200, ge=0)
     decay_steps: int = Field(20_000, ge=1)
     min_learning_rate_ratio: float = Field(0.05, ge=0, le=1)
+    # Decoupled weight decay (AdamW): each step shrinks every weight but biases and
+    # LayerNorm parameters by learning rate x weight_decay of itself (`models.training.optimizer`).
+    # 0 trains with Adam.
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(4, ge=1)
     seed: int = 42

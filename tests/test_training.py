@@ -364,3 +364,27 @@ def test_time_validation_needs_the_time_split(tmp_path):
     generate_world(cfg.world, warehouse, progress=False)
     with pytest.raises(ValueError, match="needs train.split = 'time'"):
         train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
+
+
+def test_weight_decay_shrinks_weights_apart_from_their_gradient_but_not_biases():
+    """train.weight_decay reaches the optimizer: with a zero gradient, one step of AdamW
+    moves a kernel by exactly learning rate x decay of itself and leaves a bias alone; at
+    0 the optimizer is plain Adam and a zero gradient moves nothing."""
+    import tensorflow as tf
+
+    from models.training import optimizer
+
+    def one_step(decay: float) -> tuple[np.ndarray, np.ndarray]:
+        tcfg = load_config(overrides=[f"train.weight_decay={decay}"], environ={}).train
+        kernel = tf.Variable(np.full((3, 2), 2.0, np.float32), name="dense/kernel")
+        bias = tf.Variable(np.full((2,), 2.0, np.float32), name="dense/bias")
+        step = optimizer(tcfg, 0.1)
+        step.apply_gradients([(tf.zeros_like(kernel), kernel), (tf.zeros_like(bias), bias)])
+        return kernel.numpy(), bias.numpy()
+
+    kernel, bias = one_step(0.5)
+    np.testing.assert_allclose(kernel, 2.0 * (1 - 0.1 * 0.5), rtol=1e-6)
+    np.testing.assert_array_equal(bias, 2.0)
+    kernel, bias = one_step(0.0)
+    np.testing.assert_array_equal(kernel, 2.0)
+    np.testing.assert_array_equal(bias, 2.0)
