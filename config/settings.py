@@ -350,9 +350,10 @@ class IndexConfig(_Section):
     threads: int = Field(0, ge=0)
     # Validation before publishing: recall@10 against exact search on held-aside queries.
     min_recall_at_10: float = Field(0.98, ge=0, le=1)
-    # When recall@10 at ef_search falls short, validation doubles ef up to this and the
-    # manifest names the first ef that passes (the service searches with it: latency
-    # traded for recall, and said so). Set it to ef_search to never raise ef.
+    # When recall@10 at ef_search falls short, validation doubles ef up to this until it
+    # passes, then narrows it down to the smallest ef found to pass (within 1/8), which the
+    # manifest names (the service searches with it: latency traded for recall, and said
+    # so). Set it to ef_search to never raise ef.
     max_ef_search: int = Field(512, ge=1)
     validation_queries: int = Field(1000, ge=1)
     # Incremental builds fall back to a full rebuild past this share of deleted labels

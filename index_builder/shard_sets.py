@@ -5,8 +5,8 @@
     exact search over the whole snapshot ──► one version: every shard's files in one manifest
 
 The recall gate is the one users see: the router asks every shard for k and keeps the k
-best, so the set is validated exactly that way, with one ef for every shard (doubled up to
-`index.max_ef_search` like an unsharded build). A shard is updated incrementally under the
+best, so the set is validated exactly that way, with one ef for every shard (found as for
+an unsharded build: `validation.smallest_passing_ef`). A shard is updated incrementally under the
 same rules as an unsharded index (`builder`), each shard deciding on its own; if the merged
 answer of a set with incremental shards fails the gate, those shards are rebuilt from
 scratch before the set is refused. The layout and the hash are in `sharding`.
@@ -194,8 +194,9 @@ def merged_search(built: BuiltShardSet, queries: np.ndarray, k: int, *, ef: int,
 def measure_merged_recall(
     built: BuiltShardSet, snapshot: EmbeddingSnapshot, cfg: IndexConfig, probe=None
 ) -> validation.RecallCheck:
-    """recall@10 of the merged answer against exact search over the whole snapshot, raising
-    ef (the same for every shard) until it reaches index.min_recall_at_10."""
+    """recall@10 of the merged answer against exact search over the whole snapshot, at the
+    smallest ef (the same for every shard) found to reach index.min_recall_at_10
+    (`validation.smallest_passing_ef`)."""
     started = time.perf_counter()
     k = min(validation.RECALL_K, len(snapshot))
     if probe is not None:
@@ -204,13 +205,13 @@ def measure_merged_recall(
         queries = hnsw.held_aside_queries(snapshot.vectors, min(cfg.validation_queries, len(snapshot)))
         source = "perturbed stored vectors"
     exact = hnsw.exact_top_k(snapshot.vectors, queries, k)
-    tried: dict[int, float] = {}
-    ef, max_ef = cfg.ef_search, max(cfg.max_ef_search, cfg.ef_search)
-    while True:
-        tried[ef] = hnsw.recall_at_k(merged_search(built, queries, k, ef=ef, threads=cfg.threads), exact)
-        if tried[ef] >= cfg.min_recall_at_10 or ef >= max_ef:
-            break
-        ef = min(ef * 2, max_ef)
+    tried = validation.smallest_passing_ef(
+        lambda ef: hnsw.recall_at_k(merged_search(built, queries, k, ef=ef, threads=cfg.threads), exact),
+        cfg.ef_search,
+        max(cfg.max_ef_search, cfg.ef_search),
+        cfg.min_recall_at_10,
+    )
+    ef = validation.served_ef(tried, cfg.min_recall_at_10)
     return validation.RecallCheck(tried[ef], len(queries), k, ef, tried, time.perf_counter() - started, source)
 
 

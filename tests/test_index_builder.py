@@ -439,3 +439,22 @@ def next_world(ids: np.ndarray, vectors: np.ndarray, *, expire: int, add: int, m
     kept[moved] = hnsw.held_aside_queries(kept[moved], move, seed=seed + 1, noise=0.2)
     new_ids = np.concatenate([kept_ids, story_ids(len(ids), add)])
     return new_ids, np.concatenate([kept, fresh]).astype(np.float32)
+
+
+def test_the_served_ef_is_narrowed_down_between_the_last_failing_and_first_passing_doubling():
+    """Doubling 64 -> 128 -> 256 passes at 256; bisection then tries 192, 160, 176 and
+    serves the smallest that passed, within an eighth of the last failing ef of the true
+    smallest (180 here). A first ef that passes is served as it is, never lowered; an ef
+    that never passes ends at max_ef, the largest tried."""
+    from index_builder.validation import served_ef, smallest_passing_ef
+
+    recall = lambda ef: min(1.0, ef / 300)  # noqa: E731 - passes 0.6 from ef=180 on
+    tried = smallest_passing_ef(recall, 64, 512, 0.6)
+    assert list(tried) == [64, 128, 256, 192, 160, 176]
+    assert served_ef(tried, 0.6) == 192 and 192 - 180 <= 176 // 8
+
+    assert list(smallest_passing_ef(recall, 200, 512, 0.6)) == [200]
+    assert served_ef(smallest_passing_ef(recall, 200, 512, 0.6), 0.6) == 200
+
+    never = smallest_passing_ef(lambda ef: 0.1, 64, 300, 0.6)
+    assert list(never) == [64, 128, 256, 300] and served_ef(never, 0.6) == 300
