@@ -22,3 +22,8 @@ $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 $R --out benchma
 $Q --dataset synthetic --holdout validation --epochs 20 --seed 42 $R --out benchmarks/results/q12/vs_tf_rezero_s42.json &
 $Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 $R --out benchmarks/results/q12/v1m_tf_rezero.json &
 wait
+
+# 2026-12-03 midday: decoupled weight decay (AdamW) on the ML-100K validation window, the two side by side
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.weight_decay=0.1 --out /tmp/q12out/v_wd01.json &
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.weight_decay=0.5 --out /tmp/q12out/v_wd05.json &
+wait
