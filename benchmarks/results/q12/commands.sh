@@ -27,3 +27,8 @@ wait
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.weight_decay=0.1 --out /tmp/q12out/v_wd01.json &
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.weight_decay=0.5 --out /tmp/q12out/v_wd05.json &
 wait
+
+# 2026-12-03 midday: the batch size on the ML-100K validation window, the two side by side
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.batch_size=2048 --out /tmp/q12out/v_bs2048.json &
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.batch_size=256 --out /tmp/q12out/v_bs256.json &
+wait
