@@ -198,6 +198,7 @@ def smallest_passing_ef(measure: Callable[[int], float], ef: int, max_ef: int, t
 
 
 def served_ef(tried: dict[int, float], threshold: float) -> int:
+    """The smallest ef in `tried` whose recall passed `threshold`, else the largest tried."""
     passed = [e for e, r in tried.items() if r >= threshold]
     return min(passed) if passed else max(tried)
 
