@@ -32,3 +32,8 @@ wait
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.batch_size=2048 --out /tmp/q12out/v_bs2048.json &
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.batch_size=256 --out /tmp/q12out/v_bs256.json &
 wait
+
+# 2026-12-03 early afternoon: a longer history sequence on both validation windows, side by side
+$Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set features.history_length=200 --out /tmp/q12out/v1m_hist200.json &
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set features.history_length=200 --out /tmp/q12out/v_hist200.json &
+wait
