@@ -37,3 +37,8 @@ wait
 $Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set features.history_length=200 --out /tmp/q12out/v1m_hist200.json &
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set features.history_length=200 --out /tmp/q12out/v_hist200.json &
 wait
+
+# 2026-12-03 afternoon: the id embedding and output widths on the ML-100K validation window, side by side
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.id_embedding_dim=128 --out /tmp/q12out/v_id128.json &
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.output_dim=64 --out /tmp/q12out/v_out64.json &
+wait
