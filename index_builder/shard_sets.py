@@ -205,13 +205,12 @@ def measure_merged_recall(
         queries = hnsw.held_aside_queries(snapshot.vectors, min(cfg.validation_queries, len(snapshot)))
         source = "perturbed stored vectors"
     exact = hnsw.exact_top_k(snapshot.vectors, queries, k)
-    tried = validation.smallest_passing_ef(
-        lambda ef: hnsw.recall_at_k(merged_search(built, queries, k, ef=ef, threads=cfg.threads), exact),
+    ef, tried = validation.smallest_passing_ef(
+        lambda at: hnsw.recall_at_k(merged_search(built, queries, k, ef=at, threads=cfg.threads), exact),
         cfg.ef_search,
         max(cfg.max_ef_search, cfg.ef_search),
         cfg.min_recall_at_10,
     )
-    ef = validation.served_ef(tried, cfg.min_recall_at_10)
     return validation.RecallCheck(tried[ef], len(queries), k, ef, tried, time.perf_counter() - started, source)
 
 

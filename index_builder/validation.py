@@ -159,10 +159,9 @@ def measure_recall(
         n_queries = min(queries, len(vectors))
         probe, source = hnsw.held_aside_queries(vectors, n_queries), "perturbed stored vectors"
     exact = hnsw.exact_top_k(vectors, probe, k, base_labels=row_labels)
-    tried = smallest_passing_ef(
+    served, tried = smallest_passing_ef(
         lambda at: hnsw.graph_recall(graph, probe, exact, ef=max(at, k), threads=threads), ef, max_ef, threshold
     )
-    served = served_ef(tried, threshold)
     return RecallCheck(tried[served], n_queries, k, served, tried, time.perf_counter() - started, source)
 
 
@@ -173,13 +172,15 @@ def measure_recall(
 EF_RESOLUTION = 8
 
 
-def smallest_passing_ef(measure: Callable[[int], float], ef: int, max_ef: int, threshold: float) -> dict[int, float]:
-    """Recall at each ef tried, in order, looking for the smallest ef >= `ef` whose recall
-    (`measure(ef)`) reaches `threshold`: doubling from `ef` (capped at `max_ef`) until one
-    passes, then bisecting between the last that failed and the first that passed until
-    they are within 1/EF_RESOLUTION of the failing one. Never below `ef` (the configured
-    floor). The ef to serve with is `served_ef` of the result: the smallest tried that
-    passed, else the largest tried (and `check_recall` refuses it)."""
+def smallest_passing_ef(
+    measure: Callable[[int], float], ef: int, max_ef: int, threshold: float
+) -> tuple[int, dict[int, float]]:
+    """(the ef to serve with, recall at each ef tried in order), looking for the smallest
+    ef >= `ef` whose recall (`measure(ef)`) reaches `threshold`: doubling from `ef` (capped
+    at `max_ef`) until one passes, then bisecting between the last that failed and the first
+    that passed until they are within 1/EF_RESOLUTION of the failing one, and serving the
+    passing end. Never below `ef` (the configured floor). When none passes, the largest
+    tried (`max_ef`), which `check_recall` refuses."""
     tried: dict[int, float] = {}
     current = ef
     while True:
@@ -188,19 +189,13 @@ def smallest_passing_ef(measure: Callable[[int], float], ef: int, max_ef: int, t
             break
         current = min(current * 2, max_ef)
     if tried[current] < threshold or current == ef:
-        return tried
+        return current, tried
     low, high = max(e for e in tried if e < current), current  # last failing, first passing
     while high - low > max(1, low // EF_RESOLUTION):
         middle = (low + high) // 2
         tried[middle] = measure(middle)
         low, high = (low, middle) if tried[middle] >= threshold else (middle, high)
-    return tried
-
-
-def served_ef(tried: dict[int, float], threshold: float) -> int:
-    """The smallest ef in `tried` whose recall passed `threshold`, else the largest tried."""
-    passed = [e for e, r in tried.items() if r >= threshold]
-    return min(passed) if passed else max(tried)
+    return high, tried
 
 
 def probe_queries(

@@ -446,15 +446,15 @@ def test_the_served_ef_is_narrowed_down_between_the_last_failing_and_first_passi
     serves the smallest that passed, within an eighth of the last failing ef of the true
     smallest (180 here). A first ef that passes is served as it is, never lowered; an ef
     that never passes ends at max_ef, the largest tried."""
-    from index_builder.validation import served_ef, smallest_passing_ef
+    from index_builder.validation import smallest_passing_ef
 
     recall = lambda ef: min(1.0, ef / 300)  # noqa: E731 - passes 0.6 from ef=180 on
-    tried = smallest_passing_ef(recall, 64, 512, 0.6)
+    served, tried = smallest_passing_ef(recall, 64, 512, 0.6)
     assert list(tried) == [64, 128, 256, 192, 160, 176]
-    assert served_ef(tried, 0.6) == 192 and 192 - 180 <= 176 // 8
+    assert served == 192 and 192 - 180 <= 176 // 8
 
-    assert list(smallest_passing_ef(recall, 200, 512, 0.6)) == [200]
-    assert served_ef(smallest_passing_ef(recall, 200, 512, 0.6), 0.6) == 200
+    served, tried = smallest_passing_ef(recall, 200, 512, 0.6)
+    assert list(tried) == [200] and served == 200
 
-    never = smallest_passing_ef(lambda ef: 0.1, 64, 300, 0.6)
-    assert list(never) == [64, 128, 256, 300] and served_ef(never, 0.6) == 300
+    served, never = smallest_passing_ef(lambda ef: 0.1, 64, 300, 0.6)
+    assert list(never) == [64, 128, 256, 300] and served == 300
