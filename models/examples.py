@@ -26,6 +26,16 @@ class ExampleSource:
     sampling, Yang et al. 2020; the keys are TwoTowerModel's): "corpus_story" (story-tower
     inputs, [N, ...]), "corpus_log_q" ([N], log of the uniform sampling probability) and
     "corpus_unigram_log_q" ([N], the stories' in-batch log q, as "log_q").
+
+    With `time_block_rows` R > 0 (`train.time_block_batches` x the batch size) the rows, in
+    time order, are cut into blocks of R consecutive examples, and every batch is drawn
+    from one block (`batch_rows`). A batch's stories are then its rows' stories engaged at
+    about the same time, each with its features as of about that time; from a permutation
+    of the whole log, a story is an in-batch negative only as of a moment someone engaged
+    it, maybe months away from the row, so its recent-activity features look the same
+    whether it is in demand at the row's time or not, and the loss cannot teach them. The
+    logQ correction then uses each story's share of its block's rows (the distribution
+    that block's batches sample), not of the whole log.
     """
 
     def __init__(
@@ -38,6 +48,7 @@ class ExampleSource:
         *,
         corpus: np.ndarray | None = None,
         corpus_negatives: int = 0,
+        time_block_rows: int = 0,
         seed: int = 0,
     ):
         self.history = history
@@ -46,6 +57,10 @@ class ExampleSource:
         self.timing = timing
         counts = np.bincount(history.story[rows], minlength=len(history.catalog.story_ids))
         self.log_q = np.log(np.maximum(counts, 1) / max(len(rows), 1)).astype(np.float32)
+        self.blocks = time_blocks(rows, history.ts, time_block_rows) if time_block_rows else []
+        self.block_log_q = (
+            BlockFrequencies(history.story, len(history.catalog.story_ids), self.blocks) if self.blocks else None
+        )
         # Positives weigh their (capped) label score; non-engaged impressions weigh 1.
         self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(
             np.float32
@@ -73,7 +88,7 @@ class ExampleSource:
         batch = {
             "user": users,
             "story": stories,
-            "log_q": self.log_q[story],
+            "log_q": self.log_q[story] if self.block_log_q is None else self.block_log_q.of_rows(rows, self.log_q[story]),
             "weight": self.weights[rows],
             "label": h.positive[rows].astype(np.float32),
         }
@@ -85,7 +100,9 @@ class ExampleSource:
             sampled = self.corpus[self.rng.integers(0, existing, self.corpus_negatives)]
             batch["corpus_story"] = story_features(h, sampled, np.full(len(sampled), as_of))
             batch["corpus_log_q"] = np.full(len(sampled), -np.log(existing), dtype=np.float32)
-            batch["corpus_unigram_log_q"] = self.log_q[sampled]
+            batch["corpus_unigram_log_q"] = (
+                self.block_log_q.of_stories(rows[0], sampled) if self.block_log_q else self.log_q[sampled]
+            )
         return batch
 
     def batches(self, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
@@ -93,10 +110,65 @@ class ExampleSource:
             yield self.batch(rows)
 
     def batch_rows(self, batch_size: int, seed: int) -> Iterator[np.ndarray]:
-        """One epoch's batches as example rows: a permutation by `seed`, full batches only."""
-        order = np.random.default_rng(seed).permutation(self.rows)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
+        """One epoch's batches as example rows, full batches only: a permutation by `seed`;
+        with time blocks, each block's rows permuted and cut into batches, and all the
+        blocks' batches in a random order (so the epoch does not run from old to new)."""
+        rng = np.random.default_rng(seed)
+        if not self.blocks:
+            order = rng.permutation(self.rows)
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                yield order[start : start + batch_size]
+            return
+        batches = []
+        for block in self.blocks:
+            order = rng.permutation(block)
+            batches += [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+        for i in rng.permutation(len(batches)):
+            yield batches[i]
+
+
+def time_blocks(rows: np.ndarray, ts: np.ndarray, block_rows: int) -> list[np.ndarray]:
+    """`rows` in time order, cut into blocks of `block_rows` consecutive examples; the last
+    block takes the remainder (none is shorter than `block_rows` unless there is only one),
+    so that blocks of whole batches leave out only what one permutation of all rows would."""
+    ordered = rows[np.argsort(ts[rows], kind="stable")]
+    starts = list(range(0, max(len(ordered) - block_rows, 0) + 1, block_rows))
+    ends = starts[1:] + [len(ordered)]
+    return [ordered[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+class BlockFrequencies:
+    """log q of a story within a time block: its share of the block's rows (at least one)."""
+
+    def __init__(self, story: np.ndarray, n_stories: int, blocks: list[np.ndarray]):
+        """story: [events] each event's story row; blocks: disjoint arrays of event rows."""
+        self.n_stories = n_stories
+        self.block_of = np.full(len(story), -1, dtype=np.int64)
+        for b, rows in enumerate(blocks):
+            self.block_of[rows] = b
+        self.sizes = np.array([len(rows) for rows in blocks], dtype=np.float64)
+        member = np.concatenate(blocks)
+        keys = self.block_of[member] * self.n_stories + story[member]
+        self.keys, counts = np.unique(keys, return_counts=True)
+        self.counts = counts.astype(np.float64)
+        self.story = story
+
+    def of_rows(self, rows: np.ndarray, outside: np.ndarray) -> np.ndarray:
+        """Each row's story in the row's block; `outside` for rows in no block (rows that
+        are no training examples, e.g. the random early-stopping validation's)."""
+        blocks = self.block_of[rows]
+        inside = blocks >= 0
+        return np.where(inside, self._log_q(np.maximum(blocks, 0), self.story[rows]), outside).astype(np.float32)
+
+    def of_stories(self, row: int, stories: np.ndarray) -> np.ndarray:
+        """log q of `stories` in the block of training row `row` (a batch's rows share one)."""
+        return self._log_q(np.full(len(stories), self.block_of[row]), stories)
+
+    def _log_q(self, blocks: np.ndarray, stories: np.ndarray) -> np.ndarray:
+        keys = blocks * self.n_stories + stories
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        counts = np.where(self.keys[at] == keys, self.counts[at], 1.0)
+        return np.log(counts / self.sizes[blocks]).astype(np.float32)
 
 
 def leave_out(users: dict[str, np.ndarray], story_ids: np.ndarray, cfg: FeatureConfig) -> dict[str, np.ndarray]:

@@ -132,6 +132,7 @@ def train_and_evaluate(
         tcfg.example_features,
         corpus=np.unique(history.story),
         corpus_negatives=cfg.model.corpus_negatives,
+        time_block_rows=tcfg.time_block_batches * tcfg.batch_size,
         seed=tcfg.seed,
     )
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
