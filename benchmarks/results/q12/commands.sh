@@ -42,3 +42,37 @@ wait
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.id_embedding_dim=128 --out /tmp/q12out/v_id128.json &
 $Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.output_dim=64 --out /tmp/q12out/v_out64.json &
 wait
+
+# 2026-12-03 late afternoon (from /work/main at 521a48d with user_feature_lag.patch; v_lagboth3 with an
+# earlier form of it that lagged the story features too, `train.feature_lag_days`): stale user features
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.feature_lag_days=3 --out /tmp/q12out/v_lag3.json &  # kept as v_lagboth3.json
+wait
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.user_feature_lag_days=3 --out /tmp/q12out/v_ulag3.json &
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.user_feature_lag_days=30 --out /tmp/q12out/v_ulag30.json &
+wait
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.user_feature_lag_days=0.25 --out /tmp/q12out/v_ulag025.json &
+$Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.user_feature_lag_days=0.25 --out /tmp/q12out/v1m_ulag025.json &
+wait
+
+# Time-local batches (30c3659; before it the option's default was 0), then with mask_same_user.patch
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.time_block_batches=4 --out /tmp/q12out/v_tb4.json &
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.time_block_batches=16 --out /tmp/q12out/v_tb16.json &
+wait
+$Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.time_block_batches=16 --out /tmp/q12out/v1m_tb16.json &
+$Q --dataset synthetic --holdout validation --epochs 20 --seed 42 --set train.time_block_batches=16 --out /tmp/q12out/vs_tb16_s42.json &
+wait
+$Q --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.time_block_batches=16 --set model.mask_same_user=true --out /tmp/q12out/v_tb16_msu.json &
+$Q --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.time_block_batches=16 --set model.mask_same_user=true --out /tmp/q12out/v1m_tb16_msu.json &
+wait
+# the test splits, three seeds (ML-100K, ML-1M sample), and the synthetic window's seeds 43, 44
+for s in 42 43; do $Q --dataset ml-100k --holdout test --epochs 15 --seed $s --set train.time_block_batches=16 --out /tmp/q12out/t_tb16_s$s.json & done
+wait
+$Q --dataset ml-100k --holdout test --epochs 15 --seed 44 --set train.time_block_batches=16 --out /tmp/q12out/t_tb16_s44.json &
+$Q --dataset ml-1m --holdout test --epochs 15 --seed 42 --set train.time_block_batches=16 --out /tmp/q12out/t1m_tb16_s42.json
+wait
+$Q --dataset ml-1m --holdout test --epochs 15 --seed 43 --set train.time_block_batches=16 --out /tmp/q12out/t1m_tb16_s43.json &
+$Q --dataset ml-1m --holdout test --epochs 15 --seed 44 --set train.time_block_batches=16 --out /tmp/q12out/t1m_tb16_s44.json
+wait
+$Q --dataset synthetic --holdout validation --epochs 20 --seed 43 --set train.time_block_batches=16 --out /tmp/q12out/vs_tb16_s43.json &
+$Q --dataset synthetic --holdout validation --epochs 20 --seed 44 --set train.time_block_batches=16 --out /tmp/q12out/vs_tb16_s44.json
+wait
