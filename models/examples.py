@@ -88,7 +88,9 @@ class ExampleSource:
         batch = {
             "user": users,
             "story": stories,
-            "log_q": self.log_q[story] if self.block_log_q is None else self.block_log_q.of_rows(rows, self.log_q[story]),
+            "log_q": self.log_q[story]
+            if self.block_log_q is None
+            else self.block_log_q.of_rows(rows, self.log_q[story]),
             "weight": self.weights[rows],
             "label": h.positive[rows].astype(np.float32),
         }
@@ -122,7 +124,9 @@ class ExampleSource:
         batches = []
         for block in self.blocks:
             order = rng.permutation(block)
-            batches += [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
+            batches += [
+                order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)
+            ]
         for i in rng.permutation(len(batches)):
             yield batches[i]
 
