@@ -61,6 +61,12 @@ class ExampleSource:
         self.block_log_q = (
             BlockFrequencies(history.story, len(history.catalog.story_ids), self.blocks) if self.blocks else None
         )
+        # Each event's log q as a batch reads it: its story's share of its time block, or of
+        # all training rows for an event in no block (or without blocks).
+        self.row_log_q = self.log_q[history.story]
+        if self.blocks:
+            members = np.concatenate(self.blocks)
+            self.row_log_q[members] = self.block_log_q.of_rows(members)
         # Positives weigh their (capped) label score; non-engaged impressions weigh 1.
         self.weights = np.where(history.positive, np.minimum(history.score, features.max_example_weight), 1.0).astype(
             np.float32
@@ -88,9 +94,7 @@ class ExampleSource:
         batch = {
             "user": users,
             "story": stories,
-            "log_q": self.log_q[story]
-            if self.block_log_q is None
-            else self.block_log_q.of_rows(rows, self.log_q[story]),
+            "log_q": self.row_log_q[rows],
             "weight": self.weights[rows],
             "label": h.positive[rows].astype(np.float32),
         }
@@ -117,18 +121,15 @@ class ExampleSource:
         blocks' batches in a random order (so the epoch does not run from old to new)."""
         rng = np.random.default_rng(seed)
         if not self.blocks:
-            order = rng.permutation(self.rows)
-            for start in range(0, len(order) - batch_size + 1, batch_size):
-                yield order[start : start + batch_size]
+            yield from _full_batches(rng.permutation(self.rows), batch_size)
             return
-        batches = []
-        for block in self.blocks:
-            order = rng.permutation(block)
-            batches += [
-                order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)
-            ]
+        batches = [batch for block in self.blocks for batch in _full_batches(rng.permutation(block), batch_size)]
         for i in rng.permutation(len(batches)):
             yield batches[i]
+
+
+def _full_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[start : start + batch_size] for start in range(0, len(order) - batch_size + 1, batch_size)]
 
 
 def time_blocks(rows: np.ndarray, ts: np.ndarray, block_rows: int) -> list[np.ndarray]:
@@ -157,12 +158,9 @@ class BlockFrequencies:
         self.counts = counts.astype(np.float64)
         self.story = story
 
-    def of_rows(self, rows: np.ndarray, outside: np.ndarray) -> np.ndarray:
-        """Each row's story in the row's block; `outside` for rows in no block (rows that
-        are no training examples, e.g. the random early-stopping validation's)."""
-        blocks = self.block_of[rows]
-        inside = blocks >= 0
-        return np.where(inside, self._log_q(np.maximum(blocks, 0), self.story[rows]), outside).astype(np.float32)
+    def of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """log q of each row's story in the row's block (rows of the blocks only)."""
+        return self._log_q(self.block_of[rows], self.story[rows])
 
     def of_stories(self, row: int, stories: np.ndarray) -> np.ndarray:
         """log q of `stories` in the block of training row `row` (a batch's rows share one)."""
