@@ -411,6 +411,16 @@ class ServingConfig(_Section):
     # rather than the serving threads'. Not applied inline: there the load holds the GIL
     # and a slower load would stall requests longer.
     reload_nice: int = Field(10, ge=0, le=19)
+    # True: the index process's loading thread (searcher = "process") also in Linux's
+    # SCHED_IDLE class, so it runs only on cycles nothing else wants, where nice 10 still
+    # takes about a tenth of a busy core (benchmarks/results/serving_reload_idle_ab.md).
+    # Only that thread: hnswlib's load holds its own process's GIL, which nothing there
+    # waits for, while an idle-class thread of the serving process holding the server's GIL
+    # could stall its event loop. Off by default: on a machine whose cores other work keeps
+    # busy, a new version then loads only as idle cycles come (about 0.3% of a core while
+    # busy); with two training jobs on both cores here, a shard's 40-item load took over 12 s.
+    # For a machine that serves and does nothing else.
+    reload_idle: bool = False
     # A load that crashes (the index process dies, e.g. SIGSEGV on a graph whose checksums
     # are right; a MemoryError; a bug) is retried after load_retry_backoff_s, doubling per
     # crash up to load_retry_backoff_max_s; after max_load_crashes crashes the version is

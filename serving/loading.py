@@ -25,6 +25,7 @@ class VersionLoader:
 
     searcher: "process" (an index in a child process, `IndexProcess`) or "inline"
     reload_nice: the nice increment of a load beside a served version (serving.reload_nice)
+    reload_idle: such a load also in the SCHED_IDLE class (serving.reload_idle)
     """
 
     def __init__(
@@ -34,12 +35,14 @@ class VersionLoader:
         *,
         searcher: str = "process",
         reload_nice: int = 0,
+        reload_idle: bool = False,
         keep_cached_versions: int = 2,
     ):
         self.store = store
         self.cache_dir = Path(cache_dir)
         self.searcher = searcher
         self.reload_nice = reload_nice
+        self.reload_idle = reload_idle
         self.keep_cached_versions = keep_cached_versions
         self._models: dict[tuple[str, str], str] = {}  # (kind, version) -> model; manifests are immutable
 
@@ -100,7 +103,13 @@ class VersionLoader:
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
         if self.searcher == "process":
             # Loaded, checked and warmed in the child, its loading thread at our priority.
-            return IndexProcess(directory, collection, load_nice=self.reload_nice if load_nice is None else load_nice)
+            beside_served = load_nice is None
+            return IndexProcess(
+                directory,
+                collection,
+                load_nice=self.reload_nice if beside_served else load_nice,
+                load_idle=self.reload_idle and beside_served,
+            )
         # download() has just checked every file's sha256; the loader still checks sizes,
         # dimension, count and that stored vectors come back as their own neighbours.
         return load_index(directory, collection, verify=False)

@@ -94,6 +94,7 @@ class Reloader:
         keep_cached_versions: int = 2,
         searcher: str = "process",
         reload_nice: int = 0,
+        reload_idle: bool = False,
         max_load_crashes: int = 3,
         load_retry_backoff_s: float = 1.0,
         load_retry_backoff_max_s: float = 60.0,
@@ -104,9 +105,15 @@ class Reloader:
         self.poll_interval_s = poll_interval_s
         self.searcher = searcher
         self.reload_nice = reload_nice
+        self.reload_idle = reload_idle
         self.on_swap = on_swap
         self.loader = VersionLoader(
-            store, cache_dir, searcher=searcher, reload_nice=reload_nice, keep_cached_versions=keep_cached_versions
+            store,
+            cache_dir,
+            searcher=searcher,
+            reload_nice=reload_nice,
+            reload_idle=reload_idle,
+            keep_cached_versions=keep_cached_versions,
         )
         self.book = RefusalBook(
             metrics,

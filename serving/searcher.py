@@ -11,8 +11,9 @@ From the event loop, calls are pipelined (`search` / `vector` below): each reque
 written to the pipe at once and its future resolved when the child's answer arrives (the
 child answers in order), so while the child searches, the loop parses and answers other
 requests: HTTP work and search overlap on two cores. The loading itself runs in a child
-thread at a lower CPU priority (`load_nice`): a reload under load takes its CPU time from
-idle cycles, not from the requests being served.
+thread at a lower CPU priority (`load_nice`, and with `load_idle` Linux's SCHED_IDLE
+class): a reload under load takes its CPU time from idle cycles, not from the requests
+being served.
 
 The child dies with its handle: when the last `ServedState` holding an `IndexProcess` is
 freed, the pipe closes, the child reads EOF and exits; if the serving process dies, the
@@ -74,11 +75,11 @@ class IndexProcess:
     after loading, interpreter and libraries included).
     """
 
-    def __init__(self, directory: Path, collection: str, *, load_nice: int = 0):
+    def __init__(self, directory: Path, collection: str, *, load_nice: int = 0, load_idle: bool = False):
         ours, theirs = _context().Pipe()
         self._process = _context().Process(
             target=_serve_child,
-            args=(theirs, str(directory), collection, load_nice),
+            args=(theirs, str(directory), collection, load_nice, load_idle),
             name=f"ebr-index-{collection}",
             daemon=True,
         )
@@ -423,27 +424,36 @@ def _context():
         return _CONTEXT
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Raises the calling thread's nice value by `nice` (Linux: nice is per thread, so the
-    rest of the process keeps its priority); does nothing elsewhere or when refused."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
+def lower_thread_priority(nice: int, idle: bool = False) -> None:
+    """Raises the calling thread's nice value by `nice` and, with `idle`, moves it to the
+    SCHED_IDLE class (Linux: both are per thread, so the rest of the process keeps its
+    priority); does nothing elsewhere or when refused.
+
+    A niced thread still takes a share of a busy core (nice 10: about a tenth of it beside
+    a thread at 0); a SCHED_IDLE thread runs when nothing else wants the core (about 0.3%
+    of it while something does), so its work waits for idle cycles. Use `idle` only for a
+    thread whose process has no other thread waiting for the GIL it may hold."""
+    if (nice <= 0 and not idle) or not sys.platform.startswith("linux"):
         return
     try:
         tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+        if nice > 0:
+            os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
     except OSError as err:
         log.warning("could not lower the priority of thread %s: %s", threading.current_thread().name, err)
 
 
-def _load_in_low_priority_thread(directory: str, collection: str, nice: int):
-    """`load_index` in a thread of its own at `nice`; the main thread, which serves the
-    searches afterwards, keeps the normal priority."""
+def _load_in_low_priority_thread(directory: str, collection: str, nice: int, idle: bool = False):
+    """`load_index` in a thread of its own at `nice` (and SCHED_IDLE with `idle`); the main
+    thread, which serves the searches afterwards, keeps the normal priority."""
     from index_builder.loaded_index import load_index
 
     outcome: dict = {}
 
     def load() -> None:
-        lower_thread_priority(nice)
+        lower_thread_priority(nice, idle)
         try:
             # The parent downloaded the version with every sha256 checked; the loader
             # still checks sizes, dimension, count and stored vectors.
@@ -484,12 +494,14 @@ def start_forkserver() -> None:
     forkserver.ensure_running()
 
 
-def _serve_child(connection: Connection, directory: str, collection: str, load_nice: int = 0) -> int:
+def _serve_child(
+    connection: Connection, directory: str, collection: str, load_nice: int = 0, load_idle: bool = False
+) -> int:
     """The child: load, self-check, warm up, report, then answer requests until EOF."""
     import psutil
 
     try:
-        index = _load_in_low_priority_thread(directory, collection, load_nice)
+        index = _load_in_low_priority_thread(directory, collection, load_nice, load_idle)
         warm_up(index, warmup_queries(index.dim))
         # The hits of a searches message go back as bytes, ids joined by NUL (`_encode_hits`),
         # unless an id holds one (any string can be an id); then they go as pickles. Checked

@@ -49,6 +49,7 @@ def build_service(cfg: EbrConfig, *, poll_interval_s: float | None = None, start
         keep_cached_versions=cfg.serving.keep_cached_versions,
         searcher=cfg.serving.searcher,
         reload_nice=cfg.serving.reload_nice,
+        reload_idle=cfg.serving.reload_idle,
         max_load_crashes=cfg.serving.max_load_crashes,
         load_retry_backoff_s=cfg.serving.load_retry_backoff_s,
         load_retry_backoff_max_s=cfg.serving.load_retry_backoff_max_s,

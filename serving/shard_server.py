@@ -128,6 +128,7 @@ class ShardHolder:
     keep_versions: int = 2
     searcher: str = "process"
     reload_nice: int = 0
+    reload_idle: bool = False
     refused: dict[tuple[str, str], str] = field(default_factory=dict)  # (collection, version) -> why
     errors: dict[str, str] = field(default_factory=dict)  # collection -> last transient error
     last_poll_at: str | None = None
@@ -271,7 +272,13 @@ class ShardHolder:
 
     def _open(self, directory: Path, collection: str) -> LoadedIndex | IndexProcess:
         if self.searcher == "process":
-            return IndexProcess(directory, collection, load_nice=self.reload_nice if self._state.current else 0)
+            beside_served = bool(self._state.current)
+            return IndexProcess(
+                directory,
+                collection,
+                load_nice=self.reload_nice if beside_served else 0,
+                load_idle=self.reload_idle and beside_served,
+            )
         return load_index(directory, collection, verify=False)  # download_shard checked every sha256
 
     def _cache_of(self, collection: str) -> Path:
@@ -502,6 +509,7 @@ def build_shard_server(
         keep_versions=cfg.serving.shard_keep_versions,
         searcher=cfg.serving.searcher,
         reload_nice=cfg.serving.reload_nice,
+        reload_idle=cfg.serving.reload_idle,
     )
     return create_shard_app(cfg.serving, holder, start_reloader=start_reloader, wire_host=wire_host), holder
 

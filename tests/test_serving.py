@@ -459,7 +459,8 @@ def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_nor
 ):
     """Many requests in flight on one index process's pipe: each answer is its own user's
     (scores are that user's dot products). The reloader thread runs at a lower priority
-    (serving.reload_nice); the index processes it starts do not inherit it."""
+    (serving.reload_nice), not in the SCHED_IDLE class (serving.reload_idle is for the index
+    processes' loading threads); the index processes it starts do not inherit its nice."""
     import psutil
 
     world.users("u1", "m1", seed=1)
@@ -474,7 +475,52 @@ def test_pipelined_answers_reach_their_own_requests_and_index_processes_keep_nor
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert psutil.Process(service.reloader.state.stories.pid).nice() == ours
     if sys.platform.startswith("linux"):
-        assert os.getpriority(os.PRIO_PROCESS, service.reloader._thread.native_id) == min(ours + 7, 19)
+        reloader_thread = service.reloader._thread.native_id
+        assert os.getpriority(os.PRIO_PROCESS, reloader_thread) == min(ours + 7, 19)
+        assert os.sched_getscheduler(reloader_thread) == os.sched_getscheduler(0)  # holds the server's GIL
+        assert os.sched_getscheduler(service.reloader.state.stories.pid) == os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice and SCHED_IDLE are Linux's")
+def test_lower_thread_priority_moves_only_the_calling_thread():
+    from serving.searcher import lower_thread_priority
+
+    seen = {}
+
+    def lowered(nice, idle):
+        lower_thread_priority(nice, idle)
+        tid = threading.get_native_id()
+        seen[nice, idle] = (os.getpriority(os.PRIO_PROCESS, tid), os.sched_getscheduler(0))
+
+    ours = os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)
+    for nice, idle in ((5, True), (5, False), (0, True)):
+        thread = threading.Thread(target=lowered, args=(nice, idle))
+        thread.start()
+        thread.join()
+    assert seen[5, True] == (min(ours[0] + 5, 19), os.SCHED_IDLE)
+    assert seen[5, False] == (min(ours[0] + 5, 19), ours[1])
+    assert seen[0, True] == (ours[0], os.SCHED_IDLE)
+    assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == ours
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice and SCHED_IDLE are Linux's")
+def test_an_index_process_loads_in_an_idle_class_thread_and_searches_at_normal_priority(monkeypatch):
+    # What the index process's main thread runs (`_serve_child`): the load in a thread of its
+    # own at the reload's priority, the searches afterwards on the main thread.
+    import index_builder.loaded_index
+    from serving.searcher import _load_in_low_priority_thread
+
+    seen = {}
+
+    def load_index(directory, collection, verify):
+        seen["load"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), os.sched_getscheduler(0)
+        return "loaded"
+
+    monkeypatch.setattr(index_builder.loaded_index, "load_index", load_index)
+    ours = os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)
+    assert _load_in_low_priority_thread("dir", "stories", 3, True) == "loaded"
+    assert seen["load"] == (min(ours[0] + 3, 19), os.SCHED_IDLE)
+    assert (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)) == ours
 
 
 def _index_process_and_its_messages(world, tmp_path):
