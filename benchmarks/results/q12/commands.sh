@@ -76,3 +76,13 @@ wait
 $Q --dataset synthetic --holdout validation --epochs 20 --seed 43 --set train.time_block_batches=16 --out /tmp/q12out/vs_tb16_s43.json &
 $Q --dataset synthetic --holdout validation --epochs 20 --seed 44 --set train.time_block_batches=16 --out /tmp/q12out/vs_tb16_s44.json
 wait
+
+# 2026-12-04, from /work/main at f32049f, two side by side, written first under /tmp/s17/q12.
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.corpus_negatives=256 --out benchmarks/results/q12/v_tb16_cneg256.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.corpus_negatives=256 --out benchmarks/results/q12/v1m_tb16_cneg256.json
+# With user_snapshot.patch applied (its first form for v_us, v_us_tb0, v1m_us; see README.md).
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.example_features=user_snapshot --out benchmarks/results/q12/v_us.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.example_features=user_snapshot --out benchmarks/results/q12/v1m_us.json
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.example_features=user_snapshot --set train.time_block_batches=0 --out benchmarks/results/q12/v_us_tb0.json
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.example_features=user_snapshot --out benchmarks/results/q12/v_us2.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.example_features=user_snapshot --out benchmarks/results/q12/v1m_us2.json
