@@ -418,8 +418,8 @@ class ServingConfig(_Section):
     # waits for, while an idle-class thread of the serving process holding the server's GIL
     # could stall its event loop. Off by default: on a machine whose cores other work keeps
     # busy, a new version then loads only as idle cycles come (about 0.3% of a core while
-    # busy); with two training jobs on both cores here, a shard's 40-item load took over 12 s.
-    # For a machine that serves and does nothing else.
+    # busy); with two training jobs on both cores here, a shard's load of a small test
+    # version did not finish in 12 s. For a machine that serves and does nothing else.
     reload_idle: bool = False
     # A load that crashes (the index process dies, e.g. SIGSEGV on a graph whose checksums
     # are right; a MemoryError; a bug) is retried after load_retry_backoff_s, doubling per
