@@ -30,7 +30,8 @@ TINY = [
     "train.epochs=2",
     # Whole-log batches: with time-local ones (the default since 30c3659) two workers' losses
     # came out 0.16% from one process's at epoch 2 (CI, 2026-12-03), above the 0.1% this file
-    # allows; whether that is summation order or a difference is not yet settled.
+    # allows. Not the blocks' doing: with either batching epoch 1 agrees to the last bit and
+    # epoch 2 differs (0.09% with whole-log batches, 2026-12-04); not yet explained (README).
     "train.time_block_batches=0",
     "train.batch_size=128",
     "train.learning_rate=0.005",
