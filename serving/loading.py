@@ -12,7 +12,7 @@ from artifacts import ArtifactStore, CorruptArtifactError
 from artifacts.manifest import Manifest
 from artifacts.names import MANIFEST as MANIFEST_FILE
 from index_builder.loaded_index import LoadedIndex, load_index, verify_files
-from serving.searcher import IndexProcess, warm_up, warmup_queries
+from serving.searcher import IndexProcess, open_index_process, warm_up, warmup_queries
 from serving.state import INDEX_KINDS, USER_EMBEDDINGS, ServedState, UserEmbeddings, load_user_embeddings
 
 log = logging.getLogger("serving.reloader")  # the reloader's lines, as before the split
@@ -78,7 +78,7 @@ class VersionLoader:
         something is served meanwhile (the load then runs at serving.reload_nice)."""
         directory = self.store.kind(kind).download(version, self.cache_of(kind))
         # Nothing served yet: no request to protect, so no reason to load at a lower priority.
-        return self.open(kind, directory, load_nice=None if serving else 0)
+        return self.open(kind, directory, beside_served=serving)
 
     def load_cached(self, kind: str, version: str, *, serving: bool) -> Loaded:
         """Loads a served version again from the local cache, where `download` put it with
@@ -95,20 +95,16 @@ class VersionLoader:
         # At normal priority: while it loads, this index answers nothing, so the load is
         # the most urgent work of the process (serving.reload_nice is for loads beside a
         # served version; on a busy machine a niced restart took seconds longer).
-        return self.open(kind, directory, load_nice=0)
+        return self.open(kind, directory, beside_served=False)
 
-    def open(self, kind: str, directory: Path, load_nice: int | None = None) -> Loaded:
+    def open(self, kind: str, directory: Path, *, beside_served: bool) -> Loaded:
         if kind == USER_EMBEDDINGS:
             return load_user_embeddings(directory)
         collection = next(name for name, k in INDEX_KINDS.items() if k == kind)
         if self.searcher == "process":
-            # Loaded, checked and warmed in the child, its loading thread at our priority.
-            beside_served = load_nice is None
-            return IndexProcess(
-                directory,
-                collection,
-                load_nice=self.reload_nice if beside_served else load_nice,
-                load_idle=self.reload_idle and beside_served,
+            # Loaded, checked and warmed in the child (its loading thread lowered beside a served version).
+            return open_index_process(
+                directory, collection, beside_served=beside_served, nice=self.reload_nice, idle=self.reload_idle
             )
         # download() has just checked every file's sha256; the loader still checks sizes,
         # dimension, count and that stored vectors come back as their own neighbours.

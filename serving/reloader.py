@@ -105,7 +105,6 @@ class Reloader:
         self.poll_interval_s = poll_interval_s
         self.searcher = searcher
         self.reload_nice = reload_nice
-        self.reload_idle = reload_idle
         self.on_swap = on_swap
         self.loader = VersionLoader(
             store,

@@ -424,6 +424,13 @@ def _context():
         return _CONTEXT
 
 
+def open_index_process(directory: Path, collection: str, *, beside_served: bool, nice: int, idle: bool) -> IndexProcess:
+    """An `IndexProcess` whose loading thread runs at the reload's priority (`nice`, and the
+    SCHED_IDLE class with `idle`) when a served version answers meanwhile; with nothing
+    served no request waits on another index, so it loads at normal priority."""
+    return IndexProcess(directory, collection, load_nice=nice if beside_served else 0, load_idle=idle and beside_served)
+
+
 def lower_thread_priority(nice: int, idle: bool = False) -> None:
     """Raises the calling thread's nice value by `nice` and, with `idle`, moves it to the
     SCHED_IDLE class (Linux: both are per thread, so the rest of the process keeps its

@@ -51,7 +51,7 @@ from serving.poller import Poller
 from serving.query_checks import checked_embedding, checked_k
 from serving.refusals import PERMANENT_ERRORS
 from serving.responses import PROMETHEUS_TEXT, ApiError, add_error_handlers, json_response, liveness
-from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError
+from serving.searcher import IndexProcess, SearcherDiedError, SearcherLoadError, open_index_process
 from serving.state import COLLECTIONS, INDEX_KINDS, now_iso
 
 log = logging.getLogger(__name__)
@@ -272,12 +272,12 @@ class ShardHolder:
 
     def _open(self, directory: Path, collection: str) -> LoadedIndex | IndexProcess:
         if self.searcher == "process":
-            beside_served = bool(self._state.current)
-            return IndexProcess(
+            return open_index_process(
                 directory,
                 collection,
-                load_nice=self.reload_nice if beside_served else 0,
-                load_idle=self.reload_idle and beside_served,
+                beside_served=bool(self._state.current),
+                nice=self.reload_nice,
+                idle=self.reload_idle,
             )
         return load_index(directory, collection, verify=False)  # download_shard checked every sha256
 
