@@ -115,6 +115,12 @@ class ExampleSource:
         for rows in self.batch_rows(batch_size, seed):
             yield self.batch(rows)
 
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """How many batches `batch_rows` yields per epoch (full batches only)."""
+        if not self.blocks:
+            return len(self.rows) // batch_size
+        return sum(len(block) // batch_size for block in self.blocks)
+
     def batch_rows(self, batch_size: int, seed: int) -> Iterator[np.ndarray]:
         """One epoch's batches as example rows, full batches only: a permutation by `seed`;
         with time blocks, each block's rows permuted and cut into batches, and all the

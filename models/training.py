@@ -74,6 +74,7 @@ class TrainingResult:
     # baseline -> the chosen hyper-parameters and every validation trial
     baseline_choices: dict[str, dict[str, Any]] = field(default_factory=dict)
     split: dict[str, Any] = field(default_factory=dict)  # what was held out, and the candidates
+    steps_per_epoch: int = 0  # optimisation steps (batches) per epoch
 
 
 def train_and_evaluate(
@@ -153,7 +154,12 @@ def train_and_evaluate(
         rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False),
         strategy,
     )
-    steps_per_epoch = max(len(train_rows) // tcfg.batch_size, 1)
+    steps_per_epoch = source.batches_per_epoch(tcfg.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_rows)} training examples make no full batch of train.batch_size = {tcfg.batch_size}: "
+            "lower train.batch_size or train on more events"
+        )
 
     candidates = CandidateSets.at(catalog, history, split, cfg.embed.story_max_age_days)
     evaluation = evaluation_sets(catalog, history, split, candidates, tcfg, warehouse)
@@ -200,6 +206,7 @@ def train_and_evaluate(
         best_epoch=validator.best_epoch,
         # Training steps only: the time spent validating after each epoch is left out.
         examples_per_second=len(train_rows) * len(validator.history) / max(seconds - validator.seconds, 1e-9),
+        steps_per_epoch=steps_per_epoch,
         model=model,
         vocabularies=vocabularies,
         comparisons=comparisons,
@@ -273,7 +280,14 @@ def _training_dataset(
 ) -> tuple[Any, dict[str, Any]]:
     """What `model.fit` reads, and the options it needs: epoch after epoch, the batches of
     a new permutation (seeds train.seed, train.seed + 1, ...); with a strategy, this
-    worker's slice of the same global batches (see models.distributed)."""
+    worker's slice of the same global batches (see models.distributed).
+
+    Both are endless datasets cut into epochs by `steps_per_epoch` (the batches of one
+    permutation). A dataset that ends with each epoch instead costs Keras one more call
+    of its train function that meets the end of the data, and that call still moves the
+    optimizer's step counter (its increment does not wait for the missing batch): one
+    phantom step per epoch, which shifts the learning-rate schedule and Adam's bias
+    correction off the steps actually taken (and one process off the workers)."""
     signature = output_signature(source.batch(train_rows[: tcfg.batch_size]))
     if strategy is not None:
         dataset = tf.keras.utils.experimental.DatasetCreator(
@@ -281,10 +295,14 @@ def _training_dataset(
         )
         return dataset, {"steps_per_epoch": steps_per_epoch}
     epoch_seed = iter(range(tcfg.seed, tcfg.seed + 10_000))
-    dataset = tf.data.Dataset.from_generator(
-        lambda: source.batches(tcfg.batch_size, next(epoch_seed)), output_signature=signature
-    ).prefetch(2)
-    return dataset, {}
+    dataset = (
+        tf.data.Dataset.from_generator(
+            lambda: source.batches(tcfg.batch_size, next(epoch_seed)), output_signature=signature
+        )
+        .repeat()
+        .prefetch(2)
+    )
+    return dataset, {"steps_per_epoch": steps_per_epoch}
 
 
 def _model_scorer(
@@ -316,6 +334,7 @@ def _write_metrics(path: Path, result: TrainingResult, strategy: tf.distribute.S
         "history": result.history,
         "best_epoch": result.best_epoch,
         "examples_per_second": result.examples_per_second,
+        "steps_per_epoch": result.steps_per_epoch,
         "split": result.split,
         "baseline_choices": result.baseline_choices,
     }

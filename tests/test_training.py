@@ -127,6 +127,11 @@ def test_the_same_seed_trains_the_same_model(tmp_path):
     assert [h["val_top_100_accuracy"] for h in first.history] == [h["val_top_100_accuracy"] for h in second.history]
     # Keras' logged running loss was seen to differ in the 7th significant digit.
     assert [h["loss"] for h in first.history] == pytest.approx([h["loss"] for h in second.history], rel=1e-6)
+    # The optimizer counted the steps taken, no more: the learning-rate schedule and Adam's
+    # bias correction read that counter (a dataset that ended with each epoch added one
+    # phantom step per epoch: 16 steps, then the counter at 18 after epoch 2's first).
+    assert first.steps_per_epoch > 0
+    assert int(first.model.optimizer.iterations.numpy()) == len(first.history) * first.steps_per_epoch
 
 
 SIZES = {"eval_users": 500.0, "eval_positives": 4000.0}
@@ -311,6 +316,17 @@ def test_a_dataset_without_hashtags_trains(tmp_path):
     result = train_and_evaluate(cfg, tmp_path / "work", warehouse, baselines=False, verbose=0)
     assert result.vocabularies["hashtag"] == []
     assert np.isfinite(result.metrics["model"]["recall@100"])
+
+
+def test_a_batch_larger_than_the_training_examples_is_refused_with_the_numbers(tmp_path):
+    cfg = load_config(
+        overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.batch_size=1000000"],
+        environ={},
+    )
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    with pytest.raises(ValueError, match=r"training examples make no full batch of train.batch_size = 1000000"):
+        train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
 
 
 def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
