@@ -88,3 +88,7 @@ python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 1
 python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.example_features=user_snapshot --out benchmarks/results/q12/v1m_us2.json
 for s in 42 43 44; do python -m benchmarks.q12_probe --dataset synthetic --holdout test --epochs 20 --seed $s --baselines --out benchmarks/results/q12/ts_tb16_s$s.json; done
 for s in 42 43; do python -m benchmarks.q12_probe --dataset synthetic --holdout test --epochs 20 --seed $s --set model.negatives=impressions --out benchmarks/results/q12/ts_pointwise_s$s.json; done
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set train.learning_rate=0.001 --out benchmarks/results/q12/v_lr1e3.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.learning_rate=0.001 --out benchmarks/results/q12/v1m_lr1e3.json
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.popularity_prior=true --out benchmarks/results/q12/v_tb16_prior.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.popularity_prior=true --out benchmarks/results/q12/v1m_tb16_prior.json
