@@ -92,3 +92,5 @@ python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 1
 python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set train.learning_rate=0.001 --out benchmarks/results/q12/v1m_lr1e3.json
 python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.popularity_prior=true --out benchmarks/results/q12/v_tb16_prior.json
 python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.popularity_prior=true --out benchmarks/results/q12/v1m_tb16_prior.json
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --out benchmarks/results/q12/v_fix.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --out benchmarks/results/q12/v1m_fix.json
