@@ -284,10 +284,10 @@ def _training_dataset(
 
     Both are endless datasets cut into epochs by `steps_per_epoch` (the batches of one
     permutation). A dataset that ends with each epoch instead costs Keras one more call
-    of its train function that meets the end of the data, and that call still moves the
-    optimizer's step counter (its increment does not wait for the missing batch): one
-    phantom step per epoch, which shifts the learning-rate schedule and Adam's bias
-    correction off the steps actually taken (and one process off the workers)."""
+    of its train function that meets the end of the data, and that call was seen to
+    advance the optimizer's step counter while no weight moved: one phantom step per
+    epoch, which shifts the learning-rate schedule and Adam's bias correction off the
+    steps actually taken (and one process off the workers)."""
     signature = output_signature(source.batch(train_rows[: tcfg.batch_size]))
     if strategy is not None:
         dataset = tf.keras.utils.experimental.DatasetCreator(
