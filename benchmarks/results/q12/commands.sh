@@ -94,3 +94,4 @@ python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 1
 python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --set model.popularity_prior=true --out benchmarks/results/q12/v1m_tb16_prior.json
 python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --out benchmarks/results/q12/v_fix.json
 python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --out benchmarks/results/q12/v1m_fix.json
+python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.dropout=0.3 --out benchmarks/results/q12/v_drop03.json
