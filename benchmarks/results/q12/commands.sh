@@ -95,3 +95,5 @@ python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 
 python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --out benchmarks/results/q12/v_fix.json
 python -m benchmarks.q12_probe --dataset ml-1m --holdout validation --epochs 15 --seed 42 --out benchmarks/results/q12/v1m_fix.json
 python -m benchmarks.q12_probe --dataset ml-100k --holdout validation --epochs 15 --seed 42 --set model.dropout=0.3 --out benchmarks/results/q12/v_drop03.json
+python -m benchmarks.q12_probe --dataset synthetic --holdout test --epochs 20 --seed 44 --set model.negatives=impressions --out benchmarks/results/q12/ts_pointwise_s44.json
+python -m benchmarks.q12_probe --dataset ml-1m --holdout test --epochs 15 --seed 42 --baselines --out benchmarks/results/q12/t1m_fix_s42.json
