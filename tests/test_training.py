@@ -37,12 +37,19 @@ TINY_TRAINING = [
 ]
 
 
+def tiny_world(root, *overrides: str):
+    """The config of TINY_TRAINING (plus `overrides`) rooted at `root`, and its warehouse
+    holding a freshly generated world."""
+    cfg = load_config(overrides=[f"root=file://{root}", *TINY_TRAINING, *overrides], environ={})
+    warehouse = Warehouse.from_config(cfg)
+    generate_world(cfg.world, warehouse, progress=False)
+    return cfg, warehouse
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("root")
-    cfg = load_config(overrides=[f"root=file://{root}", *TINY_TRAINING], environ={})
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    cfg, warehouse = tiny_world(root)
     result = train_and_evaluate(cfg, root / "work", warehouse, verbose=0)
     return cfg, warehouse, result, root
 
@@ -108,10 +115,7 @@ def test_export_and_reload_give_the_same_embeddings(trained, tmp_path):
 
 @pytest.mark.slow
 def test_the_same_seed_trains_the_same_model(tmp_path):
-    overrides = [f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=2"]
-    cfg = load_config(overrides=overrides, environ={})
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    cfg, warehouse = tiny_world(tmp_path, "world.n_events=12000", "train.epochs=2")
     first = train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
     second = train_and_evaluate(cfg, tmp_path / "b", warehouse, baselines=False, verbose=0)
     # Same seed, same model up to float32 rounding: TF's kernels were seen to differ in the
@@ -257,17 +261,9 @@ def test_the_learning_rate_schedule_is_counted_in_steps():
 def test_early_stopping_never_keeps_an_epoch_that_ended_inside_the_warm_up(tmp_path):
     # Every epoch of this run ends inside the warm-up: none may be chosen as "best", none
     # counts against patience, and the run ends with its last weights.
-    overrides = [
-        f"root=file://{tmp_path}",
-        *TINY_TRAINING,
-        "world.n_events=12000",
-        "train.epochs=3",
-        "train.patience=1",
-        "train.warmup_steps=1000000",
-    ]
-    cfg = load_config(overrides=overrides, environ={})
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    cfg, warehouse = tiny_world(
+        tmp_path, "world.n_events=12000", "train.epochs=3", "train.patience=1", "train.warmup_steps=1000000"
+    )
     result = train_and_evaluate(cfg, tmp_path / "work", warehouse, baselines=False, verbose=0)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.best_epoch == 3
@@ -305,11 +301,7 @@ def test_a_dataset_without_hashtags_trains(tmp_path):
     # vocabulary used to crash training ("Cannot set an empty vocabulary").
     import pyarrow as pa
 
-    cfg = load_config(
-        overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.epochs=1"], environ={}
-    )
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    cfg, warehouse = tiny_world(tmp_path, "world.n_events=12000", "train.epochs=1")
     stories = warehouse.read_table("stories")
     empty = pa.array([[] for _ in range(len(stories))], type=stories.schema.field("hashtags").type)
     warehouse.write_table("stories", stories.set_column(stories.schema.get_field_index("hashtags"), "hashtags", empty))
@@ -319,12 +311,7 @@ def test_a_dataset_without_hashtags_trains(tmp_path):
 
 
 def test_a_batch_larger_than_the_training_examples_is_refused_with_the_numbers(tmp_path):
-    cfg = load_config(
-        overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "world.n_events=12000", "train.batch_size=1000000"],
-        environ={},
-    )
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    cfg, warehouse = tiny_world(tmp_path, "world.n_events=12000", "train.batch_size=1000000")
     with pytest.raises(ValueError, match=r"training examples make no full batch of train.batch_size = 1000000"):
         train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
 
@@ -353,18 +340,14 @@ def test_every_scorer_is_read_by_story_row_even_when_the_catalogue_skips_one():
 
 @pytest.mark.slow
 def test_time_validation_holds_the_last_days_out_and_chooses_on_their_recall(tmp_path):
-    overrides = [
-        f"root=file://{tmp_path}",
-        *TINY_TRAINING,
+    cfg, warehouse = tiny_world(
+        tmp_path,
         "world.n_events=12000",
         "train.epochs=2",
         "train.validation=time",
         "train.min_test_users=20",
         "train.min_test_positives=50",
-    ]
-    cfg = load_config(overrides=overrides, environ={})
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    )
     result = train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
     assert [set(h) for h in result.history] == [{"epoch", "loss", "val_window_recall@100"}] * len(result.history)
     assert all(0.0 <= h["val_window_recall@100"] <= 1.0 for h in result.history)
@@ -372,12 +355,7 @@ def test_time_validation_holds_the_last_days_out_and_chooses_on_their_recall(tmp
 
 
 def test_time_validation_needs_the_time_split(tmp_path):
-    cfg = load_config(
-        overrides=[f"root=file://{tmp_path}", *TINY_TRAINING, "train.split=random", "train.validation=time"],
-        environ={},
-    )
-    warehouse = Warehouse.from_config(cfg)
-    generate_world(cfg.world, warehouse, progress=False)
+    cfg, warehouse = tiny_world(tmp_path, "train.split=random", "train.validation=time")
     with pytest.raises(ValueError, match="needs train.split = 'time'"):
         train_and_evaluate(cfg, tmp_path / "a", warehouse, baselines=False, verbose=0)
 
