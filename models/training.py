@@ -136,6 +136,12 @@ def train_and_evaluate(
         time_block_rows=tcfg.time_block_batches * tcfg.batch_size,
         seed=tcfg.seed,
     )
+    steps_per_epoch = source.batches_per_epoch(tcfg.batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_rows)} training examples make no full batch of train.batch_size = {tcfg.batch_size}: "
+            "lower train.batch_size or train on more events"
+        )
     vocabularies = build_vocabularies(catalog, history, train_rows, cfg.model.min_id_count)
     log.info(
         "split %s: %d train events (%d examples), %d test events",
@@ -154,12 +160,6 @@ def train_and_evaluate(
         rng.choice(train_rows, size=min(len(train_rows), 20_000), replace=False),
         strategy,
     )
-    steps_per_epoch = source.batches_per_epoch(tcfg.batch_size)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(train_rows)} training examples make no full batch of train.batch_size = {tcfg.batch_size}: "
-            "lower train.batch_size or train on more events"
-        )
 
     candidates = CandidateSets.at(catalog, history, split, cfg.embed.story_max_age_days)
     evaluation = evaluation_sets(catalog, history, split, candidates, tcfg, warehouse)
